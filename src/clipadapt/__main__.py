@@ -1,0 +1,5 @@
+import sys
+
+from clipadapt.cli import main
+
+sys.exit(main())

@@ -1,0 +1,50 @@
+"""Arguments and helpers shared by several subcommands."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from clipadapt.errors import ConfigError
+from clipadapt.features.featureset import FeatureSet
+from clipadapt.features.io import load_feature_dir
+from clipadapt.report.tables import write_json
+
+
+def add_feature_source_arguments(parser: argparse.ArgumentParser) -> None:
+    """--features DIR, or --model/--dataset to extract through the cache."""
+    src = parser.add_argument_group("features")
+    src.add_argument("--features", type=Path, help="a feature directory (docs/feature-format.md)")
+    src.add_argument("--model", help="model id ARCH@TAG, e.g. ViT-B-32@openai (extract through the cache)")
+    src.add_argument("--dataset", help="dataset spec, e.g. coop:oxford_pets:/data/pets, imagefolder:/data/x")
+    src.add_argument("--cache-dir", type=Path, default=None, help="feature cache root (default: $CLIPADAPT_CACHE or ~/.cache/clipadapt)")
+    src.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    src.add_argument("--batch-size", type=int, default=64)
+
+
+def load_features_from_args(args: argparse.Namespace, splits: Iterable[str] | None = None) -> FeatureSet:
+    """The FeatureSet named by --features, or extracted (through the cache) for --model/--dataset."""
+    if getattr(args, "features", None):
+        return load_feature_dir(args.features, splits=splits)
+    if getattr(args, "model", None) and getattr(args, "dataset", None):
+        from clipadapt.features.pipeline import feature_set_from_args  # heavy imports only when encoding
+
+        return feature_set_from_args(args, splits=splits)
+    raise ConfigError("give --features DIR, or both --model and --dataset")
+
+
+def save_logits(path: Path, logits: Any) -> Path:
+    """(N, C) float32 logits as .npy."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, np.asarray(logits.detach().cpu().float().numpy(), dtype=np.float32))
+    return path
+
+
+def write_results(path: Path | None, results: dict[str, Any]) -> None:
+    if path is not None:
+        write_json(path, results)
+        print(f"wrote {path}")

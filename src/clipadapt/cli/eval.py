@@ -1,0 +1,46 @@
+"""`clipadapt eval`: evaluate one method on a feature directory or a (model, dataset)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from clipadapt.cli._common import add_feature_source_arguments, load_features_from_args, save_logits, write_results
+from clipadapt.eval.metrics import classification_report
+from clipadapt.eval.registry import get_eval_method, list_eval_methods
+
+COMMAND = "eval"
+HELP = "evaluate a method (zero-shot, DN, ...) on cached or given features; writes results.json"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_feature_source_arguments(parser)
+    methods = list_eval_methods()
+    parser.add_argument("--method", default="zeroshot", choices=methods, help="method to evaluate")
+    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    parser.add_argument("--out", type=Path, help="results JSON file")
+    parser.add_argument("--save-logits", type=Path, help="write the (N, C) float32 logits as .npy")
+    for name in methods:
+        method = get_eval_method(name)
+        if method.add_arguments is not None:
+            method.add_arguments(parser.add_argument_group(f"--method {name}"))
+
+
+def run(args: argparse.Namespace) -> int:
+    method = get_eval_method(args.method)
+    features = load_features_from_args(args)
+    output = method.run(features, args)
+    labels = features.split(args.split).labels(args.split)
+    results = {
+        "method": method.name,
+        **classification_report(output.logits, labels),
+        "split": args.split,
+        "hyperparameters": output.hyperparameters,
+        **output.extra,
+        "features": features.describe(),
+    }
+    print(f"{method.name}: top1 {results['top1']:.2f}  top5 {results['top5']:.2f}  (n={results['n']})")
+    write_results(args.out, results)
+    if args.save_logits:
+        print(f"wrote {save_logits(args.save_logits, output.logits)}")
+    return 0

@@ -1,0 +1,31 @@
+"""Exceptions a user can act on: each names the file, field or model involved and what was expected."""
+
+from __future__ import annotations
+
+
+class ClipadaptError(Exception):
+    """Base class of every error clipadapt raises on purpose (the CLI prints these without a traceback)."""
+
+
+class FeatureDirError(ClipadaptError):
+    """A feature directory or one of its files is missing, malformed or inconsistent."""
+
+
+class DatasetError(ClipadaptError):
+    """A dataset specification, split file, image or label is missing or malformed."""
+
+
+class WeightsUnavailableError(ClipadaptError):
+    """Model weights cannot be found locally and cannot be downloaded (offline)."""
+
+
+class CacheError(ClipadaptError):
+    """The feature cache is unreadable or an entry does not match its key."""
+
+
+class NotFittedError(ClipadaptError, AttributeError):
+    """An estimator was used before `fit`."""
+
+
+class ConfigError(ClipadaptError, ValueError):
+    """An argument or hyper-parameter is out of its valid range."""

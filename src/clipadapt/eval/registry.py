@@ -1,0 +1,76 @@
+"""Registry of methods that `clipadapt eval --method NAME` can run on a FeatureSet.
+
+A runner module under `clipadapt/eval/runners/` registers itself with `@register_eval_method`; adding a method
+to the CLI is adding a module, not editing a shared list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from torch import Tensor
+
+from clipadapt.errors import ConfigError
+from clipadapt.features.featureset import FeatureSet
+
+
+@dataclass
+class MethodResult:
+    """Test logits of one method plus what produced them (for results.json)."""
+
+    logits: Tensor
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+RunFn = Callable[[FeatureSet, argparse.Namespace], MethodResult]
+ArgsFn = Callable[[argparse.ArgumentParser], None]
+
+
+@dataclass
+class EvalMethod:
+    name: str
+    run: RunFn
+    add_arguments: ArgsFn | None
+    help: str
+    splits: tuple[str, ...]  # splits the method reads besides 'test' (e.g. 'train', 'val', 'unlabeled')
+
+
+_METHODS: dict[str, EvalMethod] = {}
+
+
+def register_eval_method(
+    name: str, *, help: str, add_arguments: ArgsFn | None = None, splits: tuple[str, ...] = ()
+) -> Callable[[RunFn], RunFn]:
+    """Decorator: register `run(features, args) -> MethodResult` under `name`."""
+
+    def decorator(run: RunFn) -> RunFn:
+        if name in _METHODS:
+            raise ValueError(f"eval method '{name}' registered twice")
+        _METHODS[name] = EvalMethod(name=name, run=run, add_arguments=add_arguments, help=help, splits=splits)
+        return run
+
+    return decorator
+
+
+def _import_runners() -> None:
+    package = importlib.import_module("clipadapt.eval.runners")
+    for module in pkgutil.iter_modules(package.__path__):
+        if not module.name.startswith("_"):
+            importlib.import_module(f"{package.__name__}.{module.name}")
+
+
+def list_eval_methods() -> list[str]:
+    _import_runners()
+    return sorted(_METHODS)
+
+
+def get_eval_method(name: str) -> EvalMethod:
+    _import_runners()
+    if name not in _METHODS:
+        raise ConfigError(f"unknown method '{name}'; available: {', '.join(sorted(_METHODS))}")
+    return _METHODS[name]

@@ -1,0 +1,1 @@
+"""Eval-method runners; every module here registers itself (see clipadapt.eval.registry)."""

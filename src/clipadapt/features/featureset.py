@@ -1,0 +1,107 @@
+"""In-memory feature sets: raw (unnormalised) embeddings, labels, class text embeddings and metadata."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from clipadapt.errors import FeatureDirError
+from clipadapt.ops import pool_views, prompt_ensemble
+
+SPLIT_NAMES = ("train", "val", "test", "unlabeled")
+
+
+@dataclass
+class FeatureSplit:
+    """Image embeddings of one split.
+
+    `image` is raw: (N, D), or (N, V, D) for V augmented views of each image. `label` is (N,) int64 or None
+    (allowed only for unlabeled data). `paths` optionally records the source image of each row.
+    """
+
+    image: Tensor
+    label: Tensor | None = None
+    paths: list[str] | None = None
+
+    @property
+    def n(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.image.shape[-1])
+
+    @property
+    def views(self) -> int:
+        return int(self.image.shape[1]) if self.image.ndim == 3 else 1
+
+    def pooled(self) -> Tensor:
+        """(N, D) raw embeddings, views averaged (test-time augmentation / Tip-Adapter keys)."""
+        return pool_views(self.image)
+
+    def labels(self, split_name: str = "split") -> Tensor:
+        """The labels, or a clear error when this split has none."""
+        if self.label is None:
+            raise FeatureDirError(f"split '{split_name}' has no labels (tensor 'label' is missing)")
+        return self.label
+
+    def subset(self, index: Tensor | list[int]) -> "FeatureSplit":
+        """Rows `index` of this split (paths follow)."""
+        index = torch.as_tensor(index, dtype=torch.long)
+        paths = [self.paths[i] for i in index.tolist()] if self.paths is not None else None
+        label = self.label[index] if self.label is not None else None
+        return FeatureSplit(image=self.image[index], label=label, paths=paths)
+
+
+@dataclass
+class FeatureSet:
+    """Everything a method needs for one (model, dataset): class names, class text embeddings, splits.
+
+    `text` is raw: (C, D), or (C, T, D) for T prompt templates. `meta` carries provenance
+    (model, dataset, templates, cache key, ...), copied into results files.
+    """
+
+    classnames: list[str]
+    text: Tensor
+    splits: dict[str, FeatureSplit] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    source: Path | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+    @property
+    def dim(self) -> int:
+        return int(self.text.shape[-1])
+
+    def classifier(self) -> Tensor:
+        """W (C, D): prompt-ensembled, L2-normalised class text embeddings (METHODS.md §1)."""
+        return prompt_ensemble(self.text)
+
+    def has_split(self, name: str) -> bool:
+        return name in self.splits
+
+    def split(self, name: str) -> FeatureSplit:
+        """The split `name`, or an error that lists the splits present."""
+        if name not in self.splits:
+            where = f" in {self.source}" if self.source else ""
+            raise FeatureDirError(
+                f"split '{name}' not found{where}; available: {sorted(self.splits) or 'none'}"
+            )
+        return self.splits[name]
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able summary for results files."""
+        return {
+            "source": str(self.source) if self.source else None,
+            "model": self.meta.get("model"),
+            "dataset": self.meta.get("dataset"),
+            "num_classes": self.num_classes,
+            "dim": self.dim,
+            "splits": {name: {"n": s.n, "views": s.views} for name, s in self.splits.items()},
+        }

@@ -1,0 +1,196 @@
+"""The feature-directory format (docs/feature-format.md), read and written with validation.
+
+    DIR/meta.json              {"classnames": [...], "model"?, "dataset"?, "templates"?, ...}
+    DIR/text.safetensors       tensor 'text'  (C, D) or (C, T, D)
+    DIR/<split>.safetensors    tensor 'image' (N, D) or (N, V, D), tensor 'label' (N,) int64
+                               (label optional for 'unlabeled'); split in train, val, test, unlabeled
+    DIR/<split>.paths.json     optional: the source image path of each row
+
+Every write goes to a temporary file in the same directory and is renamed into place, so a reader
+never sees a half-written file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from clipadapt.errors import FeatureDirError
+from clipadapt.features.featureset import SPLIT_NAMES, FeatureSet, FeatureSplit
+
+META_FILE = "meta.json"
+TEXT_FILE = "text.safetensors"
+
+
+# ----------------------------------------------------------------------------------------- atomic writes
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temp file + rename in the same directory."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def atomic_save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
+    """safetensors save through a temp file + rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ----------------------------------------------------------------------------------------- reading
+def read_meta(directory: Path) -> dict[str, Any]:
+    path = Path(directory) / META_FILE
+    if not path.is_file():
+        raise FeatureDirError(f"{path}: not found — a feature directory needs meta.json with 'classnames'")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise FeatureDirError(f"{path}: not valid JSON ({e})") from e
+    names = meta.get("classnames") if isinstance(meta, dict) else None
+    if not isinstance(names, list) or not names or not all(isinstance(c, str) for c in names):
+        raise FeatureDirError(f"{path}: field 'classnames' must be a non-empty list of strings")
+    return meta
+
+
+def _load_tensors(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise FeatureDirError(f"{path}: not found")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise FeatureDirError(f"{path}: not a readable safetensors file ({e})") from e
+
+
+def _require(tensors: dict[str, Tensor], key: str, path: Path) -> Tensor:
+    if key not in tensors:
+        raise FeatureDirError(f"{path.name}: tensor '{key}' is missing (found: {sorted(tensors)})")
+    return tensors[key]
+
+
+def _check_finite(t: Tensor, name: str, path: Path) -> None:
+    if not torch.isfinite(t).all():
+        bad = int((~torch.isfinite(t)).sum())
+        raise FeatureDirError(f"{path.name}: tensor '{name}' contains {bad} NaN/Inf values")
+
+
+def load_text(directory: Path, num_classes: int) -> Tensor:
+    path = Path(directory) / TEXT_FILE
+    text = _require(_load_tensors(path), "text", path)
+    if text.ndim not in (2, 3):
+        raise FeatureDirError(f"{path.name}: tensor 'text' must be (C, D) or (C, T, D), got {tuple(text.shape)}")
+    if text.shape[0] != num_classes:
+        raise FeatureDirError(
+            f"{path.name}: tensor 'text' has {text.shape[0]} classes but meta.json lists {num_classes} classnames"
+        )
+    _check_finite(text, "text", path)
+    return text.float()
+
+
+def load_split(directory: Path, name: str, *, num_classes: int, dim: int, meta: dict | None = None) -> FeatureSplit:
+    """Read and validate `<name>.safetensors` against the class count and embedding dimension."""
+    directory = Path(directory)
+    path = directory / f"{name}.safetensors"
+    tensors = _load_tensors(path)
+    image = _require(tensors, "image", path)
+    if image.ndim not in (2, 3):
+        raise FeatureDirError(f"{path.name}: tensor 'image' must be (N, D) or (N, V, D), got {tuple(image.shape)}")
+    if image.shape[-1] != dim:
+        model = f" (meta.json model: {meta.get('model')})" if meta and meta.get("model") else ""
+        raise FeatureDirError(
+            f"{path.name}: tensor 'image' has shape {tuple(image.shape)} but {TEXT_FILE} 'text' has D={dim} — "
+            f"were they computed with the same model?{model}"
+        )
+    _check_finite(image, "image", path)
+    label = tensors.get("label")
+    if label is None and name != "unlabeled":
+        raise FeatureDirError(f"{path.name}: tensor 'label' is missing (required for split '{name}')")
+    if label is not None:
+        if label.ndim != 1 or label.shape[0] != image.shape[0]:
+            raise FeatureDirError(
+                f"{path.name}: tensor 'label' must be (N,) with N={image.shape[0]} like 'image', got {tuple(label.shape)}"
+            )
+        if label.dtype.is_floating_point:
+            raise FeatureDirError(f"{path.name}: tensor 'label' must be integer (int64), got {label.dtype}")
+        label = label.long()
+        if label.numel() and (label.min() < 0 or label.max() >= num_classes):
+            raise FeatureDirError(
+                f"{path.name}: tensor 'label' has values in [{int(label.min())}, {int(label.max())}] but there are "
+                f"{num_classes} classes (valid: 0..{num_classes - 1})"
+            )
+    paths_file = directory / f"{name}.paths.json"
+    paths = json.loads(paths_file.read_text()) if paths_file.is_file() else None
+    if paths is not None and len(paths) != image.shape[0]:
+        raise FeatureDirError(f"{paths_file.name}: lists {len(paths)} paths for {image.shape[0]} rows")
+    return FeatureSplit(image=image.float(), label=label, paths=paths)
+
+
+def available_splits(directory: Path) -> list[str]:
+    directory = Path(directory)
+    return [s for s in SPLIT_NAMES if (directory / f"{s}.safetensors").is_file()]
+
+
+def load_feature_dir(directory: str | Path, splits: Iterable[str] | None = None) -> FeatureSet:
+    """Load a feature directory; `splits=None` loads every split present."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FeatureDirError(f"{directory}: feature directory not found")
+    meta = read_meta(directory)
+    classnames = meta["classnames"]
+    text = load_text(directory, len(classnames))
+    names = available_splits(directory) if splits is None else list(splits)
+    loaded = {
+        name: load_split(directory, name, num_classes=len(classnames), dim=text.shape[-1], meta=meta)
+        for name in names
+    }
+    return FeatureSet(classnames=classnames, text=text, splits=loaded, meta=meta, source=directory)
+
+
+# ----------------------------------------------------------------------------------------- writing
+def save_split(directory: Path, name: str, split: FeatureSplit) -> None:
+    tensors = {"image": split.image.float()}
+    if split.label is not None:
+        tensors["label"] = split.label.long()
+    if split.paths is not None:
+        atomic_write_json(Path(directory) / f"{name}.paths.json", list(split.paths))
+    atomic_save_tensors(Path(directory) / f"{name}.safetensors", tensors)
+
+
+def save_feature_dir(features: FeatureSet, directory: str | Path) -> Path:
+    """Write `features` in the feature-directory format (atomically, file by file)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    atomic_save_tensors(directory / TEXT_FILE, {"text": features.text.float()})
+    for name, split in features.splits.items():
+        save_split(directory, name, split)
+    meta = dict(features.meta)
+    meta["classnames"] = list(features.classnames)
+    atomic_write_json(directory / META_FILE, meta)  # last: its presence marks a complete directory
+    return directory

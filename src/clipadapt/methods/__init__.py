@@ -1,0 +1,5 @@
+"""Pure-tensor methods in estimator style: keyword-only hyper-parameters, fit(...) -> self, predict_logits."""
+
+from clipadapt.methods.zeroshot import ZeroShotClassifier
+
+__all__ = ["ZeroShotClassifier"]

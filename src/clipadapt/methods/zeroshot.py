@@ -1,0 +1,26 @@
+"""Zero-shot classification (METHODS.md §1): logits = s · norm(f) · Wᵀ."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from clipadapt.ops import CLIP_LOGIT_SCALE, check_is_fitted, check_same_dim, l2_normalize, pool_views, prompt_ensemble
+
+
+class ZeroShotClassifier:
+    """CLIP's zero-shot classifier over prompt-ensembled class text embeddings."""
+
+    def __init__(self, *, logit_scale: float = CLIP_LOGIT_SCALE):
+        self.logit_scale = logit_scale
+
+    def fit(self, text: Tensor) -> "ZeroShotClassifier":
+        """`text`: raw class text embeddings (C, D) or (C, T, D)."""
+        self.classifier_ = prompt_ensemble(text)
+        return self
+
+    def predict_logits(self, features: Tensor) -> Tensor:
+        """(N, D) or (N, V, D) raw image embeddings -> (N, C) logits (views averaged before normalising)."""
+        check_is_fitted(self, "classifier_")
+        f = pool_views(features)
+        check_same_dim(f, self.classifier_, "image features", "class text embeddings")
+        return self.logit_scale * l2_normalize(f) @ self.classifier_.T

@@ -1,0 +1,63 @@
+"""Small tensor helpers shared by every method. Pure functions: tensors in, tensors out."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from clipadapt.errors import ConfigError, NotFittedError
+
+CLIP_LOGIT_SCALE = 100.0
+
+
+def l2_normalize(x: Tensor, dim: int = -1, eps: float = 1e-12) -> Tensor:
+    """Scale vectors along `dim` to unit L2 norm (zero vectors stay zero)."""
+    return x / x.norm(dim=dim, keepdim=True).clamp_min(eps)
+
+
+def one_hot(labels: Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """(N,) int labels -> (N, C) one-hot matrix; labels outside [0, C) are an error."""
+    labels = labels.long()
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ConfigError(
+            f"labels must lie in [0, {num_classes}); got min {int(labels.min())}, max {int(labels.max())}"
+        )
+    return torch.nn.functional.one_hot(labels, num_classes).to(dtype)
+
+
+def pool_views(x: Tensor) -> Tensor:
+    """Average augmented views: (N, V, D) -> (N, D) on the raw embeddings; (N, D) passes through."""
+    if x.ndim == 3:
+        return x.mean(dim=1)
+    if x.ndim == 2:
+        return x
+    raise ConfigError(f"expected embeddings of shape (N, D) or (N, V, D), got {tuple(x.shape)}")
+
+
+def prompt_ensemble(text: Tensor) -> Tensor:
+    """Class classifier W (C, D) from class text embeddings (METHODS.md §1).
+
+    (C, T, D): L2-normalise each template embedding, average over T, re-normalise.
+    (C, D): L2-normalise.
+    """
+    if text.ndim == 3:
+        return l2_normalize(l2_normalize(text).mean(dim=1))
+    if text.ndim == 2:
+        return l2_normalize(text)
+    raise ConfigError(f"expected text embeddings of shape (C, D) or (C, T, D), got {tuple(text.shape)}")
+
+
+def check_is_fitted(estimator: object, attribute: str) -> None:
+    """Raise NotFittedError naming the estimator when `attribute` (a learned `_` attribute) is missing."""
+    if not hasattr(estimator, attribute):
+        name = type(estimator).__name__
+        raise NotFittedError(f"{name} is not fitted yet: call {name}.fit(...) before using it")
+
+
+def check_same_dim(a: Tensor, b: Tensor, what_a: str, what_b: str) -> None:
+    """Raise a readable error when two embedding sets have different dimensions D."""
+    if a.shape[-1] != b.shape[-1]:
+        raise ConfigError(
+            f"{what_a} has D={a.shape[-1]} but {what_b} has D={b.shape[-1]}: "
+            "were they computed with the same model?"
+        )

@@ -1,0 +1,79 @@
+"""Results as files: JSON, CSV and markdown tables, written atomically."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from clipadapt.features.io import atomic_write_bytes
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
+        return obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    path = Path(path)
+    atomic_write_bytes(path, (json.dumps(_jsonable(obj), indent=2) + "\n").encode())
+    return path
+
+
+def _format_cell(value: Any, digits: int) -> str:
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return "" if value is None else str(value)
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, digits: int = 2) -> str:
+    """A GitHub-markdown table of `rows` (dicts), columns in first-seen order unless given."""
+    columns = list(columns) if columns else _columns(rows)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_format_cell(row.get(c), digits) for c in columns) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    seen: dict[str, None] = {}
+    for row in rows:
+        seen.update(dict.fromkeys(row))
+    return list(seen)
+
+
+def csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    columns = list(columns) if columns else _columns(rows)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows([{c: _jsonable(r.get(c)) for c in columns} for r in rows])
+    return buf.getvalue()
+
+
+def write_table(path: str | Path, rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> Path:
+    """Write rows as .csv, .md or .json, chosen by the file extension."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        text = csv_text(rows, columns)
+    elif suffix in (".md", ".markdown"):
+        text = markdown_table(rows, columns)
+    elif suffix == ".json":
+        return write_json(path, list(rows))
+    else:
+        raise ValueError(f"{path}: unknown table format '{suffix}' (use .csv, .md or .json)")
+    atomic_write_bytes(path, text.encode())
+    return path

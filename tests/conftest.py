@@ -1,0 +1,64 @@
+"""Shared fixtures: real CLIP embeddings from ../shared/data, small random feature directories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+COCO500 = SHARED_DATA / "coco500-clip-vitb16"
+
+
+def _coco500(name: str) -> np.ndarray:
+    path = COCO500 / name
+    if not path.is_file():
+        pytest.fail(f"{path} is missing: the real-embedding tests need ../shared/data beside the project")
+    return np.load(path)
+
+
+@pytest.fixture(scope="session")
+def coco500() -> tuple[torch.Tensor, torch.Tensor]:
+    """(image, caption) real CLIP ViT-B/16 embeddings, (500, 512) each; row i of both is a matched pair."""
+    arr = _coco500("features.npy")
+    return torch.from_numpy(arr[0].copy()), torch.from_numpy(arr[1].copy())
+
+
+@pytest.fixture(scope="session")
+def coco500_random_init() -> tuple[torch.Tensor, torch.Tensor]:
+    """The same pipeline with a randomly initialised CLIP: the negative control."""
+    arr = _coco500("features_random_init.npy")
+    return torch.from_numpy(arr[0].copy()), torch.from_numpy(arr[1].copy())
+
+
+def make_clustered_features(
+    num_classes: int = 5, per_class: int = 20, dim: int = 16, views: int | None = None, seed: int = 0, noise: float = 0.6
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Synthetic raw embeddings: class prototypes (the 'text'), noisy image embeddings around them, labels."""
+    g = torch.Generator().manual_seed(seed)
+    protos = torch.randn(num_classes, dim, generator=g)
+    labels = torch.arange(num_classes).repeat_interleave(per_class)
+    shape = (labels.numel(), views, dim) if views else (labels.numel(), dim)
+    noise_t = noise * torch.randn(*shape, generator=g) * protos.norm(dim=1).mean()
+    base = protos[labels].unsqueeze(1) if views else protos[labels]
+    image = 3.0 * (base + noise_t)
+    return protos, image, labels
+
+
+@pytest.fixture
+def synthetic_featureset():
+    from clipadapt.features import FeatureSet, FeatureSplit
+
+    protos, image, labels = make_clustered_features()
+    _, val_image, val_labels = make_clustered_features(seed=1)
+    return FeatureSet(
+        classnames=[f"class {i}" for i in range(protos.shape[0])],
+        text=protos,
+        splits={"test": FeatureSplit(image, labels), "val": FeatureSplit(val_image, val_labels)},
+        meta={"model": "synthetic", "dataset": "clusters"},
+    )

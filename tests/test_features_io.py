@@ -1,0 +1,111 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from clipadapt import FeatureDirError, FeatureSet, FeatureSplit, load_feature_dir, save_feature_dir
+
+
+def test_round_trip_keeps_raw_embeddings_labels_and_meta(tmp_path, synthetic_featureset):
+    save_feature_dir(synthetic_featureset, tmp_path / "fd")
+    back = load_feature_dir(tmp_path / "fd")
+    assert back.classnames == synthetic_featureset.classnames
+    assert torch.equal(back.text, synthetic_featureset.text)
+    assert torch.equal(back.split("test").image, synthetic_featureset.split("test").image)
+    assert torch.equal(back.split("test").label, synthetic_featureset.split("test").label)
+    assert back.meta["model"] == "synthetic"
+    assert sorted(back.splits) == ["test", "val"]
+
+
+def test_no_temporary_files_left_after_save(tmp_path, synthetic_featureset):
+    save_feature_dir(synthetic_featureset, tmp_path)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_missing_split_error_lists_available(synthetic_featureset):
+    with pytest.raises(FeatureDirError, match=r"'train' not found.*\['test', 'val'\]"):
+        synthetic_featureset.split("train")
+
+
+def _write_dir(path, *, classnames, text, image, label=None, split="test"):
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "meta.json").write_text(json.dumps({"classnames": classnames, "model": "ViT-B-32@openai"}))
+    save_file({"text": text}, str(path / "text.safetensors"))
+    tensors = {"image": image}
+    if label is not None:
+        tensors["label"] = label
+    save_file(tensors, str(path / f"{split}.safetensors"))
+
+
+def test_dimension_mismatch_names_files_and_model(tmp_path):
+    _write_dir(tmp_path, classnames=["a", "b"], text=torch.randn(2, 512), image=torch.randn(4, 768), label=torch.zeros(4, dtype=torch.long))
+    with pytest.raises(FeatureDirError, match=r"test.safetensors: tensor 'image' has shape \(4, 768\).*D=512.*ViT-B-32@openai"):
+        load_feature_dir(tmp_path)
+
+
+def test_class_count_mismatch_between_meta_and_text(tmp_path):
+    _write_dir(tmp_path, classnames=["a", "b", "c"], text=torch.randn(2, 8), image=torch.randn(4, 8), label=torch.zeros(4, dtype=torch.long))
+    with pytest.raises(FeatureDirError, match="text.safetensors: tensor 'text' has 2 classes but meta.json lists 3"):
+        load_feature_dir(tmp_path)
+
+
+def test_label_out_of_range_is_reported(tmp_path):
+    _write_dir(tmp_path, classnames=["a", "b"], text=torch.randn(2, 8), image=torch.randn(3, 8), label=torch.tensor([0, 1, 2]))
+    with pytest.raises(FeatureDirError, match=r"'label' has values in \[0, 2\] but there are 2 classes"):
+        load_feature_dir(tmp_path)
+
+
+def test_nan_embeddings_are_reported(tmp_path):
+    image = torch.randn(3, 8)
+    image[1, 2] = float("nan")
+    _write_dir(tmp_path, classnames=["a", "b"], text=torch.randn(2, 8), image=image, label=torch.tensor([0, 1, 0]))
+    with pytest.raises(FeatureDirError, match="test.safetensors: tensor 'image' contains 1 NaN"):
+        load_feature_dir(tmp_path)
+
+
+def test_missing_labels_required_except_unlabeled(tmp_path):
+    _write_dir(tmp_path, classnames=["a", "b"], text=torch.randn(2, 8), image=torch.randn(3, 8))
+    with pytest.raises(FeatureDirError, match="tensor 'label' is missing"):
+        load_feature_dir(tmp_path)
+    (tmp_path / "test.safetensors").rename(tmp_path / "unlabeled.safetensors")
+    fs = load_feature_dir(tmp_path)
+    assert fs.split("unlabeled").label is None
+
+
+def test_float_labels_rejected(tmp_path):
+    _write_dir(tmp_path, classnames=["a", "b"], text=torch.randn(2, 8), image=torch.randn(3, 8), label=torch.tensor([0.0, 1.0, 0.0]))
+    with pytest.raises(FeatureDirError, match="must be integer"):
+        load_feature_dir(tmp_path)
+
+
+def test_missing_meta_and_bad_classnames(tmp_path):
+    with pytest.raises(FeatureDirError, match="meta.json: not found"):
+        load_feature_dir(tmp_path)
+    (tmp_path / "meta.json").write_text(json.dumps({"classnames": []}))
+    with pytest.raises(FeatureDirError, match="'classnames' must be a non-empty list"):
+        load_feature_dir(tmp_path)
+
+
+def test_corrupt_safetensors_is_reported(tmp_path):
+    (tmp_path / "meta.json").write_text(json.dumps({"classnames": ["a"]}))
+    (tmp_path / "text.safetensors").write_bytes(b"not a tensor file")
+    with pytest.raises(FeatureDirError, match="text.safetensors: not a readable safetensors file"):
+        load_feature_dir(tmp_path)
+
+
+def test_views_are_pooled_on_raw_embeddings():
+    image = torch.randn(4, 3, 8)
+    split = FeatureSplit(image, torch.zeros(4, dtype=torch.long))
+    assert split.views == 3 and split.dim == 8
+    assert torch.allclose(split.pooled(), image.mean(1))
+
+
+def test_classifier_is_prompt_ensemble_of_normalised_templates():
+    text = torch.randn(3, 4, 8)
+    fs = FeatureSet(classnames=["a", "b", "c"], text=text)
+    per_template = text / text.norm(dim=-1, keepdim=True)
+    mean = per_template.mean(1)
+    expected = mean / mean.norm(dim=-1, keepdim=True)
+    assert torch.allclose(fs.classifier(), expected, atol=1e-6)
