@@ -134,3 +134,18 @@ def test_missing_faiss_gives_an_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)  # makes `import faiss` raise ImportError
     with pytest.raises(ConfigError, match="pip install"):
         chunked_topk(torch.randn(2, 4), torch.randn(5, 4), 1, backend="faiss")
+
+
+def test_chunked_cache_affinity_equals_the_tip_adapter_formula():
+    from clipadapt.eval.topk import chunked_cache_affinity
+
+    torch.manual_seed(6)
+    f, keys = l2_normalize(torch.randn(7, 8)), l2_normalize(torch.randn(23, 8))
+    values = torch.nn.functional.one_hot(torch.randint(0, 4, (23,)), 4).float()
+    literal = torch.zeros(7, 4)
+    for i in range(7):
+        for j in range(23):
+            literal[i] += torch.exp(-2.0 * (1 - f[i] @ keys[j])) * values[j]
+    torch.testing.assert_close(chunked_cache_affinity(f, keys, values, beta=2.0, chunk_size=5), literal)
+    chunks = [(keys[:10], None), (keys[10:], None)]
+    torch.testing.assert_close(chunked_cache_affinity(f, chunks, [values[:10], values[10:]], beta=2.0), literal)

@@ -251,3 +251,33 @@ def _scan_scores(queries: Tensor, gallery: Tensor | Iterable[Tensor], chunk_size
             raise ConfigError(f"gallery has D={chunk.shape[1]} but queries have D={queries.shape[1]}")
         yield start, queries @ chunk.to(device=queries.device, dtype=queries.dtype).T
         start += chunk.shape[0]
+
+
+# ----------------------------------------------------------------------------------------- cache affinity
+def chunked_cache_affinity(
+    queries: Tensor,
+    keys: Gallery,
+    values: Tensor | Iterable[Tensor],
+    *,
+    beta: float = 1.0,
+    chunk_size: int = 4096,
+) -> Tensor:
+    """Tip-Adapter's cache term `exp(−β(1 − f Fᵀ)) L` (METHODS.md §3), summed over key chunks: (Q, C).
+
+    `queries` (Q, D) and `keys` (M, D) (or an iterable of key chunks / (key, label) pairs) are used as given
+    (normalise them first). `values` is (M, C) one-hot, or an iterable of (c, C) chunks aligned with the key
+    chunks. The product is additive over key rows, so chunking is exact up to float summation order; memory
+    O(Q × chunk_size) instead of O(Q × M).
+    """
+    out = None
+    value_chunks = iter_gallery_chunks(values, chunk_size) if isinstance(values, Tensor) else iter(values)
+    for key_chunk in iter_gallery_chunks(keys, chunk_size):
+        v = next(value_chunks, None)
+        if v is None or v.shape[0] != key_chunk.shape[0]:
+            raise ConfigError("cache values must have one row per key, chunked like the keys")
+        affinity = torch.exp(-beta * (1 - queries @ key_chunk.to(queries.dtype).T))
+        term = affinity @ v.to(queries.dtype)
+        out = term if out is None else out + term
+    if out is None:
+        raise ConfigError("cache affinity over an empty cache")
+    return out

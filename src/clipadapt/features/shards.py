@@ -1,0 +1,375 @@
+"""Feature splits larger than memory: row-range shard files read memory-mapped, and statistics computed streaming.
+
+A sharded split is a list of safetensors files, each holding consecutive rows of the split (tensor 'image'
+(rows, D) or (rows, V, D), optional 'label' (rows,)), listed in order by an index JSON:
+
+    DIR/<split>.shards.json   {"format": "clipadapt-shards-v1", "split": "test", "n": N, "dim": D, "views": V,
+                               "shards": [{"file": "<split>.shards/00000000-00001024.safetensors",
+                                           "start": 0, "stop": 1024}, ...]}
+
+`ShardedSplit` opens the files with `safetensors.safe_open` (memory-mapped; only the header is parsed) and reads
+row ranges on demand: `iter_chunks(rows)` yields (image, label) chunks of exactly `rows` rows (the last may be
+shorter; chunks may cross shard boundaries) without loading the split; `load()` materialises a FeatureSplit.
+
+Streaming statistics consume such chunks in one pass (or, for pairs, chunk against chunk):
+`streaming_mean` (DN's means, METHODS.md §2) and `streaming_pair_histograms` (the IMO same-/different-class
+cosine-similarity histograms, METHODS.md §5).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import torch
+from safetensors import SafetensorError, safe_open
+from torch import Tensor
+
+from clipadapt.errors import ConfigError, FeatureDirError
+from clipadapt.features.featureset import FeatureSplit
+from clipadapt.features.io import atomic_save_tensors, atomic_write_json
+from clipadapt.ops import l2_normalize, pool_views
+
+INDEX_FORMAT = "clipadapt-shards-v1"
+SHARD_NAME = re.compile(r"(\d+)-(\d+)\.safetensors$")
+
+
+def index_path(directory: str | Path, split: str) -> Path:
+    """Where the shard index of `split` lives in a feature directory."""
+    return Path(directory) / f"{split}.shards.json"
+
+
+def shard_file_name(start: int, stop: int) -> str:
+    """Row-range shard name, zero-padded so lexical order is row order: '00001024-00002048.safetensors'."""
+    return f"{start:08d}-{stop:08d}.safetensors"
+
+
+# ----------------------------------------------------------------------------------------- one shard
+@dataclass(frozen=True)
+class Shard:
+    """One shard file holding rows [start, stop) of the split."""
+
+    path: Path
+    start: int
+    stop: int
+
+    @property
+    def rows(self) -> int:
+        return self.stop - self.start
+
+
+def _header(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes of a safetensors file, read from its header only (memory-mapped, no data loaded)."""
+    if not path.is_file():
+        raise FeatureDirError(f"{path}: shard file not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise FeatureDirError(f"{path}: not a readable safetensors shard ({e})") from e
+
+
+# ----------------------------------------------------------------------------------------- the split
+class ShardedSplit:
+    """A split stored as row-range shard files, read memory-mapped chunk by chunk.
+
+    `shards` are the files in row order; their shapes are validated from the headers (same D and views,
+    'label' present in all or none, rows consecutive from 0).
+    """
+
+    def __init__(self, shards: Sequence[str | Path], *, name: str = "split"):
+        if not shards:
+            raise FeatureDirError(f"sharded split '{name}' lists no shard files")
+        self.name = name
+        self.shards: list[Shard] = []
+        self._image_shape: tuple[int, ...] | None = None
+        self.has_labels: bool | None = None
+        start = 0
+        for path in map(Path, shards):
+            header = _header(path)
+            rows = self._check_shard(path, header)
+            self.shards.append(Shard(path, start, start + rows))
+            start += rows
+
+    def _check_shard(self, path: Path, header: dict[str, tuple[int, ...]]) -> int:
+        image = header.get("image")
+        if image is None or len(image) not in (2, 3):
+            raise FeatureDirError(f"{path.name}: tensor 'image' must be (rows, D) or (rows, V, D), got {image}")
+        if self._image_shape is not None and image[1:] != self._image_shape:
+            raise FeatureDirError(
+                f"{path.name}: tensor 'image' has per-row shape {image[1:]} but earlier shards have {self._image_shape}"
+            )
+        self._image_shape = image[1:]
+        label = header.get("label")
+        if label is not None and label != (image[0],):
+            raise FeatureDirError(f"{path.name}: tensor 'label' must be ({image[0]},) like 'image', got {label}")
+        if self.has_labels is not None and self.has_labels != (label is not None):
+            raise FeatureDirError(f"{path.name}: tensor 'label' is {'missing' if label is None else 'present'} "
+                                  "here but not in the other shards")
+        self.has_labels = label is not None
+        return image[0]
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, path: str | Path, split: str | None = None) -> "ShardedSplit":
+        """Open from an index JSON file, or from a feature directory + split name (DIR/<split>.shards.json)."""
+        path = Path(path)
+        if split is not None:
+            path = index_path(path, split)
+        if not path.is_file():
+            raise FeatureDirError(f"{path}: shard index not found")
+        try:
+            index = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise FeatureDirError(f"{path}: not valid JSON ({e})") from e
+        entries = index.get("shards") if isinstance(index, dict) else None
+        if not isinstance(entries, list):
+            raise FeatureDirError(f"{path}: field 'shards' must be a list of {{file, start, stop}}")
+        expected = 0
+        for e in entries:
+            if e.get("start") != expected:
+                raise FeatureDirError(f"{path}: shard {e.get('file')} starts at row {e.get('start')}, expected {expected}")
+            expected = e["stop"]
+        out = cls([path.parent / e["file"] for e in entries], name=index.get("split", split or path.stem))
+        for e, shard in zip(entries, out.shards):
+            if (shard.start, shard.stop) != (e["start"], e["stop"]):
+                raise FeatureDirError(
+                    f"{shard.path.name}: holds rows [{shard.start}, {shard.stop}) but {path.name} says "
+                    f"[{e['start']}, {e['stop']})"
+                )
+        if index.get("n") is not None and index["n"] != out.n:
+            raise FeatureDirError(f"{path}: says n={index['n']} but its shards hold {out.n} rows")
+        return out
+
+    @classmethod
+    def from_dir(cls, directory: str | Path, *, name: str = "split") -> "ShardedSplit":
+        """Open every row-range shard file '<start>-<stop>.safetensors' in `directory`, in row order."""
+        directory = Path(directory)
+        files = sorted((int(m.group(1)), p) for p in directory.glob("*.safetensors") if (m := SHARD_NAME.search(p.name)))
+        return cls([p for _, p in files], name=name)
+
+    # ------------------------------------------------------------------ shape
+    @property
+    def n(self) -> int:
+        return self.shards[-1].stop
+
+    @property
+    def dim(self) -> int:
+        return int(self._image_shape[-1])
+
+    @property
+    def views(self) -> int:
+        return int(self._image_shape[0]) if len(self._image_shape) == 2 else 1
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __repr__(self) -> str:
+        return f"ShardedSplit({self.name!r}, n={self.n}, dim={self.dim}, views={self.views}, shards={len(self.shards)})"
+
+    # ------------------------------------------------------------------ reading
+    def read_rows(self, start: int, stop: int) -> tuple[Tensor, Tensor | None]:
+        """Rows [start, stop) as (image, label|None), reading only those rows from the memory-mapped shards."""
+        if not 0 <= start <= stop <= self.n:
+            raise ConfigError(f"rows [{start}, {stop}) outside split '{self.name}' of {self.n} rows")
+        images, labels = [], []
+        for shard in self.shards:
+            lo, hi = max(start, shard.start), min(stop, shard.stop)
+            if lo >= hi:
+                continue
+            with safe_open(str(shard.path), framework="pt") as f:
+                images.append(f.get_slice("image")[lo - shard.start : hi - shard.start])
+                if self.has_labels:
+                    labels.append(f.get_slice("label")[lo - shard.start : hi - shard.start])
+        if not images:
+            return torch.empty((0, *self._image_shape)), (torch.empty(0, dtype=torch.long) if self.has_labels else None)
+        image = images[0] if len(images) == 1 else torch.cat(images)
+        label = (labels[0] if len(labels) == 1 else torch.cat(labels)).long() if self.has_labels else None
+        return image.float(), label
+
+    def iter_chunks(self, chunk_rows: int, *, start: int = 0) -> Iterator[tuple[Tensor, Tensor | None]]:
+        """(image, label|None) chunks of `chunk_rows` rows from row `start` on (the last chunk may be shorter)."""
+        if chunk_rows < 1:
+            raise ConfigError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        for lo in range(start, self.n, chunk_rows):
+            yield self.read_rows(lo, min(lo + chunk_rows, self.n))
+
+    def chunks(self, chunk_rows: int) -> "Chunks":
+        """A re-iterable view over `iter_chunks(chunk_rows)` (for functions that scan twice)."""
+        return Chunks(self, chunk_rows)
+
+    def load(self) -> FeatureSplit:
+        """The whole split in memory (for small data)."""
+        image, label = self.read_rows(0, self.n)
+        return FeatureSplit(image=image, label=label)
+
+
+@dataclass(frozen=True)
+class Chunks:
+    """Re-iterable (image, label) chunks of a ShardedSplit or an in-memory FeatureSplit."""
+
+    source: "ShardedSplit | FeatureSplit"
+    chunk_rows: int
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor | None]]:
+        return iter_split_chunks(self.source, self.chunk_rows)
+
+
+def iter_split_chunks(
+    source: ShardedSplit | FeatureSplit | Tensor, chunk_rows: int, *, start: int = 0
+) -> Iterator[tuple[Tensor, Tensor | None]]:
+    """(image, label|None) chunks of a sharded split, an in-memory FeatureSplit or an image tensor alike."""
+    if isinstance(source, ShardedSplit):
+        yield from source.iter_chunks(chunk_rows, start=start)
+        return
+    image, label = (source, None) if isinstance(source, Tensor) else (source.image, source.label)
+    for lo in range(start, image.shape[0], chunk_rows):
+        yield image[lo : lo + chunk_rows], (label[lo : lo + chunk_rows] if label is not None else None)
+
+
+# ----------------------------------------------------------------------------------------- writing
+def write_shard(directory: str | Path, start: int, image: Tensor, label: Tensor | None = None) -> Path:
+    """Write rows [start, start + len(image)) as one shard file, atomically (temp file + rename)."""
+    tensors = {"image": image.float()}
+    if label is not None:
+        tensors["label"] = label.long()
+    path = Path(directory) / shard_file_name(start, start + image.shape[0])
+    atomic_save_tensors(path, tensors)
+    return path
+
+
+def write_shard_index(directory: str | Path, split: str, shard_paths: Sequence[str | Path]) -> Path:
+    """Validate the shards (consecutive rows, same shapes) and write DIR/<split>.shards.json atomically."""
+    directory = Path(directory)
+    sharded = ShardedSplit(shard_paths, name=split)
+    index = {
+        "format": INDEX_FORMAT,
+        "split": split,
+        "n": sharded.n,
+        "dim": sharded.dim,
+        "views": sharded.views,
+        "labels": bool(sharded.has_labels),
+        "shards": [
+            {"file": str(s.path.resolve().relative_to(directory.resolve())), "start": s.start, "stop": s.stop}
+            for s in sharded.shards
+        ],
+    }
+    path = index_path(directory, split)
+    atomic_write_json(path, index)
+    return path
+
+
+def save_sharded_split(directory: str | Path, split: str, features: FeatureSplit, *, shard_size: int = 1024) -> ShardedSplit:
+    """Write an in-memory split as row-range shards under DIR/<split>.shards/ plus its index; returns it opened."""
+    if shard_size < 1:
+        raise ConfigError(f"shard_size must be >= 1, got {shard_size}")
+    shard_dir = Path(directory) / f"{split}.shards"
+    paths = [
+        write_shard(shard_dir, lo, features.image[lo : lo + shard_size],
+                    features.label[lo : lo + shard_size] if features.label is not None else None)
+        for lo in range(0, features.n, shard_size)
+    ]
+    return ShardedSplit.open(write_shard_index(directory, split, paths))
+
+
+# ----------------------------------------------------------------------------------------- streaming statistics
+def _images(chunks: Iterable[Tensor | tuple]) -> Iterator[Tensor]:
+    for item in chunks:
+        yield item[0] if isinstance(item, (tuple, list)) else item
+
+
+def streaming_mean(chunks: Iterable[Tensor | tuple[Tensor, Tensor | None]], *, normalize: bool = False) -> Tensor:
+    """(D,) mean over all rows of the chunks, accumulated in float64 in one pass (DN's μ, METHODS.md §2).
+
+    Chunks are (rows, D) or (rows, V, D) tensors or (image, label) pairs; views are averaged first (raw, like
+    `FeatureSplit.pooled`). `normalize=True` L2-normalises each row before averaging.
+    """
+    total, count = None, 0
+    for image in _images(chunks):
+        x = pool_views(image)
+        if normalize:
+            x = l2_normalize(x)
+        s = x.double().sum(0)
+        total = s if total is None else total + s
+        count += x.shape[0]
+    if count == 0:
+        raise ConfigError("streaming_mean over no rows")
+    return (total / count).float()
+
+
+@dataclass
+class PairHistograms:
+    """Counts of same-class and different-class cosine similarities of all pairs i<j on common bins over [-1, 1]."""
+
+    same_counts: Tensor  # (bins,) int64
+    diff_counts: Tensor  # (bins,) int64
+    bin_edges: Tensor  # (bins + 1,) float64
+
+    @property
+    def n_same(self) -> int:
+        return int(self.same_counts.sum())
+
+    @property
+    def n_diff(self) -> int:
+        return int(self.diff_counts.sum())
+
+    @property
+    def bin_width(self) -> float:
+        return float(self.bin_edges[1] - self.bin_edges[0])
+
+    def densities(self) -> tuple[Tensor, Tensor]:
+        """(p, u): same- and different-class densities (each integrates to 1 over [-1, 1])."""
+        p = self.same_counts.double() / max(self.n_same, 1) / self.bin_width
+        u = self.diff_counts.double() / max(self.n_diff, 1) / self.bin_width
+        return p, u
+
+    @property
+    def overlap(self) -> float:
+        """IMO overlap Σ_b min(p_b, u_b)·Δ ∈ [0, 1] (METHODS.md §5); lower is better."""
+        p, u = self.densities()
+        return float(torch.minimum(p, u).sum() * self.bin_width)
+
+
+def _bin_index(sims: Tensor, bins: int) -> Tensor:
+    """Bin of each similarity on `bins` equal bins over [-1, 1]; values are clamped (|cos| can exceed 1 by rounding)
+    and 1.0 falls in the last bin."""
+    return ((sims.double().clamp(-1, 1) + 1) / 2 * bins).long().clamp_max(bins - 1)
+
+
+def streaming_pair_histograms(
+    source: ShardedSplit | FeatureSplit,
+    *,
+    bins: int = 200,
+    chunk_rows: int = 4096,
+    normalize: bool = True,
+) -> PairHistograms:
+    """Same-/different-class histograms of the cosine similarity of every pair i<j, chunk against chunk.
+
+    Exact (all N(N-1)/2 pairs, no sampling) with memory O(chunk_rows²): the split is read once per chunk
+    (`source` may be a memory-mapped ShardedSplit). Views are averaged, rows L2-normalised (unless
+    `normalize=False`). Counts are additive over chunk pairs, so they equal the in-memory computation.
+    """
+    if bins < 1:
+        raise ConfigError(f"bins must be >= 1, got {bins}")
+    same = torch.zeros(bins, dtype=torch.long)
+    diff = torch.zeros(bins, dtype=torch.long)
+    prep = (lambda x: l2_normalize(pool_views(x))) if normalize else pool_views
+    offset_a = 0
+    for image_a, label_a in iter_split_chunks(source, chunk_rows):
+        if label_a is None:
+            raise FeatureDirError(f"split '{getattr(source, 'name', 'split')}' has no labels: IMO histograms need them")
+        a = prep(image_a)
+        # chunks b start at chunk a (same chunk boundaries), so the first b is the diagonal block
+        for j, (image_b, label_b) in enumerate(iter_split_chunks(source, chunk_rows, start=offset_a)):
+            idx = _bin_index(a @ prep(image_b).T, bins)
+            same_class = label_a[:, None] == label_b[None, :]
+            keep = torch.ones_like(same_class)
+            if j == 0:
+                keep = torch.triu(keep, diagonal=1)  # pairs i < j only
+            same += torch.bincount(idx[keep & same_class], minlength=bins)
+            diff += torch.bincount(idx[keep & ~same_class], minlength=bins)
+        offset_a += image_a.shape[0]
+    return PairHistograms(same, diff, torch.linspace(-1, 1, bins + 1, dtype=torch.float64))
