@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from clipadapt.features.distributed import assign_shards, detect_env, shard_ranges
-from clipadapt.features.io import load_feature_dir  # noqa: F401  (format helpers used below)
-from clipadapt.features.shards import ShardedSplit
+from clipadapt.features.distributed import assign_shards, detect_env, run_sharded_extraction, shard_ranges
+from clipadapt.features.io import _load_tensors
+from clipadapt.features.shards import ShardedSplit, shard_file_name
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "_dist_worker.py"
@@ -52,15 +52,21 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(tiny_ckpt) -> torch.Tensor:
-    """Single-process features: the worker's encoder run in this process over all rows at once."""
+def worker(tiny_ckpt):
+    """The worker module and its encode_range, loaded in this process (the single-process path)."""
     sys.path.insert(0, str(HERE))
     try:
         import _dist_worker as w
     finally:
         sys.path.remove(str(HERE))
     model, preprocess = w.build_encoder(str(tiny_ckpt))
-    image, label = w.make_encode_range(model, preprocess, batch_size=N)(0, N)
+    return w.make_encode_range(model, preprocess)
+
+
+@pytest.fixture(scope="module")
+def reference(worker) -> torch.Tensor:
+    """Single-process features of all rows, encoded in one go."""
+    image, _ = worker(0, N)
     return image
 
 
@@ -78,7 +84,7 @@ def _check_output(out: Path, reference: torch.Tensor) -> None:
     assert loaded.n == N  # no duplicate or padding rows
     torch.testing.assert_close(loaded.image, reference, rtol=0, atol=1e-6)
     assert torch.equal(loaded.label, torch.arange(N) % 3)
-    merged = load_feature_dir.__globals__["_load_tensors"](out / "test.safetensors")
+    merged = _load_tensors(out / "test.safetensors")
     assert torch.equal(merged["image"], loaded.image)
     assert not list((out / "test.shards").glob(".*.tmp"))  # no half-written shard
 
@@ -91,17 +97,18 @@ def test_two_gloo_processes_equal_single_process_row_for_row(tmp_path, tiny_ckpt
     assert [len(r["encoded"]) for r in reports] == [3, 3]  # each rank encoded its own half
 
 
-def test_rank_killed_mid_write_then_rerun_completes_identically(tmp_path, tiny_ckpt, reference):
+def test_rank_killed_mid_write_then_rerun_completes_identically(tmp_path, tiny_ckpt, worker, reference):
     crashed = _torchrun(tmp_path, tiny_ckpt, die_rank=1, die_at_shard=2)
     assert crashed.returncode != 0
     shard_dir = tmp_path / "test.shards"
-    written = sorted(p.name for p in shard_dir.glob("*.safetensors"))
-    assert "00000016-00000020.safetensors" not in written  # rank 1's second shard never got its final name
-    for p in shard_dir.glob("*.safetensors"):  # whatever has its final name is a whole, readable shard
-        assert ShardedSplit([p]).n == 4
-    rerun = _torchrun(tmp_path, tiny_ckpt)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    survivors = sorted(p.name for p in shard_dir.glob("*.safetensors"))
+    assert "00000016-00000020.safetensors" not in survivors  # rank 1 died before its second shard's rename
+    assert "00000012-00000016.safetensors" in survivors  # its first shard was complete
+    for name in survivors:  # whatever has its final name is a whole, readable shard
+        assert ShardedSplit([shard_dir / name]).n == 4
+    assert not (tmp_path / "test.shards.json").exists()  # no index for an incomplete run
+    # rerun (here as one process: the shard cut does not depend on the number of processes)
+    result = run_sharded_extraction(worker, N, tmp_path, split="test", shard_size=SHARD, progress=False)
+    assert sorted(shard_file_name(*r) for r in result.skipped) == survivors  # finished shards not re-encoded
+    assert len(result.encoded) + len(result.skipped) == 6
     _check_output(tmp_path, reference)
-    report1 = json.loads((tmp_path / "rank1.json").read_text())
-    assert [12, 16] in report1["skipped"]  # rank 1's first shard survived the crash and was not re-encoded
-    assert [16, 20] in report1["encoded"]
