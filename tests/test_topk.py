@@ -46,6 +46,16 @@ def test_ties_break_by_lower_gallery_index_and_k_larger_than_chunk():
                 assert index[i, j] < index[i, j + 1]
 
 
+@pytest.mark.parametrize("k,chunk_size,query_chunk_size", [(3, 10, None), (1, 7, 2), (12, 5, 3), (25, 25, None)])
+def test_ties_at_the_kth_value_inside_a_chunk_pick_the_lowest_indices(k, chunk_size, query_chunk_size):
+    torch.manual_seed(7)
+    q = torch.randint(-1, 2, (9, 3)).float()
+    g = torch.randint(-1, 2, (41, 3)).float()  # 27 distinct vectors over 41 rows: heavy ties everywhere
+    scores, index = chunked_topk(q, g, k, chunk_size=chunk_size, query_chunk_size=query_chunk_size)
+    ref_scores, ref_index = _full_stable_topk(q, g, k)
+    assert torch.equal(index, ref_index) and torch.equal(scores, ref_scores)
+
+
 def test_all_equal_scores_give_the_first_k_rows():
     q, g = torch.ones(3, 5), torch.ones(20, 5)
     scores, index = chunked_topk(q, g, 6, chunk_size=4)

@@ -70,13 +70,32 @@ def merge_topk(
 ) -> tuple[Tensor, Tensor]:
     """Merge a running top-k with a new block of candidates, keeping the k best per row.
 
-    `best_*` (Q, k0) hold earlier gallery rows, `scores`/`index` (Q, c) later ones (larger indices), so a stable
-    descending sort of their concatenation breaks ties by the lower gallery index.
+    `best_*` (Q, k0) hold earlier gallery rows, `scores`/`index` (Q, c) later ones (larger indices) in increasing
+    index order, so a stable descending sort of their concatenation breaks ties by the lower gallery index.
     """
     all_scores = torch.cat([best_scores, scores], dim=1)
     all_index = torch.cat([best_index, index], dim=1)
     order = torch.sort(all_scores, dim=1, descending=True, stable=True).indices[:, :k]
     return all_scores.gather(1, order), all_index.gather(1, order)
+
+
+def chunk_candidates(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The k best columns of each row of one chunk's scores, as (scores, local indices) in increasing index order.
+
+    `torch.topk` picks the right set of values but, among columns tied with the k-th value, not necessarily the
+    lowest indices; rows where that happens (more columns equal the k-th value than were picked) are redone
+    with a stable sort. Returning candidates in index order lets `merge_topk` break ties by lower index.
+    """
+    kk = min(k, scores.shape[1])
+    top = scores.topk(kk, dim=1)
+    kth = top.values[:, -1:]
+    ambiguous = (scores == kth).sum(1) > (top.values == kth).sum(1)
+    index = top.indices
+    if ambiguous.any():
+        rows = ambiguous.nonzero().squeeze(1)
+        index[rows] = torch.sort(scores[rows], dim=1, descending=True, stable=True).indices[:, :kk]
+    index = index.sort(dim=1).values
+    return scores.gather(1, index), index
 
 
 def _topk_torch(
@@ -94,10 +113,9 @@ def _topk_torch(
                 "were they computed with the same model?"
             )
         chunk = chunk.to(device=queries.device, dtype=queries.dtype)
-        index = torch.arange(offset, offset + chunk.shape[0], device=queries.device)
         for b, q in enumerate(blocks):
-            s = q @ chunk.T
-            best_s[b], best_i[b] = merge_topk(best_s[b], best_i[b], s, index.expand(q.shape[0], -1), k)
+            cand_s, cand_i = chunk_candidates(q @ chunk.T, k)
+            best_s[b], best_i[b] = merge_topk(best_s[b], best_i[b], cand_s, cand_i + offset, k)
         offset += chunk.shape[0]
     if offset < k:
         raise ConfigError(f"k={k} is larger than the gallery ({offset} rows)")
