@@ -1,0 +1,96 @@
+"""`clipadapt search`: chunked top-k retrieval of feature-directory rows, from memory-mapped (sharded) splits."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from clipadapt.cli._common import write_results
+from clipadapt.errors import ConfigError, FeatureDirError
+from clipadapt.eval.topk import BACKENDS, chunked_topk
+from clipadapt.features.io import load_text, read_meta
+from clipadapt.features.shards import ShardedSplit, index_path
+from clipadapt.ops import l2_normalize, pool_views
+
+COMMAND = "search"
+HELP = "top-k nearest rows of a gallery split for each query (chunked, memory-mapped; optional faiss)"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--queries", required=True, metavar="DIR:SPLIT",
+                        help="query embeddings: a feature directory and a split name, or DIR:text for the class texts")
+    parser.add_argument("--gallery", required=True, metavar="DIR:SPLIT", help="gallery embeddings, same form")
+    parser.add_argument("--k", type=int, default=10, help="neighbours per query")
+    parser.add_argument("--chunk-size", type=int, default=4096, help="gallery rows scored at once")
+    parser.add_argument("--query-chunk-size", type=int, default=1024, help="query rows scored at once")
+    parser.add_argument("--backend", choices=BACKENDS, default="torch",
+                        help="torch: exact chunked running top-k; faiss: a faiss index (pip install 'clipadapt[faiss]')")
+    parser.add_argument("--faiss-index", default="Flat",
+                        help="faiss index factory string (default Flat = exact inner product; e.g. IVF4096,Flat)")
+    parser.add_argument("--no-normalize", action="store_true", help="score raw inner products instead of cosines")
+    parser.add_argument("--paired", action="store_true",
+                        help="query row i matches gallery row i: report recall@1/5/10")
+    parser.add_argument("--out", type=Path, help="results JSON")
+    parser.add_argument("--save-topk", type=Path, help="write indices (Q, k) and scores (Q, k) as .npz")
+
+
+def _open(spec: str) -> tuple[str, ShardedSplit | torch.Tensor]:
+    """DIR:SPLIT -> a memory-mapped split (sharded index if there is one, else the split file); DIR:text -> W rows."""
+    directory, sep, split = spec.rpartition(":")
+    if not sep or not directory:
+        raise ConfigError(f"'{spec}': expected DIR:SPLIT, e.g. feats/:test or feats/:text")
+    directory = Path(directory)
+    if split == "text":
+        return spec, load_text(directory, len(read_meta(directory)["classnames"]))
+    if index_path(directory, split).is_file():
+        return spec, ShardedSplit.open(directory, split)
+    path = directory / f"{split}.safetensors"
+    if not path.is_file():
+        raise FeatureDirError(f"{path}: split '{split}' not found (no {path.name} and no {index_path(directory, split).name})")
+    return spec, ShardedSplit([path], name=split)  # one file, still read memory-mapped chunk by chunk
+
+
+def _chunks(source: ShardedSplit | torch.Tensor, rows: int, normalize: bool) -> Iterator[torch.Tensor]:
+    if isinstance(source, torch.Tensor):
+        chunks = (source[i : i + rows] for i in range(0, source.shape[0], rows))
+    else:
+        chunks = (image for image, _ in source.iter_chunks(rows))
+    for chunk in chunks:
+        x = pool_views(chunk.float())
+        yield l2_normalize(x) if normalize else x
+
+
+def run(args: argparse.Namespace) -> int:
+    normalize = not args.no_normalize
+    q_spec, q_src = _open(args.queries)
+    g_spec, g_src = _open(args.gallery)
+    queries = torch.cat(list(_chunks(q_src, args.chunk_size, normalize)))
+    n_gallery = g_src.shape[0] if isinstance(g_src, torch.Tensor) else g_src.n
+    start = time.perf_counter()
+    opts = dict(chunk_size=args.chunk_size, query_chunk_size=args.query_chunk_size, backend=args.backend,
+                faiss_index=args.faiss_index)
+    scores, index = chunked_topk(queries, _chunks(g_src, args.chunk_size, normalize), args.k, **opts)
+    results = {
+        "queries": q_spec, "gallery": g_spec, "n_queries": int(queries.shape[0]), "n_gallery": int(n_gallery),
+        "k": args.k, "backend": args.backend, "faiss_index": args.faiss_index if args.backend == "faiss" else None,
+        "normalized": normalize, "chunk_size": args.chunk_size, "seconds": time.perf_counter() - start,
+    }
+    if args.paired:  # recall@k read off the top-k already computed
+        if queries.shape[0] > n_gallery:
+            raise ConfigError(f"--paired needs as many gallery rows as queries ({n_gallery} < {queries.shape[0]})")
+        hit = index == torch.arange(queries.shape[0])[:, None]
+        results["recall"] = {f"R@{k}": 100.0 * hit[:, :k].any(1).float().mean().item() for k in (1, 5, 10) if k <= args.k}
+        print("  ".join(f"{name} {value:.2f}" for name, value in results["recall"].items()))
+    print(f"top-{args.k} of {n_gallery} gallery rows for {queries.shape[0]} queries in {results['seconds']:.2f} s "
+          f"({args.backend})")
+    write_results(args.out, results)
+    if args.save_topk:
+        args.save_topk.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(args.save_topk, indices=index.numpy(), scores=scores.float().numpy())
+        print(f"wrote {args.save_topk}")
+    return 0
