@@ -17,6 +17,7 @@ from clipadapt.errors import DatasetError
 from clipadapt.features.io import atomic_write_json
 
 INDEX_FORMAT = "clipadapt-fewshot-indices/1"
+SAMPLER = "nested: per class, numpy default_rng([seed, label]).permutation of its indices, first K; sorted"
 
 
 def class_permutation(items: Sequence[int], seed: int, label: int) -> list[int]:
