@@ -405,3 +405,23 @@ def test_datasets_pickle_for_dataloader_workers(pets_root: Path):
 def test_label_out_of_range_is_rejected():
     with pytest.raises(DatasetError, match=r"label 3, expected 0..1"):
         ImageDataset(kind="csv", name="x", split="train", classnames=["a", "b"], templates=["{}"], paths=["p"], labels=[3])
+
+
+def test_coop_imagenet_accepts_plain_train_val_folders(tmp_path: Path):
+    wnid = imagenet_meta()["wnids"][42]
+    write_png(tmp_path / "train" / wnid / "a.png")
+    write_png(tmp_path / "val" / wnid / "b.png")
+    assert build_dataset(f"coop:imagenet:{tmp_path}", "train").labels == [42]
+    assert build_dataset(f"coop:imagenet:{tmp_path}", "test").paths == [str(tmp_path / "val" / wnid / "b.png")]
+
+
+def test_torchvision_eurosat_uses_coop_class_names(tmp_path: Path):
+    """EuroSAT is an ImageFolder under ROOT/eurosat/2750 in torchvision; build a tiny one offline."""
+    from clipadapt.data._torchvision import EUROSAT_CLASSNAMES
+
+    for k, folder in enumerate(sorted(EUROSAT_CLASSNAMES)):
+        write_png(tmp_path / "eurosat" / "2750" / folder / f"{k}.png", k)
+    ds = build_dataset(f"torchvision:eurosat:{tmp_path}", "all")
+    assert ds.classnames == [EUROSAT_CLASSNAMES[f] for f in sorted(EUROSAT_CLASSNAMES)]
+    assert ds.labels == list(range(10)) and first_red(ds[3][0]) == 3
+    assert ds.templates == ["a centered satellite photo of {}."]

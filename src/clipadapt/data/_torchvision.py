@@ -28,11 +28,13 @@ class TorchvisionEntry:
     num_classes: int | None = None
     extra_kwargs: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    spec_hint: str = ""
 
     def info(self) -> DatasetInfo:
         return DatasetInfo(
             name=self.name, kind="torchvision", num_classes=self.num_classes, templates=self.templates,
             layout=f"torchvision.datasets.{self.cls}", splits=tuple(self.splits), description=self.description,
+            spec_hint=self.spec_hint,
         )
 
 
@@ -81,12 +83,13 @@ def torchvision_registry() -> dict[str, TorchvisionEntry]:
         ),
         TorchvisionEntry(
             "eurosat", "EuroSAT", {"all": {}}, _coop_template("eurosat"), 10,
-            description="EuroSAT RGB; torchvision has no splits (split 'all'); use coop:eurosat for CoOp's split",
+            description="EuroSAT RGB; no splits in torchvision (split 'all'; coop:eurosat has CoOp's); CoOp's class names",
         ),
         TorchvisionEntry(
             "fakedata", "FakeData", {"train": {"random_offset": 0}, "val": {"random_offset": 10**6},
                                      "test": {"random_offset": 2 * 10**6}},
             description="random images, built offline; options ?size=N&classes=C&image_size=S",
+            spec_hint="torchvision:fakedata:?size=24&classes=3&image_size=32",
         ),
     ]
     return {r.name: r for r in rows}
@@ -202,9 +205,20 @@ def build_torchvision(spec: Spec, split: str, download: bool) -> ImageDataset:
     return from_torchvision(dataset, name=entry.name, split=split, classnames=classnames, templates=templates)
 
 
+# CoOp's descriptive EuroSAT class names (the folder names are CamelCase codes)
+EUROSAT_CLASSNAMES = {
+    "AnnualCrop": "Annual Crop Land", "Forest": "Forest", "HerbaceousVegetation": "Herbaceous Vegetation Land",
+    "Highway": "Highway or Road", "Industrial": "Industrial Buildings", "Pasture": "Pasture Land",
+    "PermanentCrop": "Permanent Crop Land", "Residential": "Residential Buildings", "River": "River",
+    "SeaLake": "Sea or Lake",
+}
+
+
 def _classnames(entry: TorchvisionEntry, dataset: Any) -> list[str]:
     if entry.name in ("mnist", "svhn"):
         return [str(d) for d in range(10)]
+    if entry.name == "eurosat":
+        return [EUROSAT_CLASSNAMES.get(c, c) for c in dataset.classes]
     if entry.name == "flowers102":
         from clipadapt.data.catalog import flowers102_classnames
 

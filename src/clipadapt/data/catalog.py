@@ -46,7 +46,7 @@ class DatasetInfo:
     def summary(self) -> dict[str, Any]:
         """A JSON-able row for `clipadapt datasets`."""
         return {
-            "spec": f"{self.kind}:{self.name}:<root>",
+            "spec": self.spec_hint or f"{self.kind}:{self.name}:<root>",
             "kind": self.kind,
             "name": self.name,
             "classes": self.num_classes,
