@@ -39,6 +39,7 @@ class DatasetInfo:
     splits: tuple[str, ...] = ("train", "val", "test")
     label_space: str = ""  # imagenet variants: "wnid" folders, "index" folders (0..999), subset key
     description: str = ""
+    spec_hint: str = ""  # how to write the spec when it is not KIND:NAME:<root>
 
     def __str__(self) -> str:
         return f"{self.kind}:{self.name}"
