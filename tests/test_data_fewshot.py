@@ -145,3 +145,26 @@ def test_cli_datasets_lists_registry(tmp_path: Path, capsys):
     assert {r["name"] for r in rows if r["kind"] == "coop"} >= {"imagenet", "eurosat", "ucf101"}
     assert main(["datasets", "--templates", "imagenet7"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == "itap of a {}."
+
+
+def test_sampler_matches_the_per_class_seeded_permutation_written_out():
+    """The documented recipe, literally: per class c, default_rng([seed, c]).permutation of its ascending indices."""
+    import numpy as np
+
+    for seed, shots in ((1, 1), (4, 3)):
+        expected = []
+        for c in sorted(set(LABELS)):
+            items = [i for i, v in enumerate(LABELS) if v == c]
+            perm = np.random.default_rng([seed, c]).permutation(len(items))
+            expected += [items[k] for k in perm[:shots]]
+        assert sample_few_shot(LABELS, shots, seed) == sorted(expected)
+
+
+def test_sampler_accepts_tensors_and_rejects_bad_labels():
+    import torch
+
+    assert sample_few_shot(torch.tensor(LABELS), 2, 1) == sample_few_shot(LABELS, 2, 1)
+    with pytest.raises(DatasetError, match=r"labels\[1\] = -1"):
+        sample_few_shot([0, -1], 1, 1)
+    with pytest.raises(DatasetError, match="integers"):
+        sample_few_shot([0.5, 1.0], 1, 1)

@@ -115,3 +115,14 @@ def test_list_datasets_kinds():
 def test_get_classnames_of_unknown_name():
     with pytest.raises(DatasetError, match="no shipped class names for 'mystuff'"):
         get_classnames("mystuff")
+
+
+def test_get_classnames_of_a_spec_uses_any_existing_split(tmp_path):
+    from PIL import Image
+
+    for cls in ("b_b", "a"):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        Image.new("RGB", (2, 2)).save(tmp_path / "train" / cls / "x.png")
+    assert get_classnames(f"imagefolder:{tmp_path}") == ["a", "b b"]
+    with pytest.raises(DatasetError, match="test not found"):
+        get_classnames(f"imagefolder:{tmp_path}", split="test")

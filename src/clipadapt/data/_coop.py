@@ -18,6 +18,7 @@ from clipadapt.data.catalog import (
     coop_registry,
     get_templates,
     imagenet_meta,
+    shipped_classnames,
 )
 from clipadapt.data.dataset import ImageDataset
 from clipadapt.errors import DatasetError
@@ -216,8 +217,6 @@ def _wnid_labels(info: DatasetInfo):
 
 
 def _wnid_folders(info: DatasetInfo, folder: Path, label_of) -> tuple[list[str], list[int], list[str]]:
-    from clipadapt.data.catalog import shipped_classnames
-
     paths, labels = [], []
     for name in subdirectories(folder):
         label = label_of(name)

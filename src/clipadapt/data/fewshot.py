@@ -20,11 +20,17 @@ INDEX_FORMAT = "clipadapt-fewshot-indices/1"
 SAMPLER = "nested: per class, numpy default_rng([seed, label]).permutation of its indices, first K; sorted"
 
 
-def class_permutation(items: Sequence[int], seed: int, label: int) -> list[int]:
-    """`items` (one class's indices) in the seeded order the sampler takes them; a prefix is a K-shot draw."""
-    rng = np.random.default_rng([int(seed), int(label)])
-    order = rng.permutation(len(items))
-    return [int(items[k]) for k in order]
+def _as_label_array(labels: Sequence[int]) -> np.ndarray:
+    arr = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels)
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if arr.ndim != 1 or arr.dtype.kind not in "iu":
+        raise DatasetError(f"labels must be a 1-d sequence of integers, got dtype {arr.dtype} and shape {arr.shape}")
+    negative = np.flatnonzero(arr < 0)
+    if negative.size:
+        i = int(negative[0])
+        raise DatasetError(f"labels[{i}] = {int(arr[i])}: few-shot sampling needs labels >= 0")
+    return arr.astype(np.int64, copy=False)
 
 
 def sample_few_shot(
@@ -43,20 +49,19 @@ def sample_few_shot(
     """
     if isinstance(shots, bool) or not isinstance(shots, (int, np.integer)) or shots < 1:
         raise DatasetError(f"shots must be a positive integer, got {shots!r}")
-    labels = [int(v) for v in labels]
-    by_class: dict[int, list[int]] = {}
-    for i, v in enumerate(labels):
-        if v < 0:
-            raise DatasetError(f"labels[{i}] = {v}: few-shot sampling needs labels >= 0")
-        by_class.setdefault(v, []).append(i)
+    arr = _as_label_array(labels)
+    order = np.argsort(arr, kind="stable")  # each class's indices stay ascending
+    present, starts, counts = np.unique(arr[order], return_index=True, return_counts=True)
+    by_class = {int(c): order[s : s + n] for c, s, n in zip(present, starts, counts)}
     if classnames is not None:
-        out_of_range = sorted(v for v in by_class if v >= len(classnames))
+        out_of_range = [int(c) for c in present if c >= len(classnames)]
         if out_of_range:
             raise DatasetError(f"labels {out_of_range[:10]} out of range for {len(classnames)} class names")
         classes = list(range(len(classnames)))
     else:
         classes = sorted(by_class)
-    short = [(c, len(by_class.get(c, []))) for c in classes if len(by_class.get(c, [])) < shots]
+    empty = np.zeros(0, dtype=np.int64)
+    short = [(c, len(by_class.get(c, empty))) for c in classes if len(by_class.get(c, empty)) < shots]
     if short and not allow_fewer:
         def describe(c: int) -> str:
             return repr(classnames[c]) if classnames is not None else f"label {c}"
@@ -69,7 +74,9 @@ def sample_few_shot(
         )
     chosen: list[int] = []
     for c in classes:
-        chosen.extend(class_permutation(by_class.get(c, []), seed, c)[:shots])
+        items = by_class.get(c, empty)
+        rng = np.random.default_rng([int(seed), int(c)])
+        chosen.extend(items[rng.permutation(len(items))[:shots]].tolist())
     return sorted(chosen)
 
 

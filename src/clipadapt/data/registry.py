@@ -44,13 +44,23 @@ def list_datasets(kind: str | None = None) -> list[DatasetInfo]:
     return rows
 
 
-def get_classnames(name: str, split: str = "test") -> list[str]:
+def get_classnames(name: str, split: str | None = None) -> list[str]:
     """Class names of a registry dataset shipped with the package (ImageNet and its variants), or of a full spec.
 
-    `get_classnames("imagenet")`; `get_classnames("coop:oxford_pets:/data/pets")` reads them from the split file.
+    `get_classnames("imagenet")`; `get_classnames("coop:oxford_pets:/data/pets")` reads them from the split file
+    (from `split`, or the first of test/train/val that exists: every split of a dataset shares its class names).
     """
     if ":" in name:
-        return build_dataset(name, split).classnames
+        if split is not None:
+            return build_dataset(name, split).classnames
+        first_error: DatasetError | None = None
+        for candidate in ("test", "train", "val"):
+            try:
+                return build_dataset(name, candidate).classnames
+            except DatasetError as e:
+                first_error = first_error or e
+        assert first_error is not None
+        raise first_error
     names = shipped_classnames(name)
     if names is not None:
         return names
@@ -59,4 +69,6 @@ def get_classnames(name: str, split: str = "test") -> list[str]:
             f"class names of {name!r} come from its split file; use get_classnames('coop:{name}:ROOT') "
             "or build_dataset(...).classnames"
         )
-    raise DatasetError(f"no shipped class names for {name!r}; shipped: imagenet, imagenet_v2, imagenet_sketch, imagenet_a, imagenet_r")
+    raise DatasetError(
+        f"no shipped class names for {name!r}; shipped: imagenet, imagenet_v2, imagenet_sketch, imagenet_a, imagenet_r"
+    )
