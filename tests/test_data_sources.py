@@ -47,6 +47,7 @@ def test_coop_split_json_reads_paths_labels_classnames_and_template(pets_root: P
     ds = build_dataset(f"coop:oxford_pets:{pets_root}", "train")
     split = json.loads((pets_root / "split_zhou_OxfordPets.json").read_text())
     assert ds.name == "oxford_pets" and ds.split == "train" and ds.kind == "coop"
+    assert ds.spec == f"coop:oxford_pets:{pets_root}" and ds.subset([0]).spec == ds.spec
     assert ds.paths == [str(pets_root / "images" / rel) for rel, _, _ in split["train"]]
     assert ds.labels == [label for _, label, _ in split["train"]]
     assert ds.classnames == ["abyssinian", "beagle"]
@@ -425,3 +426,8 @@ def test_torchvision_eurosat_uses_coop_class_names(tmp_path: Path):
     assert ds.classnames == [EUROSAT_CLASSNAMES[f] for f in sorted(EUROSAT_CLASSNAMES)]
     assert ds.labels == list(range(10)) and first_red(ds[3][0]) == 3
     assert ds.templates == ["a centered satellite photo of {}."]
+
+
+def test_templates_without_placeholder_are_rejected():
+    with pytest.raises(DatasetError, match="templates must be"):
+        ImageDataset(kind="csv", name="x", split="train", classnames=["a"], templates=["a photo"], paths=["p"], labels=[0])

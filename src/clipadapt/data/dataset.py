@@ -56,14 +56,19 @@ class ImageDataset:
         labels: Sequence[int],
         loader: Loader | None = None,
         source_indices: Sequence[int] | None = None,
+        spec: str | None = None,
     ):
         if len(paths) != len(labels):
             raise DatasetError(f"{kind}:{name} split '{split}': {len(paths)} paths but {len(labels)} labels")
         if not classnames:
             raise DatasetError(f"{kind}:{name}: no class names")
         self.kind, self.name, self.split = kind, name, split
+        self.spec = spec  # the spec string it was built from, when built by build_dataset (not in the fingerprint)
         self.classnames = [str(c) for c in classnames]
         self.templates = [str(t) for t in templates]
+        bad = [t for t in self.templates if "{}" not in t]
+        if not self.templates or bad:
+            raise DatasetError(f"{kind}:{name}: prompt templates must be a non-empty list of strings with '{{}}'; got {bad or 'none'}")
         self.paths = [str(p) for p in paths]
         self.labels = [int(v) for v in labels]
         num = len(self.classnames)
@@ -127,4 +132,5 @@ class ImageDataset:
             labels=[self.labels[i] for i in idx],
             loader=self._loader,
             source_indices=[self._source_indices[i] for i in idx],
+            spec=self.spec,
         )

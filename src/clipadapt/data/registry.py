@@ -20,18 +20,21 @@ def build_dataset(spec: str, split: str, *, download: bool = False) -> ImageData
     if parsed.kind == "coop":
         from clipadapt.data._coop import build_coop
 
-        return build_coop(parsed, split)
-    if parsed.kind == "imagefolder":
+        ds = build_coop(parsed, split)
+    elif parsed.kind == "imagefolder":
         from clipadapt.data._folder import build_imagefolder
 
-        return build_imagefolder(parsed, split)
-    if parsed.kind == "csv":
+        ds = build_imagefolder(parsed, split)
+    elif parsed.kind == "csv":
         from clipadapt.data._folder import build_csv
 
-        return build_csv(parsed, split)
-    from clipadapt.data._torchvision import build_torchvision
+        ds = build_csv(parsed, split)
+    else:
+        from clipadapt.data._torchvision import build_torchvision
 
-    return build_torchvision(parsed, split, download)
+        ds = build_torchvision(parsed, split, download)
+    ds.spec = spec
+    return ds
 
 
 def list_datasets(kind: str | None = None) -> list[DatasetInfo]:
