@@ -226,3 +226,57 @@ def finalize_sharded_split(out_dir: Path, split: str, ranges: list[tuple[int, in
 def merged_split(out_dir: str | Path, split: str) -> FeatureSplit:
     """The split written by `run_sharded_extraction`, loaded from its shard index."""
     return ShardedSplit.open(out_dir, split).load()
+
+
+# ----------------------------------------------------------------------------------------- `clipadapt extract`
+def _broadcast(env: DistEnv, value):
+    """Rank 0's `value` on every rank."""
+    if not env.is_distributed:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def extract_distributed(args, finish: Callable[[object], int], env: DistEnv | None = None) -> int:
+    """`clipadapt extract` under torchrun: every rank encodes its block of the cache entry's shards, then rank 0
+    runs the normal single-process path `finish(encoder)`, which finds every shard done and assembles the
+    entry (and --out). Uses the extraction pipeline's shard plan, shard writer and resume check."""
+    from clipadapt.data import build_dataset
+    from clipadapt.encoders import load_encoder
+    from clipadapt.features.cache import FeatureCache, dataset_fingerprint, image_key
+    from clipadapt.features.extract import _check_shard_key, encode_shards, missing_shards, plan_shards
+
+    env = env or detect_env()
+    device = init_distributed(env, args.device)
+    try:
+        encoder = load_encoder(args.model, device=device, precision=args.precision, adapter=args.adapter)
+        cache = FeatureCache(args.cache_dir)
+        for split in args.split or ["test"]:
+            dataset = build_dataset(args.dataset, split)
+            key = image_key(encoder.fingerprint(), dataset_fingerprint(dataset), views=args.views, seed=args.seed)
+            entry = cache.image_entry(key)
+            todo = None
+            if env.is_main:
+                if cache.load_split(entry, split, len(dataset.classnames)) is None:
+                    entry.begin()
+                    _check_shard_key(entry.shard_dir, key)
+                    remove_stale_temp_files(entry.shard_dir)
+                    todo = True
+            if not _broadcast(env, todo):
+                continue  # cached already: rank 0's finish() reads it
+            mine = assign_shards(plan_shards(len(dataset), args.shard_size), env.rank, env.world_size)
+            pending = missing_shards(entry.shard_dir, mine)
+            log.info("rank %d/%d, split %s: %d of its %d shards to encode", env.rank, env.world_size, split,
+                     len(pending), len(mine))
+            encode_shards(encoder, dataset, pending, entry.shard_dir, views=args.views, seed=args.seed,
+                          batch_size=args.batch_size, num_workers=args.num_workers, on_error=args.on_error,
+                          progress=env.local_rank == 0)
+        barrier(env)  # every rank's shards are written
+        code = finish(encoder) if env.is_main else 0
+        barrier(env)
+        return code
+    finally:
+        shutdown(env)
