@@ -101,7 +101,9 @@ def chunk_candidates(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
 def _topk_torch(
     queries: Tensor, chunks: Iterable[Tensor], k: int, query_chunk_size: int | None
 ) -> tuple[Tensor, Tensor]:
-    q_block = query_chunk_size or queries.shape[0] or 1
+    if queries.shape[0] == 0:
+        return queries.new_empty((0, k)), torch.empty((0, k), dtype=torch.long, device=queries.device)
+    q_block = query_chunk_size or queries.shape[0]
     blocks = [queries[s : s + q_block] for s in range(0, queries.shape[0], q_block)]
     best_s = [queries.new_empty((b.shape[0], 0)) for b in blocks]
     best_i = [torch.empty((b.shape[0], 0), dtype=torch.long, device=queries.device) for b in blocks]
