@@ -121,3 +121,16 @@ def test_retrieval_over_memory_mapped_shards_equals_in_memory(tmp_path, coco500)
     s_mem, i_mem = chunked_topk(text[:50], image, 5, chunk_size=100)
     s_map, i_map = chunked_topk(text[:50], sharded.iter_chunks(100), 5)
     assert torch.equal(i_map, i_mem) and torch.equal(s_map, s_mem)
+
+
+def test_zero_shot_logits_of_a_sharded_split_equal_the_in_memory_formula(tmp_path):
+    from clipadapt.features.shards import predict_chunked
+    from clipadapt.methods.zeroshot import ZeroShotClassifier
+
+    split = _split(n=31, dim=6, views=2)
+    text = torch.randn(4, 6)
+    sharded = save_sharded_split(tmp_path, "test", split, shard_size=7)
+    logits = predict_chunked(ZeroShotClassifier().fit(text).predict_logits, sharded, chunk_rows=5)
+    f = split.image.mean(1)
+    literal = 100 * (f / f.norm(dim=1, keepdim=True)) @ (text / text.norm(dim=1, keepdim=True)).T
+    torch.testing.assert_close(logits, literal, rtol=0, atol=1e-4)

@@ -22,7 +22,7 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -228,6 +228,15 @@ def iter_split_chunks(
     image, label = (source, None) if isinstance(source, Tensor) else (source.image, source.label)
     for lo in range(start, image.shape[0], chunk_rows):
         yield image[lo : lo + chunk_rows], (label[lo : lo + chunk_rows] if label is not None else None)
+
+
+def predict_chunked(predict: Callable[[Tensor], Tensor], source: ShardedSplit | FeatureSplit, chunk_rows: int) -> Tensor:
+    """`predict` (e.g. an estimator's `predict_logits`) applied chunk by chunk, outputs concatenated in row order:
+    the (N, C) logits of a split whose (N, D) features need not fit in memory."""
+    outputs = [predict(image) for image, _ in iter_split_chunks(source, chunk_rows)]
+    if not outputs:
+        raise ConfigError("predict_chunked over an empty split")
+    return torch.cat(outputs)
 
 
 # ----------------------------------------------------------------------------------------- writing
