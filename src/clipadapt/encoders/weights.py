@@ -48,16 +48,25 @@ def downloads_allowed() -> tuple[bool, str]:
 
 
 def host_reachable(host: str, port: int = 443, timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """True when a TCP connection to host:port opens within `timeout` s (DNS included, run in a thread)."""
-    import socket
+    """True when an HTTPS request to host:port gets any HTTP answer within `timeout` s.
+
+    A bare TCP connect is not enough: sandboxes and proxies accept every connection and then stall, which is
+    exactly when hf_hub would retry for a minute. DNS, connect, TLS and the answer all count toward the
+    timeout (the probe runs in a daemon thread).
+    """
+    import urllib.error
+    import urllib.request
 
     result: list[bool] = []
 
     def probe() -> None:
+        request = urllib.request.Request(f"https://{host}:{port}/", method="HEAD")
         try:
-            with socket.create_connection((host, port), timeout=timeout):
+            with urllib.request.urlopen(request, timeout=timeout):
                 result.append(True)
-        except OSError:
+        except urllib.error.HTTPError:
+            result.append(True)  # the server answered (e.g. 404): the network works
+        except Exception:  # noqa: BLE001 - DNS, refused, TLS, timeout: unreachable
             result.append(False)
 
     thread = threading.Thread(target=probe, daemon=True)
