@@ -8,8 +8,9 @@ features as one uninterrupted run.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -64,25 +65,62 @@ class ViewAugment:
             w, h = width, height
         return (height - h) // 2, (width - w) // 2, h, w
 
-    def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> Tensor:
-        """One augmented view (3, H, W), normalised; draws from `generator`, else this object's, else global."""
+    def pil_view(self, image: Image.Image, generator: torch.Generator | None = None) -> Image.Image:
+        """One augmented view as a PIL image (crop + flip, before tensor conversion)."""
         generator = generator if generator is not None else self.generator
         image = image.convert("RGB")
         top, left, h, w = self.crop_params(image.width, image.height, generator)
         image = TF.resized_crop(image, top, left, h, w, self.size, interpolation=self.interpolation, antialias=True)
         if self.flip and float(torch.rand(1, generator=generator)) < 0.5:
             image = TF.hflip(image)
-        return TF.normalize(TF.to_tensor(image), self.mean, self.std)
+        return image
+
+    def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> Tensor:
+        """One augmented view (3, H, W), normalised; draws from `generator`, else this object's, else global."""
+        return TF.normalize(TF.to_tensor(self.pil_view(image, generator)), self.mean, self.std)
 
     def views(self, image: Image.Image, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """`n` views stacked: (n, 3, H, W)."""
+        """`n` views stacked: (n, 3, H, W), normalised."""
         return torch.stack([self(image, generator) for _ in range(n)])
+
+    def views_uint8(self, image: Image.Image, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """`n` views as uint8 (n, 3, H, W), to be normalised per batch (`normalize_uint8`)."""
+        return torch.stack([pil_to_uint8(self.pil_view(image, generator)) for _ in range(n)])
 
     def __repr__(self) -> str:
         return (
             f"ViewAugment(size={self.size}, scale={self.scale}, ratio={tuple(round(r, 4) for r in self.ratio)}, "
             f"flip={self.flip}, interpolation={self.interpolation.value})"
         )
+
+
+def pil_to_uint8(image: Image.Image) -> Tensor:
+    """PIL RGB -> (3, H, W) uint8 tensor (no scaling: 4x less to move between processes and devices)."""
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def normalize_uint8(pixels: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """uint8 (..., 3, H, W) -> float32 CLIP-normalised, on the tensor's device; equals ToTensor + Normalize."""
+    shape = (3, 1, 1)
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=pixels.device).view(shape)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=pixels.device).view(shape)
+    return pixels.float().div_(255).sub_(mean_t).div_(std_t)
+
+
+def split_eval_transform(preprocess) -> tuple[Any, list[float], list[float]] | None:
+    """(PIL stage, mean, std) of a torchvision Compose ending in ToTensor + Normalize, else None.
+
+    Lets extraction run the PIL resize/crop per image and the tensor conversion + normalisation per batch.
+    """
+    from torchvision.transforms import Compose, Normalize, ToTensor
+
+    steps = getattr(preprocess, "transforms", None)
+    if not isinstance(preprocess, Compose) or not steps or len(steps) < 2:
+        return None
+    to_tensor, normalize = steps[-2], steps[-1]
+    if not isinstance(to_tensor, ToTensor) or not isinstance(normalize, Normalize):
+        return None
+    return Compose(list(steps[:-2])), list(map(float, normalize.mean)), list(map(float, normalize.std))
 
 
 def row_generator(seed: int, row: int) -> torch.Generator:

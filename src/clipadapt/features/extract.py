@@ -23,7 +23,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from clipadapt.encoders.augment import row_generator
+from clipadapt.encoders.augment import normalize_uint8, pil_to_uint8, row_generator, split_eval_transform
 from clipadapt.errors import CacheError, ConfigError, DatasetError
 from clipadapt.features.featureset import FeatureSplit
 from clipadapt.features.io import atomic_save_tensors, atomic_write_json
@@ -125,14 +125,20 @@ class _Item:
 
 
 class _RowDataset(torch.utils.data.Dataset):
-    """Dataset rows -> preprocessed pixels: (3, H, W) eval view, or (V, 3, H, W) seeded augmented views.
+    """Dataset rows -> pixels: (3, H, W) eval view, or (V, 3, H, W) seeded augmented views.
 
-    Errors never escape a worker: they come back as records and the main process decides (fail or skip).
+    When the eval transform ends in ToTensor + Normalize (open_clip's do), rows come out as uint8 after the PIL
+    stage and are normalised per batch (`normalize_uint8`): less per-image work, 4x less data between worker
+    processes and to the device. Errors never escape a worker: they come back as records and the main process
+    decides (fail or skip).
     """
 
     def __init__(self, dataset: DatasetLike, preprocess, augment, views: int, seed: int):
         self.dataset, self.preprocess, self.augment = dataset, preprocess, augment
         self.views, self.seed = views, seed
+        split = split_eval_transform(preprocess) if views == 1 else None
+        self.pil_stage = split[0] if split else None
+        self.uint8 = views > 1 or split is not None  # the augmentation always has a uint8 path
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -143,13 +149,17 @@ class _RowDataset(torch.utils.data.Dataset):
         except (AttributeError, IndexError, TypeError):
             return f"row {row}"
 
+    def _pixels(self, image, row: int) -> Tensor:
+        if self.views > 1:
+            return self.augment.views_uint8(image, self.views, row_generator(self.seed, row))
+        if self.pil_stage is not None:
+            return pil_to_uint8(self.pil_stage(image))
+        return self.preprocess(image)
+
     def __getitem__(self, row: int) -> _Item:
         try:
             image, label = self.dataset[row]
-            if self.views == 1:
-                pixels = self.preprocess(image)
-            else:
-                pixels = self.augment.views(image, self.views, row_generator(self.seed, row))
+            pixels = self._pixels(image, row)
         except DatasetError as e:
             return _Item(row, -1, None, str(e))
         except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for truncated / undecodable files
@@ -202,7 +212,13 @@ def encode_shards(
     """Encode the given shards and write each one atomically as soon as its last batch is encoded."""
     if not shards:
         return
-    rows_ds = _RowDataset(dataset, enc.preprocess, enc.train_transform() if views > 1 else None, views, seed)
+    augment = enc.train_transform() if views > 1 else None
+    rows_ds = _RowDataset(dataset, enc.preprocess, augment, views, seed)
+    if views > 1:
+        mean, std = augment.mean, augment.std
+    else:
+        split = split_eval_transform(enc.preprocess)
+        mean, std = (split[1], split[2]) if split else (None, None)
     loader = DataLoader(
         rows_ds,
         batch_sampler=_batches(shards, batch_size),
@@ -228,6 +244,8 @@ def encode_shards(
                 current["skipped"].append({"row": item.row, "path": rows_ds._path(item.row), "error": item.error})
             if batch.pixels is not None:
                 pixels = batch.pixels
+                if rows_ds.uint8:  # normalise the whole batch at once, on the encoder's device
+                    pixels = normalize_uint8(pixels.to(enc.device, non_blocking=True), mean, std)
                 if views > 1:  # (B, V, 3, H, W) -> encode B*V, back to (B, V, D)
                     flat = enc.encode_images(pixels.flatten(0, 1))
                     current["image"].append(flat.view(pixels.shape[0], views, -1))
