@@ -63,3 +63,17 @@ def make_images(root: Path, n: int = 12, *, num_classes: int = 3, size=(40, 48),
 def corrupt(path: Path) -> None:
     """Overwrite an image with bytes that are not a PNG."""
     Path(path).write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
+
+
+def make_imagefolder(root: Path, splits=("train", "test"), per_class: int = 2, classes=("red", "green", "blue")) -> Path:
+    """ROOT/<split>/<class>/*.png for the `imagefolder:ROOT` dataset spec."""
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for c, name in enumerate(classes):
+            folder = Path(root) / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 120, size=(36, 36, 3))
+                pixels[..., c % 3] += 120
+                Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
+    return Path(root)

@@ -8,7 +8,7 @@ import logging
 
 import pytest
 import torch
-from _imagedata import corrupt, make_images
+from _imagedata import corrupt, make_imagefolder, make_images
 
 import clipadapt.encoders
 from clipadapt.cli import main
@@ -184,3 +184,14 @@ def test_cli_models_lists_tags(capsys, tmp_path):
     assert "RN50@openai" in printed
     rows = json.loads((tmp_path / "m.json").read_text())
     assert any(r["arch"] == "RN50" and "openai" in r["tags"] for r in rows)
+
+
+def test_cli_with_a_real_imagefolder_spec(tmp_path, no_encoder):
+    root = make_imagefolder(tmp_path / "folder")
+    spec = f"imagefolder:{root}"
+    args = ["eval", "--model", MODEL, "--dataset", spec, "--method", "zeroshot", "--cache-dir", str(tmp_path / "c")]
+    assert main(["extract", "--model", MODEL, "--dataset", spec, "--cache-dir", str(tmp_path / "c")]) == 0
+    no_encoder()  # extract filled the cache: eval must not load the encoder
+    assert main(args + ["--out", str(tmp_path / "r.json")]) == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["n"] == 6 and result["features"]["model"] == MODEL
