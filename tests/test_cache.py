@@ -149,12 +149,9 @@ def test_text_cache_roundtrip(tmp_path):
 
 # ----------------------------------------------------------------------------------------- CLI
 @pytest.fixture
-def dataset_spec(monkeypatch, data):
-    """`--dataset tiny` resolved by a stand-in for clipadapt.data.build_dataset."""
-    import clipadapt.data
-
-    monkeypatch.setattr(clipadapt.data, "build_dataset", lambda spec, split: data[split], raising=False)
-    return "tiny"
+def dataset_spec(tmp_path):
+    """An `imagefolder:ROOT` spec with train and test splits of 6 generated images each."""
+    return f"imagefolder:{make_imagefolder(tmp_path / 'folder')}"
 
 
 def test_cli_extract_writes_cache_and_feature_dir(tmp_path, dataset_spec, capsys):
@@ -163,7 +160,7 @@ def test_cli_extract_writes_cache_and_feature_dir(tmp_path, dataset_spec, capsys
                  "--views", "2", "--cache-dir", str(tmp_path / "c"), "--out", str(out), "--batch-size", "4"])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "test: (5, 2, 32)" in printed and str(tmp_path / "c") in printed
+    assert "test: (6, 2, 32)" in printed and str(tmp_path / "c") in printed
     fs = load_feature_dir(out)
     assert fs.split("train").image.shape == (6, 2, 32) and fs.meta["model"] == MODEL
     assert json.loads((out / "test.skipped.json").read_text()) == []
@@ -175,7 +172,7 @@ def test_cli_eval_second_run_does_not_touch_the_encoder(tmp_path, dataset_spec, 
     no_encoder()
     assert main(args + ["--out", str(tmp_path / "r2.json")]) == 0
     r1, r2 = (json.loads((tmp_path / f"r{i}.json").read_text()) for i in (1, 2))
-    assert r1["top1"] == r2["top1"] and r1["n"] == 5
+    assert r1["top1"] == r2["top1"] and r1["n"] == 6
 
 
 def test_cli_models_lists_tags(capsys, tmp_path):
