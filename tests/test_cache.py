@@ -3,6 +3,7 @@ recomputed, entries are feature directories, and `extract` / `eval --model --dat
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 
@@ -56,14 +57,16 @@ def test_every_key_component_changes_the_key(tmp_path, data):
     vit = encoder_fingerprint(MODEL, device="cpu")
     ds = dataset_fingerprint(data["test"])
     base = key_digest(image_key(vit, ds, views=1, seed=0))
-    adapter = tmp_path / "adapter.pt"
+    adapter = tmp_path / "adapter.safetensors"
     adapter.write_bytes(b"adapter weights")
+    with_adapter = encoder_fingerprint(MODEL, device="cpu", adapter=adapter)
+    assert with_adapter["adapter"] == hashlib.sha256(b"adapter weights").hexdigest()
     resized = json.loads(json.dumps(vit))
     resized["preprocessing"]["size"] = [64, 64]
     changed = {
         "model": image_key(encoder_fingerprint("clipadapt-test-tiny-rn", device="cpu"), ds, views=1, seed=0),
         "weights": image_key({**vit, "weights": {"kind": "checkpoint", "sha256": "ab"}}, ds, views=1, seed=0),
-        "adapter": image_key(encoder_fingerprint(MODEL, device="cpu", adapter=adapter), ds, views=1, seed=0),
+        "adapter": image_key(with_adapter, ds, views=1, seed=0),
         "preprocessing": image_key(resized, ds, views=1, seed=0),
         "views": image_key(vit, ds, views=4, seed=0),
         "split": image_key(vit, dataset_fingerprint(data["train"]), views=1, seed=0),

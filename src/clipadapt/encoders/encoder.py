@@ -73,12 +73,7 @@ def encoder_fingerprint(
     register_model_configs()
     mid = model_id if isinstance(model_id, ModelId) else parse_model_id(model_id)
     prec = resolve_precision(precision, resolve_device(device))
-    adapter_hash = None
-    if adapter is not None:
-        path = Path(adapter)
-        if not path.is_file():
-            raise ConfigError(f"adapter checkpoint {path} not found")
-        adapter_hash = file_sha256(path)
+    adapter_hash = adapter_sha256(adapter) if adapter is not None else None
     return {
         "model_id": str(mid),
         "arch": mid.arch or mid.open_clip_name,
@@ -89,6 +84,25 @@ def encoder_fingerprint(
         "adapter": adapter_hash,
         "open_clip": open_clip.__version__,
     }
+
+
+def adapter_sha256(adapter: str | Path) -> str:
+    """The adapter's cache-key hash without loading it: sha256 of its weights file.
+
+    Uses `clipadapt.adapters.adapter_checkpoint_sha256` when that package provides it (a checkpoint directory
+    holds adapter.safetensors + adapter.json; a `.safetensors` path is the weights file itself).
+    """
+    path = Path(adapter)
+    try:
+        from clipadapt.adapters import adapter_checkpoint_sha256
+    except ImportError:
+        adapter_checkpoint_sha256 = None
+    if adapter_checkpoint_sha256 is not None:
+        return adapter_checkpoint_sha256(path)
+    weights = path if path.suffix == ".safetensors" else path / "adapter.safetensors"
+    if not weights.is_file():
+        raise ConfigError(f"adapter checkpoint {path}: weights file {weights} not found")
+    return file_sha256(weights)
 
 
 def _create_model(mid: ModelId, device: torch.device) -> torch.nn.Module:
@@ -246,6 +260,9 @@ def load_encoder(
 
         adapter_id = attach_adapter_checkpoint(model, Path(adapter))
         model = model.to(dev).eval()
+        if adapter_id != fingerprint["adapter"]:  # the hash the adapter package reports is the one that counts
+            log.warning("adapter %s: attach returned hash %s, expected %s", adapter, adapter_id, fingerprint["adapter"])
+            fingerprint["adapter"] = adapter_id
     tokenizer = open_clip.get_tokenizer(mid.open_clip_name) if mid.kind != "hf-hub" else _hub_tokenizer(mid)
     return Encoder(
         model, preprocess, tokenizer, device=dev, model_id=str(mid), precision=fingerprint["precision"],
