@@ -13,9 +13,11 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 import torch
 from safetensors import safe_open
@@ -195,6 +197,36 @@ def _batches(shards: Sequence[tuple[int, int]], batch_size: int) -> list[list[in
     return [list(range(b, min(b + batch_size, end))) for start, end in shards for b in range(start, end, batch_size)]
 
 
+def _threaded_batches(rows_ds: _RowDataset, batches: list[list[int]], pin: bool, ahead: int = 2) -> Iterator[_Batch]:
+    """Batches decoded by one background thread, `ahead` batches in advance, in order.
+
+    PIL decoding/resizing and the torch forward both release the GIL, so this overlaps image loading with
+    encoding without worker processes (no start-up cost, no pickling of images between processes).
+    """
+
+    def load(rows: list[int]) -> _Batch:
+        batch = _collate([rows_ds[r] for r in rows])
+        return batch.pin_memory() if pin else batch
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipadapt-decode") as pool:
+        pending: deque[Future] = deque(pool.submit(load, b) for b in batches[:ahead])
+        for nxt in batches[ahead:] + [None] * len(pending):
+            batch = pending.popleft().result()
+            if nxt is not None:
+                pending.append(pool.submit(load, nxt))
+            yield batch
+
+
+def _load_batches(rows_ds: _RowDataset, batches: list[list[int]], num_workers: int, pin: bool) -> Iterable[_Batch]:
+    """num_workers > 0: a DataLoader with worker processes; 0: one background decoding thread."""
+    if num_workers <= 0:
+        return _threaded_batches(rows_ds, batches, pin)
+    return DataLoader(
+        rows_ds, batch_sampler=batches, num_workers=num_workers, collate_fn=_collate, pin_memory=pin,
+        persistent_workers=False,
+    )
+
+
 # ----------------------------------------------------------------------------------------- encoding
 def encode_shards(
     enc,
@@ -219,14 +251,7 @@ def encode_shards(
     else:
         split = split_eval_transform(enc.preprocess)
         mean, std = (split[1], split[2]) if split else (None, None)
-    loader = DataLoader(
-        rows_ds,
-        batch_sampler=_batches(shards, batch_size),
-        num_workers=num_workers,
-        collate_fn=_collate,
-        pin_memory=enc.device.type == "cuda",
-        persistent_workers=False,
-    )
+    loader = _load_batches(rows_ds, _batches(shards, batch_size), num_workers, pin=enc.device.type == "cuda")
     bounds = {start: end for start, end in shards}
     total = sum(e - s for s, e in shards)
     desc = f"encode {getattr(dataset, 'name', 'dataset')}/{getattr(dataset, 'split', '?')}"
