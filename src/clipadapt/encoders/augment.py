@@ -96,7 +96,9 @@ class ViewAugment:
 
 def pil_to_uint8(image: Image.Image) -> Tensor:
     """PIL RGB -> (3, H, W) uint8 tensor (no scaling: 4x less to move between processes and devices)."""
-    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.uint8).copy()).permute(2, 0, 1)
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)  # np.array: one writable copy
 
 
 def normalize_uint8(pixels: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
