@@ -1,14 +1,17 @@
 """Encoders: model ids, raw batched encoding on both tiny architectures, fingerprints, local checkpoints,
-offline fail-fast, the seeded view augmentation."""
+weights found in the hub cache, offline fail-fast, the seeded view augmentation."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save
 
 from clipadapt.encoders import encoder_fingerprint, load_encoder, parse_model_id
 from clipadapt.encoders import weights as weights_mod
@@ -181,3 +184,67 @@ def test_crop_area_stays_within_scale(enc):
         assert 0 <= top and top + h <= 60 and 0 <= left and left + w <= 80
         # area within scale (0.5, 1) of the image, up to rounding of h and w
         assert 0.5 * 80 * 60 - (h + w) <= h * w <= 80 * 60
+
+
+# ----------------------------------------------------------------------------------------- weights in the hub cache
+def _fake_hub_snapshot(cache: Path, repo: str, files: dict[str, bytes]) -> Path:
+    """The huggingface_hub cache layout: models--ORG--NAME/{refs/main, snapshots/<commit>/<files>}."""
+    org, name = repo.split("/")
+    base, commit = cache / f"models--{org}--{name}", "0123456789abcdef0123456789abcdef01234567"
+    snapshot = base / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    (base / "refs").mkdir()
+    (base / "refs" / "main").write_text(commit)
+    for filename, data in files.items():
+        (snapshot / filename).write_bytes(data)
+    return snapshot
+
+
+def _perturbed_tiny_state(base) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(5)
+    return {k: (v + 0.01 * torch.randn(v.shape, generator=g)).contiguous() if v.is_floating_point() else v.contiguous()
+            for k, v in base.model.state_dict().items()}
+
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """An empty hub cache as CLIPADAPT_WEIGHTS_DIR, with downloads forbidden: anything loaded came from disk."""
+    monkeypatch.setenv("CLIPADAPT_WEIGHTS_DIR", str(tmp_path / "hub"))
+    monkeypatch.setenv("CLIPADAPT_OFFLINE", "1")
+    return tmp_path / "hub"
+
+
+def test_tag_weights_found_in_the_hub_cache_load_offline(offline_hub, monkeypatch):
+    import open_clip
+
+    base = load_encoder("clipadapt-test-tiny-vit", device="cpu")
+    state = _perturbed_tiny_state(base)
+    _fake_hub_snapshot(offline_hub, "fakeorg/tiny-vit", {"open_clip_model.safetensors": save(state)})
+    tag_cfg = {"hf_hub": "fakeorg/tiny-vit/", "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, "clipadapt-test-tiny-vit", {"fakehub": tag_cfg})
+    enc = load_encoder("clipadapt-test-tiny-vit@fakehub", device="cpu")
+    assert enc.fingerprint()["weights"] == {"kind": "tag", "tag": "fakehub"}
+    assert enc.fingerprint()["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
+    assert enc.preprocess.transforms[-1].mean == [0.5, 0.5, 0.5]
+    base.model.load_state_dict(state)
+    x = _images(2, seed=6)
+    assert torch.allclose(enc.encode_images(x), base.encode_images(x), atol=1e-5)
+
+
+def test_hf_hub_model_found_in_the_hub_cache_loads_offline(offline_hub):
+    from clipadapt.encoders.configs import CONFIG_DIR
+
+    base = load_encoder("clipadapt-test-tiny-vit", device="cpu")
+    state = _perturbed_tiny_state(base)
+    config = {"model_cfg": json.loads((CONFIG_DIR / "clipadapt-test-tiny-vit.json").read_text()),
+              "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
+    _fake_hub_snapshot(offline_hub, "someorg/tiny", {"open_clip_config.json": json.dumps(config).encode(),
+                                                     "open_clip_model.safetensors": save(state)})
+    enc = load_encoder("hf-hub:someorg/tiny", device="cpu")
+    fp = enc.fingerprint()
+    assert fp["weights"] == {"kind": "hf-hub", "id": "someorg/tiny"} and fp["preprocessing"]["std"] == [0.25] * 3
+    assert encoder_fingerprint("hf-hub:someorg/tiny", device="cpu") == fp  # the key is computable without loading
+    base.model.load_state_dict(state)
+    x = _images(2, seed=7)
+    assert torch.allclose(enc.encode_images(x), base.encode_images(x), atol=1e-5)
+    assert torch.allclose(enc.encode_texts(["a red square"]), base.encode_texts(["a red square"]), atol=1e-5)

@@ -105,11 +105,10 @@ def adapter_sha256(adapter: str | Path) -> str:
     return file_sha256(weights)
 
 
-def _create_model(mid: ModelId, device: torch.device) -> torch.nn.Module:
+def _create_model(mid: ModelId, device: torch.device, where: dict[str, Any]) -> torch.nn.Module:
     """Build the open_clip model from local files when they exist (no network), else let open_clip download."""
     import open_clip
 
-    where = resolve_weights(mid)  # fails fast when offline with nothing local
     kwargs: dict[str, Any] = {"device": "cpu", "precision": "fp32", "cache_dir": weights_dir()}
     if needs_quick_gelu(mid):
         kwargs["force_quick_gelu"] = True
@@ -247,7 +246,8 @@ def load_encoder(
     mid = parse_model_id(model_id)
     dev = resolve_device(device)
     fingerprint = encoder_fingerprint(mid, device=dev, precision=precision, adapter=adapter)
-    model = _create_model(mid, dev)
+    where = resolve_weights(mid)  # fails fast when offline with nothing local
+    model = _create_model(mid, dev, where)
     actual = canonical_preprocess(open_clip.get_model_preprocess_cfg(model))
     expected = {k: fingerprint["preprocessing"].get(k) for k in actual}
     if actual != expected:  # the static computation mirrors open_clip's factory; trust the model if they differ
@@ -263,19 +263,23 @@ def load_encoder(
         if adapter_id != fingerprint["adapter"]:  # the hash the adapter package reports is the one that counts
             log.warning("adapter %s: attach returned hash %s, expected %s", adapter, adapter_id, fingerprint["adapter"])
             fingerprint["adapter"] = adapter_id
-    tokenizer = open_clip.get_tokenizer(mid.open_clip_name) if mid.kind != "hf-hub" else _hub_tokenizer(mid)
+    tokenizer = _tokenizer(mid, where)
     return Encoder(
         model, preprocess, tokenizer, device=dev, model_id=str(mid), precision=fingerprint["precision"],
         fingerprint=fingerprint, adapter_id=adapter_id,
     )
 
 
-def _hub_tokenizer(mid: ModelId) -> Callable:
+def _tokenizer(mid: ModelId, where: dict[str, Any]) -> Callable:
+    """open_clip's tokenizer for the model; from the local snapshot / hub cache when the weights are local."""
     import open_clip
 
-    with hub_offline():
-        try:
-            return open_clip.get_tokenizer(mid.open_clip_name)
-        except Exception:  # noqa: BLE001 - hub tokenizers may need the network once; retry online
-            pass
-    return open_clip.get_tokenizer(mid.open_clip_name)
+    if mid.kind == "hf-hub" and where["local"] is not None:
+        with hub_offline():
+            return open_clip.get_tokenizer(f"local-dir:{where['local']}")
+    if mid.kind == "hf-hub":
+        return open_clip.get_tokenizer(mid.open_clip_name, cache_dir=weights_dir())
+    if where["local"] is not None or mid.kind == "random-init":
+        with hub_offline():  # HF text tokenizers (e.g. SigLIP's) come from the hub cache, no retries
+            return open_clip.get_tokenizer(mid.arch)
+    return open_clip.get_tokenizer(mid.arch)
