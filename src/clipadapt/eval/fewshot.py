@@ -186,8 +186,9 @@ class PipelineSource:
     def train_rows(self, indices: list[int], seed: int, adapted: bool = False) -> FeatureSplit:
         fs = self.fetch(["train"], views={"train": self.views}, seed=seed, indices={"train": indices},
                         adapter=self._adapter(adapted))
-        check_same_model(self.base.meta, fs.meta, self.base.dim, fs.dim, "val/test features", "train (cache) features")
         rows = fs.split("train")
+        check_same_model(self.base.meta, fs.meta, self.base.split("test").dim, rows.dim, "val/test features",
+                         "train (cache) features")
         if rows.n != len(indices):
             raise FeatureDirError(f"the pipeline returned {rows.n} train rows for {len(indices)} sampled indices")
         return rows
