@@ -32,14 +32,17 @@ from clipadapt.methods.tip_x import TipX  # noqa: E402
 
 
 def synthetic(n_val: int, classes: int, shots: int, dim: int, device: str, seed: int = 0):
-    """Class prototypes; text = prototype + noise; images = prototype + stronger noise (accuracy well below 100%)."""
+    """Class prototypes; text = prototype + noise; images = prototype + stronger noise.
+
+    The noise levels put zero-shot near 50 % and the cache clearly above it, so the grid has a real optimum.
+    """
     g = torch.Generator().manual_seed(seed)
     protos = torch.randn(classes, dim, generator=g)
-    text = protos + 0.8 * torch.randn(classes, dim, generator=g)
+    text = protos + 2.0 * torch.randn(classes, dim, generator=g)
     key_labels = torch.arange(classes).repeat_interleave(shots)
-    keys = protos[key_labels] + 1.2 * torch.randn(classes * shots, dim, generator=g)
+    keys = protos[key_labels] + 3.5 * torch.randn(classes * shots, dim, generator=g)
     val_labels = torch.randint(classes, (n_val,), generator=g)
-    val = protos[val_labels] + 1.2 * torch.randn(n_val, dim, generator=g)
+    val = protos[val_labels] + 3.5 * torch.randn(n_val, dim, generator=g)
     return [t.to(device) for t in (text, keys, key_labels, val, val_labels)]
 
 
@@ -150,11 +153,11 @@ def main() -> None:
     parser.add_argument("--shots", type=int, default=16)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--tip-loop-alphas", type=int, default=20)
-    parser.add_argument("--tip-loop-betas", type=int, default=10)
+    parser.add_argument("--tip-loop-betas", type=int, default=5)
     parser.add_argument("--tipx-loop-alphas", type=int, default=4)
     parser.add_argument("--tipx-loop-betas", type=int, default=5)
     parser.add_argument("--tipx-loop-gammas", type=int, default=4)
-    parser.add_argument("--tipx-beta-stride", type=int, default=10, help="vectorised Tip-X large grid: every k-th β")
+    parser.add_argument("--tipx-beta-stride", type=int, default=20, help="vectorised Tip-X large grid: every k-th β")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "fewshot_search.json")
     args = parser.parse_args()
