@@ -169,3 +169,22 @@ def test_line_plot_writes_png_and_names_missing_columns(tmp_path):
     assert line_plot(rows, "k", "acc", "m", tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ConfigError, match="std"):
         line_plot(rows, "k", "acc", "m", tmp_path / "q.png", yerr="std")
+
+
+class FakeTrainDataset:
+    def __init__(self, labels):
+        self.labels = labels
+
+    def fingerprint(self):
+        return "fp-123"
+
+
+def test_pipeline_source_samples_from_dataset_labels_without_encoding_train(tmp_path):
+    fs = _featureset(8)
+    fake = FakePipeline(fs)
+    source = PipelineSource(fake, views=2, train_dataset=FakeTrainDataset(fs.splits["train"].label.tolist()))
+    run_fewshot(source, _config(["tip"], shots=[1], seeds=[4]), index_dir=tmp_path, progress=False)
+    assert [c["splits"] for c in fake.calls] == [["val", "test"], ["train"]]  # no un-augmented train pass
+    written = json.loads((tmp_path / "shots1_seed4.json").read_text())
+    assert written["fingerprint"] == "fp-123" and (written["shots"], written["seed"]) == (1, 4)
+    assert fake.calls[1]["indices"] == {"train": written["indices"]}

@@ -72,11 +72,13 @@ def build_source(args: argparse.Namespace):
     if args.model and args.dataset:
         if args.adapted_features:
             raise ConfigError("--adapted-features goes with --features; with --model/--dataset give --adapter CKPT")
+        from clipadapt.data import build_dataset
         from clipadapt.features.pipeline import get_feature_set  # heavy imports only when encoding
 
         fetch = functools.partial(get_feature_set, args.model, args.dataset, cache_dir=args.cache_dir,
                                   device=args.device, batch_size=args.batch_size)
-        return PipelineSource(fetch, views=args.views, adapter=args.adapter)
+        return PipelineSource(fetch, views=args.views, adapter=args.adapter,
+                              train_dataset=build_dataset(args.dataset, "train"))
     raise ConfigError("give --features DIR, or both --model and --dataset")
 
 

@@ -20,19 +20,14 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from clipadapt.errors import ConfigError, DatasetError, FeatureDirError
+from clipadapt.data.fewshot import sample_few_shot, save_indices
+from clipadapt.errors import ConfigError, FeatureDirError
 from clipadapt.eval.metrics import mean_std, topk_accuracy
 from clipadapt.eval.search import TIP_GRID, TIPX_GRID, resolve_grid, search_tip_adapter, search_tip_x
 from clipadapt.features.featureset import FeatureSet, FeatureSplit
 from clipadapt.methods.tip_adapter import TipAdapter, TipAdapterF
 from clipadapt.methods.tip_x import TipX
 from clipadapt.methods.zeroshot import ZeroShotClassifier
-
-try:  # feat/data: the shared seeded sampler and index-list writer
-    from clipadapt.data.fewshot import sample_few_shot, save_indices
-except ImportError:  # pragma: no cover - until feat/data is merged; same signature, see _fallback_* below
-    sample_few_shot = None  # type: ignore[assignment]
-    save_indices = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +82,7 @@ class FewShotSource(Protocol):
     def eval_split(self, name: str, adapted: bool = False) -> FeatureSplit: ...
     def train_rows(self, indices: list[int], seed: int, adapted: bool = False) -> FeatureSplit: ...
     def describe(self) -> dict[str, Any]: ...
+    def index_meta(self) -> dict[str, Any]: ...
 
 
 def check_paired(original: FeatureSet, adapted: FeatureSet, splits: tuple[str, ...] = ("train", "val", "test")) -> None:
@@ -139,6 +135,12 @@ class DirectorySource:
     def train_rows(self, indices: list[int], seed: int, adapted: bool = False) -> FeatureSplit:
         return self._set(adapted).split("train").subset(indices)
 
+    def index_meta(self) -> dict[str, Any]:
+        """Provenance written into each index list (rows of the directory's train split)."""
+        meta = self.features.meta
+        return {"features": str(self.features.source) if self.features.source else None, "model": meta.get("model"),
+                "dataset": meta.get("dataset"), "fingerprint": meta.get("fingerprint")}
+
     def describe(self) -> dict[str, Any]:
         out = self.features.describe()
         if self.adapted is not None:
@@ -154,21 +156,29 @@ class PipelineSource:
 
     `fetch(splits, views=None, seed=None, indices=None, adapter=None) -> FeatureSet` is get_feature_set with
     model and dataset bound. Only the sampled train images are encoded with `views` augmented views.
+    `train_dataset` (a clipadapt.data.ImageDataset of the train split) gives the labels to sample from without
+    encoding anything; without it one un-augmented pass over train is fetched for its labels.
     """
 
-    def __init__(self, fetch: Fetch, *, views: int = 10, adapter: str | Path | None = None):
+    def __init__(self, fetch: Fetch, *, views: int = 10, adapter: str | Path | None = None, train_dataset: Any = None):
         if views < 1:
             raise ConfigError(f"--views must be >= 1, got {views}")
-        self.fetch, self.views, self.adapter = fetch, views, adapter
+        self.fetch, self.views, self.adapter, self.train_dataset = fetch, views, adapter, train_dataset
         self.base = fetch(["val", "test"])
         self.classnames, self.text, self.meta = self.base.classnames, self.base.text, self.base.meta
         self._adapted_eval: FeatureSet | None = None
         self._labels: Tensor | None = None
 
     def train_labels(self) -> Tensor:
+        if self._labels is None and self.train_dataset is not None:
+            self._labels = torch.as_tensor(self.train_dataset.labels, dtype=torch.long)
         if self._labels is None:  # one un-augmented pass over train (cached by the pipeline) for the labels
             self._labels = self.fetch(["train"]).split("train").labels("train")
         return self._labels
+
+    def index_meta(self) -> dict[str, Any]:
+        fingerprint = self.train_dataset.fingerprint() if self.train_dataset is not None else None
+        return {"model": self.meta.get("model"), "dataset": self.meta.get("dataset"), "fingerprint": fingerprint}
 
     def _adapter(self, adapted: bool) -> str | Path | None:
         if adapted and self.adapter is None:
@@ -198,36 +208,9 @@ class PipelineSource:
 
 
 # ------------------------------------------------------------------------------------------------ sampling
-def _fallback_sample_few_shot(labels: Tensor, shots: int, seed: int, *, classnames=None, allow_fewer=False) -> list[int]:
-    """Until feat/data lands: `shots` rows per class drawn with a seeded generator; sorted indices."""
-    labels = torch.as_tensor(labels)
-    g = torch.Generator().manual_seed(seed)
-    picked: list[int] = []
-    for c in range(int(labels.max()) + 1 if classnames is None else len(classnames)):
-        rows = (labels == c).nonzero().flatten()
-        if rows.numel() < shots and not allow_fewer:
-            name = classnames[c] if classnames else str(c)
-            raise DatasetError(
-                f"class '{name}' has {rows.numel()} training images, fewer than --shots {shots} "
-                "(use --allow-fewer to take all of them)"
-            )
-        picked += rows[torch.randperm(rows.numel(), generator=g)[:shots]].tolist()
-    return sorted(picked)
-
-
-def _fallback_save_indices(path: Path, indices: list[int], meta: dict | None = None) -> None:
-    from clipadapt.features.io import atomic_write_json
-
-    atomic_write_json(path, {**(meta or {}), "indices": list(indices)})
-
-
 def sample_shots(labels: Tensor, shots: int, seed: int, *, classnames: list[str], allow_fewer: bool) -> list[int]:
-    sampler = sample_few_shot or _fallback_sample_few_shot
-    return sampler(labels.tolist(), shots, seed, classnames=classnames, allow_fewer=allow_fewer)
-
-
-def write_indices(path: Path, indices: list[int], meta: dict[str, Any]) -> None:
-    (save_indices or _fallback_save_indices)(path, indices, meta=meta)
+    """K train rows per class (clipadapt.data.fewshot: seeded, nested across K, sorted)."""
+    return sample_few_shot(labels.tolist(), shots, seed, classnames=classnames, allow_fewer=allow_fewer)
 
 
 # ------------------------------------------------------------------------------------------------ methods
@@ -319,9 +302,8 @@ def run_fewshot(
         idx = sample_shots(train_labels, shots, seed, classnames=source.classnames, allow_fewer=config.allow_fewer)
         indices[f"shots{shots}_seed{seed}"] = idx
         if index_dir is not None:
-            write_indices(Path(index_dir) / f"shots{shots}_seed{seed}.json", idx,
-                          meta={"shots": shots, "seed": seed, "split": "train", "model": source.meta.get("model"),
-                                "dataset": source.meta.get("dataset")})
+            save_indices(Path(index_dir) / f"shots{shots}_seed{seed}.json", idx,
+                         meta={**source.index_meta(), "split": "train", "shots": shots, "seed": seed})
         train = _to(source.train_rows(idx, seed), device)
         adapted_train = _to(source.train_rows(idx, seed, adapted=True), device) if config.needs_adapted else None
         for method in config.methods:
