@@ -27,7 +27,7 @@ from clipadapt.methods.tip_x import TipX, minmax_coefficients
 # (low, high, n): n values low + (high − low)·i/n, i = 0..n−1 — the original's grids, high excluded.
 TIP_GRID = {"alpha": (0.1, 3.0, 20), "beta": (0.1, 7.0, 200)}
 TIPX_GRID = {"alpha": (0.1, 50.0, 20), "beta": (1.0, 50.0, 200), "gamma": (0.1, 30.0, 50)}
-DEFAULT_BUDGET = 2**25  # elements of the largest (α, γ, rows, C) logits block (128 MiB in float32)
+DEFAULT_BUDGET = 2**25  # elements per chunk: the (α, γ, rows, C) logits block plus (rows, NK) matrices (128 MiB f32)
 
 
 @dataclass
@@ -146,7 +146,8 @@ def search_tip_adapter(
     alpha_t = torch.tensor(grid["alpha"], dtype=dtype, device=device).view(-1, 1, 1)
     labels = val_labels.to(device)
     correct = torch.zeros(len(grid["alpha"]), len(grid["beta"]), dtype=torch.long, device=device)
-    for rows in _chunks(n, _chunk_size(chunk_size, len(grid["alpha"]) * c, n)):
+    per_row = len(grid["alpha"]) * c + 2 * model.values_.shape[0]  # logits block + cosine and affinity rows
+    for rows in _chunks(n, _chunk_size(chunk_size, per_row, n)):
         zs = model.zero_shot_logits(val_features[rows])
         cosine = model.cache_cosine(val_features[rows], _rows(adapted_val_features, rows))
         for j, beta in enumerate(grid["beta"]):
@@ -177,7 +178,7 @@ def search_tip_x(
     n, c = val_features.shape[0], model.values_.shape[1]
     dtype, device = model.values_.dtype, model.values_.device
     na, ng = len(grid["alpha"]), len(grid["gamma"])
-    size = _chunk_size(chunk_size, na * ng * c, n)
+    size = _chunk_size(chunk_size, na * ng * c + 3 * model.values_.shape[0], n)
     # pass 1: the ranges of M and T over the whole matrix, and M L, zs per row
     zs_parts, kl_parts, ranges = [], [], []
     for rows in _chunks(n, size):
