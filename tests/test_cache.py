@@ -17,7 +17,7 @@ from clipadapt.encoders import encoder_fingerprint, load_encoder
 from clipadapt.errors import DatasetError
 from clipadapt.features.cache import FeatureCache, dataset_fingerprint, image_key, key_digest, text_key
 from clipadapt.features.io import load_feature_dir
-from clipadapt.features.pipeline import get_feature_set
+from clipadapt.features.pipeline import clear_encoder_memo, get_feature_set
 
 MODEL = "clipadapt-test-tiny-vit"
 
@@ -32,6 +32,14 @@ def data(tmp_path):
     return {"train": make_images(tmp_path, 6, split="train"), "test": make_images(tmp_path, 5, split="test", seed=1)}
 
 
+@pytest.fixture(autouse=True)
+def fresh_encoder_memo():
+    """Each test starts without encoders kept from earlier calls (get_feature_set reuses recent ones)."""
+    clear_encoder_memo()
+    yield
+    clear_encoder_memo()
+
+
 @pytest.fixture
 def no_encoder(monkeypatch):
     """Make any encoder load an error: proves a run was served from the cache."""
@@ -39,7 +47,11 @@ def no_encoder(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the encoder was loaded although the features are cached")
 
-    return lambda: monkeypatch.setattr(clipadapt.encoders, "load_encoder", refuse)
+    def activate():
+        clear_encoder_memo()  # no encoder kept from the first run either
+        monkeypatch.setattr(clipadapt.encoders, "load_encoder", refuse)
+
+    return activate
 
 
 class LoadCounter:
@@ -108,6 +120,7 @@ def test_corrupt_cache_file_is_recomputed(tmp_path, data, monkeypatch, caplog):
     raw = bytearray(split_file.read_bytes())
     raw[-5] ^= 0xFF  # flip a bit inside the tensor data: the file still parses
     split_file.write_bytes(bytes(raw))
+    clear_encoder_memo()
     counter = LoadCounter(monkeypatch)
     with caplog.at_level(logging.WARNING):
         again = get_feature_set(MODEL, data, ["test"], cache_dir=tmp_path / "c", progress=False)
@@ -117,10 +130,17 @@ def test_corrupt_cache_file_is_recomputed(tmp_path, data, monkeypatch, caplog):
 
 def test_changed_dataset_is_not_served_stale(tmp_path, data, monkeypatch):
     get_feature_set(MODEL, data, ["test"], cache_dir=tmp_path / "c", progress=False)
-    counter = LoadCounter(monkeypatch)
     subset = {"test": data["test"].subset([0, 2, 4])}
     fs = get_feature_set(MODEL, subset, ["test"], cache_dir=tmp_path / "c", progress=False)
-    assert counter.count == 1 and fs.split("test").n == 3
+    assert fs.meta["encoder_loaded"] is True and fs.split("test").n == 3  # re-encoded, not served stale
+
+
+def test_recent_encoder_is_reused_across_calls(tmp_path, data, monkeypatch):
+    counter = LoadCounter(monkeypatch)
+    for rows in ([0, 1], [2, 3], [1, 4]):  # three cache misses, e.g. few-shot samples of three seeds
+        fs = get_feature_set(MODEL, data, ["train"], indices={"train": rows}, cache_dir=tmp_path / "c", progress=False)
+        assert fs.meta["encoder_loaded"] is True
+    assert counter.count == 1
 
 
 def test_indices_select_rows(tmp_path, data, enc):

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from clipadapt.errors import ConfigError, DatasetError
-from clipadapt.features.cache import FeatureCache, dataset_fingerprint, image_key, text_key
+from clipadapt.features.cache import FeatureCache, canonical_json, dataset_fingerprint, image_key, text_key
 from clipadapt.features.extract import DEFAULT_SHARD_SIZE, extract_split, extract_text
 from clipadapt.features.featureset import FeatureSet, FeatureSplit
 
@@ -19,19 +20,35 @@ DEFAULT_SPLITS = ("train", "val", "test")
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
 
-class _LazyEncoder:
-    """Loads the encoder on first use only (and counts loads, for tests and logs)."""
+_ENCODERS: OrderedDict[str, Any] = OrderedDict()  # recently loaded encoders, reused by later calls
+ENCODER_MEMO_SIZE = 2  # e.g. a model with and without its adapter, alternating in the few-shot protocol
 
-    def __init__(self, model: str | None, *, device, precision: str, adapter, encoder=None):
+
+def clear_encoder_memo() -> None:
+    """Forget the encoders kept for reuse (frees their memory)."""
+    _ENCODERS.clear()
+
+
+class _LazyEncoder:
+    """Loads the encoder on first use only, reusing one loaded by a recent call with the same fingerprint."""
+
+    def __init__(self, model: str | None, *, device, precision: str, adapter, fingerprint: dict, encoder=None):
         self.model, self.device, self.precision, self.adapter = model, device, precision, adapter
         self.encoder = encoder
+        self.memo_key = canonical_json({"encoder": fingerprint, "device": str(device)})
 
     def get(self):
+        if self.encoder is None and self.memo_key in _ENCODERS:
+            _ENCODERS.move_to_end(self.memo_key)
+            self.encoder = _ENCODERS[self.memo_key]
         if self.encoder is None:
             from clipadapt.encoders import load_encoder
 
             log.info("loading encoder %s", self.model)
             self.encoder = load_encoder(self.model, device=self.device, precision=self.precision, adapter=self.adapter)
+            _ENCODERS[self.memo_key] = self.encoder
+            while len(_ENCODERS) > ENCODER_MEMO_SIZE:
+                _ENCODERS.popitem(last=False)
         return self.encoder
 
 
@@ -108,7 +125,7 @@ def get_feature_set(
         raise ConfigError("give a model id (e.g. ViT-B-32@openai) or an encoder")
     else:
         fingerprint = encoder_fingerprint(model, device=device, precision=precision, adapter=adapter)
-    lazy = _LazyEncoder(model, device=device, precision=precision, adapter=adapter, encoder=encoder)
+    lazy = _LazyEncoder(model, device=device, precision=precision, adapter=adapter, fingerprint=fingerprint, encoder=encoder)
     cache = FeatureCache(cache_dir)
     datasets = _build_datasets(dataset, splits, indices)
 
@@ -178,7 +195,7 @@ def get_feature_set(
         "cache": entries,
         "text_cache": str(text_entry.path),
         "skipped": skipped_counts,
-        "encoder_loaded": lazy.encoder is not None and encoder is None,
+        "encoder_loaded": lazy.encoder is not None and encoder is None,  # True: something had to be encoded
     }
     return FeatureSet(classnames=classnames, text=text, splits=feature_splits, meta=meta)
 
