@@ -77,18 +77,27 @@ def host_reachable(host: str, port: int = 443, timeout: float = PROBE_TIMEOUT_S)
 
 @contextlib.contextmanager
 def hub_offline() -> Iterator[None]:
-    """Put huggingface_hub in offline mode for the duration (it reads the flag at import, so patch it)."""
+    """Offline mode for huggingface_hub (it reads the flag at import, so patch it) and, through the environment,
+    for libraries that check it when called (transformers tokenizers); restored afterwards."""
+    saved_env = {var: os.environ.get(var) for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    os.environ.update({var: "1" for var in saved_env})
     try:
         from huggingface_hub import constants
     except ImportError:
-        yield
-        return
-    old = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = True
+        constants = None
+    old = constants.HF_HUB_OFFLINE if constants is not None else None
+    if constants is not None:
+        constants.HF_HUB_OFFLINE = True
     try:
         yield
     finally:
-        constants.HF_HUB_OFFLINE = old
+        if constants is not None:
+            constants.HF_HUB_OFFLINE = old
+        for var, value in saved_env.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
 
 
 # ----------------------------------------------------------------------------------------- hashing
