@@ -215,3 +215,20 @@ def test_cli_with_a_real_imagefolder_spec(tmp_path, no_encoder):
     assert main(args + ["--out", str(tmp_path / "r.json")]) == 0
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["n"] == 6 and result["features"]["model"] == MODEL
+
+
+def test_feature_set_from_args_fetches_the_splits_the_method_reads(monkeypatch):
+    import argparse
+
+    import clipadapt.eval.registry as registry
+    from clipadapt.features import pipeline
+
+    method = registry.EvalMethod(name="needs-train", run=None, add_arguments=None, help="", splits=("train", "val"))
+    monkeypatch.setattr(registry, "get_eval_method", lambda name: method)
+    seen = {}
+    monkeypatch.setattr(pipeline, "get_feature_set", lambda model, dataset, splits, **kw: seen.update(splits=splits, **kw))
+    args = argparse.Namespace(model=MODEL, dataset="x", method="needs-train", split="test", cache_dir=None, device=None,
+                              batch_size=8, train_views=4)
+    pipeline.feature_set_from_args(args, splits=None)
+    assert seen["splits"] == ["test", "train", "val"]
+    assert seen["views"] == {"test": 1, "train": 4, "val": 1} and seen["batch_size"] == 8 and seen["on_error"] == "fail"
