@@ -31,13 +31,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clipadapt.features.distributed import detect_env, extract_distributed
+
+    if detect_env().is_distributed:  # under torchrun: docs/scaling.md
+        return extract_distributed(args, finish=lambda encoder: _extract(args, encoder))
+    return _extract(args)
+
+
+def _extract(args: argparse.Namespace, encoder=None) -> int:
     from clipadapt.features.pipeline import get_feature_set  # heavy imports only when encoding
 
     splits = args.split or ["test"]
     fs = get_feature_set(
         args.model, args.dataset, splits, views=args.views, seed=args.seed, cache_dir=args.cache_dir,
         device=args.device, batch_size=args.batch_size, adapter=args.adapter, on_error=args.on_error,
-        precision=args.precision, num_workers=args.num_workers, shard_size=args.shard_size,
+        precision=args.precision, num_workers=args.num_workers, shard_size=args.shard_size, encoder=encoder,
     )
     print(f"model {fs.meta['model']}  dataset {fs.meta['dataset']}  classes {fs.num_classes}  text {tuple(fs.text.shape)}")
     for name, split in fs.splits.items():
