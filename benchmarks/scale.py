@@ -3,8 +3,9 @@
     PYTHONPATH=src python benchmarks/scale.py [--images 384] [--gallery-chunks 10] [--chunk 4096] [--queries 2000]
 
 1. Extraction throughput of 1 vs 2 torchrun processes on CPU (gloo), tiny ViT (random init, seeded) on generated
-   32×32 images, through `run_sharded_extraction`. Encode time is measured inside the ranks (after start-up);
-   wall time includes torchrun + imports. Two CPU processes share the box's cores: read the ratio with that.
+   32×32 images: (a) the shard loop `run_sharded_extraction`, encode time measured inside the ranks (after
+   start-up); (b) the real `torchrun -m clipadapt extract` on PNG files, wall time including start-up.
+   Two CPU processes share the box's cores: read the ratios with that.
 2. Peak RSS while scoring a memory-mapped sharded gallery of 10× the chunk size with `chunked_topk`, each
    measured in a fresh process (peak reset via /proc/self/clear_refs), against the full (Q, M) matrix path.
 3. Chunked vs full-matrix top-k on the same data: identical indices and scores (and faiss, if installed).
@@ -95,6 +96,36 @@ def bench_extraction(images: int, shard: int, batch: int) -> dict:
                 "so 1 proc x 2 threads can be far slower than 1 thread",
         "ratio_2proc_vs_1proc_1thread": runs["2proc_x1thread"]["images_per_s"] / runs["1proc_x1thread"]["images_per_s"],
     }
+
+
+def bench_extraction_cli(images: int, shard: int, batch: int) -> dict:
+    """Wall time of `torchrun --nproc_per_node=P -m clipadapt extract` (P = 1, 2) on generated PNGs, fresh cache."""
+    import numpy as np
+    from PIL import Image
+
+    root = Path(tempfile.mkdtemp(prefix="clipadapt-scale-images-"))
+    for i in range(images):
+        folder = root / "test" / f"c{i % 4}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i:06d}.png")
+    runs = {}
+    for procs in (1, 2):
+        work = Path(tempfile.mkdtemp(prefix="clipadapt-scale-cli-"))
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}", "-m",
+               "clipadapt", "extract", "--model", "clipadapt-test-tiny-vit", "--dataset", f"imagefolder:{root}",
+               "--split", "test", "--device", "cpu", "--cache-dir", str(work / "cache"), "--out", str(work / "out"),
+               "--shard-size", str(shard), "--batch-size", str(batch)]
+        t0 = time.perf_counter()
+        run = subprocess.run(cmd, env={**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"},
+                             capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if run.returncode:
+            raise RuntimeError(run.stderr[-3000:])
+        runs[f"{procs}proc"] = {"processes": procs, "wall_s": wall, "images_per_s_incl_startup": images / wall}
+        print(f"  clipadapt extract, {procs} process(es): {wall:.1f} s wall incl. start-up ({images / wall:.1f} img/s)")
+    return {"images": images, "shard_size": shard, "batch_size": batch, "runs": runs,
+            "ratio_2proc_vs_1proc_wall": runs["1proc"]["wall_s"] / runs["2proc"]["wall_s"],
+            "load_average": os.getloadavg()}
 
 
 # ----------------------------------------------------------------------------------------- 2. memory
@@ -216,6 +247,8 @@ def main() -> int:
     if not args.skip_extraction:
         print("extraction: 1 vs 2 torchrun processes (gloo, CPU)")
         results["extraction"] = bench_extraction(args.images, args.shard, args.batch)
+        print("extraction: torchrun -m clipadapt extract, 1 vs 2 processes (wall, including start-up)")
+        results["extraction_cli"] = bench_extraction_cli(args.images, args.shard, args.batch)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {RESULTS}")
