@@ -53,6 +53,14 @@ def test_from_dir_orders_shards_by_row_range(tmp_path):
     assert torch.equal(ShardedSplit.from_dir(tmp_path).load().image, split.image)
 
 
+def test_from_dir_refuses_a_gap_in_the_row_ranges(tmp_path):
+    split = _split(n=30)
+    for lo in (0, 20):
+        write_shard(tmp_path, lo, split.image[lo : lo + 10])
+    with pytest.raises(FeatureDirError, match=r"rows \[10, 20\)"):
+        ShardedSplit.from_dir(tmp_path)
+
+
 def test_index_listing_wrong_rows_is_a_readable_error(tmp_path):
     split = _split(n=10)
     paths = [write_shard(tmp_path / "s", 0, split.image[:4]), write_shard(tmp_path / "s", 4, split.image[4:])]

@@ -146,10 +146,18 @@ class ShardedSplit:
 
     @classmethod
     def from_dir(cls, directory: str | Path, *, name: str = "split") -> "ShardedSplit":
-        """Open every row-range shard file '<start>-<stop>.safetensors' in `directory`, in row order."""
+        """Open every row-range shard file '...<start>-<stop>.safetensors' in `directory`, in row order; the ranges
+        must follow each other without a gap (an unfinished extraction is an error naming the missing rows)."""
         directory = Path(directory)
-        files = sorted((int(m.group(1)), p) for p in directory.glob("*.safetensors") if (m := SHARD_NAME.search(p.name)))
-        return cls([p for _, p in files], name=name)
+        files = sorted(
+            (int(m.group(1)), int(m.group(2)), p) for p in directory.glob("*.safetensors") if (m := SHARD_NAME.search(p.name))
+        )
+        expected = 0
+        for start, stop, path in files:
+            if start != expected:
+                raise FeatureDirError(f"{directory}: no shard holds rows [{expected}, {start}) (next: {path.name})")
+            expected = stop
+        return cls([p for _, _, p in files], name=name)
 
     # ------------------------------------------------------------------ shape
     @property
