@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
-
 from clipadapt.cli._common import write_results
 from clipadapt.errors import ConfigError
 from clipadapt.eval.retrieval import retrieval_with_dn
@@ -14,6 +12,7 @@ from clipadapt.eval.runners.dn import add_dn_arguments, dn_source_info
 from clipadapt.features.retrieval_dir import (
     RetrievalSet,
     has_retrieval_split,
+    holdout_split,
     load_retrieval_split,
     save_retrieval_split,
 )
@@ -88,11 +87,7 @@ def _pool(args: argparse.Namespace, test: RetrievalSet, pool: RetrievalSet | Non
     if args.dn_source == "test":
         return test, test
     if args.dn_source == "holdout":
-        n = test.image.shape[0]
-        if not 0 < args.holdout < n:
-            raise ConfigError(f"--holdout must be in [1, {n - 1}] for {n} images, got {args.holdout}")
-        perm = torch.randperm(n, generator=torch.Generator().manual_seed(args.holdout_seed))
-        return test.subset_images(perm[args.holdout :].sort().values), test.subset_images(perm[: args.holdout].sort().values)
+        return holdout_split(test, args.holdout, args.holdout_seed)
     if pool.image is None or pool.text is None:
         raise ConfigError("the unlabeled pool needs both 'image' and 'text' embeddings for DN's two means")
     return test, pool

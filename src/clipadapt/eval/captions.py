@@ -89,3 +89,52 @@ def kendall_tau(scores: Tensor | Sequence[float], human: Tensor | Sequence[float
         raise ConfigError("Kendall τ needs at least 2 judgments")
     res = kendalltau(x, y, variant=variant)
     return {"tau": float(res.statistic), "pvalue": float(res.pvalue), "variant": variant, "n": int(x.shape[0])}
+
+
+def evaluate_caption_scores(
+    image: Tensor,
+    caption: Tensor,
+    human: Tensor,
+    references: Tensor | Sequence[Tensor] | None = None,
+    *,
+    lam: float = 0.25,
+    n_samples: int | None = None,
+    seeds: Sequence[int] = (0,),
+    pool_image: Tensor | None = None,
+    pool_text: Tensor | None = None,
+) -> dict:
+    """Per-judgment scores of every metric and their Kendall τ-b / τ-c against `human`.
+
+    Rows i of `image`, `caption`, `human` (and `references`) form one judgment. DN's means come from
+    (`pool_image`, `pool_text`); by default the distinct images and captions of the evaluated set itself.
+    Returns {'scores': {metric: (N,) tensor}, 'correlations': {metric: {...}}, 'dn': {...}}.
+    """
+    from clipadapt.eval.metrics import mean_std
+    from clipadapt.methods.dn import DistributionNormalizer
+
+    if human.shape[0] != image.shape[0]:
+        raise ConfigError(f"{human.shape[0]} human judgments for {image.shape[0]} (image, caption) pairs")
+    pool_image = torch.unique(image, dim=0) if pool_image is None else pool_image
+    pool_text = torch.unique(caption, dim=0) if pool_text is None else pool_text
+    scores = {"CLIP-S": clip_score(image, caption)}
+    if references is not None:
+        scores["RefCLIP-S"] = ref_clip_score(image, caption, references)
+    draws = []
+    for r, seed in enumerate(seeds):
+        dn = DistributionNormalizer(lam=lam, n_samples=n_samples, seed=seed, task="caption").fit(pool_image, pool_text)
+        draw = {"DN-CLIP-S": dn_clip_score(image, caption, dn)}
+        if references is not None:
+            draw["DN-RefCLIP-S"] = dn_ref_clip_score(image, caption, references, dn)
+        if r == 0:
+            scores.update(draw)
+            used = {"n_image_samples": dn.n_image_samples_, "n_text_samples": dn.n_text_samples_}
+        draws.append({"seed": seed, **{m: {v: kendall_tau(s, human, v)["tau"] for v in ("b", "c")} for m, s in draw.items()}})
+    correlations = {m: {f"tau_{v}": kendall_tau(s, human, v)["tau"] for v in ("b", "c")} for m, s in scores.items()}
+    for m in correlations:
+        if m.startswith("DN") and len(draws) > 1:
+            for v in ("b", "c"):
+                mean, std = mean_std(d[m][v] for d in draws)
+                correlations[m][f"tau_{v}_mean"], correlations[m][f"tau_{v}_std"] = mean, std
+    dn_info = {"lambda": lam, "n_samples_requested": "all" if n_samples is None else n_samples, **used,
+               "seeds": list(seeds), "draws": draws}
+    return {"scores": scores, "correlations": correlations, "dn": dn_info, "n": int(human.shape[0])}

@@ -98,3 +98,12 @@ def save_retrieval_split(directory: str | Path, split: str, rs: RetrievalSet) ->
     if rs.meta:
         atomic_write_json(directory / "meta.json", rs.meta)
     return directory
+
+
+def holdout_split(rs: RetrievalSet, n_holdout: int, seed: int = 0) -> tuple[RetrievalSet, RetrievalSet]:
+    """(evaluated, held out): `n_holdout` random images with all their captions leave the evaluation."""
+    n = rs.image.shape[0]
+    if not 0 < n_holdout < n:
+        raise FeatureDirError(f"the holdout must be between 1 and {n - 1} images for {n} images, got {n_holdout}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return rs.subset_images(perm[n_holdout:].sort().values), rs.subset_images(perm[:n_holdout].sort().values)
