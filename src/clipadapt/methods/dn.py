@@ -116,9 +116,14 @@ class DistributionNormalizer:
         f = pool_views(image)
         check_same_dim(f, self.image_mean_, "image embeddings", "the fitted DN image mean")
         if self.task == "classification":
-            out = f - self.lam * self.image_mean_  # a fresh buffer: normalise it in place (no extra pass)
-            return out.div_(out.norm(dim=-1, keepdim=True).clamp_min_(1e-12))
+            return self._centre_and_scale(f, 1.0)
         return l2_normalize(f) - self.lam * self.image_mean_
+
+    def _centre_and_scale(self, f: Tensor, scale: float) -> Tensor:
+        """scale · norm(f − λμ_img): the subtraction makes a fresh buffer, normalised and scaled in place, so DN
+        costs no more passes over the (N, D) features than plain zero-shot's normalise-then-scale."""
+        out = f - self.lam * self.image_mean_
+        return out.mul_(scale / out.norm(dim=-1, keepdim=True).clamp_min_(1e-12))
 
     def transform_text(self, text: Tensor) -> Tensor:
         """Raw text -> DN text side: classification (C, D)|(C, T, D) class text; retrieval/caption (M, D)."""
@@ -143,7 +148,9 @@ class DistributionNormalizer:
         if self.task != "classification":
             raise ConfigError(f"predict_logits is for task='classification'; this normalizer has task='{self.task}'")
         check_is_fitted(self, "classifier_")
-        return self.logit_scale * (self.transform_image(features) @ self.classifier_.T)
+        f = pool_views(features)
+        check_same_dim(f, self.image_mean_, "image embeddings", "the fitted DN image mean")
+        return self._centre_and_scale(f, self.logit_scale) @ self.classifier_.T
 
     def describe(self) -> dict:
         """Hyper-parameters and sample counts for a results file."""
