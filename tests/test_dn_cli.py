@@ -103,3 +103,19 @@ def test_dn_sweep_writes_table_and_plot(tmp_path, dn_featdir):
     whole = next(r for r in rows if r["n_used"] == 150)
     expected = _literal_top1(fs.split("unlabeled").image, fs.text, fs.split("test").image, fs.split("test").label, 0.25)
     assert whole["top1"] == pytest.approx(expected)
+
+
+def test_eval_dn_with_tta_views_averages_raw_views_and_reports_both(tmp_path):
+    protos, test, labels = make_clustered_features(seed=0, views=4)
+    _, unl, _ = make_clustered_features(seed=3, views=4, per_class=10)
+    fs = FeatureSet(classnames=[f"c{i}" for i in range(5)], text=protos,
+                    splits={"test": FeatureSplit(test, labels), "unlabeled": FeatureSplit(unl)})
+    fd = save_feature_dir(fs, tmp_path / "fd")
+    out = tmp_path / "r.json"
+    assert main(["eval", "--features", str(fd), "--method", "dn", "--dn-samples", "all", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    pooled_test = torch.stack([sum(test[i, v] for v in range(4)) / 4 for i in range(test.shape[0])])
+    pooled_pool = torch.stack([sum(unl[i, v] for v in range(4)) / 4 for i in range(unl.shape[0])])
+    assert res["top1"] == pytest.approx(_literal_top1(pooled_pool, protos, pooled_test, labels, 0.25))
+    assert res["without_dn"]["top1"] == pytest.approx(_literal_top1(pooled_pool, protos, pooled_test, labels, 0.0))
+    assert res["dn"]["views"] == 4

@@ -10,6 +10,7 @@ from clipadapt.eval.metrics import classification_report, mean_std
 from clipadapt.eval.registry import MethodResult, register_eval_method
 from clipadapt.features.featureset import FeatureSet
 from clipadapt.methods.dn import DEFAULT_LAMBDA, DistributionNormalizer
+from clipadapt.methods.zeroshot import ZeroShotClassifier
 
 
 def parse_samples(value: str) -> int | None:
@@ -81,6 +82,9 @@ def run_dn(features: FeatureSet, args: argparse.Namespace) -> MethodResult:
         if labels is not None:
             draws.append({"seed": seed, **classification_report(logits, labels)})
     extra: dict[str, Any] = {"dn": dn_source_info(args.dn_source, args.split, n_image, model.n_text_samples_, args.dn_samples)}
+    extra["dn"]["views"] = test.views  # V > 1: test-time augmentation, raw views averaged before DN
+    if labels is not None:  # the same split without DN, so one results file shows DN's effect
+        extra["without_dn"] = classification_report(ZeroShotClassifier(logit_scale=model.logit_scale).fit(features.text).predict_logits(test.image), labels)
     if draws and args.dn_repeats > 1:
         summary = {}
         for key in ("top1", "top5"):
