@@ -32,8 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--dn-pool", type=Path,
                         help="with --dn-source unlabeled: safetensors with 'image' and 'text' raw embeddings for the means")
-    add_dn_arguments(parser, source_default="test", sources=("test", "unlabeled"))
-    parser.set_defaults(dn_samples=None)
+    add_dn_arguments(parser, source_default="test", sources=("test", "unlabeled"), samples_default=None)
     parser.add_argument("--out", type=Path, help="results JSON")
     parser.add_argument("--table", type=Path, help="correlation table (.md or .csv)")
     parser.add_argument("--scores-out", type=Path, help="per-judgment scores CSV")

@@ -67,8 +67,8 @@ def _retrieval(args: argparse.Namespace):
         test, pool = holdout_split(test, args.holdout)
     elif args.dn_source == args.split:
         pool = test
-    elif args.dn_source == "unlabeled" and has_retrieval_split(args.embeddings, "unlabeled"):
-        pool = load_retrieval_split(args.embeddings, "unlabeled")
+    elif has_retrieval_split(args.embeddings, args.dn_source):
+        pool = load_retrieval_split(args.embeddings, args.dn_source)
     else:
         raise ConfigError(f"{args.embeddings}: no {args.dn_source}.safetensors pool; use --dn-source holdout or test")
     res = evaluate_retrieval(test.image, test.text, test.text_to_image, ks=(1,))

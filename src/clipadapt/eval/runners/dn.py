@@ -26,12 +26,14 @@ def parse_samples(value: str) -> int | None:
     return n
 
 
-def add_dn_arguments(parser: argparse.ArgumentParser | Any, *, source_default: str = "unlabeled", sources=None) -> None:
+def add_dn_arguments(parser: argparse.ArgumentParser | Any, *, source_default: str = "unlabeled", sources=None,
+                     samples_default: int | None = 100) -> None:
     """The --dn-* options shared by `eval --method dn`, `retrieval`, `captions` and `dn-sweep`."""
     parser.add_argument("--dn-lambda", type=float, default=DEFAULT_LAMBDA,
                         help=f"λ in S=(φ−λμ_img)·(ψ−λμ_txt); {DEFAULT_LAMBDA} = DN* (default), 0.5 = theory's DN, 0 = plain CLIP")
-    parser.add_argument("--dn-samples", type=parse_samples, default=100,
-                        help="unlabeled samples drawn for each mean (default 100; 'all' = every row)")
+    shown = "all" if samples_default is None else samples_default
+    parser.add_argument("--dn-samples", type=parse_samples, default=samples_default,
+                        help=f"unlabeled samples drawn for each mean (default {shown}; 'all' = every row)")
     parser.add_argument("--dn-source", default=source_default, choices=sources,
                         help=f"where the means come from (default {source_default}); 'test' is transductive")
     parser.add_argument("--dn-repeats", type=int, default=1, help="seeded draws of the samples; report mean ± std")
