@@ -76,7 +76,11 @@ def dn_ref_clip_score(image: Tensor, caption: Tensor, references: Tensor | Seque
 
 
 def kendall_tau(scores: Tensor | Sequence[float], human: Tensor | Sequence[float], variant: Literal["b", "c"] = "c") -> dict:
-    """Kendall τ-b or τ-c between metric scores and human judgments: {'tau', 'pvalue', 'variant', 'n'}."""
+    """Kendall τ-b or τ-c between metric scores and human judgments: {'tau', 'pvalue', 'variant', 'n'}.
+
+    τ is NaN (null in JSON) when either side is constant — e.g. CLIP-S clamped to 0 for every pair of an
+    untrained model.
+    """
     from scipy.stats import kendalltau
 
     x = torch.as_tensor(scores, dtype=torch.float64).flatten().numpy()
