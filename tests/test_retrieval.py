@@ -157,3 +157,12 @@ def test_retrieval_cli_without_pool_says_what_to_do(tmp_path, capsys):
     save_retrieval_split(tmp_path / "ret", "test", RetrievalSet(torch.randn(4, 3), torch.randn(4, 3), torch.arange(4)))
     assert main(["retrieval", "--embeddings", str(tmp_path / "ret")]) == 2
     assert "--dn-source holdout" in capsys.readouterr().err
+
+
+def test_retrieval_with_tta_views_equals_pooled_views(small_set):
+    image, text, t2i = small_set
+    views = image.unsqueeze(1) + 0.3 * torch.randn(12, 3, 6, generator=torch.Generator().manual_seed(1))
+    pooled = torch.stack([sum(views[i, v] for v in range(3)) / 3 for i in range(12)])
+    assert evaluate_retrieval(views, text, t2i) == evaluate_retrieval(pooled, text, t2i)
+    dn = DistributionNormalizer(n_samples=None, task="retrieval").fit(views, text)
+    assert evaluate_retrieval(views, text, t2i, normalizer=dn) == evaluate_retrieval(pooled, text, t2i, normalizer=dn)

@@ -17,7 +17,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from clipadapt.errors import ConfigError
-from clipadapt.ops import check_same_dim, l2_normalize
+from clipadapt.ops import check_same_dim, l2_normalize, pool_views
 
 DEFAULT_KS = (1, 5, 10)
 
@@ -112,7 +112,7 @@ def evaluate_retrieval(
     if text_to_image.shape[0] != text.shape[0]:
         raise ConfigError(f"text_to_image has {text_to_image.shape[0]} entries but there are {text.shape[0]} captions")
     if normalizer is None:
-        img, txt = l2_normalize(image), l2_normalize(text)
+        img, txt = l2_normalize(pool_views(image)), l2_normalize(text)  # (N, V, D): views averaged raw (TTA)
     else:
         if normalizer.task == "classification":
             raise ConfigError("evaluate_retrieval needs a DistributionNormalizer with task='retrieval'")
