@@ -14,6 +14,8 @@ from clipadapt.features import FeatureSet, FeatureSplit, save_feature_dir
 
 def _literal_top1(pool, text, test, labels, lam):
     mu_img = pool.mean(0)
+    if text.ndim == 3:  # (C, T, D): prompt ensemble written out — normalise templates, average, re-normalise
+        text = torch.stack([sum(t / t.norm() for t in text[k]) / text.shape[1] for k in range(text.shape[0])])
     classes = text / text.norm(dim=1, keepdim=True)
     mu_txt = classes.mean(0)
     correct = 0
@@ -119,3 +121,21 @@ def test_eval_dn_with_tta_views_averages_raw_views_and_reports_both(tmp_path):
     assert res["top1"] == pytest.approx(_literal_top1(pooled_pool, protos, pooled_test, labels, 0.25))
     assert res["without_dn"]["top1"] == pytest.approx(_literal_top1(pooled_pool, protos, pooled_test, labels, 0.0))
     assert res["dn"]["views"] == 4
+
+
+def test_eval_dn_through_model_and_dataset_fetches_the_source_split(tmp_path):
+    """--model/--dataset: the --dn-source split is extracted through the cache like the evaluated one."""
+    from _imagedata import make_imagefolder
+
+    from clipadapt.features.pipeline import clear_encoder_memo, get_feature_set
+
+    spec = f"imagefolder:{make_imagefolder(tmp_path / 'folder')}"
+    model, out = "clipadapt-test-tiny-vit", tmp_path / "r.json"
+    assert main(["eval", "--model", model, "--dataset", spec, "--method", "dn", "--dn-source", "train", "--dn-samples", "all",
+                 "--dn-lambda", "0.5", "--cache-dir", str(tmp_path / "c"), "--device", "cpu", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    fs = get_feature_set(model, spec, ["train", "test"], cache_dir=tmp_path / "c", progress=False)
+    clear_encoder_memo()
+    test = fs.split("test")
+    assert res["top1"] == pytest.approx(_literal_top1(fs.split("train").image, fs.text, test.image, test.label, 0.5))
+    assert res["dn"]["n_image_samples_used"] == 6 and res["dn"]["transductive"] is False

@@ -15,6 +15,7 @@ from clipadapt.eval.captions import clip_score
 from clipadapt.eval.retrieval import evaluate_retrieval
 from clipadapt.features.caption_data import read_karpathy_json
 from clipadapt.features.retrieval_dir import load_retrieval_split
+from clipadapt.methods.dn import DistributionNormalizer
 
 COLORS = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220), "yellow": (230, 230, 20),
           "black": (10, 10, 10), "white": (245, 245, 245)}
@@ -111,3 +112,24 @@ def test_captions_from_images_through_encoder(tmp_path, karpathy, color_encoder)
         assert got[i] == pytest.approx(expected, abs=1e-5)
     res = json.loads(out.read_text())
     assert res["n"] == 5 and res["dn"]["n_image_samples"] == 3  # means over the 3 distinct judged images
+
+
+def test_retrieval_and_captions_with_tiny_open_clip_model(tmp_path, karpathy):
+    """The real encoder (random-init tiny ViT): stored embeddings equal direct encoding; recall follows from them."""
+    from clipadapt.encoders import load_encoder
+
+    path, root = karpathy
+    emb, out = tmp_path / "emb", tmp_path / "r.json"
+    assert main(["retrieval", "--captions-json", str(path), "--image-root", str(root), "--model", "clipadapt-test-tiny-vit",
+                 "--device", "cpu", "--dn-source", "test", "--dn-samples", "all", "--save-embeddings", str(emb),
+                 "--out", str(out)]) == 0
+    enc = load_encoder("clipadapt-test-tiny-vit", device="cpu")
+    test = load_retrieval_split(emb, "test")
+    with Image.open(root / "sub" / "green.png") as im:
+        direct = enc.encode_images(enc.preprocess(im.convert("RGB")).unsqueeze(0))[0]
+    assert torch.allclose(test.image[1], direct, atol=1e-4)
+    assert torch.allclose(test.text[0], enc.encode_texts(["a red square"])[0], atol=1e-4)
+    res = json.loads(out.read_text())
+    dn = DistributionNormalizer(n_samples=None, task="retrieval").fit(test.image, test.text)
+    lib = evaluate_retrieval(test.image, test.text, test.text_to_image, normalizer=dn)
+    assert res["dn"]["mean"]["t2i R@1"] == pytest.approx(lib["t2i"]["R@1"]) and res["dn"]["transductive"] is True

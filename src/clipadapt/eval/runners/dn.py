@@ -40,7 +40,15 @@ def add_dn_arguments(parser: argparse.ArgumentParser | Any, *, source_default: s
     parser.add_argument("--dn-seed", type=int, default=0, help="seed of the first draw (draw r uses seed + r)")
 
 
-def _source_images(features: FeatureSet, source: str):
+def _source_images(features: FeatureSet, args: argparse.Namespace):
+    """Images of --dn-source: from the loaded features, or extracted through the cache for --model/--dataset."""
+    source = args.dn_source
+    if features.has_split(source):
+        return features.split(source).image
+    if getattr(args, "model", None) and getattr(args, "dataset", None) and not getattr(args, "features", None):
+        from clipadapt.features.pipeline import feature_set_from_args  # heavy imports only when encoding
+
+        return feature_set_from_args(args, splits=[source]).split(source).image
     try:
         return features.split(source).image
     except FeatureDirError as e:
@@ -66,11 +74,11 @@ def _add_eval_arguments(parser) -> None:
 
 
 @register_eval_method("dn", help="zero-shot + Distribution Normalization (METHODS.md §2)",
-                      add_arguments=_add_eval_arguments, splits=("unlabeled",))
+                      add_arguments=_add_eval_arguments)  # the --dn-source split is fetched on demand
 def run_dn(features: FeatureSet, args: argparse.Namespace) -> MethodResult:
     if args.dn_repeats < 1:
         raise ConfigError(f"--dn-repeats must be >= 1, got {args.dn_repeats}")
-    pool = _source_images(features, args.dn_source)
+    pool = _source_images(features, args)
     test = features.split(args.split)
     labels = test.label
     draws, first_logits, n_image = [], None, 0
