@@ -133,3 +133,31 @@ def test_retrieval_and_captions_with_tiny_open_clip_model(tmp_path, karpathy):
     dn = DistributionNormalizer(n_samples=None, task="retrieval").fit(test.image, test.text)
     lib = evaluate_retrieval(test.image, test.text, test.text_to_image, normalizer=dn)
     assert res["dn"]["mean"]["t2i R@1"] == pytest.approx(lib["t2i"]["R@1"]) and res["dn"]["transductive"] is True
+
+
+def test_captions_with_tiny_open_clip_model(tmp_path, karpathy):
+    """Caption scores from images through the real (random-init tiny ViT) encoder equal direct encoding."""
+    from clipadapt.encoders import load_encoder
+
+    _, root = karpathy
+    rows = [("sub/red.png", "a red square", 4), ("sub/green.png", "a red square", 1), ("sub/blue.png", "blue", 3)]
+    (tmp_path / "j.csv").write_text("image,caption,human\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
+    scores = tmp_path / "s.csv"
+    assert main(["captions", "--judgments", str(tmp_path / "j.csv"), "--image-root", str(root), "--model",
+                 "clipadapt-test-tiny-vit", "--device", "cpu", "--scores-out", str(scores)]) == 0
+    enc = load_encoder("clipadapt-test-tiny-vit", device="cpu")
+    with open(scores) as f:
+        got = list(csv.DictReader(f))
+    images = {}
+    for image, _, _ in rows:
+        with Image.open(root / image) as im:
+            images[image] = enc.encode_images(enc.preprocess(im.convert("RGB")).unsqueeze(0))[0]
+    texts = {c: enc.encode_texts([c])[0] for c in ("a red square", "blue")}
+    # DN means over the distinct judged images (3) and candidate captions (2), written out
+    mu_i = sum(v / v.norm() for v in images.values()) / 3
+    mu_t = sum(t / t.norm() for t in texts.values()) / 2
+    for (image, caption, _), row in zip(rows, got):
+        v, t = images[image], texts[caption]
+        assert float(row["CLIP-S"]) == pytest.approx(2.5 * max(float(v @ t / (v.norm() * t.norm())), 0.0), abs=1e-4)
+        dn = float((v / v.norm() - 0.25 * mu_i) @ (t / t.norm() - 0.25 * mu_t))
+        assert float(row["DN-CLIP-S"]) == pytest.approx(dn, abs=1e-4)
