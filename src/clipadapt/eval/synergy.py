@@ -429,8 +429,95 @@ def accuracy_table(combined: dict[str, np.ndarray], labels: Tensor) -> dict[str,
     return {k: 100.0 * float((torch.from_numpy(v.argmax(1)) == labels).float().mean()) for k, v in combined.items()}
 
 
+
+# ----------------------------------------------------------------------------------------- the whole run
+@dataclass
+class SynergyReport:
+    """Everything a backbones run produces: `results` (JSON-able), `tables` (name -> rows), plot inputs."""
+
+    results: dict[str, Any]
+    tables: dict[str, list[dict[str, Any]]]
+    names: list[str]
+    agreement: list[list[float]]
+    complementarity: list[list[float]]
+    points: list[dict[str, Any]]
+    cost_label: str
+
+
+def evaluate_synergy(
+    names: Sequence[str],
+    test: ScoreSet,
+    *,
+    heldout: ScoreSet | None = None,
+    classnames: Sequence[str] | None = None,
+    costs: dict[str, float] | None = None,
+    cost_label: str = "backbones run",
+    thresholds: Sequence[float] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99),
+    chunk_rows: int = 4096,
+    nlc_kwargs: dict | None = None,
+) -> SynergyReport:
+    """Per-backbone accuracy, oracle/synergy, pairwise matrices, per-class best, combiners, cost and cascade.
+
+    Combiners are fitted on `heldout` (labelled) and applied to `test` without its labels; test labels are
+    used only to score. Without costs every backbone costs 1 (the cost axis counts backbones run).
+    """
+    names = list(names)
+    if test.labels is None:
+        raise ConfigError("the evaluated split needs labels to score the backbones")
+    n, c = check_array_list(test.logits, names=names)
+    check_labels(test.labels, n, c, "evaluated split")
+    if heldout is not None:
+        hn, hc = check_array_list(heldout.logits, names=[f"{x} (held-out)" for x in names])
+        if hc != c:
+            raise ConfigError(f"held-out logits have {hc} classes but the evaluated logits have {c}")
+        if heldout.labels is not None:
+            check_labels(heldout.labels, hn, c, "held-out split")
+    classnames = list(classnames) if classnames else [str(i) for i in range(c)]
+    cost = [float(costs[x]) for x in names] if costs else [1.0] * len(names)
+
+    preds = predictions_streaming(test.logits, chunk_rows=chunk_rows)
+    summary = synergy_summary(preds, test.labels, names)
+    fitted = fit_combiners(heldout, len(names), c, nlc_kwargs=nlc_kwargs, names=names)
+    unlabelled_test = ScoreSet(logits=test.logits, labels=None, embeddings=test.embeddings)
+    combined = predict_combiners(fitted, unlabelled_test, chunk_rows=chunk_rows)
+    comb_acc = accuracy_table(combined, test.labels)
+    temps = fitted.combiners["temperature_mean"].temperatures_.tolist() if "temperature_mean" in fitted.combiners else None
+    cascade_rows = cascade(test.logits, test.labels, cost, thresholds, temperatures=temps, chunk_rows=chunk_rows)
+
+    per_backbone = [{"backbone": x, "top1": summary["accuracy"][x], "cost": k} for x, k in zip(names, cost)]
+    combos = [{"method": k, "top1": v, "gain_over_best": v - summary["best_single"]["top1"], "cost": sum(cost)}
+              for k, v in comb_acc.items()]
+    subsets = subset_mean_probs(test.logits, test.labels, cost, names, chunk_rows=chunk_rows)
+    points = ([{"label": r["backbone"], "kind": "single", "top1": r["top1"], "cost": r["cost"]} for r in per_backbone]
+              + [{"label": r["combination"], "kind": "subset", "top1": r["top1"], "cost": r["cost"]} for r in subsets]
+              + [{"label": r["method"], "kind": "combiner", "top1": r["top1"], "cost": r["cost"]} for r in combos])
+    matrix_rows = lambda m: [{"backbone": a, **{b: m[i][j] for j, b in enumerate(names)}} for i, a in enumerate(names)]
+    tables = {
+        "per_backbone": per_backbone,
+        "combinations": combos,
+        "subsets": subsets,
+        "agreement": matrix_rows(summary["agreement"]),
+        "complementarity": matrix_rows(summary["complementarity"]),
+        "per_class_best": per_class_best(preds, test.labels, names, classnames),
+        "cascade": [{**{k: v for k, v in r.items() if k != "stopped_after"},
+                     **{f"stopped_after_{k}": v for k, v in r["stopped_after"].items()}} for r in cascade_rows],
+    }
+    results = {
+        **summary,
+        "n": n,
+        "num_classes": c,
+        "heldout_n": heldout.n if heldout is not None else 0,
+        "combinations": {k: {"top1": v, **fitted.details.get(k, {})} for k, v in comb_acc.items()},
+        "cascade": cascade_rows,
+        "costs": dict(zip(names, cost)),
+        "cost_unit": cost_label,
+        "cascade_order": [names[b] for b in sorted(range(len(names)), key=lambda b: cost[b])],
+    }
+    return SynergyReport(results=results, tables=tables, names=names, agreement=summary["agreement"],
+                         complementarity=summary["complementarity"], points=points, cost_label=cost_label)
+
 __all__ = [
-    "NORMALISATIONS", "ScoreSet", "FittedCombiners", "agreement_matrix", "accuracy_table", "cascade",
+    "NORMALISATIONS", "ScoreSet", "SynergyReport", "evaluate_synergy", "FittedCombiners", "agreement_matrix", "accuracy_table", "cascade",
     "check_aligned_feature_sets", "check_labels", "complementarity_matrix", "feature_statistics",
     "fit_combiners", "fit_linear_probe", "model_cost", "normalisation_study", "normalise_features",
     "oracle_accuracy", "per_backbone_accuracy", "per_class_best", "predict_combiners", "predictions_streaming",

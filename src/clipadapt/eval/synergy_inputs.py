@@ -1,0 +1,141 @@
+"""Loading the inputs of a backbone-synergy run: feature directories, saved logits, or models through the cache.
+
+Each loader checks that the backbones describe the same samples in the same order over the same classes and
+raises an error naming the directory / file that differs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from clipadapt.errors import ConfigError, FeatureDirError, WeightsUnavailableError
+from clipadapt.features.featureset import FeatureSet
+from clipadapt.features.io import load_feature_dir
+from clipadapt.methods.ensembles import check_array_list
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------------------- saved logits
+def load_logits_file(path: str | Path) -> np.ndarray:
+    """A (N, C) .npy array, memory-mapped (read lazily, chunk by chunk)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FeatureDirError(f"{path}: logits file not found")
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:
+        raise FeatureDirError(f"{path}: not a readable .npy file ({e})") from e
+    if arr.ndim != 2:
+        raise FeatureDirError(f"{path}: expected (N, C) logits, got shape {arr.shape}")
+    return arr
+
+
+def load_labels_file(path: str | Path, n: int, num_classes: int, what: str) -> Tensor:
+    """(N,) integer labels from .npy, checked against the logits they label."""
+    path = Path(path)
+    if not path.is_file():
+        raise FeatureDirError(f"{path}: labels file not found")
+    arr = np.load(path, allow_pickle=False)
+    if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+        raise FeatureDirError(f"{path}: labels must be a 1-D integer array, got shape {arr.shape} dtype {arr.dtype}")
+    if arr.shape[0] != n:
+        raise FeatureDirError(f"{path}: {arr.shape[0]} labels but the {what} logits have N={n} rows")
+    if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
+        raise FeatureDirError(
+            f"{path}: labels in [{arr.min()}, {arr.max()}] but the {what} logits have C={num_classes} classes"
+        )
+    return torch.from_numpy(arr.astype(np.int64))
+
+
+def load_logit_set(paths: Sequence[str | Path], labels: str | Path | None, what: str) -> tuple[list[np.ndarray], Tensor | None]:
+    """Per-backbone logits files (same N, C; the error names the file that differs) and their labels."""
+    arrays = [load_logits_file(p) for p in paths]
+    n, c = check_array_list(arrays, names=[str(p) for p in paths])
+    y = load_labels_file(labels, n, c, what) if labels is not None else None
+    return arrays, y
+
+
+# ----------------------------------------------------------------------------------------- models
+@dataclass
+class LoadedBackbones:
+    """Feature sets of the usable backbones, and why the others are unusable."""
+
+    feature_sets: dict[str, FeatureSet] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+
+FeatureLoader = Callable[..., FeatureSet]
+
+
+def _default_loader() -> FeatureLoader:
+    from clipadapt.features.pipeline import get_feature_set  # heavy: open_clip, images
+
+    return get_feature_set
+
+
+def load_model_backbones(
+    models: Sequence[str],
+    dataset: str,
+    splits: Sequence[str],
+    *,
+    loader: FeatureLoader | None = None,
+    min_usable: int = 2,
+    **loader_kwargs: Any,
+) -> LoadedBackbones:
+    """Extract (through the cache) every model on `dataset`; a model whose weights are unavailable offline is
+    recorded and skipped. Fewer than `min_usable` usable models is an error naming every unusable one."""
+    loader = loader or _default_loader()
+    out = LoadedBackbones()
+    for model in models:
+        try:
+            out.feature_sets[model] = loader(model, dataset, list(splits), **loader_kwargs)
+        except WeightsUnavailableError as e:
+            out.unavailable[model] = str(e)
+            log.warning("backbone %s is unusable: %s", model, e)
+    if len(out.feature_sets) < min_usable:
+        detail = "; ".join(f"{m}: {why}" for m, why in out.unavailable.items())
+        raise WeightsUnavailableError(
+            f"only {len(out.feature_sets)} of {len(models)} backbones are usable "
+            f"({', '.join(out.feature_sets) or 'none'}); need at least {min_usable}. Unavailable: {detail}"
+        )
+    return out
+
+
+def load_feature_dirs(directories: Sequence[str | Path], splits: Sequence[str] | None = None) -> dict[str, FeatureSet]:
+    """Feature directories keyed by a unique name (meta.json model, else the directory name)."""
+    out: dict[str, FeatureSet] = {}
+    for d in directories:
+        fs = load_feature_dir(d, splits=splits)
+        name = str(fs.meta.get("model") or Path(d).name)
+        if name in out:
+            name = f"{name} ({d})"
+        out[name] = fs
+    return out
+
+
+def few_shot_indices(labels: Tensor, shots: int, seed: int) -> Tensor:
+    """Row indices of `shots` samples per class (seeded), the few-shot held-out set."""
+    try:
+        from clipadapt.data.fewshot import sample_few_shot
+    except ImportError:  # the data package's sampler not merged yet: the same rule written out here
+        sample_few_shot = None
+    if sample_few_shot is not None:
+        picked = sample_few_shot(labels, shots, seed)
+        picked = getattr(picked, "indices", picked)
+        return torch.as_tensor(picked, dtype=torch.long)
+    g = torch.Generator().manual_seed(seed)
+    idx = []
+    for c in torch.unique(labels).tolist():
+        rows = torch.nonzero(labels == c).flatten()
+        if rows.numel() < shots:
+            raise ConfigError(f"class {c} has {rows.numel()} training samples, fewer than shots={shots}")
+        idx.append(rows[torch.randperm(rows.numel(), generator=g)[:shots]])
+    return torch.cat(idx).sort().values
