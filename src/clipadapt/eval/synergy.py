@@ -175,7 +175,7 @@ def normalise_features(x: Tensor, kind: str, stats: tuple[Tensor, Tensor] | None
     return l2_normalize(x - mu) if kind == "centred_l2" else (x - mu) / sigma
 
 
-def fit_linear_probe(x: Tensor, y: Tensor, num_classes: int, *, weight_decay: float = 1e-4, max_iter: int = 200,
+def fit_linear_probe(x: Tensor, y: Tensor, num_classes: int, *, weight_decay: float = 1e-4, max_iter: int = 100,
                      seed: int = 0) -> tuple[Tensor, Tensor]:
     """Multinomial logistic regression (weights W (C, D), bias b) by full-batch L-BFGS on CE + wd·‖W‖².
 
@@ -185,7 +185,7 @@ def fit_linear_probe(x: Tensor, y: Tensor, num_classes: int, *, weight_decay: fl
     x, y = x.double(), y.long()
     w = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, tolerance_grad=1e-6, line_search_fn="strong_wolfe")
 
     def closure() -> Tensor:
         opt.zero_grad()

@@ -268,7 +268,7 @@ def iter_row_chunks(n: int, chunk_rows: int) -> Iterator[slice]:
 def as_float_tensor(block: np.ndarray | Tensor) -> Tensor:
     if isinstance(block, Tensor):
         return block.float()
-    return torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
+    return torch.from_numpy(np.array(block, dtype=np.float32))  # a copy: memmap slices are read-only
 
 
 def check_array_list(arrays: Sequence[np.ndarray | Tensor], names: Sequence[str] | None = None) -> tuple[int, int]:
