@@ -204,6 +204,7 @@ def normalisation_study(
     train_split: str | None = "train",
     stats_split: str | None = None,
     probe_weight_decay: float = 1e-4,
+    probe_max_iter: int = 100,
     seed: int = 0,
 ) -> list[dict[str, Any]]:
     """Top-1 of every backbone × normalisation, zero-shot and (when `train_split` is present) linear probe.
@@ -231,7 +232,7 @@ def normalisation_study(
                    "zeroshot_stats": zs_source}
             if has_train:
                 pw, pb = fit_linear_probe(normalise_features(x_tr, kind, tr_stats), y_tr, fs.num_classes,
-                                          weight_decay=probe_weight_decay, seed=seed)
+                                          weight_decay=probe_weight_decay, max_iter=probe_max_iter, seed=seed)
                 row["probe_top1"] = _top1(normalise_features(x_eval, kind, tr_stats) @ pw.T + pb, y_eval)
             rows.append(row)
     return rows
