@@ -49,6 +49,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                     help="cost axis: measured from the architecture of each backbone (default gflops); none = count")
     ev.add_argument("--costs", type=lambda s: [float(x) for x in _csv(s)], help="explicit per-backbone costs")
     ev.add_argument("--no-normalisation-study", action="store_true", help="skip the normalisation study")
+    ev.add_argument("--probe-max-iter", type=int, default=100, help="L-BFGS iterations of each linear probe")
     ev.add_argument("--chunk-rows", type=int, default=4096, help="rows combined at a time (memory bound)")
     ev.add_argument("--nlc-max-epochs", type=int, default=300)
     ev.add_argument("--nlc-lr", type=float, default=2e-4)
@@ -145,7 +146,8 @@ def run(args: argparse.Namespace) -> int:
         heldout, heldout_desc = _heldout(args, fsets)
         model_ids = list(fsets) if args.models else [fs.meta.get("model") for fs in fsets.values()]
         if not args.no_normalisation_study:
-            norm_rows = syn.normalisation_study(fsets, eval_split=args.split, train_split=args.train_split, seed=args.seed)
+            norm_rows = syn.normalisation_study(fsets, eval_split=args.split, train_split=args.train_split,
+                                                probe_max_iter=args.probe_max_iter, seed=args.seed)
         extra["features"] = {k: fs.describe() for k, fs in fsets.items()}
     if unavailable:
         print(f"unusable backbones: {', '.join(unavailable)}; continuing with: {', '.join(names)}")
