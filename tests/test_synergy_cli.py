@@ -58,6 +58,9 @@ def test_few_shot_mode_fits_on_k_shots_per_class(tmp_path):
     assert main(args + FAST) == 0
     r = json.loads((out / "results.json").read_text())
     assert r["heldout_n"] == 8 and r["heldout"].startswith("2 shots per class from 'train'")
+    from clipadapt.data.fewshot import sample_few_shot
+
+    assert r["heldout_indices"] == sample_few_shot(torch.arange(4).repeat_interleave(6), 2, 1)
 
 
 def test_mismatched_feature_directories_are_named(tmp_path, capsys):

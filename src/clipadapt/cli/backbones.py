@@ -91,8 +91,10 @@ def _heldout(args: argparse.Namespace, fsets: dict) -> tuple[syn.ScoreSet | None
     first = next(iter(fsets.values()))
     if args.shots:
         syn.check_aligned_feature_sets(fsets, args.train_split)
-        idx = inputs.few_shot_indices(first.split(args.train_split).labels(args.train_split), args.shots, args.seed)
+        idx = inputs.few_shot_indices(first.split(args.train_split).labels(args.train_split), args.shots, args.seed,
+                                      first.classnames)
         subset = {k: _with_split(fs, "heldout", fs.split(args.train_split).subset(idx)) for k, fs in fsets.items()}
+        args.heldout_indices = idx.tolist()  # published in results.json: the exact few-shot draw
         return syn.zero_shot_scores(subset, "heldout"), f"{args.shots} shots per class from '{args.train_split}' (seed {args.seed})"
     if all(fs.has_split(args.heldout_split) for fs in fsets.values()) and args.heldout_split != args.split:
         syn.check_aligned_feature_sets(fsets, args.heldout_split)
@@ -160,7 +162,8 @@ def run(args: argparse.Namespace) -> int:
     report.tables["normalisation"] = norm_rows
     report.tables["cost"] = cost_rows
     results = {**report.results, "heldout": heldout_desc, "unavailable_backbones": unavailable,
-               "usable_backbones": names, "normalisation_study": norm_rows, "cost_measurements": cost_rows, **extra}
+               "usable_backbones": names, "heldout_indices": getattr(args, "heldout_indices", None),
+               "normalisation_study": norm_rows, "cost_measurements": cost_rows, **extra}
     _write(args.out, report, results)
     _print_summary(report, results)
     return 0

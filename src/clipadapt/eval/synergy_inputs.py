@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from clipadapt.errors import ConfigError, FeatureDirError, WeightsUnavailableError
+from clipadapt.errors import FeatureDirError, WeightsUnavailableError
 from clipadapt.features.featureset import FeatureSet
 from clipadapt.features.io import load_feature_dir
 from clipadapt.methods.ensembles import check_array_list
@@ -121,21 +121,8 @@ def load_feature_dirs(directories: Sequence[str | Path], splits: Sequence[str] |
     return out
 
 
-def few_shot_indices(labels: Tensor, shots: int, seed: int) -> Tensor:
-    """Row indices of `shots` samples per class (seeded), the few-shot held-out set."""
-    try:
-        from clipadapt.data.fewshot import sample_few_shot
-    except ImportError:  # the data package's sampler not merged yet: the same rule written out here
-        sample_few_shot = None
-    if sample_few_shot is not None:
-        picked = sample_few_shot(labels, shots, seed)
-        picked = getattr(picked, "indices", picked)
-        return torch.as_tensor(picked, dtype=torch.long)
-    g = torch.Generator().manual_seed(seed)
-    idx = []
-    for c in torch.unique(labels).tolist():
-        rows = torch.nonzero(labels == c).flatten()
-        if rows.numel() < shots:
-            raise ConfigError(f"class {c} has {rows.numel()} training samples, fewer than shots={shots}")
-        idx.append(rows[torch.randperm(rows.numel(), generator=g)[:shots]])
-    return torch.cat(idx).sort().values
+def few_shot_indices(labels: Tensor, shots: int, seed: int, classnames: Sequence[str] | None = None) -> Tensor:
+    """Row indices of `shots` samples per class (clipadapt.data.fewshot's seeded, nested draw): the held-out set."""
+    from clipadapt.data.fewshot import sample_few_shot
+
+    return torch.as_tensor(sample_few_shot(labels, shots, seed, classnames=classnames), dtype=torch.long)
