@@ -50,7 +50,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     ev.add_argument("--costs", type=lambda s: [float(x) for x in _csv(s)], help="explicit per-backbone costs")
     ev.add_argument("--no-normalisation-study", action="store_true", help="skip the normalisation study")
     ev.add_argument("--probe-max-iter", type=int, default=100, help="L-BFGS iterations of each linear probe")
-    ev.add_argument("--chunk-rows", type=int, default=4096, help="rows combined at a time (memory bound)")
+    ev.add_argument("--chunk-rows", type=int, default=1024, help="rows combined at a time (memory bound)")
     ev.add_argument("--nlc-max-epochs", type=int, default=300)
     ev.add_argument("--nlc-lr", type=float, default=2e-4)
     ev.add_argument("--nlc-batch-size", type=int, default=32)

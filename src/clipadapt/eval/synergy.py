@@ -296,7 +296,7 @@ def fit_combiners(heldout: ScoreSet | None, num_backbones: int, num_classes: int
     return fitted
 
 
-def predict_combiners(fitted: FittedCombiners, test: ScoreSet, *, chunk_rows: int = 4096) -> dict[str, np.ndarray]:
+def predict_combiners(fitted: FittedCombiners, test: ScoreSet, *, chunk_rows: int = 1024) -> dict[str, np.ndarray]:
     """(N, C) combined logits of every fitted combiner on `test`, streamed by rows. Reads no labels."""
     out = {}
     for key, est in fitted.combiners.items():
@@ -369,7 +369,7 @@ def cascade(
     thresholds: Sequence[float],
     *,
     temperatures: Sequence[float] | None = None,
-    chunk_rows: int = 4096,
+    chunk_rows: int = 1024,
 ) -> list[dict[str, Any]]:
     """Confidence cascade: run backbones from cheapest to dearest, stop once the running prediction is confident.
 
@@ -409,7 +409,7 @@ def cascade(
 
 
 def subset_mean_probs(logits: Sequence[Any], labels: Tensor, costs: Sequence[float], names: Sequence[str], *,
-                      max_backbones: int = 8, chunk_rows: int = 4096) -> list[dict[str, Any]]:
+                      max_backbones: int = 8, chunk_rows: int = 1024) -> list[dict[str, Any]]:
     """Accuracy and cost of mean-of-probabilities over every subset of ≥ 2 backbones (B ≤ max_backbones)."""
     b_count = len(logits)
     if b_count > max_backbones:
@@ -454,7 +454,7 @@ def evaluate_synergy(
     costs: dict[str, float] | None = None,
     cost_label: str = "backbones run",
     thresholds: Sequence[float] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99),
-    chunk_rows: int = 4096,
+    chunk_rows: int = 1024,
     nlc_kwargs: dict | None = None,
 ) -> SynergyReport:
     """Per-backbone accuracy, oracle/synergy, pairwise matrices, per-class best, combiners, cost and cascade.

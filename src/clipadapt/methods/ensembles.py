@@ -292,7 +292,7 @@ def predict_streaming(
     combiner: _Combiner,
     logits: Sequence[np.ndarray | Tensor],
     *,
-    chunk_rows: int = 4096,
+    chunk_rows: int = 1024,
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Apply a fitted combiner chunk by chunk; returns (N, C) float32 (written into `out` when given).
@@ -310,7 +310,7 @@ def predict_streaming(
     return out
 
 
-def predictions_streaming(logits: Sequence[np.ndarray | Tensor], *, chunk_rows: int = 4096) -> Tensor:
+def predictions_streaming(logits: Sequence[np.ndarray | Tensor], *, chunk_rows: int = 1024) -> Tensor:
     """(B, N) argmax class of every backbone, read chunk by chunk (what the oracle/agreement analyses need)."""
     n, _ = check_array_list(logits)
     preds = torch.empty(len(logits), n, dtype=torch.long)
