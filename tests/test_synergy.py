@@ -21,6 +21,7 @@ from clipadapt.eval.synergy import (
     oracle_accuracy,
     per_backbone_accuracy,
     per_class_best,
+    subset_mean_probs,
     synergy_summary,
 )
 from clipadapt.features import FeatureSet, FeatureSplit
@@ -196,3 +197,17 @@ def test_model_cost_of_tiny_models_counts_parameters_and_flops():
     assert cost["ms_per_image"] > 0 and cost["image_size"] == [32, 32]
     with pytest.raises(ConfigError, match="no-such-arch@openai: unknown open_clip architecture"):
         model_cost("no-such-arch@openai")
+
+
+def test_subset_mean_probs_matches_a_literal_average_per_subset():
+    g = torch.Generator().manual_seed(1)
+    logits = [2 * torch.randn(37, 4, generator=g) for _ in range(3)]
+    y = torch.randint(0, 4, (37,), generator=g)
+    rows = subset_mean_probs(logits, y, [1.0, 2.0, 5.0], ["a", "b", "c"], chunk_rows=10)
+    assert [r["combination"] for r in rows] == ["a+b", "a+c", "b+c", "a+b+c"]
+    for r, subset in zip(rows, ([0, 1], [0, 2], [1, 2], [0, 1, 2])):
+        right = 0
+        for i in range(37):
+            p = [sum(torch.softmax(logits[b][i], 0)[c].item() for b in subset) for c in range(4)]
+            right += int(max(range(4), key=lambda c: p[c]) == y[i])
+        assert r["top1"] == pytest.approx(100 * right / 37) and r["cost"] == sum([1.0, 2.0, 5.0][b] for b in subset)

@@ -21,7 +21,6 @@ from clipadapt.errors import ConfigError, FeatureDirError
 from clipadapt.features.featureset import FeatureSet
 from clipadapt.methods.ensembles import (
     COMBINERS,
-    MeanProbs,
     as_float_tensor,
     check_array_list,
     iter_row_chunks,
@@ -410,19 +409,23 @@ def cascade(
 
 def subset_mean_probs(logits: Sequence[Any], labels: Tensor, costs: Sequence[float], names: Sequence[str], *,
                       max_backbones: int = 8, chunk_rows: int = 1024) -> list[dict[str, Any]]:
-    """Accuracy and cost of mean-of-probabilities over every subset of ≥ 2 backbones (B ≤ max_backbones)."""
+    """Accuracy and cost of mean-of-probabilities over every subset of ≥ 2 backbones (skipped when B > max_backbones).
+
+    One pass over the logits: each chunk's B probability tables are computed once and reused by every subset.
+    """
     b_count = len(logits)
     if b_count > max_backbones:
         return []
-    rows = []
-    for k in range(2, b_count + 1):
-        for subset in itertools.combinations(range(b_count), k):
-            est = MeanProbs().fit([torch.zeros(1, int(logits[0].shape[1]))] * k)
-            pred = predict_streaming(est, [logits[b] for b in subset], chunk_rows=chunk_rows).argmax(1)
-            rows.append({"combination": "+".join(names[b] for b in subset), "method": "mean_probs",
-                         "top1": 100.0 * float((torch.from_numpy(pred) == labels).float().mean()),
-                         "cost": float(sum(costs[b] for b in subset))})
-    return rows
+    subsets = [s for k in range(2, b_count + 1) for s in itertools.combinations(range(b_count), k)]
+    correct = torch.zeros(len(subsets), dtype=torch.long)
+    for rows in iter_row_chunks(int(logits[0].shape[0]), chunk_rows):
+        probs = torch.stack([as_float_tensor(z[rows]).softmax(-1) for z in logits])  # (B, n, C)
+        y = labels[rows]
+        for i, subset in enumerate(subsets):
+            correct[i] += int((probs[list(subset)].sum(0).argmax(1) == y).sum())
+    n = int(labels.shape[0])
+    return [{"combination": "+".join(names[b] for b in s), "method": "mean_probs", "top1": 100.0 * int(k) / n,
+             "cost": float(sum(costs[b] for b in s))} for s, k in zip(subsets, correct)]
 
 
 def accuracy_table(combined: dict[str, np.ndarray], labels: Tensor) -> dict[str, float]:
