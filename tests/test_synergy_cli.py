@@ -98,6 +98,13 @@ def test_saved_logits_with_held_out(tmp_path):
     assert r["accuracy"] == pytest.approx(literal)
     assert "stacking" in r["combinations"] and "nlc" not in r["combinations"]  # no embeddings, no controller
     assert r["cascade_order"] == ["A", "B", "C"] and r["costs"] == {"A": 1.0, "B": 2.0, "C": 4.0}
+    emb = [_save_logits(tmp_path, f"e{b}.npy", torch.randn(50, 6, generator=g)) for b in range(3)]
+    hemb = [_save_logits(tmp_path, f"he{b}.npy", torch.randn(30, 6, generator=g)) for b in range(3)]
+    assert main(["backbones", "--logits", ",".join(test), "--labels", str(tmp_path / "y.npy"),
+                 "--heldout-logits", ",".join(held), "--heldout-labels", str(tmp_path / "yh.npy"),
+                 "--embeddings", ",".join(emb), "--heldout-embeddings", ",".join(hemb), "--nlc-max-epochs", "2",
+                 "--out", str(out)]) == 0
+    assert "nlc" in json.loads((out / "results.json").read_text())["combinations"]
 
 
 def test_mismatched_logits_and_labels_are_named(tmp_path, capsys):

@@ -33,6 +33,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--labels", type=Path, help="(N,) .npy labels of --logits")
     src.add_argument("--heldout-logits", type=_csv, help="held-out logits for fitting, same backbone order")
     src.add_argument("--heldout-labels", type=Path, help="(M,) .npy labels of --heldout-logits")
+    src.add_argument("--embeddings", type=_csv, help="(N, D_b) image embeddings .npy per backbone (enables the NLC)")
+    src.add_argument("--heldout-embeddings", type=_csv, help="held-out embeddings .npy per backbone")
     src.add_argument("--names", type=_csv, help="backbone names for --logits (default: file names)")
     src.add_argument("--cache-dir", type=Path, default=None, help="feature cache root for --models")
     src.add_argument("--device", default=None, help="torch device for extraction and timing (default: auto)")
@@ -69,11 +71,13 @@ def _from_logits(args: argparse.Namespace) -> tuple[list[str], syn.ScoreSet, syn
         if not args.heldout_labels:
             raise ConfigError("--heldout-logits needs --heldout-labels")
         h_logits, h_labels = inputs.load_logit_set(args.heldout_logits, args.heldout_labels, "held-out")
-        heldout = syn.ScoreSet(logits=h_logits, labels=h_labels)
+        h_emb = inputs.load_embedding_set(args.heldout_embeddings, len(h_logits), h_logits[0].shape[0], "held-out")
+        heldout = syn.ScoreSet(logits=h_logits, labels=h_labels, embeddings=h_emb)
     names = args.names or [Path(p).stem for p in args.logits]
     if len(names) != len(logits):
         raise ConfigError(f"--names lists {len(names)} names for {len(logits)} logits files")
-    return names, syn.ScoreSet(logits=logits, labels=labels), heldout, None
+    emb = inputs.load_embedding_set(args.embeddings, len(logits), logits[0].shape[0], "evaluated")
+    return names, syn.ScoreSet(logits=logits, labels=labels, embeddings=emb), heldout, None
 
 
 def _feature_sets(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:

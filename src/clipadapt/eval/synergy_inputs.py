@@ -63,6 +63,21 @@ def load_logit_set(paths: Sequence[str | Path], labels: str | Path | None, what:
     return arrays, y
 
 
+def load_embedding_set(paths: Sequence[str | Path] | None, num_backbones: int, n: int, what: str) -> list[Tensor] | None:
+    """Per-backbone (N, D_b) embeddings .npy (for the Neural Logit Controller), or None when not given."""
+    if not paths:
+        return None
+    if len(paths) != num_backbones:
+        raise FeatureDirError(f"{len(paths)} {what} embedding files for {num_backbones} backbones")
+    out = []
+    for p in paths:
+        arr = load_logits_file(p)  # same checks: a readable 2-D .npy
+        if arr.shape[0] != n:
+            raise FeatureDirError(f"{p}: {arr.shape[0]} embedding rows but the {what} logits have N={n} rows")
+        out.append(torch.from_numpy(np.array(arr, dtype=np.float32)))
+    return out
+
+
 # ----------------------------------------------------------------------------------------- models
 @dataclass
 class LoadedBackbones:
