@@ -3,10 +3,11 @@
 Only the architecture matters, so models are built with random weights (no download): this is what
 `clipadapt backbones` reports as the cost axis (`clipadapt.eval.synergy.model_cost`). FLOPs come from
 torch.utils.flop_counter (a multiply-add counts 2 FLOPs; open_clip's published tables count multiply-adds,
-so expect about half our numbers there). Time is measured on this machine's CPU and is noisy on a shared box.
+so expect about half our numbers there), on the meta device: no computation. With --time, each model is
+also timed on --device (slow and noisy on a shared CPU).
 
-    python benchmarks/synergy_cost.py                       # all nine, time with batch 1
-    python benchmarks/synergy_cost.py --models RN50,ViT-B-32 --device cuda
+    python benchmarks/synergy_cost.py                       # all nine: parameters and GFLOPs (seconds)
+    python benchmarks/synergy_cost.py --time --models RN50,ViT-B-32 --device cuda --batch 32 --repeats 5
 
 Results: benchmarks/results/synergy_cost.json.
 """
@@ -31,14 +32,16 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--time", action="store_true", help="also time each model (slow on a shared CPU)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     rows = []
     for arch in args.models.split(","):
-        r = model_cost(f"{arch}@openai", device=args.device, batch=args.batch, repeats=args.repeats)
+        r = model_cost(f"{arch}@openai", device=args.device, measure_time=args.time, batch=args.batch,
+                       repeats=args.repeats)
         rows.append(r)
         print(f"{arch:>14}: image params {r['params_image_M']:7.1f} M  {r['gflops_per_image']:7.1f} GFLOPs  "
-              f"{r['ms_per_image']:8.1f} ms/image ({args.device}, size {r['image_size'][0]})", flush=True)
+              f"{r.get('ms_per_image', float('nan')):8.1f} ms/image, size {r['image_size'][0]}", flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({"device": args.device, "batch": args.batch, "repeats": args.repeats,
                                    "threads": torch.get_num_threads(), "rows": rows}, indent=2) + "\n")

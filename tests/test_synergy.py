@@ -195,6 +195,8 @@ def test_model_cost_of_tiny_models_counts_parameters_and_flops():
     patches = (32 // conv.kernel_size[0]) ** 2
     assert cost["gflops_per_image"] * 1e9 >= 2 * patches * conv.weight.numel()
     assert cost["ms_per_image"] > 0 and cost["image_size"] == [32, 32]
+    flops_only = model_cost("clipadapt-test-tiny-rn@none", measure_time=False)
+    assert "ms_per_image" not in flops_only and flops_only["gflops_per_image"] > 0
     with pytest.raises(ConfigError, match="no-such-arch@openai: unknown open_clip architecture"):
         model_cost("no-such-arch@openai")
 

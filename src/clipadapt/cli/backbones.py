@@ -48,7 +48,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     ev.add_argument("--thresholds", type=lambda s: [float(x) for x in _csv(s)], default=[0.5, 0.7, 0.8, 0.9, 0.95, 0.99],
                     help="cascade confidence thresholds")
     ev.add_argument("--cost", choices=["gflops", "ms", "params", "none"], default="gflops",
-                    help="cost axis: measured from the architecture of each backbone (default gflops); none = count")
+                    help="cost axis from each backbone's architecture: gflops (default) and params are counted, ms is timed "
+                         "on --device; none = every backbone costs 1")
     ev.add_argument("--costs", type=lambda s: [float(x) for x in _csv(s)], help="explicit per-backbone costs")
     ev.add_argument("--no-normalisation-study", action="store_true", help="skip the normalisation study")
     ev.add_argument("--probe-max-iter", type=int, default=100, help="L-BFGS iterations of each linear probe")
@@ -122,7 +123,7 @@ def _costs(args: argparse.Namespace, names: list[str], model_ids: list[str | Non
     key, label = COST_METRICS[args.cost]
     device = args.device or "cpu"
     try:
-        measured = [syn.model_cost(m, device=device) for m in model_ids]
+        measured = [syn.model_cost(m, device=device, measure_time=args.cost == "ms") for m in model_ids]
     except ConfigError as e:
         print(f"note: cost not measured ({e}); the cost axis counts backbones")
         return None, "backbones run", []

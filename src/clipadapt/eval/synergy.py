@@ -313,12 +313,14 @@ def predict_combiners(fitted: FittedCombiners, test: ScoreSet, *, chunk_rows: in
 
 
 # ----------------------------------------------------------------------------------------- cost and cascade
-def model_cost(model_id: str, *, device: str = "cpu", batch: int = 4, repeats: int = 3) -> dict[str, Any]:
-    """Parameters (image tower and total), GFLOPs of encoding one image and measured ms per image.
+def model_cost(model_id: str, *, device: str = "cpu", measure_time: bool = True, batch: int = 4,
+               repeats: int = 3) -> dict[str, Any]:
+    """Parameters (image tower and total), GFLOPs of encoding one image and (optionally) measured ms per image.
 
-    Only the architecture matters, so this builds `ARCH` of `ARCH@TAG` with random weights (no download):
-    FLOPs are counted with torch.utils.flop_counter (a multiply-add counts 2), time is the median over
-    `repeats` timed batches of `batch` images after one warm-up batch, on `device`.
+    Only the architecture matters, so this builds `ARCH` of `ARCH@TAG` without weights (no download).
+    Parameters and FLOPs are counted on the meta device (shapes only, no computation) with
+    torch.utils.flop_counter (a multiply-add counts 2). With `measure_time`, a randomly initialised copy on
+    `device` encodes `batch` images: median over `repeats` timed batches after one warm-up batch.
     """
     import open_clip
     from torch.utils.flop_counter import FlopCounterMode
@@ -328,37 +330,44 @@ def model_cost(model_id: str, *, device: str = "cpu", batch: int = 4, repeats: i
     register_model_configs()
     arch = model_id.split("@", 1)[0]
     try:
-        model = open_clip.create_model(arch, pretrained=None, device=device).eval()
+        with torch.device("meta"):
+            model = open_clip.create_model(arch, pretrained=None, device="meta").eval()
     except RuntimeError as e:
         raise ConfigError(f"{model_id}: unknown open_clip architecture {arch!r} ({e})") from e
     size = model.visual.image_size
     size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
-    one = torch.randn(1, 3, *size, device=device)
-    with torch.no_grad():
-        counter = FlopCounterMode(display=False)
-        with counter:
-            model.encode_image(one)
-        flops = counter.get_total_flops()
-        images = torch.randn(batch, 3, *size, device=device)
-        model.encode_image(images)
-        times = []
-        for _ in range(repeats):
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            model.encode_image(images)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            times.append((time.perf_counter() - t0) / batch)
-    return {
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model.encode_image(torch.empty(1, 3, *size, device="meta"))
+    result = {
         "model": model_id,
         "params_image_M": sum(p.numel() for p in model.visual.parameters()) / 1e6,
         "params_total_M": sum(p.numel() for p in model.parameters()) / 1e6,
-        "gflops_per_image": flops / 1e9,
-        "ms_per_image": 1000.0 * float(np.median(times)),
-        "device": device,
+        "gflops_per_image": counter.get_total_flops() / 1e9,
         "image_size": list(size),
     }
+    if measure_time:
+        result.update(ms_per_image=_time_per_image(arch, size, device, batch, repeats), device=device)
+    return result
+
+
+def _time_per_image(arch: str, size: tuple[int, int], device: str, batch: int, repeats: int) -> float:
+    """Median milliseconds per image of `encode_image` on `device` (random weights)."""
+    import open_clip
+
+    model = open_clip.create_model(arch, pretrained=None, device=device).eval()
+    images = torch.randn(batch, 3, *size, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    times = []
+    with torch.no_grad():
+        model.encode_image(images)
+        for _ in range(repeats):
+            sync()
+            t0 = time.perf_counter()
+            model.encode_image(images)
+            sync()
+            times.append((time.perf_counter() - t0) / batch)
+    return 1000.0 * float(np.median(times))
 
 
 def cascade(
