@@ -2,8 +2,8 @@
 
 Only the architecture matters, so models are built with random weights (no download): this is what
 `clipadapt backbones` reports as the cost axis (`clipadapt.eval.synergy.model_cost`). FLOPs come from
-torch.utils.flop_counter (a multiply-add counts 2 FLOPs; open_clip's published tables count multiply-adds,
-so expect about half our numbers there), on the meta device: no computation. With --time, each model is
+torch.utils.flop_counter (a multiply-add counts 2 FLOPs; the numbers equal open_clip's docs/model_profile.csv)
+on the meta device: no computation. With --time, each model is
 also timed on --device (slow and noisy on a shared CPU).
 
     python benchmarks/synergy_cost.py                       # all nine: parameters and GFLOPs (seconds)

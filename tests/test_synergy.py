@@ -213,3 +213,11 @@ def test_subset_mean_probs_matches_a_literal_average_per_subset():
             p = [sum(torch.softmax(logits[b][i], 0)[c].item() for b in subset) for c in range(4)]
             right += int(max(range(4), key=lambda c: p[c]) == y[i])
         assert r["top1"] == pytest.approx(100 * right / 37) and r["cost"] == sum([1.0, 2.0, 5.0][b] for b in subset)
+
+
+@pytest.mark.parametrize("model, params_m, gflops", [("RN50@openai", 38.32, 12.22), ("ViT-B-32@openai", 87.85, 8.82)])
+def test_model_cost_matches_open_clip_published_profile(model, params_m, gflops):
+    # image_mparams / image_gflops of open_clip's docs/model_profile.csv; counted without any weights (offline)
+    cost = model_cost(model, measure_time=False)
+    assert cost["params_image_M"] == pytest.approx(params_m, abs=0.01)
+    assert cost["gflops_per_image"] == pytest.approx(gflops, abs=0.01)
