@@ -122,11 +122,25 @@ def test_mismatched_logits_and_labels_are_named(tmp_path, capsys):
     assert "c.npy: logits have shape (10, 4)" in capsys.readouterr().err
 
 
+def _imagefolder(root, splits=("train", "val", "test"), per_class=2, classes=("red", "green", "blue")):
+    """ROOT/<split>/<class>/*.png of generated solid-colour images (an `imagefolder:ROOT` dataset spec)."""
+    from PIL import Image
+
+    colours = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}
+    for split in splits:
+        for c in classes:
+            (root / split / c).mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                shade = tuple(max(0, v - 30 * i) for v in colours[c])
+                Image.new("RGB", (32, 32), shade).save(root / split / c / f"{i}.png")
+    return f"imagefolder:{root}"
+
+
 def _fake_loader(calls):
     """Stands in for features.pipeline.get_feature_set: RN50@openai has no weights offline."""
 
     def loader(model, dataset, splits, **kwargs):
-        calls.append((model, dataset, tuple(splits)))
+        calls.append((model, dataset, tuple(splits), kwargs.get("indices")))
         if model == "RN50@openai":
             raise WeightsUnavailableError(f"{model}: pretrained weights not found in the local cache (offline)")
         return _fs(len(calls), model=model)
@@ -140,15 +154,23 @@ def test_unavailable_backbone_is_named_and_the_run_continues(tmp_path, monkeypat
     calls = []
     monkeypatch.setattr(synergy_inputs, "_default_loader", lambda: _fake_loader(calls))
     out = tmp_path / "out"
+    spec = _imagefolder(tmp_path / "images")
     models = "RN50@openai,clipadapt-test-tiny-vit,clipadapt-test-tiny-rn"
-    assert main(["backbones", "--models", models, "--dataset", "fake:x", "--out", str(out), *FAST]) == 0
+    assert main(["backbones", "--models", models, "--dataset", spec, "--out", str(out), *FAST]) == 0
     printed = capsys.readouterr().out
     assert "unusable backbones: RN50@openai; continuing with: clipadapt-test-tiny-vit, clipadapt-test-tiny-rn" in printed
     r = json.loads((out / "results.json").read_text())
     assert list(r["unavailable_backbones"]) == ["RN50@openai"]
     assert r["usable_backbones"] == ["clipadapt-test-tiny-vit", "clipadapt-test-tiny-rn"]
-    assert calls[0] == ("RN50@openai", "fake:x", ("test", "val", "train"))
-    assert main(["backbones", "--models", "RN50@openai,clipadapt-test-tiny-vit", "--dataset", "fake:x",
+    assert calls[0] == ("RN50@openai", spec, ("test", "val"), None)  # the dataset has a val split: held-out
+    calls.clear()
+    assert main(["backbones", "--models", models, "--dataset", spec, "--shots", "1", "--out", str(out), *FAST]) == 0
+    from clipadapt.data import build_dataset, sample_few_shot
+
+    expected = sample_few_shot(build_dataset(spec, "train").labels, 1, 1)
+    assert calls[0] == ("RN50@openai", spec, ("test", "train"), {"train": expected})  # only the K shots are encoded
+    assert json.loads((out / "results.json").read_text())["heldout_indices"] == expected
+    assert main(["backbones", "--models", "RN50@openai,clipadapt-test-tiny-vit", "--dataset", spec,
                  "--out", str(out), *FAST]) == 2
     err = capsys.readouterr().err
     assert "only 1 of 2 backbones are usable (clipadapt-test-tiny-vit)" in err and "RN50@openai: pretrained" in err

@@ -86,9 +86,13 @@ def _feature_sets(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
         return inputs.load_feature_dirs(args.features), {}
     if not args.dataset:
         raise ConfigError("--models needs --dataset")
-    splits = [args.split, args.heldout_split, args.train_split]
-    loaded = inputs.load_model_backbones(args.models, args.dataset, list(dict.fromkeys(splits)),
-                                         cache_dir=args.cache_dir, device=args.device)
+    splits, indices = inputs.plan_dataset_splits(args.dataset, args.split, heldout_split=args.heldout_split,
+                                                 train_split=args.train_split, shots=args.shots, seed=args.seed)
+    kwargs = {"cache_dir": args.cache_dir, "device": args.device, "batch_size": args.batch_size}
+    if indices:
+        kwargs["indices"] = indices
+        args.heldout_indices = indices[args.train_split]  # the training split below holds exactly these rows
+    loaded = inputs.load_model_backbones(args.models, args.dataset, splits, **kwargs)
     return loaded.feature_sets, loaded.unavailable
 
 
@@ -96,11 +100,14 @@ def _heldout(args: argparse.Namespace, fsets: dict) -> tuple[syn.ScoreSet | None
     first = next(iter(fsets.values()))
     if args.shots:
         syn.check_aligned_feature_sets(fsets, args.train_split)
+        desc = f"{args.shots} shots per class from '{args.train_split}' (seed {args.seed})"
+        if args.models:  # extracted as the K-shot subset already (plan_dataset_splits)
+            return syn.zero_shot_scores(fsets, args.train_split), desc
         idx = inputs.few_shot_indices(first.split(args.train_split).labels(args.train_split), args.shots, args.seed,
                                       first.classnames)
         subset = {k: _with_split(fs, "heldout", fs.split(args.train_split).subset(idx)) for k, fs in fsets.items()}
         args.heldout_indices = idx.tolist()  # published in results.json: the exact few-shot draw
-        return syn.zero_shot_scores(subset, "heldout"), f"{args.shots} shots per class from '{args.train_split}' (seed {args.seed})"
+        return syn.zero_shot_scores(subset, "heldout"), desc
     if all(fs.has_split(args.heldout_split) for fs in fsets.values()) and args.heldout_split != args.split:
         syn.check_aligned_feature_sets(fsets, args.heldout_split)
         return syn.zero_shot_scores(fsets, args.heldout_split), f"split '{args.heldout_split}'"

@@ -124,6 +124,31 @@ def load_model_backbones(
     return out
 
 
+def plan_dataset_splits(dataset: str, split: str, *, heldout_split: str | None, train_split: str,
+                        shots: int | None, seed: int) -> tuple[list[str], dict[str, list[int]] | None]:
+    """Which splits of `dataset` to extract for a synergy run, and the few-shot rows of the training split.
+
+    Always the evaluated split. With `shots`: only the K-shot rows of `train_split` (sampled here from the
+    dataset's labels, before any extraction, so the other training images are never encoded). Otherwise the
+    held-out split when the dataset has it (no error when it does not: only the static combiners then run).
+    """
+    from clipadapt.data import build_dataset, sample_few_shot
+    from clipadapt.errors import DatasetError
+
+    splits, indices = [split], None
+    if shots:
+        train = build_dataset(dataset, train_split)
+        indices = {train_split: sample_few_shot(train.labels, shots, seed, classnames=train.classnames)}
+        splits.append(train_split)
+    elif heldout_split and heldout_split != split:
+        try:
+            build_dataset(dataset, heldout_split)
+            splits.append(heldout_split)
+        except DatasetError as e:
+            log.info("no held-out split %r in %s (%s): only the static combiners will run", heldout_split, dataset, e)
+    return splits, indices
+
+
 def load_feature_dirs(directories: Sequence[str | Path], splits: Sequence[str] | None = None) -> dict[str, FeatureSet]:
     """Feature directories keyed by a unique name (meta.json model, else the directory name)."""
     out: dict[str, FeatureSet] = {}
