@@ -193,7 +193,7 @@ def _write(out: Path, report: syn.SynergyReport, results: dict) -> None:
     atomic_write_bytes(out / "summary.md", ("# Backbone synergy\n\n" + "\n".join(sections)).encode())
     heatmap(report.agreement, report.names, out / "agreement.png", title="Agreement (% same prediction)")
     heatmap(report.complementarity, report.names, out / "complementarity.png",
-            title="% samples row backbone right, column backbone wrong", row_label="right", col_label="wrong")
+            title="Complementarity (%):\nrow backbone right, column backbone wrong", row_label="right", col_label="wrong")
     accuracy_vs_cost(report.points, out / "accuracy_vs_cost.png", cost_label=report.cost_label,
                      cascade=report.results["cascade"])
 

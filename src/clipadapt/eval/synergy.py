@@ -329,11 +329,10 @@ def model_cost(model_id: str, *, device: str = "cpu", measure_time: bool = True,
 
     register_model_configs()
     arch = model_id.split("@", 1)[0]
-    try:
-        with torch.device("meta"):
-            model = open_clip.create_model(arch, pretrained=None, device="meta").eval()
-    except RuntimeError as e:
-        raise ConfigError(f"{model_id}: unknown open_clip architecture {arch!r} ({e})") from e
+    if arch not in open_clip.list_models():
+        raise ConfigError(f"{model_id}: unknown open_clip architecture {arch!r} (open_clip.list_models() lists them)")
+    with torch.device("meta"):
+        model = open_clip.create_model(arch, pretrained=None, device="meta").eval()
     size = model.visual.image_size
     size = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
     counter = FlopCounterMode(display=False)
