@@ -174,3 +174,23 @@ def test_unavailable_backbone_is_named_and_the_run_continues(tmp_path, monkeypat
                  "--out", str(out), *FAST]) == 2
     err = capsys.readouterr().err
     assert "only 1 of 2 backbones are usable (clipadapt-test-tiny-vit)" in err and "RN50@openai: pretrained" in err
+
+
+def test_real_pipeline_names_missing_weights_and_continues_with_tiny_models(tmp_path, capsys):
+    """Through clipadapt.features.pipeline: RN50@openai has no weights offline; the tiny random models do run."""
+    from clipadapt.encoders.configs import register_model_configs
+
+    register_model_configs()
+    spec = _imagefolder(tmp_path / "images")
+    out = tmp_path / "out"
+    models = "RN50@openai,clipadapt-test-tiny-vit,clipadapt-test-tiny-rn"
+    assert main(["backbones", "--models", models, "--dataset", spec, "--cache-dir", str(tmp_path / "cache"),
+                 "--device", "cpu", "--batch-size", "4", "--out", str(out), "--nlc-max-epochs", "2",
+                 "--probe-max-iter", "5"]) == 0
+    assert "unusable backbones: RN50@openai; continuing with: clipadapt-test-tiny-vit, clipadapt-test-tiny-rn" in (
+        capsys.readouterr().out)
+    r = json.loads((out / "results.json").read_text())
+    assert list(r["unavailable_backbones"]) == ["RN50@openai"] and "RN50" in r["unavailable_backbones"]["RN50@openai"]
+    assert r["usable_backbones"] == ["clipadapt-test-tiny-vit", "clipadapt-test-tiny-rn"] and r["n"] == 6
+    assert r["heldout"] == "split 'val'" and r["cost_unit"] == "GFLOPs per image"
+    assert all(v > 0 for v in r["costs"].values())

@@ -328,7 +328,7 @@ def model_cost(model_id: str, *, device: str = "cpu", measure_time: bool = True,
     from clipadapt.encoders.configs import register_model_configs
 
     register_model_configs()
-    arch = model_id.split("@", 1)[0]
+    arch = model_id.split("@", 1)[0].strip().replace("/", "-")  # open_clip spells ViT-B/32 as ViT-B-32
     if arch not in open_clip.list_models():
         raise ConfigError(f"{model_id}: unknown open_clip architecture {arch!r} (open_clip.list_models() lists them)")
     with torch.device("meta"):
