@@ -201,7 +201,7 @@ def _write(out: Path, report: syn.SynergyReport, results: dict) -> None:
 def _print_summary(report: syn.SynergyReport, results: dict) -> None:
     for name, acc in results["accuracy"].items():
         print(f"{name:>28}: top1 {acc:6.2f}")
-    print(f"{'oracle':>28}: top1 {results['oracle_top1']:6.2f}  (synergy +{results['synergy']:.2f} over "
+    print(f"{'oracle':>28}: top1 {results['oracle_top1']:6.2f}  (synergy {results['synergy']:+.2f} over "
           f"{results['best_single']['backbone']})")
     for name, r in results["combinations"].items():
         print(f"{name:>28}: top1 {r['top1']:6.2f}")
