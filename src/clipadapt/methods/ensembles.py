@@ -65,7 +65,7 @@ def fit_temperature(logits: Tensor, labels: Tensor, *, max_iter: int = 100) -> f
     Optimised over log T with L-BFGS, in float64 so that CLIP-scale logits (×100) stay stable.
     """
     z, y = logits.detach().double(), labels.long()
-    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    log_t = torch.zeros((), dtype=torch.float64, device=z.device, requires_grad=True)
     opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
 
     def closure() -> Tensor:
@@ -137,9 +137,9 @@ class MajorityVote(_Combiner):
 
     def _combine(self, logits: list[Tensor]) -> Tensor:
         n, c = logits[0].shape
-        votes = torch.zeros(n, c)
+        votes = torch.zeros(n, c, device=logits[0].device)
         for z in logits:
-            votes.scatter_add_(1, z.argmax(1, keepdim=True), torch.ones(n, 1))
+            votes.scatter_add_(1, z.argmax(1, keepdim=True), torch.ones(n, 1, device=z.device))
         mean_prob = torch.stack([z.softmax(-1) for z in logits]).mean(0)
         return votes + 0.5 * mean_prob
 
@@ -154,7 +154,7 @@ class _SelectBackbone(_Combiner):
     def _combine(self, logits: list[Tensor]) -> Tensor:
         log_p = torch.stack([z.log_softmax(-1) for z in logits])  # (B, N, C)
         choice = self._scores(log_p).argmax(0)  # first maximum: lowest backbone index on ties
-        return log_p[choice, torch.arange(log_p.shape[1])]
+        return log_p[choice, torch.arange(log_p.shape[1], device=log_p.device)]
 
     def selected_backbone(self, logits: LogitsList) -> Tensor:
         """(N,) index of the backbone chosen for each sample."""
@@ -193,7 +193,7 @@ class TemperatureScaledMean(_Combiner):
         self.average, self.max_iter = average, max_iter
 
     def _fit(self, logits: list[Tensor], labels: Tensor | None) -> None:
-        self.temperatures_ = torch.tensor([fit_temperature(z, labels, max_iter=self.max_iter) for z in logits])
+        self.temperatures_ = torch.tensor([fit_temperature(z, labels, max_iter=self.max_iter) for z in logits])  # CPU floats
 
     def _combine(self, logits: list[Tensor]) -> Tensor:
         scaled = [z / t for z, t in zip(logits, self.temperatures_.tolist())]
@@ -222,8 +222,8 @@ class Stacking(_Combiner):
             self.temperatures_ = torch.ones(len(logits))
         log_p = self._log_probs(logits).double()  # (B, N, C)
         y = labels.long()
-        true_log_p = log_p[:, torch.arange(y.shape[0]), y]  # (B, N)
-        a = torch.zeros(len(logits), dtype=torch.float64, requires_grad=True)
+        true_log_p = log_p[:, torch.arange(y.shape[0], device=y.device), y]  # (B, N)
+        a = torch.zeros(len(logits), dtype=torch.float64, device=y.device, requires_grad=True)
         opt = torch.optim.LBFGS([a], lr=0.5, max_iter=self.max_iter, line_search_fn="strong_wolfe")
 
         def closure() -> Tensor:

@@ -106,13 +106,13 @@ class NeuralLogitController:
         generator = torch.Generator().manual_seed(self.seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            self.model_ = self._build(x.shape[1], z.shape[0])
-        train_idx, val_idx = self._split(x.shape[0], generator)
+            self.model_ = self._build(x.shape[1], z.shape[0]).to(x.device)  # follow the inputs' device
+        train_idx, val_idx = (i.to(x.device) for i in self._split(x.shape[0], generator))
         opt = torch.optim.Adam(self.model_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         best, best_state, stale, history = math.inf, copy.deepcopy(self.model_.state_dict()), 0, []
         for epoch in range(self.max_epochs):
             self.model_.train()
-            order = train_idx[torch.randperm(train_idx.numel(), generator=generator)]
+            order = train_idx[torch.randperm(train_idx.numel(), generator=generator).to(x.device)]
             for start in range(0, order.numel(), self.batch_size):
                 idx = order[start : start + self.batch_size]
                 loss = nn.functional.cross_entropy(self._combine(z[:, idx], self._temperatures(x[idx])), y[idx])
