@@ -1,8 +1,12 @@
 """Throughput of the extraction pipeline vs the bare model forward, and the speed-up of a cached re-run.
 
     PYTHONPATH=src python benchmarks/extract_throughput.py [--n 1024] [--image-size 48] [--batch-size 64]
+    PYTHONPATH=src python benchmarks/extract_throughput.py --arch ViT-B-32 --n 256 --image-size 256 \
+        --out benchmarks/results/extract_throughput_vitb32.json
 
-One run, CPU, tiny ViT test model (random init), generated PNG images:
+One run, CPU, generated PNG images; the tiny ViT test model by default, or any open_clip architecture with
+random weights (`--arch`: a random-init checkpoint is saved and loaded through the local-checkpoint path, so no
+download is needed and the compute per image is the real architecture's):
   bare forward   enc.encode_images on the same images, preprocessed and batched in memory beforehand
   (bare and pipeline runs interleaved --repeats times; best of each reported, plus the median ratio)
   pipeline       extract_split: dataset -> decode -> preprocess -> encode -> write shards -> assemble
@@ -37,6 +41,18 @@ MODEL = "clipadapt-test-tiny-vit"
 RESULTS = Path(__file__).resolve().parent / "results" / "extract_throughput.json"
 
 
+def random_init_model_id(arch: str, directory: Path) -> str:
+    """A model id for `arch` with random weights, loaded through the local-checkpoint path (no download)."""
+    if arch.startswith("clipadapt-test-"):
+        return arch
+    import open_clip
+
+    torch.manual_seed(0)
+    checkpoint = directory / f"{arch}-random.pt"
+    torch.save(open_clip.create_model(arch).state_dict(), checkpoint)
+    return f"{arch}@{checkpoint}"
+
+
 def bare_forward(enc, pixels: torch.Tensor, batch_size: int) -> float:
     """Images/s of the model alone on pre-batched, preprocessed tensors."""
     batches = list(pixels.split(batch_size))
@@ -61,6 +77,7 @@ def main() -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1], help="DataLoader worker counts to time")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repetitions; the best of each is reported")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--arch", default=MODEL, help="open_clip architecture (random weights); default: the tiny test ViT")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.threads:
@@ -69,7 +86,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         ds = make_images(root / "images", args.n, num_classes=4, size=(args.image_size, args.image_size))
-        enc = load_encoder(MODEL, device="cpu")
+        model_id = random_init_model_id(args.arch, root)
+        enc = load_encoder(model_id, device="cpu")
         pixels = torch.stack([enc.preprocess(ds[i][0]) for i in range(len(ds))])
         enc.encode_images(pixels[: args.batch_size])  # warm-up
         bare_runs: list[float] = []
@@ -83,10 +101,10 @@ def main() -> int:
         median_ratio = {w: statistics.median(p / b for p, b in zip(v, bare_runs)) for w, v in pipe_runs.items()}
 
         start = time.perf_counter()
-        get_feature_set(MODEL, {"test": ds}, ["test"], cache_dir=root / "cache", batch_size=args.batch_size, progress=False)
+        get_feature_set(model_id, {"test": ds}, ["test"], cache_dir=root / "cache", batch_size=args.batch_size, progress=False)
         cold = time.perf_counter() - start
         start = time.perf_counter()
-        cached_fs = get_feature_set(MODEL, {"test": ds}, ["test"], cache_dir=root / "cache", progress=False)
+        cached_fs = get_feature_set(model_id, {"test": ds}, ["test"], cache_dir=root / "cache", progress=False)
         warm = time.perf_counter() - start
         assert cached_fs.meta["encoder_loaded"] is False
 
@@ -98,11 +116,12 @@ def main() -> int:
         {"measure": "get_feature_set cold (load + extract + write)", "seconds": cold},
         {"measure": "get_feature_set cached re-run", "seconds": warm, "speed-up": cold / warm},
     ]
-    print(f"best of {args.repeats} interleaved runs; n={args.n} images {args.image_size}px, batch {args.batch_size}, model {MODEL}, CPU threads {torch.get_num_threads()}")
+    print(f"best of {args.repeats} interleaved runs; n={args.n} images {args.image_size}px, batch {args.batch_size}, model {args.arch}, CPU threads {torch.get_num_threads()}")
     print(markdown_table(rows, columns=["measure", "images/s", "ratio", "median ratio", "seconds", "speed-up"], digits=3))
     result = {
         "benchmark": "extract_throughput",
-        "model": MODEL,
+        "model": args.arch,
+        "weights": "random init",
         "n_images": args.n,
         "image_size": args.image_size,
         "batch_size": args.batch_size,
