@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("CLIPADAPT_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
 COCO500 = SHARED_DATA / "coco500-clip-vitb16"
 
 

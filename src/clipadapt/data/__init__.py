@@ -1,1 +1,25 @@
-"""Datasets: CoOp split JSON, ImageFolder, CSV, torchvision; class names, prompt templates, few-shot sampling."""
+"""Datasets: CoOp split JSON, ImageFolder, CSV, torchvision; class names, prompt templates, few-shot sampling.
+
+    ds = build_dataset("coop:oxford_pets:/data/oxford_pets", "train")
+    ds.classnames, ds.templates, ds.paths, ds.labels, ds[i] -> (PIL RGB image, label), ds.fingerprint()
+"""
+
+from clipadapt.data._torchvision import from_torchvision
+from clipadapt.data.catalog import COOP_DATASETS, DatasetInfo, get_templates
+from clipadapt.data.dataset import ImageDataset
+from clipadapt.data.fewshot import load_indices, sample_few_shot, save_indices
+from clipadapt.data.registry import build_dataset, get_classnames, list_datasets
+
+__all__ = [
+    "COOP_DATASETS",
+    "DatasetInfo",
+    "ImageDataset",
+    "build_dataset",
+    "from_torchvision",
+    "get_classnames",
+    "get_templates",
+    "list_datasets",
+    "load_indices",
+    "sample_few_shot",
+    "save_indices",
+]

@@ -1,0 +1,33 @@
+"""`clipadapt datasets`: the dataset registry (CoOp datasets, ImageNet variants, torchvision wrappers)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from clipadapt.data import get_templates, list_datasets
+from clipadapt.report import markdown_table, write_table
+
+COMMAND = "datasets"
+HELP = "list the dataset registry: spec, kind, number of classes, splits, templates (docs/datasets.md)"
+COLUMNS = ["spec", "classes", "splits", "split_file", "templates", "template"]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kind", choices=["coop", "torchvision"], help="only this spec kind")
+    parser.add_argument("--templates", metavar="NAME", help="print the prompt templates of a dataset or template set")
+    parser.add_argument("--out", type=Path, help="also write the table (.csv, .md or .json)")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.templates:
+        for template in get_templates(args.templates):
+            print(template)
+        return 0
+    rows = [info.summary() for info in list_datasets(args.kind)]
+    print(markdown_table(rows, COLUMNS), end="")
+    print("\nalso: imagefolder:ROOT and csv:FILE_OR_DIR for your own data (docs/datasets.md)")
+    if args.out:
+        write_table(args.out, rows)
+        print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,59 @@
+"""`clipadapt sample-shots`: seeded K-shot index lists of a dataset split, one JSON per (shots, seed)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from clipadapt.data import build_dataset, sample_few_shot, save_indices
+from clipadapt.data.fewshot import SAMPLER
+from clipadapt.errors import ConfigError
+
+COMMAND = "sample-shots"
+HELP = "write reproducible few-shot index lists (DIR/shots{K}_seed{S}.json) for a dataset split"
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return values
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", required=True, help="dataset spec, e.g. coop:oxford_pets:/data/oxford_pets")
+    parser.add_argument("--split", default="train", help="split to sample from (default: train)")
+    parser.add_argument("--shots", type=_int_list, default=[1, 2, 4, 8, 16], help="comma-separated K (default 1,2,4,8,16)")
+    parser.add_argument("--seeds", type=_int_list, default=[1, 2, 3], help="comma-separated seeds (default 1,2,3)")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--allow-fewer", action="store_true", help="take all items of classes with fewer than K")
+    parser.add_argument("--download", action="store_true", help="let torchvision datasets download")
+
+
+def run(args: argparse.Namespace) -> int:
+    if min(args.shots) < 1:
+        raise ConfigError(f"--shots must be positive, got {args.shots}")
+    ds = build_dataset(args.dataset, args.split, download=args.download)
+    fingerprint = ds.fingerprint()
+    for shots in args.shots:
+        for seed in args.seeds:
+            indices = sample_few_shot(ds.labels, shots, seed, classnames=ds.classnames, allow_fewer=args.allow_fewer)
+            meta = {
+                "dataset": ds.name,
+                "spec": args.dataset,
+                "kind": ds.kind,
+                "split": ds.split,
+                "fingerprint": fingerprint,
+                "num_items": len(ds),
+                "num_classes": ds.num_classes,
+                "shots": shots,
+                "seed": seed,
+                "sampler": SAMPLER,
+                "labels": [ds.labels[i] for i in indices],
+            }
+            path = save_indices(args.out / f"shots{shots}_seed{seed}.json", indices, meta=meta)
+            print(f"wrote {path} ({len(indices)} items)")
+    return 0

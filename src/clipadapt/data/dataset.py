@@ -1,0 +1,136 @@
+"""`ImageDataset`: one split of a labelled image dataset, whatever its source (files or an in-memory dataset)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Callable, Sequence
+
+from PIL import Image, UnidentifiedImageError
+
+from clipadapt.errors import DatasetError
+
+Loader = Callable[[int], Image.Image]
+
+
+def open_rgb(path: str | Path) -> Image.Image:
+    """Decode an image file fully as RGB; DatasetError naming the path when missing, unreadable or corrupt."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except FileNotFoundError as e:
+        raise DatasetError(f"{path}: image file not found") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DatasetError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
+
+
+class FileLoader:
+    """Item j is the image file `paths[j]` (a class, not a lambda, so datasets pickle for DataLoader workers)."""
+
+    def __init__(self, paths: Sequence[str]):
+        self.paths = list(paths)
+
+    def __call__(self, j: int) -> Image.Image:
+        return open_rgb(self.paths[j])
+
+
+class ImageDataset:
+    """A labelled image split: `ds[i] -> (PIL RGB image, label)`, plus class names, templates and a fingerprint.
+
+    `paths[i]` identifies item i (a file path, or `name/split/index` for in-memory datasets). `kind` is the spec
+    kind that built it (coop, imagefolder, csv, torchvision). Items are decoded lazily through `loader(source_index)`;
+    `subset` keeps the loader and remaps the indices, so a subset of a subset still reads the right items.
+    """
+
+    def __init__(
+        self,
+        *,
+        kind: str,
+        name: str,
+        split: str,
+        classnames: Sequence[str],
+        templates: Sequence[str],
+        paths: Sequence[str],
+        labels: Sequence[int],
+        loader: Loader | None = None,
+        source_indices: Sequence[int] | None = None,
+        spec: str | None = None,
+    ):
+        if len(paths) != len(labels):
+            raise DatasetError(f"{kind}:{name} split '{split}': {len(paths)} paths but {len(labels)} labels")
+        if not classnames:
+            raise DatasetError(f"{kind}:{name}: no class names")
+        self.kind, self.name, self.split = kind, name, split
+        self.spec = spec  # the spec string it was built from, when built by build_dataset (not in the fingerprint)
+        self.classnames = [str(c) for c in classnames]
+        self.templates = [str(t) for t in templates]
+        bad = [t for t in self.templates if "{}" not in t]
+        if not self.templates or bad:
+            raise DatasetError(f"{kind}:{name}: prompt templates must be a non-empty list of strings with '{{}}'; got {bad or 'none'}")
+        self.paths = [str(p) for p in paths]
+        self.labels = [int(v) for v in labels]
+        num = len(self.classnames)
+        for i, v in enumerate(self.labels):
+            if not 0 <= v < num:
+                raise DatasetError(
+                    f"{kind}:{name} split '{split}': item {self.paths[i]} has label {v}, expected 0..{num - 1} "
+                    f"({num} class names)"
+                )
+        if loader is None:  # file-backed: item j of the source is the file paths[j]
+            loader = FileLoader(self.paths)
+        self._loader = loader
+        self._source_indices = list(range(len(self.paths))) if source_indices is None else list(source_indices)
+
+    # ------------------------------------------------------------------------------------------------ access
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[Image.Image, int]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"{self.name}/{self.split}: index {i} out of range for {len(self)} items")
+        i = i % len(self)
+        image = self._loader(self._source_indices[i])
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        return image, self.labels[i]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+    def __repr__(self) -> str:
+        return (
+            f"ImageDataset(kind={self.kind!r}, name={self.name!r}, split={self.split!r}, n={len(self)}, "
+            f"classes={self.num_classes}, templates={len(self.templates)})"
+        )
+
+    # ------------------------------------------------------------------------------------------------ identity
+    def fingerprint(self) -> str:
+        """sha256 hex over (kind, name, split, paths, labels, classnames): the same items give the same key."""
+        payload = json.dumps(
+            [self.kind, self.name, self.split, self.paths, self.labels, self.classnames],
+            ensure_ascii=False,
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+    def subset(self, indices: Sequence[int]) -> "ImageDataset":
+        """The items at `indices` (in that order), same classes/templates/loader; its fingerprint differs."""
+        idx = [int(i) for i in indices]
+        for i in idx:
+            if not 0 <= i < len(self):
+                raise DatasetError(f"{self.name}/{self.split}: subset index {i} out of range 0..{len(self) - 1}")
+        return ImageDataset(
+            kind=self.kind,
+            name=self.name,
+            split=self.split,
+            classnames=self.classnames,
+            templates=self.templates,
+            paths=[self.paths[i] for i in idx],
+            labels=[self.labels[i] for i in idx],
+            loader=self._loader,
+            source_indices=[self._source_indices[i] for i in idx],
+            spec=self.spec,
+        )

@@ -1,0 +1,113 @@
+"""Seeded K-shot sampling and the JSON index lists that make few-shot experiments reproducible and publishable.
+
+Nested draws: for each class the sampler shuffles that class's item indices with a generator seeded by
+`(seed, class)` and takes the first K. So for a fixed seed the 1-shot set is contained in the 2-shot set, which is
+contained in the 4-shot set, and so on; and a class's draw does not depend on the other classes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from clipadapt.errors import DatasetError
+from clipadapt.features.io import atomic_write_json
+
+INDEX_FORMAT = "clipadapt-fewshot-indices/1"
+SAMPLER = "nested: per class, numpy default_rng([seed, label]).permutation of its indices, first K; sorted"
+
+
+def _as_label_array(labels: Sequence[int]) -> np.ndarray:
+    arr = np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels)
+    if arr.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if arr.ndim != 1 or arr.dtype.kind not in "iu":
+        raise DatasetError(f"labels must be a 1-d sequence of integers, got dtype {arr.dtype} and shape {arr.shape}")
+    negative = np.flatnonzero(arr < 0)
+    if negative.size:
+        i = int(negative[0])
+        raise DatasetError(f"labels[{i}] = {int(arr[i])}: few-shot sampling needs labels >= 0")
+    return arr.astype(np.int64, copy=False)
+
+
+def sample_few_shot(
+    labels: Sequence[int],
+    shots: int,
+    seed: int,
+    *,
+    classnames: Sequence[str] | None = None,
+    allow_fewer: bool = False,
+) -> list[int]:
+    """K distinct indices of each class of `labels`, sorted; reproducible from `seed`, nested across K (module doc).
+
+    With `classnames`, every class 0..C-1 must have K items (a class with none is reported too); without, the
+    classes are the labels present. A class with fewer than K items is a DatasetError unless `allow_fewer`, which
+    then takes all of them.
+    """
+    if isinstance(shots, bool) or not isinstance(shots, (int, np.integer)) or shots < 1:
+        raise DatasetError(f"shots must be a positive integer, got {shots!r}")
+    arr = _as_label_array(labels)
+    order = np.argsort(arr, kind="stable")  # each class's indices stay ascending
+    present, starts, counts = np.unique(arr[order], return_index=True, return_counts=True)
+    by_class = {int(c): order[s : s + n] for c, s, n in zip(present, starts, counts)}
+    if classnames is not None:
+        out_of_range = [int(c) for c in present if c >= len(classnames)]
+        if out_of_range:
+            raise DatasetError(f"labels {out_of_range[:10]} out of range for {len(classnames)} class names")
+        classes = list(range(len(classnames)))
+    else:
+        classes = sorted(by_class)
+    empty = np.zeros(0, dtype=np.int64)
+    short = [(c, len(by_class.get(c, empty))) for c in classes if len(by_class.get(c, empty)) < shots]
+    if short and not allow_fewer:
+        def describe(c: int) -> str:
+            return repr(classnames[c]) if classnames is not None else f"label {c}"
+
+        listed = ", ".join(f"{describe(c)} has {n}" for c, n in short[:10])
+        more = f" (and {len(short) - 10} more classes)" if len(short) > 10 else ""
+        raise DatasetError(
+            f"{shots}-shot sampling needs {shots} items per class: {listed}{more}; pass allow_fewer=True "
+            "(CLI: --allow-fewer) to take all items of such classes"
+        )
+    chosen: list[int] = []
+    for c in classes:
+        items = by_class.get(c, empty)
+        rng = np.random.default_rng([int(seed), int(c)])
+        chosen.extend(items[rng.permutation(len(items))[:shots]].tolist())
+    return sorted(chosen)
+
+
+def save_indices(path: str | Path, indices: Sequence[int], *, meta: dict[str, Any]) -> Path:
+    """Write `{"format", **meta, "indices"}` as JSON (atomically); meta should hold fingerprint, split, shots, seed."""
+    if "indices" in meta or "format" in meta:
+        raise DatasetError("save_indices: meta must not contain the reserved keys 'indices' or 'format'")
+    path = Path(path)
+    atomic_write_json(path, {"format": INDEX_FORMAT, **meta, "indices": [int(i) for i in indices]})
+    return path
+
+
+def load_indices(path: str | Path, *, fingerprint: str | None = None) -> tuple[list[int], dict[str, Any]]:
+    """(indices, meta) from a file written by `save_indices`; with `fingerprint`, check it matches the file's."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: few-shot index file not found")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, dict) or not isinstance(data.get("indices"), list):
+        raise DatasetError(f"{path}: expected a JSON object with an 'indices' list (written by save_indices)")
+    indices = data.pop("indices")
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in indices):
+        raise DatasetError(f"{path}: 'indices' must be integers >= 0")
+    if fingerprint is not None and data.get("fingerprint") != fingerprint:
+        raise DatasetError(
+            f"{path}: written for dataset fingerprint {data.get('fingerprint')!r} "
+            f"(dataset {data.get('dataset')!r}, split {data.get('split')!r}), not {fingerprint!r}: "
+            "the indices would select different images"
+        )
+    data.pop("format", None)
+    return indices, data
