@@ -10,6 +10,7 @@ import torch
 
 from clipadapt.adapters import (
     BottleneckAdapter,
+    adapter_checkpoint_sha256,
     adapters_enabled,
     attach_adapter_checkpoint,
     count_adapter_parameters,
@@ -163,8 +164,9 @@ def test_checkpoint_round_trip_and_hash(tmp_path, images):
     assert find_adapters(fresh)[0].width == 8 and find_adapters(fresh)[0].scale == 0.1
     with torch.no_grad():
         assert torch.equal(fresh.encode_image(images), model.encode_image(images))
-    # a .safetensors file path works too and gives the same hash
+    # a .safetensors file path works too and gives the same hash; the hash is available without a model
     assert attach_adapter_checkpoint(tiny(), weights) == digest
+    assert adapter_checkpoint_sha256(tmp_path / "ckpt") == adapter_checkpoint_sha256(weights) == digest
 
 
 def test_file_path_checkpoint_and_scale_enters_the_hash(tmp_path):
@@ -203,3 +205,34 @@ def test_missing_and_inconsistent_checkpoints(tmp_path):
     (tmp_path / "adapter.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(AdapterError, match="unreadable"):
         load_adapter_checkpoint(tmp_path)
+
+
+def test_remove_adapters_and_persistent_switch(images):
+    from clipadapt.adapters import remove_adapters, set_adapters_enabled
+
+    model = tiny()
+    with torch.no_grad():
+        original = model.encode_image(images)
+        randomize(insert_adapters(model))
+        set_adapters_enabled(model, False)
+        off = model.encode_image(images)
+        set_adapters_enabled(model, True)
+        on = model.encode_image(images)
+        remove_adapters(model)
+        removed = model.encode_image(images)
+    assert torch.equal(off, original) and not torch.equal(on, original) and torch.equal(removed, original)
+    assert not find_adapters(model) and not any("imo_adapter" in k for k in model.state_dict())
+
+
+def test_cli_adapter_info_prints_config_and_hash(tmp_path, capsys):
+    from clipadapt.cli import main
+
+    model = tiny()
+    insert_adapters(model)
+    weights = save_adapter_checkpoint(tmp_path, model, {"arch": "clipadapt-test-tiny-vit", "mode": "supervised"})
+    assert main(["adapter", "info", str(tmp_path)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert info["parameters"] == 2 * (64 * 64 + 64 + 64 * 64 + 64)  # 2 blocks, d = 64, width 64
+    assert info["arch"] == "clipadapt-test-tiny-vit" and info["num_blocks"] == 2
+    assert main(["adapter", "info", str(tmp_path / "missing")]) == 2

@@ -81,20 +81,32 @@ def test_views_are_pooled_before_measuring():
     assert imo_overlap(x, y).overlap == imo_overlap(x.mean(dim=1), y).overlap
 
 
-def test_sampling_is_seeded_flagged_and_close_to_exact():
+@pytest.mark.parametrize("sample", ["items", "pairs"])
+def test_sampling_is_seeded_flagged_and_close_to_exact(sample):
     g = torch.Generator().manual_seed(0)
     protos = torch.randn(4, 16, generator=g)
     y = torch.arange(4).repeat(100)
     x = protos[y] + 0.8 * torch.randn(400, 16, generator=g)
     exact = imo_overlap(x, y, bins=20)
-    a = imo_overlap(x, y, bins=20, max_pairs=40_000, seed=3)
-    b = imo_overlap(x, y, bins=20, max_pairs=40_000, seed=3)
-    c = imo_overlap(x, y, bins=20, max_pairs=40_000, seed=4)
-    assert a.sampled and a.seed == 3 and a.n_same + a.n_diff == 40_000
+    a = imo_overlap(x, y, bins=20, max_pairs=40_000, seed=3, sample=sample)
+    b = imo_overlap(x, y, bins=20, max_pairs=40_000, seed=3, sample=sample)
+    c = imo_overlap(x, y, bins=20, max_pairs=40_000, seed=4, sample=sample)
+    # items: all pairs among K items, K the largest with K(K-1)/2 <= 40,000 (K = 283: 39,903 pairs)
+    assert a.n_same + a.n_diff == (40_000 if sample == "pairs" else 283 * 282 // 2)
+    assert a.sampled and a.seed == 3 and a.sample == sample
     assert a.overlap == b.overlap and torch.equal(a.same_hist, b.same_hist)
     assert a.overlap != c.overlap
     assert abs(a.overlap - exact.overlap) < 0.03
-    assert not imo_overlap(x, y, max_pairs=exact.total_pairs).sampled  # enough budget: exact
+    assert not imo_overlap(x, y, max_pairs=exact.total_pairs, sample=sample).sampled  # enough budget: exact
+
+
+def test_item_sampling_is_the_exact_metric_of_the_drawn_subset():
+    x = torch.randn(50, 6, dtype=torch.float64)
+    y = torch.arange(5).repeat(10)
+    r = imo_overlap(x, y, bins=15, max_pairs=300, seed=7)  # K = 25 (300 pairs)
+    keep = torch.randperm(50, generator=torch.Generator().manual_seed(7))[:25]
+    expected, _, _ = brute_force_overlap(x[keep], y[keep], bins=15)
+    assert r.overlap == pytest.approx(expected, abs=1e-12) and r.n_same + r.n_diff == 300
 
 
 def test_single_class_is_a_clear_error():
@@ -139,6 +151,6 @@ def test_cli_imo_reports_sampling(tmp_path, capsys):
     save_feature_dir(FeatureSet(classnames=["a", "b"], text=torch.randn(2, 4),
                                 splits={"test": FeatureSplit(torch.randn(40, 4), y)}), tmp_path / "f")
     assert main(["imo", "--features", str(tmp_path / "f"), "--out", str(tmp_path / "o"), "--max-pairs", "100"]) == 0
-    assert "100 of 780 pairs sampled (seed 0)" in capsys.readouterr().out
+    assert "91 of 780 pairs sampled (among a random subset of items, seed 0)" in capsys.readouterr().out
     assert json.loads((tmp_path / "o" / "imo.json").read_text())["results"]["original"]["sampled"] is True
     assert math.isfinite(json.loads((tmp_path / "o" / "imo.json").read_text())["results"]["original"]["overlap"])

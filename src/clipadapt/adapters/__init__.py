@@ -2,9 +2,11 @@
 
 from clipadapt.adapters.imo_adapter import (
     BottleneckAdapter,
+    adapter_checkpoint_sha256,
     adapter_state_dict,
     adapters_enabled,
     attach_adapter_checkpoint,
+    checkpoint_paths,
     count_adapter_parameters,
     find_adapters,
     insert_adapters,
@@ -18,9 +20,11 @@ from clipadapt.adapters.overlap import IMOResult, imo_overlap, overlap_from_coun
 __all__ = [
     "BottleneckAdapter",
     "IMOResult",
+    "adapter_checkpoint_sha256",
     "adapter_state_dict",
     "adapters_enabled",
     "attach_adapter_checkpoint",
+    "checkpoint_paths",
     "count_adapter_parameters",
     "find_adapters",
     "imo_overlap",

@@ -238,6 +238,17 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def adapter_checkpoint_sha256(path: str | Path) -> str:
+    """sha256 of a checkpoint's weights file (directory or .safetensors path): the adapter's feature-cache key.
+
+    Equals what `attach_adapter_checkpoint` returns, without building a model.
+    """
+    weights_path, _ = checkpoint_paths(path)
+    if not weights_path.is_file():
+        raise AdapterError(f"adapter checkpoint {path}: weights file {weights_path} is missing")
+    return file_sha256(weights_path)
+
+
 def load_adapter_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """(adapter weights, config) of a checkpoint; AdapterError naming the file when missing or inconsistent."""
     from safetensors import safe_open
