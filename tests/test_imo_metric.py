@@ -154,3 +154,22 @@ def test_cli_imo_reports_sampling(tmp_path, capsys):
     assert "91 of 780 pairs sampled (among a random subset of items, seed 0)" in capsys.readouterr().out
     assert json.loads((tmp_path / "o" / "imo.json").read_text())["results"]["original"]["sampled"] is True
     assert math.isfinite(json.loads((tmp_path / "o" / "imo.json").read_text())["results"]["original"]["overlap"])
+
+
+def test_accumulator_fed_in_any_chunks_gives_imo_overlap_histograms():
+    from clipadapt.adapters import PairHistogramAccumulator, imo_bin_edges, overlap_from_counts
+
+    x = torch.randn(40, 6, dtype=torch.float64)
+    y = torch.arange(4).repeat(10)
+    xn = x / x.norm(dim=1, keepdim=True)
+    i, j = torch.triu_indices(40, 40, offset=1)
+    sims, same = (xn[i] * xn[j]).sum(dim=1), y[i] == y[j]
+    acc = PairHistogramAccumulator(imo_bin_edges(25))
+    for part in torch.tensor_split(torch.randperm(len(sims), generator=torch.Generator().manual_seed(0)), 3):
+        acc.add(sims[part], same[part])
+    same_counts, diff_counts, _, _ = acc.result()
+    r = imo_overlap(x, y, bins=25)
+    width = 2 / 25
+    torch.testing.assert_close(same_counts.double() / (r.n_same * width), r.same_hist, rtol=0, atol=1e-12)
+    torch.testing.assert_close(diff_counts.double() / (r.n_diff * width), r.diff_hist, rtol=0, atol=1e-12)
+    assert overlap_from_counts(same_counts, diff_counts) == pytest.approx(r.overlap, abs=1e-12)

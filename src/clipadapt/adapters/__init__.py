@@ -15,11 +15,19 @@ from clipadapt.adapters.imo_adapter import (
     save_adapter_checkpoint,
     set_adapters_enabled,
 )
-from clipadapt.adapters.overlap import IMOResult, imo_overlap, overlap_from_counts, pair_histograms
+from clipadapt.adapters.overlap import (
+    IMOResult,
+    PairHistogramAccumulator,
+    imo_bin_edges,
+    imo_overlap,
+    overlap_from_counts,
+    pair_histograms,
+)
 
 __all__ = [
     "BottleneckAdapter",
     "IMOResult",
+    "PairHistogramAccumulator",
     "adapter_checkpoint_sha256",
     "adapter_state_dict",
     "adapters_enabled",
@@ -27,6 +35,7 @@ __all__ = [
     "checkpoint_paths",
     "count_adapter_parameters",
     "find_adapters",
+    "imo_bin_edges",
     "imo_overlap",
     "insert_adapters",
     "load_adapter_checkpoint",

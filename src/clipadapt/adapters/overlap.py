@@ -86,8 +86,12 @@ def bucket_counts(similarities: Tensor, edges: Tensor) -> Tensor:
     return torch.bincount(bucket_index(similarities, edges).flatten(), minlength=edges.numel() - 1).cpu()
 
 
-class _PairAccumulator:
-    """Same/different-class counts and sums, one bincount per chunk (bin + bins * same_class)."""
+class PairHistogramAccumulator:
+    """Same/different-class counts and similarity sums over chunks of pairs (one bincount per chunk).
+
+    `add(similarities, same_class_mask)` any number of times (any shapes, same shape for both), then `result()`;
+    streaming or distributed computations that feed it the same pairs get the same histograms as `imo_overlap`.
+    """
 
     def __init__(self, edges: Tensor):
         self.edges, self.bins = edges, edges.numel() - 1
@@ -115,7 +119,7 @@ def pair_histograms(
     """
     n = embeddings.shape[0]
     chunk = chunk_size or max(1, _CHUNK_ELEMENTS // max(n, 1))
-    acc = _PairAccumulator(edges)
+    acc = PairHistogramAccumulator(edges)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         block, block_labels = embeddings[start:stop], labels[start:stop]
@@ -132,7 +136,7 @@ def sampled_pair_histograms(
     """Counts over `num_pairs` pairs {i, j}, i != j, drawn uniformly (with replacement) with a seeded generator."""
     n = embeddings.shape[0]
     g = torch.Generator().manual_seed(seed)
-    acc = _PairAccumulator(edges)
+    acc = PairHistogramAccumulator(edges)
     chunk = max(1, _CHUNK_ELEMENTS // max(embeddings.shape[1], 1))
     for start in range(0, num_pairs, chunk):
         m = min(chunk, num_pairs - start)
