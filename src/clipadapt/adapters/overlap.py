@@ -78,7 +78,8 @@ def bucket_index(similarities: Tensor, edges: Tensor) -> Tensor:
     Values outside [-1, 1] (rounding) fall into the first/last bin. The edges are cast to the similarities'
     dtype (float64 input gives numpy's float64 bins exactly).
     """
-    return torch.bucketize(similarities, edges[1:-1].to(similarities.device, similarities.dtype), right=True)
+    inner = edges[1:-1].to(similarities.device, similarities.dtype)
+    return torch.bucketize(similarities, inner, right=True, out_int32=True)
 
 
 def bucket_counts(similarities: Tensor, edges: Tensor) -> Tensor:
@@ -99,7 +100,7 @@ class PairHistogramAccumulator:
         self.same_sum = self.total_sum = 0.0
 
     def add(self, sims: Tensor, same: Tensor) -> None:
-        code = bucket_index(sims, self.edges) + self.bins * same.long()
+        code = bucket_index(sims, self.edges).add_(same.int(), alpha=self.bins)
         self.counts += torch.bincount(code.flatten(), minlength=2 * self.bins).cpu()
         self.total_sum += float(sims.sum(dtype=torch.float64))
         self.same_sum += float((sims * same).sum(dtype=torch.float64))
@@ -118,13 +119,14 @@ def pair_histograms(
     chunk (its upper triangle) and the pairs with every later row, so memory stays O(chunk_size * N).
     """
     n = embeddings.shape[0]
-    chunk = chunk_size or max(1, _CHUNK_ELEMENTS // max(n, 1))
+    # most pairs then fall in the rectangles (no index gathers); a chunk holds <= _CHUNK_ELEMENTS similarities
+    chunk = chunk_size or max(1, min(_CHUNK_ELEMENTS // max(n, 1), max(1024, n // 8)))
     acc = PairHistogramAccumulator(edges)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         block, block_labels = embeddings[start:stop], labels[start:stop]
         i, j = torch.triu_indices(stop - start, stop - start, offset=1, device=embeddings.device)
-        acc.add((block @ block.T)[i, j], block_labels[i] == block_labels[j])
+        acc.add((block @ block.T)[i, j], (block_labels[:, None] == block_labels[None, :])[i, j])
         if stop < n:
             acc.add(block @ embeddings[stop:].T, block_labels[:, None] == labels[None, stop:])
     return acc.result()
