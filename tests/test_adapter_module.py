@@ -236,3 +236,11 @@ def test_cli_adapter_info_prints_config_and_hash(tmp_path, capsys):
     assert info["parameters"] == 2 * (64 * 64 + 64 + 64 * 64 + 64)  # 2 blocks, d = 64, width 64
     assert info["arch"] == "clipadapt-test-tiny-vit" and info["num_blocks"] == 2
     assert main(["adapter", "info", str(tmp_path / "missing")]) == 2
+
+
+def test_saving_identical_adapters_gives_identical_files(tmp_path):
+    model = tiny()
+    randomize(insert_adapters(model))
+    a = save_adapter_checkpoint(tmp_path / "a", model, {"arch": "x"})
+    b = save_adapter_checkpoint(tmp_path / "b", model, {"arch": "x"})
+    assert a.read_bytes() == b.read_bytes()

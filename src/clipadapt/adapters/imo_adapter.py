@@ -31,6 +31,7 @@ WEIGHTS_FILE = "adapter.safetensors"
 CONFIG_FILE = "adapter.json"
 CHECKPOINT_FORMAT = "clipadapt-imo-adapter"
 CHECKPOINT_VERSION = 1
+METADATA_KEY = "clipadapt_imo_adapter"
 _STRUCTURE_KEYS = ("format", "version", "dim", "num_blocks", "width", "scale", "dropout")
 
 
@@ -222,7 +223,9 @@ def save_adapter_checkpoint(path: str | Path, model: nn.Module, config: dict[str
     weights_path, config_path = checkpoint_paths(path)
     tensors = {k: v.detach().float() for k, v in adapter_state_dict(model).items()}
     structure = _structure(find_adapters(model))
-    atomic_save_tensors(weights_path, tensors, metadata={k: json.dumps(v) for k, v in structure.items()})
+    # one metadata key: safetensors writes metadata from a hash map, so several keys come out in varying
+    # order and identical adapters would get different file hashes
+    atomic_save_tensors(weights_path, tensors, metadata={METADATA_KEY: json.dumps(structure, sort_keys=True)})
     extra = {k: v for k, v in (config or {}).items() if k not in _STRUCTURE_KEYS}
     atomic_write_json(config_path, {**structure, **extra, "weights_file": weights_path.name,
                                     "weights_sha256": file_sha256(weights_path)})
@@ -263,10 +266,12 @@ def load_adapter_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[s
     except Exception as e:  # safetensors raises its own error types for corrupt files
         raise AdapterError(f"adapter checkpoint {weights_path} is unreadable: {e}") from e
     try:
-        structure = {k: json.loads(metadata[k]) for k in _STRUCTURE_KEYS}
-    except (KeyError, json.JSONDecodeError) as e:
+        stored = json.loads(metadata[METADATA_KEY])
+        structure = {k: stored[k] for k in _STRUCTURE_KEYS}
+    except (KeyError, TypeError, json.JSONDecodeError) as e:
         raise AdapterError(
-            f"{weights_path} is not a clipadapt IMO adapter checkpoint (metadata field {e} missing or malformed)"
+            f"{weights_path} is not a clipadapt IMO adapter checkpoint (metadata {METADATA_KEY!r}: field {e} "
+            "missing or malformed)"
         ) from e
     if structure["format"] != CHECKPOINT_FORMAT:
         raise AdapterError(f"{weights_path}: metadata format is {structure['format']!r}, expected {CHECKPOINT_FORMAT!r}")

@@ -359,7 +359,7 @@ def train_adapters(
         _atomic_torch_save(state, state_path)
         return save_adapter_checkpoint(out_dir, model, {**meta, "steps": step, "complete": step >= total})
 
-    weights = save(start) if start == 0 or start >= total else out_dir / "adapter.safetensors"
+    weights = save(start) if start == 0 else out_dir / "adapter.safetensors"
     if start >= total:
         log.info("adapter training in %s is already complete (%d steps)", out_dir, total)
         return TrainResult(weights, start, total, start, losses)
