@@ -23,6 +23,8 @@ def add_feature_source_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--cache-dir", type=Path, default=None, help="feature cache root (default: $CLIPADAPT_CACHE or ~/.cache/clipadapt)")
     src.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     src.add_argument("--batch-size", type=int, default=64)
+    src.add_argument("--num-workers", type=int, default=0, help="DataLoader workers when encoding images")
+    src.add_argument("--on-error", choices=["fail", "skip"], default="fail", help="unreadable images when encoding: fail, or skip and record")
 
 
 def load_features_from_args(args: argparse.Namespace, splits: Iterable[str] | None = None) -> FeatureSet:

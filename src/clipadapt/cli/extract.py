@@ -1,0 +1,54 @@
+"""`clipadapt extract`: encode dataset splits into the feature cache (and optionally a feature directory)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from clipadapt.features.extract import DEFAULT_SHARD_SIZE
+from clipadapt.features.io import atomic_write_json, save_feature_dir
+
+COMMAND = "extract"
+HELP = "encode a dataset with an open_clip model into the feature cache (raw image + class text embeddings)"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="model id: ARCH@TAG (ViT-B-32@openai), ARCH@/path/ckpt.pt, hf-hub:ORG/REPO")
+    parser.add_argument("--dataset", required=True, help="dataset spec, e.g. coop:oxford_pets:/data/pets, imagefolder:/data/x")
+    parser.add_argument("--split", action="append", default=None, help="split to encode (repeatable; default: test)")
+    parser.add_argument("--views", type=int, default=1, help="V > 1: V augmented views per image (crop 0.5-1 + flip)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the augmented views (used when --views > 1)")
+    parser.add_argument("--out", type=Path, help="also write a feature directory here (docs/feature-format.md)")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="cache root (default: $CLIPADAPT_CACHE or ~/.cache/clipadapt)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="auto: AMP on cuda, fp32 on cpu")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes for image decoding")
+    parser.add_argument("--on-error", choices=["fail", "skip"], default="fail", help="unreadable images: fail, or skip and record them")
+    parser.add_argument("--adapter", type=Path, default=None, help="IMO adapter checkpoint to attach to the image tower")
+    parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="rows per resumable shard")
+
+
+def run(args: argparse.Namespace) -> int:
+    from clipadapt.features.pipeline import get_feature_set  # heavy imports only when encoding
+
+    splits = args.split or ["test"]
+    fs = get_feature_set(
+        args.model, args.dataset, splits, views=args.views, seed=args.seed, cache_dir=args.cache_dir,
+        device=args.device, batch_size=args.batch_size, adapter=args.adapter, on_error=args.on_error,
+        precision=args.precision, num_workers=args.num_workers, shard_size=args.shard_size,
+    )
+    print(f"model {fs.meta['model']}  dataset {fs.meta['dataset']}  classes {fs.num_classes}  text {tuple(fs.text.shape)}")
+    for name, split in fs.splits.items():
+        skipped = fs.meta["skipped"].get(name, 0)
+        note = f"  ({skipped} unreadable images skipped, see {name}.skipped.json)" if skipped else ""
+        print(f"{name}: {tuple(split.image.shape)} -> {fs.meta['cache'][name]}{note}")
+    if args.out:
+        save_feature_dir(fs, args.out)
+        for name in fs.splits:
+            entry = Path(fs.meta["cache"][name])
+            skipped_file = entry / f"{name}.skipped.json"
+            atomic_write_json(args.out / f"{name}.skipped.json", json.loads(skipped_file.read_text()) if skipped_file.is_file() else [])
+        print(f"wrote feature directory {args.out}")
+    return 0

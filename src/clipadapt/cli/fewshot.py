@@ -1,0 +1,108 @@
+"""`clipadapt fewshot`: the few-shot protocol for cache methods (Tip-Adapter, -F, Tip-X, TA++/TX++)."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+from pathlib import Path
+
+from clipadapt.cli._common import add_feature_source_arguments
+from clipadapt.errors import ConfigError
+from clipadapt.eval.fewshot import DirectorySource, FewShotConfig, PipelineSource, run_fewshot, summary_pivot
+from clipadapt.eval.search import parse_grid
+from clipadapt.features.io import load_feature_dir
+from clipadapt.report.tables import markdown_table, write_json, write_table
+
+COMMAND = "fewshot"
+HELP = "few-shot protocol: sample K shots per class × seeds, search on val, report test accuracy (Tip-Adapter, Tip-X, ...)"
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from e
+
+
+def _names(text: str) -> list[str]:
+    return [v.strip() for v in text.split(",") if v.strip()]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_feature_source_arguments(parser)
+    parser.add_argument("--shots", type=_ints, default=[1, 2, 4, 8, 16], help="shots per class (default 1,2,4,8,16)")
+    parser.add_argument("--seeds", type=_ints, default=[1, 2, 3], help="sampling seeds (default 1,2,3)")
+    parser.add_argument("--methods", type=_names, default=["zeroshot", "tip", "tip-f", "tipx"],
+                        help="comma list of zeroshot, tip, tip-f, tipx, tip++, tipx++ (default zeroshot,tip,tip-f,tipx)")
+    parser.add_argument("--views", type=int, default=10,
+                        help="augmented views per cache image with --model/--dataset (default 10); --features uses its train split as is")
+    adapted = parser.add_mutually_exclusive_group()
+    adapted.add_argument("--adapter", type=Path, help="IMO adapter checkpoint for tip++/tipx++ (with --model/--dataset)")
+    adapted.add_argument("--adapted-features", type=Path,
+                         help="feature directory of the same images through the IMO adapter, for tip++/tipx++ (with --features)")
+    parser.add_argument("--allow-fewer", action="store_true", help="classes with fewer training images than --shots use all they have")
+    parser.add_argument("--grid", action="append", default=[], metavar="FAMILY.PARAM=SPEC",
+                        help="override a search grid, e.g. tip.beta=0.1:7:50 or tipx.gamma=0.5,1,2 "
+                             "(FAMILY tip = tip/tip-f/tip++, tipx = tipx/tipx++; SPEC LOW:HIGH:N or a list); repeatable")
+    parser.add_argument("--tipf-epochs", type=int, default=20, help="Tip-Adapter-F training epochs (default 20)")
+    parser.add_argument("--chunk-size", type=int, default=None, help="validation rows per search chunk (default: fit ~128 MiB)")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+
+
+def parse_grid_overrides(specs: list[str]) -> dict[str, dict[str, list[float]]]:
+    """['tip.beta=0.1:7:50', ...] -> {'tip': {'beta': [...]}}."""
+    grids: dict[str, dict[str, list[float]]] = {}
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        family, dot, param = key.partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"--grid '{spec}': expected FAMILY.PARAM=SPEC, e.g. tip.beta=0.1:7:50")
+        grids.setdefault(family.strip(), {})[param.strip()] = parse_grid(values)
+    return grids
+
+
+def build_source(args: argparse.Namespace):
+    """DirectorySource for --features, PipelineSource for --model/--dataset."""
+    if args.features:
+        if args.adapter:
+            raise ConfigError("--adapter needs --model/--dataset; with --features give --adapted-features DIR")
+        adapted = load_feature_dir(args.adapted_features) if args.adapted_features else None
+        return DirectorySource(load_feature_dir(args.features), adapted)
+    if args.model and args.dataset:
+        if args.adapted_features:
+            raise ConfigError("--adapted-features goes with --features; with --model/--dataset give --adapter CKPT")
+        from clipadapt.data import build_dataset
+        from clipadapt.features.pipeline import get_feature_set  # heavy imports only when encoding
+
+        fetch = functools.partial(get_feature_set, args.model, args.dataset, cache_dir=args.cache_dir,
+                                  device=args.device, batch_size=args.batch_size)
+        return PipelineSource(fetch, views=args.views, adapter=args.adapter,
+                              train_dataset=build_dataset(args.dataset, "train"))
+    raise ConfigError("give --features DIR, or both --model and --dataset")
+
+
+def write_outputs(out: Path, results: dict, config: FewShotConfig, source_info: dict) -> None:
+    """results.json, runs.csv, summary.csv, summary.md and accuracy_vs_shots.png under `out`."""
+    from clipadapt.report.plots import line_plot
+
+    write_json(out / "results.json", {"config": vars(config), "features": source_info, **results})
+    write_table(out / "runs.csv", [{**r, "hyperparameters": json.dumps(r["hyperparameters"])} for r in results["runs"]])
+    write_table(out / "summary.csv", results["summary"])
+    write_table(out / "summary.md", summary_pivot(results["summary"]))
+    line_plot(results["summary"], "shots", "test_top1_mean", "method", out / "accuracy_vs_shots.png",
+              yerr="test_top1_std", ylabel="test top-1 (%)", xlabel="shots per class", logx=True,
+              title=f"{source_info.get('dataset') or ''} {source_info.get('model') or ''}".strip() or None)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = FewShotConfig(shots=args.shots, seeds=args.seeds, methods=args.methods, allow_fewer=args.allow_fewer,
+                           grids=parse_grid_overrides(args.grid), tipf_epochs=args.tipf_epochs, chunk_size=args.chunk_size)
+    if config.needs_adapted and not (args.adapter or args.adapted_features):
+        raise ConfigError("tip++/tipx++ need --adapted-features DIR (with --features) or --adapter CKPT")
+    source = build_source(args)
+    results = run_fewshot(source, config, index_dir=args.out / "indices", device=args.device)
+    write_outputs(args.out, results, config, source.describe())
+    print(markdown_table(summary_pivot(results["summary"])), end="")
+    print(f"wrote {args.out}/results.json, summary.csv, summary.md, runs.csv, accuracy_vs_shots.png, indices/")
+    return 0

@@ -1,0 +1,28 @@
+"""`clipadapt models`: the architectures and pretrained tags a model id can name (open_clip's registry)."""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+from pathlib import Path
+
+from clipadapt.encoders.registry import model_table
+from clipadapt.report.tables import markdown_table, write_table
+
+COMMAND = "models"
+HELP = "list model architectures and pretrained tags (use as --model ARCH@TAG)"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pattern", nargs="?", default="*", help="glob on the architecture name, e.g. 'ViT-B*'")
+    parser.add_argument("--out", type=Path, help="write the table (.json, .csv or .md)")
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = [r for r in model_table() if fnmatch.fnmatch(r["arch"].lower(), args.pattern.lower())]
+    print(markdown_table(rows, columns=["arch", "tags", "example"]))
+    print(f"\n{len(rows)} architectures; model ids: ARCH@TAG, ARCH@/path/to/checkpoint.pt, hf-hub:ORG/REPO")
+    if args.out:
+        write_table(args.out, rows)
+        print(f"wrote {args.out}")
+    return 0

@@ -1,0 +1,130 @@
+"""The augmentation for V views of an image: RandomResizedCrop(scale 0.5–1) + horizontal flip + CLIP normalise.
+
+Random draws come from an explicit `torch.Generator`, so view v of image i depends only on (seed, i), never on
+batch order, worker count or which shards were already done — a resumed or sharded extraction gives the same
+features as one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+
+def _uniform(low: float, high: float, generator: torch.Generator | None) -> float:
+    return low + (high - low) * float(torch.rand(1, generator=generator))
+
+
+class ViewAugment:
+    """Random resized crop + flip + normalisation, drawing from a generator (callable like a transform)."""
+
+    def __init__(
+        self,
+        size: int | Sequence[int],
+        mean: Sequence[float],
+        std: Sequence[float],
+        *,
+        interpolation: str = "bicubic",
+        scale: tuple[float, float] = (0.5, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        flip: bool = True,
+        seed: int | None = None,
+    ):
+        self.size = [size, size] if isinstance(size, int) else list(size)
+        self.mean, self.std = list(mean), list(std)
+        self.interpolation = InterpolationMode(interpolation)
+        self.scale, self.ratio, self.flip = scale, ratio, flip
+        self.generator = torch.Generator().manual_seed(seed) if seed is not None else None
+
+    def crop_params(self, width: int, height: int, generator: torch.Generator | None) -> tuple[int, int, int, int]:
+        """(top, left, h, w) as torchvision's RandomResizedCrop draws them, from `generator`."""
+        area = width * height
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            target = area * _uniform(*self.scale, generator)
+            aspect = math.exp(_uniform(*log_ratio, generator))
+            w = int(round(math.sqrt(target * aspect)))
+            h = int(round(math.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
+                left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
+                return top, left, h, w
+        in_ratio = width / height  # fallback: central crop with the ratio clamped
+        if in_ratio < min(self.ratio):
+            w, h = width, int(round(width / min(self.ratio)))
+        elif in_ratio > max(self.ratio):
+            h, w = height, int(round(height * max(self.ratio)))
+        else:
+            w, h = width, height
+        return (height - h) // 2, (width - w) // 2, h, w
+
+    def pil_view(self, image: Image.Image, generator: torch.Generator | None = None) -> Image.Image:
+        """One augmented view as a PIL image (crop + flip, before tensor conversion)."""
+        generator = generator if generator is not None else self.generator
+        image = image.convert("RGB")
+        top, left, h, w = self.crop_params(image.width, image.height, generator)
+        image = TF.resized_crop(image, top, left, h, w, self.size, interpolation=self.interpolation, antialias=True)
+        if self.flip and float(torch.rand(1, generator=generator)) < 0.5:
+            image = TF.hflip(image)
+        return image
+
+    def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> Tensor:
+        """One augmented view (3, H, W), normalised; draws from `generator`, else this object's, else global."""
+        return TF.normalize(TF.to_tensor(self.pil_view(image, generator)), self.mean, self.std)
+
+    def views(self, image: Image.Image, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """`n` views stacked: (n, 3, H, W), normalised."""
+        return torch.stack([self(image, generator) for _ in range(n)])
+
+    def views_uint8(self, image: Image.Image, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """`n` views as uint8 (n, 3, H, W), to be normalised per batch (`normalize_uint8`)."""
+        return torch.stack([pil_to_uint8(self.pil_view(image, generator)) for _ in range(n)])
+
+    def __repr__(self) -> str:
+        return (
+            f"ViewAugment(size={self.size}, scale={self.scale}, ratio={tuple(round(r, 4) for r in self.ratio)}, "
+            f"flip={self.flip}, interpolation={self.interpolation.value})"
+        )
+
+
+def pil_to_uint8(image: Image.Image) -> Tensor:
+    """PIL RGB -> (3, H, W) uint8 tensor (no scaling: 4x less to move between processes and devices)."""
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)  # np.array: one writable copy
+
+
+def normalize_uint8(pixels: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
+    """uint8 (..., 3, H, W) -> float32 CLIP-normalised, on the tensor's device; equals ToTensor + Normalize."""
+    shape = (3, 1, 1)
+    mean_t = torch.as_tensor(mean, dtype=torch.float32, device=pixels.device).view(shape)
+    std_t = torch.as_tensor(std, dtype=torch.float32, device=pixels.device).view(shape)
+    return pixels.float().div_(255).sub_(mean_t).div_(std_t)
+
+
+def split_eval_transform(preprocess) -> tuple[Any, list[float], list[float]] | None:
+    """(PIL stage, mean, std) of a torchvision Compose ending in ToTensor + Normalize, else None.
+
+    Lets extraction run the PIL resize/crop per image and the tensor conversion + normalisation per batch.
+    """
+    from torchvision.transforms import Compose, Normalize, ToTensor
+
+    steps = getattr(preprocess, "transforms", None)
+    if not isinstance(preprocess, Compose) or not steps or len(steps) < 2:
+        return None
+    to_tensor, normalize = steps[-2], steps[-1]
+    if not isinstance(to_tensor, ToTensor) or not isinstance(normalize, Normalize):
+        return None
+    return Compose(list(steps[:-2])), list(map(float, normalize.mean)), list(map(float, normalize.std))
+
+
+def row_generator(seed: int, row: int) -> torch.Generator:
+    """The generator for image `row` of an extraction seeded `seed` (independent of batching)."""
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + int(row)) % (2**63 - 1))

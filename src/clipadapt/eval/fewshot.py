@@ -1,0 +1,346 @@
+"""The few-shot protocol (METHODS.md §7) for cache methods: shots × seeds × methods, searched on val, scored on test.
+
+For each (shots K, seed): K training images per class are sampled (the index list is written out), the cache is
+built from those rows (with V augmented views when the train features have them), α/β(/γ) are searched on the
+validation split and the chosen model is scored once on test. TA++/TX++ reuse exactly the same shots, seeds,
+grids and cache rows as TA/TX, on features computed through the IMO adapter, so the comparison is paired.
+
+Test labels are used in one place only, `_score_test`, after a method has produced its test logits; the fitting
+and search code (`fit_and_predict`) receives the test *features* and never the labels.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from clipadapt.data.fewshot import sample_few_shot, save_indices
+from clipadapt.errors import ConfigError, FeatureDirError
+from clipadapt.eval.metrics import mean_std, topk_accuracy
+from clipadapt.eval.search import TIP_GRID, TIPX_GRID, resolve_grid, search_tip_adapter, search_tip_x
+from clipadapt.features.featureset import FeatureSet, FeatureSplit
+from clipadapt.methods.tip_adapter import TipAdapter, TipAdapterF
+from clipadapt.methods.tip_x import TipX
+from clipadapt.methods.zeroshot import ZeroShotClassifier
+
+log = logging.getLogger(__name__)
+
+METHODS = ("zeroshot", "tip", "tip-f", "tipx", "tip++", "tipx++")
+ADAPTED_METHODS = ("tip++", "tipx++")
+GRID_FAMILY = {"tip": "tip", "tip-f": "tip", "tip++": "tip", "tipx": "tipx", "tipx++": "tipx"}
+DEFAULT_GRIDS = {"tip": TIP_GRID, "tipx": TIPX_GRID}
+
+
+@dataclass
+class FewShotConfig:
+    """What to run. `grids[family][param]` overrides a default grid (family 'tip' or 'tipx')."""
+
+    shots: list[int]
+    seeds: list[int]
+    methods: list[str]
+    allow_fewer: bool = False
+    grids: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    tipf_epochs: int = 20
+    chunk_size: int | None = None
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ConfigError(f"unknown few-shot method(s) {unknown}; available: {', '.join(METHODS)}")
+        if not self.shots or any(k < 1 for k in self.shots):
+            raise ConfigError(f"shots must be positive integers, got {self.shots}")
+        if not self.seeds or not self.methods:
+            raise ConfigError("give at least one seed and one method")
+        for family, given in self.grids.items():
+            if family not in DEFAULT_GRIDS or set(given) - set(DEFAULT_GRIDS[family]):
+                raise ConfigError(f"grid {family}.{sorted(given)}: valid are tip.alpha/beta, tipx.alpha/beta/gamma")
+
+    @property
+    def needs_adapted(self) -> bool:
+        return any(m in ADAPTED_METHODS for m in self.methods)
+
+    def grid(self, method: str) -> dict[str, list[float]]:
+        family = GRID_FAMILY[method]
+        return resolve_grid(DEFAULT_GRIDS[family], self.grids.get(family, {}))
+
+
+# ------------------------------------------------------------------------------------------------ sources
+class FewShotSource(Protocol):
+    """Where features come from: a feature directory, or the extraction pipeline."""
+
+    classnames: list[str]
+    text: Tensor
+    meta: dict[str, Any]
+
+    def train_labels(self) -> Tensor: ...
+    def eval_split(self, name: str, adapted: bool = False) -> FeatureSplit: ...
+    def train_rows(self, indices: list[int], seed: int, adapted: bool = False) -> FeatureSplit: ...
+    def describe(self) -> dict[str, Any]: ...
+    def index_meta(self) -> dict[str, Any]: ...
+
+
+def check_paired(original: FeatureSet, adapted: FeatureSet, splits: tuple[str, ...] = ("train", "val", "test")) -> None:
+    """Adapted features must be the same images, classes and backbone as the original ones."""
+    where = f" ({adapted.source})" if adapted.source else ""
+    if adapted.classnames != original.classnames:
+        raise FeatureDirError(f"adapted features{where}: meta.json classnames differ from the original features'")
+    check_same_model(original.meta, adapted.meta, original.dim, adapted.dim, "original features", f"adapted features{where}")
+    for name in splits:
+        a, b = original.split(name), adapted.split(name)
+        if a.n != b.n or (a.label is not None and b.label is not None and not torch.equal(a.label, b.label)):
+            raise FeatureDirError(
+                f"adapted features{where}: split '{name}' has {b.n} rows / labels that differ from the original "
+                f"{a.n} rows — TA++/TX++ need the same images in the same order"
+            )
+
+
+def check_same_model(meta_a: dict, meta_b: dict, dim_a: int, dim_b: int, what_a: str, what_b: str) -> None:
+    """Cache and evaluation features must come from one backbone (same D and, when recorded, same model)."""
+    model_a, model_b = meta_a.get("model"), meta_b.get("model")
+    if dim_a != dim_b or (model_a and model_b and model_a != model_b):
+        raise FeatureDirError(
+            f"{what_a} (model {model_a or '?'}, D={dim_a}) and {what_b} (model {model_b or '?'}, D={dim_b}) "
+            "come from different models: the cache and the evaluated features must share the backbone"
+        )
+
+
+class DirectorySource:
+    """A loaded feature directory (its train split used as is), plus optional adapted features (same rows)."""
+
+    def __init__(self, features: FeatureSet, adapted: FeatureSet | None = None):
+        self.features, self.adapted = features, adapted
+        self.classnames, self.text, self.meta = features.classnames, features.text, features.meta
+        for name in ("train", "val", "test"):
+            features.split(name).labels(name)
+        if adapted is not None:
+            check_paired(features, adapted)
+
+    def _set(self, adapted: bool) -> FeatureSet:
+        if adapted and self.adapted is None:
+            raise ConfigError("tip++/tipx++ need adapted features: give --adapted-features DIR or --adapter CKPT")
+        return self.adapted if adapted else self.features  # type: ignore[return-value]
+
+    def train_labels(self) -> Tensor:
+        return self.features.split("train").labels("train")
+
+    def eval_split(self, name: str, adapted: bool = False) -> FeatureSplit:
+        return self._set(adapted).split(name)
+
+    def train_rows(self, indices: list[int], seed: int, adapted: bool = False) -> FeatureSplit:
+        return self._set(adapted).split("train").subset(indices)
+
+    def index_meta(self) -> dict[str, Any]:
+        """Provenance written into each index list (rows of the directory's train split)."""
+        meta = self.features.meta
+        return {"features": str(self.features.source) if self.features.source else None, "model": meta.get("model"),
+                "dataset": meta.get("dataset"), "fingerprint": meta.get("fingerprint")}
+
+    def describe(self) -> dict[str, Any]:
+        out = self.features.describe()
+        if self.adapted is not None:
+            out["adapted"] = self.adapted.describe()
+        return out
+
+
+Fetch = Callable[..., FeatureSet]
+
+
+class PipelineSource:
+    """Features through `clipadapt.features.pipeline.get_feature_set` (model + dataset, content-addressed cache).
+
+    `fetch(splits, views=None, seed=None, indices=None, adapter=None) -> FeatureSet` is get_feature_set with
+    model and dataset bound. Only the sampled train images are encoded with `views` augmented views.
+    `train_dataset` (a clipadapt.data.ImageDataset of the train split) gives the labels to sample from without
+    encoding anything; without it one un-augmented pass over train is fetched for its labels.
+    """
+
+    def __init__(self, fetch: Fetch, *, views: int = 10, adapter: str | Path | None = None, train_dataset: Any = None):
+        if views < 1:
+            raise ConfigError(f"--views must be >= 1, got {views}")
+        self.fetch, self.views, self.adapter, self.train_dataset = fetch, views, adapter, train_dataset
+        self.base = fetch(["val", "test"])
+        self.classnames, self.text, self.meta = self.base.classnames, self.base.text, self.base.meta
+        self._adapted_eval: FeatureSet | None = None
+        self._labels: Tensor | None = None
+
+    def train_labels(self) -> Tensor:
+        if self._labels is None and self.train_dataset is not None:
+            self._labels = torch.as_tensor(self.train_dataset.labels, dtype=torch.long)
+        if self._labels is None:  # one un-augmented pass over train (cached by the pipeline) for the labels
+            self._labels = self.fetch(["train"]).split("train").labels("train")
+        return self._labels
+
+    def index_meta(self) -> dict[str, Any]:
+        fingerprint = self.train_dataset.fingerprint() if self.train_dataset is not None else None
+        return {"model": self.meta.get("model"), "dataset": self.meta.get("dataset"), "fingerprint": fingerprint}
+
+    def _adapter(self, adapted: bool) -> str | Path | None:
+        if adapted and self.adapter is None:
+            raise ConfigError("tip++/tipx++ need --adapter CKPT (or --features with --adapted-features)")
+        return self.adapter if adapted else None
+
+    def eval_split(self, name: str, adapted: bool = False) -> FeatureSplit:
+        if not adapted:
+            return self.base.split(name)
+        if self._adapted_eval is None:
+            self._adapted_eval = self.fetch(["val", "test"], adapter=self._adapter(True))
+            check_paired(self.base, self._adapted_eval, ("val", "test"))
+        return self._adapted_eval.split(name)
+
+    def train_rows(self, indices: list[int], seed: int, adapted: bool = False) -> FeatureSplit:
+        fs = self.fetch(["train"], views={"train": self.views}, seed=seed, indices={"train": indices},
+                        adapter=self._adapter(adapted))
+        rows = fs.split("train")
+        check_same_model(self.base.meta, fs.meta, self.base.split("test").dim, rows.dim, "val/test features",
+                         "train (cache) features")
+        if rows.n != len(indices):
+            raise FeatureDirError(f"the pipeline returned {rows.n} train rows for {len(indices)} sampled indices")
+        return rows
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.base.describe(), "train_views": self.views, "adapter": str(self.adapter) if self.adapter else None}
+
+
+# ------------------------------------------------------------------------------------------------ sampling
+def sample_shots(labels: Tensor, shots: int, seed: int, *, classnames: list[str], allow_fewer: bool) -> list[int]:
+    """K train rows per class (clipadapt.data.fewshot: seeded, nested across K, sorted)."""
+    return sample_few_shot(labels.tolist(), shots, seed, classnames=classnames, allow_fewer=allow_fewer)
+
+
+# ------------------------------------------------------------------------------------------------ methods
+@dataclass
+class Prediction:
+    """A method's test logits and how they were chosen (validation only)."""
+
+    test_logits: Tensor
+    hyperparameters: dict[str, Any]
+    val_top1: float | None
+
+
+def fit_and_predict(
+    method: str,
+    config: FewShotConfig,
+    text: Tensor,
+    train: FeatureSplit | None,
+    val: FeatureSplit,
+    test_features: Tensor,
+    *,
+    seed: int,
+    adapted: tuple[FeatureSplit, FeatureSplit, Tensor] | None = None,
+) -> Prediction:
+    """Fit `method` on the cache rows, choose its hyper-parameters on val, predict test. Sees no test labels."""
+    if method == "zeroshot":
+        model = ZeroShotClassifier().fit(text)
+        val_acc = topk_accuracy(model.predict_logits(val.image), val.labels("val"), (1,))["top1"]
+        return Prediction(model.predict_logits(test_features), {"logit_scale": model.logit_scale}, val_acc)
+    assert train is not None
+    keys, key_labels = train.image, train.labels("train")
+    grid = config.grid(method)
+    a_train, a_val, a_test = adapted if adapted is not None else (None, None, None)
+    extra: dict[str, Any] = {}
+    if method in ("tip", "tip++"):
+        model = TipAdapter().fit(keys, key_labels, text, adapted_keys=a_train.image if a_train else None)
+    elif method == "tip-f":
+        model = TipAdapterF(epochs=config.tipf_epochs, seed=seed).fit(
+            keys, key_labels, text, val_features=val.image, val_labels=val.labels("val")
+        )
+        extra = {"best_epoch": model.best_epoch_, "epochs": config.tipf_epochs}
+    else:
+        model = TipX().fit(keys, key_labels, text, adapted_keys=a_train.image if a_train else None)
+    a_val_image = a_val.image if a_val is not None else None
+    if isinstance(model, TipX):
+        result = search_tip_x(model, val.image, val.labels("val"), alphas=grid["alpha"], betas=grid["beta"],
+                              gammas=grid["gamma"], adapted_val_features=a_val_image, chunk_size=config.chunk_size)
+    else:
+        result = search_tip_adapter(model, val.image, val.labels("val"), alphas=grid["alpha"], betas=grid["beta"],
+                                    adapted_val_features=a_val_image, chunk_size=config.chunk_size)
+    best = model.with_params(**result.best)
+    logits = best.predict_logits(test_features, a_test)
+    return Prediction(logits, {**result.best, **extra, "grid_size": result.to_dict()["grid_size"]}, result.best_accuracy)
+
+
+# ------------------------------------------------------------------------------------------------ protocol
+def _score_test(logits: Tensor, labels: Tensor) -> dict[str, float]:
+    """The only use of test labels."""
+    return topk_accuracy(logits, labels, (1,))
+
+
+def _to(split: FeatureSplit, device: torch.device | str | None) -> FeatureSplit:
+    if device is None:
+        return split
+    label = split.label.to(device) if split.label is not None else None
+    return FeatureSplit(image=split.image.to(device), label=label, paths=split.paths)
+
+
+def run_fewshot(
+    source: FewShotSource,
+    config: FewShotConfig,
+    *,
+    index_dir: Path | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run every (shots, seed, method); returns {'runs': [...], 'summary': [...], 'indices': {...}}."""
+    text = source.text.to(device) if device is not None else source.text
+    val, test = _to(source.eval_split("val"), device), _to(source.eval_split("test"), device)
+    test_labels = test.labels("test")
+    adapted_eval = None
+    if config.needs_adapted:
+        adapted_eval = (_to(source.eval_split("val", adapted=True), device), _to(source.eval_split("test", adapted=True), device))
+    train_labels = source.train_labels()
+    runs: list[dict[str, Any]] = []
+    indices: dict[str, list[int]] = {}
+    zero_shot: Prediction | None = None
+    jobs = [(k, s) for k in config.shots for s in config.seeds]
+    for shots, seed in tqdm(jobs, desc="few-shot (shots, seed)", disable=not progress):
+        idx = sample_shots(train_labels, shots, seed, classnames=source.classnames, allow_fewer=config.allow_fewer)
+        indices[f"shots{shots}_seed{seed}"] = idx
+        if index_dir is not None:
+            save_indices(Path(index_dir) / f"shots{shots}_seed{seed}.json", idx,
+                         meta={**source.index_meta(), "split": "train", "shots": shots, "seed": seed})
+        train = _to(source.train_rows(idx, seed), device)
+        adapted_train = _to(source.train_rows(idx, seed, adapted=True), device) if config.needs_adapted else None
+        for method in config.methods:
+            if method == "zeroshot":
+                zero_shot = zero_shot or fit_and_predict(method, config, text, None, val, test.image, seed=seed)
+                pred = zero_shot
+            elif method in ADAPTED_METHODS:
+                assert adapted_eval is not None and adapted_train is not None
+                pred = fit_and_predict(method.rstrip("+"), config, text, train, val, test.image, seed=seed,
+                                       adapted=(adapted_train, adapted_eval[0], adapted_eval[1].image))
+            else:
+                pred = fit_and_predict(method, config, text, train, val, test.image, seed=seed)
+            runs.append({"method": method, "shots": shots, "seed": seed, "cache_size": len(idx),
+                         "test_top1": _score_test(pred.test_logits, test_labels)["top1"], "val_top1": pred.val_top1,
+                         "hyperparameters": pred.hyperparameters})
+            log.debug("%s", runs[-1])
+    return {"runs": runs, "summary": summarize(runs, config.methods), "indices": indices}
+
+
+def summarize(runs: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:
+    """Mean ± std of test (and val) top-1 over seeds, per (method, shots), methods in the order given."""
+    rows = []
+    for method in methods:
+        for shots in sorted({r["shots"] for r in runs if r["method"] == method}):
+            group = [r for r in runs if r["method"] == method and r["shots"] == shots]
+            mean, std = mean_std(r["test_top1"] for r in group)
+            val_mean, _ = mean_std(r["val_top1"] for r in group)
+            rows.append({"method": method, "shots": shots, "test_top1_mean": mean, "test_top1_std": std,
+                         "val_top1_mean": val_mean, "seeds": len(group)})
+    return rows
+
+
+def summary_pivot(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per method, one 'K-shot' column per shots value holding 'mean ± std'."""
+    out: dict[str, dict[str, Any]] = {}
+    for row in summary:
+        out.setdefault(row["method"], {"method": row["method"]})[f"{row['shots']}-shot"] = (
+            f"{row['test_top1_mean']:.2f} ± {row['test_top1_std']:.2f}"
+        )
+    return list(out.values())

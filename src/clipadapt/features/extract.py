@@ -1,0 +1,388 @@
+"""Encode a dataset split into raw image embeddings, shard by shard, resumably; encode class prompts.
+
+Shards cover fixed row ranges `[start, end)` of the dataset and are written atomically as
+`<shard_dir>/rows-<start>-<end>.safetensors` (tensors `image`, `label`, `row`; the rows skipped for unreadable
+images are listed in the file's metadata). A run finds the shards already written, encodes only the missing
+ones, then `assemble_shards` concatenates them in row order. Because every shard is independent (and the random
+views of row i depend only on (seed, i)), N processes can each encode a disjoint subset of
+`plan_shards(...)` (e.g. `shards[rank::world_size]` under torchrun) and one process assembles.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Protocol, Sequence
+
+import torch
+from safetensors import safe_open
+from torch import Tensor
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from clipadapt.encoders.augment import normalize_uint8, pil_to_uint8, row_generator, split_eval_transform
+from clipadapt.errors import CacheError, ConfigError, DatasetError
+from clipadapt.features.featureset import FeatureSplit
+from clipadapt.features.io import atomic_save_tensors, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SHARD_SIZE = 1024
+ON_ERROR = ("fail", "skip")
+SKIPPED_FILE = "skipped.json"
+SHARD_KEY_FILE = "key.json"
+
+
+class DatasetLike(Protocol):
+    """What extraction needs from a `clipadapt.data` dataset."""
+
+    name: str
+    split: str
+    classnames: list[str]
+    paths: Sequence[Any]
+
+    def __len__(self) -> int: ...
+    def __getitem__(self, i: int) -> tuple[Any, int]: ...
+
+
+# ----------------------------------------------------------------------------------------- shard plan
+def plan_shards(n: int, shard_size: int = DEFAULT_SHARD_SIZE) -> list[tuple[int, int]]:
+    """Row ranges [start, end) covering 0..n in shards of `shard_size` rows."""
+    if shard_size < 1:
+        raise ConfigError(f"shard_size must be >= 1, got {shard_size}")
+    return [(start, min(start + shard_size, n)) for start in range(0, n, shard_size)]
+
+
+def shard_path(shard_dir: Path, start: int, end: int) -> Path:
+    return Path(shard_dir) / f"rows-{start:09d}-{end:09d}.safetensors"
+
+
+def read_shard(path: Path) -> tuple[dict[str, Tensor], list[dict[str, Any]]]:
+    """The tensors of one shard and its skipped-row records; CacheError when unreadable."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            skipped = json.loads((f.metadata() or {}).get("skipped", "[]"))
+    except Exception as e:  # noqa: BLE001 - any failure here means a corrupt shard
+        raise CacheError(f"{path}: unreadable shard ({e})") from e
+    if not {"image", "label", "row"} <= set(tensors) or not (len(tensors["image"]) == len(tensors["label"]) == len(tensors["row"])):
+        raise CacheError(f"{path}: shard must hold aligned tensors 'image', 'label', 'row' (found {sorted(tensors)})")
+    return tensors, skipped
+
+
+def shard_is_valid(path: Path, start: int, end: int) -> bool:
+    """A finished shard: readable, rows within range, every row either encoded or recorded as skipped."""
+    if not path.is_file():
+        return False
+    try:
+        tensors, skipped = read_shard(path)
+    except CacheError as e:
+        log.warning("%s; re-encoding rows %d..%d", e, start, end)
+        return False
+    rows = set(tensors["row"].tolist()) | {int(s["row"]) for s in skipped}
+    if rows != set(range(start, end)):
+        log.warning("%s: covers the wrong rows; re-encoding rows %d..%d", path, start, end)
+        return False
+    return True
+
+
+def missing_shards(shard_dir: Path, shards: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The shards of the plan that are not finished yet (in order)."""
+    return [(s, e) for s, e in shards if not shard_is_valid(shard_path(shard_dir, s, e), s, e)]
+
+
+def assemble_shards(
+    shard_dir: Path, shards: Sequence[tuple[int, int]], paths: Sequence[Any] | None = None
+) -> tuple[FeatureSplit, list[dict[str, Any]]]:
+    """Concatenate finished shards in row order -> (FeatureSplit, skipped records). Paths follow the rows."""
+    images, labels, rows, skipped = [], [], [], []
+    for start, end in shards:
+        tensors, shard_skipped = read_shard(shard_path(shard_dir, start, end))
+        if tensors["image"].shape[0]:  # a shard whose rows were all skipped has no embeddings
+            images.append(tensors["image"])
+        labels.append(tensors["label"])
+        rows.append(tensors["row"])
+        skipped.extend(shard_skipped)
+    if not images:
+        raise DatasetError(f"no image could be read ({len(skipped)} rows skipped); first: "
+                           f"{skipped[0]['error'] if skipped else 'empty dataset'}")
+    image, label, row = torch.cat(images), torch.cat(labels), torch.cat(rows)
+    split_paths = [str(paths[r]) for r in row.tolist()] if paths is not None else None
+    has_labels = bool((label >= 0).all())  # unlabeled datasets give -1
+    return FeatureSplit(image=image.float(), label=label.long() if has_labels else None, paths=split_paths), skipped
+
+
+# ----------------------------------------------------------------------------------------- loading rows
+@dataclass
+class _Item:
+    row: int
+    label: int
+    pixels: Tensor | None
+    error: str | None
+
+
+class _RowDataset(torch.utils.data.Dataset):
+    """Dataset rows -> pixels: (3, H, W) eval view, or (V, 3, H, W) seeded augmented views.
+
+    When the eval transform ends in ToTensor + Normalize (open_clip's do), rows come out as uint8 after the PIL
+    stage and are normalised per batch (`normalize_uint8`): less per-image work, 4x less data between worker
+    processes and to the device. Errors never escape a worker: they come back as records and the main process
+    decides (fail or skip).
+    """
+
+    def __init__(self, dataset: DatasetLike, preprocess, augment, views: int, seed: int):
+        self.dataset, self.preprocess, self.augment = dataset, preprocess, augment
+        self.views, self.seed = views, seed
+        split = split_eval_transform(preprocess) if views == 1 else None
+        self.pil_stage = split[0] if split else None
+        self.uint8 = views > 1 or split is not None  # the augmentation always has a uint8 path
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _path(self, row: int) -> str:
+        try:
+            return str(self.dataset.paths[row])
+        except (AttributeError, IndexError, TypeError):
+            return f"row {row}"
+
+    def _pixels(self, image, row: int) -> Tensor:
+        if self.views > 1:
+            return self.augment.views_uint8(image, self.views, row_generator(self.seed, row))
+        if self.pil_stage is not None:
+            return pil_to_uint8(self.pil_stage(image))
+        return self.preprocess(image)
+
+    def __getitem__(self, row: int) -> _Item:
+        try:
+            image, label = self.dataset[row]
+            pixels = self._pixels(image, row)
+        except DatasetError as e:
+            return _Item(row, -1, None, str(e))
+        except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for truncated / undecodable files
+            return _Item(row, -1, None, f"{self._path(row)}: cannot read image ({type(e).__name__}: {e})")
+        return _Item(row, -1 if label is None else int(label), pixels, None)
+
+
+@dataclass
+class _Batch:
+    rows: list[int]
+    labels: list[int]
+    pixels: Tensor | None  # stacked pixels of the readable rows
+    errors: list[_Item]
+
+    def pin_memory(self) -> "_Batch":  # called by DataLoader(pin_memory=True)
+        if self.pixels is not None:
+            self.pixels = self.pixels.pin_memory()
+        return self
+
+
+def _collate(items: list[_Item]) -> _Batch:
+    ok = [it for it in items if it.pixels is not None]
+    return _Batch(
+        rows=[it.row for it in ok],
+        labels=[it.label for it in ok],
+        pixels=torch.stack([it.pixels for it in ok]) if ok else None,
+        errors=[it for it in items if it.pixels is None],
+    )
+
+
+def _batches(shards: Sequence[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    """Row batches that never cross a shard boundary (so each shard can be written as soon as it is done)."""
+    return [list(range(b, min(b + batch_size, end))) for start, end in shards for b in range(start, end, batch_size)]
+
+
+def _threaded_batches(rows_ds: _RowDataset, batches: list[list[int]], pin: bool, ahead: int = 2) -> Iterator[_Batch]:
+    """Batches decoded by one background thread, `ahead` batches in advance, in order.
+
+    PIL decoding/resizing and the torch forward both release the GIL, so this overlaps image loading with
+    encoding without worker processes (no start-up cost, no pickling of images between processes).
+    """
+
+    def load(rows: list[int]) -> _Batch:
+        batch = _collate([rows_ds[r] for r in rows])
+        return batch.pin_memory() if pin else batch
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipadapt-decode") as pool:
+        pending: deque[Future] = deque(pool.submit(load, b) for b in batches[:ahead])
+        for nxt in batches[ahead:] + [None] * len(pending):
+            batch = pending.popleft().result()
+            if nxt is not None:
+                pending.append(pool.submit(load, nxt))
+            yield batch
+
+
+def _load_batches(rows_ds: _RowDataset, batches: list[list[int]], num_workers: int, pin: bool) -> Iterable[_Batch]:
+    """num_workers > 0: a DataLoader with worker processes; 0: one background decoding thread."""
+    if num_workers <= 0:
+        return _threaded_batches(rows_ds, batches, pin)
+    return DataLoader(
+        rows_ds, batch_sampler=batches, num_workers=num_workers, collate_fn=_collate, pin_memory=pin,
+        persistent_workers=False,
+    )
+
+
+# ----------------------------------------------------------------------------------------- encoding
+def encode_shards(
+    enc,
+    dataset: DatasetLike,
+    shards: Sequence[tuple[int, int]],
+    shard_dir: Path,
+    *,
+    views: int = 1,
+    seed: int = 0,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    on_error: str = "fail",
+    progress: bool = True,
+) -> None:
+    """Encode the given shards and write each one atomically as soon as its last batch is encoded."""
+    if not shards:
+        return
+    augment = enc.train_transform() if views > 1 else None
+    rows_ds = _RowDataset(dataset, enc.preprocess, augment, views, seed)
+    if views > 1:
+        mean, std = augment.mean, augment.std
+    else:
+        split = split_eval_transform(enc.preprocess)
+        mean, std = (split[1], split[2]) if split else (None, None)
+    loader = _load_batches(rows_ds, _batches(shards, batch_size), num_workers, pin=enc.device.type == "cuda")
+    bounds = {start: end for start, end in shards}
+    total = sum(e - s for s, e in shards)
+    desc = f"encode {getattr(dataset, 'name', 'dataset')}/{getattr(dataset, 'split', '?')}"
+    current: dict[str, Any] | None = None
+    with tqdm(total=total, desc=desc, unit="img", disable=not progress, dynamic_ncols=True) as bar:
+        for batch in loader:
+            first = min(batch.rows + [it.row for it in batch.errors])
+            if current is None:
+                start = max(s for s in bounds if s <= first)
+                current = {"start": start, "end": bounds[start], "image": [], "label": [], "row": [], "skipped": []}
+            for item in batch.errors:
+                if on_error == "fail":
+                    raise DatasetError(f"{item.error} (use on_error='skip' / --on-error skip to drop unreadable images)")
+                log.warning("skipping unreadable image: %s", item.error)
+                current["skipped"].append({"row": item.row, "path": rows_ds._path(item.row), "error": item.error})
+            if batch.pixels is not None:
+                pixels = batch.pixels
+                if rows_ds.uint8:  # normalise the whole batch at once, on the encoder's device
+                    pixels = normalize_uint8(pixels.to(enc.device, non_blocking=True), mean, std)
+                if views > 1:  # (B, V, 3, H, W) -> encode B*V, back to (B, V, D)
+                    flat = enc.encode_images(pixels.flatten(0, 1))
+                    current["image"].append(flat.view(pixels.shape[0], views, -1))
+                else:
+                    current["image"].append(enc.encode_images(pixels))
+                current["label"].extend(batch.labels)
+                current["row"].extend(batch.rows)
+            bar.update(len(batch.rows) + len(batch.errors))
+            done = len(current["row"]) + len(current["skipped"])
+            if done == current["end"] - current["start"]:
+                _write_shard(shard_dir, current, views)
+                current = None
+
+
+def _write_shard(shard_dir: Path, shard: dict[str, Any], views: int) -> None:
+    if shard["image"]:
+        image = torch.cat(shard["image"])
+    else:
+        image = torch.zeros((0, views, 0) if views > 1 else (0, 0))
+    tensors = {
+        "image": image,
+        "label": torch.tensor(shard["label"], dtype=torch.long),
+        "row": torch.tensor(shard["row"], dtype=torch.long),
+    }
+    atomic_save_tensors(shard_path(shard_dir, shard["start"], shard["end"]), tensors, metadata={"skipped": json.dumps(shard["skipped"])})
+
+
+def _check_shard_key(shard_dir: Path, key: dict[str, Any] | None) -> None:
+    """Shards of another computation (different key) are removed, never reused."""
+    if key is None:
+        return
+    path = shard_dir / SHARD_KEY_FILE
+    if path.is_file():
+        try:
+            same = json.loads(path.read_text()) == json.loads(json.dumps(key))
+        except json.JSONDecodeError:
+            same = False
+        if not same:
+            log.warning("%s: shards belong to another key; discarding them", shard_dir)
+            shutil.rmtree(shard_dir)
+    if not path.is_file():
+        atomic_write_json(path, key)
+
+
+def extract_split(
+    enc,
+    dataset: DatasetLike,
+    *,
+    views: int = 1,
+    seed: int = 0,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    on_error: str = "fail",
+    shard_dir: Path,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    key: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> FeatureSplit:
+    """Raw image embeddings of `dataset`: (N, D), or (N, V, D) for V seeded augmented views.
+
+    Resumable: finished shards in `shard_dir` are reused (pass `key` to have shards of a different
+    computation discarded). on_error='skip' drops unreadable images and lists them in
+    `shard_dir/skipped.json`; 'fail' raises DatasetError naming the path.
+    """
+    if on_error not in ON_ERROR:
+        raise ConfigError(f"on_error must be one of {ON_ERROR}, got '{on_error}'")
+    if views < 1:
+        raise ConfigError(f"views must be >= 1, got {views}")
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    n = len(dataset)
+    if n == 0:
+        raise DatasetError(f"dataset {getattr(dataset, 'name', '?')} split '{getattr(dataset, 'split', '?')}' is empty")
+    shard_dir = Path(shard_dir)
+    _check_shard_key(shard_dir, key)
+    shards = plan_shards(n, shard_size)
+    todo = missing_shards(shard_dir, shards)
+    if len(todo) < len(shards):
+        log.info("resuming: %d of %d shards already encoded in %s", len(shards) - len(todo), len(shards), shard_dir)
+    encode_shards(
+        enc, dataset, todo, shard_dir, views=views, seed=seed, batch_size=batch_size,
+        num_workers=num_workers, on_error=on_error, progress=progress,
+    )
+    split, skipped = assemble_shards(shard_dir, shards, getattr(dataset, "paths", None))
+    if skipped and on_error == "fail":  # shards from an earlier 'skip' run
+        raise DatasetError(f"{len(skipped)} unreadable images, first: {skipped[0]['error']} (use on_error='skip')")
+    atomic_write_json(shard_dir / SKIPPED_FILE, skipped)
+    return split
+
+
+def read_skipped(shard_dir: Path) -> list[dict[str, Any]]:
+    """The skipped-row records `extract_split` wrote (row, path, error)."""
+    path = Path(shard_dir) / SKIPPED_FILE
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+# ----------------------------------------------------------------------------------------- text
+def prompts(classnames: Sequence[str], templates: Sequence[str]) -> list[str]:
+    """Class × template prompts, class-major: prompt (c, t) at c * T + t."""
+    if not templates:
+        raise ConfigError("no prompt templates given")
+    bad = [t for t in templates if "{}" not in t]
+    if bad:
+        raise ConfigError(f"prompt template {bad[0]!r} has no '{{}}' placeholder for the class name")
+    return [t.format(c) for c in classnames for t in templates]
+
+
+def extract_text(enc, classnames: Sequence[str], templates: Sequence[str], *, progress: bool = False) -> Tensor:
+    """Raw class-prompt embeddings (C, T, D), one per class × template."""
+    texts = prompts(classnames, templates)
+    chunks = []
+    step = 1024
+    for start in tqdm(range(0, len(texts), step), desc="encode prompts", disable=not progress or len(texts) <= step):
+        chunks.append(enc.encode_texts(texts[start:start + step]))
+    return torch.cat(chunks).view(len(classnames), len(templates), -1)
