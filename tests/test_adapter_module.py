@@ -22,15 +22,6 @@ from clipadapt.adapters import (
 from clipadapt.errors import AdapterError, ConfigError
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; two threads on a busy 2-core box are ~20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny(name: str = "clipadapt-test-tiny-vit", seed: int = 0):
     import open_clip
 

@@ -13,15 +13,6 @@ from clipadapt.adapters import adapter_state_dict, adapters_enabled, imo_overlap
 from clipadapt.adapters.training import AdapterTrainConfig, DINOHead, dino_loss, eval_transform, train_adapters
 from clipadapt.errors import AdapterError, ConfigError
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread; two threads on a busy 2-core box are ~20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 DINO_SMALL = dict(local_crops=1, dino_out_dim=32, dino_hidden_dim=16, dino_bottleneck_dim=8)
 
 
