@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import tempfile
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -317,23 +317,13 @@ def train_adapters(
             else DINOHead(embed_dim, c.dino_out_dim, c.dino_hidden_dim, c.dino_bottleneck_dim)).to(device)
     params = _adapter_params(model)
     optimizer = torch.optim.AdamW([*params.values(), *head.parameters()], lr=c.lr, weight_decay=c.weight_decay)
-    teacher: dict[str, Tensor] = {}
-    center = torch.zeros(c.dino_out_dim, device=device) if c.mode == "selfsup" else None
-    losses: list[float] = []
-    start = 0
     if saved is not None:
-        with torch.no_grad():
-            for name, p in params.items():
-                p.copy_(saved["adapters"][name])
-        head.load_state_dict(saved["head"])
-        optimizer.load_state_dict(saved["optimizer"])
-        start, losses = int(saved["step"]), list(saved["losses"])
-        if c.mode == "selfsup":
-            teacher = {k: v.to(device) for k, v in saved["teacher"].items()}
-            center = saved["center"].to(device)
+        start, losses, teacher, center = _restore(saved, params, head, optimizer, device)
         log.info("resuming adapter training from step %d of %d (%s)", start, total, state_path)
-    elif c.mode == "selfsup":
-        teacher = {k: v.detach().clone() for k, v in _teacher_source(params, head).items()}
+    else:
+        start, losses = 0, []
+        teacher = {k: v.detach().clone() for k, v in _teacher_source(params, head).items()} if c.mode == "selfsup" else {}
+        center = torch.zeros(c.dino_out_dim, device=device) if c.mode == "selfsup" else None
 
     if c.mode == "supervised":
         transform = preprocess or eval_transform(model)
@@ -352,7 +342,7 @@ def train_adapters(
         state = {"config": _config_dict(c), "step": step, "losses": losses,
                  "adapters": {k: v.detach().cpu() for k, v in params.items()},
                  "head": {k: v.cpu() for k, v in head.state_dict().items()},
-                 "optimizer": optimizer.state_dict(), "rng": torch.get_rng_state()}
+                 "optimizer": optimizer.state_dict(), "rng": _rng_state(device)}
         if c.mode == "selfsup":
             state["teacher"] = {k: v.cpu() for k, v in teacher.items()}
             state["center"] = center.cpu()
@@ -370,7 +360,7 @@ def train_adapters(
     step = start
     batches = iter(loader)  # creating it draws from the global RNG: restore the saved state only after
     if saved is not None:
-        torch.set_rng_state(saved["rng"])
+        _set_rng_state(saved["rng"], device)
 
     def amp():
         return torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
@@ -400,6 +390,32 @@ def train_adapters(
         _set_train_modes(model, adapters, False)
     _write_log(out_dir, losses, c, total)
     return TrainResult(weights, step, total, start, losses)
+
+
+def _restore(saved: dict[str, Any], params: dict[str, nn.Parameter], head: nn.Module, optimizer, device):
+    """Load a saved training state: (start step, losses so far, teacher, centre)."""
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(saved["adapters"][name])
+    head.load_state_dict(saved["head"])
+    optimizer.load_state_dict(saved["optimizer"])
+    teacher = {k: v.to(device) for k, v in saved.get("teacher", {}).items()}
+    center = saved["center"].to(device) if "center" in saved else None
+    return int(saved["step"]), list(saved["losses"]), teacher, center
+
+
+def _rng_state(device: torch.device) -> dict[str, Tensor]:
+    """CPU (and CUDA, on a CUDA device) RNG states: dropout and augmentations draw from them."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Tensor], device: torch.device) -> None:
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def _num_classes(dataset: Dataset) -> int:
