@@ -1,5 +1,6 @@
 """Pure-tensor methods in estimator style: keyword-only hyper-parameters, fit(...) -> self, predict_logits."""
 
+from clipadapt.methods.dn import DistributionNormalizer
 from clipadapt.methods.zeroshot import ZeroShotClassifier
 
-__all__ = ["ZeroShotClassifier"]
+__all__ = ["DistributionNormalizer", "ZeroShotClassifier"]

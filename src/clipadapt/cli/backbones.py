@@ -1,0 +1,208 @@
+"""`clipadapt backbones`: evaluate several backbones on the same images, their synergy and their combinations."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from clipadapt.errors import ConfigError
+from clipadapt.eval import synergy as syn
+from clipadapt.eval import synergy_inputs as inputs
+from clipadapt.features.io import atomic_write_bytes
+from clipadapt.report.synergy_plots import accuracy_vs_cost, heatmap
+from clipadapt.report.tables import markdown_table, write_json, write_table
+
+COMMAND = "backbones"
+HELP = "multi-backbone evaluation: oracle, agreement, normalisation study, ensembles, Neural Logit Controller, cost"
+
+COST_METRICS = {"gflops": ("gflops_per_image", "GFLOPs per image"), "ms": ("ms_per_image", "ms per image"),
+                "params": ("params_image_M", "image-tower parameters (M)")}
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_argument_group("inputs (one of)")
+    src.add_argument("--features", nargs="+", type=Path, help="feature directories, one per backbone (same dataset)")
+    src.add_argument("--models", type=_csv, help="comma-separated ARCH@TAG list; extracted through the cache")
+    src.add_argument("--dataset", help="dataset spec for --models")
+    src.add_argument("--logits", type=_csv, help="comma-separated (N, C) .npy logits, one per backbone")
+    src.add_argument("--labels", type=Path, help="(N,) .npy labels of --logits")
+    src.add_argument("--heldout-logits", type=_csv, help="held-out logits for fitting, same backbone order")
+    src.add_argument("--heldout-labels", type=Path, help="(M,) .npy labels of --heldout-logits")
+    src.add_argument("--embeddings", type=_csv, help="(N, D_b) image embeddings .npy per backbone (enables the NLC)")
+    src.add_argument("--heldout-embeddings", type=_csv, help="held-out embeddings .npy per backbone")
+    src.add_argument("--names", type=_csv, help="backbone names for --logits (default: file names)")
+    src.add_argument("--cache-dir", type=Path, default=None, help="feature cache root for --models")
+    src.add_argument("--device", default=None, help="torch device for extraction and timing (default: auto)")
+    src.add_argument("--batch-size", type=int, default=64)
+    ev = parser.add_argument_group("evaluation")
+    ev.add_argument("--split", default="test", help="evaluated split (default: test)")
+    ev.add_argument("--heldout-split", default="val", help="labelled split the combiners are fitted on (default: val)")
+    ev.add_argument("--shots", type=int, default=None, help="few-shot mode: held-out = K shots per class from --train-split")
+    ev.add_argument("--train-split", default="train", help="training split (few-shot pool, linear probe)")
+    ev.add_argument("--seed", type=int, default=1, help="seed of the few-shot draw and the controller")
+    ev.add_argument("--thresholds", type=lambda s: [float(x) for x in _csv(s)], default=[0.5, 0.7, 0.8, 0.9, 0.95, 0.99],
+                    help="cascade confidence thresholds")
+    ev.add_argument("--cost", choices=["gflops", "ms", "params", "none"], default="gflops",
+                    help="cost axis from each backbone's architecture: gflops (default) and params are counted, ms is timed "
+                         "on --device; none = every backbone costs 1")
+    ev.add_argument("--costs", type=lambda s: [float(x) for x in _csv(s)], help="explicit per-backbone costs")
+    ev.add_argument("--no-normalisation-study", action="store_true", help="skip the normalisation study")
+    ev.add_argument("--probe-max-iter", type=int, default=100, help="L-BFGS iterations of each linear probe")
+    ev.add_argument("--chunk-rows", type=int, default=1024, help="rows combined at a time (memory bound)")
+    ev.add_argument("--nlc-max-epochs", type=int, default=300)
+    ev.add_argument("--nlc-lr", type=float, default=2e-4)
+    ev.add_argument("--nlc-batch-size", type=int, default=32)
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+
+
+# ----------------------------------------------------------------------------------------- inputs
+def _from_logits(args: argparse.Namespace) -> tuple[list[str], syn.ScoreSet, syn.ScoreSet | None, None]:
+    if not args.labels:
+        raise ConfigError("--logits needs --labels (the (N,) labels of the evaluated samples)")
+    logits, labels = inputs.load_logit_set(args.logits, args.labels, "evaluated")
+    heldout = None
+    if args.heldout_logits:
+        if len(args.heldout_logits) != len(args.logits):
+            raise ConfigError(f"--heldout-logits lists {len(args.heldout_logits)} files for {len(args.logits)} backbones")
+        if not args.heldout_labels:
+            raise ConfigError("--heldout-logits needs --heldout-labels")
+        h_logits, h_labels = inputs.load_logit_set(args.heldout_logits, args.heldout_labels, "held-out")
+        h_emb = inputs.load_embedding_set(args.heldout_embeddings, len(h_logits), h_logits[0].shape[0], "held-out")
+        heldout = syn.ScoreSet(logits=h_logits, labels=h_labels, embeddings=h_emb)
+    names = args.names or [Path(p).stem for p in args.logits]
+    if len(names) != len(logits):
+        raise ConfigError(f"--names lists {len(names)} names for {len(logits)} logits files")
+    emb = inputs.load_embedding_set(args.embeddings, len(logits), logits[0].shape[0], "evaluated")
+    return names, syn.ScoreSet(logits=logits, labels=labels, embeddings=emb), heldout, None
+
+
+def _feature_sets(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
+    if args.features:
+        return inputs.load_feature_dirs(args.features), {}
+    if not args.dataset:
+        raise ConfigError("--models needs --dataset")
+    splits, indices = inputs.plan_dataset_splits(args.dataset, args.split, heldout_split=args.heldout_split,
+                                                 train_split=args.train_split, shots=args.shots, seed=args.seed)
+    kwargs = {"cache_dir": args.cache_dir, "device": args.device, "batch_size": args.batch_size}
+    if indices:
+        kwargs["indices"] = indices
+        args.heldout_indices = indices[args.train_split]  # the training split below holds exactly these rows
+    loaded = inputs.load_model_backbones(args.models, args.dataset, splits, **kwargs)
+    return loaded.feature_sets, loaded.unavailable
+
+
+def _heldout(args: argparse.Namespace, fsets: dict) -> tuple[syn.ScoreSet | None, str]:
+    first = next(iter(fsets.values()))
+    if args.shots:
+        syn.check_aligned_feature_sets(fsets, args.train_split)
+        desc = f"{args.shots} shots per class from '{args.train_split}' (seed {args.seed})"
+        if args.models:  # extracted as the K-shot subset already (plan_dataset_splits)
+            return syn.zero_shot_scores(fsets, args.train_split), desc
+        idx = inputs.few_shot_indices(first.split(args.train_split).labels(args.train_split), args.shots, args.seed,
+                                      first.classnames)
+        subset = {k: _with_split(fs, "heldout", fs.split(args.train_split).subset(idx)) for k, fs in fsets.items()}
+        args.heldout_indices = idx.tolist()  # published in results.json: the exact few-shot draw
+        return syn.zero_shot_scores(subset, "heldout"), desc
+    if all(fs.has_split(args.heldout_split) for fs in fsets.values()) and args.heldout_split != args.split:
+        syn.check_aligned_feature_sets(fsets, args.heldout_split)
+        return syn.zero_shot_scores(fsets, args.heldout_split), f"split '{args.heldout_split}'"
+    return None, "none (only the static combiners run)"
+
+
+def _with_split(fs: Any, name: str, split: Any) -> Any:
+    from clipadapt.features.featureset import FeatureSet
+
+    return FeatureSet(classnames=fs.classnames, text=fs.text, splits={name: split}, meta=fs.meta, source=fs.source)
+
+
+def _costs(args: argparse.Namespace, names: list[str], model_ids: list[str | None]) -> tuple[dict | None, str, list]:
+    if args.costs:
+        if len(args.costs) != len(names):
+            raise ConfigError(f"--costs lists {len(args.costs)} values for {len(names)} backbones")
+        return dict(zip(names, args.costs)), "given cost", []
+    if args.cost == "none" or any(m is None for m in model_ids):
+        return None, "backbones run", []
+    key, label = COST_METRICS[args.cost]
+    device = args.device or "cpu"
+    try:
+        measured = [syn.model_cost(m, device=device, measure_time=args.cost == "ms") for m in model_ids]
+    except ConfigError as e:
+        print(f"note: cost not measured ({e}); the cost axis counts backbones")
+        return None, "backbones run", []
+    return {n: r[key] for n, r in zip(names, measured)}, label, measured
+
+
+# ----------------------------------------------------------------------------------------- run
+def run(args: argparse.Namespace) -> int:
+    modes = [bool(args.features), bool(args.models), bool(args.logits)]
+    if sum(modes) != 1:
+        raise ConfigError("give exactly one of --features DIR..., --models LIST --dataset SPEC, --logits FILES --labels FILE")
+    unavailable: dict[str, str] = {}
+    extra: dict[str, Any] = {}
+    norm_rows: list[dict] = []
+    cost_rows: list[dict] = []
+    if args.logits:
+        names, test, heldout, _ = _from_logits(args)
+        classnames, model_ids, heldout_desc = None, [None] * len(names), "given" if heldout else "none"
+    else:
+        fsets, unavailable = _feature_sets(args)
+        if len(fsets) < 2:
+            raise ConfigError(f"need at least 2 backbones, got {len(fsets)}")
+        syn.check_aligned_feature_sets(fsets, args.split)
+        names = list(fsets)
+        classnames = next(iter(fsets.values())).classnames
+        test = syn.zero_shot_scores(fsets, args.split)
+        heldout, heldout_desc = _heldout(args, fsets)
+        model_ids = list(fsets) if args.models else [fs.meta.get("model") for fs in fsets.values()]
+        if not args.no_normalisation_study:
+            norm_rows = syn.normalisation_study(fsets, eval_split=args.split, train_split=args.train_split,
+                                                probe_max_iter=args.probe_max_iter, seed=args.seed)
+        extra["features"] = {k: fs.describe() for k, fs in fsets.items()}
+    if unavailable:
+        print(f"unusable backbones: {', '.join(unavailable)}; continuing with: {', '.join(names)}")
+    costs, cost_label, cost_rows = _costs(args, names, model_ids)
+    nlc_kwargs = {"max_epochs": args.nlc_max_epochs, "lr": args.nlc_lr, "batch_size": args.nlc_batch_size,
+                  "seed": args.seed}
+    report = syn.evaluate_synergy(names, test, heldout=heldout, classnames=classnames, costs=costs,
+                                  cost_label=cost_label, thresholds=args.thresholds, chunk_rows=args.chunk_rows,
+                                  nlc_kwargs=nlc_kwargs)
+    report.tables["normalisation"] = norm_rows
+    report.tables["cost"] = cost_rows
+    results = {**report.results, "heldout": heldout_desc, "unavailable_backbones": unavailable,
+               "usable_backbones": names, "heldout_indices": getattr(args, "heldout_indices", None),
+               "normalisation_study": norm_rows, "cost_measurements": cost_rows, **extra}
+    _write(args.out, report, results)
+    _print_summary(report, results)
+    return 0
+
+
+def _write(out: Path, report: syn.SynergyReport, results: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "results.json", results)
+    sections = []
+    for name, rows in report.tables.items():
+        if rows:
+            write_table(out / f"{name}.csv", rows)
+            write_table(out / f"{name}.md", rows)
+            sections.append(f"## {name}\n\n{markdown_table(rows)}")
+    atomic_write_bytes(out / "summary.md", ("# Backbone synergy\n\n" + "\n".join(sections)).encode())
+    heatmap(report.agreement, report.names, out / "agreement.png", title="Agreement (% same prediction)")
+    heatmap(report.complementarity, report.names, out / "complementarity.png",
+            title="Complementarity (%):\nrow backbone right, column backbone wrong", row_label="right", col_label="wrong")
+    accuracy_vs_cost(report.points, out / "accuracy_vs_cost.png", cost_label=report.cost_label,
+                     cascade=report.results["cascade"])
+
+
+def _print_summary(report: syn.SynergyReport, results: dict) -> None:
+    for name, acc in results["accuracy"].items():
+        print(f"{name:>28}: top1 {acc:6.2f}")
+    print(f"{'oracle':>28}: top1 {results['oracle_top1']:6.2f}  (synergy {results['synergy']:+.2f} over "
+          f"{results['best_single']['backbone']})")
+    for name, r in results["combinations"].items():
+        print(f"{name:>28}: top1 {r['top1']:6.2f}")
+    print(f"held-out for fitting: {results['heldout']}")

@@ -1,0 +1,131 @@
+"""`clipadapt captions`: CLIPScore / RefCLIPScore with and without DN, and Kendall τ-b/τ-c to human judgments."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import torch
+
+from clipadapt.cli._common import write_results
+from clipadapt.errors import ConfigError, DatasetError, FeatureDirError
+from clipadapt.eval.captions import evaluate_caption_scores
+from clipadapt.eval.runners.dn import add_dn_arguments
+from clipadapt.features.io import _load_tensors
+from clipadapt.report.tables import markdown_table, write_table
+
+COMMAND = "captions"
+HELP = "caption scoring: CLIPScore/RefCLIPScore with and without DN, Kendall tau to human judgments"
+REF_SEP = "||"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--judgments", type=Path, required=True,
+                        help="CSV, one row per human judgment: image, caption, human[, references] (docs/dn.md)")
+    parser.add_argument("--embeddings", type=Path,
+                        help="safetensors with 'image' (N, D), 'caption' (M, D)[, 'reference' (K, D)]: the CSV's "
+                             "image/caption/references columns are then row indices (references ';'-separated)")
+    parser.add_argument("--image-root", type=Path, help="without --embeddings: folder the CSV's image paths are relative to")
+    parser.add_argument("--model", help="without --embeddings: model id ARCH@TAG to encode images and captions")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--dn-pool", type=Path,
+                        help="with --dn-source unlabeled: safetensors with 'image' and 'text' raw embeddings for the means")
+    add_dn_arguments(parser, source_default="test", sources=("test", "unlabeled"), samples_default=None)
+    parser.add_argument("--out", type=Path, help="results JSON")
+    parser.add_argument("--table", type=Path, help="correlation table (.md or .csv)")
+    parser.add_argument("--scores-out", type=Path, help="per-judgment scores CSV")
+
+
+def read_judgments(path: Path) -> list[dict[str, str]]:
+    """Rows of the judgments CSV; 'image', 'caption' and 'human' are required columns."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read judgments CSV ({e})") from e
+    if not rows:
+        raise DatasetError(f"{path}: no judgments")
+    missing = [c for c in ("image", "caption", "human") if c not in rows[0]]
+    if missing:
+        raise DatasetError(f"{path}: missing column(s) {missing}; found {list(rows[0])}")
+    return rows
+
+
+def _int(value: str, path: Path, line: int, column: str, n: int) -> int:
+    try:
+        i = int(value)
+    except ValueError as e:
+        raise DatasetError(f"{path}: line {line}: column '{column}' must be a row index with --embeddings, got '{value}'") from e
+    if not 0 <= i < n:
+        raise DatasetError(f"{path}: line {line}: {column} index {i} outside [0, {n})")
+    return i
+
+
+def _from_embeddings(args: argparse.Namespace, rows: list[dict]) -> tuple:
+    tensors = _load_tensors(args.embeddings)
+    for key in ("image", "caption"):
+        if key not in tensors:
+            raise FeatureDirError(f"{args.embeddings.name}: tensor '{key}' is missing (found: {sorted(tensors)})")
+    image_all, caption_all, ref_all = tensors["image"].float(), tensors["caption"].float(), tensors.get("reference")
+    img_idx = [_int(r["image"], args.judgments, i + 2, "image", image_all.shape[0]) for i, r in enumerate(rows)]
+    cap_idx = [_int(r["caption"], args.judgments, i + 2, "caption", caption_all.shape[0]) for i, r in enumerate(rows)]
+    refs = None
+    if "references" in rows[0] and ref_all is not None:
+        refs = [ref_all.float()[[_int(x, args.judgments, i + 2, "references", ref_all.shape[0]) for x in r["references"].split(";") if x.strip()]]
+                for i, r in enumerate(rows)]
+    pool = (image_all[sorted(set(img_idx))], caption_all[sorted(set(cap_idx))])
+    return image_all[img_idx], caption_all[cap_idx], refs, pool
+
+
+def _from_images(args: argparse.Namespace, rows: list[dict]) -> tuple:
+    from clipadapt.encoders import load_encoder
+    from clipadapt.features.caption_data import encode_captions, encode_image_files
+
+    if not (args.image_root and args.model):
+        raise ConfigError("without --embeddings, give --image-root and --model to encode the CSV's images and captions")
+    encoder = load_encoder(args.model, device=args.device)
+    images = sorted({r["image"] for r in rows})
+    texts = sorted({r["caption"] for r in rows} | {x.strip() for r in rows for x in (r.get("references") or "").split(REF_SEP) if x.strip()})
+    image_emb = encode_image_files(encoder, [args.image_root / p for p in images], args.batch_size)
+    text_emb = encode_captions(encoder, texts, args.batch_size)
+    img_id, txt_id = {p: i for i, p in enumerate(images)}, {t: i for i, t in enumerate(texts)}
+    refs = None
+    if "references" in rows[0]:
+        refs = [text_emb[[txt_id[x.strip()] for x in r["references"].split(REF_SEP) if x.strip()]] for r in rows]
+        if any(ref.shape[0] == 0 for ref in refs):
+            raise DatasetError(f"{args.judgments}: a row has an empty 'references' column")
+    cap_rows = [txt_id[r["caption"]] for r in rows]
+    pool = (image_emb, text_emb[sorted(set(cap_rows))])
+    return image_emb[[img_id[r["image"]] for r in rows]], text_emb[cap_rows], refs, pool
+
+
+def run(args: argparse.Namespace) -> int:
+    rows = read_judgments(args.judgments)
+    try:
+        human = torch.tensor([float(r["human"]) for r in rows])
+    except ValueError as e:
+        raise DatasetError(f"{args.judgments}: column 'human' must be numeric ({e})") from e
+    image, caption, refs, pool = (_from_embeddings if args.embeddings else _from_images)(args, rows)
+    if args.dn_source == "unlabeled":
+        if not args.dn_pool:
+            raise ConfigError("--dn-source unlabeled needs --dn-pool FILE.safetensors (tensors 'image' and 'text')")
+        t = _load_tensors(args.dn_pool)
+        pool = (t["image"].float(), t["text"].float())
+    seeds = [args.dn_seed + r for r in range(args.dn_repeats)]
+    res = evaluate_caption_scores(image, caption, human, refs, lam=args.dn_lambda, n_samples=args.dn_samples,
+                                  seeds=seeds, pool_image=pool[0], pool_text=pool[1])
+    res["dn"].update(source=args.dn_source, transductive=args.dn_source == "test",
+                     note="DN scores are not on CLIPScore's scale (no 2.5x, no clamp, can be negative); compare correlations only")
+    table = [{"metric": m, **c} for m, c in res["correlations"].items()]
+    print(markdown_table(table, digits=4), end="")
+    scores = res.pop("scores")
+    write_results(args.out, res)
+    if args.table:
+        print(f"wrote {write_table(args.table, table)}")
+    if args.scores_out:
+        per_row = [{"image": r["image"], "caption": r["caption"], "human": float(human[i]),
+                    **{m: float(s[i]) for m, s in scores.items()}} for i, r in enumerate(rows)]
+        print(f"wrote {write_table(args.scores_out, per_row)}")
+    return 0

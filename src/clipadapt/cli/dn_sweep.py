@@ -1,0 +1,95 @@
+"""`clipadapt dn-sweep`: DN accuracy / recall vs λ and vs the number of unlabeled samples (table + plot)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from clipadapt.cli._common import write_results
+from clipadapt.errors import ConfigError
+from clipadapt.eval.dn_sweep import (
+    DEFAULT_LAMBDAS,
+    DEFAULT_SAMPLES,
+    classification_evaluator,
+    retrieval_evaluator,
+    sweep_dn,
+)
+from clipadapt.eval.metrics import topk_accuracy
+from clipadapt.eval.retrieval import evaluate_retrieval
+from clipadapt.eval.runners.dn import parse_samples
+from clipadapt.features.io import load_feature_dir
+from clipadapt.features.retrieval_dir import has_retrieval_split, holdout_split, load_retrieval_split
+from clipadapt.methods.zeroshot import ZeroShotClassifier
+from clipadapt.report.dn_plots import plot_dn_sweep
+from clipadapt.report.tables import markdown_table, write_table
+
+COMMAND = "dn-sweep"
+HELP = "DN accuracy/recall vs lambda and vs number of unlabeled samples: table (CSV/md/JSON) + plot (PNG)"
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--features", type=Path, help="feature directory: zero-shot classification top-1")
+    src.add_argument("--embeddings", type=Path, help="retrieval directory: image→text / text→image R@1")
+    parser.add_argument("--split", default="test", help="evaluated split (default: test)")
+    parser.add_argument("--dn-source", default="unlabeled", choices=("unlabeled", "train", "val", "test", "holdout"),
+                        help="pool of the means (default: unlabeled; holdout = retrieval only; test = transductive)")
+    parser.add_argument("--holdout", type=int, default=100, help="retrieval --dn-source holdout: images held out")
+    parser.add_argument("--lambdas", type=_floats, default=list(DEFAULT_LAMBDAS), help="comma-separated λ values")
+    parser.add_argument("--samples", type=_ints, default=list(DEFAULT_SAMPLES), help="comma-separated sample counts")
+    parser.add_argument("--dn-lambda", type=float, default=0.25, help="λ of the sample sweep (default 0.25)")
+    parser.add_argument("--dn-samples", type=parse_samples, default=100, help="samples of the λ sweep (default 100)")
+    parser.add_argument("--seeds", type=int, default=5, help="seeded draws per point (default 5)")
+    parser.add_argument("--out-dir", type=Path, required=True, help="writes sweep.json, sweep.csv, sweep.md, sweep.png")
+
+
+def _classification(args: argparse.Namespace):
+    if args.dn_source == "holdout":
+        raise ConfigError("--dn-source holdout is for --embeddings (retrieval); use unlabeled/train/val/test")
+    fs = load_feature_dir(args.features)
+    pool, test = fs.split(args.dn_source).image, fs.split(args.split)
+    labels = test.labels(args.split)
+    plain = {"top1": topk_accuracy(ZeroShotClassifier().fit(fs.text).predict_logits(test.image), labels, ks=(1,))["top1"]}
+    return classification_evaluator(pool, fs.text, test.image, labels), pool.shape[0], plain, ["top1"]
+
+
+def _retrieval(args: argparse.Namespace):
+    test = load_retrieval_split(args.embeddings, args.split)
+    if args.dn_source == "holdout":
+        test, pool = holdout_split(test, args.holdout)
+    elif args.dn_source == args.split:
+        pool = test
+    elif has_retrieval_split(args.embeddings, args.dn_source):
+        pool = load_retrieval_split(args.embeddings, args.dn_source)
+    else:
+        raise ConfigError(f"{args.embeddings}: no {args.dn_source}.safetensors pool; use --dn-source holdout or test")
+    res = evaluate_retrieval(test.image, test.text, test.text_to_image, ks=(1,))
+    plain = {"i2t R@1": res["i2t"]["R@1"], "t2i R@1": res["t2i"]["R@1"]}
+    evaluate = retrieval_evaluator(test.image, test.text, test.text_to_image, pool.image, pool.text)
+    return evaluate, min(pool.image.shape[0], pool.text.shape[0]), plain, list(plain)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    evaluate, pool_size, plain, metrics = (_classification if args.features else _retrieval)(args)
+    rows = sweep_dn(evaluate, pool_size=pool_size, lambdas=args.lambdas, samples=args.samples,
+                    seeds=list(range(args.seeds)), fixed_lambda=args.dn_lambda, fixed_samples=args.dn_samples)
+    out = args.out_dir
+    columns = ["sweep", "lambda", "n_samples", "n_used", "draws"] + [c for m in metrics for c in (m, f"{m} std")]
+    print(markdown_table(rows, columns), end="")
+    print("plain CLIP: " + ", ".join(f"{k} {v:.2f}" for k, v in plain.items()))
+    write_table(out / "sweep.csv", rows, columns)
+    write_table(out / "sweep.md", rows, columns)
+    write_results(out / "sweep.json", {"plain": plain, "pool_size": pool_size, "dn_source": args.dn_source,
+                                       "transductive": args.dn_source == args.split, "rows": rows})
+    print(f"wrote {plot_dn_sweep(rows, metrics, out / 'sweep.png', baseline=plain)}")
+    return 0

@@ -1,0 +1,121 @@
+"""`clipadapt retrieval`: image↔text R@1/5/10, plain CLIP and with DN, from embeddings or captions + images."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from clipadapt.cli._common import write_results
+from clipadapt.errors import ConfigError
+from clipadapt.eval.retrieval import retrieval_with_dn
+from clipadapt.eval.runners.dn import add_dn_arguments, dn_source_info
+from clipadapt.features.retrieval_dir import (
+    RetrievalSet,
+    has_retrieval_split,
+    holdout_split,
+    load_retrieval_split,
+    save_retrieval_split,
+)
+from clipadapt.report.tables import markdown_table, write_table
+
+COMMAND = "retrieval"
+HELP = "image↔text retrieval recall (R@1/5/10) with and without Distribution Normalization"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    src = parser.add_argument_group("input (embeddings, or caption JSON + images through an encoder)")
+    src.add_argument("--embeddings", type=Path, help="retrieval directory: <split>.safetensors with image, text, text_to_image")
+    src.add_argument("--split", default="test", help="split to evaluate (default: test)")
+    src.add_argument("--captions-json", type=Path, help="Karpathy-style caption JSON (Flickr30k / MSCOCO)")
+    src.add_argument("--image-root", type=Path, help="folder the JSON's image paths are relative to")
+    src.add_argument("--pool-split", default="restval",
+                     help="JSON split(s) (comma-separated) used as the unlabeled pool for DN's means (default: restval)")
+    src.add_argument("--model", help="model id ARCH@TAG for the encoder path")
+    src.add_argument("--device", default=None)
+    src.add_argument("--batch-size", type=int, default=64)
+    src.add_argument("--max-pool", type=int, default=1000, help="encode at most this many pool images (default 1000)")
+    src.add_argument("--save-embeddings", type=Path, help="write the encoded embeddings as a retrieval directory")
+    add_dn_arguments(parser, sources=("unlabeled", "holdout", "test"))
+    parser.add_argument("--holdout", type=int, default=100,
+                        help="with --dn-source holdout: images (with their captions) held out of the evaluation for the means")
+    parser.add_argument("--holdout-seed", type=int, default=0)
+    parser.add_argument("--chunk-size", type=int, default=1024, help="queries scored at once")
+    parser.add_argument("--out", type=Path, help="results JSON")
+    parser.add_argument("--table", type=Path, help="results table (.md or .csv)")
+
+
+def _load_from_json(args: argparse.Namespace) -> tuple[RetrievalSet, RetrievalSet | None]:
+    from clipadapt.encoders import load_encoder
+    from clipadapt.features.caption_data import read_karpathy_json, retrieval_set_from_entries
+
+    if not (args.image_root and args.model):
+        raise ConfigError("--captions-json needs --image-root and --model")
+    encoder = load_encoder(args.model, device=args.device)
+    test = retrieval_set_from_entries(encoder, read_karpathy_json(args.captions_json, [args.split]), args.image_root, args.batch_size)
+    pool = None
+    if args.dn_source == "unlabeled":
+        entries = read_karpathy_json(args.captions_json, args.pool_split.split(","))[: args.max_pool]
+        pool = retrieval_set_from_entries(encoder, entries, args.image_root, args.batch_size)
+    if args.save_embeddings:
+        test.meta["dataset"] = str(args.captions_json)
+        save_retrieval_split(args.save_embeddings, args.split, test)
+        if pool is not None:
+            save_retrieval_split(args.save_embeddings, "unlabeled", pool)
+        print(f"wrote {args.save_embeddings}")
+    return test, pool
+
+
+def _load(args: argparse.Namespace) -> tuple[RetrievalSet, RetrievalSet | None]:
+    if args.embeddings:
+        test = load_retrieval_split(args.embeddings, args.split)
+        pool = None
+        if args.dn_source == "unlabeled":
+            if not has_retrieval_split(args.embeddings, "unlabeled"):
+                raise ConfigError(
+                    f"{args.embeddings}: no unlabeled.safetensors for DN's means; add one, or pass "
+                    "--dn-source holdout (hold out --holdout images) or --dn-source test (transductive)"
+                )
+            pool = load_retrieval_split(args.embeddings, "unlabeled")
+        return test, pool
+    if args.captions_json:
+        return _load_from_json(args)
+    raise ConfigError("give --embeddings DIR, or --captions-json FILE with --image-root and --model")
+
+
+def _pool(args: argparse.Namespace, test: RetrievalSet, pool: RetrievalSet | None) -> tuple[RetrievalSet, RetrievalSet]:
+    """(evaluated set, pool of the means) for --dn-source."""
+    if args.dn_source == "test":
+        return test, test
+    if args.dn_source == "holdout":
+        return holdout_split(test, args.holdout, args.holdout_seed)
+    if pool.image is None or pool.text is None:
+        raise ConfigError("the unlabeled pool needs both 'image' and 'text' embeddings for DN's two means")
+    return test, pool
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.dn_repeats < 1:
+        raise ConfigError(f"--dn-repeats must be >= 1, got {args.dn_repeats}")
+    test, pool = _pool(args, *_load(args))
+    seeds = [args.dn_seed + r for r in range(args.dn_repeats)]
+    res = retrieval_with_dn(test.image, test.text, test.text_to_image, pool.image, pool.text,
+                            lam=args.dn_lambda, n_samples=args.dn_samples, seeds=seeds, chunk_size=args.chunk_size)
+    first = res["dn"]["draws"][0]
+    res["dn"].update(dn_source_info(args.dn_source, args.split, first["n_image_samples"], first["n_text_samples"], args.dn_samples))
+    if args.dn_source == "holdout":
+        res["dn"].update(holdout=args.holdout, holdout_seed=args.holdout_seed)
+    res.update(n_images=int(test.image.shape[0]), n_captions=int(test.text.shape[0]), split=args.split, meta=test.meta)
+    rows = _rows(res)
+    print(markdown_table(rows), end="")
+    write_results(args.out, res)
+    if args.table:
+        print(f"wrote {write_table(args.table, rows)}")
+    return 0
+
+
+def _rows(res: dict) -> list[dict]:
+    plain = {f"{d} {k}": v for d in ("i2t", "t2i") for k, v in res["plain"][d].items()}
+    std = res["dn"]["std"]
+    dn_row = {k: f"{v:.2f} ± {std[k]:.2f}" if len(res["dn"]["draws"]) > 1 else v
+              for k, v in res["dn"]["mean"].items() if k != "rsum"}
+    return [{"method": "CLIP", **plain}, {"method": f"DN (λ={res['dn']['lambda']})", **dn_row}]

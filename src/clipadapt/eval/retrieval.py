@@ -1,0 +1,160 @@
+"""Image↔text retrieval recall, computed in query chunks (never the full (Q, G) score matrix at once).
+
+Ground truth `gt` for Q queries is either a (Q,) int64 tensor (one correct gallery item per query, e.g.
+text→image with `text_to_image`) or a (Q, G) int64 tensor padded with −1 (several correct items, e.g.
+image→text: every caption of the image; build it with `image_to_texts`). A query's rank is the number of
+gallery items scoring strictly higher than its best-scoring correct item (0 = a hit at R@1).
+
+`retrieval_ranks` is the one place that scores a chunk; a sharded / faiss back-end can replace it.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from clipadapt.errors import ConfigError
+from clipadapt.ops import check_same_dim, l2_normalize, pool_views
+
+DEFAULT_KS = (1, 5, 10)
+
+
+def image_to_texts(text_to_image: Tensor, n_images: int) -> Tensor:
+    """(N, G) padded (−1) indices of each image's captions, from the (M,) caption→image map."""
+    text_to_image = text_to_image.long()
+    if text_to_image.numel() and (text_to_image.min() < 0 or text_to_image.max() >= n_images):
+        raise ConfigError(
+            f"text_to_image must hold image indices in [0, {n_images}); got "
+            f"[{int(text_to_image.min())}, {int(text_to_image.max())}]"
+        )
+    counts = torch.bincount(text_to_image, minlength=n_images)
+    if counts.numel() and int(counts.min()) == 0:
+        missing = int((counts == 0).sum())
+        raise ConfigError(f"{missing} of {n_images} images have no caption in text_to_image")
+    order = torch.argsort(text_to_image, stable=True)
+    width = int(counts.max()) if counts.numel() else 0
+    out = torch.full((n_images, width), -1, dtype=torch.long)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.arange(order.numel()) - starts[text_to_image[order]]
+    out[text_to_image[order], slot] = order
+    return out
+
+
+def _as_padded(gt: Tensor | Sequence[Sequence[int]], n_queries: int, n_gallery: int) -> Tensor:
+    if not isinstance(gt, Tensor):
+        width = max((len(g) for g in gt), default=0)
+        gt = torch.tensor([list(g) + [-1] * (width - len(g)) for g in gt], dtype=torch.long).view(len(gt), width)
+    gt = gt.long()
+    if gt.ndim == 1:
+        gt = gt.view(-1, 1)
+    if gt.ndim != 2 or gt.shape[0] != n_queries:
+        raise ConfigError(f"ground truth must give the correct gallery items of each of {n_queries} queries; got {tuple(gt.shape)}")
+    if (gt >= n_gallery).any() or ((gt < 0) & (gt != -1)).any():
+        raise ConfigError(f"ground-truth gallery indices must lie in [0, {n_gallery}) (−1 = padding)")
+    if gt.shape[1] == 0 or (gt < 0).all(dim=1).any():
+        raise ConfigError("every query needs at least one correct gallery item")
+    return gt
+
+
+def retrieval_ranks(
+    query: Tensor, gallery: Tensor, gt: Tensor | Sequence[Sequence[int]], *, chunk_size: int = 1024, progress: bool = False
+) -> Tensor:
+    """(Q,) rank of each query's best correct gallery item under dot-product scores (0 = top)."""
+    check_same_dim(query, gallery, "queries", "gallery")
+    gt = _as_padded(gt, query.shape[0], gallery.shape[0]).to(query.device)
+    if chunk_size < 1:
+        raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}")
+    ranks = torch.empty(query.shape[0], dtype=torch.long, device=query.device)
+    starts = range(0, query.shape[0], chunk_size)
+    for start in tqdm(starts, desc="retrieval", disable=not progress, leave=False):
+        stop = min(start + chunk_size, query.shape[0])
+        scores = query[start:stop] @ gallery.T  # (chunk, G)
+        g = gt[start:stop]
+        correct = scores.gather(1, g.clamp_min(0)).masked_fill(g < 0, float("-inf"))
+        best = correct.max(dim=1, keepdim=True).values
+        ranks[start:stop] = (scores > best).sum(dim=1)
+    return ranks
+
+
+def recall_at_k(ranks: Tensor, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
+    """{'R@k': percent of queries whose rank < k}."""
+    return {f"R@{k}": 100.0 * (ranks < k).float().mean().item() for k in ks}
+
+
+def retrieval_recall(
+    query: Tensor,
+    gallery: Tensor,
+    gt: Tensor | Sequence[Sequence[int]],
+    ks: Iterable[int] = DEFAULT_KS,
+    chunk_size: int = 1024,
+) -> dict[str, float]:
+    """Recall@k (percent) of `query` against `gallery` with dot-product scores (see module docstring)."""
+    return recall_at_k(retrieval_ranks(query, gallery, gt, chunk_size=chunk_size), ks)
+
+
+def evaluate_retrieval(
+    image: Tensor,
+    text: Tensor,
+    text_to_image: Tensor,
+    *,
+    normalizer=None,
+    ks: Iterable[int] = DEFAULT_KS,
+    chunk_size: int = 1024,
+) -> dict[str, dict[str, float]]:
+    """Image→text and text→image recall on raw embeddings: plain cosine, or a fitted DN `normalizer`.
+
+    With DN the scores are S_λ = (norm(f) − λμ_img)·(norm(t) − λμ_txt) (retrieval task, no re-normalisation).
+    """
+    ks = tuple(ks)
+    if text_to_image.shape[0] != text.shape[0]:
+        raise ConfigError(f"text_to_image has {text_to_image.shape[0]} entries but there are {text.shape[0]} captions")
+    if normalizer is None:
+        img, txt = l2_normalize(pool_views(image)), l2_normalize(text)  # (N, V, D): views averaged raw (TTA)
+    else:
+        if normalizer.task == "classification":
+            raise ConfigError("evaluate_retrieval needs a DistributionNormalizer with task='retrieval'")
+        img, txt = normalizer.transform_image(image), normalizer.transform_text(text)
+    i2t = retrieval_recall(img, txt, image_to_texts(text_to_image, image.shape[0]), ks, chunk_size)
+    t2i = retrieval_recall(txt, img, text_to_image, ks, chunk_size)
+    return {"i2t": i2t, "t2i": t2i, "rsum": sum(i2t.values()) + sum(t2i.values())}
+
+
+def summarize_draws(draws: Sequence[dict], directions: Sequence[str] = ("i2t", "t2i")) -> dict[str, dict[str, float]]:
+    """Mean and std over seeded DN draws of every recall: {'mean': {'i2t R@1': ..}, 'std': {...}}."""
+    from clipadapt.eval.metrics import mean_std
+
+    mean, std = {}, {}
+    for d in directions:
+        for k in draws[0][d]:
+            mean[f"{d} {k}"], std[f"{d} {k}"] = mean_std(draw[d][k] for draw in draws)
+    mean["rsum"], std["rsum"] = mean_std(draw["rsum"] for draw in draws)
+    return {"mean": mean, "std": std}
+
+
+def retrieval_with_dn(
+    image: Tensor,
+    text: Tensor,
+    text_to_image: Tensor,
+    pool_image: Tensor,
+    pool_text: Tensor,
+    *,
+    lam: float,
+    n_samples: int | None,
+    seeds: Sequence[int] = (0,),
+    ks: Iterable[int] = DEFAULT_KS,
+    chunk_size: int = 1024,
+) -> dict:
+    """Plain and DN recall on the evaluated set; DN's means from (`pool_image`, `pool_text`), one fit per seed."""
+    from clipadapt.methods.dn import DistributionNormalizer
+
+    ks = tuple(ks)
+    plain = evaluate_retrieval(image, text, text_to_image, ks=ks, chunk_size=chunk_size)
+    draws = []
+    for seed in seeds:
+        dn = DistributionNormalizer(lam=lam, n_samples=n_samples, seed=seed, task="retrieval").fit(pool_image, pool_text)
+        result = evaluate_retrieval(image, text, text_to_image, normalizer=dn, ks=ks, chunk_size=chunk_size)
+        draws.append({"seed": seed, **result, "n_image_samples": dn.n_image_samples_, "n_text_samples": dn.n_text_samples_})
+    return {"plain": plain, "dn": {"lambda": lam, **summarize_draws(draws), "draws": draws}}

@@ -1,0 +1,109 @@
+"""`clipadapt eval --method dn`: zero-shot classification with Distribution Normalization (METHODS.md §2)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from clipadapt.errors import ConfigError, FeatureDirError
+from clipadapt.eval.metrics import classification_report, mean_std
+from clipadapt.eval.registry import MethodResult, register_eval_method
+from clipadapt.features.featureset import FeatureSet
+from clipadapt.methods.dn import DEFAULT_LAMBDA, DistributionNormalizer
+from clipadapt.methods.zeroshot import ZeroShotClassifier
+
+
+def parse_samples(value: str) -> int | None:
+    """'all' -> None (every row), else a positive integer."""
+    if str(value).lower() == "all":
+        return None
+    try:
+        n = int(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got '{value}'") from e
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {n}")
+    return n
+
+
+def add_dn_arguments(parser: argparse.ArgumentParser | Any, *, source_default: str = "unlabeled", sources=None,
+                     samples_default: int | None = 100) -> None:
+    """The --dn-* options shared by `eval --method dn`, `retrieval`, `captions` and `dn-sweep`."""
+    parser.add_argument("--dn-lambda", type=float, default=DEFAULT_LAMBDA,
+                        help=f"λ in S=(φ−λμ_img)·(ψ−λμ_txt); {DEFAULT_LAMBDA} = DN* (default), 0.5 = theory's DN, 0 = plain CLIP")
+    shown = "all" if samples_default is None else samples_default
+    parser.add_argument("--dn-samples", type=parse_samples, default=samples_default,
+                        help=f"unlabeled samples drawn for each mean (default {shown}; 'all' = every row)")
+    parser.add_argument("--dn-source", default=source_default, choices=sources,
+                        help=f"where the means come from (default {source_default}); 'test' is transductive")
+    parser.add_argument("--dn-repeats", type=int, default=1, help="seeded draws of the samples; report mean ± std")
+    parser.add_argument("--dn-seed", type=int, default=0, help="seed of the first draw (draw r uses seed + r)")
+
+
+def _source_images(features: FeatureSet, args: argparse.Namespace):
+    """Images of --dn-source: from the loaded features, or extracted through the cache for --model/--dataset."""
+    source = args.dn_source
+    if features.has_split(source):
+        return features.split(source).image
+    if getattr(args, "model", None) and getattr(args, "dataset", None) and not getattr(args, "features", None):
+        from clipadapt.features.pipeline import feature_set_from_args  # heavy imports only when encoding
+
+        return feature_set_from_args(args, splits=[source]).split(source).image
+    try:
+        return features.split(source).image
+    except FeatureDirError as e:
+        raise FeatureDirError(
+            f"{e} — DN's means come from --dn-source {source}; add an 'unlabeled' split or pass "
+            "--dn-source train|val|test (test = transductive)"
+        ) from e
+
+
+def dn_source_info(source: str, evaluated: str, n_image: int, n_text: int, asked: int | None) -> dict[str, Any]:
+    """What results.json records about where DN's means came from."""
+    return {
+        "source": source,
+        "transductive": source == evaluated,
+        "n_samples_requested": "all" if asked is None else asked,
+        "n_image_samples_used": n_image,
+        "n_text_samples_used": n_text,
+    }
+
+
+def _add_eval_arguments(parser) -> None:
+    add_dn_arguments(parser, sources=("unlabeled", "train", "val", "test"))
+
+
+@register_eval_method("dn", help="zero-shot + Distribution Normalization (METHODS.md §2)",
+                      add_arguments=_add_eval_arguments)  # the --dn-source split is fetched on demand
+def run_dn(features: FeatureSet, args: argparse.Namespace) -> MethodResult:
+    if args.dn_repeats < 1:
+        raise ConfigError(f"--dn-repeats must be >= 1, got {args.dn_repeats}")
+    pool = _source_images(features, args)
+    test = features.split(args.split)
+    labels = test.label
+    draws, first_logits, n_image = [], None, 0
+    for r in range(args.dn_repeats):
+        seed = args.dn_seed + r
+        model = DistributionNormalizer(lam=args.dn_lambda, n_samples=args.dn_samples, seed=seed).fit(pool, features.text)
+        logits = model.predict_logits(test.image)
+        n_image = model.n_image_samples_
+        if first_logits is None:
+            first_logits = logits
+        if labels is not None:
+            draws.append({"seed": seed, **classification_report(logits, labels)})
+    extra: dict[str, Any] = {"dn": dn_source_info(args.dn_source, args.split, n_image, model.n_text_samples_, args.dn_samples)}
+    extra["dn"]["views"] = test.views  # V > 1: test-time augmentation, raw views averaged before DN
+    if labels is not None:  # the same split without DN, so one results file shows DN's effect
+        extra["without_dn"] = classification_report(ZeroShotClassifier(logit_scale=model.logit_scale).fit(features.text).predict_logits(test.image), labels)
+    if draws and args.dn_repeats > 1:
+        summary = {}
+        for key in ("top1", "top5"):
+            mean, std = mean_std(d[key] for d in draws)
+            summary[f"{key}_mean"], summary[f"{key}_std"] = mean, std
+        extra["dn_repeats"] = {"repeats": args.dn_repeats, **summary, "draws": draws,
+                               "note": "top1/top5 at the top level are those of the first draw (seed --dn-seed)"}
+        print(f"dn over {args.dn_repeats} draws: top1 {summary['top1_mean']:.2f} ± {summary['top1_std']:.2f}")
+    hyper = {"lambda": args.dn_lambda, "n_samples": args.dn_samples if args.dn_samples is not None else "all",
+             "seed": args.dn_seed, "order": "classification: norm(f − λμ_img) · norm(W − λμ_txt)ᵀ, μ_img of raw f",
+             "logit_scale": model.logit_scale}
+    return MethodResult(logits=first_logits, hyperparameters=hyper, extra=extra)

@@ -1,0 +1,141 @@
+"""`clipadapt eval --method dn` and `clipadapt dn-sweep` end to end on small feature directories."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_clustered_features
+
+from clipadapt.cli import main
+from clipadapt.features import FeatureSet, FeatureSplit, save_feature_dir
+
+
+def _literal_top1(pool, text, test, labels, lam):
+    mu_img = pool.mean(0)
+    if text.ndim == 3:  # (C, T, D): prompt ensemble written out — normalise templates, average, re-normalise
+        text = torch.stack([sum(t / t.norm() for t in text[k]) / text.shape[1] for k in range(text.shape[0])])
+    classes = text / text.norm(dim=1, keepdim=True)
+    mu_txt = classes.mean(0)
+    correct = 0
+    for i in range(test.shape[0]):
+        f = test[i] - lam * mu_img
+        f = f / f.norm()
+        scores = [float(f @ ((classes[k] - lam * mu_txt) / (classes[k] - lam * mu_txt).norm())) for k in range(text.shape[0])]
+        correct += int(np.argmax(scores) == int(labels[i]))
+    return 100.0 * correct / test.shape[0]
+
+
+@pytest.fixture
+def dn_featdir(tmp_path):
+    protos, test, labels = make_clustered_features(seed=0)
+    _, unl, _ = make_clustered_features(seed=3, per_class=30)
+    offset = 2.0 * torch.randn(protos.shape[1], generator=torch.Generator().manual_seed(9))
+    fs = FeatureSet(classnames=[f"c{i}" for i in range(5)], text=protos,
+                    splits={"test": FeatureSplit(test + offset, labels), "unlabeled": FeatureSplit(unl + offset)},
+                    meta={"model": "synthetic"})
+    return save_feature_dir(fs, tmp_path / "fd"), fs
+
+
+def test_eval_dn_all_samples_matches_literal_top1(tmp_path, dn_featdir):
+    fd, fs = dn_featdir
+    out = tmp_path / "r.json"
+    assert main(["eval", "--features", str(fd), "--method", "dn", "--dn-samples", "all", "--dn-lambda", "0.5", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    expected = _literal_top1(fs.split("unlabeled").image, fs.text, fs.split("test").image, fs.split("test").label, 0.5)
+    assert res["top1"] == pytest.approx(expected)
+    assert res["dn"]["source"] == "unlabeled" and res["dn"]["transductive"] is False
+    assert res["dn"]["n_image_samples_used"] == 150 and res["hyperparameters"]["lambda"] == 0.5
+
+
+def test_eval_dn_repeats_report_mean_std_and_each_draw(tmp_path, dn_featdir):
+    fd, fs = dn_featdir
+    out = tmp_path / "r.json"
+    assert main(["eval", "--features", str(fd), "--method", "dn", "--dn-samples", "5", "--dn-repeats", "4", "--out", str(out)]) == 0
+    rep = json.loads(out.read_text())["dn_repeats"]
+    top1 = [d["top1"] for d in rep["draws"]]
+    assert [d["seed"] for d in rep["draws"]] == [0, 1, 2, 3]
+    mean = sum(top1) / 4
+    std = math.sqrt(sum((t - mean) ** 2 for t in top1) / 3)
+    assert rep["top1_mean"] == pytest.approx(mean) and rep["top1_std"] == pytest.approx(std)
+    # each draw's value is what a single run with that seed gives
+    single = tmp_path / "s.json"
+    assert main(["eval", "--features", str(fd), "--method", "dn", "--dn-samples", "5", "--dn-seed", "2", "--out", str(single)]) == 0
+    assert json.loads(single.read_text())["top1"] == pytest.approx(top1[2])
+
+
+def test_eval_dn_transductive_source_is_labelled(tmp_path, dn_featdir):
+    fd, _ = dn_featdir
+    out = tmp_path / "r.json"
+    assert main(["eval", "--features", str(fd), "--method", "dn", "--dn-source", "test", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["dn"]["transductive"] is True
+
+
+def test_eval_dn_fewer_samples_records_number_used(tmp_path, dn_featdir):
+    fd, _ = dn_featdir
+    out = tmp_path / "r.json"
+    with pytest.warns(UserWarning, match="only 150 are available"):
+        assert main(["eval", "--features", str(fd), "--method", "dn", "--dn-samples", "1000", "--out", str(out)]) == 0
+    dn = json.loads(out.read_text())["dn"]
+    assert dn["n_samples_requested"] == 1000 and dn["n_image_samples_used"] == 150
+
+
+def test_eval_dn_without_unlabeled_split_says_what_to_do(tmp_path, synthetic_featureset, capsys):
+    fd = save_feature_dir(synthetic_featureset, tmp_path / "fd")
+    assert main(["eval", "--features", str(fd), "--method", "dn"]) == 2
+    err = capsys.readouterr().err
+    assert "split 'unlabeled' not found" in err and "--dn-source" in err
+
+
+def test_dn_sweep_writes_table_and_plot(tmp_path, dn_featdir):
+    fd, fs = dn_featdir
+    out = tmp_path / "sweep"
+    assert main(["dn-sweep", "--features", str(fd), "--lambdas", "0,0.5", "--samples", "1,10,1000", "--seeds", "3",
+                 "--out-dir", str(out)]) == 0
+    for name in ("sweep.csv", "sweep.md", "sweep.json", "sweep.png"):
+        assert (out / name).stat().st_size > 0
+    res = json.loads((out / "sweep.json").read_text())
+    rows = res["rows"]
+    assert [(r["sweep"], r["lambda"]) for r in rows if r["sweep"] == "lambda"] == [("lambda", 0.0), ("lambda", 0.5)]
+    # 1000 > the 150-row pool: replaced by one row using all 150 (evaluated once, deterministic)
+    assert [(r["n_used"], r["draws"]) for r in rows if r["sweep"] == "samples"] == [(1, 3), (10, 3), (150, 1)]
+    lam0 = next(r for r in rows if r["sweep"] == "lambda" and r["lambda"] == 0.0)
+    assert lam0["top1"] == pytest.approx(res["plain"]["top1"]) and lam0["top1 std"] == 0.0
+    whole = next(r for r in rows if r["n_used"] == 150)
+    expected = _literal_top1(fs.split("unlabeled").image, fs.text, fs.split("test").image, fs.split("test").label, 0.25)
+    assert whole["top1"] == pytest.approx(expected)
+
+
+def test_eval_dn_with_tta_views_averages_raw_views_and_reports_both(tmp_path):
+    protos, test, labels = make_clustered_features(seed=0, views=4)
+    _, unl, _ = make_clustered_features(seed=3, views=4, per_class=10)
+    fs = FeatureSet(classnames=[f"c{i}" for i in range(5)], text=protos,
+                    splits={"test": FeatureSplit(test, labels), "unlabeled": FeatureSplit(unl)})
+    fd = save_feature_dir(fs, tmp_path / "fd")
+    out = tmp_path / "r.json"
+    assert main(["eval", "--features", str(fd), "--method", "dn", "--dn-samples", "all", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    pooled_test = torch.stack([sum(test[i, v] for v in range(4)) / 4 for i in range(test.shape[0])])
+    pooled_pool = torch.stack([sum(unl[i, v] for v in range(4)) / 4 for i in range(unl.shape[0])])
+    assert res["top1"] == pytest.approx(_literal_top1(pooled_pool, protos, pooled_test, labels, 0.25))
+    assert res["without_dn"]["top1"] == pytest.approx(_literal_top1(pooled_pool, protos, pooled_test, labels, 0.0))
+    assert res["dn"]["views"] == 4
+
+
+def test_eval_dn_through_model_and_dataset_fetches_the_source_split(tmp_path):
+    """--model/--dataset: the --dn-source split is extracted through the cache like the evaluated one."""
+    from _imagedata import make_imagefolder
+
+    from clipadapt.features.pipeline import clear_encoder_memo, get_feature_set
+
+    spec = f"imagefolder:{make_imagefolder(tmp_path / 'folder')}"
+    model, out = "clipadapt-test-tiny-vit", tmp_path / "r.json"
+    assert main(["eval", "--model", model, "--dataset", spec, "--method", "dn", "--dn-source", "train", "--dn-samples", "all",
+                 "--dn-lambda", "0.5", "--cache-dir", str(tmp_path / "c"), "--device", "cpu", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    fs = get_feature_set(model, spec, ["train", "test"], cache_dir=tmp_path / "c", progress=False)
+    clear_encoder_memo()
+    test = fs.split("test")
+    assert res["top1"] == pytest.approx(_literal_top1(fs.split("train").image, fs.text, test.image, test.label, 0.5))
+    assert res["dn"]["n_image_samples_used"] == 6 and res["dn"]["transductive"] is False
