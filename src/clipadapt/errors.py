@@ -29,3 +29,7 @@ class NotFittedError(ClipadaptError, AttributeError):
 
 class ConfigError(ClipadaptError, ValueError):
     """An argument or hyper-parameter is out of its valid range."""
+
+
+class AdapterError(ClipadaptError):
+    """An IMO adapter checkpoint is missing, malformed, or does not fit the model."""

@@ -1,0 +1,94 @@
+"""`clipadapt adapter train|info`: train IMO adapters on a generic labelled image set; inspect a checkpoint."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+COMMAND = "adapter"
+HELP = "train IMO adapters (supervised or DINO self-supervised) or show an adapter checkpoint"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="adapter_command", metavar="ACTION", required=True)
+    train = sub.add_parser("train", help="train adapters; resumes when --out holds an unfinished run",
+                           description="Train IMO bottleneck adapters in a frozen open_clip ViT (METHODS.md §5).")
+    train.add_argument("--model", required=True, help="model id, e.g. ViT-B-16@openai (ViT visual towers only)")
+    train.add_argument("--data", required=True, help="generic labelled image set spec, e.g. imagefolder:/data/oi")
+    train.add_argument("--split", default="train", help="split of --data to train on (default: train)")
+    train.add_argument("--mode", choices=["supervised", "selfsup"], default="supervised")
+    train.add_argument("--out", type=Path, required=True, help="checkpoint directory (adapter.safetensors, "
+                       "adapter.json, train_state.pt for resuming, train_log.json)")
+    g = train.add_argument_group("hyper-parameters (defaults: METHODS.md §5)")
+    g.add_argument("--width", type=int, default=64, help="bottleneck width (default: 64)")
+    g.add_argument("--scale", type=float, default=None, help="residual scale s (default: 0.03 supervised, 0.1 selfsup)")
+    g.add_argument("--dropout", type=float, default=0.1)
+    g.add_argument("--lr", type=float, default=None, help="AdamW lr (default: 8e-3 supervised; 5e-4*batch/256 selfsup)")
+    g.add_argument("--weight-decay", type=float, default=0.01)
+    g.add_argument("--batch-size", type=int, default=128)
+    g.add_argument("--epochs", type=int, default=None, help="default: 1 supervised, 10 selfsup")
+    g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in total")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--local-crops", type=int, default=10, help="selfsup: local crops per image (default: 10)")
+    g.add_argument("--dino-out-dim", type=int, default=65536, help="selfsup: DINO head output dimension")
+    r = train.add_argument_group("running")
+    r.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    r.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto = bf16 autocast on cuda, fp32 on cpu")
+    r.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
+    r.add_argument("--save-every", type=int, default=200, help="write a resumable checkpoint every k steps")
+    r.add_argument("--no-progress", action="store_true", help="no progress bar")
+    info = sub.add_parser("info", help="print an adapter checkpoint's config and weights sha256")
+    info.add_argument("checkpoint", type=Path, help="checkpoint directory or adapter .safetensors file")
+
+
+def run(args: argparse.Namespace) -> int:
+    return _train(args) if args.adapter_command == "train" else _info(args)
+
+
+def _info(args: argparse.Namespace) -> int:
+    from clipadapt.adapters.imo_adapter import checkpoint_paths, file_sha256, load_adapter_checkpoint
+
+    tensors, config = load_adapter_checkpoint(args.checkpoint)
+    weights, _ = checkpoint_paths(args.checkpoint)
+    config["weights_sha256"] = file_sha256(weights)
+    config["parameters"] = sum(t.numel() for t in tensors.values())
+    print(json.dumps(config, indent=2))
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    from clipadapt.adapters.training import AdapterTrainConfig, train_adapters
+    from clipadapt.data import build_dataset
+    from clipadapt.encoders import load_encoder
+
+    config = AdapterTrainConfig(
+        mode=args.mode, width=args.width, scale=args.scale, dropout=args.dropout, lr=args.lr,
+        weight_decay=args.weight_decay, batch_size=args.batch_size, epochs=args.epochs, max_steps=args.max_steps,
+        seed=args.seed, save_every=args.save_every, num_workers=args.num_workers, local_crops=args.local_crops,
+        dino_out_dim=args.dino_out_dim,
+    ).resolved()
+    dataset = build_dataset(args.data, args.split)
+    encoder = load_encoder(args.model, device=args.device, precision="fp32")  # weights stay fp32; autocast below
+    use_bf16 = args.precision == "bf16" or (args.precision == "auto" and encoder.device.type == "cuda")
+    print(f"training {args.mode} IMO adapters in {encoder.model_id} on {args.data} ({args.split}, "
+          f"{len(dataset)} images, {len(dataset.classnames)} classes) on {encoder.device}")
+    result = train_adapters(
+        encoder.model, dataset, args.out, config=config, num_classes=len(dataset.classnames),
+        preprocess=encoder.preprocess, model_name=encoder.model_id,
+        extra_config={"arch": encoder.model_id, "data": args.data, "split": args.split,
+                      "dataset_fingerprint": dataset.fingerprint(), "precision": "bf16" if use_bf16 else "fp32"},
+        progress=not args.no_progress, autocast_dtype=torch.bfloat16 if use_bf16 else None,
+    )
+    if result.start_step >= result.total_steps:
+        print(f"already complete: {result.step} steps in {args.out}")
+    elif result.start_step:
+        print(f"resumed at step {result.start_step}")
+    tail = result.losses[-min(20, len(result.losses)):] if result.losses else []
+    if tail:
+        print(f"step {result.step}/{result.total_steps}: mean loss of the last {len(tail)} steps {sum(tail) / len(tail):.4f}")
+    print(f"wrote {result.checkpoint} (+ adapter.json)")
+    return 0

@@ -1,0 +1,97 @@
+"""`clipadapt imo`: the intra-modal-overlap metric (METHODS.md §5) of a split, with a histogram plot."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from clipadapt.cli._common import add_feature_source_arguments, load_features_from_args
+from clipadapt.errors import ConfigError
+from clipadapt.features import FeatureSet
+
+COMMAND = "imo"
+HELP = "intra-modal overlap of same- vs different-class image similarities (JSON, markdown, histogram PNG)"
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    add_feature_source_arguments(parser)
+    parser.add_argument("--adapter", type=Path, help="with --model/--dataset: also measure the features of this "
+                        "IMO adapter checkpoint (directory or .safetensors) beside the original ones")
+    parser.add_argument("--adapted-features", type=Path, help="with --features: a second feature directory "
+                        "(e.g. extracted with an adapter) to compare against")
+    parser.add_argument("--split", default="test", help="split to measure (default: test)")
+    parser.add_argument("--bins", type=int, default=100, help="histogram bins over [-1, 1] (default: 100)")
+    parser.add_argument("--max-pairs", type=int, default=20_000_000,
+                        help="sample this many pairs (seeded) when the split has more; 0 = always exact "
+                        "(default: 20,000,000)")
+    parser.add_argument("--sample", choices=["items", "pairs"], default="items",
+                        help="how to sample when over --max-pairs: all pairs among a random subset of items "
+                        "(fast, default) or independent uniform pairs")
+    parser.add_argument("--seed", type=int, default=0, help="pair-sampling seed (default: 0)")
+    parser.add_argument("--out", type=Path, required=True, help="output directory: imo.json, imo.md, imo_hist.png")
+
+
+def _feature_sets(args: argparse.Namespace) -> dict[str, FeatureSet]:
+    """{"original": ..., ["adapted": ...]} from the arguments."""
+    from clipadapt.features.io import load_feature_dir
+
+    if args.features:
+        if args.adapter:
+            raise ConfigError("--adapter needs --model/--dataset (features are extracted with it); "
+                              "with --features give --adapted-features DIR")
+        sets = {"original": load_feature_dir(args.features, splits=[args.split])}
+        if args.adapted_features:
+            sets["adapted"] = load_feature_dir(args.adapted_features, splits=[args.split])
+        return sets
+    if args.adapted_features:
+        raise ConfigError("--adapted-features goes with --features DIR")
+    base = argparse.Namespace(**{**vars(args), "adapter": None, "seed": 0})  # --seed is the pair-sampling seed
+    sets = {"original": load_features_from_args(base, splits=[args.split])}
+    if args.adapter:
+        from clipadapt.adapters.imo_adapter import checkpoint_paths
+
+        weights, _ = checkpoint_paths(args.adapter)
+        sets["adapted"] = load_features_from_args(argparse.Namespace(**{**vars(args), "adapter": weights, "seed": 0}),
+                                                  splits=[args.split])
+    return sets
+
+
+def run(args: argparse.Namespace) -> int:
+    from clipadapt.adapters import imo_overlap
+    from clipadapt.report import markdown_table, write_json
+    from clipadapt.report.imo_plot import plot_imo_histograms
+    from clipadapt.features.io import atomic_write_bytes
+
+    sets = _feature_sets(args)
+    max_pairs = args.max_pairs or None
+    results, rows = {}, []
+    for name, fs in sets.items():
+        split = fs.split(args.split)
+        r = imo_overlap(split.image, split.labels(args.split), bins=args.bins, max_pairs=max_pairs, seed=args.seed,
+                        sample=args.sample)
+        results[name] = r
+        rows.append({"features": name, "overlap": r.overlap, "same_mean": r.same_mean, "diff_mean": r.diff_mean,
+                     "n_same": r.n_same, "n_diff": r.n_diff, "sampled": r.sampled})
+    args.out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "split": args.split,
+        "bins": args.bins,
+        "max_pairs": max_pairs,
+        "seed": args.seed,
+        "sample": args.sample,
+        "results": {name: {**r.to_dict(), "features": sets[name].describe()} for name, r in results.items()},
+    }
+    if "adapted" in results:
+        report["overlap_change"] = results["adapted"].overlap - results["original"].overlap
+    write_json(args.out / "imo.json", report)
+    table = markdown_table(rows, digits=4)
+    atomic_write_bytes(args.out / "imo.md", (f"# IMO overlap, split {args.split}\n\n{table}\n").encode())
+    model = sets["original"].meta.get("model", "?")
+    plot_imo_histograms(results, args.out / "imo_hist.png", title=f"IMO: {model}, split {args.split}")
+    print(table)
+    for name, r in results.items():
+        if r.sampled:
+            how = "among a random subset of items" if r.sample == "items" else "drawn independently"
+            print(f"{name}: {r.n_same + r.n_diff:,} of {r.total_pairs:,} pairs sampled ({how}, seed {r.seed})")
+    print(f"wrote {args.out / 'imo.json'}, {args.out / 'imo.md'}, {args.out / 'imo_hist.png'}")
+    return 0
