@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -92,15 +94,22 @@ def test_streaming_mean_equals_literal_mean(tmp_path):
 
 
 def _literal_pair_counts(image, label, bins):
-    """Double loop over i < j: cosine of the pair, its bin on [-1, 1], same or different class."""
+    """Double loop over i < j: cosine of the pair, its bin [e_b, e_b+1) on [-1, 1] (last bin closed)."""
     x = image.double()
+    edges = np.linspace(-1, 1, bins + 1)
     same, diff = [0] * bins, [0] * bins
     for i in range(len(x)):
         for j in range(i + 1, len(x)):
             cos = float(x[i] @ x[j] / (x[i].norm() * x[j].norm()))
-            b = min(int((min(max(cos, -1.0), 1.0) + 1) / 2 * bins), bins - 1)
+            b = min(max(int(np.searchsorted(edges, cos, side="right")) - 1, 0), bins - 1)
             (same if label[i] == label[j] else diff)[b] += 1
     return same, diff
+
+
+def _counts(result):
+    width = result.bin_edges[1:] - result.bin_edges[:-1]
+    return ((result.same_hist * result.n_same * width).round().long().tolist(),
+            (result.diff_hist * result.n_diff * width).round().long().tolist())
 
 
 def test_streaming_pair_histograms_equal_a_double_loop(tmp_path):
@@ -109,15 +118,31 @@ def test_streaming_pair_histograms_equal_a_double_loop(tmp_path):
     same, diff = _literal_pair_counts(split.image, split.label, bins=13)
     for source, rows in ((sharded, 4), (sharded, 29), (split, 7)):
         h = streaming_pair_histograms(source, bins=13, chunk_rows=rows)
-        assert h.same_counts.tolist() == same and h.diff_counts.tolist() == diff
-        assert h.n_same + h.n_diff == 29 * 28 // 2
+        assert _counts(h) == (same, diff)
+        assert h.n_same + h.n_diff == h.total_pairs == 29 * 28 // 2 and not h.sampled
+
+
+def test_streaming_imo_equals_in_memory_imo_overlap_on_real_embeddings(tmp_path, coco500):
+    from clipadapt.adapters import imo_overlap
+
+    image, _ = coco500
+    label = torch.arange(500) % 7
+    sharded = save_sharded_split(tmp_path, "train", FeatureSplit(image, label), shard_size=120)
+    streamed = streaming_pair_histograms(sharded, chunk_rows=100)
+    in_memory = imo_overlap(image, label)
+    assert torch.equal(streamed.same_hist, in_memory.same_hist)
+    assert torch.equal(streamed.diff_hist, in_memory.diff_hist)
+    assert torch.equal(streamed.bin_edges, in_memory.bin_edges)
+    assert (streamed.n_same, streamed.n_diff, streamed.total_pairs) == (in_memory.n_same, in_memory.n_diff, in_memory.total_pairs)
+    assert streamed.overlap == pytest.approx(in_memory.overlap, abs=1e-12)
+    assert streamed.same_mean == pytest.approx(in_memory.same_mean, abs=1e-6)
 
 
 def test_overlap_of_identical_and_disjoint_distributions():
     # disjoint: same-class pairs at cos 1, different-class pairs at cos -1 -> overlap 0
     image = torch.tensor([[1.0, 0.0], [1.0, 0.0], [-1.0, 0.0], [-1.0, 0.0]])
     disjoint = streaming_pair_histograms(FeatureSplit(image, torch.tensor([0, 0, 1, 1])), bins=10, chunk_rows=3)
-    assert (disjoint.same_counts[-1], disjoint.diff_counts[0], disjoint.overlap) == (2, 4, 0.0)
+    assert disjoint.overlap == 0.0
     # identical: orthonormal rows, every pair at cos 0 whatever its classes -> overlap 1
     identical = streaming_pair_histograms(FeatureSplit(torch.eye(6), torch.tensor([0, 0, 1, 1, 2, 2])), bins=10)
     assert identical.overlap == pytest.approx(1.0)

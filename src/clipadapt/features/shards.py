@@ -317,76 +317,46 @@ def streaming_mean(chunks: Iterable[Tensor | tuple[Tensor, Tensor | None]], *, n
     return (total / count).float()
 
 
-@dataclass
-class PairHistograms:
-    """Counts of same-class and different-class cosine similarities of all pairs i<j on common bins over [-1, 1]."""
-
-    same_counts: Tensor  # (bins,) int64
-    diff_counts: Tensor  # (bins,) int64
-    bin_edges: Tensor  # (bins + 1,) float64
-
-    @property
-    def n_same(self) -> int:
-        return int(self.same_counts.sum())
-
-    @property
-    def n_diff(self) -> int:
-        return int(self.diff_counts.sum())
-
-    @property
-    def bin_width(self) -> float:
-        return float(self.bin_edges[1] - self.bin_edges[0])
-
-    def densities(self) -> tuple[Tensor, Tensor]:
-        """(p, u): same- and different-class densities (each integrates to 1 over [-1, 1])."""
-        p = self.same_counts.double() / max(self.n_same, 1) / self.bin_width
-        u = self.diff_counts.double() / max(self.n_diff, 1) / self.bin_width
-        return p, u
-
-    @property
-    def overlap(self) -> float:
-        """IMO overlap Σ_b min(p_b, u_b)·Δ ∈ [0, 1] (METHODS.md §5); lower is better."""
-        p, u = self.densities()
-        return float(torch.minimum(p, u).sum() * self.bin_width)
-
-
-def _bin_index(sims: Tensor, bins: int) -> Tensor:
-    """Bin of each similarity on `bins` equal bins over [-1, 1]; values are clamped (|cos| can exceed 1 by rounding)
-    and 1.0 falls in the last bin."""
-    return ((sims.double().clamp(-1, 1) + 1) / 2 * bins).long().clamp_max(bins - 1)
-
-
 def streaming_pair_histograms(
     source: ShardedSplit | FeatureSplit,
     *,
-    bins: int = 200,
+    bins: int | None = None,
     chunk_rows: int = 4096,
-    normalize: bool = True,
-) -> PairHistograms:
-    """Same-/different-class histograms of the cosine similarity of every pair i<j, chunk against chunk.
+):
+    """The IMO metric (METHODS.md §5) of a split read chunk by chunk: every pair i<j, exact, no sampling.
 
-    Exact (all N(N-1)/2 pairs, no sampling) with memory O(chunk_rows²): the split is read once per chunk
-    (`source` may be a memory-mapped ShardedSplit). Views are averaged, rows L2-normalised (unless
-    `normalize=False`). Counts are additive over chunk pairs, so they equal the in-memory computation.
+    Returns the same `clipadapt.adapters.overlap.IMOResult` as the in-memory `imo_overlap(image, label)`:
+    the chunk-against-chunk similarities go through the IMO module's own `PairHistogramAccumulator` (same bins,
+    same bucketing). Memory O(chunk_rows²); the split is read once per chunk, so `source` may be a
+    memory-mapped ShardedSplit larger than memory. Views are averaged and rows L2-normalised.
     """
-    if bins < 1:
-        raise ConfigError(f"bins must be >= 1, got {bins}")
-    same = torch.zeros(bins, dtype=torch.long)
-    diff = torch.zeros(bins, dtype=torch.long)
-    prep = (lambda x: l2_normalize(pool_views(x))) if normalize else pool_views
-    offset_a = 0
+    from clipadapt.adapters.overlap import DEFAULT_BINS, IMOResult, PairHistogramAccumulator, imo_bin_edges, overlap_from_counts
+
+    edges = imo_bin_edges(DEFAULT_BINS if bins is None else bins)
+    acc = PairHistogramAccumulator(edges)
+    n = 0
     for image_a, label_a in iter_split_chunks(source, chunk_rows):
         if label_a is None:
-            raise FeatureDirError(f"split '{getattr(source, 'name', 'split')}' has no labels: IMO histograms need them")
-        a = prep(image_a)
-        # chunks b start at chunk a (same chunk boundaries), so the first b is the diagonal block
-        for j, (image_b, label_b) in enumerate(iter_split_chunks(source, chunk_rows, start=offset_a)):
-            idx = _bin_index(a @ prep(image_b).T, bins)
-            same_class = label_a[:, None] == label_b[None, :]
-            keep = torch.ones_like(same_class)
+            raise FeatureDirError(f"split '{getattr(source, 'name', 'split')}' has no labels: the IMO metric needs them")
+        a = l2_normalize(pool_views(image_a).float())
+        # chunks b start at chunk a with the same boundaries, so the first b is the diagonal block
+        for j, (image_b, label_b) in enumerate(iter_split_chunks(source, chunk_rows, start=n)):
+            sims = a @ l2_normalize(pool_views(image_b).float()).T
+            same = label_a[:, None] == label_b[None, :]
             if j == 0:
-                keep = torch.triu(keep, diagonal=1)  # pairs i < j only
-            same += torch.bincount(idx[keep & same_class], minlength=bins)
-            diff += torch.bincount(idx[keep & ~same_class], minlength=bins)
-        offset_a += image_a.shape[0]
-    return PairHistograms(same, diff, torch.linspace(-1, 1, bins + 1, dtype=torch.float64))
+                upper = torch.triu_indices(sims.shape[0], sims.shape[1], offset=1)
+                sims, same = sims[upper[0], upper[1]], same[upper[0], upper[1]]
+            acc.add(sims, same)
+        n += image_a.shape[0]
+    same_counts, diff_counts, same_sum, diff_sum = acc.result()
+    n_same, n_diff = int(same_counts.sum()), int(diff_counts.sum())
+    if n_same == 0 or n_diff == 0:
+        raise ConfigError(f"streaming IMO: no {'same' if n_same == 0 else 'different'}-class pairs among {n} rows")
+    width = edges[1:] - edges[:-1]
+    return IMOResult(
+        overlap=overlap_from_counts(same_counts, diff_counts),
+        same_hist=same_counts.double() / (n_same * width),
+        diff_hist=diff_counts.double() / (n_diff * width),
+        bin_edges=edges, n_same=n_same, n_diff=n_diff, sampled=False, total_pairs=n * (n - 1) // 2, seed=None,
+        sample=None, same_mean=same_sum / n_same, diff_mean=diff_sum / n_diff,
+    )
