@@ -10,7 +10,21 @@ from clipadapt.errors import (
     WeightsUnavailableError,
 )
 from clipadapt.features import FeatureSet, FeatureSplit, load_feature_dir, save_feature_dir
-from clipadapt.methods import ZeroShotClassifier
+from clipadapt.methods import (
+    DistributionNormalizer,
+    MajorityVote,
+    MaxConfidence,
+    MeanLogits,
+    MeanProbs,
+    MinEntropy,
+    NeuralLogitController,
+    Stacking,
+    TemperatureScaledMean,
+    TipAdapter,
+    TipAdapterF,
+    TipX,
+    ZeroShotClassifier,
+)
 
 __version__ = "0.1.0"
 
@@ -25,6 +39,18 @@ __all__ = [
     "NotFittedError",
     "WeightsUnavailableError",
     "ZeroShotClassifier",
+    "DistributionNormalizer",
+    "TipAdapter",
+    "TipAdapterF",
+    "TipX",
+    "MeanLogits",
+    "MeanProbs",
+    "MajorityVote",
+    "MaxConfidence",
+    "MinEntropy",
+    "TemperatureScaledMean",
+    "Stacking",
+    "NeuralLogitController",
     "load_feature_dir",
     "save_feature_dir",
 ]
