@@ -333,8 +333,26 @@ def test_from_torchvision_wraps_a_map_style_dataset():
 
 
 def test_torchvision_absent_without_download_is_a_clear_error(tmp_path: Path):
-    with pytest.raises(DatasetError, match=r"torchvision:cifar10: cannot load from .*download=True"):
+    with pytest.raises(DatasetError, match=r"torchvision:cifar10: cannot load from .*\?download=1 to the spec"):
         build_dataset(f"torchvision:cifar10:{tmp_path}", "train")
+
+
+@pytest.mark.parametrize("option, expected", [("", False), ("?download=0", False), ("?download=1", True)])
+def test_spec_download_option_reaches_torchvision(tmp_path: Path, monkeypatch, option, expected):
+    """`?download=1` lets every command (extract, eval, fewshot, ...) fetch a torchvision dataset."""
+    import torchvision.datasets as tvd
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, root, download, **kwargs):
+            seen["download"] = download
+            raise RuntimeError("stop here")
+
+    monkeypatch.setattr(tvd, "CIFAR10", Recorder)
+    with pytest.raises(DatasetError):
+        build_dataset(f"torchvision:cifar10:{tmp_path}{option}", "train")
+    assert seen["download"] is expected
 
 
 def test_torchvision_unknown_name_and_split(tmp_path: Path):

@@ -174,6 +174,10 @@ def from_torchvision(
 
 
 # ------------------------------------------------------------------------------------------------- spec builder
+def _truthy(value: str) -> bool:
+    return value.strip().lower() in ("1", "true", "yes")
+
+
 def build_torchvision(spec: Spec, split: str, download: bool) -> ImageDataset:
     entry = torchvision_registry().get(spec.name)
     if entry is None:
@@ -181,7 +185,8 @@ def build_torchvision(spec: Spec, split: str, download: bool) -> ImageDataset:
             f"dataset spec {spec.text!r}: unknown torchvision dataset {spec.name!r}; "
             f"expected one of {', '.join(sorted(torchvision_registry()))}"
         )
-    spec.check_options(OPTIONS if entry.name == "fakedata" else ("templates",))
+    spec.check_options(OPTIONS if entry.name == "fakedata" else ("templates", "download"))
+    download = download or _truthy(spec.options.get("download", ""))
     if split not in entry.splits:
         raise DatasetError(f"torchvision:{entry.name}: no split {split!r}; it has {list(entry.splits)} (docs/datasets.md)")
     import torchvision.datasets as tvd
@@ -199,7 +204,7 @@ def build_torchvision(spec: Spec, split: str, download: bool) -> ImageDataset:
     try:
         dataset = cls(root=str(root), download=download, **kwargs)
     except (RuntimeError, FileNotFoundError, OSError) as e:
-        hint = "" if download else "; pass download=True (CLI: --download) to fetch it"
+        hint = "" if download else "; add ?download=1 to the spec (or pass download=True) to fetch it"
         raise DatasetError(f"torchvision:{entry.name}: cannot load from {root} ({e}){hint}") from e
     classnames = _classnames(entry, dataset)
     return from_torchvision(dataset, name=entry.name, split=split, classnames=classnames, templates=templates)
