@@ -33,3 +33,7 @@ class ConfigError(ClipadaptError, ValueError):
 
 class AdapterError(ClipadaptError):
     """An IMO adapter checkpoint is missing, malformed, or does not fit the model."""
+
+
+class ProtocolError(ClipadaptError):
+    """An evaluation protocol would select or fit on test data (e.g. a validation split that is the test split)."""

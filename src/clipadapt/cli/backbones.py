@@ -9,12 +9,17 @@ from typing import Any
 from clipadapt.errors import ConfigError
 from clipadapt.eval import synergy as syn
 from clipadapt.eval import synergy_inputs as inputs
+from clipadapt.eval.protocol import check_disjoint
 from clipadapt.features.io import atomic_write_bytes
 from clipadapt.report.synergy_plots import accuracy_vs_cost, heatmap
 from clipadapt.report.tables import markdown_table, write_json, write_table
 
 COMMAND = "backbones"
 HELP = "multi-backbone evaluation: oracle, agreement, normalisation study, ensembles, Neural Logit Controller, cost"
+
+HELDOUT_FIX = ("Fit the combiners on train images instead: --val-from-train K (alias of --shots K: K images per class "
+               "from --train-split), or name a disjoint --heldout-split.")
+TRAIN_FIX = "The training split contains test images: give a dataset whose train and test differ, or --no-normalisation-study."
 
 COST_METRICS = {"gflops": ("gflops_per_image", "GFLOPs per image"), "ms": ("ms_per_image", "ms per image"),
                 "params": ("params_image_M", "image-tower parameters (M)")}
@@ -42,7 +47,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     ev = parser.add_argument_group("evaluation")
     ev.add_argument("--split", default="test", help="evaluated split (default: test)")
     ev.add_argument("--heldout-split", default="val", help="labelled split the combiners are fitted on (default: val)")
-    ev.add_argument("--shots", type=int, default=None, help="few-shot mode: held-out = K shots per class from --train-split")
+    ev.add_argument("--shots", "--val-from-train", dest="shots", type=int, default=None, metavar="K",
+                    help="few-shot mode: held-out = K images per class from --train-split (seeded by --seed) instead of "
+                         "--heldout-split; use it when the held-out split is the test set (CoOp's ImageNet val)")
     ev.add_argument("--train-split", default="train", help="training split (few-shot pool, linear probe)")
     ev.add_argument("--seed", type=int, default=1, help="seed of the few-shot draw and the controller")
     ev.add_argument("--thresholds", type=lambda s: [float(x) for x in _csv(s)], default=[0.5, 0.7, 0.8, 0.9, 0.95, 0.99],
@@ -72,6 +79,9 @@ def _from_logits(args: argparse.Namespace) -> tuple[list[str], syn.ScoreSet, syn
         if not args.heldout_labels:
             raise ConfigError("--heldout-logits needs --heldout-labels")
         h_logits, h_labels = inputs.load_logit_set(args.heldout_logits, args.heldout_labels, "held-out")
+        for path, held, evaluated in zip(args.heldout_logits, h_logits, logits):
+            check_disjoint(held[:], evaluated[:], selection_name=f"held-out ({path})", test_name="evaluated",
+                           purpose="fitting the combiners", fix="Give held-out logits of other images than the evaluated ones.")
         h_emb = inputs.load_embedding_set(args.heldout_embeddings, len(h_logits), h_logits[0].shape[0], "held-out")
         heldout = syn.ScoreSet(logits=h_logits, labels=h_labels, embeddings=h_emb)
     names = args.names or [Path(p).stem for p in args.logits]
@@ -100,6 +110,7 @@ def _heldout(args: argparse.Namespace, fsets: dict) -> tuple[syn.ScoreSet | None
     first = next(iter(fsets.values()))
     if args.shots:
         syn.check_aligned_feature_sets(fsets, args.train_split)
+        _check_split(fsets, args.train_split, args.split, "fitting the combiners (few-shot held-out)", TRAIN_FIX)
         desc = f"{args.shots} shots per class from '{args.train_split}' (seed {args.seed})"
         if args.models:  # extracted as the K-shot subset already (plan_dataset_splits)
             return syn.zero_shot_scores(fsets, args.train_split), desc
@@ -110,8 +121,16 @@ def _heldout(args: argparse.Namespace, fsets: dict) -> tuple[syn.ScoreSet | None
         return syn.zero_shot_scores(subset, "heldout"), desc
     if all(fs.has_split(args.heldout_split) for fs in fsets.values()) and args.heldout_split != args.split:
         syn.check_aligned_feature_sets(fsets, args.heldout_split)
+        _check_split(fsets, args.heldout_split, args.split, "fitting the combiners", HELDOUT_FIX)
         return syn.zero_shot_scores(fsets, args.heldout_split), f"split '{args.heldout_split}'"
     return None, "none (only the static combiners run)"
+
+
+def _check_split(fsets: dict, selection: str, test: str, purpose: str, fix: str) -> None:
+    """ProtocolError when split `selection` shares images with the evaluated split `test` (any backbone)."""
+    for name, fs in fsets.items():
+        check_disjoint(fs.split(selection), fs.split(test), selection_name=selection, test_name=test,
+                       dataset=f"{fs.meta.get('dataset') or fs.source or name}", purpose=purpose, fix=fix)
 
 
 def _with_split(fs: Any, name: str, split: Any) -> Any:
@@ -160,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
         heldout, heldout_desc = _heldout(args, fsets)
         model_ids = list(fsets) if args.models else [fs.meta.get("model") for fs in fsets.values()]
         if not args.no_normalisation_study:
+            if all(fs.has_split(args.train_split) for fs in fsets.values()) and args.train_split != args.split:
+                _check_split(fsets, args.train_split, args.split, "training the normalisation study's probes", TRAIN_FIX)
             norm_rows = syn.normalisation_study(fsets, eval_split=args.split, train_split=args.train_split,
                                                 probe_max_iter=args.probe_max_iter, seed=args.seed)
         extra["features"] = {k: fs.describe() for k, fs in fsets.items()}

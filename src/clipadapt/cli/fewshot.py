@@ -9,7 +9,8 @@ from pathlib import Path
 
 from clipadapt.cli._common import add_feature_source_arguments
 from clipadapt.errors import ConfigError
-from clipadapt.eval.fewshot import DirectorySource, FewShotConfig, PipelineSource, run_fewshot, summary_pivot
+from clipadapt.eval.fewshot import VAL_FIX, DirectorySource, FewShotConfig, PipelineSource, run_fewshot, summary_pivot
+from clipadapt.eval.protocol import check_disjoint
 from clipadapt.eval.search import parse_grid
 from clipadapt.features.io import load_feature_dir
 from clipadapt.report.tables import markdown_table, write_json, write_table
@@ -41,6 +42,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     adapted.add_argument("--adapter", type=Path, help="IMO adapter checkpoint for tip++/tipx++ (with --model/--dataset)")
     adapted.add_argument("--adapted-features", type=Path,
                          help="feature directory of the same images through the IMO adapter, for tip++/tipx++ (with --features)")
+    parser.add_argument("--val-from-train", type=int, default=None, metavar="N",
+                        help="validate on N train images per class (per seed, disjoint from that seed's shots; listed in "
+                             "indices/val_seed<S>.json) instead of the 'val' split — needed when val is the test set "
+                             "(CoOp's ImageNet) or absent")
     parser.add_argument("--allow-fewer", action="store_true", help="classes with fewer training images than --shots use all they have")
     parser.add_argument("--grid", action="append", default=[], metavar="FAMILY.PARAM=SPEC",
                         help="override a search grid, e.g. tip.beta=0.1:7:50 or tipx.gamma=0.5,1,2 "
@@ -75,10 +80,14 @@ def build_source(args: argparse.Namespace):
         from clipadapt.data import build_dataset
         from clipadapt.features.pipeline import get_feature_set  # heavy imports only when encoding
 
+        use_val = args.val_from_train is None
+        if use_val:  # fail before encoding anything when 'val' shares images with 'test'
+            check_disjoint(build_dataset(args.dataset, "val"), build_dataset(args.dataset, "test"), selection_name="val",
+                           dataset=args.dataset, purpose="the hyper-parameter search", fix=VAL_FIX)
         fetch = functools.partial(get_feature_set, args.model, args.dataset, cache_dir=args.cache_dir,
                                   device=args.device, batch_size=args.batch_size)
         return PipelineSource(fetch, views=args.views, adapter=args.adapter,
-                              train_dataset=build_dataset(args.dataset, "train"))
+                              train_dataset=build_dataset(args.dataset, "train"), use_val=use_val)
     raise ConfigError("give --features DIR, or both --model and --dataset")
 
 
@@ -97,7 +106,8 @@ def write_outputs(out: Path, results: dict, config: FewShotConfig, source_info: 
 
 def run(args: argparse.Namespace) -> int:
     config = FewShotConfig(shots=args.shots, seeds=args.seeds, methods=args.methods, allow_fewer=args.allow_fewer,
-                           grids=parse_grid_overrides(args.grid), tipf_epochs=args.tipf_epochs, chunk_size=args.chunk_size)
+                           grids=parse_grid_overrides(args.grid), tipf_epochs=args.tipf_epochs, chunk_size=args.chunk_size,
+                           val_from_train=args.val_from_train)
     if config.needs_adapted and not (args.adapter or args.adapted_features):
         raise ConfigError("tip++/tipx++ need --adapted-features DIR (with --features) or --adapter CKPT")
     source = build_source(args)

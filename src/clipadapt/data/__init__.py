@@ -7,7 +7,7 @@
 from clipadapt.data._torchvision import from_torchvision
 from clipadapt.data.catalog import COOP_DATASETS, DatasetInfo, get_templates
 from clipadapt.data.dataset import ImageDataset
-from clipadapt.data.fewshot import load_indices, sample_few_shot, save_indices
+from clipadapt.data.fewshot import load_indices, sample_disjoint, sample_few_shot, save_indices
 from clipadapt.data.registry import build_dataset, get_classnames, list_datasets
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "get_templates",
     "list_datasets",
     "load_indices",
+    "sample_disjoint",
     "sample_few_shot",
     "save_indices",
 ]

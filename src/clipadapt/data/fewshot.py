@@ -80,6 +80,54 @@ def sample_few_shot(
     return sorted(chosen)
 
 
+VALIDATION_STREAM = 1  # seeds default_rng([seed, label, 1]): a stream apart from the shots' [seed, label]
+
+
+def sample_disjoint(
+    labels: Sequence[int],
+    per_class: int,
+    seed: int,
+    *,
+    exclude: Sequence[int] = (),
+    classnames: Sequence[str] | None = None,
+    allow_fewer: bool = False,
+    what: str = "validation",
+) -> list[int]:
+    """`per_class` indices of each class of `labels` that are not in `exclude`, sorted; reproducible from `seed`.
+
+    A validation split drawn from train, disjoint from the shots (`exclude`): per class, the items not excluded
+    (ascending) are permuted by numpy default_rng([seed, label, 1]) and the first `per_class` taken. A class with
+    fewer items left is a DatasetError unless `allow_fewer`, which takes what is left.
+    """
+    if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 1:
+        raise DatasetError(f"{what} images per class must be a positive integer, got {per_class!r}")
+    arr = _as_label_array(labels)
+    excluded = np.zeros(arr.size, dtype=bool)
+    excluded[np.asarray(list(exclude), dtype=np.int64)] = True
+    classes = range(len(classnames)) if classnames is not None else sorted(set(arr.tolist()))
+    chosen: list[int] = []
+    short = []
+    for c in classes:
+        items = np.flatnonzero((arr == c) & ~excluded)
+        if len(items) < per_class:
+            short.append((c, len(items), int((arr == c).sum())))
+        rng = np.random.default_rng([int(seed), int(c), VALIDATION_STREAM])
+        chosen.extend(items[rng.permutation(len(items))[:per_class]].tolist())
+    if short and not allow_fewer:
+        def describe(c: int) -> str:
+            return repr(classnames[c]) if classnames is not None else f"label {c}"
+
+        listed = ", ".join(f"{describe(c)} has {left} left of {total}" for c, left, total in short[:10])
+        more = f" (and {len(short) - 10} more classes)" if len(short) > 10 else ""
+        raise DatasetError(
+            f"{what}: {per_class} images per class are needed beyond the {len(set(exclude))} excluded (shot) images: "
+            f"{listed}{more}; ask for fewer per class, or pass allow_fewer=True (CLI: --allow-fewer) to take what is left"
+        )
+    if not chosen:
+        raise DatasetError(f"{what}: no images left to draw once the {len(set(exclude))} excluded ones are removed")
+    return sorted(chosen)
+
+
 def save_indices(path: str | Path, indices: Sequence[int], *, meta: dict[str, Any]) -> Path:
     """Write `{"format", **meta, "indices"}` as JSON (atomically); meta should hold fingerprint, split, shots, seed."""
     if "indices" in meta or "format" in meta:

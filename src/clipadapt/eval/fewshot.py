@@ -6,7 +6,10 @@ validation split and the chosen model is scored once on test. TA++/TX++ reuse ex
 grids and cache rows as TA/TX, on features computed through the IMO adapter, so the comparison is paired.
 
 Test labels are used in one place only, `_score_test`, after a method has produced its test logits; the fitting
-and search code (`fit_and_predict`) receives the test *features* and never the labels.
+and search code (`fit_and_predict`) receives the test *features* and never the labels. Test *images* are kept out
+of selection too: before any search the validation rows (and the cache rows) are checked against the test split
+(clipadapt.eval.protocol) — on CoOp's ImageNet 'val' is 'test', so the run stops and names `val_from_train`
+(CLI `--val-from-train N`): N train images per class per seed, disjoint from that seed's shots, as validation.
 """
 
 from __future__ import annotations
@@ -20,9 +23,10 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from clipadapt.data.fewshot import sample_few_shot, save_indices
+from clipadapt.data.fewshot import sample_disjoint, sample_few_shot, save_indices
 from clipadapt.errors import ConfigError, FeatureDirError
 from clipadapt.eval.metrics import mean_std, topk_accuracy
+from clipadapt.eval.protocol import check_disjoint
 from clipadapt.eval.search import TIP_GRID, TIPX_GRID, resolve_grid, search_tip_adapter, search_tip_x
 from clipadapt.features.featureset import FeatureSet, FeatureSplit
 from clipadapt.methods.tip_adapter import TipAdapter, TipAdapterF
@@ -48,6 +52,7 @@ class FewShotConfig:
     grids: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     tipf_epochs: int = 20
     chunk_size: int | None = None
+    val_from_train: int | None = None  # N: validate on N train images per class (per seed, disjoint from its shots)
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -57,6 +62,8 @@ class FewShotConfig:
             raise ConfigError(f"shots must be positive integers, got {self.shots}")
         if not self.seeds or not self.methods:
             raise ConfigError("give at least one seed and one method")
+        if self.val_from_train is not None and self.val_from_train < 1:
+            raise ConfigError(f"val_from_train (--val-from-train) must be >= 1 images per class, got {self.val_from_train}")
         for family, given in self.grids.items():
             if family not in DEFAULT_GRIDS or set(given) - set(DEFAULT_GRIDS[family]):
                 raise ConfigError(f"grid {family}.{sorted(given)}: valid are tip.alpha/beta, tipx.alpha/beta/gamma")
@@ -81,6 +88,7 @@ class FewShotSource(Protocol):
     def train_labels(self) -> Tensor: ...
     def eval_split(self, name: str, adapted: bool = False) -> FeatureSplit: ...
     def train_rows(self, indices: list[int], seed: int, adapted: bool = False) -> FeatureSplit: ...
+    def train_eval_rows(self, indices: list[int], adapted: bool = False) -> FeatureSplit: ...
     def describe(self) -> dict[str, Any]: ...
     def index_meta(self) -> dict[str, Any]: ...
 
@@ -116,10 +124,11 @@ class DirectorySource:
     def __init__(self, features: FeatureSet, adapted: FeatureSet | None = None):
         self.features, self.adapted = features, adapted
         self.classnames, self.text, self.meta = features.classnames, features.text, features.meta
-        for name in ("train", "val", "test"):
+        splits = ("train", "val", "test") if features.has_split("val") else ("train", "test")  # val may come from train
+        for name in splits:
             features.split(name).labels(name)
         if adapted is not None:
-            check_paired(features, adapted)
+            check_paired(features, adapted, splits)
 
     def _set(self, adapted: bool) -> FeatureSet:
         if adapted and self.adapted is None:
@@ -134,6 +143,11 @@ class DirectorySource:
 
     def train_rows(self, indices: list[int], seed: int, adapted: bool = False) -> FeatureSplit:
         return self._set(adapted).split("train").subset(indices)
+
+    def train_eval_rows(self, indices: list[int], adapted: bool = False) -> FeatureSplit:
+        """Train rows used as validation: (n, D), a row's augmented views averaged when the split has views."""
+        rows = self._set(adapted).split("train").subset(indices)
+        return FeatureSplit(image=rows.pooled(), label=rows.label, paths=rows.paths)
 
     def index_meta(self) -> dict[str, Any]:
         """Provenance written into each index list (rows of the directory's train split)."""
@@ -158,13 +172,16 @@ class PipelineSource:
     model and dataset bound. Only the sampled train images are encoded with `views` augmented views.
     `train_dataset` (a clipadapt.data.ImageDataset of the train split) gives the labels to sample from without
     encoding anything; without it one un-augmented pass over train is fetched for its labels.
+    `use_val=False` (validation drawn from train) never fetches the dataset's 'val' split.
     """
 
-    def __init__(self, fetch: Fetch, *, views: int = 10, adapter: str | Path | None = None, train_dataset: Any = None):
+    def __init__(self, fetch: Fetch, *, views: int = 10, adapter: str | Path | None = None, train_dataset: Any = None,
+                 use_val: bool = True):
         if views < 1:
             raise ConfigError(f"--views must be >= 1, got {views}")
         self.fetch, self.views, self.adapter, self.train_dataset = fetch, views, adapter, train_dataset
-        self.base = fetch(["val", "test"])
+        self.eval_splits = ["val", "test"] if use_val else ["test"]
+        self.base = fetch(list(self.eval_splits))
         self.classnames, self.text, self.meta = self.base.classnames, self.base.text, self.base.meta
         self._adapted_eval: FeatureSet | None = None
         self._labels: Tensor | None = None
@@ -189,8 +206,8 @@ class PipelineSource:
         if not adapted:
             return self.base.split(name)
         if self._adapted_eval is None:
-            self._adapted_eval = self.fetch(["val", "test"], adapter=self._adapter(True))
-            check_paired(self.base, self._adapted_eval, ("val", "test"))
+            self._adapted_eval = self.fetch(list(self.eval_splits), adapter=self._adapter(True))
+            check_paired(self.base, self._adapted_eval, tuple(self.eval_splits))
         return self._adapted_eval.split(name)
 
     def train_rows(self, indices: list[int], seed: int, adapted: bool = False) -> FeatureSplit:
@@ -201,6 +218,14 @@ class PipelineSource:
                          "train (cache) features")
         if rows.n != len(indices):
             raise FeatureDirError(f"the pipeline returned {rows.n} train rows for {len(indices)} sampled indices")
+        return rows
+
+    def train_eval_rows(self, indices: list[int], adapted: bool = False) -> FeatureSplit:
+        """Train rows used as validation: one un-augmented view each, like the val/test splits."""
+        fs = self.fetch(["train"], views={"train": 1}, indices={"train": indices}, adapter=self._adapter(adapted))
+        rows = fs.split("train")
+        if rows.n != len(indices):
+            raise FeatureDirError(f"the pipeline returned {rows.n} train rows for {len(indices)} validation indices")
         return rows
 
     def describe(self) -> dict[str, Any]:
@@ -278,6 +303,60 @@ def _to(split: FeatureSplit, device: torch.device | str | None) -> FeatureSplit:
     return FeatureSplit(image=split.image.to(device), label=label, paths=split.paths)
 
 
+VAL_FIX = ("Draw validation from train instead: --val-from-train N (library: FewShotConfig(val_from_train=N)) takes N "
+           "train images per class per seed, disjoint from that seed's shots.")
+
+
+def _guard(selection: FeatureSplit, test: FeatureSplit, name: str, dataset: str | None, purpose: str, fix: str) -> None:
+    check_disjoint(selection, test, selection_name=name, dataset=dataset, purpose=purpose, fix=fix)
+
+
+def validation_indices(train_labels: Tensor, shot_lists: dict[int, list[int]], per_class: int, seed: int, *,
+                       classnames: list[str], allow_fewer: bool) -> list[int]:
+    """`per_class` train rows per class for validation, disjoint from every shot list of this seed (`shot_lists`
+    by K; nested, so the largest K's), seeded by `seed` (clipadapt.data.fewshot.sample_disjoint)."""
+    exclude = sorted({i for idx in shot_lists.values() for i in idx})
+    return sample_disjoint(train_labels.tolist(), per_class, seed, exclude=exclude, classnames=classnames,
+                           allow_fewer=allow_fewer, what=f"--val-from-train {per_class} (seed {seed})")
+
+
+class _Validation:
+    """The validation split of each seed: the source's 'val' split (checked against test once), or train rows."""
+
+    def __init__(self, source: FewShotSource, config: FewShotConfig, test: FeatureSplit, device):
+        self.source, self.config, self.test, self.device = source, config, test, device
+        self.dataset = source.meta.get("dataset")
+        self._by_seed: dict[int | None, tuple[FeatureSplit, FeatureSplit | None]] = {}
+
+    def indices_needed(self) -> bool:
+        return self.config.val_from_train is not None
+
+    def get(self, seed: int, indices: list[int] | None) -> tuple[FeatureSplit, FeatureSplit | None]:
+        """(val, adapted val or None) for `seed`; `indices` are its train rows when validating on train."""
+        key = seed if indices is not None else None
+        if key not in self._by_seed:
+            adapted = self.config.needs_adapted
+            if indices is None:
+                try:
+                    val = self.source.eval_split("val")
+                except FeatureDirError as e:
+                    raise FeatureDirError(f"{e}; or validate on train rows: --val-from-train N") from e
+                _guard(val, self.test, "val", self.dataset, "the hyper-parameter search", VAL_FIX)
+                a_val = self.source.eval_split("val", adapted=True) if adapted else None
+            else:
+                val = self.source.train_eval_rows(indices)
+                _guard(val, self.test, f"val (--val-from-train {self.config.val_from_train}, from train)",
+                       self.dataset, "the hyper-parameter search",
+                       "The train split itself contains test images: give a dataset whose train and test differ.")
+                a_val = self.source.train_eval_rows(indices, adapted=True) if adapted else None
+            self._by_seed[key] = (_to(val, self.device), _to(a_val, self.device) if a_val is not None else None)
+        return self._by_seed[key]
+
+
+def _index_meta(source: FewShotSource, **extra: Any) -> dict[str, Any]:
+    return {**source.index_meta(), "split": "train", **extra}
+
+
 def run_fewshot(
     source: FewShotSource,
     config: FewShotConfig,
@@ -286,41 +365,69 @@ def run_fewshot(
     device: torch.device | str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run every (shots, seed, method); returns {'runs': [...], 'summary': [...], 'indices': {...}}."""
+    """Run every (shots, seed, method); returns {'runs', 'summary', 'indices', 'validation'}.
+
+    Validation is the source's 'val' split, or with `config.val_from_train` N train rows per class per seed
+    (disjoint from that seed's shots; listed under indices['val_seed<S>'] and written as val_seed<S>.json).
+    Either way it is checked against the test split first (ProtocolError on any shared image).
+    """
     text = source.text.to(device) if device is not None else source.text
-    val, test = _to(source.eval_split("val"), device), _to(source.eval_split("test"), device)
+    test = _to(source.eval_split("test"), device)
     test_labels = test.labels("test")
-    adapted_eval = None
-    if config.needs_adapted:
-        adapted_eval = (_to(source.eval_split("val", adapted=True), device), _to(source.eval_split("test", adapted=True), device))
+    dataset = source.meta.get("dataset")
+    validation = _Validation(source, config, test, device)
+    if not validation.indices_needed():
+        validation.get(config.seeds[0], None)  # guard before sampling or encoding anything
+    adapted_test = _to(source.eval_split("test", adapted=True), device) if config.needs_adapted else None
     train_labels = source.train_labels()
-    runs: list[dict[str, Any]] = []
     indices: dict[str, list[int]] = {}
-    zero_shot: Prediction | None = None
+    shot_lists: dict[tuple[int, int], list[int]] = {}
+    for shots in config.shots:
+        for seed in config.seeds:
+            idx = sample_shots(train_labels, shots, seed, classnames=source.classnames, allow_fewer=config.allow_fewer)
+            shot_lists[(shots, seed)] = indices[f"shots{shots}_seed{seed}"] = idx
+            if index_dir is not None:
+                save_indices(Path(index_dir) / f"shots{shots}_seed{seed}.json", idx,
+                             meta=_index_meta(source, shots=shots, seed=seed))
+    val_lists: dict[int, list[int]] = {}
+    if validation.indices_needed():
+        n = int(config.val_from_train)  # type: ignore[arg-type]
+        for seed in config.seeds:
+            own = {k: shot_lists[(k, seed)] for k in config.shots}
+            val_lists[seed] = indices[f"val_seed{seed}"] = validation_indices(
+                train_labels, own, n, seed, classnames=source.classnames, allow_fewer=config.allow_fewer)
+            if index_dir is not None:
+                save_indices(Path(index_dir) / f"val_seed{seed}.json", val_lists[seed],
+                             meta=_index_meta(source, role="val", val_per_class=n, seed=seed,
+                                              disjoint_from=[f"shots{k}_seed{seed}.json" for k in config.shots]))
+    runs: list[dict[str, Any]] = []
+    zero_shot: dict[int | None, Prediction] = {}
     jobs = [(k, s) for k in config.shots for s in config.seeds]
     for shots, seed in tqdm(jobs, desc="few-shot (shots, seed)", disable=not progress):
-        idx = sample_shots(train_labels, shots, seed, classnames=source.classnames, allow_fewer=config.allow_fewer)
-        indices[f"shots{shots}_seed{seed}"] = idx
-        if index_dir is not None:
-            save_indices(Path(index_dir) / f"shots{shots}_seed{seed}.json", idx,
-                         meta={**source.index_meta(), "split": "train", "shots": shots, "seed": seed})
+        idx = shot_lists[(shots, seed)]
+        val, adapted_val = validation.get(seed, val_lists.get(seed))
         train = _to(source.train_rows(idx, seed), device)
+        _guard(train, test, "train", dataset, "the Tip-Adapter cache",
+               "The train split itself contains test images: give a dataset whose train and test differ.")
         adapted_train = _to(source.train_rows(idx, seed, adapted=True), device) if config.needs_adapted else None
         for method in config.methods:
             if method == "zeroshot":
-                zero_shot = zero_shot or fit_and_predict(method, config, text, None, val, test.image, seed=seed)
-                pred = zero_shot
+                key = seed if val_lists else None
+                zero_shot[key] = zero_shot.get(key) or fit_and_predict(method, config, text, None, val, test.image, seed=seed)
+                pred = zero_shot[key]
             elif method in ADAPTED_METHODS:
-                assert adapted_eval is not None and adapted_train is not None
+                assert adapted_test is not None and adapted_train is not None and adapted_val is not None
                 pred = fit_and_predict(method.rstrip("+"), config, text, train, val, test.image, seed=seed,
-                                       adapted=(adapted_train, adapted_eval[0], adapted_eval[1].image))
+                                       adapted=(adapted_train, adapted_val, adapted_test.image))
             else:
                 pred = fit_and_predict(method, config, text, train, val, test.image, seed=seed)
-            runs.append({"method": method, "shots": shots, "seed": seed, "cache_size": len(idx),
+            runs.append({"method": method, "shots": shots, "seed": seed, "cache_size": len(idx), "val_size": val.n,
                          "test_top1": _score_test(pred.test_logits, test_labels)["top1"], "val_top1": pred.val_top1,
                          "hyperparameters": pred.hyperparameters})
             log.debug("%s", runs[-1])
-    return {"runs": runs, "summary": summarize(runs, config.methods), "indices": indices}
+    described = ({"source": "train", "per_class": config.val_from_train, "disjoint_from": "the seed's shots",
+                  "indices": {f"seed{s}": f"val_seed{s}" for s in val_lists}} if val_lists else {"source": "split 'val'"})
+    return {"runs": runs, "summary": summarize(runs, config.methods), "indices": indices, "validation": described}
 
 
 def summarize(runs: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:

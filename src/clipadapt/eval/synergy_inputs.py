@@ -142,10 +142,16 @@ def plan_dataset_splits(dataset: str, split: str, *, heldout_split: str | None, 
         splits.append(train_split)
     elif heldout_split and heldout_split != split:
         try:
-            build_dataset(dataset, heldout_split)
-            splits.append(heldout_split)
+            heldout = build_dataset(dataset, heldout_split)
         except DatasetError as e:
             log.info("no held-out split %r in %s (%s): only the static combiners will run", heldout_split, dataset, e)
+        else:  # before encoding anything: a held-out split that is (partly) the test split is an error
+            from clipadapt.eval.protocol import check_disjoint
+
+            check_disjoint(heldout, build_dataset(dataset, split), selection_name=heldout_split, test_name=split,
+                           dataset=dataset, purpose="fitting the combiners",
+                           fix="Fit them on train images instead: --val-from-train K (alias of --shots K).")
+            splits.append(heldout_split)
     return splits, indices
 
 
