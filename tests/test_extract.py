@@ -12,7 +12,8 @@ from _imagedata import corrupt, make_images
 from clipadapt.encoders import load_encoder
 from clipadapt.encoders.augment import row_generator
 from clipadapt.errors import DatasetError
-from clipadapt.features.extract import extract_split, extract_text, plan_shards, read_skipped, shard_path
+from clipadapt.features.extract import extract_split, extract_text, read_skipped
+from clipadapt.features.shards import ShardedSplit, plan_shards, shard_path
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +115,8 @@ def test_skip_drops_corrupt_image_and_records_it(enc, tmp_path):
     skipped = read_skipped(tmp_path / "s")
     assert [s["path"] for s in skipped] == [str(ds.paths[2])] and skipped[0]["row"] == 2
     assert json.loads((tmp_path / "s" / "skipped.json").read_text()) == skipped
+    mapped = ShardedSplit.from_dir(tmp_path / "s").load()  # the same shards read memory-mapped
+    assert torch.equal(mapped.image, split.image) and torch.equal(mapped.label, split.label)
 
 
 def test_fail_names_the_corrupt_path(enc, tmp_path):
