@@ -31,7 +31,7 @@ from torch import Tensor
 
 from clipadapt.errors import CacheError, FeatureDirError
 from clipadapt.features.featureset import FeatureSplit
-from clipadapt.features.io import META_FILE, TEXT_FILE, _load_tensors, atomic_save_tensors, atomic_write_json, load_split
+from clipadapt.features.io import META_FILE, TEXT_FILE, atomic_save_tensors, atomic_write_json, load_split, load_tensors
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ class FeatureCache:
         reason = entry.problem()
         if reason is None:
             try:
-                text = _load_tensors(entry.path / TEXT_FILE)["text"]
+                text = load_tensors(entry.path / TEXT_FILE)["text"]
                 if text.ndim == 3 and text.shape[:2] == (len(key["classnames"]), len(key["templates"])):
                     return text.float()
                 reason = f"text tensor has shape {tuple(text.shape)}"

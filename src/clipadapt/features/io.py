@@ -80,7 +80,9 @@ def read_meta(directory: Path) -> dict[str, Any]:
     return meta
 
 
-def _load_tensors(path: Path) -> dict[str, Tensor]:
+def load_tensors(path: Path) -> dict[str, Tensor]:
+    """Every tensor of a safetensors file; FeatureDirError naming the file when it is missing or unreadable."""
+    path = Path(path)
     if not path.is_file():
         raise FeatureDirError(f"{path}: not found")
     try:
@@ -95,7 +97,8 @@ def _require(tensors: dict[str, Tensor], key: str, path: Path) -> Tensor:
     return tensors[key]
 
 
-def _check_finite(t: Tensor, name: str, path: Path) -> None:
+def check_finite(t: Tensor, name: str, path: Path) -> None:
+    """FeatureDirError naming the file and tensor when `t` holds NaN/Inf (embeddings must be finite)."""
     if not torch.isfinite(t).all():
         bad = int((~torch.isfinite(t)).sum())
         raise FeatureDirError(f"{path.name}: tensor '{name}' contains {bad} NaN/Inf values")
@@ -103,14 +106,14 @@ def _check_finite(t: Tensor, name: str, path: Path) -> None:
 
 def load_text(directory: Path, num_classes: int) -> Tensor:
     path = Path(directory) / TEXT_FILE
-    text = _require(_load_tensors(path), "text", path)
+    text = _require(load_tensors(path), "text", path)
     if text.ndim not in (2, 3):
         raise FeatureDirError(f"{path.name}: tensor 'text' must be (C, D) or (C, T, D), got {tuple(text.shape)}")
     if text.shape[0] != num_classes:
         raise FeatureDirError(
             f"{path.name}: tensor 'text' has {text.shape[0]} classes but meta.json lists {num_classes} classnames"
         )
-    _check_finite(text, "text", path)
+    check_finite(text, "text", path)
     return text.float()
 
 
@@ -118,7 +121,7 @@ def load_split(directory: Path, name: str, *, num_classes: int, dim: int, meta: 
     """Read and validate `<name>.safetensors` against the class count and embedding dimension."""
     directory = Path(directory)
     path = directory / f"{name}.safetensors"
-    tensors = _load_tensors(path)
+    tensors = load_tensors(path)
     image = _require(tensors, "image", path)
     if image.ndim not in (2, 3):
         raise FeatureDirError(f"{path.name}: tensor 'image' must be (N, D) or (N, V, D), got {tuple(image.shape)}")
@@ -128,7 +131,7 @@ def load_split(directory: Path, name: str, *, num_classes: int, dim: int, meta: 
             f"{path.name}: tensor 'image' has shape {tuple(image.shape)} but {TEXT_FILE} 'text' has D={dim} — "
             f"were they computed with the same model?{model}"
         )
-    _check_finite(image, "image", path)
+    check_finite(image, "image", path)
     label = tensors.get("label")
     if label is None and name != "unlabeled":
         raise FeatureDirError(f"{path.name}: tensor 'label' is missing (required for split '{name}')")
