@@ -20,7 +20,6 @@ import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 from typing import Callable
 
 import torch

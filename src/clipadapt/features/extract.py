@@ -12,7 +12,6 @@ torchrun) and one process assembles.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -26,9 +25,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from clipadapt.encoders.augment import normalize_uint8, pil_to_uint8, row_generator, split_eval_transform
-from clipadapt.errors import ConfigError, DatasetError
+from clipadapt.errors import CacheError, ConfigError, DatasetError
 from clipadapt.features.featureset import FeatureSplit
-from clipadapt.features.io import atomic_write_json
+from clipadapt.features.io import atomic_write_json, read_json
 from clipadapt.features.shards import (
     DEFAULT_SHARD_SIZE,
     check_shard_key,
@@ -311,7 +310,7 @@ def extract_split(
 def read_skipped(shard_dir: Path) -> list[dict[str, Any]]:
     """The skipped-row records `extract_split` wrote (row, path, error)."""
     path = Path(shard_dir) / SKIPPED_FILE
-    return json.loads(path.read_text()) if path.is_file() else []
+    return read_json(path, what="skipped-rows file", error=CacheError) if path.is_file() else []
 
 
 # ----------------------------------------------------------------------------------------- text

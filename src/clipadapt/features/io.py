@@ -18,12 +18,13 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from clipadapt.errors import FeatureDirError
+from clipadapt.errors import ClipadaptError, FeatureDirError
 from clipadapt.features.featureset import SPLIT_NAMES, FeatureSet, FeatureSplit
 
 META_FILE = "meta.json"
@@ -66,14 +67,36 @@ def atomic_save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[s
 
 
 # ----------------------------------------------------------------------------------------- reading
+def read_json(path: str | Path, *, what: str, error: type[ClipadaptError] = FeatureDirError) -> Any:
+    """The parsed JSON of `path`; `error` naming the file when it is missing ("<path>: <what> not found") or not
+    valid JSON / UTF-8. `what` says what the file should be, e.g. "shard index", "few-shot index file"."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: {what} not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path}: not valid JSON ({e})") from e
+
+
+def load_npy(path: str | Path, *, what: str, mmap: bool = True, error: type[ClipadaptError] = FeatureDirError) -> np.ndarray:
+    """A .npy array (memory-mapped read-only with `mmap`, so big arrays are read lazily); `error` naming the file
+    when it is missing ("<path>: <what> file not found") or not a readable .npy file. Pickles are refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: {what} file not found")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise error(f"{path}: not a readable .npy file ({e})") from e
+
+
 def read_meta(directory: Path) -> dict[str, Any]:
+    """meta.json of a feature directory, checked to list its class names."""
     path = Path(directory) / META_FILE
     if not path.is_file():
         raise FeatureDirError(f"{path}: not found — a feature directory needs meta.json with 'classnames'")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise FeatureDirError(f"{path}: not valid JSON ({e})") from e
+    meta = read_json(path, what="meta.json")
     names = meta.get("classnames") if isinstance(meta, dict) else None
     if not isinstance(names, list) or not names or not all(isinstance(c, str) for c in names):
         raise FeatureDirError(f"{path}: field 'classnames' must be a non-empty list of strings")

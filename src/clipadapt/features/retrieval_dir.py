@@ -9,7 +9,6 @@ Embeddings are raw (unnormalised), as in feature directories.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import torch
 from torch import Tensor
 
 from clipadapt.errors import FeatureDirError
-from clipadapt.features.io import atomic_save_tensors, atomic_write_json, check_finite, load_tensors
+from clipadapt.features.io import atomic_save_tensors, atomic_write_json, check_finite, load_tensors, read_json
 
 
 @dataclass
@@ -82,7 +81,7 @@ def load_retrieval_split(directory: str | Path, split: str = "test") -> Retrieva
     path = directory / f"{split}.safetensors"
     rs = _validate(load_tensors(path), path, need_map=split != "unlabeled")
     meta_path = directory / "meta.json"
-    rs.meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    rs.meta = read_json(meta_path, what="meta.json") if meta_path.is_file() else {}
     return rs
 
 

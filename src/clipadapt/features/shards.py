@@ -38,7 +38,7 @@ from torch import Tensor
 
 from clipadapt.errors import CacheError, ConfigError, FeatureDirError
 from clipadapt.features.featureset import FeatureSplit
-from clipadapt.features.io import atomic_save_tensors, atomic_write_json
+from clipadapt.features.io import atomic_save_tensors, atomic_write_json, read_json
 from clipadapt.ops import l2_normalize, pool_views
 
 log = logging.getLogger(__name__)
@@ -242,12 +242,7 @@ class ShardedSplit:
         path = Path(path)
         if split is not None:
             path = index_path(path, split)
-        if not path.is_file():
-            raise FeatureDirError(f"{path}: shard index not found")
-        try:
-            index = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise FeatureDirError(f"{path}: not valid JSON ({e})") from e
+        index = read_json(path, what="shard index")
         entries = index.get("shards") if isinstance(index, dict) else None
         if not isinstance(entries, list):
             raise FeatureDirError(f"{path}: field 'shards' must be a list of {{file, start, stop}}")
