@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from clipadapt.features.extract import DEFAULT_SHARD_SIZE
+from clipadapt.features.shards import DEFAULT_SHARD_SIZE
 from clipadapt.features.io import atomic_write_json, read_json, save_feature_dir
 
 COMMAND = "extract"
