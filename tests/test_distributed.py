@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _imagedata import make_images
+from _imagedata import CountingEncoder, make_images
 
 from clipadapt.encoders import load_encoder
 from clipadapt.features.distributed import assign_shards, detect_env
@@ -57,23 +57,6 @@ def reference(enc, images, tmp_path_factory):
     return extract_split(enc, images, shard_dir=shard_dir, batch_size=BATCH, shard_size=SHARD, progress=False)
 
 
-class CountingEncoder:
-    """Wraps an encoder: counts encoded images; raises after `fail_after` batches (a crashed rank)."""
-
-    def __init__(self, enc, fail_after: int | None = None):
-        self.enc, self.fail_after, self.calls, self.images = enc, fail_after, 0, 0
-
-    def __getattr__(self, name):
-        return getattr(self.enc, name)
-
-    def encode_images(self, batch):
-        if self.fail_after is not None and self.calls >= self.fail_after:
-            raise RuntimeError("simulated crash")
-        self.calls += 1
-        self.images += batch.shape[0]
-        return self.enc.encode_images(batch)
-
-
 def test_ranks_of_a_world_write_disjoint_shards_and_rank0_assembles(enc, images, reference, tmp_path):
     plan = plan_shards(N, SHARD)
     for rank in (1, 2):  # ranks 1 and 2 of a world of 3 have written their blocks
@@ -91,7 +74,7 @@ def test_ranks_of_a_world_write_disjoint_shards_and_rank0_assembles(enc, images,
 
 def test_interrupted_run_leaves_whole_shards_and_resumes_identically(enc, images, reference, tmp_path):
     crashing = CountingEncoder(enc, fail_after=5)  # batches of 3 never cross a shard: shards 0..8 done, 8..12 not
-    with pytest.raises(RuntimeError, match="simulated crash"):
+    with pytest.raises(KeyboardInterrupt):
         extract_split(crashing, images, shard_dir=tmp_path, batch_size=BATCH, shard_size=SHARD, progress=False)
     (tmp_path / f".{shard_file_name(8, 12)}.abc.tmp").write_bytes(b"half")  # a dead writer's temp file
     finished = sorted(p.name for p in tmp_path.glob("rows-*.safetensors"))

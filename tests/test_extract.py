@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from _imagedata import corrupt, make_images
+from _imagedata import CountingEncoder, corrupt, make_images
 
 from clipadapt.encoders import load_encoder
 from clipadapt.encoders.augment import row_generator
@@ -19,24 +19,6 @@ from clipadapt.features.shards import ShardedSplit, plan_shards, shard_path
 @pytest.fixture(scope="module")
 def enc():
     return load_encoder("clipadapt-test-tiny-vit", device="cpu")
-
-
-class CountingEncoder:
-    """Wraps an encoder; counts encoded images and can fail after `fail_after` calls (an interrupted run)."""
-
-    def __init__(self, enc, fail_after: int | None = None):
-        self.enc, self.fail_after = enc, fail_after
-        self.calls, self.images = 0, 0
-
-    def __getattr__(self, name):
-        return getattr(self.enc, name)
-
-    def encode_images(self, batch):
-        if self.fail_after is not None and self.calls >= self.fail_after:
-            raise KeyboardInterrupt("simulated interruption")
-        self.calls += 1
-        self.images += batch.shape[0]
-        return self.enc.encode_images(batch)
 
 
 def _loop_features(enc, ds):
