@@ -3,8 +3,8 @@
     PYTHONPATH=src python benchmarks/scale.py [--images 384] [--gallery-chunks 10] [--chunk 4096] [--queries 2000]
 
 1. Extraction throughput of 1 vs 2 torchrun processes on CPU (gloo), tiny ViT (random init, seeded) on generated
-   32×32 images: (a) the shard loop `run_sharded_extraction`, encode time measured inside the ranks (after
-   start-up); (b) the real `torchrun -m clipadapt extract` on PNG files, wall time including start-up.
+   32×32 images: (a) each rank's block of shards through the extraction pipeline's `encode_shards` (as
+   `extract_distributed` runs it), encode time measured inside the ranks (after start-up); (b) the real `torchrun -m clipadapt extract` on PNG files, wall time including start-up.
    Two CPU processes share the box's cores: read the ratios with that.
 2. Peak RSS while scoring a memory-mapped sharded gallery of 10× the chunk size with `chunked_topk`, each
    measured in a fresh process (peak reset via /proc/self/clear_refs), against the full (Q, M) matrix path.
@@ -34,37 +34,41 @@ SRC = ROOT / "src"
 
 # ----------------------------------------------------------------------------------------- 1. extraction
 def _extract_worker(cfg: dict) -> None:
-    """Runs inside each torchrun process: encode `cfg['images']` generated images as shards."""
+    """Runs inside each torchrun process: encode this rank's block of shards of `cfg['images']` generated images."""
     import numpy as np
-    import open_clip
     from PIL import Image
 
-    from clipadapt.encoders.configs import register_model_configs
-    from clipadapt.features.distributed import barrier, detect_env, init_distributed, run_sharded_extraction, shutdown
+    from clipadapt.encoders import load_encoder
+    from clipadapt.features.distributed import assign_shards, barrier, detect_env, init_distributed, shutdown
+    from clipadapt.features.extract import encode_shards
+    from clipadapt.features.shards import plan_shards
+
+    class Generated:
+        """Seeded random 32×32 images, generated on read (the dataset interface extraction needs)."""
+
+        name, split, classnames = "generated", "bench", ["c0", "c1", "c2", "c3"]
+
+        def __init__(self, n: int):
+            self.paths = [f"generated/{i:06d}" for i in range(n)]
+
+        def __len__(self) -> int:
+            return len(self.paths)
+
+        def __getitem__(self, i: int):
+            return Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8)), i % 4
 
     torch.set_num_threads(cfg["threads"])
     env = detect_env()
-    init_distributed(env, "cpu")
-    register_model_configs()
-    torch.manual_seed(0)  # identical random init on every rank
-    model, _, preprocess = open_clip.create_model_and_transforms("clipadapt-test-tiny-vit")
-    model.eval()
-
-    def encode_range(start: int, stop: int):
-        out = []
-        with torch.no_grad():
-            for lo in range(start, stop, cfg["batch"]):
-                ids = range(lo, min(lo + cfg["batch"], stop))
-                imgs = [Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8)) for i in ids]
-                out.append(model.encode_image(torch.stack([preprocess(im) for im in imgs])).float())
-        return torch.cat(out), None
-
+    device = init_distributed(env, "cpu")
+    encoder = load_encoder("clipadapt-test-tiny-vit", device=device)  # seeded random init: identical on every rank
+    mine = assign_shards(plan_shards(cfg["images"], cfg["shard"]), env.rank, env.world_size)
     barrier(env)
     t0 = time.perf_counter()
-    run_sharded_extraction(encode_range, cfg["images"], cfg["out"], split="bench", shard_size=cfg["shard"],
-                           env=env, merge=False, progress=False)
+    encode_shards(encoder, Generated(cfg["images"]), mine, Path(cfg["out"]) / "shards", batch_size=cfg["batch"],
+                  progress=False)
     elapsed = time.perf_counter() - t0
     Path(cfg["out"], f"time{env.rank}.json").write_text(json.dumps({"encode_s": elapsed}))
+    barrier(env)
     shutdown(env)
 
 

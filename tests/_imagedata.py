@@ -77,3 +77,21 @@ def make_imagefolder(root: Path, splits=("train", "test"), per_class: int = 2, c
                 pixels[..., c % 3] += 120
                 Image.fromarray(pixels.astype(np.uint8)).save(folder / f"{i}.png")
     return Path(root)
+
+
+class CountingEncoder:
+    """Wraps an encoder; counts encoded images and can fail after `fail_after` calls (an interrupted run)."""
+
+    def __init__(self, enc, fail_after: int | None = None):
+        self.enc, self.fail_after = enc, fail_after
+        self.calls, self.images = 0, 0
+
+    def __getattr__(self, name):
+        return getattr(self.enc, name)
+
+    def encode_images(self, batch):
+        if self.fail_after is not None and self.calls >= self.fail_after:
+            raise KeyboardInterrupt("simulated interruption")
+        self.calls += 1
+        self.images += batch.shape[0]
+        return self.enc.encode_images(batch)

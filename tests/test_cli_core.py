@@ -61,3 +61,22 @@ def test_every_command_has_help():
     assert {"eval", "import-features"} <= set(sub.choices)
     for name, p in sub.choices.items():
         assert p.description, name
+
+
+def test_building_the_parser_imports_no_heavy_optional_library():
+    """`clipadapt --help` must stay fast: the subcommand modules import torchvision / open_clip / matplotlib /
+    scipy only inside run(). Checked in a fresh interpreter so other tests' imports do not interfere."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    code = (
+        "import sys; import clipadapt.cli as c; c.build_parser(); "
+        "print(','.join(m for m in ('torchvision', 'open_clip', 'matplotlib', 'scipy') if m in sys.modules))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(src)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == ""  # none of them was imported

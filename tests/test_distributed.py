@@ -1,28 +1,33 @@
-"""The distributed shard plan and the generic sharded extraction loop (the torchrun runs themselves are in
-tests/test_distributed_cli.py): every row once, in order; resume skips finished shards; atomic shards."""
+"""The distributed shard plan and the real sharded extraction path (`extract.encode_shards`, as run by each rank
+of `extract_distributed`; the torchrun runs themselves are in tests/test_distributed_cli.py): ranks' blocks
+give the single-process features row for row; an interrupted run leaves only whole shards; a rerun resumes
+with identical output; `ShardedSplit` reads the pipeline's shards memory-mapped."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from _imagedata import CountingEncoder, make_images
 
-from clipadapt.features.distributed import (
-    DistEnv,
-    assign_shards,
-    detect_env,
+from clipadapt.encoders import load_encoder
+from clipadapt.features.distributed import assign_shards, detect_env
+from clipadapt.features.extract import encode_shards, extract_split
+from clipadapt.features.shards import (
+    ShardedSplit,
+    missing_shards,
+    plan_shards,
+    read_shard,
     remove_stale_temp_files,
-    run_sharded_extraction,
-    shard_ranges,
+    shard_file_name,
+    shard_path,
 )
-from clipadapt.features.io import _load_tensors
-from clipadapt.features.shards import ShardedSplit, shard_file_name, write_shard
 
-N, SHARD = 22, 4
+N, SHARD, BATCH = 22, 4, 3
 
 
 def test_shard_plan_covers_every_row_once_in_order():
     for n, size, world in [(22, 4, 2), (10, 3, 4), (5, 10, 3), (0, 4, 2), (100, 7, 3)]:
-        ranges = shard_ranges(n, size)
+        ranges = plan_shards(n, size)
         blocks = [assign_shards(ranges, r, world) for r in range(world)]
         flat = [row for block in blocks for (a, b) in block for row in range(a, b)]
         assert flat == list(range(n))  # no duplicate, no padding, rank order = row order
@@ -35,48 +40,53 @@ def test_detect_env_reads_torchrun_variables():
     assert (env.rank, env.world_size, env.local_rank, env.is_distributed, env.is_main) == (3, 4, 1, True, False)
 
 
-def _encode(calls: list):
-    """A deterministic 'encoder' of row ranges that records what it was asked for."""
-    def encode_range(start, stop):
-        calls.append((start, stop))
-        rows = torch.arange(start, stop, dtype=torch.float32)
-        return torch.stack([rows, rows ** 0.5, -rows], dim=1), torch.arange(start, stop) % 3
-    return encode_range
+@pytest.fixture(scope="module")
+def enc():
+    return load_encoder("clipadapt-test-tiny-vit", device="cpu")
 
 
-def test_ranks_of_a_world_write_disjoint_shards_and_rank0_assembles(tmp_path):
-    calls = {0: [], 1: [], 2: []}
-    # ranks 1 and 2 of a world of 3 have written their blocks; rank 0 then encodes only what is left
-    for rank in (1, 2):
-        encode = _encode(calls[rank])
-        for start, stop in assign_shards(shard_ranges(N, SHARD), rank, 3):
-            write_shard(tmp_path / "test.shards", start, *encode(start, stop))
-    result = run_sharded_extraction(_encode(calls[0]), N, tmp_path, split="test", shard_size=SHARD,
-                                    env=DistEnv(), progress=False)
-    assert calls[0] == [r for r in shard_ranges(N, SHARD) if r not in calls[1] + calls[2]]  # only the rest
-    split = ShardedSplit.open(tmp_path, "test").load()
-    assert torch.equal(split.image[:, 0], torch.arange(N, dtype=torch.float32))  # every row once, in order
-    assert torch.equal(_load_tensors(tmp_path / "test.safetensors")["image"], split.image)
-    assert len(result.skipped) == len(calls[1]) + len(calls[2])
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return make_images(tmp_path_factory.mktemp("images"), N)
 
 
-def test_interrupted_run_resumes_from_finished_shards(tmp_path):
-    calls: list = []
-    encode = _encode(calls)
+@pytest.fixture(scope="module")
+def reference(enc, images, tmp_path_factory):
+    """The single-process extraction."""
+    shard_dir = tmp_path_factory.mktemp("single")
+    return extract_split(enc, images, shard_dir=shard_dir, batch_size=BATCH, shard_size=SHARD, progress=False)
 
-    def failing(start, stop):
-        if start == 12:
-            raise RuntimeError("simulated crash")
-        return encode(start, stop)
 
-    with pytest.raises(RuntimeError):
-        run_sharded_extraction(failing, N, tmp_path, split="test", shard_size=SHARD, progress=False)
-    (tmp_path / "test.shards" / ".00000012-00000016.safetensors.abc.tmp").write_bytes(b"half")  # a dead writer's
-    assert not (tmp_path / "test.shards.json").exists()
-    calls.clear()
-    result = run_sharded_extraction(encode, N, tmp_path, split="test", shard_size=SHARD, progress=False)
-    assert calls == [(12, 16), (16, 20), (20, 22)] and result.skipped == [(0, 4), (4, 8), (8, 12)]
-    assert not list((tmp_path / "test.shards").glob(".*.tmp"))
-    assert torch.equal(ShardedSplit.open(tmp_path, "test").load().image[:, 0], torch.arange(N, dtype=torch.float32))
+def test_ranks_of_a_world_write_disjoint_shards_and_rank0_assembles(enc, images, reference, tmp_path):
+    plan = plan_shards(N, SHARD)
+    for rank in (1, 2):  # ranks 1 and 2 of a world of 3 have written their blocks
+        encode_shards(enc, images, assign_shards(plan, rank, 3), tmp_path, batch_size=BATCH, progress=False)
+    assert missing_shards(tmp_path, plan) == assign_shards(plan, 0, 3)  # only rank 0's block is left
+    rank0 = CountingEncoder(enc)
+    split = extract_split(rank0, images, shard_dir=tmp_path, batch_size=BATCH, shard_size=SHARD, progress=False)
+    assert rank0.images == sum(b - a for a, b in assign_shards(plan, 0, 3))  # it encoded only the rest
+    torch.testing.assert_close(split.image, reference.image, rtol=0, atol=1e-6)  # row for row
+    assert torch.equal(split.label, reference.label) and split.paths == reference.paths
+    mapped = ShardedSplit.from_dir(tmp_path, name="test")  # the same shards, memory-mapped
+    assert (mapped.n, len(mapped.shards)) == (N, len(plan))
+    assert torch.equal(mapped.load().image, split.image) and torch.equal(mapped.load().label, split.label)
+
+
+def test_interrupted_run_leaves_whole_shards_and_resumes_identically(enc, images, reference, tmp_path):
+    crashing = CountingEncoder(enc, fail_after=5)  # batches of 3 never cross a shard: shards 0..8 done, 8..12 not
+    with pytest.raises(KeyboardInterrupt):
+        extract_split(crashing, images, shard_dir=tmp_path, batch_size=BATCH, shard_size=SHARD, progress=False)
+    (tmp_path / f".{shard_file_name(8, 12)}.abc.tmp").write_bytes(b"half")  # a dead writer's temp file
+    finished = sorted(p.name for p in tmp_path.glob("rows-*.safetensors"))
+    assert finished == [shard_file_name(0, 4), shard_file_name(4, 8)]
+    for name in finished:  # everything under a final name is a whole shard
+        tensors, _ = read_shard(tmp_path / name)
+        assert tensors["image"].shape[0] == SHARD
+    assert remove_stale_temp_files(tmp_path) == 1 and not list(tmp_path.glob(".*.tmp"))
     assert remove_stale_temp_files(tmp_path / "missing") == 0
-    assert (tmp_path / "test.shards" / shard_file_name(20, 22)).is_file()
+    resumed = CountingEncoder(enc)
+    split = extract_split(resumed, images, shard_dir=tmp_path, batch_size=BATCH, shard_size=SHARD, progress=False)
+    assert resumed.images == N - 8  # rows 8..21 only
+    torch.testing.assert_close(split.image, reference.image, rtol=0, atol=1e-6)
+    assert torch.equal(split.label, reference.label)
+    assert shard_path(tmp_path, 20, 22).is_file()

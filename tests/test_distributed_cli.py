@@ -86,7 +86,7 @@ def test_rank_killed_mid_write_leaves_no_partial_shard_and_rerun_is_identical(im
     finished = sorted(p.name for p in shard_dirs[0].glob("rows-*.safetensors"))
     assert "rows-000000012-000000016.safetensors" in finished  # rank 1's first shard completed
     assert "rows-000000016-000000020.safetensors" not in finished  # it died before renaming its second
-    from clipadapt.features.extract import read_shard
+    from clipadapt.features.shards import read_shard
 
     for name in finished:  # everything under a final name is a whole shard
         tensors, _ = read_shard(shard_dirs[0] / name)

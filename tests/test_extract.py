@@ -7,35 +7,18 @@ import json
 
 import pytest
 import torch
-from _imagedata import corrupt, make_images
+from _imagedata import CountingEncoder, corrupt, make_images
 
 from clipadapt.encoders import load_encoder
 from clipadapt.encoders.augment import row_generator
 from clipadapt.errors import DatasetError
-from clipadapt.features.extract import extract_split, extract_text, plan_shards, read_skipped, shard_path
+from clipadapt.features.extract import extract_split, extract_text, read_skipped
+from clipadapt.features.shards import ShardedSplit, plan_shards, shard_path
 
 
 @pytest.fixture(scope="module")
 def enc():
     return load_encoder("clipadapt-test-tiny-vit", device="cpu")
-
-
-class CountingEncoder:
-    """Wraps an encoder; counts encoded images and can fail after `fail_after` calls (an interrupted run)."""
-
-    def __init__(self, enc, fail_after: int | None = None):
-        self.enc, self.fail_after = enc, fail_after
-        self.calls, self.images = 0, 0
-
-    def __getattr__(self, name):
-        return getattr(self.enc, name)
-
-    def encode_images(self, batch):
-        if self.fail_after is not None and self.calls >= self.fail_after:
-            raise KeyboardInterrupt("simulated interruption")
-        self.calls += 1
-        self.images += batch.shape[0]
-        return self.enc.encode_images(batch)
 
 
 def _loop_features(enc, ds):
@@ -114,6 +97,8 @@ def test_skip_drops_corrupt_image_and_records_it(enc, tmp_path):
     skipped = read_skipped(tmp_path / "s")
     assert [s["path"] for s in skipped] == [str(ds.paths[2])] and skipped[0]["row"] == 2
     assert json.loads((tmp_path / "s" / "skipped.json").read_text()) == skipped
+    mapped = ShardedSplit.from_dir(tmp_path / "s").load()  # the same shards read memory-mapped
+    assert torch.equal(mapped.image, split.image) and torch.equal(mapped.label, split.label)
 
 
 def test_fail_names_the_corrupt_path(enc, tmp_path):

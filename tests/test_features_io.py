@@ -109,3 +109,33 @@ def test_classifier_is_prompt_ensemble_of_normalised_templates():
     mean = per_template.mean(1)
     expected = mean / mean.norm(dim=-1, keepdim=True)
     assert torch.allclose(fs.classifier(), expected, atol=1e-6)
+
+
+def test_load_npy_memory_maps_and_names_the_file_in_errors(tmp_path):
+    from clipadapt.errors import DatasetError
+    from clipadapt.features.io import load_npy
+
+    arr = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.save(tmp_path / "a.npy", arr)
+    mapped = load_npy(tmp_path / "a.npy", what="logits")
+    assert isinstance(mapped, np.memmap) and np.array_equal(np.asarray(mapped), arr)
+    loaded = load_npy(tmp_path / "a.npy", what="logits", mmap=False)
+    assert not isinstance(loaded, np.memmap) and np.array_equal(loaded, arr)
+    with pytest.raises(FeatureDirError, match=r"missing\.npy: logits file not found"):
+        load_npy(tmp_path / "missing.npy", what="logits")
+    (tmp_path / "bad.npy").write_bytes(b"not an array")
+    with pytest.raises(DatasetError, match=r"bad\.npy: not a readable \.npy file"):
+        load_npy(tmp_path / "bad.npy", what="labels", error=DatasetError)
+
+
+def test_read_json_names_the_file_in_errors(tmp_path):
+    from clipadapt.errors import DatasetError
+    from clipadapt.features.io import read_json
+
+    (tmp_path / "ok.json").write_text('{"a": [1, 2]}')
+    assert read_json(tmp_path / "ok.json", what="index") == {"a": [1, 2]}
+    with pytest.raises(FeatureDirError, match=r"missing\.json: shard index not found"):
+        read_json(tmp_path / "missing.json", what="shard index")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(DatasetError, match=r"bad\.json: not valid JSON"):
+        read_json(tmp_path / "bad.json", what="split file", error=DatasetError)

@@ -41,6 +41,27 @@ def test_recall_matches_brute_force_for_any_chunk_size(small_set, chunk_size):
         assert t2i_r[f"R@{k}"] == pytest.approx(_brute_recall(text, image, [{int(x)} for x in t2i], k))
 
 
+def test_tied_scores_rank_by_lower_gallery_index_like_chunked_topk():
+    """One convention: among equal scores the lower gallery index ranks first (a stable descending sort)."""
+    from clipadapt.eval.retrieval import retrieval_ranks
+
+    g = torch.Generator().manual_seed(3)
+    query = torch.randint(-1, 2, (9, 3), generator=g).float()  # integer vectors: exact scores, many ties
+    gallery = torch.randint(-1, 2, (14, 3), generator=g).float()
+    correct = [[q % 14, (3 * q + 5) % 14] for q in range(9)]
+    literal = []
+    for q in range(9):
+        scores = [float(query[q] @ gallery[m]) for m in range(14)]
+        order = sorted(range(14), key=lambda m: (-scores[m], m))  # stable: ties -> lower index first
+        literal.append(min(order.index(c) for c in correct[q]))
+    assert retrieval_ranks(query, gallery, correct, chunk_size=4).tolist() == literal
+    for k in (1, 2, 5):
+        expected = 100.0 * sum(r < k for r in literal) / 9
+        for chunk_size in (1, 4, 1024):
+            assert retrieval_recall(query, gallery, correct, ks=(k,), chunk_size=chunk_size)[f"R@{k}"] == pytest.approx(expected)
+    assert retrieval_recall(query, gallery, correct, ks=(20,))["R@20"] == 100.0  # k beyond the gallery
+
+
 def test_ground_truth_as_lists_equals_padded_tensor(small_set):
     image, text, t2i = small_set
     lists = [(t2i == i).nonzero().flatten().tolist() for i in range(12)]

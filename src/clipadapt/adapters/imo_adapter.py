@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from clipadapt.errors import AdapterError, ConfigError
+from clipadapt.features.io import read_json
 
 WEIGHTS_FILE = "adapter.safetensors"
 CONFIG_FILE = "adapter.json"
@@ -277,10 +278,7 @@ def load_adapter_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[s
         raise AdapterError(f"{weights_path}: metadata format is {structure['format']!r}, expected {CHECKPOINT_FORMAT!r}")
     config: dict[str, Any] = {}
     if config_path.is_file():
-        try:
-            config = json.loads(config_path.read_text())
-        except json.JSONDecodeError as e:
-            raise AdapterError(f"adapter config {config_path} is not valid JSON: {e}") from e
+        config = read_json(config_path, what="adapter config", error=AdapterError)
         for k in _STRUCTURE_KEYS:
             if k in config and config[k] != structure[k]:
                 raise AdapterError(

@@ -11,7 +11,6 @@ from clipadapt.eval import synergy as syn
 from clipadapt.eval import synergy_inputs as inputs
 from clipadapt.eval.protocol import check_disjoint
 from clipadapt.features.io import atomic_write_bytes
-from clipadapt.report.synergy_plots import accuracy_vs_cost, heatmap
 from clipadapt.report.tables import markdown_table, write_json, write_table
 
 COMMAND = "backbones"
@@ -203,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write(out: Path, report: syn.SynergyReport, results: dict) -> None:
+    from clipadapt.report.synergy_plots import accuracy_vs_cost, heatmap  # matplotlib: only when plotting
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", results)
     sections = []

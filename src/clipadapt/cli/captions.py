@@ -12,7 +12,7 @@ from clipadapt.cli._common import write_results
 from clipadapt.errors import ConfigError, DatasetError, FeatureDirError
 from clipadapt.eval.captions import evaluate_caption_scores
 from clipadapt.eval.runners.dn import add_dn_arguments
-from clipadapt.features.io import _load_tensors
+from clipadapt.features.io import load_tensors
 from clipadapt.report.tables import markdown_table, write_table
 
 COMMAND = "captions"
@@ -64,7 +64,7 @@ def _int(value: str, path: Path, line: int, column: str, n: int) -> int:
 
 
 def _from_embeddings(args: argparse.Namespace, rows: list[dict]) -> tuple:
-    tensors = _load_tensors(args.embeddings)
+    tensors = load_tensors(args.embeddings)
     for key in ("image", "caption"):
         if key not in tensors:
             raise FeatureDirError(f"{args.embeddings.name}: tensor '{key}' is missing (found: {sorted(tensors)})")
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
     if args.dn_source == "unlabeled":
         if not args.dn_pool:
             raise ConfigError("--dn-source unlabeled needs --dn-pool FILE.safetensors (tensors 'image' and 'text')")
-        t = _load_tensors(args.dn_pool)
+        t = load_tensors(args.dn_pool)
         pool = (t["image"].float(), t["text"].float())
     seeds = [args.dn_seed + r for r in range(args.dn_repeats)]
     res = evaluate_caption_scores(image, caption, human, refs, lam=args.dn_lambda, n_samples=args.dn_samples,

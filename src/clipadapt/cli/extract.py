@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from clipadapt.features.extract import DEFAULT_SHARD_SIZE
-from clipadapt.features.io import atomic_write_json, save_feature_dir
+from clipadapt.features.shards import DEFAULT_SHARD_SIZE
+from clipadapt.features.io import atomic_write_json, read_json, save_feature_dir
 
 COMMAND = "extract"
 HELP = "encode a dataset with an open_clip model into the feature cache (raw image + class text embeddings)"
@@ -57,6 +56,7 @@ def _extract(args: argparse.Namespace, encoder=None) -> int:
         for name in fs.splits:
             entry = Path(fs.meta["cache"][name])
             skipped_file = entry / f"{name}.skipped.json"
-            atomic_write_json(args.out / f"{name}.skipped.json", json.loads(skipped_file.read_text()) if skipped_file.is_file() else [])
+            skipped = read_json(skipped_file, what="skipped-rows file") if skipped_file.is_file() else []
+            atomic_write_json(args.out / f"{name}.skipped.json", skipped)
         print(f"wrote feature directory {args.out}")
     return 0

@@ -6,7 +6,6 @@ import argparse
 import fnmatch
 from pathlib import Path
 
-from clipadapt.encoders.registry import model_table
 from clipadapt.report.tables import markdown_table, write_table
 
 COMMAND = "models"
@@ -19,6 +18,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clipadapt.encoders.registry import model_table  # open_clip / torchvision: only when listing
+
     rows = [r for r in model_table() if fnmatch.fnmatch(r["arch"].lower(), args.pattern.lower())]
     print(markdown_table(rows, columns=["arch", "tags", "example"]))
     print(f"\n{len(rows)} architectures; model ids: ARCH@TAG, ARCH@/path/to/checkpoint.pt, hf-hub:ORG/REPO")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from clipadapt.data.catalog import (
 )
 from clipadapt.data.dataset import ImageDataset
 from clipadapt.errors import DatasetError
+from clipadapt.features.io import read_json
 
 log = logging.getLogger(__name__)
 OPTIONS = ("image_dir", "split_file", "templates")
@@ -113,10 +113,7 @@ def _read_split_json(spec: Spec, info: DatasetInfo, root: Path, split: str) -> t
     """CoOp's `split_zhou_<Name>.json`; class names come from the (label, classname) pairs of every split."""
     path = _split_file(spec, info, root, info.split_file)
     image_dir = _image_dir(spec, info, root)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: not valid JSON ({e})") from e
+    data = read_json(path, what="split file", error=DatasetError)
     if not isinstance(data, dict) or split not in data:
         keys = sorted(data) if isinstance(data, dict) else type(data).__name__
         raise DatasetError(f"{path}: expected an object with key {split!r} (lists of [relpath, label, classname]); found {keys}")

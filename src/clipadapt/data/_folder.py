@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 from clipadapt.data._files import scan_images, subdirectories
@@ -11,6 +10,7 @@ from clipadapt.data._spec import Spec
 from clipadapt.data.catalog import get_templates
 from clipadapt.data.dataset import ImageDataset
 from clipadapt.errors import DatasetError
+from clipadapt.features.io import read_json
 
 OPTIONS = ("templates", "name")
 SPLIT_DIRS = ("train", "val", "test")
@@ -118,10 +118,7 @@ def _sidecar_classnames(folder: Path) -> tuple[Path, list[str]] | None:
     if txt.is_file():
         return txt, [line.strip() for line in txt.read_text(encoding="utf-8").splitlines() if line.strip()]
     if js.is_file():
-        try:
-            names = json.loads(js.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise DatasetError(f"{js}: not valid JSON ({e})") from e
+        names = read_json(js, what="class-name file", error=DatasetError)
         if not isinstance(names, list) or not names or not all(isinstance(c, str) for c in names):
             raise DatasetError(f"{js}: expected a non-empty JSON list of class-name strings")
         return js, names

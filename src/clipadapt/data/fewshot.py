@@ -7,14 +7,13 @@ contained in the 4-shot set, and so on; and a class's draw does not depend on th
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from clipadapt.errors import DatasetError
-from clipadapt.features.io import atomic_write_json
+from clipadapt.features.io import atomic_write_json, read_json
 
 INDEX_FORMAT = "clipadapt-fewshot-indices/1"
 SAMPLER = "nested: per class, numpy default_rng([seed, label]).permutation of its indices, first K; sorted"
@@ -140,12 +139,7 @@ def save_indices(path: str | Path, indices: Sequence[int], *, meta: dict[str, An
 def load_indices(path: str | Path, *, fingerprint: str | None = None) -> tuple[list[int], dict[str, Any]]:
     """(indices, meta) from a file written by `save_indices`; with `fingerprint`, check it matches the file's."""
     path = Path(path)
-    if not path.is_file():
-        raise DatasetError(f"{path}: few-shot index file not found")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{path}: not valid JSON ({e})") from e
+    data = read_json(path, what="few-shot index file", error=DatasetError)
     if not isinstance(data, dict) or not isinstance(data.get("indices"), list):
         raise DatasetError(f"{path}: expected a JSON object with an 'indices' list (written by save_indices)")
     indices = data.pop("indices")

@@ -2,10 +2,12 @@
 
 Ground truth `gt` for Q queries is either a (Q,) int64 tensor (one correct gallery item per query, e.g.
 text→image with `text_to_image`) or a (Q, G) int64 tensor padded with −1 (several correct items, e.g.
-image→text: every caption of the image; build it with `image_to_texts`). A query's rank is the number of
-gallery items scoring strictly higher than its best-scoring correct item (0 = a hit at R@1).
+image→text: every caption of the image; build it with `image_to_texts`).
 
-`retrieval_ranks` is the one place that scores a chunk; a sharded / faiss back-end can replace it.
+Scoring goes through the chunked top-k engine of `clipadapt.eval.topk` (one convention for the whole project):
+a gallery item's rank is the number of items scoring strictly higher plus the tied items of lower gallery
+index (ties: lower index first, as a stable descending sort); a query's rank is that of its best correct item
+(0 = a hit at R@1). `chunk_size` is the number of queries scored at once against the whole gallery.
 """
 
 from __future__ import annotations
@@ -14,9 +16,8 @@ from typing import Iterable, Sequence
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
-
 from clipadapt.errors import ConfigError
+from clipadapt.eval.topk import chunked_ranks, chunked_recall_at_k
 from clipadapt.ops import check_same_dim, l2_normalize, pool_views
 
 DEFAULT_KS = (1, 5, 10)
@@ -60,23 +61,13 @@ def _as_padded(gt: Tensor | Sequence[Sequence[int]], n_queries: int, n_gallery: 
 
 
 def retrieval_ranks(
-    query: Tensor, gallery: Tensor, gt: Tensor | Sequence[Sequence[int]], *, chunk_size: int = 1024, progress: bool = False
+    query: Tensor, gallery: Tensor, gt: Tensor | Sequence[Sequence[int]], *, chunk_size: int = 1024
 ) -> Tensor:
-    """(Q,) rank of each query's best correct gallery item under dot-product scores (0 = top)."""
+    """(Q,) rank of each query's best correct gallery item under dot-product scores (0 = top; ties: lower
+    gallery index first). `chunked_ranks` over gallery chunks of `chunk_size` rows."""
     check_same_dim(query, gallery, "queries", "gallery")
     gt = _as_padded(gt, query.shape[0], gallery.shape[0]).to(query.device)
-    if chunk_size < 1:
-        raise ConfigError(f"chunk_size must be >= 1, got {chunk_size}")
-    ranks = torch.empty(query.shape[0], dtype=torch.long, device=query.device)
-    starts = range(0, query.shape[0], chunk_size)
-    for start in tqdm(starts, desc="retrieval", disable=not progress, leave=False):
-        stop = min(start + chunk_size, query.shape[0])
-        scores = query[start:stop] @ gallery.T  # (chunk, G)
-        g = gt[start:stop]
-        correct = scores.gather(1, g.clamp_min(0)).masked_fill(g < 0, float("-inf"))
-        best = correct.max(dim=1, keepdim=True).values
-        ranks[start:stop] = (scores > best).sum(dim=1)
-    return ranks
+    return chunked_ranks(query, gallery, gt, chunk_size=chunk_size)
 
 
 def recall_at_k(ranks: Tensor, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
@@ -91,8 +82,15 @@ def retrieval_recall(
     ks: Iterable[int] = DEFAULT_KS,
     chunk_size: int = 1024,
 ) -> dict[str, float]:
-    """Recall@k (percent) of `query` against `gallery` with dot-product scores (see module docstring)."""
-    return recall_at_k(retrieval_ranks(query, gallery, gt, chunk_size=chunk_size), ks)
+    """Recall@k (percent) of `query` against `gallery` with dot-product scores (see module docstring):
+    `chunked_recall_at_k` with `chunk_size` queries at a time against the whole gallery."""
+    check_same_dim(query, gallery, "queries", "gallery")
+    gt = _as_padded(gt, query.shape[0], gallery.shape[0]).to(query.device)
+    ks = tuple(ks)
+    n_gallery = gallery.shape[0]
+    within = tuple(min(k, n_gallery) for k in ks)  # R@k for k beyond the gallery = R@(gallery size)
+    recall = chunked_recall_at_k(query, gallery, gt, within, chunk_size=max(n_gallery, 1), query_chunk_size=chunk_size)
+    return {f"R@{k}": recall[f"R@{w}"] for k, w in zip(ks, within)}
 
 
 def evaluate_retrieval(

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from clipadapt.errors import FeatureDirError, WeightsUnavailableError
 from clipadapt.features.featureset import FeatureSet
-from clipadapt.features.io import load_feature_dir
+from clipadapt.features.io import load_feature_dir, load_npy
 from clipadapt.methods.ensembles import check_array_list
 
 log = logging.getLogger(__name__)
@@ -27,12 +27,7 @@ log = logging.getLogger(__name__)
 def load_logits_file(path: str | Path) -> np.ndarray:
     """A (N, C) .npy array, memory-mapped (read lazily, chunk by chunk)."""
     path = Path(path)
-    if not path.is_file():
-        raise FeatureDirError(f"{path}: logits file not found")
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as e:
-        raise FeatureDirError(f"{path}: not a readable .npy file ({e})") from e
+    arr = load_npy(path, what="logits")
     if arr.ndim != 2:
         raise FeatureDirError(f"{path}: expected (N, C) logits, got shape {arr.shape}")
     return arr
@@ -41,9 +36,7 @@ def load_logits_file(path: str | Path) -> np.ndarray:
 def load_labels_file(path: str | Path, n: int, num_classes: int, what: str) -> Tensor:
     """(N,) integer labels from .npy, checked against the logits they label."""
     path = Path(path)
-    if not path.is_file():
-        raise FeatureDirError(f"{path}: labels file not found")
-    arr = np.load(path, allow_pickle=False)
+    arr = load_npy(path, what="labels", mmap=False)
     if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
         raise FeatureDirError(f"{path}: labels must be a 1-D integer array, got shape {arr.shape} dtype {arr.dtype}")
     if arr.shape[0] != n:

@@ -31,7 +31,15 @@ from torch import Tensor
 
 from clipadapt.errors import CacheError, FeatureDirError
 from clipadapt.features.featureset import FeatureSplit
-from clipadapt.features.io import META_FILE, TEXT_FILE, _load_tensors, atomic_save_tensors, atomic_write_json, load_split
+from clipadapt.features.io import (
+    META_FILE,
+    TEXT_FILE,
+    atomic_save_tensors,
+    atomic_write_json,
+    load_split,
+    load_tensors,
+    read_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +214,7 @@ class FeatureCache:
         reason = entry.problem()
         if reason is None:
             try:
-                text = _load_tensors(entry.path / TEXT_FILE)["text"]
+                text = load_tensors(entry.path / TEXT_FILE)["text"]
                 if text.ndim == 3 and text.shape[:2] == (len(key["classnames"]), len(key["templates"])):
                     return text.float()
                 reason = f"text tensor has shape {tuple(text.shape)}"
@@ -233,7 +241,7 @@ class FeatureCache:
                 dim = int(entry.manifest().get("dim", 0))
                 loaded = load_split(entry.path, split, num_classes=num_classes, dim=dim)
                 skipped_path = entry.path / f"{split}.skipped.json"
-                skipped = json.loads(skipped_path.read_text()) if skipped_path.is_file() else []
+                skipped = read_json(skipped_path, what="skipped-rows file") if skipped_path.is_file() else []
                 return loaded, skipped
             except (FeatureDirError, OSError, json.JSONDecodeError, ValueError) as e:
                 reason = str(e)

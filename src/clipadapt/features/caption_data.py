@@ -7,7 +7,6 @@ file is IMAGE_ROOT/filepath/filename (or IMAGE_ROOT/filename without 'filepath')
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,16 +15,14 @@ from torch import Tensor
 from tqdm import tqdm
 
 from clipadapt.errors import DatasetError
+from clipadapt.features.io import read_json
 from clipadapt.features.retrieval_dir import RetrievalSet
 
 
 def read_karpathy_json(path: str | Path, splits: Sequence[str]) -> list[dict[str, Any]]:
     """The image entries of `splits` (in file order), each with 'path' (relative) and 'captions'."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise DatasetError(f"{path}: cannot read caption JSON ({e})") from e
+    data = read_json(path, what="caption JSON", error=DatasetError)
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DatasetError(f"{path}: expected a Karpathy-style JSON object with a list 'images'")
     out = []

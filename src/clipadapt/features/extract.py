@@ -1,18 +1,18 @@
 """Encode a dataset split into raw image embeddings, shard by shard, resumably; encode class prompts.
 
-Shards cover fixed row ranges `[start, end)` of the dataset and are written atomically as
-`<shard_dir>/rows-<start>-<end>.safetensors` (tensors `image`, `label`, `row`; the rows skipped for unreadable
-images are listed in the file's metadata). A run finds the shards already written, encodes only the missing
-ones, then `assemble_shards` concatenates them in row order. Because every shard is independent (and the random
-views of row i depend only on (seed, i)), N processes can each encode a disjoint subset of
-`plan_shards(...)` (e.g. `shards[rank::world_size]` under torchrun) and one process assembles.
+Shards cover fixed row ranges `[start, end)` of the dataset and are written with the project's one shard
+writer, `features.shards.write_shard` (atomic; `<shard_dir>/rows-<start>-<end>.safetensors`, tensors `image`,
+`row` and, for labelled data, `label`; the rows skipped for unreadable images are listed in the file's
+metadata). A run finds the shards already written (`shards.missing_shards`), encodes only the missing ones,
+then `assemble_shards` concatenates them in row order; `shards.ShardedSplit.from_dir(shard_dir)` reads the same
+files memory-mapped instead. Because every shard is independent (and the random views of row i depend only on
+(seed, i)), N processes can each encode a disjoint block of `plan_shards(...)` (`features.distributed` under
+torchrun) and one process assembles.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Protocol, Sequence
 
 import torch
-from safetensors import safe_open
 from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -28,14 +27,21 @@ from tqdm.auto import tqdm
 from clipadapt.encoders.augment import normalize_uint8, pil_to_uint8, row_generator, split_eval_transform
 from clipadapt.errors import CacheError, ConfigError, DatasetError
 from clipadapt.features.featureset import FeatureSplit
-from clipadapt.features.io import atomic_save_tensors, atomic_write_json
+from clipadapt.features.io import atomic_write_json, read_json
+from clipadapt.features.shards import (
+    DEFAULT_SHARD_SIZE,
+    check_shard_key,
+    missing_shards,
+    plan_shards,
+    read_shard,
+    shard_path,
+    write_shard,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SHARD_SIZE = 1024
 ON_ERROR = ("fail", "skip")
 SKIPPED_FILE = "skipped.json"
-SHARD_KEY_FILE = "key.json"
 
 
 class DatasetLike(Protocol):
@@ -50,70 +56,29 @@ class DatasetLike(Protocol):
     def __getitem__(self, i: int) -> tuple[Any, int]: ...
 
 
-# ----------------------------------------------------------------------------------------- shard plan
-def plan_shards(n: int, shard_size: int = DEFAULT_SHARD_SIZE) -> list[tuple[int, int]]:
-    """Row ranges [start, end) covering 0..n in shards of `shard_size` rows."""
-    if shard_size < 1:
-        raise ConfigError(f"shard_size must be >= 1, got {shard_size}")
-    return [(start, min(start + shard_size, n)) for start in range(0, n, shard_size)]
-
-
-def shard_path(shard_dir: Path, start: int, end: int) -> Path:
-    return Path(shard_dir) / f"rows-{start:09d}-{end:09d}.safetensors"
-
-
-def read_shard(path: Path) -> tuple[dict[str, Tensor], list[dict[str, Any]]]:
-    """The tensors of one shard and its skipped-row records; CacheError when unreadable."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-            skipped = json.loads((f.metadata() or {}).get("skipped", "[]"))
-    except Exception as e:  # noqa: BLE001 - any failure here means a corrupt shard
-        raise CacheError(f"{path}: unreadable shard ({e})") from e
-    if not {"image", "label", "row"} <= set(tensors) or not (len(tensors["image"]) == len(tensors["label"]) == len(tensors["row"])):
-        raise CacheError(f"{path}: shard must hold aligned tensors 'image', 'label', 'row' (found {sorted(tensors)})")
-    return tensors, skipped
-
-
-def shard_is_valid(path: Path, start: int, end: int) -> bool:
-    """A finished shard: readable, rows within range, every row either encoded or recorded as skipped."""
-    if not path.is_file():
-        return False
-    try:
-        tensors, skipped = read_shard(path)
-    except CacheError as e:
-        log.warning("%s; re-encoding rows %d..%d", e, start, end)
-        return False
-    rows = set(tensors["row"].tolist()) | {int(s["row"]) for s in skipped}
-    if rows != set(range(start, end)):
-        log.warning("%s: covers the wrong rows; re-encoding rows %d..%d", path, start, end)
-        return False
-    return True
-
-
-def missing_shards(shard_dir: Path, shards: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
-    """The shards of the plan that are not finished yet (in order)."""
-    return [(s, e) for s, e in shards if not shard_is_valid(shard_path(shard_dir, s, e), s, e)]
-
-
+# ----------------------------------------------------------------------------------------- assembly
 def assemble_shards(
     shard_dir: Path, shards: Sequence[tuple[int, int]], paths: Sequence[Any] | None = None
 ) -> tuple[FeatureSplit, list[dict[str, Any]]]:
     """Concatenate finished shards in row order -> (FeatureSplit, skipped records). Paths follow the rows."""
     images, labels, rows, skipped = [], [], [], []
+    unlabeled = False
     for start, end in shards:
         tensors, shard_skipped = read_shard(shard_path(shard_dir, start, end))
         if tensors["image"].shape[0]:  # a shard whose rows were all skipped has no embeddings
             images.append(tensors["image"])
-        labels.append(tensors["label"])
+            unlabeled |= "label" not in tensors
+        if "label" in tensors:
+            labels.append(tensors["label"])
         rows.append(tensors["row"])
         skipped.extend(shard_skipped)
     if not images:
         raise DatasetError(f"no image could be read ({len(skipped)} rows skipped); first: "
                            f"{skipped[0]['error'] if skipped else 'empty dataset'}")
-    image, label, row = torch.cat(images), torch.cat(labels), torch.cat(rows)
+    image, row = torch.cat(images), torch.cat(rows)
+    label = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)
     split_paths = [str(paths[r]) for r in row.tolist()] if paths is not None else None
-    has_labels = bool((label >= 0).all())  # unlabeled datasets give -1
+    has_labels = not unlabeled and bool((label >= 0).all())  # unlabeled rows have no 'label' (older shards: -1)
     return FeatureSplit(image=image.float(), label=label.long() if has_labels else None, paths=split_paths), skipped
 
 
@@ -286,33 +251,14 @@ def encode_shards(
 
 
 def _write_shard(shard_dir: Path, shard: dict[str, Any], views: int) -> None:
+    """Write one encoded shard; 'label' only when every encoded row has one (unlabeled datasets give -1)."""
     if shard["image"]:
         image = torch.cat(shard["image"])
     else:
         image = torch.zeros((0, views, 0) if views > 1 else (0, 0))
-    tensors = {
-        "image": image,
-        "label": torch.tensor(shard["label"], dtype=torch.long),
-        "row": torch.tensor(shard["row"], dtype=torch.long),
-    }
-    atomic_save_tensors(shard_path(shard_dir, shard["start"], shard["end"]), tensors, metadata={"skipped": json.dumps(shard["skipped"])})
-
-
-def _check_shard_key(shard_dir: Path, key: dict[str, Any] | None) -> None:
-    """Shards of another computation (different key) are removed, never reused."""
-    if key is None:
-        return
-    path = shard_dir / SHARD_KEY_FILE
-    if path.is_file():
-        try:
-            same = json.loads(path.read_text()) == json.loads(json.dumps(key))
-        except json.JSONDecodeError:
-            same = False
-        if not same:
-            log.warning("%s: shards belong to another key; discarding them", shard_dir)
-            shutil.rmtree(shard_dir)
-    if not path.is_file():
-        atomic_write_json(path, key)
+    label = torch.tensor(shard["label"], dtype=torch.long)
+    write_shard(shard_dir, shard["start"], image, label if bool((label >= 0).all()) else None,
+                stop=shard["end"], rows=torch.tensor(shard["row"], dtype=torch.long), skipped=shard["skipped"])
 
 
 def extract_split(
@@ -345,7 +291,7 @@ def extract_split(
     if n == 0:
         raise DatasetError(f"dataset {getattr(dataset, 'name', '?')} split '{getattr(dataset, 'split', '?')}' is empty")
     shard_dir = Path(shard_dir)
-    _check_shard_key(shard_dir, key)
+    check_shard_key(shard_dir, key)
     shards = plan_shards(n, shard_size)
     todo = missing_shards(shard_dir, shards)
     if len(todo) < len(shards):
@@ -364,7 +310,7 @@ def extract_split(
 def read_skipped(shard_dir: Path) -> list[dict[str, Any]]:
     """The skipped-row records `extract_split` wrote (row, path, error)."""
     path = Path(shard_dir) / SKIPPED_FILE
-    return json.loads(path.read_text()) if path.is_file() else []
+    return read_json(path, what="skipped-rows file", error=CacheError) if path.is_file() else []
 
 
 # ----------------------------------------------------------------------------------------- text

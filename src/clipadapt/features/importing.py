@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ import torch
 
 from clipadapt.errors import FeatureDirError
 from clipadapt.features.featureset import SPLIT_NAMES, FeatureSet, FeatureSplit
-from clipadapt.features.io import load_feature_dir, save_feature_dir
+from clipadapt.features.io import load_feature_dir, load_npy, read_json, save_feature_dir
 
 
 def read_classnames(path: Path) -> list[str]:
@@ -20,7 +19,7 @@ def read_classnames(path: Path) -> list[str]:
     if not path.is_file():
         raise FeatureDirError(f"{path}: class-name file not found")
     if path.suffix.lower() == ".json":
-        names = json.loads(path.read_text())
+        names = read_json(path, what="class-name file")
         if isinstance(names, dict) and "classnames" in names:
             names = names["classnames"]
     else:
@@ -36,13 +35,7 @@ def load_array(spec: str) -> np.ndarray:
     if spec.endswith("]") and "[" in spec:
         spec, idx = spec[:-1].split("[", 1)
         index = int(idx)
-    path = Path(spec)
-    if not path.is_file():
-        raise FeatureDirError(f"{path}: array file not found")
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as e:
-        raise FeatureDirError(f"{path}: not a readable .npy file ({e})") from e
+    array = load_npy(spec, what="array")
     return np.asarray(array[index] if index is not None else array)
 
 

@@ -18,12 +18,13 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from clipadapt.errors import FeatureDirError
+from clipadapt.errors import ClipadaptError, FeatureDirError
 from clipadapt.features.featureset import SPLIT_NAMES, FeatureSet, FeatureSplit
 
 META_FILE = "meta.json"
@@ -66,21 +67,45 @@ def atomic_save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[s
 
 
 # ----------------------------------------------------------------------------------------- reading
+def read_json(path: str | Path, *, what: str, error: type[ClipadaptError] = FeatureDirError) -> Any:
+    """The parsed JSON of `path`; `error` naming the file when it is missing ("<path>: <what> not found") or not
+    valid JSON / UTF-8. `what` says what the file should be, e.g. "shard index", "few-shot index file"."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: {what} not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path}: not valid JSON ({e})") from e
+
+
+def load_npy(path: str | Path, *, what: str, mmap: bool = True, error: type[ClipadaptError] = FeatureDirError) -> np.ndarray:
+    """A .npy array (memory-mapped read-only with `mmap`, so big arrays are read lazily); `error` naming the file
+    when it is missing ("<path>: <what> file not found") or not a readable .npy file. Pickles are refused."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: {what} file not found")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise error(f"{path}: not a readable .npy file ({e})") from e
+
+
 def read_meta(directory: Path) -> dict[str, Any]:
+    """meta.json of a feature directory, checked to list its class names."""
     path = Path(directory) / META_FILE
     if not path.is_file():
         raise FeatureDirError(f"{path}: not found — a feature directory needs meta.json with 'classnames'")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise FeatureDirError(f"{path}: not valid JSON ({e})") from e
+    meta = read_json(path, what="meta.json")
     names = meta.get("classnames") if isinstance(meta, dict) else None
     if not isinstance(names, list) or not names or not all(isinstance(c, str) for c in names):
         raise FeatureDirError(f"{path}: field 'classnames' must be a non-empty list of strings")
     return meta
 
 
-def _load_tensors(path: Path) -> dict[str, Tensor]:
+def load_tensors(path: Path) -> dict[str, Tensor]:
+    """Every tensor of a safetensors file; FeatureDirError naming the file when it is missing or unreadable."""
+    path = Path(path)
     if not path.is_file():
         raise FeatureDirError(f"{path}: not found")
     try:
@@ -95,7 +120,8 @@ def _require(tensors: dict[str, Tensor], key: str, path: Path) -> Tensor:
     return tensors[key]
 
 
-def _check_finite(t: Tensor, name: str, path: Path) -> None:
+def check_finite(t: Tensor, name: str, path: Path) -> None:
+    """FeatureDirError naming the file and tensor when `t` holds NaN/Inf (embeddings must be finite)."""
     if not torch.isfinite(t).all():
         bad = int((~torch.isfinite(t)).sum())
         raise FeatureDirError(f"{path.name}: tensor '{name}' contains {bad} NaN/Inf values")
@@ -103,14 +129,14 @@ def _check_finite(t: Tensor, name: str, path: Path) -> None:
 
 def load_text(directory: Path, num_classes: int) -> Tensor:
     path = Path(directory) / TEXT_FILE
-    text = _require(_load_tensors(path), "text", path)
+    text = _require(load_tensors(path), "text", path)
     if text.ndim not in (2, 3):
         raise FeatureDirError(f"{path.name}: tensor 'text' must be (C, D) or (C, T, D), got {tuple(text.shape)}")
     if text.shape[0] != num_classes:
         raise FeatureDirError(
             f"{path.name}: tensor 'text' has {text.shape[0]} classes but meta.json lists {num_classes} classnames"
         )
-    _check_finite(text, "text", path)
+    check_finite(text, "text", path)
     return text.float()
 
 
@@ -118,7 +144,7 @@ def load_split(directory: Path, name: str, *, num_classes: int, dim: int, meta: 
     """Read and validate `<name>.safetensors` against the class count and embedding dimension."""
     directory = Path(directory)
     path = directory / f"{name}.safetensors"
-    tensors = _load_tensors(path)
+    tensors = load_tensors(path)
     image = _require(tensors, "image", path)
     if image.ndim not in (2, 3):
         raise FeatureDirError(f"{path.name}: tensor 'image' must be (N, D) or (N, V, D), got {tuple(image.shape)}")
@@ -128,7 +154,7 @@ def load_split(directory: Path, name: str, *, num_classes: int, dim: int, meta: 
             f"{path.name}: tensor 'image' has shape {tuple(image.shape)} but {TEXT_FILE} 'text' has D={dim} — "
             f"were they computed with the same model?{model}"
         )
-    _check_finite(image, "image", path)
+    check_finite(image, "image", path)
     label = tensors.get("label")
     if label is None and name != "unlabeled":
         raise FeatureDirError(f"{path.name}: tensor 'label' is missing (required for split '{name}')")

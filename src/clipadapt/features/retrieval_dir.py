@@ -9,7 +9,6 @@ Embeddings are raw (unnormalised), as in feature directories.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import torch
 from torch import Tensor
 
 from clipadapt.errors import FeatureDirError
-from clipadapt.features.io import _check_finite, _load_tensors, atomic_save_tensors, atomic_write_json
+from clipadapt.features.io import atomic_save_tensors, atomic_write_json, check_finite, load_tensors, read_json
 
 
 @dataclass
@@ -48,7 +47,7 @@ def _validate(tensors: dict[str, Tensor], path: Path, need_map: bool) -> Retriev
         raise FeatureDirError(f"{path.name}: needs tensor 'image' and/or 'text' (found: {sorted(tensors)})")
     for name, t in (("image", image), ("text", text)):
         if t is not None:
-            _check_finite(t, name, path)
+            check_finite(t, name, path)
     if image is not None and image.ndim not in (2, 3):
         raise FeatureDirError(f"{path.name}: tensor 'image' must be (N, D) or (N, V, D), got {tuple(image.shape)}")
     if text is not None and text.ndim != 2:
@@ -80,9 +79,9 @@ def load_retrieval_split(directory: str | Path, split: str = "test") -> Retrieva
     if not directory.is_dir():
         raise FeatureDirError(f"{directory}: retrieval directory not found")
     path = directory / f"{split}.safetensors"
-    rs = _validate(_load_tensors(path), path, need_map=split != "unlabeled")
+    rs = _validate(load_tensors(path), path, need_map=split != "unlabeled")
     meta_path = directory / "meta.json"
-    rs.meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    rs.meta = read_json(meta_path, what="meta.json") if meta_path.is_file() else {}
     return rs
 
 

@@ -1,15 +1,21 @@
-"""Feature splits larger than memory: row-range shard files read memory-mapped, and statistics computed streaming.
+"""Row-range shard files: the one naming, atomic writer, reader and resume check of the project, plus
+feature splits larger than memory read memory-mapped, and statistics computed streaming.
 
-A sharded split is a list of safetensors files, each holding consecutive rows of the split (tensor 'image'
-(rows, D) or (rows, V, D), optional 'label' (rows,)), listed in order by an index JSON:
+A shard holds consecutive rows [start, stop) of a split and is written atomically (temp file + rename) as
+`<shard_dir>/rows-<start:09d>-<stop:09d>.safetensors` with tensors 'image' (rows, D) or (rows, V, D), 'row'
+(rows,) (the dataset row of each embedding), optional 'label' (rows,), and the rows skipped for unreadable
+images listed in the file's metadata ('skipped', JSON). The extraction pipeline (`features.extract`), its
+torchrun variant (`features.distributed`) and `save_sharded_split` all write shards with `write_shard`.
+
+`ShardedSplit` reads such shards memory-mapped (only the headers are parsed), either from a shard directory
+(`ShardedSplit.from_dir`, e.g. the extraction pipeline's `shards/` folder) or from an index JSON:
 
     DIR/<split>.shards.json   {"format": "clipadapt-shards-v1", "split": "test", "n": N, "dim": D, "views": V,
-                               "shards": [{"file": "<split>.shards/00000000-00001024.safetensors",
+                               "shards": [{"file": "<split>.shards/rows-000000000-000001024.safetensors",
                                            "start": 0, "stop": 1024}, ...]}
 
-`ShardedSplit` opens the files with `safetensors.safe_open` (memory-mapped; only the header is parsed) and reads
-row ranges on demand: `iter_chunks(rows)` yields (image, label) chunks of exactly `rows` rows (the last may be
-shorter; chunks may cross shard boundaries) without loading the split; `load()` materialises a FeatureSplit.
+`iter_chunks(rows)` yields (image, label) chunks of exactly `rows` rows (the last may be shorter; chunks may
+cross shard boundaries) without loading the split; `load()` materialises a FeatureSplit.
 
 Streaming statistics consume such chunks in one pass (or, for pairs, chunk against chunk):
 `streaming_mean` (DN's means, METHODS.md §2) and `streaming_pair_histograms` (the IMO same-/different-class
@@ -19,22 +25,28 @@ cosine-similarity histograms, METHODS.md §5).
 from __future__ import annotations
 
 import json
+import logging
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
-from clipadapt.errors import ConfigError, FeatureDirError
+from clipadapt.errors import CacheError, ConfigError, FeatureDirError
 from clipadapt.features.featureset import FeatureSplit
-from clipadapt.features.io import atomic_save_tensors, atomic_write_json
+from clipadapt.features.io import atomic_save_tensors, atomic_write_json, read_json
 from clipadapt.ops import l2_normalize, pool_views
 
+log = logging.getLogger(__name__)
+
 INDEX_FORMAT = "clipadapt-shards-v1"
-SHARD_NAME = re.compile(r"(\d+)-(\d+)\.safetensors$")
+SHARD_NAME = re.compile(r"(\d+)-(\d+)\.safetensors$")  # also matches older 'START-STOP.safetensors' names
+SHARD_KEY_FILE = "key.json"
+DEFAULT_SHARD_SIZE = 1024
 
 
 def index_path(directory: str | Path, split: str) -> Path:
@@ -42,9 +54,23 @@ def index_path(directory: str | Path, split: str) -> Path:
     return Path(directory) / f"{split}.shards.json"
 
 
+# ----------------------------------------------------------------------------------------- plan + naming
+def plan_shards(n: int, shard_size: int = DEFAULT_SHARD_SIZE) -> list[tuple[int, int]]:
+    """Row ranges [start, stop) covering 0..n in shards of `shard_size` rows; the same cut for any number of
+    processes, so a run can resume under another world size."""
+    if shard_size < 1:
+        raise ConfigError(f"shard_size must be >= 1, got {shard_size}")
+    return [(start, min(start + shard_size, n)) for start in range(0, n, shard_size)]
+
+
 def shard_file_name(start: int, stop: int) -> str:
-    """Row-range shard name, zero-padded so lexical order is row order: '00001024-00002048.safetensors'."""
-    return f"{start:08d}-{stop:08d}.safetensors"
+    """Row-range shard name, zero-padded so lexical order is row order: 'rows-000001024-000002048.safetensors'."""
+    return f"rows-{start:09d}-{stop:09d}.safetensors"
+
+
+def shard_path(shard_dir: str | Path, start: int, stop: int) -> Path:
+    """The file of the shard holding rows [start, stop) in `shard_dir`."""
+    return Path(shard_dir) / shard_file_name(start, stop)
 
 
 # ----------------------------------------------------------------------------------------- one shard
@@ -61,7 +87,50 @@ class Shard:
         return self.stop - self.start
 
 
-def _header(path: Path) -> dict[str, tuple[int, ...]]:
+def write_shard(
+    directory: str | Path,
+    start: int,
+    image: Tensor,
+    label: Tensor | None = None,
+    *,
+    stop: int | None = None,
+    rows: Tensor | None = None,
+    skipped: Sequence[dict[str, Any]] = (),
+) -> Path:
+    """Write dataset rows [start, stop) as one shard file, atomically (temp file + rename): a writer that dies
+    leaves at most a temp file, never a half-written shard.
+
+    `rows`: the dataset row of each embedding (default start, start+1, ...); `skipped`: records of the rows of
+    the range that have no embedding (unreadable images); `stop` defaults to start + len(image) + len(skipped).
+    """
+    row = torch.arange(start, start + image.shape[0]) if rows is None else torch.as_tensor(rows, dtype=torch.long)
+    if row.shape[0] != image.shape[0] or (label is not None and label.shape[0] != image.shape[0]):
+        raise ConfigError(f"shard at row {start}: 'image', 'row' and 'label' must have the same number of rows")
+    stop = start + image.shape[0] + len(skipped) if stop is None else stop
+    tensors = {"image": image.float(), "row": row.long()}
+    if label is not None:
+        tensors["label"] = label.long()
+    path = shard_path(directory, start, stop)
+    atomic_save_tensors(path, tensors, metadata={"skipped": json.dumps(list(skipped))})
+    return path
+
+
+def read_shard(path: Path) -> tuple[dict[str, Tensor], list[dict[str, Any]]]:
+    """The tensors of one shard written by `write_shard` and its skipped-row records; CacheError when unreadable."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            skipped = json.loads((f.metadata() or {}).get("skipped", "[]"))
+    except Exception as e:  # noqa: BLE001 - any failure here means a corrupt shard
+        raise CacheError(f"{path}: unreadable shard ({e})") from e
+    names = ("image", "row", "label") if "label" in tensors else ("image", "row")
+    if not {"image", "row"} <= set(tensors) or len({len(tensors[k]) for k in names}) != 1:
+        raise CacheError(f"{path}: shard must hold aligned tensors 'image', 'row' (and 'label' if labelled) "
+                         f"(found {sorted(tensors)})")
+    return tensors, skipped
+
+
+def shard_header(path: Path) -> dict[str, tuple[int, ...]]:
     """Tensor shapes of a safetensors file, read from its header only (memory-mapped, no data loaded)."""
     if not path.is_file():
         raise FeatureDirError(f"{path}: shard file not found")
@@ -72,12 +141,62 @@ def _header(path: Path) -> dict[str, tuple[int, ...]]:
         raise FeatureDirError(f"{path}: not a readable safetensors shard ({e})") from e
 
 
+# ----------------------------------------------------------------------------------------- resume
+def shard_is_valid(path: Path, start: int, stop: int) -> bool:
+    """A finished shard: readable, rows within range, every row either encoded or recorded as skipped."""
+    if not path.is_file():
+        return False
+    try:
+        tensors, skipped = read_shard(path)
+    except CacheError as e:
+        log.warning("%s; re-encoding rows %d..%d", e, start, stop)
+        return False
+    rows = set(tensors["row"].tolist()) | {int(s["row"]) for s in skipped}
+    if rows != set(range(start, stop)):
+        log.warning("%s: covers the wrong rows; re-encoding rows %d..%d", path, start, stop)
+        return False
+    return True
+
+
+def missing_shards(shard_dir: Path, shards: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The shards of the plan that are not finished yet (in order)."""
+    return [(s, e) for s, e in shards if not shard_is_valid(shard_path(shard_dir, s, e), s, e)]
+
+
+def check_shard_key(shard_dir: Path, key: dict[str, Any] | None) -> None:
+    """Tie `shard_dir` to the computation `key` (written to key.json): shards of another key are removed, never
+    reused. `key=None` checks nothing."""
+    if key is None:
+        return
+    path = Path(shard_dir) / SHARD_KEY_FILE
+    if path.is_file():
+        try:
+            same = json.loads(path.read_text()) == json.loads(json.dumps(key))
+        except json.JSONDecodeError:
+            same = False
+        if not same:
+            log.warning("%s: shards belong to another key; discarding them", shard_dir)
+            shutil.rmtree(shard_dir)
+    if not path.is_file():
+        atomic_write_json(path, key)
+
+
+def remove_stale_temp_files(shard_dir: Path) -> int:
+    """Delete temp files left by a process that died while writing a shard; returns how many.
+    Only call it when no other process is writing into `shard_dir`."""
+    stale = list(Path(shard_dir).glob(".*.tmp")) if Path(shard_dir).is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return len(stale)
+
+
 # ----------------------------------------------------------------------------------------- the split
 class ShardedSplit:
     """A split stored as row-range shard files, read memory-mapped chunk by chunk.
 
     `shards` are the files in row order; their shapes are validated from the headers (same D and views,
-    'label' present in all or none, rows consecutive from 0).
+    'label' present in all or none, rows consecutive from 0). Shards whose rows were all skipped (no embedding)
+    are left out; with skipped rows, split row i is the i-th embedded row, as in the assembled split.
     """
 
     def __init__(self, shards: Sequence[str | Path], *, name: str = "split"):
@@ -89,10 +208,14 @@ class ShardedSplit:
         self.has_labels: bool | None = None
         start = 0
         for path in map(Path, shards):
-            header = _header(path)
+            header = shard_header(path)
+            if header.get("image", (None,))[0] == 0:
+                continue  # every row of this range was skipped as unreadable: nothing to read
             rows = self._check_shard(path, header)
             self.shards.append(Shard(path, start, start + rows))
             start += rows
+        if not self.shards:
+            raise FeatureDirError(f"sharded split '{name}': its {len(shards)} shard file(s) hold no rows")
 
     def _check_shard(self, path: Path, header: dict[str, tuple[int, ...]]) -> int:
         image = header.get("image")
@@ -119,12 +242,7 @@ class ShardedSplit:
         path = Path(path)
         if split is not None:
             path = index_path(path, split)
-        if not path.is_file():
-            raise FeatureDirError(f"{path}: shard index not found")
-        try:
-            index = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise FeatureDirError(f"{path}: not valid JSON ({e})") from e
+        index = read_json(path, what="shard index")
         entries = index.get("shards") if isinstance(index, dict) else None
         if not isinstance(entries, list):
             raise FeatureDirError(f"{path}: field 'shards' must be a list of {{file, start, stop}}")
@@ -248,16 +366,6 @@ def predict_chunked(predict: Callable[[Tensor], Tensor], source: ShardedSplit | 
 
 
 # ----------------------------------------------------------------------------------------- writing
-def write_shard(directory: str | Path, start: int, image: Tensor, label: Tensor | None = None) -> Path:
-    """Write rows [start, start + len(image)) as one shard file, atomically (temp file + rename)."""
-    tensors = {"image": image.float()}
-    if label is not None:
-        tensors["label"] = label.long()
-    path = Path(directory) / shard_file_name(start, start + image.shape[0])
-    atomic_save_tensors(path, tensors)
-    return path
-
-
 def write_shard_index(directory: str | Path, split: str, shard_paths: Sequence[str | Path]) -> Path:
     """Validate the shards (consecutive rows, same shapes) and write DIR/<split>.shards.json atomically."""
     directory = Path(directory)
@@ -279,7 +387,7 @@ def write_shard_index(directory: str | Path, split: str, shard_paths: Sequence[s
     return path
 
 
-def save_sharded_split(directory: str | Path, split: str, features: FeatureSplit, *, shard_size: int = 1024) -> ShardedSplit:
+def save_sharded_split(directory: str | Path, split: str, features: FeatureSplit, *, shard_size: int = DEFAULT_SHARD_SIZE) -> ShardedSplit:
     """Write an in-memory split as row-range shards under DIR/<split>.shards/ plus its index; returns it opened."""
     if shard_size < 1:
         raise ConfigError(f"shard_size must be >= 1, got {shard_size}")

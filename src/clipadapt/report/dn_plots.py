@@ -9,12 +9,9 @@ from typing import Sequence
 def plot_dn_sweep(rows: Sequence[dict], metrics: Sequence[str], path: str | Path, *, baseline: dict | None = None,
                   title: str = "Distribution Normalization") -> Path:
     """Two panels (λ sweep, sample sweep) from `sweep_dn` rows; `baseline` {metric: value} drawn dashed."""
-    import matplotlib
+    from clipadapt.report.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = pyplot().subplots(1, 2, figsize=(10, 4))
     for ax, sweep, xkey, xlabel in ((axes[0], "lambda", "lambda", "λ"), (axes[1], "samples", "n_used", "unlabeled samples")):
         part = [r for r in rows if r["sweep"] == sweep]
         for i, m in enumerate(metrics):
@@ -39,8 +36,4 @@ def plot_dn_sweep(rows: Sequence[dict], metrics: Sequence[str], path: str | Path
         ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

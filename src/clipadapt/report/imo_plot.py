@@ -13,14 +13,11 @@ def plot_imo_histograms(results: Mapping[str, IMOResult], path: str | Path, *, t
 
     Written as PNG through a temp file + rename, so a crash never leaves half an image.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import torch
 
-    from clipadapt.features.io import atomic_write_bytes
+    from clipadapt.report.plots import pyplot, save_figure
 
+    plt = pyplot()
     names = list(results)
     fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.6), squeeze=False, sharey=True)
     for ax, name in zip(axes[0], names):
@@ -43,11 +40,4 @@ def plot_imo_histograms(results: Mapping[str, IMOResult], path: str | Path, *, t
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    path = Path(path)
-    atomic_write_bytes(path, buf.getvalue())
-    return path
+    return save_figure(fig, path)

@@ -1,4 +1,6 @@
-"""Matplotlib plots written to files (Agg backend: no display needed)."""
+"""Matplotlib plots written to files (Agg backend: no display needed), and the helpers every plot module uses:
+`pyplot()` (matplotlib on Agg, imported on first use so importing a report module stays cheap) and
+`save_figure` (render, write atomically, close)."""
 
 from __future__ import annotations
 
@@ -6,13 +8,31 @@ import io
 from pathlib import Path
 from typing import Any, Sequence
 
-import matplotlib
+from clipadapt.errors import ConfigError
+from clipadapt.features.io import atomic_write_bytes
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
-from clipadapt.errors import ConfigError  # noqa: E402
-from clipadapt.features.io import atomic_write_bytes  # noqa: E402
+def pyplot():
+    """`matplotlib.pyplot` on the Agg backend (files only, works without a display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig, path: str | Path, *, dpi: int = 120, **savefig_kwargs: Any) -> Path:
+    """Render `fig` in memory (format from the suffix: png/pdf/svg; png without one), write it through a temp file
+    + rename (a crash never leaves half an image), and close the figure."""
+    path = Path(path)
+    try:
+        buf = io.BytesIO()
+        fig.savefig(buf, format=path.suffix.lstrip(".").lower() or "png", dpi=dpi, **savefig_kwargs)
+        atomic_write_bytes(path, buf.getvalue())
+    finally:
+        pyplot().close(fig)
+    return path
 
 
 def line_plot(
@@ -41,6 +61,7 @@ def line_plot(
     groups: dict[Any, list[dict[str, Any]]] = {}
     for row in rows:
         groups.setdefault(row[group] if group else None, []).append(row)
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     try:
         for name, members in groups.items():
@@ -60,10 +81,7 @@ def line_plot(
             ax.legend()
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        path = Path(path)
-        buf = io.BytesIO()
-        fig.savefig(buf, format=path.suffix.lstrip(".").lower() or "png", dpi=120)
-        atomic_write_bytes(path, buf.getvalue())
-    finally:
+    except BaseException:
         plt.close(fig)
-    return path
+        raise
+    return save_figure(fig, path)

@@ -5,18 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+from clipadapt.report.plots import pyplot, save_figure
 
 
 def heatmap(matrix: Sequence[Sequence[float]], names: Sequence[str], path: str | Path, *, title: str,
             row_label: str = "", col_label: str = "") -> Path:
     """An annotated B×B heatmap (values in percent) saved as PNG."""
-    path = Path(path)
     size = max(4.0, 0.7 * len(names) + 0.08 * max(len(n) for n in names) + 2)
-    fig, ax = plt.subplots(figsize=(size, size * 0.85))
+    fig, ax = pyplot().subplots(figsize=(size, size * 0.85))
     im = ax.imshow(matrix, cmap="viridis")
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
     ax.set_yticks(range(len(names)), names)
@@ -29,17 +25,13 @@ def heatmap(matrix: Sequence[Sequence[float]], names: Sequence[str], path: str |
     ax.set_ylabel(row_label)
     fig.colorbar(im, ax=ax, fraction=0.046)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, bbox_inches="tight")
 
 
 def accuracy_vs_cost(points: Sequence[dict[str, Any]], path: str | Path, *, cost_label: str,
                      cascade: Sequence[dict[str, Any]] = ()) -> Path:
     """Scatter of top-1 vs cost; points are dicts {label, kind, top1, cost}; the cascade is drawn as a line."""
-    path = Path(path)
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = pyplot().subplots(figsize=(7, 5))
     singles = [p for p in points if p["kind"] == "single"]
     subsets = [p for p in points if p["kind"] == "subset"]
     if subsets:
@@ -59,7 +51,4 @@ def accuracy_vs_cost(points: Sequence[dict[str, Any]], path: str | Path, *, cost
     ax.set_title("Accuracy vs cost of backbones and their combinations")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, bbox_inches="tight")
