@@ -139,3 +139,13 @@ def test_read_json_names_the_file_in_errors(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(DatasetError, match=r"bad\.json: not valid JSON"):
         read_json(tmp_path / "bad.json", what="split file", error=DatasetError)
+
+
+def test_corrupt_or_malformed_paths_file_is_reported(tmp_path, synthetic_featureset):
+    save_feature_dir(synthetic_featureset, tmp_path)
+    (tmp_path / "test.paths.json").write_text("[not json")
+    with pytest.raises(FeatureDirError, match="test.paths.json: not valid JSON"):
+        load_feature_dir(tmp_path)
+    (tmp_path / "test.paths.json").write_text('{"a": 1}')
+    with pytest.raises(FeatureDirError, match="test.paths.json: expected a JSON list of path strings"):
+        load_feature_dir(tmp_path)

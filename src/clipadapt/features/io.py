@@ -172,7 +172,9 @@ def load_split(directory: Path, name: str, *, num_classes: int, dim: int, meta: 
                 f"{num_classes} classes (valid: 0..{num_classes - 1})"
             )
     paths_file = directory / f"{name}.paths.json"
-    paths = json.loads(paths_file.read_text()) if paths_file.is_file() else None
+    paths = read_json(paths_file, what="paths list") if paths_file.is_file() else None
+    if paths is not None and (not isinstance(paths, list) or not all(isinstance(p, str) for p in paths)):
+        raise FeatureDirError(f"{paths_file.name}: expected a JSON list of path strings, one per row")
     if paths is not None and len(paths) != image.shape[0]:
         raise FeatureDirError(f"{paths_file.name}: lists {len(paths)} paths for {image.shape[0]} rows")
     return FeatureSplit(image=image.float(), label=label, paths=paths)
