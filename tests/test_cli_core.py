@@ -50,6 +50,39 @@ def test_import_features_accepts_indexed_npy(tmp_path):
     assert np.allclose(fs.split("val").image.numpy(), arr[0])
 
 
+def _import_args(tmp_path, split_spec):
+    np.save(tmp_path / "text.npy", np.eye(3, 4, dtype=np.float32))
+    (tmp_path / "n.json").write_text(json.dumps(["a", "b", "c"]))
+    return ["import-features", "--out", str(tmp_path / "fd"), "--classnames", str(tmp_path / "n.json"),
+            "--text", str(tmp_path / "text.npy"), "--split", split_spec]
+
+
+def test_import_features_rejects_non_integer_float_labels(tmp_path, capsys):
+    np.save(tmp_path / "img.npy", np.ones((3, 4), dtype=np.float32))
+    np.save(tmp_path / "lab.npy", np.array([0.0, 1.7, 2.0]))
+    assert main(_import_args(tmp_path, f"test={tmp_path / 'img.npy'}:{tmp_path / 'lab.npy'}")) == 2
+    err = capsys.readouterr().err
+    assert "lab.npy" in err and "labels must be integers" in err
+    assert not (tmp_path / "fd").exists()
+
+
+def test_import_features_accepts_whole_number_float_labels(tmp_path):
+    np.save(tmp_path / "img.npy", np.ones((3, 4), dtype=np.float32))
+    np.save(tmp_path / "lab.npy", np.array([2.0, 0.0, 1.0]))
+    assert main(_import_args(tmp_path, f"test={tmp_path / 'img.npy'}:{tmp_path / 'lab.npy'}")) == 0
+    from clipadapt import load_feature_dir
+
+    assert load_feature_dir(tmp_path / "fd").split("test").label.tolist() == [2, 0, 1]
+
+
+@pytest.mark.parametrize("suffix, message", [("[x]", "integer i"), ("[5]", "index 5 is outside")])
+def test_import_features_bad_entry_index_names_the_spec(tmp_path, capsys, suffix, message):
+    np.save(tmp_path / "img.npy", np.ones((2, 3, 4), dtype=np.float32))
+    assert main(_import_args(tmp_path, f"unlabeled={tmp_path / 'img.npy'}{suffix}")) == 2
+    err = capsys.readouterr().err
+    assert "img.npy" in err and message in err
+
+
 def test_user_error_exits_2_with_message(tmp_path, capsys):
     assert main(["eval", "--features", str(tmp_path / "missing")]) == 2
     assert "feature directory not found" in capsys.readouterr().err

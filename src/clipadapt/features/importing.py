@@ -32,11 +32,31 @@ def read_classnames(path: Path) -> list[str]:
 def load_array(spec: str) -> np.ndarray:
     """Load `file.npy`, or `file.npy[i]` for the i-th entry along the first axis."""
     index = None
+    path = spec
     if spec.endswith("]") and "[" in spec:
-        spec, idx = spec[:-1].split("[", 1)
-        index = int(idx)
-    array = load_npy(spec, what="array")
-    return np.asarray(array[index] if index is not None else array)
+        path, idx = spec[:-1].split("[", 1)
+        try:
+            index = int(idx)
+        except ValueError as e:
+            raise FeatureDirError(f"'{spec}': expected FILE.npy or FILE.npy[i] with an integer i") from e
+    array = load_npy(path, what="array")
+    if index is None:
+        return np.asarray(array)
+    if array.ndim == 0 or not -array.shape[0] <= index < array.shape[0]:
+        raise FeatureDirError(f"'{spec}': index {index} is outside the first axis of {path} (shape {array.shape})")
+    return np.asarray(array[index])
+
+
+def _labels(spec: str) -> torch.Tensor:
+    """Integer labels from `spec`; float arrays are accepted only when every value is a whole number (the
+    feature-directory format rejects float labels, so truncating 1.7 to 1 here would be silent corruption)."""
+    array = load_array(spec)
+    if array.dtype.kind == "f":
+        if not np.all(np.isfinite(array)) or not np.array_equal(array, np.round(array)):
+            raise FeatureDirError(f"'{spec}': labels must be integers, got non-integer values ({array.dtype})")
+    elif array.dtype.kind not in "iub":
+        raise FeatureDirError(f"'{spec}': labels must be integers, got dtype {array.dtype}")
+    return torch.from_numpy(array.astype(np.int64))
 
 
 def parse_split_spec(spec: str) -> tuple[str, str, str | None]:
@@ -62,7 +82,7 @@ def import_features(
     feature_splits = {}
     for spec in splits:
         name, image_spec, label_spec = parse_split_spec(spec)
-        label = torch.from_numpy(load_array(label_spec).astype(np.int64)) if label_spec else None
+        label = _labels(label_spec) if label_spec else None
         feature_splits[name] = FeatureSplit(image=torch.from_numpy(load_array(image_spec).astype(np.float32)), label=label)
     fs = FeatureSet(
         classnames=classnames,
