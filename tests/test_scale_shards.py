@@ -74,6 +74,17 @@ def test_index_listing_wrong_rows_is_a_readable_error(tmp_path):
         ShardedSplit.open(index)
 
 
+@pytest.mark.parametrize("entry", ["rows-0.safetensors", {"file": "x.safetensors", "start": 0}, {"start": 0, "stop": 4}])
+def test_index_with_malformed_shard_entry_is_a_readable_error(tmp_path, entry):
+    split = _split(n=4)
+    index = write_shard_index(tmp_path, "test", [write_shard(tmp_path / "s", 0, split.image)])
+    data = json.loads(index.read_text())
+    data["shards"][0] = entry
+    index.write_text(json.dumps(data))
+    with pytest.raises(FeatureDirError, match=r"test\.shards\.json: shards\[0\] must be"):
+        ShardedSplit.open(index)
+
+
 def test_mismatched_shard_dimension_names_the_file(tmp_path):
     a = write_shard(tmp_path, 0, torch.randn(3, 4))
     b = write_shard(tmp_path, 3, torch.randn(3, 5))

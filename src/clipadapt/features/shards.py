@@ -247,8 +247,12 @@ class ShardedSplit:
         if not isinstance(entries, list):
             raise FeatureDirError(f"{path}: field 'shards' must be a list of {{file, start, stop}}")
         expected = 0
-        for e in entries:
-            if e.get("start") != expected:
+        for i, e in enumerate(entries):
+            if not (isinstance(e, dict) and isinstance(e.get("file"), str)
+                    and all(isinstance(e.get(k), int) for k in ("start", "stop"))):
+                raise FeatureDirError(f"{path}: shards[{i}] must be {{\"file\": str, \"start\": int, \"stop\": int}}, "
+                                      f"got {e!r}")
+            if e["start"] != expected:
                 raise FeatureDirError(f"{path}: shard {e.get('file')} starts at row {e.get('start')}, expected {expected}")
             expected = e["stop"]
         out = cls([path.parent / e["file"] for e in entries], name=index.get("split", split or path.stem))
