@@ -72,6 +72,17 @@ def test_read_karpathy_json_splits_and_paths(karpathy):
         read_karpathy_json(path, ["val"])
 
 
+@pytest.mark.parametrize("image, message", [
+    ("red.png", r"images\[0\] must be an object"),
+    ({"filename": "red.png", "split": "test", "sentences": [{"tokens": ["red"]}]}, r"images\[0\] \(red.png\).*'raw'"),
+])
+def test_read_karpathy_json_malformed_entry_names_the_file(tmp_path, image, message):
+    path = tmp_path / "captions.json"
+    path.write_text(json.dumps({"images": [image]}))
+    with pytest.raises(DatasetError, match=r"captions\.json: " + message):
+        read_karpathy_json(path, ["test"])
+
+
 def test_retrieval_from_caption_json_through_encoder(tmp_path, karpathy, color_encoder):
     path, root = karpathy
     out, emb = tmp_path / "r.json", tmp_path / "emb"

@@ -27,10 +27,14 @@ def read_karpathy_json(path: str | Path, splits: Sequence[str]) -> list[dict[str
         raise DatasetError(f"{path}: expected a Karpathy-style JSON object with a list 'images'")
     out = []
     for i, entry in enumerate(data["images"]):
+        if not isinstance(entry, dict):
+            raise DatasetError(f"{path}: images[{i}] must be an object, got {type(entry).__name__}")
         if entry.get("split") not in splits:
             continue
         if "filename" not in entry or not isinstance(entry.get("sentences"), list):
             raise DatasetError(f"{path}: images[{i}] needs 'filename' and a list 'sentences'")
+        if any(isinstance(s, dict) and "raw" not in s for s in entry["sentences"]):
+            raise DatasetError(f"{path}: images[{i}] ({entry['filename']}): every sentence object needs a 'raw' caption")
         captions = [s["raw"] if isinstance(s, dict) else str(s) for s in entry["sentences"]]
         if not captions:
             raise DatasetError(f"{path}: images[{i}] ({entry['filename']}) has no sentences")
