@@ -12,7 +12,6 @@ Offline policy (docs/encoders-and-cache.md):
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import threading
@@ -23,6 +22,7 @@ from urllib.parse import urlparse
 
 from clipadapt.encoders.ids import ModelId
 from clipadapt.errors import WeightsUnavailableError
+from clipadapt.features.io import file_sha256 as sha256_of_file
 
 HF_HOST = ("huggingface.co", 443)
 PROBE_TIMEOUT_S = 3.0
@@ -107,11 +107,7 @@ def file_sha256(path: Path) -> str:
     stat = path.stat()
     memo_key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if memo_key not in _hash_memo:
-        digest = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        _hash_memo[memo_key] = digest.hexdigest()
+        _hash_memo[memo_key] = sha256_of_file(path)
     return _hash_memo[memo_key]
 
 

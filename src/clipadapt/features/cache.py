@@ -36,6 +36,7 @@ from clipadapt.features.io import (
     TEXT_FILE,
     atomic_save_tensors,
     atomic_write_json,
+    file_sha256,
     load_split,
     load_tensors,
     read_json,
@@ -111,14 +112,6 @@ def _weights_slug(encoder: dict[str, Any]) -> str:
     return f"{encoder.get('arch')}@{short.get(w.get('kind'), w.get('kind'))}"
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 # ----------------------------------------------------------------------------------------- entries
 class CacheEntry:
     """One directory of the cache, addressed by its key."""
@@ -150,7 +143,7 @@ class CacheEntry:
             path = self.path / name
             if not path.is_file():
                 return f"{name} missing"
-            if path.stat().st_size != record.get("bytes") or _file_sha256(path) != record.get("sha256"):
+            if path.stat().st_size != record.get("bytes") or file_sha256(path) != record.get("sha256"):
                 return f"{name} is corrupt (size or sha256 differs from the manifest)"
         return None
 
@@ -175,7 +168,7 @@ class CacheEntry:
         records = {}
         for name in files:
             path = self.path / name
-            records[name] = {"bytes": path.stat().st_size, "sha256": _file_sha256(path)}
+            records[name] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
         atomic_write_json(self.path / MANIFEST_FILE, {"key": self.key, "digest": self.digest, "files": records, **(extra or {})})
 
     def invalidate(self, reason: str) -> None:
