@@ -41,12 +41,13 @@ from clipadapt.features.io import (
     load_tensors,
     read_json,
 )
+from clipadapt.features.shards import SHARD_KEY_FILE, check_shard_key
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
 CACHE_ENV = "CLIPADAPT_CACHE"
-KEY_FILE = "key.json"
+KEY_FILE = SHARD_KEY_FILE  # key.json: one file name for both ties
 MANIFEST_FILE = "manifest.json"
 SHARDS_DIR = "shards"
 
@@ -149,19 +150,8 @@ class CacheEntry:
 
     def begin(self) -> None:
         """Create the directory and its key.json; a directory holding another key (a digest clash or an old
-        layout) is emptied first."""
-        key_path = self.path / KEY_FILE
-        if key_path.is_file():
-            try:
-                stored = json.loads(key_path.read_text())
-            except json.JSONDecodeError:
-                stored = None
-            if canonical_json(stored) == canonical_json(self.key):
-                return
-            log.warning("cache entry %s holds another key; clearing it", self.path)
-            shutil.rmtree(self.path)
-        self.path.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(key_path, self.key)
+        layout) is emptied first — the same tie as a shard directory's (`shards.check_shard_key`)."""
+        check_shard_key(self.path, self.key)
 
     def commit(self, files: Sequence[str], extra: dict[str, Any] | None = None) -> None:
         """Write the manifest (last): the key and the size + sha256 of each data file."""

@@ -164,8 +164,8 @@ def missing_shards(shard_dir: Path, shards: Iterable[tuple[int, int]]) -> list[t
 
 
 def check_shard_key(shard_dir: Path, key: dict[str, Any] | None) -> None:
-    """Tie `shard_dir` to the computation `key` (written to key.json): shards of another key are removed, never
-    reused. `key=None` checks nothing."""
+    """Tie `shard_dir` (a shard directory or a whole cache entry) to the computation `key` (written to key.json):
+    a directory holding another key is removed, never reused. `key=None` checks nothing."""
     if key is None:
         return
     path = Path(shard_dir) / SHARD_KEY_FILE
@@ -175,7 +175,7 @@ def check_shard_key(shard_dir: Path, key: dict[str, Any] | None) -> None:
         except json.JSONDecodeError:
             same = False
         if not same:
-            log.warning("%s: shards belong to another key; discarding them", shard_dir)
+            log.warning("%s holds another key; discarding its contents", shard_dir)
             shutil.rmtree(shard_dir)
     if not path.is_file():
         atomic_write_json(path, key)
