@@ -43,9 +43,8 @@ def add_dn_arguments(parser: argparse.ArgumentParser | Any, *, source_default: s
 def _source_images(features: FeatureSet, args: argparse.Namespace):
     """Images of --dn-source: from the loaded features, or extracted through the cache for --model/--dataset."""
     source = args.dn_source
-    if features.has_split(source):
-        return features.split(source).image
-    if getattr(args, "model", None) and getattr(args, "dataset", None) and not getattr(args, "features", None):
+    encodable = getattr(args, "model", None) and getattr(args, "dataset", None) and not getattr(args, "features", None)
+    if not features.has_split(source) and encodable:
         from clipadapt.features.pipeline import feature_set_from_args  # heavy imports only when encoding
 
         return feature_set_from_args(args, splits=[source]).split(source).image
@@ -81,17 +80,18 @@ def run_dn(features: FeatureSet, args: argparse.Namespace) -> MethodResult:
     pool = _source_images(features, args)
     test = features.split(args.split)
     labels = test.label
-    draws, first_logits, n_image = [], None, 0
+    draws, first_logits = [], None
     for r in range(args.dn_repeats):
         seed = args.dn_seed + r
         model = DistributionNormalizer(lam=args.dn_lambda, n_samples=args.dn_samples, seed=seed).fit(pool, features.text)
         logits = model.predict_logits(test.image)
-        n_image = model.n_image_samples_
         if first_logits is None:
             first_logits = logits
         if labels is not None:
             draws.append({"seed": seed, **classification_report(logits, labels)})
-    extra: dict[str, Any] = {"dn": dn_source_info(args.dn_source, args.split, n_image, model.n_text_samples_, args.dn_samples)}
+    extra: dict[str, Any] = {
+        "dn": dn_source_info(args.dn_source, args.split, model.n_image_samples_, model.n_text_samples_, args.dn_samples)
+    }
     extra["dn"]["views"] = test.views  # V > 1: test-time augmentation, raw views averaged before DN
     if labels is not None:  # the same split without DN, so one results file shows DN's effect
         extra["without_dn"] = classification_report(ZeroShotClassifier(logit_scale=model.logit_scale).fit(features.text).predict_logits(test.image), labels)
