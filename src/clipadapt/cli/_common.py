@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -10,7 +11,7 @@ import numpy as np
 
 from clipadapt.errors import ConfigError
 from clipadapt.features.featureset import FeatureSet
-from clipadapt.features.io import load_feature_dir
+from clipadapt.features.io import atomic_write_bytes, load_feature_dir
 from clipadapt.report.tables import write_json
 
 
@@ -39,10 +40,11 @@ def load_features_from_args(args: argparse.Namespace, splits: Iterable[str] | No
 
 
 def save_logits(path: Path, logits: Any) -> Path:
-    """(N, C) float32 logits as .npy."""
+    """(N, C) float32 logits as .npy, written atomically like every other output."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.save(path, np.asarray(logits.detach().cpu().float().numpy(), dtype=np.float32))
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(logits.detach().cpu().float().numpy(), dtype=np.float32))
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 
