@@ -57,6 +57,21 @@ def reference(enc, images, tmp_path_factory):
     return extract_split(enc, images, shard_dir=shard_dir, batch_size=BATCH, shard_size=SHARD, progress=False)
 
 
+@pytest.mark.parametrize("device", [None, "auto", "cuda"])
+def test_init_distributed_puts_each_rank_on_its_own_gpu_with_nccl(monkeypatch, device):
+    import torch.distributed as dist
+
+    from clipadapt.features.distributed import DistEnv, init_distributed
+
+    calls = {}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.setdefault("set_device", str(d)))
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: calls.setdefault("backend", backend))
+    assert init_distributed(DistEnv(rank=3, world_size=4, local_rank=1), device) == "cuda:1"
+    assert calls == {"set_device": "cuda:1", "backend": "nccl"}
+
+
 def test_ranks_of_a_world_write_disjoint_shards_and_rank0_assembles(enc, images, reference, tmp_path):
     plan = plan_shards(N, SHARD)
     for rank in (1, 2):  # ranks 1 and 2 of a world of 3 have written their blocks

@@ -70,7 +70,7 @@ def init_distributed(env: DistEnv, device: str | None = None, *, timeout_min: fl
     Backend: NCCL when the device is CUDA, gloo otherwise. `timeout_min` (default $CLIPADAPT_DIST_TIMEOUT_MIN or
     60) bounds how long a rank waits at a barrier for slower ranks.
     """
-    if device is None:
+    if device is None or device == "auto":  # 'auto' as in encoders.resolve_device, but per local rank
         device = f"cuda:{env.local_rank}" if torch.cuda.is_available() else "cpu"
     elif device == "cuda" and env.is_distributed:
         device = f"cuda:{env.local_rank}"
