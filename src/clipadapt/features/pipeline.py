@@ -11,7 +11,7 @@ from typing import Any, Iterable, Mapping
 
 from clipadapt.errors import ConfigError, DatasetError
 from clipadapt.features.cache import FeatureCache, canonical_json, dataset_fingerprint, image_key, text_key
-from clipadapt.features.extract import DEFAULT_SHARD_SIZE, extract_split, extract_text
+from clipadapt.features.extract import DEFAULT_SHARD_SIZE, extract_split, extract_text, read_skipped
 from clipadapt.features.featureset import FeatureSet, FeatureSplit
 
 log = logging.getLogger(__name__)
@@ -162,8 +162,6 @@ def get_feature_set(
                 lazy.get(), ds, views=v, seed=seed, batch_size=batch_size, num_workers=num_workers,
                 on_error=on_error, shard_dir=entry.shard_dir, shard_size=shard_size, key=key, progress=progress,
             )
-            from clipadapt.features.extract import read_skipped
-
             skipped = read_skipped(entry.shard_dir)
             cache.save_split(entry, split, features, skipped)
         else:
