@@ -26,6 +26,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from clipadapt.errors import ConfigError
+from clipadapt.methods.tip_adapter import cache_affinity
 
 Gallery = Tensor | Iterable[Tensor] | Iterable[tuple[Tensor, Tensor | None]]
 BACKENDS = ("torch", "faiss")
@@ -297,8 +298,7 @@ def chunked_cache_affinity(
         v = next(value_chunks, None)
         if v is None or v.shape[0] != key_chunk.shape[0]:
             raise ConfigError("cache values must have one row per key, chunked like the keys")
-        affinity = torch.exp(-beta * (1 - queries @ key_chunk.to(queries.dtype).T))
-        term = affinity @ v.to(queries.dtype)
+        term = cache_affinity(queries @ key_chunk.to(queries.dtype).T, beta) @ v.to(queries.dtype)
         out = term if out is None else out + term
     if out is None:
         raise ConfigError("cache affinity over an empty cache")
