@@ -152,3 +152,14 @@ def test_captions_cli_bad_csv_is_clear_error(tmp_path, capsys):
     save_file({"image": torch.randn(2, 3), "caption": torch.randn(2, 3)}, str(tmp_path / "e.safetensors"))
     assert main(["captions", "--judgments", str(tmp_path / "j.csv"), "--embeddings", str(tmp_path / "e.safetensors")]) == 2
     assert "missing column(s) ['image', 'caption', 'human']" in capsys.readouterr().err
+
+
+def test_captions_cli_dn_pool_without_text_names_file_and_tensor(tmp_path, capsys):
+    """A --dn-pool file lacking 'text' is an error naming the file and the tensor, not a bare KeyError."""
+    torch.manual_seed(0)
+    (tmp_path / "j.csv").write_text("image,caption,human\n0,0,1\n1,1,3\n2,2,2\n")
+    save_file({"image": torch.randn(3, 4), "caption": torch.randn(3, 4)}, str(tmp_path / "e.safetensors"))
+    save_file({"image": torch.randn(5, 4)}, str(tmp_path / "pool.safetensors"))
+    assert main(["captions", "--judgments", str(tmp_path / "j.csv"), "--embeddings", str(tmp_path / "e.safetensors"),
+                 "--dn-source", "unlabeled", "--dn-pool", str(tmp_path / "pool.safetensors")]) == 2
+    assert "pool.safetensors: tensor 'text' is missing" in capsys.readouterr().err

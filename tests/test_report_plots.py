@@ -18,3 +18,15 @@ def test_save_figure_writes_by_suffix_atomically_and_closes(tmp_path):
         assert path == tmp_path / "out" / name and path.read_bytes().startswith(magic)
         assert not plt.fignum_exists(fig.number)  # closed
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temp file left
+
+
+def test_write_table_unknown_suffix_is_a_config_error_naming_the_file(tmp_path):
+    """`--table out.txt` is a ClipadaptError the CLI reports (not a bare ValueError traceback), and writes nothing."""
+    import pytest
+
+    from clipadapt.errors import ConfigError
+    from clipadapt.report.tables import write_table
+
+    with pytest.raises(ConfigError, match=r"t\.txt: unknown table format '\.txt'"):
+        write_table(tmp_path / "t.txt", [{"a": 1}])
+    assert not (tmp_path / "t.txt").exists()

@@ -49,3 +49,13 @@ def test_search_cli_equals_full_matrix_topk(tmp_path, coco_dir, coco500, split, 
 def test_search_cli_missing_split_names_the_file(coco_dir, capsys):
     assert main(["search", "--queries", f"{coco_dir}:text", "--gallery", f"{coco_dir}:val"]) == 2
     assert "val.safetensors" in capsys.readouterr().err
+
+
+def test_search_cli_save_topk_writes_the_path_it_names(tmp_path, coco_dir, capsys):
+    """--save-topk FILE writes FILE itself (np.savez on a path appends '.npz'), whole, and says so."""
+    topk = tmp_path / "out" / "neighbours"
+    assert main(["search", "--queries", f"{coco_dir}:text", "--gallery", f"{coco_dir}:test", "--k", "3",
+                 "--save-topk", str(topk)]) == 0
+    assert f"wrote {topk}" in capsys.readouterr().out
+    assert [p.name for p in topk.parent.iterdir()] == ["neighbours"]
+    assert np.load(topk)["indices"].shape == (500, 3)

@@ -9,10 +9,10 @@ from pathlib import Path
 import torch
 
 from clipadapt.cli._common import write_results
-from clipadapt.errors import ConfigError, DatasetError, FeatureDirError
+from clipadapt.errors import ConfigError, DatasetError
 from clipadapt.eval.captions import evaluate_caption_scores
 from clipadapt.eval.runners.dn import add_dn_arguments
-from clipadapt.features.io import load_tensors
+from clipadapt.features.io import _require, load_tensors
 from clipadapt.report.tables import markdown_table, write_table
 
 COMMAND = "captions"
@@ -65,10 +65,8 @@ def _int(value: str, path: Path, line: int, column: str, n: int) -> int:
 
 def _from_embeddings(args: argparse.Namespace, rows: list[dict]) -> tuple:
     tensors = load_tensors(args.embeddings)
-    for key in ("image", "caption"):
-        if key not in tensors:
-            raise FeatureDirError(f"{args.embeddings.name}: tensor '{key}' is missing (found: {sorted(tensors)})")
-    image_all, caption_all, ref_all = tensors["image"].float(), tensors["caption"].float(), tensors.get("reference")
+    image_all = _require(tensors, "image", args.embeddings).float()
+    caption_all, ref_all = _require(tensors, "caption", args.embeddings).float(), tensors.get("reference")
     img_idx = [_int(r["image"], args.judgments, i + 2, "image", image_all.shape[0]) for i, r in enumerate(rows)]
     cap_idx = [_int(r["caption"], args.judgments, i + 2, "caption", caption_all.shape[0]) for i, r in enumerate(rows)]
     refs = None
@@ -112,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.dn_pool:
             raise ConfigError("--dn-source unlabeled needs --dn-pool FILE.safetensors (tensors 'image' and 'text')")
         t = load_tensors(args.dn_pool)
-        pool = (t["image"].float(), t["text"].float())
+        pool = (_require(t, "image", args.dn_pool).float(), _require(t, "text", args.dn_pool).float())
     seeds = [args.dn_seed + r for r in range(args.dn_repeats)]
     res = evaluate_caption_scores(image, caption, human, refs, lam=args.dn_lambda, n_samples=args.dn_samples,
                                   seeds=seeds, pool_image=pool[0], pool_text=pool[1])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import time
 from pathlib import Path
 from typing import Iterator
@@ -13,7 +14,7 @@ import torch
 from clipadapt.cli._common import write_results
 from clipadapt.errors import ConfigError, FeatureDirError
 from clipadapt.eval.topk import BACKENDS, chunked_topk
-from clipadapt.features.io import load_text, read_meta
+from clipadapt.features.io import atomic_write_bytes, load_text, read_meta
 from clipadapt.features.shards import ShardedSplit, index_path
 from clipadapt.ops import l2_normalize, pool_views
 
@@ -90,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
           f"({args.backend})")
     write_results(args.out, results)
     if args.save_topk:
-        args.save_topk.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(args.save_topk, indices=index.numpy(), scores=scores.float().numpy())
+        buf = io.BytesIO()  # np.savez on a path would append '.npz' to a name without it
+        np.savez(buf, indices=index.numpy(), scores=scores.float().numpy())
+        atomic_write_bytes(args.save_topk, buf.getvalue())
         print(f"wrote {args.save_topk}")
     return 0

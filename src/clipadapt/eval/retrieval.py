@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor
 from clipadapt.errors import ConfigError
-from clipadapt.eval.topk import chunked_ranks, chunked_recall_at_k
+from clipadapt.eval.topk import _gt_matrix, chunked_ranks, chunked_recall_at_k
 from clipadapt.ops import check_same_dim, l2_normalize, pool_views
 
 DEFAULT_KS = (1, 5, 10)
@@ -45,18 +45,10 @@ def image_to_texts(text_to_image: Tensor, n_images: int) -> Tensor:
 
 
 def _as_padded(gt: Tensor | Sequence[Sequence[int]], n_queries: int, n_gallery: int) -> Tensor:
-    if not isinstance(gt, Tensor):
-        width = max((len(g) for g in gt), default=0)
-        gt = torch.tensor([list(g) + [-1] * (width - len(g)) for g in gt], dtype=torch.long).view(len(gt), width)
-    gt = gt.long()
-    if gt.ndim == 1:
-        gt = gt.view(-1, 1)
-    if gt.ndim != 2 or gt.shape[0] != n_queries:
-        raise ConfigError(f"ground truth must give the correct gallery items of each of {n_queries} queries; got {tuple(gt.shape)}")
+    """`clipadapt.eval.topk`'s (Q, G) −1-padded ground truth, with every index checked against the gallery size."""
+    gt = _gt_matrix(gt, n_queries)
     if (gt >= n_gallery).any() or ((gt < 0) & (gt != -1)).any():
         raise ConfigError(f"ground-truth gallery indices must lie in [0, {n_gallery}) (−1 = padding)")
-    if gt.shape[1] == 0 or (gt < 0).all(dim=1).any():
-        raise ConfigError("every query needs at least one correct gallery item")
     return gt
 
 
@@ -68,11 +60,6 @@ def retrieval_ranks(
     check_same_dim(query, gallery, "queries", "gallery")
     gt = _as_padded(gt, query.shape[0], gallery.shape[0]).to(query.device)
     return chunked_ranks(query, gallery, gt, chunk_size=chunk_size)
-
-
-def recall_at_k(ranks: Tensor, ks: Iterable[int] = DEFAULT_KS) -> dict[str, float]:
-    """{'R@k': percent of queries whose rank < k}."""
-    return {f"R@{k}": 100.0 * (ranks < k).float().mean().item() for k in ks}
 
 
 def retrieval_recall(

@@ -47,12 +47,8 @@ class SearchResult:
     @property
     def best_index(self) -> tuple[int, ...]:
         """First grid point (C order) with the most correct predictions."""
-        flat = int((self.correct.flatten() == self.correct.max()).nonzero()[0, 0])
-        index = []
-        for size in reversed(self.correct.shape):
-            flat, i = divmod(flat, size)
-            index.append(i)
-        return tuple(reversed(index))
+        flat = (self.correct.flatten() == self.correct.max()).nonzero()[0, 0]
+        return tuple(int(i) for i in torch.unravel_index(flat, self.correct.shape))
 
     @property
     def best(self) -> dict[str, float]:

@@ -26,6 +26,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from clipadapt.errors import ConfigError
+from clipadapt.methods.tip_adapter import cache_affinity
 
 Gallery = Tensor | Iterable[Tensor] | Iterable[tuple[Tensor, Tensor | None]]
 BACKENDS = ("torch", "faiss")
@@ -194,6 +195,8 @@ def _gt_matrix(gt: Tensor | Sequence[Sequence[int]] | Sequence[int], num_queries
         gt_t = torch.full((len(rows), width), -1, dtype=torch.long)
         for i, r in enumerate(rows):
             gt_t[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    if gt_t.ndim != 2:
+        raise ConfigError(f"ground truth must be (Q,), (Q, G) padded with -1, or lists of indices; got {tuple(gt_t.shape)}")
     if gt_t.shape[0] != num_queries:
         raise ConfigError(f"ground truth lists {gt_t.shape[0]} queries but there are {num_queries} queries")
     if ((gt_t >= 0).sum(1) == 0).any():
@@ -295,8 +298,7 @@ def chunked_cache_affinity(
         v = next(value_chunks, None)
         if v is None or v.shape[0] != key_chunk.shape[0]:
             raise ConfigError("cache values must have one row per key, chunked like the keys")
-        affinity = torch.exp(-beta * (1 - queries @ key_chunk.to(queries.dtype).T))
-        term = affinity @ v.to(queries.dtype)
+        term = cache_affinity(queries @ key_chunk.to(queries.dtype).T, beta) @ v.to(queries.dtype)
         out = term if out is None else out + term
     if out is None:
         raise ConfigError("cache affinity over an empty cache")

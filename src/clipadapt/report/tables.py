@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+from clipadapt.errors import ConfigError
 from clipadapt.features.io import atomic_write_bytes
 
 
@@ -74,6 +75,6 @@ def write_table(path: str | Path, rows: Sequence[dict[str, Any]], columns: Seque
     elif suffix == ".json":
         return write_json(path, list(rows))
     else:
-        raise ValueError(f"{path}: unknown table format '{suffix}' (use .csv, .md or .json)")
+        raise ConfigError(f"{path}: unknown table format '{suffix}' (use .csv, .md or .json)")
     atomic_write_bytes(path, text.encode())
     return path
