@@ -23,6 +23,7 @@ from clipadapt.methods.ensembles import (
     COMBINERS,
     as_float_tensor,
     check_array_list,
+    check_labels,
     iter_row_chunks,
     predict_streaming,
     predictions_streaming,
@@ -90,13 +91,6 @@ def _first_difference(a: Sequence[str], b: Sequence[str]) -> str:
         if x != y:
             return f"; first difference at class {i}: {x!r} vs {y!r}"
     return ""
-
-
-def check_labels(labels: Tensor, n: int, num_classes: int, what: str) -> None:
-    if labels.ndim != 1 or labels.shape[0] != n:
-        raise ConfigError(f"{what}: {tuple(labels.shape)} labels for {n} rows of logits")
-    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ConfigError(f"{what}: labels in [{int(labels.min())}, {int(labels.max())}] but logits have {num_classes} classes")
 
 
 # ----------------------------------------------------------------------------------------- analyses
