@@ -172,9 +172,9 @@ def fit_linear_probe(x: Tensor, y: Tensor, num_classes: int, *, weight_decay: fl
                      seed: int = 0) -> tuple[Tensor, Tensor]:
     """Multinomial logistic regression (weights W (C, D), bias b) by full-batch L-BFGS on CE + wd·‖W‖².
 
-    The objective is convex, so the zero start (and `seed`, kept for the record) gives a deterministic fit.
+    The objective is convex and the start is zero, so the fit is deterministic: nothing is drawn at random
+    (`seed` is kept for the record) and the caller's global RNG is left alone.
     """
-    torch.manual_seed(seed)
     x, y = x.double(), y.long()
     w = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
