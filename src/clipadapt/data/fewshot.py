@@ -101,8 +101,12 @@ def sample_disjoint(
     if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 1:
         raise DatasetError(f"{what} images per class must be a positive integer, got {per_class!r}")
     arr = _as_label_array(labels)
+    excluded_idx = np.asarray(list(exclude), dtype=np.int64)
+    bad = excluded_idx[(excluded_idx < 0) | (excluded_idx >= arr.size)]
+    if bad.size:
+        raise DatasetError(f"{what}: exclude holds index {int(bad[0])}, outside the {arr.size} items (0..{arr.size - 1})")
     excluded = np.zeros(arr.size, dtype=bool)
-    excluded[np.asarray(list(exclude), dtype=np.int64)] = True
+    excluded[excluded_idx] = True
     classes = range(len(classnames)) if classnames is not None else sorted(set(arr.tolist()))
     chosen: list[int] = []
     short = []
