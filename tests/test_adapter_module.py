@@ -235,3 +235,21 @@ def test_saving_identical_adapters_gives_identical_files(tmp_path):
     a = save_adapter_checkpoint(tmp_path / "a", model, {"arch": "x"})
     b = save_adapter_checkpoint(tmp_path / "b", model, {"arch": "x"})
     assert a.read_bytes() == b.read_bytes()
+
+
+def test_checkpoint_tensor_of_wrong_shape_is_an_error_naming_the_file(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    model = tiny()
+    insert_adapters(model)
+    weights = save_adapter_checkpoint(tmp_path, model)
+    with safe_open(str(weights), framework="pt") as f:
+        metadata = f.metadata()
+    tensors = load_file(str(weights))
+    tensors["blocks.1.up.weight"] = tensors["blocks.1.up.weight"][:, :-1].contiguous()  # one column short
+    save_file(tensors, str(weights), metadata=metadata)
+    with pytest.raises(AdapterError, match=r"adapter\.safetensors: tensor 'blocks\.1\.up\.weight' has shape"):
+        load_adapter_checkpoint(tmp_path)
+    with pytest.raises(AdapterError, match=r"adapter\.safetensors: tensor 'blocks\.1\.up\.weight'"):
+        attach_adapter_checkpoint(tiny(), tmp_path)

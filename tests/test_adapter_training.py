@@ -187,3 +187,12 @@ def test_supervised_needs_classes(tmp_path):
 
     with pytest.raises(ConfigError, match="number of classes"):
         train_adapters(tiny(), NoClasses(), tmp_path, config=AdapterTrainConfig(max_steps=1), progress=False)
+
+
+def test_unreadable_training_state_is_an_error_naming_the_file(tmp_path):
+    ds = StripesDataset(8)
+    config = AdapterTrainConfig(batch_size=4, max_steps=1)
+    train_adapters(tiny(), ds, tmp_path, config=config, progress=False)
+    (tmp_path / "train_state.pt").write_bytes(b"truncated")
+    with pytest.raises(AdapterError, match=r"train_state\.pt.*unreadable.*delete it"):
+        train_adapters(tiny(), ds, tmp_path, config=config, progress=False)

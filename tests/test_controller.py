@@ -104,3 +104,14 @@ def test_clear_errors():
     nlc = NeuralLogitController(max_epochs=1).fit(e, z, y)
     with pytest.raises(ConfigError, match="concatenated embeddings have 12 dimensions"):
         nlc.predict_logits([e[0], e[1][:, :4]], z)
+
+
+def test_temperatures_checks_its_embeddings_like_predict_logits():
+    z, e, y = informative_and_noisy(10, seed=0)
+    nlc = NeuralLogitController(max_epochs=1).fit(e, z, y)
+    with pytest.raises(ConfigError, match="concatenated embeddings have 12 dimensions"):
+        nlc.temperatures([e[0], e[1][:, :4]])
+    with pytest.raises(ConfigError, match="fitted on 2 backbones, got 1"):
+        nlc.temperatures([torch.cat(e, dim=1)])
+    with pytest.raises(ConfigError, match=r"embeddings\[1\] has shape \(9, 8\)"):
+        nlc.temperatures([e[0], e[1][:9]])

@@ -168,3 +168,27 @@ def test_sampler_accepts_tensors_and_rejects_bad_labels():
         sample_few_shot([0, -1], 1, 1)
     with pytest.raises(DatasetError, match="integers"):
         sample_few_shot([0.5, 1.0], 1, 1)
+
+
+def test_disjoint_draw_matches_the_seeded_permutation_of_the_items_left_written_out():
+    """Per class c: its ascending indices not excluded, permuted by default_rng([seed, c, 1]), first k; sorted."""
+    import numpy as np
+
+    from clipadapt.data import sample_disjoint
+
+    exclude = sample_few_shot(LABELS, 2, 3)
+    expected = []
+    for c in sorted(set(LABELS)):
+        items = [i for i, v in enumerate(LABELS) if v == c and i not in exclude]
+        perm = np.random.default_rng([3, c, 1]).permutation(len(items))
+        expected += [items[k] for k in perm[:2]]
+    got = sample_disjoint(LABELS, 2, 3, exclude=exclude)
+    assert got == sorted(expected) and not set(got) & set(exclude)
+
+
+@pytest.mark.parametrize("bad", [-1, len(LABELS)])
+def test_disjoint_draw_refuses_excluded_indices_out_of_range(bad):
+    from clipadapt.data import sample_disjoint
+
+    with pytest.raises(DatasetError, match=rf"exclude.*{bad}.*0\.\.{len(LABELS) - 1}"):
+        sample_disjoint(LABELS, 1, 0, exclude=[0, bad])

@@ -249,3 +249,13 @@ def test_real_clip_backbone_recovered_over_its_random_init_control(coco500, coco
         assert combos[name] >= real - 1, name
     assert combos["nlc"] >= real - 5
     assert r["combinations"]["stacking"]["weights"]["real"] > 0.99
+
+
+def test_linear_probe_leaves_the_global_rng_alone():
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(20, 4, generator=g), torch.randint(0, 3, (20,), generator=g)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    fit_linear_probe(x, y, 3, seed=7)
+    assert torch.equal(torch.rand(3), expected)

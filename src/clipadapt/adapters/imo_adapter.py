@@ -290,6 +290,15 @@ def load_adapter_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[s
     if set(tensors) != expected:
         missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
         raise AdapterError(f"{weights_path}: adapter tensors do not match its config (missing {missing[:4]}, unexpected {extra[:4]})")
+    d, w = structure["dim"], structure["width"]
+    shapes = {"down.weight": (w, d), "down.bias": (w,), "up.weight": (d, w), "up.bias": (d,)}
+    for key, t in sorted(tensors.items()):
+        want = shapes[key.split(".", 2)[2]]
+        if tuple(t.shape) != want:
+            raise AdapterError(
+                f"{weights_path}: tensor {key!r} has shape {tuple(t.shape)}, expected {want} for the saved "
+                f"dim={d}, width={w}; the file is corrupt or was not written by save_adapter_checkpoint"
+            )
     return tensors, {**config, **structure}
 
 

@@ -299,7 +299,7 @@ def train_adapters(
     planned = per_epoch * c.epochs  # the schedule's horizon; max_steps only stops earlier
     total = planned if c.max_steps is None else min(c.max_steps, planned)
 
-    saved = torch.load(state_path, map_location="cpu", weights_only=True) if state_path.is_file() else None
+    saved = _load_state(state_path) if state_path.is_file() else None
     if saved is not None:
         _check_resumable(saved["config"], _config_dict(c), state_path)
     else:
@@ -390,6 +390,20 @@ def train_adapters(
         _set_train_modes(model, adapters, False)
     _write_log(out_dir, losses, c, total)
     return TrainResult(weights, step, total, start, losses)
+
+
+def _load_state(state_path: Path) -> dict[str, Any]:
+    """The saved training state; AdapterError naming the file when torch cannot read it."""
+    try:
+        saved = torch.load(state_path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError/UnpicklingError/EOFError for damaged files
+        raise AdapterError(
+            f"{state_path}: resumable training state is unreadable ({type(e).__name__}: {e}); "
+            "delete it to start over, or choose a new output directory"
+        ) from e
+    if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+        raise AdapterError(f"{state_path}: not a clipadapt adapter training state (no 'config'); delete it to start over")
+    return saved
 
 
 def _restore(saved: dict[str, Any], params: dict[str, nn.Parameter], head: nn.Module, optimizer, device):

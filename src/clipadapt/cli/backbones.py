@@ -67,7 +67,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 # ----------------------------------------------------------------------------------------- inputs
-def _from_logits(args: argparse.Namespace) -> tuple[list[str], syn.ScoreSet, syn.ScoreSet | None, None]:
+def _from_logits(args: argparse.Namespace) -> tuple[list[str], syn.ScoreSet, syn.ScoreSet | None]:
     if not args.labels:
         raise ConfigError("--logits needs --labels (the (N,) labels of the evaluated samples)")
     logits, labels = inputs.load_logit_set(args.logits, args.labels, "evaluated")
@@ -87,7 +87,7 @@ def _from_logits(args: argparse.Namespace) -> tuple[list[str], syn.ScoreSet, syn
     if len(names) != len(logits):
         raise ConfigError(f"--names lists {len(names)} names for {len(logits)} logits files")
     emb = inputs.load_embedding_set(args.embeddings, len(logits), logits[0].shape[0], "evaluated")
-    return names, syn.ScoreSet(logits=logits, labels=labels, embeddings=emb), heldout, None
+    return names, syn.ScoreSet(logits=logits, labels=labels, embeddings=emb), heldout
 
 
 def _feature_sets(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     norm_rows: list[dict] = []
     cost_rows: list[dict] = []
     if args.logits:
-        names, test, heldout, _ = _from_logits(args)
+        names, test, heldout = _from_logits(args)
         classnames, model_ids, heldout_desc = None, [None] * len(names), "given" if heldout else "none"
     else:
         fsets, unavailable = _feature_sets(args)

@@ -32,6 +32,20 @@ def _as_label_array(labels: Sequence[int]) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
+def _indices_by_class(arr: np.ndarray) -> dict[int, np.ndarray]:
+    """{label: its item indices, ascending} (one stable sort, not one scan per class)."""
+    order = np.argsort(arr, kind="stable")
+    present, starts, counts = np.unique(arr[order], return_index=True, return_counts=True)
+    return {int(c): order[s : s + n] for c, s, n in zip(present, starts, counts)}
+
+
+def _listed_classes(short: list[tuple[int, str]], classnames: Sequence[str] | None) -> str:
+    """'<class> has <detail>, ...' for at most 10 short classes, then how many more."""
+    listed = ", ".join(f"{classnames[c]!r} has {detail}" if classnames is not None else f"label {c} has {detail}"
+                       for c, detail in short[:10])
+    return listed + (f" (and {len(short) - 10} more classes)" if len(short) > 10 else "")
+
+
 def sample_few_shot(
     labels: Sequence[int],
     shots: int,
@@ -49,11 +63,9 @@ def sample_few_shot(
     if isinstance(shots, bool) or not isinstance(shots, (int, np.integer)) or shots < 1:
         raise DatasetError(f"shots must be a positive integer, got {shots!r}")
     arr = _as_label_array(labels)
-    order = np.argsort(arr, kind="stable")  # each class's indices stay ascending
-    present, starts, counts = np.unique(arr[order], return_index=True, return_counts=True)
-    by_class = {int(c): order[s : s + n] for c, s, n in zip(present, starts, counts)}
+    by_class = _indices_by_class(arr)
     if classnames is not None:
-        out_of_range = [int(c) for c in present if c >= len(classnames)]
+        out_of_range = [c for c in by_class if c >= len(classnames)]
         if out_of_range:
             raise DatasetError(f"labels {out_of_range[:10]} out of range for {len(classnames)} class names")
         classes = list(range(len(classnames)))
@@ -62,13 +74,9 @@ def sample_few_shot(
     empty = np.zeros(0, dtype=np.int64)
     short = [(c, len(by_class.get(c, empty))) for c in classes if len(by_class.get(c, empty)) < shots]
     if short and not allow_fewer:
-        def describe(c: int) -> str:
-            return repr(classnames[c]) if classnames is not None else f"label {c}"
-
-        listed = ", ".join(f"{describe(c)} has {n}" for c, n in short[:10])
-        more = f" (and {len(short) - 10} more classes)" if len(short) > 10 else ""
+        listed = _listed_classes([(c, str(n)) for c, n in short], classnames)
         raise DatasetError(
-            f"{shots}-shot sampling needs {shots} items per class: {listed}{more}; pass allow_fewer=True "
+            f"{shots}-shot sampling needs {shots} items per class: {listed}; pass allow_fewer=True "
             "(CLI: --allow-fewer) to take all items of such classes"
         )
     chosen: list[int] = []
@@ -101,26 +109,29 @@ def sample_disjoint(
     if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 1:
         raise DatasetError(f"{what} images per class must be a positive integer, got {per_class!r}")
     arr = _as_label_array(labels)
+    excluded_idx = np.asarray(list(exclude), dtype=np.int64)
+    bad = excluded_idx[(excluded_idx < 0) | (excluded_idx >= arr.size)]
+    if bad.size:
+        raise DatasetError(f"{what}: exclude holds index {int(bad[0])}, outside the {arr.size} items (0..{arr.size - 1})")
     excluded = np.zeros(arr.size, dtype=bool)
-    excluded[np.asarray(list(exclude), dtype=np.int64)] = True
-    classes = range(len(classnames)) if classnames is not None else sorted(set(arr.tolist()))
+    excluded[excluded_idx] = True
+    by_class = _indices_by_class(arr)
+    classes = range(len(classnames)) if classnames is not None else sorted(by_class)
+    empty = np.zeros(0, dtype=np.int64)
     chosen: list[int] = []
     short = []
     for c in classes:
-        items = np.flatnonzero((arr == c) & ~excluded)
+        all_items = by_class.get(c, empty)
+        items = all_items[~excluded[all_items]]
         if len(items) < per_class:
-            short.append((c, len(items), int((arr == c).sum())))
+            short.append((c, f"{len(items)} left of {len(all_items)}"))
         rng = np.random.default_rng([int(seed), int(c), VALIDATION_STREAM])
         chosen.extend(items[rng.permutation(len(items))[:per_class]].tolist())
     if short and not allow_fewer:
-        def describe(c: int) -> str:
-            return repr(classnames[c]) if classnames is not None else f"label {c}"
-
-        listed = ", ".join(f"{describe(c)} has {left} left of {total}" for c, left, total in short[:10])
-        more = f" (and {len(short) - 10} more classes)" if len(short) > 10 else ""
         raise DatasetError(
             f"{what}: {per_class} images per class are needed beyond the {len(set(exclude))} excluded (shot) images: "
-            f"{listed}{more}; ask for fewer per class, or pass allow_fewer=True (CLI: --allow-fewer) to take what is left"
+            f"{_listed_classes(short, classnames)}; ask for fewer per class, or pass allow_fewer=True "
+            "(CLI: --allow-fewer) to take what is left"
         )
     if not chosen:
         raise DatasetError(f"{what}: no images left to draw once the {len(set(exclude))} excluded ones are removed")

@@ -23,6 +23,7 @@ from clipadapt.methods.ensembles import (
     COMBINERS,
     as_float_tensor,
     check_array_list,
+    check_labels,
     iter_row_chunks,
     predict_streaming,
     predictions_streaming,
@@ -90,13 +91,6 @@ def _first_difference(a: Sequence[str], b: Sequence[str]) -> str:
         if x != y:
             return f"; first difference at class {i}: {x!r} vs {y!r}"
     return ""
-
-
-def check_labels(labels: Tensor, n: int, num_classes: int, what: str) -> None:
-    if labels.ndim != 1 or labels.shape[0] != n:
-        raise ConfigError(f"{what}: {tuple(labels.shape)} labels for {n} rows of logits")
-    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ConfigError(f"{what}: labels in [{int(labels.min())}, {int(labels.max())}] but logits have {num_classes} classes")
 
 
 # ----------------------------------------------------------------------------------------- analyses
@@ -178,9 +172,9 @@ def fit_linear_probe(x: Tensor, y: Tensor, num_classes: int, *, weight_decay: fl
                      seed: int = 0) -> tuple[Tensor, Tensor]:
     """Multinomial logistic regression (weights W (C, D), bias b) by full-batch L-BFGS on CE + wd·‖W‖².
 
-    The objective is convex, so the zero start (and `seed`, kept for the record) gives a deterministic fit.
+    The objective is convex and the start is zero, so the fit is deterministic: nothing is drawn at random
+    (`seed` is kept for the record) and the caller's global RNG is left alone.
     """
-    torch.manual_seed(seed)
     x, y = x.double(), y.long()
     w = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
     b = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)

@@ -47,11 +47,19 @@ def check_logits_list(logits: LogitsList, labels: Tensor | None = None, what: st
             )
     n, c = int(first.shape[0]), int(first.shape[1])
     if labels is not None:
-        if labels.ndim != 1 or labels.shape[0] != n:
-            raise ConfigError(f"labels have shape {tuple(labels.shape)} but {what} have N={n} rows")
-        if labels.numel() and (labels.min() < 0 or labels.max() >= c):
-            raise ConfigError(f"labels must lie in [0, {c}) for {c}-class logits; got max {int(labels.max())}")
+        check_labels(labels, n, c, what)
     return n, c
+
+
+def check_labels(labels: Tensor, n: int, num_classes: int, what: str = "logits") -> None:
+    """(N,) integer labels in [0, C) for `what`, N rows of C-class logits; the error names `what`."""
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise ConfigError(f"{what}: labels have shape {tuple(labels.shape)} but the logits have N={n} rows")
+    if labels.numel() and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ConfigError(
+            f"{what}: labels must lie in [0, {num_classes}) for {num_classes}-class logits; "
+            f"got [{int(labels.min())}, {int(labels.max())}]"
+        )
 
 
 def entropy(log_probs: Tensor) -> Tensor:

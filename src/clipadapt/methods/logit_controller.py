@@ -66,11 +66,25 @@ class NeuralLogitController:
         n, _ = check_logits_list(logits, what=f"{what} logits")
         if len(embeddings) != len(logits):
             raise ConfigError(f"{what}: {len(embeddings)} embedding tensors for {len(logits)} logits tensors")
+        return self._embedding_input(embeddings, n, what), torch.stack([z.float() for z in logits])
+
+    def _embedding_input(self, embeddings: Sequence[Tensor], n: int, what: str) -> Tensor:
+        """(N, ΣD): each backbone's (N, D_b) embeddings (L2-normalised with `normalize`), concatenated."""
         for b, e in enumerate(embeddings):
             if e.ndim != 2 or e.shape[0] != n:
                 raise ConfigError(f"{what} embeddings[{b}] has shape {tuple(e.shape)}; expected ({n}, D_{b})")
-        parts = [l2_normalize(e.float()) if self.normalize else e.float() for e in embeddings]
-        return torch.cat(parts, dim=1), torch.stack([z.float() for z in logits])
+        return torch.cat([l2_normalize(e.float()) if self.normalize else e.float() for e in embeddings], dim=1)
+
+    def _check_fitted_input(self, x: Tensor, num_backbones: int) -> None:
+        """The input matches what the controller was fitted on: same number of backbones, same total width."""
+        check_is_fitted(self, "model_")
+        if num_backbones != self.num_backbones_:
+            raise ConfigError(f"NeuralLogitController was fitted on {self.num_backbones_} backbones, got {num_backbones}")
+        if x.shape[1] != self.model_[0].in_features:
+            raise ConfigError(
+                f"concatenated embeddings have {x.shape[1]} dimensions but the controller was fitted on "
+                f"{self.model_[0].in_features}: same backbones, same order?"
+            )
 
     def _temperatures(self, x: Tensor) -> Tensor:
         return nn.functional.softplus(self.model_(x)) + self.min_temperature  # (N, B)
@@ -109,7 +123,7 @@ class NeuralLogitController:
             self.model_ = self._build(x.shape[1], z.shape[0]).to(x.device)  # follow the inputs' device
         train_idx, val_idx = (i.to(x.device) for i in self._split(x.shape[0], generator))
         opt = torch.optim.Adam(self.model_.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        best, best_state, stale, history = math.inf, copy.deepcopy(self.model_.state_dict()), 0, []
+        best, best_state, best_epoch, stale, history = math.inf, copy.deepcopy(self.model_.state_dict()), -1, 0, []
         for epoch in range(self.max_epochs):
             self.model_.train()
             order = train_idx[torch.randperm(train_idx.numel(), generator=generator).to(x.device)]
@@ -122,7 +136,7 @@ class NeuralLogitController:
             val_loss = self._loss(x[val_idx], z[:, val_idx], y[val_idx])
             history.append(val_loss)
             if val_loss < best - 1e-6:
-                best, best_state, stale, self.best_epoch_ = val_loss, copy.deepcopy(self.model_.state_dict()), 0, epoch
+                best, best_state, stale, best_epoch = val_loss, copy.deepcopy(self.model_.state_dict()), 0, epoch
             else:
                 stale += 1
                 if stale >= self.patience:
@@ -131,7 +145,7 @@ class NeuralLogitController:
         self.model_.eval()
         self.val_loss_history_ = history
         self.num_backbones_ = int(z.shape[0])
-        self.best_epoch_ = getattr(self, "best_epoch_", -1)
+        self.best_epoch_ = best_epoch  # -1: no epoch improved on the initial controller
         return self
 
     @torch.no_grad()
@@ -143,19 +157,16 @@ class NeuralLogitController:
     def temperatures(self, embeddings: Sequence[Tensor]) -> Tensor:
         """(N, B) per-sample, per-backbone temperatures τ_b(x)."""
         check_is_fitted(self, "model_")
-        parts = [l2_normalize(e.float()) if self.normalize else e.float() for e in embeddings]
-        return self._temperatures(torch.cat(parts, dim=1))
+        if not embeddings:
+            raise ConfigError("temperatures: need the embeddings of every backbone, got none")
+        x = self._embedding_input(embeddings, int(embeddings[0].shape[0]), "test")
+        self._check_fitted_input(x, len(embeddings))
+        return self._temperatures(x)
 
     @torch.no_grad()
     def predict_logits(self, embeddings: Sequence[Tensor], logits: Sequence[Tensor]) -> Tensor:
         """(N, C) combined logits `Σ_b z_b / τ_b(x)`; reads no labels."""
         check_is_fitted(self, "model_")
         x, z = self._inputs(embeddings, logits, "test")
-        if z.shape[0] != self.num_backbones_:
-            raise ConfigError(f"NeuralLogitController was fitted on {self.num_backbones_} backbones, got {z.shape[0]}")
-        if x.shape[1] != self.model_[0].in_features:
-            raise ConfigError(
-                f"concatenated embeddings have {x.shape[1]} dimensions but the controller was fitted on "
-                f"{self.model_[0].in_features}: same backbones, same order?"
-            )
+        self._check_fitted_input(x, z.shape[0])
         return self._combine(z, self._temperatures(x))
