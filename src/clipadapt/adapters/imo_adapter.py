@@ -17,7 +17,6 @@ file's sha256 covers width/scale) plus a JSON config (training hyper-parameters,
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, Iterator
@@ -26,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from clipadapt.errors import AdapterError, ConfigError
-from clipadapt.features.io import read_json
+from clipadapt.features.io import file_sha256, read_json
 
 WEIGHTS_FILE = "adapter.safetensors"
 CONFIG_FILE = "adapter.json"
@@ -231,15 +230,6 @@ def save_adapter_checkpoint(path: str | Path, model: nn.Module, config: dict[str
     atomic_write_json(config_path, {**structure, **extra, "weights_file": weights_path.name,
                                     "weights_sha256": file_sha256(weights_path)})
     return weights_path
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def adapter_checkpoint_sha256(path: str | Path) -> str:

@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    from clipadapt.adapters.imo_adapter import checkpoint_paths, file_sha256, load_adapter_checkpoint
+    from clipadapt.adapters.imo_adapter import checkpoint_paths, load_adapter_checkpoint
+    from clipadapt.features.io import file_sha256
 
     tensors, config = load_adapter_checkpoint(args.checkpoint)
     weights, _ = checkpoint_paths(args.checkpoint)
