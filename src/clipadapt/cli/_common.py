@@ -15,6 +15,31 @@ from clipadapt.features.io import atomic_write_bytes, load_feature_dir
 from clipadapt.report.tables import write_json
 
 
+def comma_strings(text: str) -> list[str]:
+    """argparse type: 'a, b,c' -> ['a', 'b', 'c'] (at least one item)."""
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+    return values
+
+
+def _comma_numbers(text: str, kind: type, what: str) -> list:
+    try:
+        return [kind(v) for v in comma_strings(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
+
+
+def comma_ints(text: str) -> list[int]:
+    """argparse type: '1,2,4' -> [1, 2, 4]."""
+    return _comma_numbers(text, int, "integers")
+
+
+def comma_floats(text: str) -> list[float]:
+    """argparse type: '0.1,0.25' -> [0.1, 0.25]."""
+    return _comma_numbers(text, float, "numbers")
+
+
 def add_feature_source_arguments(parser: argparse.ArgumentParser) -> None:
     """--features DIR, or --model/--dataset to extract through the cache."""
     src = parser.add_argument_group("features")

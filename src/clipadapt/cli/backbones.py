@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from clipadapt.cli._common import comma_floats, comma_strings
 from clipadapt.errors import ConfigError
 from clipadapt.eval import synergy as syn
 from clipadapt.eval import synergy_inputs as inputs
@@ -24,22 +25,18 @@ COST_METRICS = {"gflops": ("gflops_per_image", "GFLOPs per image"), "ms": ("ms_p
                 "params": ("params_image_M", "image-tower parameters (M)")}
 
 
-def _csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
     src = parser.add_argument_group("inputs (one of)")
     src.add_argument("--features", nargs="+", type=Path, help="feature directories, one per backbone (same dataset)")
-    src.add_argument("--models", type=_csv, help="comma-separated ARCH@TAG list; extracted through the cache")
+    src.add_argument("--models", type=comma_strings, help="comma-separated ARCH@TAG list; extracted through the cache")
     src.add_argument("--dataset", help="dataset spec for --models")
-    src.add_argument("--logits", type=_csv, help="comma-separated (N, C) .npy logits, one per backbone")
+    src.add_argument("--logits", type=comma_strings, help="comma-separated (N, C) .npy logits, one per backbone")
     src.add_argument("--labels", type=Path, help="(N,) .npy labels of --logits")
-    src.add_argument("--heldout-logits", type=_csv, help="held-out logits for fitting, same backbone order")
+    src.add_argument("--heldout-logits", type=comma_strings, help="held-out logits for fitting, same backbone order")
     src.add_argument("--heldout-labels", type=Path, help="(M,) .npy labels of --heldout-logits")
-    src.add_argument("--embeddings", type=_csv, help="(N, D_b) image embeddings .npy per backbone (enables the NLC)")
-    src.add_argument("--heldout-embeddings", type=_csv, help="held-out embeddings .npy per backbone")
-    src.add_argument("--names", type=_csv, help="backbone names for --logits (default: file names)")
+    src.add_argument("--embeddings", type=comma_strings, help="(N, D_b) image embeddings .npy per backbone (enables the NLC)")
+    src.add_argument("--heldout-embeddings", type=comma_strings, help="held-out embeddings .npy per backbone")
+    src.add_argument("--names", type=comma_strings, help="backbone names for --logits (default: file names)")
     src.add_argument("--cache-dir", type=Path, default=None, help="feature cache root for --models")
     src.add_argument("--device", default=None, help="torch device for extraction and timing (default: auto)")
     src.add_argument("--batch-size", type=int, default=64)
@@ -51,12 +48,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
                          "--heldout-split; use it when the held-out split is the test set (CoOp's ImageNet val)")
     ev.add_argument("--train-split", default="train", help="training split (few-shot pool, linear probe)")
     ev.add_argument("--seed", type=int, default=1, help="seed of the few-shot draw and the controller")
-    ev.add_argument("--thresholds", type=lambda s: [float(x) for x in _csv(s)], default=[0.5, 0.7, 0.8, 0.9, 0.95, 0.99],
+    ev.add_argument("--thresholds", type=comma_floats, default=[0.5, 0.7, 0.8, 0.9, 0.95, 0.99],
                     help="cascade confidence thresholds")
     ev.add_argument("--cost", choices=["gflops", "ms", "params", "none"], default="gflops",
                     help="cost axis from each backbone's architecture: gflops (default) and params are counted, ms is timed "
                          "on --device; none = every backbone costs 1")
-    ev.add_argument("--costs", type=lambda s: [float(x) for x in _csv(s)], help="explicit per-backbone costs")
+    ev.add_argument("--costs", type=comma_floats, help="explicit per-backbone costs")
     ev.add_argument("--no-normalisation-study", action="store_true", help="skip the normalisation study")
     ev.add_argument("--probe-max-iter", type=int, default=100, help="L-BFGS iterations of each linear probe")
     ev.add_argument("--chunk-rows", type=int, default=1024, help="rows combined at a time (memory bound)")

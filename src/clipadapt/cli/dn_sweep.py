@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from clipadapt.cli._common import write_results
+from clipadapt.cli._common import comma_floats, comma_ints, write_results
 from clipadapt.errors import ConfigError
 from clipadapt.eval.dn_sweep import (
     DEFAULT_LAMBDAS,
@@ -27,14 +27,6 @@ COMMAND = "dn-sweep"
 HELP = "DN accuracy/recall vs lambda and vs number of unlabeled samples: table (CSV/md/JSON) + plot (PNG)"
 
 
-def _floats(text: str) -> list[float]:
-    return [float(x) for x in text.split(",") if x.strip()]
-
-
-def _ints(text: str) -> list[int]:
-    return [int(x) for x in text.split(",") if x.strip()]
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--features", type=Path, help="feature directory: zero-shot classification top-1")
@@ -43,8 +35,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dn-source", default="unlabeled", choices=("unlabeled", "train", "val", "test", "holdout"),
                         help="pool of the means (default: unlabeled; holdout = retrieval only; test = transductive)")
     parser.add_argument("--holdout", type=int, default=100, help="retrieval --dn-source holdout: images held out")
-    parser.add_argument("--lambdas", type=_floats, default=list(DEFAULT_LAMBDAS), help="comma-separated λ values")
-    parser.add_argument("--samples", type=_ints, default=list(DEFAULT_SAMPLES), help="comma-separated sample counts")
+    parser.add_argument("--lambdas", type=comma_floats, default=list(DEFAULT_LAMBDAS), help="comma-separated λ values")
+    parser.add_argument("--samples", type=comma_ints, default=list(DEFAULT_SAMPLES), help="comma-separated sample counts")
     parser.add_argument("--dn-lambda", type=float, default=0.25, help="λ of the sample sweep (default 0.25)")
     parser.add_argument("--dn-samples", type=parse_samples, default=100, help="samples of the λ sweep (default 100)")
     parser.add_argument("--seeds", type=int, default=5, help="seeded draws per point (default 5)")

@@ -7,7 +7,7 @@ import functools
 import json
 from pathlib import Path
 
-from clipadapt.cli._common import add_feature_source_arguments
+from clipadapt.cli._common import add_feature_source_arguments, comma_ints, comma_strings
 from clipadapt.errors import ConfigError
 from clipadapt.eval.fewshot import VAL_FIX, DirectorySource, FewShotConfig, PipelineSource, run_fewshot, summary_pivot
 from clipadapt.eval.protocol import check_disjoint
@@ -19,22 +19,11 @@ COMMAND = "fewshot"
 HELP = "few-shot protocol: sample K shots per class × seeds, search on val, report test accuracy (Tip-Adapter, Tip-X, ...)"
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from e
-
-
-def _names(text: str) -> list[str]:
-    return [v.strip() for v in text.split(",") if v.strip()]
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
     add_feature_source_arguments(parser)
-    parser.add_argument("--shots", type=_ints, default=[1, 2, 4, 8, 16], help="shots per class (default 1,2,4,8,16)")
-    parser.add_argument("--seeds", type=_ints, default=[1, 2, 3], help="sampling seeds (default 1,2,3)")
-    parser.add_argument("--methods", type=_names, default=["zeroshot", "tip", "tip-f", "tipx"],
+    parser.add_argument("--shots", type=comma_ints, default=[1, 2, 4, 8, 16], help="shots per class (default 1,2,4,8,16)")
+    parser.add_argument("--seeds", type=comma_ints, default=[1, 2, 3], help="sampling seeds (default 1,2,3)")
+    parser.add_argument("--methods", type=comma_strings, default=["zeroshot", "tip", "tip-f", "tipx"],
                         help="comma list of zeroshot, tip, tip-f, tipx, tip++, tipx++ (default zeroshot,tip,tip-f,tipx)")
     parser.add_argument("--views", type=int, default=10,
                         help="augmented views per cache image with --model/--dataset (default 10); --features uses its train split as is")

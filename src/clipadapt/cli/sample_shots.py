@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from clipadapt.cli._common import comma_ints
 from clipadapt.data import build_dataset, sample_few_shot, save_indices
 from clipadapt.data.fewshot import SAMPLER
 from clipadapt.errors import ConfigError
@@ -13,21 +14,11 @@ COMMAND = "sample-shots"
 HELP = "write reproducible few-shot index lists (DIR/shots{K}_seed{S}.json) for a dataset split"
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one integer")
-    return values
-
-
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="dataset spec, e.g. coop:oxford_pets:/data/oxford_pets")
     parser.add_argument("--split", default="train", help="split to sample from (default: train)")
-    parser.add_argument("--shots", type=_int_list, default=[1, 2, 4, 8, 16], help="comma-separated K (default 1,2,4,8,16)")
-    parser.add_argument("--seeds", type=_int_list, default=[1, 2, 3], help="comma-separated seeds (default 1,2,3)")
+    parser.add_argument("--shots", type=comma_ints, default=[1, 2, 4, 8, 16], help="comma-separated K (default 1,2,4,8,16)")
+    parser.add_argument("--seeds", type=comma_ints, default=[1, 2, 3], help="comma-separated seeds (default 1,2,3)")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.add_argument("--allow-fewer", action="store_true", help="take all items of classes with fewer than K")
     parser.add_argument("--download", action="store_true", help="let torchvision datasets download")
