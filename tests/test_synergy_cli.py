@@ -194,3 +194,14 @@ def test_real_pipeline_names_missing_weights_and_continues_with_tiny_models(tmp_
     assert r["usable_backbones"] == ["clipadapt-test-tiny-vit", "clipadapt-test-tiny-rn"] and r["n"] == 6
     assert r["heldout"] == "split 'val'" and r["cost_unit"] == "GFLOPs per image"
     assert all(v > 0 for v in r["costs"].values())
+
+
+def test_probe_never_trains_on_the_evaluated_split(tmp_path, capsys):
+    """--train-split equal to --split would fit the normalisation study's linear probe on test labels."""
+    dirs = [save_feature_dir(fs, tmp_path / f"d{i}") for i, fs in enumerate([_fs(0), _fs(1)])]
+    code = main(["backbones", "--features", *map(str, dirs), "--train-split", "test", "--split", "test",
+                 "--out", str(tmp_path / "o"), *FAST])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "'test' split" in err and "normalisation study" in err
+    assert not (tmp_path / "o" / "results.json").exists()

@@ -175,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         heldout, heldout_desc = _heldout(args, fsets)
         model_ids = list(fsets) if args.models else [fs.meta.get("model") for fs in fsets.values()]
         if not args.no_normalisation_study:
-            if all(fs.has_split(args.train_split) for fs in fsets.values()) and args.train_split != args.split:
+            if all(fs.has_split(args.train_split) for fs in fsets.values()):  # same name = same rows: refused too
                 _check_split(fsets, args.train_split, args.split, "training the normalisation study's probes", TRAIN_FIX)
             norm_rows = syn.normalisation_study(fsets, eval_split=args.split, train_split=args.train_split,
                                                 probe_max_iter=args.probe_max_iter, seed=args.seed)
