@@ -82,11 +82,6 @@ def bucket_index(similarities: Tensor, edges: Tensor) -> Tensor:
     return torch.bucketize(similarities, inner, right=True, out_int32=True)
 
 
-def bucket_counts(similarities: Tensor, edges: Tensor) -> Tensor:
-    """Histogram counts (int64, len(edges)-1) of `similarities` (see `bucket_index`)."""
-    return torch.bincount(bucket_index(similarities, edges).flatten(), minlength=edges.numel() - 1).cpu()
-
-
 class PairHistogramAccumulator:
     """Same/different-class counts and similarity sums over chunks of pairs (one bincount per chunk).
 

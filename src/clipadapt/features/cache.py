@@ -29,7 +29,7 @@ from typing import Any, Sequence
 
 from torch import Tensor
 
-from clipadapt.errors import CacheError, FeatureDirError
+from clipadapt.errors import FeatureDirError
 from clipadapt.features.featureset import FeatureSplit
 from clipadapt.features.io import (
     META_FILE,
@@ -264,13 +264,6 @@ def _link_or_copy(src: Path, dst: Path) -> None:
     except OSError:
         shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
-
-
-def clear_entry(path: Path) -> None:
-    """Remove a cache entry directory (used by tests and `--refresh`-style tools)."""
-    if not (Path(path) / KEY_FILE).is_file():
-        raise CacheError(f"{path}: not a clipadapt cache entry (no {KEY_FILE})")
-    shutil.rmtree(path)
 
 
 __all__ = [

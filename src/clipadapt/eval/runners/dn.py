@@ -9,7 +9,7 @@ from clipadapt.errors import ConfigError, FeatureDirError
 from clipadapt.eval.metrics import classification_report, mean_std
 from clipadapt.eval.registry import MethodResult, register_eval_method
 from clipadapt.features.featureset import FeatureSet
-from clipadapt.methods.dn import DEFAULT_LAMBDA, DistributionNormalizer
+from clipadapt.methods.dn import DEFAULT_LAMBDA, THEORY_LAMBDA, DistributionNormalizer
 from clipadapt.methods.zeroshot import ZeroShotClassifier
 
 
@@ -30,7 +30,7 @@ def add_dn_arguments(parser: argparse.ArgumentParser | Any, *, source_default: s
                      samples_default: int | None = 100) -> None:
     """The --dn-* options shared by `eval --method dn`, `retrieval`, `captions` and `dn-sweep`."""
     parser.add_argument("--dn-lambda", type=float, default=DEFAULT_LAMBDA,
-                        help=f"λ in S=(φ−λμ_img)·(ψ−λμ_txt); {DEFAULT_LAMBDA} = DN* (default), 0.5 = theory's DN, 0 = plain CLIP")
+                        help=f"λ in S=(φ−λμ_img)·(ψ−λμ_txt); {DEFAULT_LAMBDA} = DN* (default), {THEORY_LAMBDA} = theory's DN, 0 = plain CLIP")
     shown = "all" if samples_default is None else samples_default
     parser.add_argument("--dn-samples", type=parse_samples, default=samples_default,
                         help=f"unlabeled samples drawn for each mean (default {shown}; 'all' = every row)")
