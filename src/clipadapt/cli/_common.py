@@ -51,6 +51,14 @@ def add_feature_source_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--batch-size", type=int, default=64)
     src.add_argument("--num-workers", type=int, default=0, help="DataLoader workers when encoding images")
     src.add_argument("--on-error", choices=["fail", "skip"], default="fail", help="unreadable images when encoding: fail, or skip and record")
+    add_file_check_argument(src)
+
+
+def add_file_check_argument(parser) -> None:
+    """--file-check: how the feature cache notices image files rewritten in place (docs/encoders-and-cache.md)."""
+    parser.add_argument("--file-check", choices=["stat", "sha256", "none"], default="stat",
+                        help="cache key part for the image files: stat = size + mtime (default, fast), "
+                             "sha256 = hash every file (exact, reads the whole dataset), none = paths only")
 
 
 def load_features_from_args(args: argparse.Namespace, splits: Iterable[str] | None = None) -> FeatureSet:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from clipadapt.cli._common import add_file_check_argument
 from clipadapt.features.shards import DEFAULT_SHARD_SIZE
 from clipadapt.features.io import atomic_write_json, read_json, save_feature_dir
 
@@ -27,6 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-error", choices=["fail", "skip"], default="fail", help="unreadable images: fail, or skip and record them")
     parser.add_argument("--adapter", type=Path, default=None, help="IMO adapter checkpoint to attach to the image tower")
     parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="rows per resumable shard")
+    add_file_check_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,6 +47,7 @@ def _extract(args: argparse.Namespace, encoder=None) -> int:
         args.model, args.dataset, splits, views=args.views, seed=args.seed, cache_dir=args.cache_dir,
         device=args.device, batch_size=args.batch_size, adapter=args.adapter, on_error=args.on_error,
         precision=args.precision, num_workers=args.num_workers, shard_size=args.shard_size, encoder=encoder,
+        file_check=args.file_check,
     )
     print(f"model {fs.meta['model']}  dataset {fs.meta['dataset']}  classes {fs.num_classes}  text {tuple(fs.text.shape)}")
     for name, split in fs.splits.items():

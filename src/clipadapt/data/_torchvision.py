@@ -101,6 +101,11 @@ class TorchvisionLoader:
     def __init__(self, dataset: Any, ident: Callable[[int], str]):
         self.dataset, self.ident = dataset, ident
 
+    @property
+    def files(self) -> list[Any] | None:
+        """The image file of each item when the wrapped dataset lists them (e.g. Flowers102), else None."""
+        return getattr(self.ident, "files", None)
+
     def __call__(self, j: int) -> Image.Image:
         try:
             image = self.dataset[j][0]

@@ -32,6 +32,11 @@ class FileLoader:
     def __init__(self, paths: Sequence[str]):
         self.paths = list(paths)
 
+    @property
+    def files(self) -> list[str]:
+        """The file behind each source index (the feature cache stats them to notice in-place edits)."""
+        return self.paths
+
     def __call__(self, j: int) -> Image.Image:
         return open_rgb(self.paths[j])
 
@@ -115,6 +120,17 @@ class ImageDataset:
             separators=(",", ":"),
         )
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+    def source_files(self) -> list[str] | None:
+        """The file each item is decoded from, or None when items are not files (in-memory datasets).
+
+        Not part of `fingerprint()` (which stays portable across machines): the feature cache adds the files'
+        size + mtime to its own key (`features.cache.dataset_fingerprint`) so an image rewritten in place is
+        re-encoded."""
+        files = getattr(self._loader, "files", None)
+        if files is None:
+            return None
+        return [str(files[j]) for j in self._source_indices]
 
     def subset(self, indices: Sequence[int]) -> "ImageDataset":
         """The items at `indices` (in that order), same classes/templates/loader; its fingerprint differs."""

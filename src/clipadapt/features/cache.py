@@ -11,9 +11,14 @@
     $ROOT/text/<slug>-<digest16>/      one (encoder, classnames, templates)
         key.json, text.safetensors (C, T, D), manifest.json
 
+    $ROOT/locks/{images,text}/<entry name>.lock   one inter-process lock per entry (`FeatureCache.lock`)
+
 ROOT = cache_dir argument / $CLIPADAPT_CACHE / ~/.cache/clipadapt. The digest is sha256 of the canonical JSON
 of the key; an entry is used only when its manifest holds the same key and every file hashes as recorded —
-anything else is logged and recomputed, never silently reused.
+anything else is logged and recomputed, never silently reused. The dataset part of an image key includes a
+digest of every source file's (size, mtime_ns) (or, opt-in, its sha256), so an image rewritten in place gives
+another key. Processes sharing a cache take the entry's lock around check -> encode -> publish: the second
+one waits, then finds a complete entry.
 """
 
 from __future__ import annotations
@@ -24,12 +29,15 @@ import logging
 import os
 import re
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
+from filelock import FileLock, Timeout
 from torch import Tensor
+from tqdm.auto import tqdm
 
-from clipadapt.errors import FeatureDirError
+from clipadapt.errors import ConfigError, FeatureDirError
 from clipadapt.features.featureset import FeatureSplit
 from clipadapt.features.io import (
     META_FILE,
@@ -50,6 +58,8 @@ CACHE_ENV = "CLIPADAPT_CACHE"
 KEY_FILE = SHARD_KEY_FILE  # key.json: one file name for both ties
 MANIFEST_FILE = "manifest.json"
 SHARDS_DIR = "shards"
+LOCKS_DIR = "locks"
+FILE_CHECKS = ("stat", "sha256", "none")  # how the image key notices edited source files
 
 
 # ----------------------------------------------------------------------------------------- keys
@@ -68,15 +78,67 @@ def key_digest(key: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(key).encode()).hexdigest()
 
 
-def dataset_fingerprint(dataset: Any) -> dict[str, Any]:
-    """The dataset part of an image key: name, split, size and the dataset's own content fingerprint
-    (which covers the split and any subset indices)."""
-    return {
+def source_files(dataset: Any) -> list[str] | None:
+    """The file behind each row of `dataset`, or None when its rows are not files.
+
+    `dataset.source_files()` when the dataset has it (clipadapt.data's ImageDataset: None for in-memory
+    torchvision datasets); otherwise its `paths` (other DatasetLike objects, e.g. tests' fakes), where an entry
+    that is not a file on disk simply counts as missing."""
+    method = getattr(dataset, "source_files", None)
+    if callable(method):
+        files = method()
+        return None if files is None else [str(f) for f in files]
+    paths = getattr(dataset, "paths", None)
+    return None if paths is None else [str(p) for p in paths]
+
+
+def _file_record(path: str, check: str) -> str:
+    """'size:mtime_ns' (stat) or the sha256 of one file; '-' when it is not a readable file."""
+    try:
+        st = os.stat(path)
+        if check == "sha256":
+            return file_sha256(path)
+        return f"{st.st_size}:{st.st_mtime_ns}"
+    except OSError:
+        return "-"
+
+
+def files_digest(files: Sequence[str], check: str = "stat", *, progress: bool = False) -> dict[str, Any]:
+    """{'check', 'missing', 'digest'}: sha256 over one record per file, in row order.
+
+    'stat' (default) records (size, mtime_ns): one stat per file, ~µs each on a local disk, so a 1M-image
+    dataset costs seconds, not the hour that hashing its bytes would; it misses only an edit that keeps both
+    the size and the mtime (e.g. a tool restoring the old mtime). 'sha256' hashes every file's bytes (exact,
+    reads the whole dataset)."""
+    if check not in ("stat", "sha256"):
+        raise ConfigError(f"file check must be 'stat' or 'sha256', got {check!r}")
+    digest, missing = hashlib.sha256(), 0
+    for path in tqdm(files, desc=f"check files ({check})", unit="file", disable=not progress or len(files) < 20_000):
+        record = _file_record(path, check)
+        missing += record == "-"
+        digest.update(f"{record}\n".encode())
+    return {"check": check, "missing": missing, "digest": digest.hexdigest()}
+
+
+def dataset_fingerprint(dataset: Any, *, file_check: str = "stat", progress: bool = False) -> dict[str, Any]:
+    """The dataset part of an image key: name, split, size, the dataset's own content fingerprint (which covers
+    the split, paths, labels and any subset indices) and, for file-backed rows, a digest of the files' state
+    (`files_digest`: size + mtime, or sha256 with file_check='sha256'; 'none' leaves it out).
+
+    The files digest is kept here, not in `dataset.fingerprint()`: few-shot index lists record that one, and it
+    must stay the same on another machine where the files have other mtimes."""
+    if file_check not in FILE_CHECKS:
+        raise ConfigError(f"file_check must be one of {FILE_CHECKS}, got {file_check!r}")
+    fp = {
         "name": str(getattr(dataset, "name", type(dataset).__name__)),
         "split": str(getattr(dataset, "split", "")),
         "n": len(dataset),
         "fingerprint": str(dataset.fingerprint()),
     }
+    files = source_files(dataset) if file_check != "none" else None
+    if files is not None:
+        fp["files"] = files_digest(files, file_check, progress=progress)
+    return fp
 
 
 def image_key(encoder: dict[str, Any], dataset: dict[str, Any], *, views: int, seed: int) -> dict[str, Any]:
@@ -179,6 +241,28 @@ class FeatureCache:
     def __repr__(self) -> str:
         return f"FeatureCache({self.root})"
 
+    @contextmanager
+    def lock(self, entry: CacheEntry) -> Iterator[None]:
+        """Hold `entry`'s inter-process lock (ROOT/locks/<kind>/<entry>.lock) around check -> encode -> publish.
+
+        A second process asking for the same entry waits here (logged), then sees the finished entry. Re-entrant
+        in one thread (the torchrun path holds it while its rank 0 assembles through get_feature_set). The lock
+        is an OS file lock (flock), released by the kernel if the holder dies, so a crash never leaves it stuck;
+        the small .lock files stay. Locks on network file systems are only as reliable as their flock."""
+        path = self.root / LOCKS_DIR / entry.path.parent.name / f"{entry.path.name}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        memo = (os.getpid(), str(path))  # a forked child must not inherit its parent's lock state
+        lock = _LOCKS.get(memo) or _LOCKS.setdefault(memo, FileLock(str(path)))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            log.info("waiting for another process to finish cache entry %s", entry.path)
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+
     def image_entry(self, key: dict[str, Any]) -> CacheEntry:
         ds = key["dataset"]
         slug = _slug(_weights_slug(key["encoder"]), ds.get("name"), ds.get("split"), f"v{key['views']}")
@@ -255,6 +339,9 @@ class FeatureCache:
         atomic_write_json(meta_path, meta)
 
 
+_LOCKS: dict[tuple[int, str], FileLock] = {}  # one FileLock object per lock file in this process (re-entrancy)
+
+
 def _link_or_copy(src: Path, dst: Path) -> None:
     """Hard-link `src` to `dst` atomically (copy when links are not possible)."""
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
@@ -268,12 +355,15 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 __all__ = [
     "CACHE_VERSION",
+    "FILE_CHECKS",
     "CacheEntry",
     "FeatureCache",
     "cache_root",
     "canonical_json",
     "dataset_fingerprint",
+    "files_digest",
     "image_key",
     "key_digest",
+    "source_files",
     "text_key",
 ]

@@ -12,12 +12,15 @@ How it works (docs/scaling.md):
 - Resume: a shard whose file is already there with the right rows is skipped (`shards.missing_shards`).
 - After a barrier, rank 0 runs the normal single-process path, which finds every shard done and assembles
   the cache entry (and --out).
+- Rank 0 holds each entry's inter-process lock (`FeatureCache.lock`) from its check to the assembly, so an
+  unrelated process asking for the same features waits for the job instead of encoding them too.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Callable
@@ -140,15 +143,18 @@ def extract_distributed(args, finish: Callable[[object], int], env: DistEnv | No
 
     env = env or detect_env()
     device = init_distributed(env, args.device)
+    held = ExitStack()  # rank 0: the entries' locks, until finish() has assembled them
     try:
         encoder = load_encoder(args.model, device=device, precision=args.precision, adapter=args.adapter)
         cache = FeatureCache(args.cache_dir)
         for split in args.split or ["test"]:
             dataset = build_dataset(args.dataset, split)
-            key = image_key(encoder.fingerprint(), dataset_fingerprint(dataset), views=args.views, seed=args.seed)
+            files = getattr(args, "file_check", None) or "stat"
+            key = image_key(encoder.fingerprint(), dataset_fingerprint(dataset, file_check=files), views=args.views, seed=args.seed)
             entry = cache.image_entry(key)
             todo = None
             if env.is_main:
+                held.enter_context(cache.lock(entry))
                 if cache.load_split(entry, split, len(dataset.classnames)) is None:
                     entry.begin()
                     check_shard_key(entry.shard_dir, key)
@@ -165,7 +171,9 @@ def extract_distributed(args, finish: Callable[[object], int], env: DistEnv | No
                           progress=env.local_rank == 0)
         barrier(env)  # every rank's shards are written
         code = finish(encoder) if env.is_main else 0
+        held.close()
         barrier(env)
         return code
     finally:
+        held.close()
         shutdown(env)

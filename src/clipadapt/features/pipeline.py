@@ -12,6 +12,7 @@ from typing import Any, Iterable, Mapping
 from clipadapt.errors import ConfigError, DatasetError
 from clipadapt.features.cache import FeatureCache, canonical_json, dataset_fingerprint, image_key, text_key
 from clipadapt.features.extract import DEFAULT_SHARD_SIZE, extract_split, extract_text, read_skipped
+from clipadapt.features.shards import remove_stale_temp_files
 from clipadapt.features.featureset import FeatureSet, FeatureSplit
 
 log = logging.getLogger(__name__)
@@ -102,12 +103,17 @@ def get_feature_set(
     num_workers: int = 0,
     shard_size: int = DEFAULT_SHARD_SIZE,
     progress: bool = True,
+    file_check: str = "stat",
 ) -> FeatureSet:
     """Raw image embeddings of `splits` and class text embeddings for (model, dataset), cached.
 
     `views`: an int for every split or {split: V} (V > 1 = seeded augmented views, e.g. {'train': 10}).
     `indices`: {split: row indices} to encode a subset (e.g. few-shot samples). `encoder`: an already
-    loaded Encoder to use instead of loading `model`.
+    loaded Encoder to use instead of loading `model`. `file_check`: how the key notices image files edited in
+    place — 'stat' (size + mtime, default), 'sha256' (hash every file: exact, slow) or 'none'.
+
+    Each entry is filled under its inter-process lock (`FeatureCache.lock`): processes asking for the same
+    features at once encode them once; the others wait and read the result.
     """
     from clipadapt.encoders import encoder_fingerprint
 
@@ -137,36 +143,20 @@ def get_feature_set(
     templates = list(getattr(first, "templates", None) or DEFAULT_TEMPLATES)
 
     tkey = text_key(fingerprint, classnames, templates)
-    text = cache.load_text(tkey)
-    if text is None:
-        text = extract_text(lazy.get(), classnames, templates, progress=progress)
-        cache.save_text(tkey, text)
     text_entry = cache.text_entry(tkey)
+    with cache.lock(text_entry):
+        text = cache.load_text(tkey)
+        if text is None:
+            text = extract_text(lazy.get(), classnames, templates, progress=progress)
+            cache.save_text(tkey, text)
 
     feature_splits: dict[str, FeatureSplit] = {}
     entries, skipped_counts = {}, {}
     for split in splits:
         ds = datasets[split]
         v = _views_for(views, split)
-        key = image_key(fingerprint, dataset_fingerprint(ds), views=v, seed=seed)
+        key = image_key(fingerprint, dataset_fingerprint(ds, file_check=file_check, progress=progress), views=v, seed=seed)
         entry = cache.image_entry(key)
-        cached = cache.load_split(entry, split, len(classnames))
-        if cached is not None and cached[1] and on_error == "fail":
-            raise DatasetError(
-                f"the cached features of split '{split}' dropped {len(cached[1])} unreadable images "
-                f"(first: {cached[1][0]['path']}); pass on_error='skip' to accept that, or fix the images"
-            )
-        if cached is None:
-            entry.begin()
-            features = extract_split(
-                lazy.get(), ds, views=v, seed=seed, batch_size=batch_size, num_workers=num_workers,
-                on_error=on_error, shard_dir=entry.shard_dir, shard_size=shard_size, key=key, progress=progress,
-            )
-            skipped = read_skipped(entry.shard_dir)
-            cache.save_split(entry, split, features, skipped)
-        else:
-            features, skipped = cached
-            log.info("cached features for %s/%s: %s", _dataset_label(dataset, datasets), split, entry.path)
         meta = {
             "classnames": classnames,
             "model": fingerprint["model_id"],
@@ -178,7 +168,14 @@ def get_feature_set(
             "cache_key": entry.digest,
             "text_cache_key": text_entry.digest,
         }
-        cache.attach_text(entry, text_entry, meta)
+        with cache.lock(entry):
+            features, skipped, hit = _cached_or_encoded(
+                cache, entry, key, ds, split, len(classnames), lazy, views=v, seed=seed, batch_size=batch_size,
+                num_workers=num_workers, on_error=on_error, shard_size=shard_size, progress=progress,
+            )
+            cache.attach_text(entry, text_entry, meta)
+        if hit:
+            log.info("cached features for %s/%s: %s", _dataset_label(dataset, datasets), split, entry.path)
         feature_splits[split] = features
         entries[split] = str(entry.path)
         skipped_counts[split] = len(skipped)
@@ -196,6 +193,30 @@ def get_feature_set(
         "encoder_loaded": lazy.encoder is not None and encoder is None,  # True: something had to be encoded
     }
     return FeatureSet(classnames=classnames, text=text, splits=feature_splits, meta=meta)
+
+
+def _cached_or_encoded(cache: FeatureCache, entry, key: dict, ds: Any, split: str, num_classes: int,
+                       lazy: _LazyEncoder, *, views: int, seed: int, batch_size: int, num_workers: int,
+                       on_error: str, shard_size: int, progress: bool) -> tuple[FeatureSplit, list[dict], bool]:
+    """(features, skipped records, True if read from the cache) of one split.
+    Call it holding the entry's lock: no other process writes into the entry meanwhile."""
+    cached = cache.load_split(entry, split, num_classes)
+    if cached is not None:
+        if cached[1] and on_error == "fail":
+            raise DatasetError(
+                f"the cached features of split '{split}' dropped {len(cached[1])} unreadable images "
+                f"(first: {cached[1][0]['path']}); pass on_error='skip' to accept that, or fix the images"
+            )
+        return cached[0], cached[1], True
+    entry.begin()
+    remove_stale_temp_files(entry.shard_dir)  # left by a process that died mid-write (we hold the lock)
+    features = extract_split(
+        lazy.get(), ds, views=views, seed=seed, batch_size=batch_size, num_workers=num_workers,
+        on_error=on_error, shard_dir=entry.shard_dir, shard_size=shard_size, key=key, progress=progress,
+    )
+    skipped = read_skipped(entry.shard_dir)
+    cache.save_split(entry, split, features, skipped)
+    return features, skipped, False
 
 
 def _splits_from_args(args: argparse.Namespace) -> list[str]:
@@ -232,4 +253,5 @@ def feature_set_from_args(args: argparse.Namespace, splits: Iterable[str] | None
         on_error=getattr(args, "on_error", None) or "fail",
         precision=getattr(args, "precision", None) or "auto",
         num_workers=getattr(args, "num_workers", None) or 0,
+        file_check=getattr(args, "file_check", None) or "stat",
     )
