@@ -26,6 +26,7 @@ class ColorEncoder:
     embedding is its mean colour, a caption's the colour it names — so true pairs match."""
 
     model_id = "test-color@none"
+    device = torch.device("cpu")  # extraction puts batches on the encoder's device
 
     def preprocess(self, im):
         return torch.from_numpy(np.asarray(im.resize((4, 4)), dtype=np.float32)).reshape(-1, 3).mean(0) / 255.0
@@ -172,3 +173,56 @@ def test_captions_with_tiny_open_clip_model(tmp_path, karpathy):
         assert float(row["CLIP-S"]) == pytest.approx(2.5 * max(float(v @ t / (v.norm() * t.norm())), 0.0), abs=1e-4)
         dn = float((v / v.norm() - 0.25 * mu_i) @ (t / t.norm() - 0.25 * mu_t))
         assert float(row["DN-CLIP-S"]) == pytest.approx(dn, abs=1e-4)
+
+
+# ----------------------------------------------------------------------------------------- unreadable images
+def _break(path):
+    path.write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+
+
+def test_retrieval_unreadable_image_fails_by_default_naming_it(tmp_path, karpathy, color_encoder, capsys):
+    path, root = karpathy
+    _break(root / "sub" / "green.png")
+    assert main(["retrieval", "--captions-json", str(path), "--image-root", str(root), "--model", "x",
+                 "--dn-source", "test"]) == 2
+    assert "green.png" in capsys.readouterr().err
+
+
+def test_retrieval_skip_drops_the_image_with_its_captions(tmp_path, karpathy, color_encoder):
+    path, root = karpathy
+    _break(root / "sub" / "green.png")
+    emb, out = tmp_path / "emb", tmp_path / "r.json"
+    assert main(["retrieval", "--captions-json", str(path), "--image-root", str(root), "--model", "x", "--on-error",
+                 "skip", "--dn-source", "test", "--dn-samples", "all", "--save-embeddings", str(emb),
+                 "--out", str(out)]) == 0
+    test = load_retrieval_split(emb, "test")
+    kept = ["red", "blue", "yellow"]  # test split minus green
+    expected = torch.stack([torch.tensor([*(c / 255 for c in COLORS[k]), 1.0]) * 3 for k in kept])
+    assert torch.allclose(test.image, expected, atol=1e-2)
+    assert test.text_to_image.tolist() == [0, 0, 1, 1, 2, 2]
+    assert torch.allclose(test.text[2], color_encoder.encode_texts(["a blue square"])[0])
+    res = json.loads(out.read_text())
+    assert res["n_images"] == 3 and res["n_captions"] == 6
+    assert [(s["row"], s["path"].endswith("green.png")) for s in res["meta"]["skipped"]] == [(1, True)]
+
+
+def test_captions_skip_drops_the_judgments_of_unreadable_images(tmp_path, karpathy, color_encoder, capsys):
+    _, root = karpathy
+    _break(root / "sub" / "green.png")
+    rows = [("sub/red.png", "a red square", 4), ("sub/green.png", "green", 4), ("sub/blue.png", "a red thing", 1),
+            ("sub/green.png", "white", 2), ("sub/blue.png", "blue", 3)]
+    (tmp_path / "j.csv").write_text("image,caption,human\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
+    args = ["captions", "--judgments", str(tmp_path / "j.csv"), "--image-root", str(root), "--model", "x"]
+    assert main(args) == 2 and "green.png" in capsys.readouterr().err  # default: fail naming the file
+    out, scores = tmp_path / "r.json", tmp_path / "s.csv"
+    assert main(args + ["--on-error", "skip", "--out", str(out), "--scores-out", str(scores)]) == 0
+    res = json.loads(out.read_text())
+    assert res["n"] == 3 and [s["path"].endswith("green.png") for s in res["skipped_images"]] == [True]
+    with open(scores) as f:
+        got = list(csv.DictReader(f))
+    assert [(r["image"], r["caption"]) for r in got] == [(a, b) for a, b, _ in rows if "green" not in a]
+    enc = color_encoder
+    for r in got:
+        with Image.open(root / r["image"]) as im:
+            img = enc.encode_images(enc.preprocess(im.convert("RGB")).unsqueeze(0))
+        assert float(r["CLIP-S"]) == pytest.approx(float(clip_score(img, enc.encode_texts([r["caption"]]))[0]), abs=1e-5)

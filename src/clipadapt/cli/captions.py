@@ -30,6 +30,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="without --embeddings: model id ARCH@TAG to encode images and captions")
     parser.add_argument("--device", default=None)
     parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers when encoding images")
+    parser.add_argument("--on-error", choices=["fail", "skip"], default="fail",
+                        help="unreadable images: fail, or skip them and drop their judgments (listed in the results JSON)")
     parser.add_argument("--dn-pool", type=Path,
                         help="with --dn-source unlabeled: safetensors with 'image' and 'text' raw embeddings for the means")
     add_dn_arguments(parser, source_default="test", sources=("test", "unlabeled"), samples_default=None)
@@ -64,6 +67,7 @@ def _int(value: str, path: Path, line: int, column: str, n: int) -> int:
 
 
 def _from_embeddings(args: argparse.Namespace, rows: list[dict]) -> tuple:
+    """(image, caption, references, DN pool, rows, skipped images) from the row indices into --embeddings."""
     tensors = load_tensors(args.embeddings)
     image_all = _require(tensors, "image", args.embeddings).float()
     caption_all, ref_all = _require(tensors, "caption", args.embeddings).float(), tensors.get("reference")
@@ -74,10 +78,12 @@ def _from_embeddings(args: argparse.Namespace, rows: list[dict]) -> tuple:
         refs = [ref_all.float()[[_int(x, args.judgments, i + 2, "references", ref_all.shape[0]) for x in r["references"].split(";") if x.strip()]]
                 for i, r in enumerate(rows)]
     pool = (image_all[sorted(set(img_idx))], caption_all[sorted(set(cap_idx))])
-    return image_all[img_idx], caption_all[cap_idx], refs, pool
+    return image_all[img_idx], caption_all[cap_idx], refs, pool, rows, []
 
 
 def _from_images(args: argparse.Namespace, rows: list[dict]) -> tuple:
+    """(image, caption, references, DN pool, rows, skipped images), encoding the CSV's images and captions.
+    With --on-error skip, the judgments of unreadable images are left out of the returned rows."""
     from clipadapt.encoders import load_encoder
     from clipadapt.features.caption_data import encode_captions, encode_image_files
 
@@ -85,8 +91,16 @@ def _from_images(args: argparse.Namespace, rows: list[dict]) -> tuple:
         raise ConfigError("without --embeddings, give --image-root and --model to encode the CSV's images and captions")
     encoder = load_encoder(args.model, device=args.device)
     images = sorted({r["image"] for r in rows})
+    encoded = encode_image_files(encoder, [args.image_root / p for p in images], args.batch_size,
+                                 on_error=args.on_error, num_workers=args.num_workers)
+    if encoded.skipped:
+        unreadable = {images[s["row"]] for s in encoded.skipped}
+        rows = [r for r in rows if r["image"] not in unreadable]
+        if not rows:
+            raise DatasetError(f"{args.judgments}: every judged image is unreadable (first: {encoded.skipped[0]['error']})")
+        images = [images[i] for i in encoded.rows]
+    image_emb = encoded.image
     texts = sorted({r["caption"] for r in rows} | {x.strip() for r in rows for x in (r.get("references") or "").split(REF_SEP) if x.strip()})
-    image_emb = encode_image_files(encoder, [args.image_root / p for p in images], args.batch_size)
     text_emb = encode_captions(encoder, texts, args.batch_size)
     img_id, txt_id = {p: i for i, p in enumerate(images)}, {t: i for i, t in enumerate(texts)}
     refs = None
@@ -96,16 +110,17 @@ def _from_images(args: argparse.Namespace, rows: list[dict]) -> tuple:
             raise DatasetError(f"{args.judgments}: a row has an empty 'references' column")
     cap_rows = [txt_id[r["caption"]] for r in rows]
     pool = (image_emb, text_emb[sorted(set(cap_rows))])
-    return image_emb[[img_id[r["image"]] for r in rows]], text_emb[cap_rows], refs, pool
+    return image_emb[[img_id[r["image"]] for r in rows]], text_emb[cap_rows], refs, pool, rows, encoded.skipped
 
 
 def run(args: argparse.Namespace) -> int:
     rows = read_judgments(args.judgments)
     try:
-        human = torch.tensor([float(r["human"]) for r in rows])
+        [float(r["human"]) for r in rows]
     except ValueError as e:
         raise DatasetError(f"{args.judgments}: column 'human' must be numeric ({e})") from e
-    image, caption, refs, pool = (_from_embeddings if args.embeddings else _from_images)(args, rows)
+    image, caption, refs, pool, rows, skipped = (_from_embeddings if args.embeddings else _from_images)(args, rows)
+    human = torch.tensor([float(r["human"]) for r in rows])  # rows of skipped images are gone
     if args.dn_source == "unlabeled":
         if not args.dn_pool:
             raise ConfigError("--dn-source unlabeled needs --dn-pool FILE.safetensors (tensors 'image' and 'text')")
@@ -119,6 +134,9 @@ def run(args: argparse.Namespace) -> int:
     table = [{"metric": m, **c} for m, c in res["correlations"].items()]
     print(markdown_table(table, digits=4), end="")
     scores = res.pop("scores")
+    if skipped:
+        res["skipped_images"] = skipped
+        print(f"{len(skipped)} unreadable images skipped with their judgments ({len(rows)} judgments left)")
     write_results(args.out, res)
     if args.table:
         print(f"wrote {write_table(args.table, table)}")

@@ -33,6 +33,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--model", help="model id ARCH@TAG for the encoder path")
     src.add_argument("--device", default=None)
     src.add_argument("--batch-size", type=int, default=64)
+    src.add_argument("--num-workers", type=int, default=0, help="DataLoader workers when encoding images")
+    src.add_argument("--on-error", choices=["fail", "skip"], default="fail",
+                     help="unreadable images: fail, or skip them with their captions (listed in the results' meta.skipped)")
     src.add_argument("--max-pool", type=int, default=1000, help="encode at most this many pool images (default 1000)")
     src.add_argument("--save-embeddings", type=Path, help="write the encoded embeddings as a retrieval directory")
     add_dn_arguments(parser, sources=("unlabeled", "holdout", "test"))
@@ -51,11 +54,13 @@ def _load_from_json(args: argparse.Namespace) -> tuple[RetrievalSet, RetrievalSe
     if not (args.image_root and args.model):
         raise ConfigError("--captions-json needs --image-root and --model")
     encoder = load_encoder(args.model, device=args.device)
-    test = retrieval_set_from_entries(encoder, read_karpathy_json(args.captions_json, [args.split]), args.image_root, args.batch_size)
+    opts = {"on_error": args.on_error, "num_workers": args.num_workers}
+    test = retrieval_set_from_entries(encoder, read_karpathy_json(args.captions_json, [args.split]), args.image_root,
+                                      args.batch_size, **opts)
     pool = None
     if args.dn_source == "unlabeled":
         entries = read_karpathy_json(args.captions_json, args.pool_split.split(","))[: args.max_pool]
-        pool = retrieval_set_from_entries(encoder, entries, args.image_root, args.batch_size)
+        pool = retrieval_set_from_entries(encoder, entries, args.image_root, args.batch_size, **opts)
     if args.save_embeddings:
         test.meta["dataset"] = str(args.captions_json)
         save_retrieval_split(args.save_embeddings, args.split, test)

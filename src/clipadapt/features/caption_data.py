@@ -3,20 +3,29 @@
 Karpathy JSON: {"images": [{"filename", "filepath"?, "split", "sentences": [{"raw": ...}, ...]}, ...]}; the image
 file is IMAGE_ROOT/filepath/filename (or IMAGE_ROOT/filename without 'filepath'). Encoding uses
 `clipadapt.encoders.load_encoder` (`encode_images`, `encode_texts`, `preprocess`) and keeps raw embeddings.
+Image files are encoded by the dataset pipeline's own loop (`features.extract.extract_split`: background
+decoding, batched normalisation, on_error='skip' for unreadable files), not a second one.
 """
 
 from __future__ import annotations
 
+import logging
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
 from clipadapt.errors import DatasetError
+from clipadapt.features.extract import extract_split, read_skipped
 from clipadapt.features.io import read_json
 from clipadapt.features.retrieval_dir import RetrievalSet
+
+log = logging.getLogger(__name__)
 
 
 def read_karpathy_json(path: str | Path, splits: Sequence[str]) -> list[dict[str, Any]]:
@@ -46,22 +55,47 @@ def read_karpathy_json(path: str | Path, splits: Sequence[str]) -> list[dict[str
     return out
 
 
-def encode_image_files(encoder, paths: Sequence[str | Path], batch_size: int = 64) -> Tensor:
-    """(N, D) raw image embeddings of image files, batched, with a progress bar."""
-    from PIL import Image
+class ImageFiles:
+    """Image files as an unlabelled dataset for `extract_split`: row i -> (RGB image of paths[i], None)."""
 
-    chunks = []
-    for start in tqdm(range(0, len(paths), batch_size), desc="images", leave=False):
-        batch = []
-        for p in paths[start : start + batch_size]:
-            try:
-                with Image.open(p) as im:
-                    batch.append(encoder.preprocess(im.convert("RGB")))
-            except (OSError, ValueError) as e:
-                raise DatasetError(f"{p}: cannot read image ({e})") from e
-        with torch.no_grad():
-            chunks.append(encoder.encode_images(torch.stack(batch)).float().cpu())
-    return torch.cat(chunks)
+    def __init__(self, paths: Sequence[str | Path], name: str = "images", split: str = "files"):
+        self.paths = [str(p) for p in paths]
+        self.name, self.split, self.classnames = name, split, []
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[Image.Image, None]:
+        from clipadapt.data.dataset import open_rgb  # DatasetError naming the path when unreadable
+
+        return open_rgb(self.paths[i]), None
+
+
+@dataclass
+class EncodedImages:
+    """Embeddings of the readable files: `image[k]` belongs to `paths[rows[k]]`; `skipped` lists the others."""
+
+    image: Tensor  # (K, D) raw float32
+    rows: list[int]
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # {row, path, error}
+
+
+def encode_image_files(encoder, paths: Sequence[str | Path], batch_size: int = 64, *, on_error: str = "fail",
+                       num_workers: int = 0, progress: bool = True) -> EncodedImages:
+    """Raw image embeddings of image files through `extract_split` (shards in a temporary directory).
+
+    on_error='fail' raises DatasetError naming the first unreadable file; 'skip' drops it (logged, listed in
+    `skipped`) and `rows` says which file each embedding is."""
+    files = ImageFiles(paths)
+    with tempfile.TemporaryDirectory(prefix="clipadapt-images-") as tmp:
+        split = extract_split(encoder, files, batch_size=batch_size, num_workers=num_workers, on_error=on_error,
+                              shard_dir=Path(tmp), progress=progress)
+        skipped = read_skipped(Path(tmp))
+    dropped = {int(r["row"]) for r in skipped}
+    rows = [i for i in range(len(files)) if i not in dropped]
+    if skipped:
+        log.warning("%d of %d images unreadable and skipped (first: %s)", len(skipped), len(files), skipped[0]["path"])
+    return EncodedImages(image=split.image, rows=rows, skipped=skipped)
 
 
 def encode_captions(encoder, texts: Sequence[str], batch_size: int = 256) -> Tensor:
@@ -73,11 +107,20 @@ def encode_captions(encoder, texts: Sequence[str], batch_size: int = 256) -> Ten
     return torch.cat(chunks)
 
 
-def retrieval_set_from_entries(encoder, entries: Sequence[dict], image_root: str | Path, batch_size: int = 64) -> RetrievalSet:
-    """Encode the images and every caption of `entries` (from read_karpathy_json)."""
+def retrieval_set_from_entries(encoder, entries: Sequence[dict], image_root: str | Path, batch_size: int = 64, *,
+                               on_error: str = "fail", num_workers: int = 0) -> RetrievalSet:
+    """Encode the images and every caption of `entries` (from read_karpathy_json).
+
+    With on_error='skip' an unreadable image is dropped together with its captions; the dropped files are in
+    `meta['skipped']` ({row, path, error}, row = index in `entries`)."""
     root = Path(image_root)
-    image = encode_image_files(encoder, [root / e["path"] for e in entries], batch_size)
-    captions = [c for e in entries for c in e["captions"]]
-    t2i = torch.tensor([i for i, e in enumerate(entries) for _ in e["captions"]], dtype=torch.long)
+    encoded = encode_image_files(encoder, [root / e["path"] for e in entries], batch_size, on_error=on_error,
+                                 num_workers=num_workers)
+    kept = [entries[r] for r in encoded.rows]
+    captions = [c for e in kept for c in e["captions"]]
+    t2i = torch.tensor([i for i, e in enumerate(kept) for _ in e["captions"]], dtype=torch.long)
     text = encode_captions(encoder, captions, batch_size)
-    return RetrievalSet(image=image, text=text, text_to_image=t2i, meta={"model": getattr(encoder, "model_id", None)})
+    meta = {"model": getattr(encoder, "model_id", None)}
+    if encoded.skipped:
+        meta["skipped"] = encoded.skipped
+    return RetrievalSet(image=encoded.image, text=text, text_to_image=t2i, meta=meta)
