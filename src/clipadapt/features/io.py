@@ -77,15 +77,35 @@ def file_sha256(path: str | Path) -> str:
 
 
 # ----------------------------------------------------------------------------------------- reading
-def read_json(path: str | Path, *, what: str, error: type[ClipadaptError] = FeatureDirError) -> Any:
-    """The parsed JSON of `path`; `error` naming the file when it is missing ("<path>: <what> not found") or not
-    valid JSON / UTF-8. `what` says what the file should be, e.g. "shard index", "few-shot index file"."""
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def read_text(path: str | Path, *, what: str, error: type[ClipadaptError] = FeatureDirError) -> str:
+    """The text of a UTF-8 file (a leading byte-order mark is dropped); `error` naming the file when it is missing
+    ("<path>: <what> not found") or not UTF-8 (the byte offset and line of the first undecodable byte, "expected
+    UTF-8"). Every text file clipadapt reads (class names, CSV, split JSON, variants, captions) goes through here."""
     path = Path(path)
     if not path.is_file():
         raise error(f"{path}: {what} not found")
+    data = path.read_bytes()
+    skip = len(UTF8_BOM) if data.startswith(UTF8_BOM) else 0
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return data[skip:].decode("utf-8")
+    except UnicodeDecodeError as e:
+        offset = skip + e.start
+        line = data.count(b"\n", 0, offset) + 1
+        raise error(
+            f"{path}: {what} is not UTF-8 text: byte 0x{data[offset]:02x} at byte offset {offset} (line {line}) "
+            "cannot be decoded; expected UTF-8 — re-save the file as UTF-8"
+        ) from None
+
+
+def read_json(path: str | Path, *, what: str, error: type[ClipadaptError] = FeatureDirError) -> Any:
+    """The parsed JSON of `path`; `error` naming the file when it is missing ("<path>: <what> not found"), not
+    UTF-8 (see `read_text`) or not valid JSON. `what` says what the file should be, e.g. "shard index"."""
+    try:
+        return json.loads(read_text(path, what=what, error=error))
+    except json.JSONDecodeError as e:
         raise error(f"{path}: not valid JSON ({e})") from e
 
 
