@@ -13,6 +13,13 @@ download is needed and the compute per image is the real architecture's):
                  (for each --workers value)
   cold / cached  get_feature_set end to end (encoder load + text + extraction + cache write) vs the same
                  call again (served from the cache, encoder untouched)
+  ceilings       what any pipeline could reach on this machine, from CPU times measured in the same run:
+                 decode     reading + decoding the image files alone (PIL open + load), one thread
+                 data path  decode + the exact eval resize/crop to uint8, one thread (what extraction runs per image)
+                 forward    the bare forward on one thread (its CPU cost per image)
+                 (single-thread wall times: on a busy machine they and the throughputs slow down together)
+                 ceiling = bare-forward time / ((forward CPU + decode CPU) / cores): the best ratio a pipeline that
+                 must decode the files can reach with perfect parallelism; likewise with the data path.
 Prints a table and writes benchmarks/results/extract_throughput.json.
 """
 
@@ -62,6 +69,46 @@ def bare_forward(enc, pixels: torch.Tensor, batch_size: int) -> float:
     return len(pixels) / (time.perf_counter() - start)
 
 
+def seconds_per_image(fn, n: int) -> float:
+    """Wall seconds per item of fn(i) for i < n, on this one thread (wall, like the throughputs it bounds)."""
+    start = time.perf_counter()
+    for i in range(n):
+        fn(i)
+    return (time.perf_counter() - start) / n
+
+
+def ceilings(enc, ds, pixels: torch.Tensor, batch_size: int, bare: float) -> dict[str, float]:
+    """Per-image CPU costs of decoding, of the data path and of the forward, and the ratios they allow."""
+    from PIL import Image
+
+    from clipadapt.features.extract import _RowDataset
+
+    def decode(i: int) -> None:
+        with Image.open(ds.paths[i]) as im:
+            im.load()
+
+    rows = _RowDataset(ds, enc.preprocess, None, 1, 0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        batches = list(pixels.split(batch_size))
+        forward_cpu = seconds_per_image(lambda i: enc.encode_images(batches[i]), len(batches)) * len(batches) / len(pixels)
+    finally:
+        torch.set_num_threads(threads)
+    decode_cpu = seconds_per_image(decode, len(ds))
+    data_cpu = seconds_per_image(rows.__getitem__, len(ds))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    bare_seconds = 1 / bare
+    return {
+        "cores": cores,
+        "forward_cpu_ms": forward_cpu * 1e3,
+        "decode_cpu_ms": decode_cpu * 1e3,
+        "data_path_cpu_ms": data_cpu * 1e3,
+        "decode_ceiling_ratio": min(1.0, bare_seconds / ((forward_cpu + decode_cpu) / cores)),
+        "data_path_ceiling_ratio": min(1.0, bare_seconds / ((forward_cpu + data_cpu) / cores)),
+    }
+
+
 def pipeline(enc, ds, batch_size: int, workers: int, shard_dir: Path) -> float:
     """Images/s of extract_split from image files to the assembled split (shards written and read back)."""
     start = time.perf_counter()
@@ -97,6 +144,7 @@ def main() -> int:
             for w in args.workers:
                 pipe_runs[w].append(pipeline(enc, ds, args.batch_size, w, root / f"shards-w{w}-r{r}"))
         bare = max(bare_runs)
+        bounds = ceilings(enc, ds, pixels, args.batch_size, bare)
         pipe = {w: max(v) for w, v in pipe_runs.items()}
         median_ratio = {w: statistics.median(p / b for p, b in zip(v, bare_runs)) for w, v in pipe_runs.items()}
 
@@ -113,10 +161,16 @@ def main() -> int:
     rows += [{"measure": f"extract pipeline, {w} workers", "images/s": v, "ratio": v / bare, "median ratio": median_ratio[w]}
              for w, v in pipe.items()]
     rows += [
+        {"measure": "ceiling if decoding were free of overhead (forward + decode CPU over cores)",
+         "ratio": bounds["decode_ceiling_ratio"]},
+        {"measure": "ceiling with the exact data path (forward + data-path CPU over cores)",
+         "ratio": bounds["data_path_ceiling_ratio"]},
         {"measure": "get_feature_set cold (load + extract + write)", "seconds": cold},
         {"measure": "get_feature_set cached re-run", "seconds": warm, "speed-up": cold / warm},
     ]
     print(f"best of {args.repeats} interleaved runs; n={args.n} images {args.image_size}px, batch {args.batch_size}, model {args.arch}, CPU threads {torch.get_num_threads()}")
+    print(f"CPU per image: forward (1 thread) {bounds['forward_cpu_ms']:.3f} ms, decode {bounds['decode_cpu_ms']:.3f} ms, "
+          f"data path {bounds['data_path_cpu_ms']:.3f} ms; {bounds['cores']} cores")
     print(markdown_table(rows, columns=["measure", "images/s", "ratio", "median ratio", "seconds", "speed-up"], digits=3))
     result = {
         "benchmark": "extract_throughput",
@@ -137,6 +191,7 @@ def main() -> int:
         "pipeline_ratio_median": {str(w): v for w, v in median_ratio.items()},
         "best_pipeline_ratio": pipe[best_workers] / bare,
         "best_workers": best_workers,
+        "ceilings": bounds,
         "cold_seconds": cold,
         "cached_seconds": warm,
         "cached_speedup": cold / warm,

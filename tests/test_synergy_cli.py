@@ -114,12 +114,13 @@ def test_mismatched_logits_and_labels_are_named(tmp_path, capsys):
     np.save(tmp_path / "y9.npy", np.zeros(9, dtype=np.int64))
     base = ["backbones", "--out", str(tmp_path / "o"), "--cost", "none"]
     assert main(base + ["--logits", f"{a},{b}", "--labels", str(tmp_path / "y.npy")]) == 2
-    assert "b.npy: logits have shape (9, 3) but" in capsys.readouterr().err
+    assert (f"{b} has shape (9, 3) but {a} has (10, 3): every backbone must score the same samples in the same "
+            "order over the same classes (same sample count N)") in capsys.readouterr().err
     assert main(base + ["--logits", f"{a},{a}", "--labels", str(tmp_path / "y9.npy")]) == 2
     assert "y9.npy: 9 labels but the evaluated logits have N=10 rows" in capsys.readouterr().err
     c = _save_logits(tmp_path, "c.npy", np.zeros((10, 4)))
     assert main(base + ["--logits", f"{a},{c}", "--labels", str(tmp_path / "y.npy")]) == 2
-    assert "c.npy: logits have shape (10, 4)" in capsys.readouterr().err
+    assert f"{c} has shape (10, 4) but {a} has (10, 3)" in capsys.readouterr().err
 
 
 def _imagefolder(root, splits=("train", "val", "test"), per_class=2, classes=("red", "green", "blue")):

@@ -13,8 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -31,6 +29,7 @@ from clipadapt.adapters.imo_adapter import (
     save_adapter_checkpoint,
 )
 from clipadapt.errors import AdapterError, ConfigError
+from clipadapt.features.io import atomic_open
 from clipadapt.ops import l2_normalize
 
 log = logging.getLogger(__name__)
@@ -227,15 +226,10 @@ def dino_loss(student: Tensor, teacher: Tensor, center: Tensor, *, student_temp:
 
 # ----------------------------------------------------------------------------------------- state I/O
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save streamed into a temp file that is fsynced and renamed over `path` (the ~270 MB training state
+    is never held as one bytes object); a failure leaves the previous state file as it was."""
+    with atomic_open(path) as f:
+        torch.save(obj, f)
 
 
 def _config_dict(config: AdapterTrainConfig) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 from pathlib import Path
 
 import torch
@@ -12,7 +13,7 @@ from clipadapt.cli._common import write_results
 from clipadapt.errors import ConfigError, DatasetError
 from clipadapt.eval.captions import evaluate_caption_scores
 from clipadapt.eval.runners.dn import add_dn_arguments
-from clipadapt.features.io import _require, load_tensors
+from clipadapt.features.io import _require, load_tensors, read_text
 from clipadapt.report.tables import markdown_table, write_table
 
 COMMAND = "captions"
@@ -44,8 +45,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def read_judgments(path: Path) -> list[dict[str, str]]:
     """Rows of the judgments CSV; 'image', 'caption' and 'human' are required columns."""
     try:
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
+        rows = list(csv.DictReader(io.StringIO(read_text(path, what="judgments CSV", error=DatasetError), newline="")))
     except OSError as e:
         raise DatasetError(f"{path}: cannot read judgments CSV ({e})") from e
     if not rows:

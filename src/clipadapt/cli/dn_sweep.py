@@ -36,7 +36,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="pool of the means (default: unlabeled; holdout = retrieval only; test = transductive)")
     parser.add_argument("--holdout", type=int, default=100, help="retrieval --dn-source holdout: images held out")
     parser.add_argument("--lambdas", type=comma_floats, default=list(DEFAULT_LAMBDAS), help="comma-separated λ values")
-    parser.add_argument("--samples", type=comma_ints, default=list(DEFAULT_SAMPLES), help="comma-separated sample counts")
+    parser.add_argument("--samples", type=comma_ints, default=list(DEFAULT_SAMPLES), help="comma-separated sample counts; counts from the pool size up become one 'all' row "
+                             "(every pool image and caption, evaluated once)")
     parser.add_argument("--dn-lambda", type=float, default=0.25, help="λ of the sample sweep (default 0.25)")
     parser.add_argument("--dn-samples", type=parse_samples, default=100, help="samples of the λ sweep (default 100)")
     parser.add_argument("--seeds", type=int, default=5, help="seeded draws per point (default 5)")
@@ -76,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     rows = sweep_dn(evaluate, pool_size=pool_size, lambdas=args.lambdas, samples=args.samples,
                     seeds=list(range(args.seeds)), fixed_lambda=args.dn_lambda, fixed_samples=args.dn_samples)
     out = args.out_dir
-    columns = ["sweep", "lambda", "n_samples", "n_used", "draws"] + [c for m in metrics for c in (m, f"{m} std")]
+    counts = [k for k in ("n_used", "n_text_used") if k in rows[0]]  # retrieval counts captions too
+    columns = ["sweep", "lambda", "n_samples", *counts, "draws"] + [c for m in metrics for c in (m, f"{m} std")]
     print(markdown_table(rows, columns), end="")
     print("plain CLIP: " + ", ".join(f"{k} {v:.2f}" for k, v in plain.items()))
     write_table(out / "sweep.csv", rows, columns)

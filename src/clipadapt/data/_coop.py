@@ -21,7 +21,7 @@ from clipadapt.data.catalog import (
 )
 from clipadapt.data.dataset import ImageDataset
 from clipadapt.errors import DatasetError
-from clipadapt.features.io import read_json
+from clipadapt.features.io import read_json, read_text
 
 log = logging.getLogger(__name__)
 OPTIONS = ("image_dir", "split_file", "templates")
@@ -158,14 +158,15 @@ def _read_fgvc(spec: Spec, info: DatasetInfo, root: Path, split: str) -> tuple[l
     if "split_file" in spec.options:  # a CoOp-style split JSON made by the user
         return _read_split_json(spec, info, root, split)
     variants = root / "variants.txt"
-    classnames = [line.strip() for line in variants.read_text(encoding="utf-8").splitlines() if line.strip()]
+    classnames = [line.strip() for line in read_text(variants, what="FGVC variant list", error=DatasetError).splitlines()
+                  if line.strip()]
     index = {c: i for i, c in enumerate(classnames)}
     listing = root / f"images_variant_{split}.txt"
     if not listing.is_file():
         raise DatasetError(f"coop:{info.name}: split list {listing} not found")
     image_dir = _image_dir(spec, info, root)
     paths, labels = [], []
-    for n, line in enumerate(listing.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_text(listing, what="FGVC split list", error=DatasetError).splitlines(), 1):
         if not line.strip():
             continue
         image_id, _, variant = line.strip().partition(" ")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 from clipadapt.data._files import scan_images, subdirectories
@@ -10,7 +11,7 @@ from clipadapt.data._spec import Spec
 from clipadapt.data.catalog import get_templates
 from clipadapt.data.dataset import ImageDataset
 from clipadapt.errors import DatasetError
-from clipadapt.features.io import read_json
+from clipadapt.features.io import read_json, read_text
 
 OPTIONS = ("templates", "name")
 SPLIT_DIRS = ("train", "val", "test")
@@ -89,25 +90,25 @@ def build_csv(spec: Spec, split: str) -> ImageDataset:
 
 def _read_rows(path: Path) -> list[tuple[str, int, str | None]]:
     """(absolute path, label, classname or None) per row; paths are relative to the CSV's folder."""
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
-        columns = [c.strip() for c in (reader.fieldnames or [])]
-        if "path" not in columns or "label" not in columns:
-            raise DatasetError(
-                f"{path}: header must name columns 'path' and 'label' (optional 'classname'); found {columns or 'no header'}"
-            )
-        rows = []
-        for n, raw in enumerate(reader, 2):
-            row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
-            if not row["path"]:
-                raise DatasetError(f"{path}:{n}: empty 'path'")
-            try:
-                label = int(row["label"])
-            except ValueError:
-                raise DatasetError(f"{path}:{n}: 'label' must be an integer >= 0, got {row['label']!r}") from None
-            if label < 0:
-                raise DatasetError(f"{path}:{n}: 'label' must be an integer >= 0, got {label}")
-            rows.append((str((path.parent / row["path"]).resolve()), label, row.get("classname") or None))
+    text = read_text(path, what="dataset CSV", error=DatasetError)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    columns = [c.strip() for c in (reader.fieldnames or [])]
+    if "path" not in columns or "label" not in columns:
+        raise DatasetError(
+            f"{path}: header must name columns 'path' and 'label' (optional 'classname'); found {columns or 'no header'}"
+        )
+    rows = []
+    for n, raw in enumerate(reader, 2):
+        row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
+        if not row["path"]:
+            raise DatasetError(f"{path}:{n}: empty 'path'")
+        try:
+            label = int(row["label"])
+        except ValueError:
+            raise DatasetError(f"{path}:{n}: 'label' must be an integer >= 0, got {row['label']!r}") from None
+        if label < 0:
+            raise DatasetError(f"{path}:{n}: 'label' must be an integer >= 0, got {label}")
+        rows.append((str((path.parent / row["path"]).resolve()), label, row.get("classname") or None))
     if not rows:
         raise DatasetError(f"{path}: no rows")
     return rows
@@ -116,7 +117,8 @@ def _read_rows(path: Path) -> list[tuple[str, int, str | None]]:
 def _sidecar_classnames(folder: Path) -> tuple[Path, list[str]] | None:
     txt, js = folder / "classnames.txt", folder / "classnames.json"
     if txt.is_file():
-        return txt, [line.strip() for line in txt.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return txt, [line.strip() for line in read_text(txt, what="class-name file", error=DatasetError).splitlines()
+                     if line.strip()]
     if js.is_file():
         names = read_json(js, what="class-name file", error=DatasetError)
         if not isinstance(names, list) or not names or not all(isinstance(c, str) for c in names):

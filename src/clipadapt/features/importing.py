@@ -10,20 +10,18 @@ import torch
 
 from clipadapt.errors import FeatureDirError
 from clipadapt.features.featureset import SPLIT_NAMES, FeatureSet, FeatureSplit
-from clipadapt.features.io import load_feature_dir, load_npy, read_json, save_feature_dir
+from clipadapt.features.io import load_feature_dir, load_npy, read_json, read_text, save_feature_dir
 
 
 def read_classnames(path: Path) -> list[str]:
     """Class names from a JSON list or a text file with one name per line."""
     path = Path(path)
-    if not path.is_file():
-        raise FeatureDirError(f"{path}: class-name file not found")
     if path.suffix.lower() == ".json":
         names = read_json(path, what="class-name file")
         if isinstance(names, dict) and "classnames" in names:
             names = names["classnames"]
     else:
-        names = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        names = [line.strip() for line in read_text(path, what="class-name file").splitlines() if line.strip()]
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise FeatureDirError(f"{path}: expected a non-empty list of class names")
     return names

@@ -31,24 +31,37 @@ LogitsList = Sequence[Tensor]
 
 
 # ----------------------------------------------------------------------------------------- validation
-def check_logits_list(logits: LogitsList, labels: Tensor | None = None, what: str = "logits") -> tuple[int, int]:
-    """(N, C) shared by every backbone's logits; a clear error naming the backbone that differs."""
+def check_logits_list(
+    logits: Sequence[np.ndarray | Tensor],
+    labels: Tensor | None = None,
+    what: str = "logits",
+    *,
+    names: Sequence[str] | None = None,
+) -> tuple[int, int]:
+    """(N, C) shared by every backbone's logits — tensors or arrays (memory-mapped .npy too, only shapes are read);
+    the error names the backbone that differs, as `names[b]` (e.g. its file) or `what[b]`."""
     if len(logits) < 1:
         raise ConfigError(f"{what}: need the logits of at least one backbone, got none")
-    first = logits[0]
-    if first.ndim != 2:
-        raise ConfigError(f"{what}[0]: expected (N, C) logits, got shape {tuple(first.shape)}")
-    for b, z in enumerate(logits[1:], start=1):
-        if tuple(z.shape) != tuple(first.shape):
-            kind = "sample count N" if z.ndim == 2 and z.shape[1] == first.shape[1] else "shape"
+    names = list(names) if names is not None else [f"{what}[{b}]" for b in range(len(logits))]
+    if len(names) != len(logits):
+        raise ConfigError(f"{what}: {len(names)} names for the logits of {len(logits)} backbones")
+    shape0 = tuple(logits[0].shape)
+    if len(shape0) != 2:
+        raise ConfigError(f"{names[0]}: expected (N, C) logits, got shape {shape0}")
+    for name, z in zip(names[1:], logits[1:]):
+        shape = tuple(z.shape)
+        if shape != shape0:
+            kind = "shape"
+            if len(shape) == 2:
+                kind = "sample count N" if shape[1] == shape0[1] else "class count C" if shape[0] == shape0[0] else kind
             raise ConfigError(
-                f"{what}[{b}] has shape {tuple(z.shape)} but {what}[0] has {tuple(first.shape)}: "
-                f"every backbone must score the same samples (same {kind}) over the same classes"
+                f"{name} has shape {shape} but {names[0]} has {shape0}: every backbone must score the same samples "
+                f"in the same order over the same classes (same {kind})"
             )
-    n, c = int(first.shape[0]), int(first.shape[1])
+    n, c = shape0
     if labels is not None:
         check_labels(labels, n, c, what)
-    return n, c
+    return int(n), int(c)
 
 
 def check_labels(labels: Tensor, n: int, num_classes: int, what: str = "logits") -> None:
@@ -280,20 +293,8 @@ def as_float_tensor(block: np.ndarray | Tensor) -> Tensor:
 
 
 def check_array_list(arrays: Sequence[np.ndarray | Tensor], names: Sequence[str] | None = None) -> tuple[int, int]:
-    """Same (N, C) for every backbone's logits array; the error names the array that differs."""
-    names = list(names) if names else [f"backbone {b}" for b in range(len(arrays))]
-    if not arrays:
-        raise ConfigError("need the logits of at least one backbone, got none")
-    shape0 = tuple(arrays[0].shape)
-    if len(shape0) != 2:
-        raise ConfigError(f"{names[0]}: expected (N, C) logits, got shape {shape0}")
-    for name, arr in zip(names[1:], arrays[1:]):
-        if tuple(arr.shape) != shape0:
-            raise ConfigError(
-                f"{name}: logits have shape {tuple(arr.shape)} but {names[0]} has {shape0} — "
-                "every backbone must score the same samples in the same order over the same classes"
-            )
-    return shape0
+    """`check_logits_list` under its earlier name (callers in eval/synergy*): same checks, same message."""
+    return check_logits_list(arrays, names=names)
 
 
 def predict_streaming(
@@ -308,7 +309,7 @@ def predict_streaming(
     `logits` may be memory-mapped arrays (`np.load(path, mmap_mode="r")`): only `chunk_rows` rows of each
     backbone are read at a time.
     """
-    n, c = check_array_list(logits)
+    n, c = check_logits_list(logits)
     if out is None:
         out = np.empty((n, c), dtype=np.float32)
     elif tuple(out.shape) != (n, c):
@@ -320,7 +321,7 @@ def predict_streaming(
 
 def predictions_streaming(logits: Sequence[np.ndarray | Tensor], *, chunk_rows: int = 1024) -> Tensor:
     """(B, N) argmax class of every backbone, read chunk by chunk (what the oracle/agreement analyses need)."""
-    n, _ = check_array_list(logits)
+    n, _ = check_logits_list(logits)
     preds = torch.empty(len(logits), n, dtype=torch.long)
     for rows in iter_row_chunks(n, chunk_rows):
         for b, z in enumerate(logits):
