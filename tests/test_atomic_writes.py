@@ -105,3 +105,17 @@ def test_other_atomic_writers_also_fsync_before_the_rename(tmp_path, monkeypatch
         atomic_save_tensors(path, {"t": torch.zeros(3)})
     replace_at = events.index(("replace", path))
     assert ("fsync", True, path.stat().st_size) in events[:replace_at]
+
+
+def test_atomic_writes_get_the_permissions_open_would_give(tmp_path):
+    """mkstemp creates 0600 files; a result or cache file must be readable as a plain open() would make it."""
+    import os
+
+    from clipadapt.features.io import atomic_write_json
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    plain = tmp_path / "plain.json"
+    plain.write_text("{}")
+    atomic_write_json(tmp_path / "atomic.json", {})
+    assert (tmp_path / "atomic.json").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o666 & ~mask

@@ -34,6 +34,16 @@ TEXT_FILE = "text.safetensors"
 
 
 # ----------------------------------------------------------------------------------------- atomic writes
+def _read_umask() -> int:
+    """The process umask. Reading it means setting it, so this runs once, at import, before threads exist."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+NEW_FILE_MODE = 0o666 & ~_read_umask()  # what open() would give: mkstemp's 0600 would hide results from the group
+
+
 def _fsync_directory(directory: Path) -> None:
     """Make a rename in `directory` durable (POSIX); a no-op where directories cannot be opened (Windows)."""
     try:
@@ -58,6 +68,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
+        os.chmod(tmp, NEW_FILE_MODE)
         yield Path(tmp)
         with open(tmp, "r+b") as f:  # fsync applies to the file, whichever descriptor wrote it
             os.fsync(f.fileno())
