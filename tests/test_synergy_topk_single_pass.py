@@ -116,6 +116,9 @@ def test_single_pass_equals_one_pass_per_combiner():
         got = report.results["combinations"][key]
         for k in (1, 5):
             assert got[f"top{k}"] == _literal_topk(combined, test.labels, k), (key, k)
+    prefitted = evaluate_synergy(["a", "b", "c"], test, fitted=fitted, chunk_rows=20)  # fit once, evaluate later
+    scores = lambda r: {k: (v["top1"], v["top5"]) for k, v in r.results["combinations"].items()}
+    assert scores(prefitted) == scores(report)
     for b, name in enumerate("abc"):
         z = test.logits[b].tolist()
         assert report.results["accuracy"][name] == _literal_topk(z, test.labels, 1)

@@ -578,13 +578,15 @@ def evaluate_synergy(
     thresholds: Sequence[float] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99),
     chunk_rows: int = 1024,
     nlc_kwargs: dict | None = None,
+    fitted: FittedCombiners | None = None,
 ) -> SynergyReport:
     """Per-backbone accuracy, oracle/synergy, pairwise matrices, per-class best, combiners, cost and cascade.
 
     Combiners are fitted on `heldout` (labelled) first; then one pass over `test` (`stream_chunks`) reads each
     chunk of rows once and every analysis and every fitted combiner consumes it — the combiners see logits and
     embeddings only, the labels are used only to score. Top-1 everywhere, top-5 too when C >= 5 (`topk`).
-    Without costs every backbone costs 1 (the cost axis counts backbones run).
+    Without costs every backbone costs 1 (the cost axis counts backbones run). `fitted`: combiners fitted
+    already (`fit_combiners`), e.g. to evaluate several splits with one fit; `heldout` is then not refitted.
     """
     names = list(names)
     if test.labels is None:
@@ -601,7 +603,8 @@ def evaluate_synergy(
     cost = [float(costs[x]) for x in names] if costs else [1.0] * len(names)
 
     ks = topk_levels(c)
-    fitted = fit_combiners(heldout, len(names), c, nlc_kwargs=nlc_kwargs, names=names)
+    if fitted is None:
+        fitted = fit_combiners(heldout, len(names), c, nlc_kwargs=nlc_kwargs, names=names)
     temps = fitted.combiners["temperature_mean"].temperatures_.tolist() if "temperature_mean" in fitted.combiners else None
     backbones = BackboneHits(len(names), n, ks)
     combiners = CombinerCounts(fitted, test.embeddings, ks)  # sees logits/embeddings only, never the labels
