@@ -202,7 +202,7 @@ def _write(out: Path, report: syn.SynergyReport, results: dict) -> None:
     from clipadapt.report.synergy_plots import accuracy_vs_cost, heatmap  # matplotlib: only when plotting
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", results)
-    sections = []
+    sections = [f"## accuracy\n\n{markdown_table(_summary_rows(results))}"]
     for name, rows in report.tables.items():
         if rows:
             write_table(out / f"{name}.csv", rows)
@@ -216,11 +216,21 @@ def _write(out: Path, report: syn.SynergyReport, results: dict) -> None:
                      cascade=report.results["cascade"])
 
 
+def _summary_rows(results: dict) -> list[dict[str, Any]]:
+    """One row per backbone, the oracle and each combiner: top-1 and (when C >= 5) top-5 — the printed table."""
+    top5 = 5 in results["topk"]
+    rows = [{"backbone / combiner": name, "top1": acc, **({"top5": results["accuracy_top5"][name]} if top5 else {})}
+            for name, acc in results["accuracy"].items()]
+    rows.append({"backbone / combiner": "oracle (any backbone right)", "top1": results["oracle_top1"],
+                 **({"top5": results["oracle_top5"]} if top5 else {})})
+    rows += [{"backbone / combiner": name, "top1": r["top1"], **({"top5": r["top5"]} if top5 else {})}
+             for name, r in results["combinations"].items()]
+    return rows
+
+
 def _print_summary(report: syn.SynergyReport, results: dict) -> None:
-    for name, acc in results["accuracy"].items():
-        print(f"{name:>28}: top1 {acc:6.2f}")
-    print(f"{'oracle':>28}: top1 {results['oracle_top1']:6.2f}  (synergy {results['synergy']:+.2f} over "
-          f"{results['best_single']['backbone']})")
-    for name, r in results["combinations"].items():
-        print(f"{name:>28}: top1 {r['top1']:6.2f}")
+    print(markdown_table(_summary_rows(results)), end="")
+    if 5 not in results["topk"]:
+        print(f"top-5 not reported: {results['num_classes']} classes (< 5)")
+    print(f"synergy (oracle − best single, top-1): {results['synergy']:+.2f} over {results['best_single']['backbone']}")
     print(f"held-out for fitting: {results['heldout']}")

@@ -3,7 +3,11 @@ normalisation study (zero-shot and linear probe), combiners, cost and a confiden
 
 Inputs are per-backbone score sets whose rows are the same samples in the same order (`ScoreSet`); every
 function here is pure (tensors / arrays in, numbers and tables out). Logits may be memory-mapped arrays: the
-analyses read them `chunk_rows` rows at a time.
+analyses read them `chunk_rows` rows at a time, and `evaluate_synergy` reads each chunk once: every analysis
+is a chunk consumer (`update(rows, chunk, labels)`) fed by one loop, `stream_chunks`.
+
+Accuracy is reported at top-1 and, when there are at least 5 classes, top-5 (`topk_levels`); with fewer classes
+top-5 would be trivially 100 % and is omitted everywhere (keys, columns, printed table).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 from torch import Tensor
 
 from clipadapt.errors import ConfigError, FeatureDirError
+from clipadapt.eval.metrics import topk_correct
 from clipadapt.features.featureset import FeatureSet
 from clipadapt.methods.ensembles import (
     COMBINERS,
@@ -25,7 +30,6 @@ from clipadapt.methods.ensembles import (
     check_array_list,
     check_labels,
     iter_row_chunks,
-    predict_streaming,
     predictions_streaming,
 )
 from clipadapt.methods.logit_controller import NeuralLogitController
@@ -96,12 +100,12 @@ def _first_difference(a: Sequence[str], b: Sequence[str]) -> str:
 # ----------------------------------------------------------------------------------------- analyses
 def per_backbone_accuracy(preds: Tensor, labels: Tensor) -> Tensor:
     """(B,) top-1 accuracy in percent of each backbone's predictions (B, N)."""
-    return 100.0 * (preds == labels.view(1, -1)).float().mean(1)
+    return 100.0 * (preds == labels.view(1, -1)).sum(1).double() / preds.shape[1]
 
 
 def oracle_accuracy(preds: Tensor, labels: Tensor) -> float:
     """Percent of samples that at least one backbone classifies correctly."""
-    return 100.0 * (preds == labels.view(1, -1)).any(0).float().mean().item()
+    return _percent((preds == labels.view(1, -1)).any(0).sum(), preds.shape[1])
 
 
 def agreement_matrix(preds: Tensor) -> Tensor:
@@ -289,21 +293,163 @@ def fit_combiners(heldout: ScoreSet | None, num_backbones: int, num_classes: int
     return fitted
 
 
+def _combine_chunk(est: Any, chunk: list[Tensor], embeddings: list[Tensor] | None, rows: slice) -> Tensor | None:
+    """(n, C) combined scores of one fitted combiner on one chunk (None: the NLC without embeddings).
+
+    Gets logits and embeddings only: no combiner can see labels."""
+    if isinstance(est, NeuralLogitController):
+        if embeddings is None:
+            return None
+        return est.predict_logits([e[rows] for e in embeddings], chunk)
+    return est.predict_logits(chunk)
+
+
 def predict_combiners(fitted: FittedCombiners, test: ScoreSet, *, chunk_rows: int = 1024) -> dict[str, np.ndarray]:
-    """(N, C) combined logits of every fitted combiner on `test`, streamed by rows. Reads no labels."""
-    out = {}
-    for key, est in fitted.combiners.items():
-        if isinstance(est, NeuralLogitController):
-            if test.embeddings is None:
-                continue
-            res = np.empty((test.n, test.num_classes), dtype=np.float32)
-            for rows in iter_row_chunks(test.n, chunk_rows):
-                res[rows] = est.predict_logits([e[rows] for e in test.embeddings],
-                                               [as_float_tensor(z[rows]) for z in test.logits]).numpy()
-            out[key] = res
-        else:
-            out[key] = predict_streaming(est, test.logits, chunk_rows=chunk_rows)
+    """(N, C) combined logits of every fitted combiner on `test`, streamed by rows. Reads no labels.
+
+    For the combined logits themselves; `evaluate_synergy` only scores them (`CombinerCounts`, no (N, C) output).
+    """
+    out = {key: np.empty((test.n, test.num_classes), dtype=np.float32) for key, est in fitted.combiners.items()
+           if not (isinstance(est, NeuralLogitController) and test.embeddings is None)}
+    for rows in iter_row_chunks(test.n, chunk_rows):
+        chunk = [as_float_tensor(z[rows]) for z in test.logits]
+        for key in out:
+            out[key][rows] = _combine_chunk(fitted.combiners[key], chunk, test.embeddings, rows).numpy()
     return out
+
+
+# ----------------------------------------------------------------------------------------- one pass over the logits
+def topk_levels(num_classes: int) -> tuple[int, ...]:
+    """The k of the reported top-k accuracies: (1, 5) with at least 5 classes, else (1,) (top-5 would be 100 %)."""
+    return (1, 5) if num_classes >= 5 else (1,)
+
+
+def _percent(count: int | Tensor, n: int) -> float:
+    return 100.0 * int(count) / n
+
+
+def _hits(scores: Tensor, y: Tensor, k: int) -> Tensor:
+    """(n,) bool: label is the argmax (k = 1, first maximum as everywhere else) or among the k highest scores."""
+    return scores.argmax(1) == y if k == 1 else topk_correct(scores, y, k)
+
+
+def stream_chunks(logits: Sequence[Any], labels: Tensor, consumers: Sequence[Any], *, chunk_rows: int = 1024) -> None:
+    """Read `chunk_rows` rows of every backbone's logits once and hand them to every consumer.
+
+    A consumer has `update(rows: slice, chunk: list[(n, C) float tensors], labels: (n,))`; it accumulates what
+    it reports. This is the only loop over the (possibly memory-mapped) logits in `evaluate_synergy`.
+    """
+    n, _ = check_array_list(logits)
+    for rows in iter_row_chunks(n, chunk_rows):
+        chunk = [as_float_tensor(z[rows]) for z in logits]
+        y = labels[rows]
+        for consumer in consumers:
+            consumer.update(rows, chunk, y)
+
+
+class BackboneHits:
+    """Per backbone and sample: the argmax class (B, N) and whether the label is in the top k, for each k."""
+
+    def __init__(self, num_backbones: int, n: int, ks: Sequence[int]):
+        self.preds = torch.empty(num_backbones, n, dtype=torch.long)
+        self.hits = {k: torch.zeros(num_backbones, n, dtype=torch.bool) for k in ks}
+
+    def update(self, rows: slice, chunk: list[Tensor], y: Tensor) -> None:
+        for b, z in enumerate(chunk):
+            self.preds[b, rows] = z.argmax(1)
+            for k, hit in self.hits.items():
+                hit[b, rows] = _hits(z, y, k)
+
+    def accuracy(self, k: int) -> Tensor:
+        """(B,) top-k accuracy in percent."""
+        return 100.0 * self.hits[k].sum(1).double() / self.hits[k].shape[1]
+
+    def oracle(self, k: int) -> float:
+        """Percent of samples with the label in the top k of at least one backbone."""
+        return _percent(self.hits[k].any(0).sum(), self.hits[k].shape[1])
+
+
+class CombinerCounts:
+    """Top-k correct counts of every fitted combiner, scored chunk by chunk (no (N, C) output is kept)."""
+
+    def __init__(self, fitted: FittedCombiners, embeddings: list[Tensor] | None, ks: Sequence[int]):
+        self.fitted, self.embeddings, self.ks = fitted, embeddings, tuple(ks)
+        self.counts = {key: dict.fromkeys(self.ks, 0) for key, est in fitted.combiners.items()
+                       if not (isinstance(est, NeuralLogitController) and embeddings is None)}
+
+    def update(self, rows: slice, chunk: list[Tensor], y: Tensor) -> None:
+        for key, counts in self.counts.items():
+            scores = _combine_chunk(self.fitted.combiners[key], chunk, self.embeddings, rows)
+            for k in self.ks:
+                counts[k] += int(_hits(scores, y, k).sum())
+
+    def accuracy(self, n: int) -> dict[str, dict[str, float]]:
+        """{combiner: {'top1': %, 'top5': %}}."""
+        return {key: {f"top{k}": _percent(c, n) for k, c in counts.items()} for key, counts in self.counts.items()}
+
+
+class CascadeCounts:
+    """The confidence cascade (see `cascade`) accumulated chunk by chunk."""
+
+    def __init__(self, costs: Sequence[float], thresholds: Sequence[float], *,
+                 temperatures: Sequence[float] | None = None, ks: Sequence[int] = (1,)):
+        b_count = len(costs)
+        self.order = sorted(range(b_count), key=lambda b: costs[b])
+        self.temps = list(temperatures) if temperatures is not None else [1.0] * b_count
+        self.step_cost = torch.cumsum(torch.tensor([float(costs[b]) for b in self.order]), 0)
+        self.ks, self.n = tuple(sorted(set(ks) | {1})), 0  # top-1 always (the cascade's own prediction)
+        self.stats = {t: {"correct": dict.fromkeys(self.ks, 0), "cost": 0.0, "stops": [0] * b_count}
+                      for t in thresholds}
+
+    def update(self, rows: slice, chunk: list[Tensor], y: Tensor) -> None:
+        b_count = len(self.order)
+        probs = [(chunk[b] / self.temps[b]).softmax(-1) for b in self.order]
+        running = torch.cumsum(torch.stack(probs), 0) / torch.arange(1, b_count + 1).view(-1, 1, 1)  # (B, n, C)
+        conf, pred = running.max(-1)
+        self.n += int(y.shape[0])
+        for t, s in self.stats.items():
+            confident = conf >= t
+            confident[-1] = True
+            stop = confident.float().argmax(0)  # first stage that is confident
+            s["correct"][1] += int((pred.gather(0, stop.view(1, -1)).squeeze(0) == y).sum())
+            if len(self.ks) > 1:
+                final = running[stop, torch.arange(stop.shape[0])]  # (n, C): the stopping stage's mean probs
+                for k in self.ks[1:]:
+                    s["correct"][k] += int(topk_correct(final, y, k).sum())
+            s["cost"] += float(self.step_cost[stop].sum())
+            for k in range(b_count):
+                s["stops"][k] += int((stop == k).sum())
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{"threshold": t, **{f"top{k}": _percent(c, self.n) for k, c in s["correct"].items()},
+                 "mean_cost": s["cost"] / self.n, "stopped_after": {f"{k + 1}": c / self.n for k, c in enumerate(s["stops"])}}
+                for t, s in self.stats.items()]
+
+
+class SubsetCounts:
+    """Mean of probabilities over every subset of >= 2 backbones (see `subset_mean_probs`), chunk by chunk."""
+
+    def __init__(self, costs: Sequence[float], names: Sequence[str], *, ks: Sequence[int] = (1,), max_backbones: int = 8):
+        b_count = len(costs)
+        self.costs, self.names, self.ks, self.n = list(costs), list(names), tuple(ks), 0
+        self.subsets = ([] if b_count > max_backbones else
+                        [list(s) for k in range(2, b_count + 1) for s in itertools.combinations(range(b_count), k)])
+        self.correct = {k: torch.zeros(len(self.subsets), dtype=torch.long) for k in self.ks}
+
+    def update(self, rows: slice, chunk: list[Tensor], y: Tensor) -> None:
+        self.n += int(y.shape[0])
+        if not self.subsets:
+            return
+        probs = torch.stack([z.softmax(-1) for z in chunk])  # (B, n, C), computed once for every subset
+        for i, subset in enumerate(self.subsets):
+            pooled = probs[subset].sum(0)
+            for k in self.ks:
+                self.correct[k][i] += int(_hits(pooled, y, k).sum())
+
+    def rows(self) -> list[dict[str, Any]]:
+        return [{"combination": "+".join(self.names[b] for b in s), "method": "mean_probs",
+                 **{f"top{k}": _percent(self.correct[k][i], self.n) for k in self.ks},
+                 "cost": float(sum(self.costs[b] for b in s))} for i, s in enumerate(self.subsets)]
 
 
 # ----------------------------------------------------------------------------------------- cost and cascade
@@ -371,69 +517,40 @@ def cascade(
     *,
     temperatures: Sequence[float] | None = None,
     chunk_rows: int = 1024,
+    ks: Sequence[int] | None = None,
 ) -> list[dict[str, Any]]:
     """Confidence cascade: run backbones from cheapest to dearest, stop once the running prediction is confident.
 
     After each backbone the prediction is the mean of the (temperature-scaled) softmax probabilities of the
     backbones run so far; a sample stops when its max probability ≥ threshold (the last backbone always
-    stops). Cost of a sample = sum of the costs of the backbones it ran. One row per threshold.
+    stops). Cost of a sample = sum of the costs of the backbones it ran. One row per threshold, with top-k of
+    the stopping stage's mean probabilities for k in `ks` (default `topk_levels(C)`).
     """
-    check_array_list(logits)
-    b_count = len(logits)
-    if len(costs) != b_count:
-        raise ConfigError(f"{len(costs)} costs for {b_count} backbones")
-    order = sorted(range(b_count), key=lambda b: costs[b])
-    temps = list(temperatures) if temperatures is not None else [1.0] * b_count
-    n = int(logits[0].shape[0])
-    stats = {t: {"correct": 0, "cost": 0.0, "stops": [0] * b_count} for t in thresholds}
-    for rows in iter_row_chunks(n, chunk_rows):
-        y = labels[rows]
-        probs = [(as_float_tensor(logits[b][rows]) / temps[b]).softmax(-1) for b in order]
-        running = torch.cumsum(torch.stack(probs), 0) / torch.arange(1, b_count + 1).view(-1, 1, 1)  # (B, n, C)
-        conf, pred = running.max(-1)
-        step_cost = torch.cumsum(torch.tensor([float(costs[b]) for b in order]), 0)
-        for t in thresholds:
-            confident = conf >= t
-            confident[-1] = True
-            stop = confident.float().argmax(0)  # first stage that is confident
-            final = pred.gather(0, stop.view(1, -1)).squeeze(0)
-            s = stats[t]
-            s["correct"] += int((final == y).sum())
-            s["cost"] += float(step_cost[stop].sum())
-            for k in range(b_count):
-                s["stops"][k] += int((stop == k).sum())
-    return [
-        {"threshold": t, "top1": 100.0 * s["correct"] / n, "mean_cost": s["cost"] / n,
-         "stopped_after": {f"{k + 1}": c / n for k, c in enumerate(s["stops"])}}
-        for t, s in stats.items()
-    ]
+    _, c = check_array_list(logits)
+    if len(costs) != len(logits):
+        raise ConfigError(f"{len(costs)} costs for {len(logits)} backbones")
+    counts = CascadeCounts(costs, thresholds, temperatures=temperatures, ks=ks or topk_levels(c))
+    stream_chunks(logits, labels, [counts], chunk_rows=chunk_rows)
+    return counts.rows()
 
 
 def subset_mean_probs(logits: Sequence[Any], labels: Tensor, costs: Sequence[float], names: Sequence[str], *,
-                      max_backbones: int = 8, chunk_rows: int = 1024) -> list[dict[str, Any]]:
-    """Accuracy and cost of mean-of-probabilities over every subset of ≥ 2 backbones (skipped when B > max_backbones).
-
-    One pass over the logits: each chunk's B probability tables are computed once and reused by every subset.
+                      max_backbones: int = 8, chunk_rows: int = 1024, ks: Sequence[int] | None = None) -> list[dict[str, Any]]:
+    """Top-k (k in `ks`, default `topk_levels(C)`) and cost of mean-of-probabilities over every subset of ≥ 2
+    backbones (none when B > max_backbones). Each chunk's B probability tables are computed once for every subset.
     """
-    b_count = len(logits)
-    if b_count > max_backbones:
+    _, c = check_array_list(logits)
+    if len(logits) > max_backbones:
         return []
-    subsets = [s for k in range(2, b_count + 1) for s in itertools.combinations(range(b_count), k)]
-    correct = torch.zeros(len(subsets), dtype=torch.long)
-    for rows in iter_row_chunks(int(logits[0].shape[0]), chunk_rows):
-        probs = torch.stack([as_float_tensor(z[rows]).softmax(-1) for z in logits])  # (B, n, C)
-        y = labels[rows]
-        for i, subset in enumerate(subsets):
-            correct[i] += int((probs[list(subset)].sum(0).argmax(1) == y).sum())
-    n = int(labels.shape[0])
-    return [{"combination": "+".join(names[b] for b in s), "method": "mean_probs", "top1": 100.0 * int(k) / n,
-             "cost": float(sum(costs[b] for b in s))} for s, k in zip(subsets, correct)]
+    counts = SubsetCounts(costs, names, ks=ks or topk_levels(c), max_backbones=max_backbones)
+    stream_chunks(logits, labels, [counts], chunk_rows=chunk_rows)
+    return counts.rows()
 
 
 def accuracy_table(combined: dict[str, np.ndarray], labels: Tensor) -> dict[str, float]:
     """Top-1 (percent) of every combined logits array."""
-    return {k: 100.0 * float((torch.from_numpy(v.argmax(1)) == labels).float().mean()) for k, v in combined.items()}
-
+    n = int(labels.shape[0])
+    return {k: _percent((torch.from_numpy(v.argmax(1)) == labels).sum(), n) for k, v in combined.items()}
 
 
 # ----------------------------------------------------------------------------------------- the whole run
@@ -461,11 +578,15 @@ def evaluate_synergy(
     thresholds: Sequence[float] = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99),
     chunk_rows: int = 1024,
     nlc_kwargs: dict | None = None,
+    fitted: FittedCombiners | None = None,
 ) -> SynergyReport:
     """Per-backbone accuracy, oracle/synergy, pairwise matrices, per-class best, combiners, cost and cascade.
 
-    Combiners are fitted on `heldout` (labelled) and applied to `test` without its labels; test labels are
-    used only to score. Without costs every backbone costs 1 (the cost axis counts backbones run).
+    Combiners are fitted on `heldout` (labelled) first; then one pass over `test` (`stream_chunks`) reads each
+    chunk of rows once and every analysis and every fitted combiner consumes it — the combiners see logits and
+    embeddings only, the labels are used only to score. Top-1 everywhere, top-5 too when C >= 5 (`topk`).
+    Without costs every backbone costs 1 (the cost axis counts backbones run). `fitted`: combiners fitted
+    already (`fit_combiners`), e.g. to evaluate several splits with one fit; `heldout` is then not refitted.
     """
     names = list(names)
     if test.labels is None:
@@ -481,19 +602,32 @@ def evaluate_synergy(
     classnames = list(classnames) if classnames else [str(i) for i in range(c)]
     cost = [float(costs[x]) for x in names] if costs else [1.0] * len(names)
 
-    preds = predictions_streaming(test.logits, chunk_rows=chunk_rows)
-    summary = synergy_summary(preds, test.labels, names)
-    fitted = fit_combiners(heldout, len(names), c, nlc_kwargs=nlc_kwargs, names=names)
-    unlabelled_test = ScoreSet(logits=test.logits, labels=None, embeddings=test.embeddings)
-    combined = predict_combiners(fitted, unlabelled_test, chunk_rows=chunk_rows)
-    comb_acc = accuracy_table(combined, test.labels)
+    ks = topk_levels(c)
+    if fitted is None:
+        fitted = fit_combiners(heldout, len(names), c, nlc_kwargs=nlc_kwargs, names=names)
     temps = fitted.combiners["temperature_mean"].temperatures_.tolist() if "temperature_mean" in fitted.combiners else None
-    cascade_rows = cascade(test.logits, test.labels, cost, thresholds, temperatures=temps, chunk_rows=chunk_rows)
+    backbones = BackboneHits(len(names), n, ks)
+    combiners = CombinerCounts(fitted, test.embeddings, ks)  # sees logits/embeddings only, never the labels
+    cascade_counts = CascadeCounts(cost, thresholds, temperatures=temps, ks=ks)
+    subset_counts = SubsetCounts(cost, names, ks=ks)
+    stream_chunks(test.logits, test.labels, [backbones, combiners, cascade_counts, subset_counts], chunk_rows=chunk_rows)
 
-    per_backbone = [{"backbone": x, "top1": summary["accuracy"][x], "cost": k} for x, k in zip(names, cost)]
-    combos = [{"method": k, "top1": v, "gain_over_best": v - summary["best_single"]["top1"], "cost": sum(cost)}
+    preds = backbones.preds
+    summary = synergy_summary(preds, test.labels, names)
+    if 5 in ks:
+        top5 = backbones.accuracy(5)
+        summary["accuracy_top5"] = {x: float(a) for x, a in zip(names, top5)}
+        summary["best_single"]["top5"] = summary["accuracy_top5"][summary["best_single"]["backbone"]]
+        summary["oracle_top5"] = backbones.oracle(5)
+    comb_acc = combiners.accuracy(n)
+    cascade_rows = cascade_counts.rows()
+    subsets = subset_counts.rows()
+
+    per_backbone = [{"backbone": x, "top1": summary["accuracy"][x],
+                     **({"top5": summary["accuracy_top5"][x]} if 5 in ks else {}), "cost": k}
+                    for x, k in zip(names, cost)]
+    combos = [{"method": k, **v, "gain_over_best": v["top1"] - summary["best_single"]["top1"], "cost": sum(cost)}
               for k, v in comb_acc.items()]
-    subsets = subset_mean_probs(test.logits, test.labels, cost, names, chunk_rows=chunk_rows)
     points = ([{"label": r["backbone"], "kind": "single", "top1": r["top1"], "cost": r["cost"]} for r in per_backbone]
               + [{"label": r["combination"], "kind": "subset", "top1": r["top1"], "cost": r["cost"]} for r in subsets]
               + [{"label": r["method"], "kind": "combiner", "top1": r["top1"], "cost": r["cost"]} for r in combos])
@@ -513,7 +647,8 @@ def evaluate_synergy(
         "n": n,
         "num_classes": c,
         "heldout_n": heldout.n if heldout is not None else 0,
-        "combinations": {k: {"top1": v, **fitted.details.get(k, {})} for k, v in comb_acc.items()},
+        "topk": list(ks),
+        "combinations": {k: {**v, **fitted.details.get(k, {})} for k, v in comb_acc.items()},
         "cascade": cascade_rows,
         "costs": dict(zip(names, cost)),
         "cost_unit": cost_label,
@@ -524,6 +659,7 @@ def evaluate_synergy(
 
 __all__ = [
     "NORMALISATIONS", "ScoreSet", "SynergyReport", "evaluate_synergy", "FittedCombiners", "agreement_matrix", "accuracy_table", "cascade",
+    "BackboneHits", "CascadeCounts", "CombinerCounts", "SubsetCounts", "stream_chunks", "topk_levels",
     "check_aligned_feature_sets", "check_labels", "complementarity_matrix", "feature_statistics",
     "fit_combiners", "fit_linear_probe", "model_cost", "normalisation_study", "normalise_features",
     "oracle_accuracy", "per_backbone_accuracy", "per_class_best", "predict_combiners", "predictions_streaming",
