@@ -162,9 +162,6 @@ def _batches(shards: Sequence[tuple[int, int]], batch_size: int) -> list[list[in
     return [list(range(b, min(b + batch_size, end))) for start, end in shards for b in range(start, end, batch_size)]
 
 
-DECODE_THREADS = 1
-
-
 def _threaded_batches(rows_ds: _RowDataset, batches: list[list[int]], pin: bool, ahead: int = 2) -> Iterator[_Batch]:
     """Batches decoded by one background thread, `ahead` batches in advance, in order.
 
@@ -176,7 +173,7 @@ def _threaded_batches(rows_ds: _RowDataset, batches: list[list[int]], pin: bool,
         batch = _collate([rows_ds[r] for r in rows])
         return batch.pin_memory() if pin else batch
 
-    with ThreadPoolExecutor(max_workers=DECODE_THREADS, thread_name_prefix="clipadapt-decode") as pool:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipadapt-decode") as pool:
         pending: deque[Future] = deque(pool.submit(load, b) for b in batches[:ahead])
         for nxt in batches[ahead:] + [None] * len(pending):
             batch = pending.popleft().result()
