@@ -182,3 +182,19 @@ def test_backbones_held_out_logits_identical_to_evaluated_logits_is_an_error(tmp
     assert main(["backbones", "--logits", paths, "--labels", str(tmp_path / "y.npy"), "--heldout-logits", paths,
                  "--heldout-labels", str(tmp_path / "y.npy"), "--cost", "none", "--out", str(tmp_path / "o")]) == 2
     assert "identical to the 'evaluated' split" in capsys.readouterr().err
+
+
+def test_pipeline_fewshot_honours_on_error_for_unreadable_images(tmp_path, capsys):
+    from clipadapt.encoders.configs import register_model_configs
+
+    register_model_configs()
+    spec, cache = _tiny_imagenet(tmp_path / "imagenet"), tmp_path / "cache"
+    broken = next((tmp_path / "imagenet" / "images" / "val").rglob("0.png"))
+    broken.write_bytes(b"not an image")  # a test image (CoOp ImageNet tests on val/)
+    base = ["fewshot", "--model", "clipadapt-test-tiny-vit", "--dataset", spec, "--cache-dir", str(cache),
+            "--device", "cpu", "--batch-size", "8", "--shots", "1", "--seeds", "1", "--methods", "zeroshot",
+            "--views", "1", "--allow-fewer", "--val-from-train", "2"]
+    assert main(base + ["--out", str(tmp_path / "fail")]) != 0
+    assert broken.name in capsys.readouterr().err
+    assert main(base + ["--on-error", "skip", "--out", str(tmp_path / "skip")]) == 0
+    assert _read(tmp_path / "skip" / "results.json")["features"]["splits"]["test"]["n"] == 6 - 1

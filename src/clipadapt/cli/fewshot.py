@@ -74,7 +74,8 @@ def build_source(args: argparse.Namespace):
             check_disjoint(build_dataset(args.dataset, "val"), build_dataset(args.dataset, "test"), selection_name="val",
                            dataset=args.dataset, purpose="the hyper-parameter search", fix=VAL_FIX)
         fetch = functools.partial(get_feature_set, args.model, args.dataset, cache_dir=args.cache_dir,
-                                  device=args.device, batch_size=args.batch_size, file_check=args.file_check)
+                                  device=args.device, batch_size=args.batch_size, file_check=args.file_check,
+                                  on_error=args.on_error, num_workers=args.num_workers)
         return PipelineSource(fetch, views=args.views, adapter=args.adapter,
                               train_dataset=build_dataset(args.dataset, "train"), use_val=use_val)
     raise ConfigError("give --features DIR, or both --model and --dataset")
