@@ -1,30 +1,39 @@
-"""clipadapt: make pretrained CLIP-style models better at test time, without retraining them."""
+"""clipadapt: make pretrained CLIP-style models better at test time, without retraining them.
 
-from clipadapt.errors import (
-    CacheError,
-    ClipadaptError,
-    ConfigError,
-    DatasetError,
-    FeatureDirError,
-    NotFittedError,
-    WeightsUnavailableError,
-)
-from clipadapt.features import FeatureSet, FeatureSplit, load_feature_dir, save_feature_dir
-from clipadapt.methods import (
-    DistributionNormalizer,
-    MajorityVote,
-    MaxConfidence,
-    MeanLogits,
-    MeanProbs,
-    MinEntropy,
-    NeuralLogitController,
-    Stacking,
-    TemperatureScaledMean,
-    TipAdapter,
-    TipAdapterF,
-    TipX,
-    ZeroShotClassifier,
-)
+Public names are resolved lazily (clipadapt._lazy): `import clipadapt` alone does not import torch, so the
+command line answers `--help` and argument errors fast.
+"""
+
+from typing import TYPE_CHECKING
+
+from clipadapt._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from clipadapt.errors import (
+        CacheError,
+        ClipadaptError,
+        ConfigError,
+        DatasetError,
+        FeatureDirError,
+        NotFittedError,
+        WeightsUnavailableError,
+    )
+    from clipadapt.features import FeatureSet, FeatureSplit, load_feature_dir, save_feature_dir
+    from clipadapt.methods import (
+        DistributionNormalizer,
+        MajorityVote,
+        MaxConfidence,
+        MeanLogits,
+        MeanProbs,
+        MinEntropy,
+        NeuralLogitController,
+        Stacking,
+        TemperatureScaledMean,
+        TipAdapter,
+        TipAdapterF,
+        TipX,
+        ZeroShotClassifier,
+    )
 
 __version__ = "0.1.0"
 
@@ -54,3 +63,12 @@ __all__ = [
     "load_feature_dir",
     "save_feature_dir",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "clipadapt.errors": ["CacheError", "ClipadaptError", "ConfigError", "DatasetError", "FeatureDirError",
+                         "NotFittedError", "WeightsUnavailableError"],
+    "clipadapt.features": ["FeatureSet", "FeatureSplit", "load_feature_dir", "save_feature_dir"],
+    "clipadapt.methods": ["DistributionNormalizer", "MajorityVote", "MaxConfidence", "MeanLogits", "MeanProbs",
+                          "MinEntropy", "NeuralLogitController", "Stacking", "TemperatureScaledMean", "TipAdapter",
+                          "TipAdapterF", "TipX", "ZeroShotClassifier"],
+})

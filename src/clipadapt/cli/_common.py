@@ -5,14 +5,12 @@ from __future__ import annotations
 import argparse
 import io
 from pathlib import Path
-from typing import Any, Iterable
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Iterable
 
 from clipadapt.errors import ConfigError
-from clipadapt.features.featureset import FeatureSet
-from clipadapt.features.io import atomic_write_bytes, load_feature_dir
-from clipadapt.report.tables import write_json
+
+if TYPE_CHECKING:  # torch-backed: imported where used, so building the parser stays torch-free
+    from clipadapt.features.featureset import FeatureSet
 
 
 def comma_strings(text: str) -> list[str]:
@@ -64,6 +62,8 @@ def add_file_check_argument(parser) -> None:
 def load_features_from_args(args: argparse.Namespace, splits: Iterable[str] | None = None) -> FeatureSet:
     """The FeatureSet named by --features, or extracted (through the cache) for --model/--dataset."""
     if getattr(args, "features", None):
+        from clipadapt.features.io import load_feature_dir
+
         return load_feature_dir(args.features, splits=splits)
     if getattr(args, "model", None) and getattr(args, "dataset", None):
         from clipadapt.features.pipeline import feature_set_from_args  # heavy imports only when encoding
@@ -74,6 +74,10 @@ def load_features_from_args(args: argparse.Namespace, splits: Iterable[str] | No
 
 def save_logits(path: Path, logits: Any) -> Path:
     """(N, C) float32 logits as .npy, written atomically like every other output."""
+    import numpy as np
+
+    from clipadapt.features.io import atomic_write_bytes
+
     path = Path(path)
     buffer = io.BytesIO()
     np.save(buffer, np.asarray(logits.detach().cpu().float().numpy(), dtype=np.float32))
@@ -83,5 +87,7 @@ def save_logits(path: Path, logits: Any) -> Path:
 
 def write_results(path: Path | None, results: dict[str, Any]) -> None:
     if path is not None:
+        from clipadapt.report.tables import write_json
+
         write_json(path, results)
         print(f"wrote {path}")

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clipadapt.cli._common import comma_floats, comma_strings
 from clipadapt.errors import ConfigError
-from clipadapt.eval import synergy as syn
-from clipadapt.eval import synergy_inputs as inputs
-from clipadapt.eval.protocol import check_disjoint
-from clipadapt.features.io import atomic_write_bytes
-from clipadapt.report.tables import markdown_table, write_json, write_table
+
+if TYPE_CHECKING:  # torch-backed: imported where used, so building the parser stays torch-free
+    from clipadapt.eval import synergy as syn
 
 COMMAND = "backbones"
 HELP = "multi-backbone evaluation: oracle, agreement, normalisation study, ensembles, Neural Logit Controller, cost"
@@ -65,6 +63,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 # ----------------------------------------------------------------------------------------- inputs
 def _from_logits(args: argparse.Namespace) -> tuple[list[str], syn.ScoreSet, syn.ScoreSet | None]:
+    from clipadapt.eval import synergy as syn
+    from clipadapt.eval import synergy_inputs as inputs
+    from clipadapt.eval.protocol import check_disjoint
+
     if not args.labels:
         raise ConfigError("--logits needs --labels (the (N,) labels of the evaluated samples)")
     logits, labels = inputs.load_logit_set(args.logits, args.labels, "evaluated")
@@ -88,6 +90,8 @@ def _from_logits(args: argparse.Namespace) -> tuple[list[str], syn.ScoreSet, syn
 
 
 def _feature_sets(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
+    from clipadapt.eval import synergy_inputs as inputs
+
     if args.features:
         return inputs.load_feature_dirs(args.features), {}
     if not args.dataset:
@@ -103,6 +107,9 @@ def _feature_sets(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
 
 
 def _heldout(args: argparse.Namespace, fsets: dict) -> tuple[syn.ScoreSet | None, str]:
+    from clipadapt.eval import synergy as syn
+    from clipadapt.eval import synergy_inputs as inputs
+
     first = next(iter(fsets.values()))
     if args.shots:
         syn.check_aligned_feature_sets(fsets, args.train_split)
@@ -124,6 +131,8 @@ def _heldout(args: argparse.Namespace, fsets: dict) -> tuple[syn.ScoreSet | None
 
 def _check_split(fsets: dict, selection: str, test: str, purpose: str, fix: str) -> None:
     """ProtocolError when split `selection` shares images with the evaluated split `test` (any backbone)."""
+    from clipadapt.eval.protocol import check_disjoint
+
     for name, fs in fsets.items():
         check_disjoint(fs.split(selection), fs.split(test), selection_name=selection, test_name=test,
                        dataset=f"{fs.meta.get('dataset') or fs.source or name}", purpose=purpose, fix=fix)
@@ -142,6 +151,8 @@ def _costs(args: argparse.Namespace, names: list[str], model_ids: list[str | Non
         return dict(zip(names, args.costs)), "given cost", []
     if args.cost == "none" or any(m is None for m in model_ids):
         return None, "backbones run", []
+    from clipadapt.eval import synergy as syn
+
     key, label = COST_METRICS[args.cost]
     device = args.device or "cpu"
     try:
@@ -154,6 +165,8 @@ def _costs(args: argparse.Namespace, names: list[str], model_ids: list[str | Non
 
 # ----------------------------------------------------------------------------------------- run
 def run(args: argparse.Namespace) -> int:
+    from clipadapt.eval import synergy as syn
+
     modes = [bool(args.features), bool(args.models), bool(args.logits)]
     if sum(modes) != 1:
         raise ConfigError("give exactly one of --features DIR..., --models LIST --dataset SPEC, --logits FILES --labels FILE")
@@ -199,7 +212,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write(out: Path, report: syn.SynergyReport, results: dict) -> None:
+    from clipadapt.features.io import atomic_write_bytes
     from clipadapt.report.synergy_plots import accuracy_vs_cost, heatmap  # matplotlib: only when plotting
+    from clipadapt.report.tables import markdown_table, write_json, write_table
+
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "results.json", results)
     sections = [f"## accuracy\n\n{markdown_table(_summary_rows(results))}"]
@@ -229,6 +245,8 @@ def _summary_rows(results: dict) -> list[dict[str, Any]]:
 
 
 def _print_summary(report: syn.SynergyReport, results: dict) -> None:
+    from clipadapt.report.tables import markdown_table
+
     print(markdown_table(_summary_rows(results)), end="")
     if 5 not in results["topk"]:
         print(f"top-5 not reported: {results['num_classes']} classes (< 5)")

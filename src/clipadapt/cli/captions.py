@@ -7,14 +7,9 @@ import csv
 import io
 from pathlib import Path
 
-import torch
-
 from clipadapt.cli._common import write_results
 from clipadapt.errors import ConfigError, DatasetError
-from clipadapt.eval.captions import evaluate_caption_scores
 from clipadapt.eval.runners.dn import add_dn_arguments
-from clipadapt.features.io import _require, load_tensors, read_text
-from clipadapt.report.tables import markdown_table, write_table
 
 COMMAND = "captions"
 HELP = "caption scoring: CLIPScore/RefCLIPScore with and without DN, Kendall tau to human judgments"
@@ -44,6 +39,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def read_judgments(path: Path) -> list[dict[str, str]]:
     """Rows of the judgments CSV; 'image', 'caption' and 'human' are required columns."""
+    from clipadapt.features.io import read_text
+
     try:
         rows = list(csv.DictReader(io.StringIO(read_text(path, what="judgments CSV", error=DatasetError), newline="")))
     except OSError as e:
@@ -68,6 +65,8 @@ def _int(value: str, path: Path, line: int, column: str, n: int) -> int:
 
 def _from_embeddings(args: argparse.Namespace, rows: list[dict]) -> tuple:
     """(image, caption, references, DN pool, rows, skipped images) from the row indices into --embeddings."""
+    from clipadapt.features.io import _require, load_tensors
+
     tensors = load_tensors(args.embeddings)
     image_all = _require(tensors, "image", args.embeddings).float()
     caption_all, ref_all = _require(tensors, "caption", args.embeddings).float(), tensors.get("reference")
@@ -114,6 +113,12 @@ def _from_images(args: argparse.Namespace, rows: list[dict]) -> tuple:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from clipadapt.eval.captions import evaluate_caption_scores
+    from clipadapt.features.io import _require, load_tensors
+    from clipadapt.report.tables import markdown_table, write_table
+
     rows = read_judgments(args.judgments)
     try:
         [float(r["human"]) for r in rows]

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from clipadapt.data import get_templates, list_datasets
-from clipadapt.report import markdown_table, write_table
 
 COMMAND = "datasets"
 HELP = "list the dataset registry: spec, kind, number of classes, splits, templates (docs/datasets.md)"
@@ -20,6 +18,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clipadapt.data import get_templates, list_datasets
+    from clipadapt.report import markdown_table, write_table
+
     if args.templates:
         for template in get_templates(args.templates):
             print(template)

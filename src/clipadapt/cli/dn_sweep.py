@@ -6,22 +6,9 @@ import argparse
 from pathlib import Path
 
 from clipadapt.cli._common import comma_floats, comma_ints, write_results
+from clipadapt.constants import DEFAULT_LAMBDAS, DEFAULT_SAMPLES
 from clipadapt.errors import ConfigError
-from clipadapt.eval.dn_sweep import (
-    DEFAULT_LAMBDAS,
-    DEFAULT_SAMPLES,
-    classification_evaluator,
-    retrieval_evaluator,
-    sweep_dn,
-)
-from clipadapt.eval.metrics import topk_accuracy
-from clipadapt.eval.retrieval import evaluate_retrieval
 from clipadapt.eval.runners.dn import parse_samples
-from clipadapt.features.io import load_feature_dir
-from clipadapt.features.retrieval_dir import has_retrieval_split, holdout_split, load_retrieval_split
-from clipadapt.methods.zeroshot import ZeroShotClassifier
-from clipadapt.report.dn_plots import plot_dn_sweep
-from clipadapt.report.tables import markdown_table, write_table
 
 COMMAND = "dn-sweep"
 HELP = "DN accuracy/recall vs lambda and vs number of unlabeled samples: table (CSV/md/JSON) + plot (PNG)"
@@ -47,6 +34,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def _classification(args: argparse.Namespace):
     if args.dn_source == "holdout":
         raise ConfigError("--dn-source holdout is for --embeddings (retrieval); use unlabeled/train/val/test")
+    from clipadapt.eval.dn_sweep import classification_evaluator
+    from clipadapt.eval.metrics import topk_accuracy
+    from clipadapt.features.io import load_feature_dir
+    from clipadapt.methods.zeroshot import ZeroShotClassifier
+
     fs = load_feature_dir(args.features)
     pool, test = fs.split(args.dn_source).image, fs.split(args.split)
     labels = test.labels(args.split)
@@ -55,6 +47,10 @@ def _classification(args: argparse.Namespace):
 
 
 def _retrieval(args: argparse.Namespace):
+    from clipadapt.eval.dn_sweep import retrieval_evaluator
+    from clipadapt.eval.retrieval import evaluate_retrieval
+    from clipadapt.features.retrieval_dir import has_retrieval_split, holdout_split, load_retrieval_split
+
     test = load_retrieval_split(args.embeddings, args.split)
     if args.dn_source == "holdout":
         test, pool = holdout_split(test, args.holdout)
@@ -73,6 +69,10 @@ def _retrieval(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
+    from clipadapt.eval.dn_sweep import sweep_dn
+    from clipadapt.report.dn_plots import plot_dn_sweep
+    from clipadapt.report.tables import markdown_table, write_table
+
     evaluate, pool_size, plain, metrics = (_classification if args.features else _retrieval)(args)
     rows = sweep_dn(evaluate, pool_size=pool_size, lambdas=args.lambdas, samples=args.samples,
                     seeds=list(range(args.seeds)), fixed_lambda=args.dn_lambda, fixed_samples=args.dn_samples)

@@ -6,7 +6,6 @@ import argparse
 from pathlib import Path
 
 from clipadapt.cli._common import add_feature_source_arguments, load_features_from_args, save_logits, write_results
-from clipadapt.eval.metrics import classification_report
 from clipadapt.eval.registry import get_eval_method, list_eval_methods
 
 COMMAND = "eval"
@@ -27,6 +26,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clipadapt.eval.metrics import classification_report
+
     method = get_eval_method(args.method)
     features = load_features_from_args(args)
     output = method.run(features, args)

@@ -6,8 +6,7 @@ import argparse
 from pathlib import Path
 
 from clipadapt.cli._common import add_file_check_argument
-from clipadapt.features.shards import DEFAULT_SHARD_SIZE
-from clipadapt.features.io import atomic_write_json, read_json, save_feature_dir
+from clipadapt.constants import DEFAULT_SHARD_SIZE
 
 COMMAND = "extract"
 HELP = "encode a dataset with an open_clip model into the feature cache (raw image + class text embeddings)"
@@ -40,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _extract(args: argparse.Namespace, encoder=None) -> int:
+    from clipadapt.features.io import atomic_write_json, read_json, save_feature_dir
     from clipadapt.features.pipeline import get_feature_set  # heavy imports only when encoding
 
     splits = args.split or ["test"]

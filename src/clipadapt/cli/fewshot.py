@@ -6,14 +6,13 @@ import argparse
 import functools
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clipadapt.cli._common import add_feature_source_arguments, comma_ints, comma_strings
 from clipadapt.errors import ConfigError
-from clipadapt.eval.fewshot import VAL_FIX, DirectorySource, FewShotConfig, PipelineSource, run_fewshot, summary_pivot
-from clipadapt.eval.protocol import check_disjoint
-from clipadapt.eval.search import parse_grid
-from clipadapt.features.io import load_feature_dir
-from clipadapt.report.tables import markdown_table, write_json, write_table
+
+if TYPE_CHECKING:  # torch-backed: imported where used, so building the parser stays torch-free
+    from clipadapt.eval.fewshot import FewShotConfig
 
 COMMAND = "fewshot"
 HELP = "few-shot protocol: sample K shots per class × seeds, search on val, report test accuracy (Tip-Adapter, Tip-X, ...)"
@@ -46,6 +45,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def parse_grid_overrides(specs: list[str]) -> dict[str, dict[str, list[float]]]:
     """['tip.beta=0.1:7:50', ...] -> {'tip': {'beta': [...]}}."""
+    from clipadapt.eval.search import parse_grid
+
     grids: dict[str, dict[str, list[float]]] = {}
     for spec in specs:
         key, sep, values = spec.partition("=")
@@ -58,6 +59,10 @@ def parse_grid_overrides(specs: list[str]) -> dict[str, dict[str, list[float]]]:
 
 def build_source(args: argparse.Namespace):
     """DirectorySource for --features, PipelineSource for --model/--dataset."""
+    from clipadapt.eval.fewshot import VAL_FIX, DirectorySource, PipelineSource
+    from clipadapt.eval.protocol import check_disjoint
+    from clipadapt.features.io import load_feature_dir
+
     if args.features:
         if args.adapter:
             raise ConfigError("--adapter needs --model/--dataset; with --features give --adapted-features DIR")
@@ -83,7 +88,9 @@ def build_source(args: argparse.Namespace):
 
 def write_outputs(out: Path, results: dict, config: FewShotConfig, source_info: dict) -> None:
     """results.json, runs.csv, summary.csv, summary.md and accuracy_vs_shots.png under `out`."""
+    from clipadapt.eval.fewshot import summary_pivot
     from clipadapt.report.plots import line_plot
+    from clipadapt.report.tables import write_json, write_table
 
     write_json(out / "results.json", {"config": vars(config), "features": source_info, **results})
     write_table(out / "runs.csv", [{**r, "hyperparameters": json.dumps(r["hyperparameters"])} for r in results["runs"]])
@@ -95,6 +102,9 @@ def write_outputs(out: Path, results: dict, config: FewShotConfig, source_info: 
 
 
 def run(args: argparse.Namespace) -> int:
+    from clipadapt.eval.fewshot import FewShotConfig, run_fewshot, summary_pivot
+    from clipadapt.report.tables import markdown_table
+
     config = FewShotConfig(shots=args.shots, seeds=args.seeds, methods=args.methods, allow_fewer=args.allow_fewer,
                            grids=parse_grid_overrides(args.grid), tipf_epochs=args.tipf_epochs, chunk_size=args.chunk_size,
                            val_from_train=args.val_from_train)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clipadapt.cli._common import add_feature_source_arguments, load_features_from_args
 from clipadapt.errors import ConfigError
-from clipadapt.features import FeatureSet
+
+if TYPE_CHECKING:  # torch-backed: only for annotations, so building the parser stays torch-free
+    from clipadapt.features import FeatureSet
 
 COMMAND = "imo"
 HELP = "intra-modal overlap of same- vs different-class image similarities (JSON, markdown, histogram PNG)"

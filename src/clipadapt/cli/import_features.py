@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from clipadapt.features.importing import import_features, read_classnames
-
 COMMAND = "import-features"
 HELP = "build a feature directory (docs/feature-format.md) from .npy arrays"
 
@@ -24,6 +22,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clipadapt.features.importing import import_features, read_classnames
+
     meta = {k: v for k, v in {"model": args.model, "dataset": args.dataset}.items() if v}
     fs = import_features(args.out, classnames=read_classnames(args.classnames), text=args.text, splits=args.split, meta=meta)
     summary = ", ".join(f"{name}: {s.n}×{s.dim}" for name, s in fs.splits.items())

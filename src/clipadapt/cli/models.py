@@ -6,7 +6,6 @@ import argparse
 import fnmatch
 from pathlib import Path
 
-from clipadapt.report.tables import markdown_table, write_table
 
 COMMAND = "models"
 HELP = "list model architectures and pretrained tags (use as --model ARCH@TAG)"
@@ -19,6 +18,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from clipadapt.encoders.registry import model_table  # open_clip / torchvision: only when listing
+    from clipadapt.report.tables import markdown_table, write_table
 
     rows = [r for r in model_table() if fnmatch.fnmatch(r["arch"].lower(), args.pattern.lower())]
     print(markdown_table(rows, columns=["arch", "tags", "example"]))

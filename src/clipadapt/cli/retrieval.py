@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clipadapt.cli._common import write_results
 from clipadapt.errors import ConfigError
-from clipadapt.eval.retrieval import retrieval_with_dn
 from clipadapt.eval.runners.dn import add_dn_arguments, dn_source_info
-from clipadapt.features.retrieval_dir import (
-    RetrievalSet,
-    has_retrieval_split,
-    holdout_split,
-    load_retrieval_split,
-    save_retrieval_split,
-)
-from clipadapt.report.tables import markdown_table, write_table
+
+if TYPE_CHECKING:  # torch-backed: imported where used, so building the parser stays torch-free
+    from clipadapt.features.retrieval_dir import RetrievalSet
 
 COMMAND = "retrieval"
 HELP = "image↔text retrieval recall (R@1/5/10) with and without Distribution Normalization"
@@ -50,6 +45,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def _load_from_json(args: argparse.Namespace) -> tuple[RetrievalSet, RetrievalSet | None]:
     from clipadapt.encoders import load_encoder
     from clipadapt.features.caption_data import read_karpathy_json, retrieval_set_from_entries
+    from clipadapt.features.retrieval_dir import save_retrieval_split
 
     if not (args.image_root and args.model):
         raise ConfigError("--captions-json needs --image-root and --model")
@@ -71,6 +67,8 @@ def _load_from_json(args: argparse.Namespace) -> tuple[RetrievalSet, RetrievalSe
 
 
 def _load(args: argparse.Namespace) -> tuple[RetrievalSet, RetrievalSet | None]:
+    from clipadapt.features.retrieval_dir import has_retrieval_split, load_retrieval_split
+
     if args.embeddings:
         test = load_retrieval_split(args.embeddings, args.split)
         pool = None
@@ -89,6 +87,8 @@ def _load(args: argparse.Namespace) -> tuple[RetrievalSet, RetrievalSet | None]:
 
 def _pool(args: argparse.Namespace, test: RetrievalSet, pool: RetrievalSet | None) -> tuple[RetrievalSet, RetrievalSet]:
     """(evaluated set, pool of the means) for --dn-source."""
+    from clipadapt.features.retrieval_dir import holdout_split
+
     if args.dn_source == "test":
         return test, test
     if args.dn_source == "holdout":
@@ -101,6 +101,9 @@ def _pool(args: argparse.Namespace, test: RetrievalSet, pool: RetrievalSet | Non
 def run(args: argparse.Namespace) -> int:
     if args.dn_repeats < 1:
         raise ConfigError(f"--dn-repeats must be >= 1, got {args.dn_repeats}")
+    from clipadapt.eval.retrieval import retrieval_with_dn
+    from clipadapt.report.tables import markdown_table, write_table
+
     test, pool = _pool(args, *_load(args))
     seeds = [args.dn_seed + r for r in range(args.dn_repeats)]
     res = retrieval_with_dn(test.image, test.text, test.text_to_image, pool.image, pool.text,

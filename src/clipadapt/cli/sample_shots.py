@@ -6,8 +6,6 @@ import argparse
 from pathlib import Path
 
 from clipadapt.cli._common import comma_ints
-from clipadapt.data import build_dataset, sample_few_shot, save_indices
-from clipadapt.data.fewshot import SAMPLER
 from clipadapt.errors import ConfigError
 
 COMMAND = "sample-shots"
@@ -25,6 +23,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clipadapt.data import build_dataset, sample_few_shot, save_indices
+    from clipadapt.data.fewshot import SAMPLER
+
     if min(args.shots) < 1:
         raise ConfigError(f"--shots must be positive, got {args.shots}")
     ds = build_dataset(args.dataset, args.split, download=args.download)

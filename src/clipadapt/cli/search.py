@@ -6,17 +6,16 @@ import argparse
 import io
 import time
 from pathlib import Path
-from typing import Iterator
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Iterator
 
 from clipadapt.cli._common import write_results
+from clipadapt.constants import TOPK_BACKENDS as BACKENDS
 from clipadapt.errors import ConfigError, FeatureDirError
-from clipadapt.eval.topk import BACKENDS, chunked_topk
-from clipadapt.features.io import atomic_write_bytes, load_text, read_meta
-from clipadapt.features.shards import ShardedSplit, index_path
-from clipadapt.ops import l2_normalize, pool_views
+
+if TYPE_CHECKING:  # torch-backed: imported where used, so building the parser stays torch-free
+    import torch
+
+    from clipadapt.features.shards import ShardedSplit
 
 COMMAND = "search"
 HELP = "top-k nearest rows of a gallery split for each query (chunked, memory-mapped; optional faiss)"
@@ -42,6 +41,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _open(spec: str) -> tuple[str, ShardedSplit | torch.Tensor]:
     """DIR:SPLIT -> a memory-mapped split (sharded index if there is one, else the split file); DIR:text -> W rows."""
+    from clipadapt.features.io import load_text, read_meta
+    from clipadapt.features.shards import ShardedSplit, index_path
+
     directory, sep, split = spec.rpartition(":")
     if not sep or not directory:
         raise ConfigError(f"'{spec}': expected DIR:SPLIT, e.g. feats/:test or feats/:text")
@@ -57,6 +59,10 @@ def _open(spec: str) -> tuple[str, ShardedSplit | torch.Tensor]:
 
 
 def _chunks(source: ShardedSplit | torch.Tensor, rows: int, normalize: bool) -> Iterator[torch.Tensor]:
+    import torch
+
+    from clipadapt.ops import l2_normalize, pool_views
+
     if isinstance(source, torch.Tensor):
         chunks = (source[i : i + rows] for i in range(0, source.shape[0], rows))
     else:
@@ -67,6 +73,12 @@ def _chunks(source: ShardedSplit | torch.Tensor, rows: int, normalize: bool) -> 
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    from clipadapt.eval.topk import chunked_topk
+    from clipadapt.features.io import atomic_write_bytes
+
     normalize = not args.no_normalize
     q_spec, q_src = _open(args.queries)
     g_spec, g_src = _open(args.gallery)

@@ -4,11 +4,16 @@
     ds.classnames, ds.templates, ds.paths, ds.labels, ds[i] -> (PIL RGB image, label), ds.fingerprint()
 """
 
-from clipadapt.data._torchvision import from_torchvision
-from clipadapt.data.catalog import COOP_DATASETS, DatasetInfo, get_templates
-from clipadapt.data.dataset import ImageDataset
-from clipadapt.data.fewshot import load_indices, sample_disjoint, sample_few_shot, save_indices
-from clipadapt.data.registry import build_dataset, get_classnames, list_datasets
+from typing import TYPE_CHECKING
+
+from clipadapt._lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from clipadapt.data._torchvision import from_torchvision
+    from clipadapt.data.catalog import COOP_DATASETS, DatasetInfo, get_templates
+    from clipadapt.data.dataset import ImageDataset
+    from clipadapt.data.fewshot import load_indices, sample_disjoint, sample_few_shot, save_indices
+    from clipadapt.data.registry import build_dataset, get_classnames, list_datasets
 
 __all__ = [
     "COOP_DATASETS",
@@ -24,3 +29,11 @@ __all__ = [
     "sample_few_shot",
     "save_indices",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "clipadapt.data._torchvision": ["from_torchvision"],
+    "clipadapt.data.catalog": ["COOP_DATASETS", "DatasetInfo", "get_templates"],
+    "clipadapt.data.dataset": ["ImageDataset"],
+    "clipadapt.data.fewshot": ["load_indices", "sample_disjoint", "sample_few_shot", "save_indices"],
+    "clipadapt.data.registry": ["build_dataset", "get_classnames", "list_datasets"],
+})

@@ -18,13 +18,12 @@ from typing import Callable, Sequence
 from torch import Tensor
 from tqdm import tqdm
 
+from clipadapt.constants import DEFAULT_LAMBDAS, DEFAULT_SAMPLES  # re-exported; defined there so the CLI parser is torch-free
 from clipadapt.eval.metrics import mean_std, topk_accuracy
 from clipadapt.eval.retrieval import evaluate_retrieval
 from clipadapt.methods.dn import DistributionNormalizer, FewerSamplesWarning
 
 Evaluate = Callable[[float, "int | None", int], "tuple[dict[str, float], dict[str, int]]"]
-DEFAULT_LAMBDAS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)
-DEFAULT_SAMPLES = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
 def classification_evaluator(pool: Tensor, text: Tensor, test: Tensor, labels: Tensor) -> Evaluate:

@@ -1,7 +1,8 @@
 """Registry of methods that `clipadapt eval --method NAME` can run on a FeatureSet.
 
 A runner module under `clipadapt/eval/runners/` registers itself with `@register_eval_method`; adding a method
-to the CLI is adding a module, not editing a shared list.
+to the CLI is adding a module, not editing a shared list. Runner modules are imported while the CLI builds its
+parser, so they must not import torch at module level: import methods and features inside the run function.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ import argparse
 import importlib
 import pkgutil
 from dataclasses import dataclass, field
-from typing import Any, Callable
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, Callable
 
 from clipadapt.errors import ConfigError
-from clipadapt.features.featureset import FeatureSet
+
+if TYPE_CHECKING:  # torch-free at import: `clipadapt eval --help` lists the methods without importing torch
+    from torch import Tensor
+
+    from clipadapt.features.featureset import FeatureSet
 
 
 @dataclass
@@ -27,7 +30,7 @@ class MethodResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-RunFn = Callable[[FeatureSet, argparse.Namespace], MethodResult]
+RunFn = Callable[["FeatureSet", argparse.Namespace], MethodResult]
 ArgsFn = Callable[[argparse.ArgumentParser], None]
 
 

@@ -25,11 +25,11 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from clipadapt.constants import TOPK_BACKENDS as BACKENDS  # re-exported; defined there so the CLI parser is torch-free
 from clipadapt.errors import ConfigError
 from clipadapt.methods.tip_adapter import cache_affinity
 
 Gallery = Tensor | Iterable[Tensor] | Iterable[tuple[Tensor, Tensor | None]]
-BACKENDS = ("torch", "faiss")
 
 
 # ----------------------------------------------------------------------------------------- gallery chunks

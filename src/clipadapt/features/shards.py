@@ -36,6 +36,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
+from clipadapt.constants import DEFAULT_SHARD_SIZE  # re-exported; defined there so the CLI parser is torch-free
 from clipadapt.errors import CacheError, ConfigError, FeatureDirError
 from clipadapt.features.featureset import FeatureSplit
 from clipadapt.features.io import atomic_save_tensors, atomic_write_json, read_json
@@ -46,7 +47,6 @@ log = logging.getLogger(__name__)
 INDEX_FORMAT = "clipadapt-shards-v1"
 SHARD_NAME = re.compile(r"(\d+)-(\d+)\.safetensors$")  # also matches older 'START-STOP.safetensors' names
 SHARD_KEY_FILE = "key.json"
-DEFAULT_SHARD_SIZE = 1024
 
 
 def index_path(directory: str | Path, split: str) -> Path:

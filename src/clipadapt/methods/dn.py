@@ -24,13 +24,12 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from clipadapt.constants import DEFAULT_LAMBDA, THEORY_LAMBDA  # re-exported; defined there so the CLI parser is torch-free
 from clipadapt.errors import ConfigError
 from clipadapt.ops import CLIP_LOGIT_SCALE, check_is_fitted, check_same_dim, l2_normalize, pool_views, prompt_ensemble
 
 Task = Literal["classification", "retrieval", "caption"]
 TASKS: tuple[str, ...] = ("classification", "retrieval", "caption")
-DEFAULT_LAMBDA = 0.25  # "DN*": the authors' code and tables
-THEORY_LAMBDA = 0.5  # "DN": the first-order approximation of InfoNCE
 
 
 class FewerSamplesWarning(UserWarning):

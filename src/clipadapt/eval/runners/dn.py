@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from typing import TYPE_CHECKING
+
+from clipadapt.constants import DEFAULT_LAMBDA, THEORY_LAMBDA
 from clipadapt.errors import ConfigError, FeatureDirError
-from clipadapt.eval.metrics import classification_report, mean_std
 from clipadapt.eval.registry import MethodResult, register_eval_method
-from clipadapt.features.featureset import FeatureSet
-from clipadapt.methods.dn import DEFAULT_LAMBDA, THEORY_LAMBDA, DistributionNormalizer
-from clipadapt.methods.zeroshot import ZeroShotClassifier
+
+if TYPE_CHECKING:  # torch-backed: imported in run_dn, so building the CLI parser stays torch-free
+    from clipadapt.features.featureset import FeatureSet
 
 
 def parse_samples(value: str) -> int | None:
@@ -75,6 +77,10 @@ def _add_eval_arguments(parser) -> None:
 @register_eval_method("dn", help="zero-shot + Distribution Normalization (METHODS.md §2)",
                       add_arguments=_add_eval_arguments)  # the --dn-source split is fetched on demand
 def run_dn(features: FeatureSet, args: argparse.Namespace) -> MethodResult:
+    from clipadapt.eval.metrics import classification_report, mean_std
+    from clipadapt.methods.dn import DistributionNormalizer
+    from clipadapt.methods.zeroshot import ZeroShotClassifier
+
     if args.dn_repeats < 1:
         raise ConfigError(f"--dn-repeats must be >= 1, got {args.dn_repeats}")
     pool = _source_images(features, args)

@@ -1,0 +1,14 @@
+"""Torch-free defaults and choices that the command line needs while it builds its parser.
+
+Each lives here once and is re-exported by the module that uses it (e.g. `clipadapt.methods.dn.DEFAULT_LAMBDA`),
+so `clipadapt --help` and argument errors never import torch (docs/cli-startup.md).
+"""
+
+from __future__ import annotations
+
+DEFAULT_LAMBDA = 0.25  # DN's λ, "DN*": the authors' code and tables (METHODS.md §2)
+THEORY_LAMBDA = 0.5  # DN's λ, "DN": the first-order approximation of InfoNCE
+DEFAULT_LAMBDAS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)  # `dn-sweep` λ axis
+DEFAULT_SAMPLES = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)  # `dn-sweep` sample-count axis
+DEFAULT_SHARD_SIZE = 1024  # rows per resumable extraction shard
+TOPK_BACKENDS = ("torch", "faiss")  # `search --backend`
