@@ -193,3 +193,13 @@ def test_parser_defaults_and_choices_match_the_library():
     assert list(method.choices) == list_eval_methods() and {"zeroshot", "dn"} <= set(method.choices)
     backend = next(a for a in sub["search"]._actions if a.dest == "backend")
     assert tuple(backend.choices) == ("torch", "faiss")
+
+
+def test_datasets_listing_runs_without_torch():
+    """`clipadapt datasets` is a registry listing: it answers without torch (unlike `models`, whose table is
+    open_clip's registry, and open_clip imports torch)."""
+    (listing, templates) = _run_cli([["datasets", "--kind", "coop"], ["datasets", "--templates", "imagenet"]])
+    assert listing["code"] == 0 and listing["out"].startswith("| spec"), listing
+    assert templates["code"] == 0 and "{}" in templates["out"], templates
+    for r in (listing, templates):
+        assert not {"torch", "numpy"} & set(r["heavy"]), r
