@@ -27,4 +27,5 @@ def lazy_exports(
     def __dir__() -> list[str]:
         return sorted(set(vars(importlib.import_module(package))) | set(where))
 
+    __getattr__.exports = where  # type: ignore[attr-defined]  (lets a test check __all__ and TYPE_CHECKING agree)
     return __getattr__, __dir__
