@@ -119,3 +119,12 @@ def test_atomic_writes_get_the_permissions_open_would_give(tmp_path):
     plain.write_text("{}")
     atomic_write_json(tmp_path / "atomic.json", {})
     assert (tmp_path / "atomic.json").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_safetensors_files_get_the_permissions_open_would_give(tmp_path):
+    """safetensors' save_file writes its own temp file and renames it over the name it is given (a new 0600
+    inode), so the mode must be set after the writer is done, not only when the temp file is created."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    atomic_save_tensors(tmp_path / "features.safetensors", {"image": torch.zeros(2, 3)})
+    assert (tmp_path / "features.safetensors").stat().st_mode & 0o777 == 0o666 & ~mask
