@@ -119,3 +119,25 @@ def test_atomic_writes_get_the_permissions_open_would_give(tmp_path):
     plain.write_text("{}")
     atomic_write_json(tmp_path / "atomic.json", {})
     assert (tmp_path / "atomic.json").stat().st_mode & 0o777 == plain.stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_safetensors_files_get_the_permissions_open_would_give(tmp_path):
+    """safetensors' save_file writes its own temp file and renames it over the name it is given (a new 0600
+    inode), so the mode must be set after the writer is done, not only when the temp file is created."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    atomic_save_tensors(tmp_path / "features.safetensors", {"image": torch.zeros(2, 3)})
+    assert (tmp_path / "features.safetensors").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_stale_temp_files_of_a_writer_killed_inside_safetensors_are_removed(tmp_path):
+    """safetensors' save_file writes '.tmp' + 6 random characters beside its target (our temp name) before its own
+    rename: a process killed there leaves that file, as large as the shard; the resume cleanup must delete it
+    too, and nothing else."""
+    from clipadapt.features.shards import remove_stale_temp_files, write_shard
+
+    shard = write_shard(tmp_path, 0, torch.zeros(2, 3))
+    (tmp_path / ".tmpQ7xZ2k").write_bytes(b"half a shard")  # safetensors' temp file
+    (tmp_path / f".{shard.name}.k3j9.tmp").write_bytes(b"half")  # ours
+    assert remove_stale_temp_files(tmp_path) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [shard.name]

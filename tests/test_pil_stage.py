@@ -71,3 +71,17 @@ def test_open_clip_eval_transforms_keep_their_pixels(resize_mode, mode):
     reference = Compose(preprocess.transforms[:-2])
     for w, h in [(48, 48), (31, 90), (90, 31), (32, 32), (7, 5)]:
         assert _same(stage(_image(w, h, mode)), reference(_image(w, h, mode))), (w, h)
+
+
+def test_pil_stage_pickles_for_spawned_dataloader_workers():
+    """DataLoader workers started by spawn/forkserver (macOS, Windows, Python >= 3.14) get the stage pickled; the
+    round trip must give the same pixels as torchvision's transforms."""
+    import pickle
+
+    from open_clip.transform import PreprocessCfg, image_transform_v2
+
+    preprocess = image_transform_v2(PreprocessCfg(size=(32, 32), resize_mode="shortest"), is_train=False)
+    stage = pickle.loads(pickle.dumps(split_eval_transform(preprocess)[0]))
+    reference = Compose(preprocess.transforms[:-2])
+    for w, h in [(48, 40), (20, 70)]:
+        assert _same(stage(_image(w, h, "L")), reference(_image(w, h, "L"))), (w, h)

@@ -226,3 +226,23 @@ def test_captions_skip_drops_the_judgments_of_unreadable_images(tmp_path, karpat
         with Image.open(root / r["image"]) as im:
             img = enc.encode_images(enc.preprocess(im.convert("RGB")).unsqueeze(0))
         assert float(r["CLIP-S"]) == pytest.approx(float(clip_score(img, enc.encode_texts([r["caption"]]))[0]), abs=1e-5)
+
+
+def test_saved_embeddings_keep_each_splits_skipped_images_and_the_dataset(tmp_path, karpathy, color_encoder):
+    """--save-embeddings writes the test split and the pool into one directory: the pool's save must not replace
+    the test split's skipped list (nor drop 'dataset'), so a later --embeddings run reports the test's own."""
+    path, root = karpathy
+    _break(root / "sub" / "green.png")  # test row 1
+    _break(root / "sub" / "white.png")  # restval (pool) row 1
+    emb = tmp_path / "emb"
+    assert main(["retrieval", "--captions-json", str(path), "--image-root", str(root), "--model", "x", "--on-error",
+                 "skip", "--dn-source", "unlabeled", "--pool-split", "restval", "--dn-samples", "all",
+                 "--save-embeddings", str(emb)]) == 0
+    test, pool = load_retrieval_split(emb, "test"), load_retrieval_split(emb, "unlabeled")
+    assert [(s["row"], s["path"].endswith("green.png")) for s in test.meta["skipped"]] == [(1, True)]
+    assert [(s["row"], s["path"].endswith("white.png")) for s in pool.meta["skipped"]] == [(1, True)]
+    assert test.meta["dataset"] == str(path) and test.meta["model"] == ColorEncoder.model_id
+    out = tmp_path / "again.json"
+    assert main(["retrieval", "--embeddings", str(emb), "--dn-source", "unlabeled", "--dn-samples", "all",
+                 "--out", str(out)]) == 0
+    assert [s["path"].endswith("green.png") for s in json.loads(out.read_text())["meta"]["skipped"]] == [True]

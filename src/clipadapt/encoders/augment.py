@@ -7,6 +7,7 @@ features as one uninterrupted run.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Sequence
 
@@ -140,15 +141,16 @@ class PilEvalStage:
 
     @staticmethod
     def _compile(step: Any):
+        """The direct PIL call of one step: a partial of a module function, so the stage pickles (DataLoader workers
+        started by spawn / forkserver — macOS, Windows, Python >= 3.14 — receive it pickled)."""
         from torchvision.transforms import CenterCrop, Resize
 
         if isinstance(step, Resize):
-            return lambda image: _pil_resize(image, step)
+            return functools.partial(_pil_resize, step=step)
         if isinstance(step, CenterCrop):
-            return lambda image: _pil_center_crop(image, step)
+            return functools.partial(_pil_center_crop, step=step)
         if type(step).__name__ == "MaybeConvertMode":  # open_clip's: convert PIL images to its mode
-            mode = getattr(step, "mode", "RGB")
-            return lambda image: image if image.mode == mode else image.convert(mode)
+            return functools.partial(_convert_mode, mode=getattr(step, "mode", "RGB"))
         return step
 
     def __call__(self, image: Image.Image) -> Image.Image:
@@ -180,6 +182,10 @@ def _pil_resize(image: Image.Image, step: Any) -> Image.Image:
     if size == image.size:  # torchvision returns the image untouched then
         return image
     return image.resize(size, pil_modes_mapping[InterpolationMode(step.interpolation)])
+
+
+def _convert_mode(image: Image.Image, mode: str) -> Image.Image:
+    return image if image.mode == mode else image.convert(mode)
 
 
 def _pil_center_crop(image: Image.Image, step: Any) -> Image.Image:

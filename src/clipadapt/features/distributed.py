@@ -12,6 +12,8 @@ How it works (docs/scaling.md):
 - Resume: a shard whose file is already there with the right rows is skipped (`shards.missing_shards`).
 - After a barrier, rank 0 runs the normal single-process path, which finds every shard done and assembles
   the cache entry (and --out).
+- Rank 0 computes each entry's key (with the image files' stats, `cache.dataset_fingerprint`) and sends it to
+  every rank, so all ranks write into the one entry rank 0 assembles.
 - Rank 0 holds each entry's inter-process lock (`FeatureCache.lock`) from its check to the assembly, so an
   unrelated process asking for the same features waits for the job instead of encoding them too.
 """
@@ -149,8 +151,13 @@ def extract_distributed(args, finish: Callable[[object], int], env: DistEnv | No
         cache = FeatureCache(args.cache_dir)
         for split in args.split or ["test"]:
             dataset = build_dataset(args.dataset, split)
-            files = getattr(args, "file_check", None) or "stat"
-            key = image_key(encoder.fingerprint(), dataset_fingerprint(dataset, file_check=files), views=args.views, seed=args.seed)
+            key = None
+            if env.is_main:  # rank 0's key on every rank: the files' stats (or hashes) are taken once, and a node
+                # whose copy of the images has other mtimes still writes into the entry rank 0 assembles
+                files = getattr(args, "file_check", None) or "stat"
+                key = image_key(encoder.fingerprint(), dataset_fingerprint(dataset, file_check=files),
+                                views=args.views, seed=args.seed)
+            key = _broadcast(env, key)
             entry = cache.image_entry(key)
             todo = None
             if env.is_main:

@@ -68,8 +68,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        os.chmod(tmp, NEW_FILE_MODE)
         yield Path(tmp)
+        os.chmod(tmp, NEW_FILE_MODE)  # after the writer: safetensors renames its own 0600 temp file over `tmp`
         with open(tmp, "r+b") as f:  # fsync applies to the file, whichever descriptor wrote it
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -2,7 +2,9 @@
 
     DIR/<split>.safetensors     tensors 'image' (N, D) [or (N, V, D)], 'text' (M, D), 'text_to_image' (M,) int64
     DIR/unlabeled.safetensors   optional held-out pool for DN's means: 'image' and/or 'text' (no map needed)
-    DIR/meta.json               optional: {"model": ..., "dataset": ...}
+    DIR/meta.json               optional: {"model": ..., "dataset": ...}, shared by the splits (merged on save)
+    DIR/<split>.skipped.json    optional: images of that split dropped as unreadable, [{row, path, error}]
+                                (loaded as the split's meta['skipped'])
 
 Embeddings are raw (unnormalised), as in feature directories.
 """
@@ -82,6 +84,9 @@ def load_retrieval_split(directory: str | Path, split: str = "test") -> Retrieva
     rs = _validate(load_tensors(path), path, need_map=split != "unlabeled")
     meta_path = directory / "meta.json"
     rs.meta = read_json(meta_path, what="meta.json") if meta_path.is_file() else {}
+    skipped_file = _skipped_path(directory, split)
+    if skipped_file.is_file():
+        rs.meta = {**rs.meta, "skipped": read_json(skipped_file, what="skipped-images list")}
     return rs
 
 
@@ -90,13 +95,29 @@ def has_retrieval_split(directory: str | Path, split: str) -> bool:
 
 
 def save_retrieval_split(directory: str | Path, split: str, rs: RetrievalSet) -> Path:
-    """Write one split (atomically) and meta.json."""
+    """Write one split (atomically), its skipped images (`<split>.skipped.json`) and meta.json.
+
+    meta.json is shared by every split of the directory, so this split's fields are merged into it (saving the
+    pool after the test split must not drop the test's 'dataset'); the per-split 'skipped' list goes to the
+    split's own file, never to meta.json, where the next split's save would replace it."""
     directory = Path(directory)
     tensors = {k: v for k, v in (("image", rs.image), ("text", rs.text), ("text_to_image", rs.text_to_image)) if v is not None}
     atomic_save_tensors(directory / f"{split}.safetensors", tensors)
-    if rs.meta:
-        atomic_write_json(directory / "meta.json", rs.meta)
+    skipped_file = _skipped_path(directory, split)
+    if rs.meta.get("skipped"):
+        atomic_write_json(skipped_file, rs.meta["skipped"])
+    else:
+        skipped_file.unlink(missing_ok=True)  # an earlier save's list no longer describes this split
+    meta = {k: v for k, v in rs.meta.items() if k != "skipped"}
+    if meta:
+        meta_path = directory / "meta.json"
+        old = read_json(meta_path, what="meta.json") if meta_path.is_file() else {}
+        atomic_write_json(meta_path, {**(old if isinstance(old, dict) else {}), **meta})
     return directory
+
+
+def _skipped_path(directory: Path, split: str) -> Path:
+    return Path(directory) / f"{split}.skipped.json"
 
 
 def holdout_split(rs: RetrievalSet, n_holdout: int, seed: int = 0) -> tuple[RetrievalSet, RetrievalSet]:

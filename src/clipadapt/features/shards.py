@@ -182,9 +182,11 @@ def check_shard_key(shard_dir: Path, key: dict[str, Any] | None) -> None:
 
 
 def remove_stale_temp_files(shard_dir: Path) -> int:
-    """Delete temp files left by a process that died while writing a shard; returns how many.
-    Only call it when no other process is writing into `shard_dir`."""
-    stale = list(Path(shard_dir).glob(".*.tmp")) if Path(shard_dir).is_dir() else []
+    """Delete temp files left by a process that died while writing a shard; returns how many: ours
+    ('.<name>.<random>.tmp', `features.io.atomic_path`) and safetensors' own ('.tmp<random>', which its save_file
+    writes beside our temp file before renaming it over). Only call it when no other process writes into `shard_dir`."""
+    directory = Path(shard_dir)
+    stale = sorted(p for p in {*directory.glob(".*.tmp"), *directory.glob(".tmp*")} if p.is_file()) if directory.is_dir() else []
     for p in stale:
         p.unlink(missing_ok=True)
     return len(stale)
