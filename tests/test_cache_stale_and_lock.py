@@ -184,3 +184,18 @@ def test_two_processes_filling_one_entry_encode_it_once(tmp_path):
     assert left == []
     enc = load_encoder(MODEL, device="cpu")
     assert torch.allclose(a["image"][0], _direct(enc, ds.paths[0]), atol=1e-4)
+
+
+def test_temp_files_left_in_an_entry_by_a_dead_writer_are_removed_when_it_is_refilled(tmp_path):
+    ds = make_images(tmp_path / "img", 4)
+    get_feature_set(MODEL, {"test": ds}, ["test"], cache_dir=tmp_path / "c", progress=False)
+    split_file = next((tmp_path / "c" / "images").glob("*/test.safetensors"))
+    entry = split_file.parent
+    ours, safetensors_own = entry / ".test.safetensors.k3j2.tmp", entry / ".tmpab12cd"  # both temp-name styles
+    ours.write_bytes(b"half a split")
+    safetensors_own.write_bytes(b"half a split")
+    split_file.unlink()  # the entry must be refilled (its writer "died" before publishing)
+    clear_encoder_memo()
+    fs = get_feature_set(MODEL, {"test": ds}, ["test"], cache_dir=tmp_path / "c", progress=False)
+    assert fs.meta["encoder_loaded"] is True
+    assert not ours.exists() and not safetensors_own.exists() and split_file.is_file()

@@ -105,3 +105,40 @@ def test_interrupted_run_leaves_whole_shards_and_resumes_identically(enc, images
     torch.testing.assert_close(split.image, reference.image, rtol=0, atol=1e-6)
     assert torch.equal(split.label, reference.label)
     assert shard_path(tmp_path, 20, 22).is_file()
+
+
+@pytest.mark.parametrize("order", [["test", "train"], ["train", "test"]])
+def test_torchrun_rank0_takes_every_entry_lock_up_front_in_one_global_order(tmp_path, monkeypatch, order):
+    """Two jobs listing the same splits in different orders lock the entries in the same (sorted) order, all
+    before encoding: neither can hold one entry while waiting for the other's (no deadlock)."""
+    import argparse
+    from contextlib import contextmanager
+
+    from _imagedata import make_imagefolder
+
+    from clipadapt.encoders.configs import register_model_configs
+    from clipadapt.features.cache import FeatureCache
+    from clipadapt.features.distributed import DistEnv, extract_distributed
+
+    register_model_configs()
+    root = make_imagefolder(tmp_path / "data", per_class=1)
+    events: list[str] = []
+    original = FeatureCache.lock
+
+    @contextmanager
+    def recording_lock(self, entry):
+        events.append(f"lock {entry.path.name}")
+        with original(self, entry):
+            yield
+
+    monkeypatch.setattr(FeatureCache, "lock", recording_lock)
+    monkeypatch.setattr("clipadapt.features.extract.encode_shards", lambda *a, **k: events.append("encode"))
+    args = argparse.Namespace(
+        model="clipadapt-test-tiny-vit", device="cpu", precision="fp32", adapter=None, cache_dir=tmp_path / "cache",
+        split=order, dataset=f"imagefolder:{root}", file_check="stat", views=1, seed=0, shard_size=4, batch_size=4,
+        num_workers=0, on_error="fail",
+    )
+    assert extract_distributed(args, finish=lambda encoder: 0, env=DistEnv()) == 0
+    locks = [e for e in events if e.startswith("lock")]
+    assert len(locks) == 2 and locks == sorted(locks)
+    assert events[:2] == locks and events[2:] == ["encode", "encode"]  # every lock before any encoding

@@ -149,23 +149,29 @@ def extract_distributed(args, finish: Callable[[object], int], env: DistEnv | No
     try:
         encoder = load_encoder(args.model, device=device, precision=args.precision, adapter=args.adapter)
         cache = FeatureCache(args.cache_dir)
-        for split in args.split or ["test"]:
-            dataset = build_dataset(args.dataset, split)
-            key = None
-            if env.is_main:  # rank 0's key on every rank: the files' stats (or hashes) are taken once, and a node
-                # whose copy of the images has other mtimes still writes into the entry rank 0 assembles
-                files = getattr(args, "file_check", None) or "stat"
-                key = image_key(encoder.fingerprint(), dataset_fingerprint(dataset, file_check=files),
-                                views=args.views, seed=args.seed)
-            key = _broadcast(env, key)
-            entry = cache.image_entry(key)
+        splits = list(dict.fromkeys(args.split or ["test"]))
+        datasets = {split: build_dataset(args.dataset, split) for split in splits}
+        keys = None
+        if env.is_main:  # rank 0's keys on every rank: the files' stats (or hashes) are taken once, and a node
+            # whose copy of the images has other mtimes still writes into the entries rank 0 assembles
+            files = getattr(args, "file_check", None) or "stat"
+            keys = {split: image_key(encoder.fingerprint(), dataset_fingerprint(ds, file_check=files),
+                                     views=args.views, seed=args.seed) for split, ds in datasets.items()}
+        keys = _broadcast(env, keys)
+        entries = {split: cache.image_entry(keys[split]) for split in splits}
+        if env.is_main:  # every lock up front, in one global order: two jobs over the same splits cannot deadlock
+            unique = {str(e.path): e for e in entries.values()}
+            for path in sorted(unique):
+                held.enter_context(cache.lock(unique[path]))
+        for split in splits:
+            dataset, key, entry = datasets[split], keys[split], entries[split]
             todo = None
             if env.is_main:
-                held.enter_context(cache.lock(entry))
                 if cache.load_split(entry, split, len(dataset.classnames)) is None:
                     entry.begin()
                     check_shard_key(entry.shard_dir, key)
                     remove_stale_temp_files(entry.shard_dir)
+                    remove_stale_temp_files(entry.path)
                     todo = True
             if not _broadcast(env, todo):
                 continue  # cached already: rank 0's finish() reads it

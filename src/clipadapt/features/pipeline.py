@@ -209,7 +209,8 @@ def _cached_or_encoded(cache: FeatureCache, entry, key: dict, ds: Any, split: st
             )
         return cached[0], cached[1], True
     entry.begin()
-    remove_stale_temp_files(entry.shard_dir)  # left by a process that died mid-write (we hold the lock)
+    for directory in (entry.shard_dir, entry.path):  # left by a process that died mid-write (we hold the lock)
+        remove_stale_temp_files(directory)
     features = extract_split(
         lazy.get(), ds, views=views, seed=seed, batch_size=batch_size, num_workers=num_workers,
         on_error=on_error, shard_dir=entry.shard_dir, shard_size=shard_size, key=key, progress=progress,
