@@ -206,6 +206,20 @@ def test_cli_models_lists_tags(capsys, tmp_path):
     assert any(r["arch"] == "RN50" and "openai" in r["tags"] for r in rows)
 
 
+def test_cli_models_pattern_is_a_glob_or_else_a_substring(tmp_path):
+    import open_clip
+
+    main(["models", "vit-b-1", "--out", str(tmp_path / "sub.json")])
+    main(["models", "ViT-B-1*", "--out", str(tmp_path / "glob.json")])
+    main(["models", "clipadapt", "--out", str(tmp_path / "ours.json")])
+    substring = {r["arch"] for r in json.loads((tmp_path / "sub.json").read_text())}
+    glob = {r["arch"] for r in json.loads((tmp_path / "glob.json").read_text())}
+    assert substring == {a for a in open_clip.list_models() if "vit-b-1" in a.lower()} and "ViT-B-16" in substring
+    assert glob == {a for a in open_clip.list_models() if a.lower().startswith("vit-b-1")}
+    assert {r["arch"] for r in json.loads((tmp_path / "ours.json").read_text())} == {
+        "clipadapt-test-tiny-rn", "clipadapt-test-tiny-vit"}
+
+
 def test_cli_with_a_real_imagefolder_spec(tmp_path, no_encoder):
     root = make_imagefolder(tmp_path / "folder")
     spec = f"imagefolder:{root}"

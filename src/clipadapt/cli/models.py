@@ -12,15 +12,23 @@ HELP = "list model architectures and pretrained tags (use as --model ARCH@TAG)"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("pattern", nargs="?", default="*", help="glob on the architecture name, e.g. 'ViT-B*'")
+    parser.add_argument("pattern", nargs="?", default="*", help="glob on the architecture name, e.g. 'ViT-B*'; without * ? [ a case-insensitive substring")
     parser.add_argument("--out", type=Path, help="write the table (.json, .csv or .md)")
+
+
+def arch_matches(arch: str, pattern: str) -> bool:
+    """A glob when the pattern has glob characters ('ViT-B*'), else a substring ('vit-b', 'RN50'), ignoring case."""
+    arch, pattern = arch.lower(), pattern.lower()
+    if any(c in pattern for c in "*?["):
+        return fnmatch.fnmatch(arch, pattern)
+    return pattern in arch
 
 
 def run(args: argparse.Namespace) -> int:
     from clipadapt.encoders.registry import model_table  # open_clip / torchvision: only when listing
     from clipadapt.report.tables import markdown_table, write_table
 
-    rows = [r for r in model_table() if fnmatch.fnmatch(r["arch"].lower(), args.pattern.lower())]
+    rows = [r for r in model_table() if arch_matches(r["arch"], args.pattern)]
     print(markdown_table(rows, columns=["arch", "tags", "example"]))
     print(f"\n{len(rows)} architectures; model ids: ARCH@TAG, ARCH@/path/to/checkpoint.pt, hf-hub:ORG/REPO")
     if args.out:
