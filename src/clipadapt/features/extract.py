@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from clipadapt.encoders.augment import normalize_uint8, pil_to_uint8, row_generator, split_eval_transform
-from clipadapt.errors import CacheError, ConfigError, DatasetError
+from clipadapt.errors import CacheError, ConfigError, DatasetError, FeatureDirError
 from clipadapt.features.featureset import FeatureSplit
 from clipadapt.features.io import atomic_write_json, read_json
 from clipadapt.features.shards import (
@@ -34,6 +34,7 @@ from clipadapt.features.shards import (
     missing_shards,
     plan_shards,
     read_shard,
+    shard_header,
     shard_path,
     write_shard,
 )
@@ -60,26 +61,50 @@ class DatasetLike(Protocol):
 def assemble_shards(
     shard_dir: Path, shards: Sequence[tuple[int, int]], paths: Sequence[Any] | None = None
 ) -> tuple[FeatureSplit, list[dict[str, Any]]]:
-    """Concatenate finished shards in row order -> (FeatureSplit, skipped records). Paths follow the rows."""
-    images, labels, rows, skipped = [], [], [], []
-    unlabeled = False
-    for start, end in shards:
-        tensors, shard_skipped = read_shard(shard_path(shard_dir, start, end))
-        if tensors["image"].shape[0]:  # a shard whose rows were all skipped has no embeddings
-            images.append(tensors["image"])
-            unlabeled |= "label" not in tensors
-        if "label" in tensors:
-            labels.append(tensors["label"])
-        rows.append(tensors["row"])
+    """Finished shards in row order -> (FeatureSplit, skipped records). Paths follow the rows.
+
+    The shards' headers give the split's size first; rows are then copied shard by shard into one preallocated
+    tensor, so the peak memory is the split plus one shard, not twice the split as concatenating would need.
+    """
+    files = [shard_path(shard_dir, start, end) for start, end in shards]
+    shapes = [_shard_image_shape(f) for f in files]
+    embedded = [shape for shape in shapes if shape[0]]  # a shard whose rows were all skipped has no embeddings
+    n = sum(shape[0] for shape in embedded)
+    image = torch.empty((n, *embedded[0][1:]), dtype=torch.float32) if embedded else None
+    label = torch.empty(n, dtype=torch.long)
+    row = torch.empty(n, dtype=torch.long)
+    skipped: list[dict[str, Any]] = []
+    unlabeled, at = False, 0
+    for path, shape in zip(files, shapes):
+        tensors, shard_skipped = read_shard(path)
         skipped.extend(shard_skipped)
-    if not images:
+        rows = tensors["image"].shape[0]
+        if not rows:
+            continue
+        if tuple(tensors["image"].shape[1:]) != tuple(image.shape[1:]):
+            raise CacheError(f"{path}: embeddings of shape {tuple(tensors['image'].shape)}, other shards have "
+                             f"(rows, {', '.join(map(str, image.shape[1:]))})")
+        image[at:at + rows] = tensors["image"]
+        row[at:at + rows] = tensors["row"]
+        if "label" in tensors:
+            label[at:at + rows] = tensors["label"]
+        else:
+            unlabeled = True
+        at += rows
+    if image is None:
         raise DatasetError(f"no image could be read ({len(skipped)} rows skipped); first: "
                            f"{skipped[0]['error'] if skipped else 'empty dataset'}")
-    image, row = torch.cat(images), torch.cat(rows)
-    label = torch.cat(labels) if labels else torch.empty(0, dtype=torch.long)
     split_paths = [str(paths[r]) for r in row.tolist()] if paths is not None else None
     has_labels = not unlabeled and bool((label >= 0).all())  # unlabeled rows have no 'label' (older shards: -1)
-    return FeatureSplit(image=image.float(), label=label.long() if has_labels else None, paths=split_paths), skipped
+    return FeatureSplit(image=image, label=label if has_labels else None, paths=split_paths), skipped
+
+
+def _shard_image_shape(path: Path) -> tuple[int, ...]:
+    """Shape of a shard's 'image' tensor from its header (no data read); CacheError when unreadable."""
+    try:
+        return shard_header(path)["image"]
+    except (FeatureDirError, KeyError) as e:
+        raise CacheError(f"{path}: unreadable shard ({e})") from e
 
 
 # ----------------------------------------------------------------------------------------- loading rows
