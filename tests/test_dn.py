@@ -21,11 +21,47 @@ def _data(seed=0, n=30, c=4, d=8, m=12):
             torch.randn(m, d, generator=g) * 2 - 0.3)
 
 
-def test_classification_logits_equal_literal_formula():
+def test_classification_default_text_mean_is_mean_of_raw_prompt_embeddings():
+    """METHODS.md §2: μ_txt = mean of all class-prompt embeddings, subtracted from the RAW text, then normalised."""
     pool, text, _ = _data()
     test = torch.randn(7, 8) * 2 + 1
     lam = 0.3
-    logits = DistributionNormalizer(lam=lam, n_samples=None).fit(pool, text).predict_logits(test)
+    dn = DistributionNormalizer(lam=lam, n_samples=None).fit(pool, text)
+    logits = dn.predict_logits(test)
+    mu_img = sum(pool[i] for i in range(pool.shape[0])) / pool.shape[0]  # mean of RAW image embeddings
+    mu_txt = sum(text[k] for k in range(4)) / 4  # mean of RAW prompt embeddings (one prompt per class)
+    expected = torch.empty(7, 4)
+    for i in range(7):
+        for k in range(4):
+            expected[i, k] = 100 * torch.dot(_unit(test[i] - lam * mu_img), _unit(text[k] - lam * mu_txt))
+    assert dn.text_mean == "prompts" and dn.n_text_samples_ == 4
+    assert torch.allclose(dn.text_mean_, mu_txt, atol=1e-6)
+    assert torch.allclose(logits, expected, atol=1e-4)
+
+
+def test_classification_prompts_text_mean_with_templates_subtracts_before_ensembling():
+    """(C, T, D): μ_txt over every class × template prompt (raw); each prompt minus λμ_txt, normalised, averaged,
+    re-normalised (the §1 prompt ensemble of the DN'd prompts)."""
+    g = torch.Generator().manual_seed(4)
+    text = torch.randn(3, 5, 6, generator=g) * 2 + 0.7  # (C, T, D), raw norms vary
+    pool, test, lam = torch.randn(20, 6, generator=g) + 1, torch.randn(4, 6, generator=g), 0.25
+    dn = DistributionNormalizer(lam=lam, n_samples=None).fit(pool, text)
+    mu_txt = sum(text[k, t] for k in range(3) for t in range(5)) / 15
+    mu_img = sum(pool[i] for i in range(20)) / 20
+    rows = [_unit(sum(_unit(text[k, t] - lam * mu_txt) for t in range(5)) / 5) for k in range(3)]
+    expected = torch.tensor([[100 * float(_unit(test[i] - lam * mu_img) @ rows[k]) for k in range(3)] for i in range(4)])
+    assert dn.n_text_samples_ == 15
+    assert torch.allclose(dn.text_mean_, mu_txt, atol=1e-5)
+    assert torch.allclose(dn.predict_logits(test), expected, atol=1e-4)
+    assert torch.allclose(dn.transform_text(text), torch.stack(rows), atol=1e-6)
+
+
+def test_classification_classes_text_mean_equals_literal_formula():
+    """text_mean='classes': μ_txt is the mean of the prompt-ensembled class rows, subtracted from those rows."""
+    pool, text, _ = _data()
+    test = torch.randn(7, 8) * 2 + 1
+    lam = 0.3
+    logits = DistributionNormalizer(lam=lam, n_samples=None, text_mean="classes").fit(pool, text).predict_logits(test)
     mu_img = sum(pool[i] for i in range(pool.shape[0])) / pool.shape[0]  # mean of RAW image embeddings
     classes = [_unit(text[k]) for k in range(4)]  # class embeddings (C, D) text: norm(t_k)
     mu_txt = sum(classes) / 4
@@ -36,16 +72,32 @@ def test_classification_logits_equal_literal_formula():
     assert torch.allclose(logits, expected, atol=1e-4)
 
 
-def test_classification_text_mean_is_mean_of_prompt_ensembled_classes():
+def test_classification_classes_text_mean_is_mean_of_prompt_ensembled_classes():
     g = torch.Generator().manual_seed(1)
     text = torch.randn(3, 5, 6, generator=g)  # (C, T, D)
-    dn = DistributionNormalizer(n_samples=None).fit(torch.randn(10, 6, generator=g), text)
+    dn = DistributionNormalizer(n_samples=None, text_mean="classes").fit(torch.randn(10, 6, generator=g), text)
     classes = []
     for k in range(3):
         avg = sum(_unit(text[k, t]) for t in range(5)) / 5
         classes.append(_unit(avg))
     assert torch.allclose(dn.text_mean_, sum(classes) / 3, atol=1e-6)
     assert dn.n_text_samples_ == 3
+
+
+def test_text_mean_variants_agree_on_unit_single_template_text():
+    """With unit-norm text and one template per class (coco500's captions) the two readings coincide."""
+    pool, text, _ = _data()
+    text = text / text.norm(dim=1, keepdim=True)
+    test = torch.randn(5, 8)
+    a = DistributionNormalizer(n_samples=None, text_mean="prompts").fit(pool, text).predict_logits(test)
+    b = DistributionNormalizer(n_samples=None, text_mean="classes").fit(pool, text).predict_logits(test)
+    assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_unknown_text_mean_is_clear_error():
+    pool, text, _ = _data()
+    with pytest.raises(ConfigError, match="text_mean must be one of"):
+        DistributionNormalizer(text_mean="templates").fit(pool, text)
 
 
 @pytest.mark.parametrize("task", ["retrieval", "caption"])
@@ -164,8 +216,10 @@ def test_coco500_captions_as_classes_dn_effect_reported(coco500, coco500_random_
     for name, (image, caption) in (("clip", coco500), ("random-init", coco500_random_init)):
         labels = torch.arange(400)
         plain = topk_accuracy(ZeroShotClassifier().fit(caption[100:]).predict_logits(image[100:]), labels)["top1"]
-        dn = {lam: topk_accuracy(DistributionNormalizer(lam=lam, n_samples=None).fit(image[:100], caption[100:])
-                                 .predict_logits(image[100:]), labels)["top1"] for lam in (0.25, 0.5)}
+        dn, dn_classes = ({lam: topk_accuracy(DistributionNormalizer(lam=lam, n_samples=None, text_mean=mean)
+                                              .fit(image[:100], caption[100:]).predict_logits(image[100:]), labels)["top1"]
+                           for lam in (0.25, 0.5)} for mean in ("prompts", "classes"))
+        assert dn == dn_classes  # unit-norm rows, one caption per class: both μ_txt readings give the same figures
         out[name] = (plain, dn)
     with capsys.disabled():
         print(f"\ncoco500 400-way caption classification top-1: {out}")

@@ -12,17 +12,29 @@ from clipadapt.cli import main
 from clipadapt.features import FeatureSet, FeatureSplit, save_feature_dir
 
 
-def _literal_top1(pool, text, test, labels, lam):
+def _literal_top1(pool, text, test, labels, lam, text_mean="prompts"):
+    """DN top-1 written out (METHODS.md §2, classification: subtract λμ from raw embeddings, then normalise)."""
     mu_img = pool.mean(0)
-    if text.ndim == 3:  # (C, T, D): prompt ensemble written out — normalise templates, average, re-normalise
-        text = torch.stack([sum(t / t.norm() for t in text[k]) / text.shape[1] for k in range(text.shape[0])])
-    classes = text / text.norm(dim=1, keepdim=True)
-    mu_txt = classes.mean(0)
+    prompts = text if text.ndim == 3 else text.unsqueeze(1)  # (C, T, D) raw prompt embeddings
+    C, T = prompts.shape[0], prompts.shape[1]
+    if text_mean == "prompts":  # μ_txt: every raw prompt; ensemble (normalise, average, re-normalise) after subtracting
+        mu_txt = sum(prompts[k, t] for k in range(C) for t in range(T)) / (C * T)
+        rows = []
+        for k in range(C):
+            avg = sum((prompts[k, t] - lam * mu_txt) / (prompts[k, t] - lam * mu_txt).norm() for t in range(T)) / T
+            rows.append(avg / avg.norm())
+    else:  # "classes": μ_txt over the prompt-ensembled class rows W_k
+        classes = []
+        for k in range(C):
+            avg = sum(prompts[k, t] / prompts[k, t].norm() for t in range(T)) / T
+            classes.append(avg / avg.norm())
+        mu_txt = sum(classes) / C
+        rows = [(w - lam * mu_txt) / (w - lam * mu_txt).norm() for w in classes]
     correct = 0
     for i in range(test.shape[0]):
         f = test[i] - lam * mu_img
         f = f / f.norm()
-        scores = [float(f @ ((classes[k] - lam * mu_txt) / (classes[k] - lam * mu_txt).norm())) for k in range(text.shape[0])]
+        scores = [float(f @ rows[k]) for k in range(C)]
         correct += int(np.argmax(scores) == int(labels[i]))
     return 100.0 * correct / test.shape[0]
 
@@ -47,6 +59,28 @@ def test_eval_dn_all_samples_matches_literal_top1(tmp_path, dn_featdir):
     assert res["top1"] == pytest.approx(expected)
     assert res["dn"]["source"] == "unlabeled" and res["dn"]["transductive"] is False
     assert res["dn"]["n_image_samples_used"] == 150 and res["hyperparameters"]["lambda"] == 0.5
+    assert res["hyperparameters"]["text_mean"] == "prompts"
+
+
+def test_eval_dn_text_mean_flag_selects_the_classes_reading(tmp_path):
+    """--dn-text-mean classes vs the default prompts, on raw (C, T, D) text where the two readings differ."""
+    g = torch.Generator().manual_seed(5)
+    protos, test, labels = make_clustered_features(seed=7, noise=1.2)
+    _, unl, _ = make_clustered_features(seed=8, per_class=10)
+    text = protos.unsqueeze(1) * (1 + 4 * torch.rand(5, 3, 1, generator=g)) + 0.8 * torch.randn(5, 3, 16, generator=g) + 1.5
+    fs = FeatureSet(classnames=[f"c{i}" for i in range(5)], text=text,
+                    splits={"test": FeatureSplit(test + 1.0, labels), "unlabeled": FeatureSplit(unl + 1.0)})
+    fd = save_feature_dir(fs, tmp_path / "fd")
+    got = {}
+    for mean in ("prompts", "classes"):
+        out = tmp_path / f"{mean}.json"
+        args = ["eval", "--features", str(fd), "--method", "dn", "--dn-samples", "all", "--dn-lambda", "1.0", "--out", str(out)]
+        assert main(args + (["--dn-text-mean", mean] if mean == "classes" else [])) == 0
+        res = json.loads(out.read_text())
+        assert res["hyperparameters"]["text_mean"] == mean and res["dn"]["n_text_samples_used"] == (15 if mean == "prompts" else 5)
+        got[mean] = res["top1"]
+        assert res["top1"] == pytest.approx(_literal_top1(unl + 1.0, text, test + 1.0, labels, 1.0, mean))
+    assert got["prompts"] != got["classes"]  # the data separates the two readings (46 vs 43 when written)
 
 
 def test_eval_dn_repeats_report_mean_std_and_each_draw(tmp_path, dn_featdir):
@@ -104,7 +138,19 @@ def test_dn_sweep_writes_table_and_plot(tmp_path, dn_featdir):
     assert lam0["top1"] == pytest.approx(res["plain"]["top1"]) and lam0["top1 std"] == 0.0
     whole = next(r for r in rows if r["n_used"] == 150)
     expected = _literal_top1(fs.split("unlabeled").image, fs.text, fs.split("test").image, fs.split("test").label, 0.25)
-    assert whole["top1"] == pytest.approx(expected)
+    assert whole["top1"] == pytest.approx(expected) and res["text_mean"] == "prompts"
+
+
+def test_dn_sweep_text_mean_flag_reaches_the_evaluator(tmp_path, dn_featdir):
+    fd, fs = dn_featdir
+    out = tmp_path / "sweep"
+    assert main(["dn-sweep", "--features", str(fd), "--lambdas", "0.5", "--samples", "1000", "--seeds", "1",
+                 "--dn-text-mean", "classes", "--out-dir", str(out)]) == 0
+    res = json.loads((out / "sweep.json").read_text())
+    whole = next(r for r in res["rows"] if r["sweep"] == "samples")
+    expected = _literal_top1(fs.split("unlabeled").image, fs.text, fs.split("test").image, fs.split("test").label, 0.25,
+                             "classes")
+    assert res["text_mean"] == "classes" and whole["top1"] == pytest.approx(expected)
 
 
 def test_eval_dn_with_tta_views_averages_raw_views_and_reports_both(tmp_path):

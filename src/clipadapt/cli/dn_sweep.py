@@ -8,7 +8,7 @@ from pathlib import Path
 from clipadapt.cli._common import comma_floats, comma_ints, write_results
 from clipadapt.constants import DEFAULT_LAMBDAS, DEFAULT_SAMPLES
 from clipadapt.errors import ConfigError
-from clipadapt.eval.runners.dn import parse_samples
+from clipadapt.eval.runners.dn import add_text_mean_argument, parse_samples
 
 COMMAND = "dn-sweep"
 HELP = "DN accuracy/recall vs lambda and vs number of unlabeled samples: table (CSV/md/JSON) + plot (PNG)"
@@ -28,6 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dn-lambda", type=float, default=0.25, help="λ of the sample sweep (default 0.25)")
     parser.add_argument("--dn-samples", type=parse_samples, default=100, help="samples of the λ sweep (default 100)")
     parser.add_argument("--seeds", type=int, default=5, help="seeded draws per point (default 5)")
+    add_text_mean_argument(parser)  # --features (classification) only
     parser.add_argument("--out-dir", type=Path, required=True, help="writes sweep.json, sweep.csv, sweep.md, sweep.png")
 
 
@@ -43,7 +44,8 @@ def _classification(args: argparse.Namespace):
     pool, test = fs.split(args.dn_source).image, fs.split(args.split)
     labels = test.labels(args.split)
     plain = {"top1": topk_accuracy(ZeroShotClassifier().fit(fs.text).predict_logits(test.image), labels, ks=(1,))["top1"]}
-    return classification_evaluator(pool, fs.text, test.image, labels), pool.shape[0], plain, ["top1"]
+    evaluate = classification_evaluator(pool, fs.text, test.image, labels, text_mean=args.dn_text_mean)
+    return evaluate, pool.shape[0], plain, ["top1"]
 
 
 def _retrieval(args: argparse.Namespace):
@@ -83,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
     print("plain CLIP: " + ", ".join(f"{k} {v:.2f}" for k, v in plain.items()))
     write_table(out / "sweep.csv", rows, columns)
     write_table(out / "sweep.md", rows, columns)
+    extra = {"text_mean": args.dn_text_mean} if args.features else {}
     write_results(out / "sweep.json", {"plain": plain, "pool_size": pool_size, "dn_source": args.dn_source,
-                                       "transductive": args.dn_source == args.split, "rows": rows})
+                                       "transductive": args.dn_source == args.split, **extra, "rows": rows})
     print(f"wrote {plot_dn_sweep(rows, metrics, out / 'sweep.png', baseline=plain)}")
     return 0

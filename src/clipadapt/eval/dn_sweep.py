@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 from torch import Tensor
 from tqdm import tqdm
 
-from clipadapt.constants import DEFAULT_LAMBDAS, DEFAULT_SAMPLES  # re-exported; defined there so the CLI parser is torch-free
+from clipadapt.constants import DEFAULT_LAMBDAS, DEFAULT_SAMPLES, DEFAULT_TEXT_MEAN  # re-exported; defined there so the CLI parser is torch-free
 from clipadapt.eval.metrics import mean_std, topk_accuracy
 from clipadapt.eval.retrieval import evaluate_retrieval
 from clipadapt.methods.dn import DistributionNormalizer, FewerSamplesWarning
@@ -26,11 +26,12 @@ from clipadapt.methods.dn import DistributionNormalizer, FewerSamplesWarning
 Evaluate = Callable[[float, "int | None", int], "tuple[dict[str, float], dict[str, int]]"]
 
 
-def classification_evaluator(pool: Tensor, text: Tensor, test: Tensor, labels: Tensor) -> Evaluate:
-    """Top-1 of zero-shot + DN on (`test`, `labels`), means from `pool`."""
+def classification_evaluator(pool: Tensor, text: Tensor, test: Tensor, labels: Tensor, *,
+                             text_mean: str = DEFAULT_TEXT_MEAN) -> Evaluate:
+    """Top-1 of zero-shot + DN on (`test`, `labels`), μ_img from `pool`, μ_txt per `text_mean`."""
 
     def evaluate(lam: float, n: int | None, seed: int) -> tuple[dict[str, float], dict[str, int]]:
-        dn = DistributionNormalizer(lam=lam, n_samples=n, seed=seed).fit(pool, text)
+        dn = DistributionNormalizer(lam=lam, n_samples=n, seed=seed, text_mean=text_mean).fit(pool, text)  # type: ignore[arg-type]
         return {"top1": topk_accuracy(dn.predict_logits(test), labels, ks=(1,))["top1"]}, {"n_used": dn.n_image_samples_}
 
     return evaluate

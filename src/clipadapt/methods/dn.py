@@ -5,10 +5,18 @@
 `μ_img`, `μ_txt` are means of unlabeled embeddings from the target distribution. Where the subtraction happens
 differs by task, and is explicit here (`task=`):
 
-- ``"classification"``: μ_img is the mean of the **raw** image embeddings of the drawn samples; the text side is
-  the class embedding c_k = prompt-ensembled W_k (each template L2-normalised, averaged, re-normalised — with
-  (C, D) text this is norm(t_k)), μ_txt = mean_k c_k over **all** classes. Then
-  ``logits = s · norm(f − λμ_img) · norm(c_k − λμ_txt)ᵀ`` (subtract, re-normalise both sides, dot product).
+- ``"classification"``: μ_img is the mean of the **raw** image embeddings of the drawn samples. The text side
+  follows the same order (subtract from raw, then normalise), with μ_txt chosen by ``text_mean``:
+
+  * ``"prompts"`` (default, METHODS.md §2 "the mean of all class-prompt embeddings"): μ_txt is the mean of the
+    **raw** embeddings t_kj of every class × template prompt; each prompt becomes t_kj − λμ_txt, and the class
+    row is the usual prompt ensemble of those (normalise each, average over templates, re-normalise):
+    ``c_k = norm(mean_j norm(t_kj − λμ_txt))``; with (C, D) text ``c_k = norm(t_k − λμ_txt)``.
+  * ``"classes"``: μ_txt is the mean over classes of the prompt-ensembled rows W_k (each template normalised,
+    averaged, re-normalised), and ``c_k = norm(W_k − λμ_txt)``.
+
+  Then ``logits = s · norm(f − λμ_img) · c_kᵀ``. The two agree when the text embeddings are already unit
+  vectors and there is one template per class.
 - ``"retrieval"`` and ``"caption"``: normalise first, means of the **normalised** embeddings, subtract,
   dot product, **no** re-normalisation: ``S = (norm(f) − λμ_img)·(norm(t) − λμ_txt)``. Only the query-side
   mean can change a ranking; the candidate-side mean adds a per-query constant.
@@ -24,11 +32,12 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from clipadapt.constants import DEFAULT_LAMBDA, THEORY_LAMBDA  # re-exported; defined there so the CLI parser is torch-free
+from clipadapt.constants import DEFAULT_LAMBDA, DEFAULT_TEXT_MEAN, DN_TEXT_MEANS, THEORY_LAMBDA  # re-exported; defined there so the CLI parser is torch-free
 from clipadapt.errors import ConfigError
 from clipadapt.ops import CLIP_LOGIT_SCALE, check_is_fitted, check_same_dim, l2_normalize, pool_views, prompt_ensemble
 
 Task = Literal["classification", "retrieval", "caption"]
+TextMean = Literal["prompts", "classes"]
 TASKS: tuple[str, ...] = ("classification", "retrieval", "caption")
 
 
@@ -69,22 +78,26 @@ class DistributionNormalizer:
         seed: int = 0,
         task: Task = "classification",
         logit_scale: float = CLIP_LOGIT_SCALE,
+        text_mean: TextMean = DEFAULT_TEXT_MEAN,
     ):
         self.lam, self.n_samples, self.seed, self.task, self.logit_scale = lam, n_samples, seed, task, logit_scale
+        self.text_mean = text_mean
 
     def _check_params(self) -> None:
         if self.task not in TASKS:
             raise ConfigError(f"DistributionNormalizer: task must be one of {TASKS}, got '{self.task}'")
         if self.n_samples is not None and self.n_samples < 1:
             raise ConfigError(f"DistributionNormalizer: n_samples must be >= 1 or None (all), got {self.n_samples}")
+        if self.text_mean not in DN_TEXT_MEANS:
+            raise ConfigError(f"DistributionNormalizer: text_mean must be one of {DN_TEXT_MEANS}, got '{self.text_mean}'")
 
     def fit(self, image_embeddings: Tensor, text_embeddings: Tensor) -> "DistributionNormalizer":
         """Estimate μ_img and μ_txt from unlabeled raw embeddings.
 
         `image_embeddings`: (N, D) or (N, V, D) raw (views averaged first); `n_samples` rows drawn with `seed`.
-        `text_embeddings`: classification — the class text (C, D) or (C, T, D), all classes used, and kept as
-        the classifier for `predict_logits`; retrieval / caption — (M, D) unlabeled captions, `n_samples`
-        drawn with the same generator after the images.
+        `text_embeddings`: classification — the raw class text (C, D) or (C, T, D), every class and template
+        used (μ_txt per `text_mean`), kept as the classifier for `predict_logits`; retrieval / caption — (M, D)
+        unlabeled captions, `n_samples` drawn with the same generator after the images.
         """
         self._check_params()
         image = pool_views(image_embeddings)
@@ -94,10 +107,10 @@ class DistributionNormalizer:
         self.n_image_samples_ = int(image.shape[0])
         if self.task == "classification":
             self.image_mean_ = image.mean(dim=0)
-            classes = prompt_ensemble(text_embeddings)
-            self.n_text_samples_ = int(classes.shape[0])
-            self.text_mean_ = classes.mean(dim=0)
-            self.classifier_ = l2_normalize(classes - self.lam * self.text_mean_)
+            rows = self._text_mean_rows(text_embeddings)
+            self.n_text_samples_ = int(rows.shape[0])
+            self.text_mean_ = rows.mean(dim=0)
+            self.classifier_ = self._class_rows(text_embeddings)
         else:
             if text_embeddings.ndim != 2:
                 raise ConfigError(
@@ -108,6 +121,21 @@ class DistributionNormalizer:
             self.image_mean_ = l2_normalize(image).mean(dim=0)
             self.text_mean_ = l2_normalize(text).mean(dim=0)
         return self
+
+    def _text_mean_rows(self, text: Tensor) -> Tensor:
+        """The rows μ_txt averages: every raw prompt embedding ('prompts') or every ensembled class ('classes')."""
+        if self.text_mean == "prompts":
+            if text.ndim not in (2, 3):
+                raise ConfigError(f"DN class text must be (C, D) or (C, T, D) embeddings, got {tuple(text.shape)}")
+            return text.reshape(-1, text.shape[-1])
+        return prompt_ensemble(text)
+
+    def _class_rows(self, text: Tensor) -> Tensor:
+        """(C, D) unit DN class rows: subtract λμ_txt from each raw prompt then ensemble ('prompts'), or subtract
+        it from the ensembled class row and re-normalise ('classes')."""
+        if self.text_mean == "prompts":
+            return prompt_ensemble(text - self.lam * self.text_mean_)
+        return l2_normalize(prompt_ensemble(text) - self.lam * self.text_mean_)
 
     def transform_image(self, image: Tensor) -> Tensor:
         """(N, D) or (N, V, D) raw -> (N, D) DN image side (views averaged on the raw embeddings first)."""
@@ -129,7 +157,7 @@ class DistributionNormalizer:
         check_is_fitted(self, "text_mean_")
         check_same_dim(text, self.text_mean_, "text embeddings", "the fitted DN text mean")
         if self.task == "classification":
-            return l2_normalize(prompt_ensemble(text) - self.lam * self.text_mean_)
+            return self._class_rows(text)
         return l2_normalize(text) - self.lam * self.text_mean_
 
     def score(self, image: Tensor, text: Tensor) -> Tensor:
@@ -154,6 +182,8 @@ class DistributionNormalizer:
     def describe(self) -> dict:
         """Hyper-parameters and sample counts for a results file."""
         out = {"lambda": self.lam, "n_samples": self.n_samples, "seed": self.seed, "task": self.task}
+        if self.task == "classification":
+            out["text_mean"] = self.text_mean
         if hasattr(self, "n_image_samples_"):
             out.update(n_image_samples=self.n_image_samples_, n_text_samples=self.n_text_samples_)
         return out

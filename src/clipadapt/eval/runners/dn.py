@@ -7,7 +7,7 @@ from typing import Any
 
 from typing import TYPE_CHECKING
 
-from clipadapt.constants import DEFAULT_LAMBDA, THEORY_LAMBDA
+from clipadapt.constants import DEFAULT_LAMBDA, DEFAULT_TEXT_MEAN, DN_TEXT_MEANS, THEORY_LAMBDA
 from clipadapt.errors import ConfigError, FeatureDirError
 from clipadapt.eval.registry import MethodResult, register_eval_method
 
@@ -42,6 +42,13 @@ def add_dn_arguments(parser: argparse.ArgumentParser | Any, *, source_default: s
     parser.add_argument("--dn-seed", type=int, default=0, help="seed of the first draw (draw r uses seed + r)")
 
 
+def add_text_mean_argument(parser: argparse.ArgumentParser | Any) -> None:
+    """--dn-text-mean: which rows DN's classification text mean averages (METHODS.md §2; docs/dn.md)."""
+    parser.add_argument("--dn-text-mean", choices=DN_TEXT_MEANS, default=DEFAULT_TEXT_MEAN,
+                        help="classification μ_txt: 'prompts' = mean of every raw class×template prompt embedding "
+                             f"(the spec; default {DEFAULT_TEXT_MEAN}), 'classes' = mean of the prompt-ensembled class rows")
+
+
 def _source_images(features: FeatureSet, args: argparse.Namespace):
     """Images of --dn-source: from the loaded features, or extracted through the cache for --model/--dataset."""
     source = args.dn_source
@@ -70,8 +77,15 @@ def dn_source_info(source: str, evaluated: str, n_image: int, n_text: int, asked
     }
 
 
+ORDER = {  # what results.json records as the classification formula, per --dn-text-mean
+    "prompts": "norm(f − λμ_img) · c_kᵀ, c_k = norm(mean_j norm(t_kj − λμ_txt)); μ_img, μ_txt means of raw f, t_kj",
+    "classes": "norm(f − λμ_img) · norm(W_k − λμ_txt)ᵀ; μ_img mean of raw f, μ_txt mean of ensembled rows W_k",
+}
+
+
 def _add_eval_arguments(parser) -> None:
     add_dn_arguments(parser, sources=("unlabeled", "train", "val", "test"))
+    add_text_mean_argument(parser)
 
 
 @register_eval_method("dn", help="zero-shot + Distribution Normalization (METHODS.md §2)",
@@ -87,9 +101,11 @@ def run_dn(features: FeatureSet, args: argparse.Namespace) -> MethodResult:
     test = features.split(args.split)
     labels = test.label
     draws, first_logits = [], None
+    text_mean = getattr(args, "dn_text_mean", DEFAULT_TEXT_MEAN)
     for r in range(args.dn_repeats):
         seed = args.dn_seed + r
-        model = DistributionNormalizer(lam=args.dn_lambda, n_samples=args.dn_samples, seed=seed).fit(pool, features.text)
+        model = DistributionNormalizer(lam=args.dn_lambda, n_samples=args.dn_samples, seed=seed,
+                                       text_mean=text_mean).fit(pool, features.text)
         logits = model.predict_logits(test.image)
         if first_logits is None:
             first_logits = logits
@@ -110,6 +126,6 @@ def run_dn(features: FeatureSet, args: argparse.Namespace) -> MethodResult:
                                "note": "top1/top5 at the top level are those of the first draw (seed --dn-seed)"}
         print(f"dn over {args.dn_repeats} draws: top1 {summary['top1_mean']:.2f} ± {summary['top1_std']:.2f}")
     hyper = {"lambda": args.dn_lambda, "n_samples": args.dn_samples if args.dn_samples is not None else "all",
-             "seed": args.dn_seed, "order": "classification: norm(f − λμ_img) · norm(W − λμ_txt)ᵀ, μ_img of raw f",
+             "seed": args.dn_seed, "text_mean": text_mean, "order": ORDER[text_mean],
              "logit_scale": model.logit_scale}
     return MethodResult(logits=first_logits, hyperparameters=hyper, extra=extra)
