@@ -27,6 +27,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--on-error", choices=["fail", "skip"], default="fail", help="unreadable images: fail, or skip and record them")
     parser.add_argument("--adapter", type=Path, default=None, help="IMO adapter checkpoint to attach to the image tower")
     parser.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE, help="rows per resumable shard")
+    parser.add_argument("--sharded", action="store_true",
+                        help="keep each split as its shards + a <split>.shards.json index, never assembled in memory "
+                             "(splits larger than memory; --out then writes a sharded feature directory)")
     add_file_check_argument(parser)
 
 
@@ -39,27 +42,39 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _extract(args: argparse.Namespace, encoder=None) -> int:
-    from clipadapt.features.io import atomic_write_json, read_json, save_feature_dir
-    from clipadapt.features.pipeline import get_feature_set  # heavy imports only when encoding
+    from clipadapt.features.pipeline import get_feature_set, get_sharded_feature_set  # heavy imports only when encoding
 
-    splits = args.split or ["test"]
-    fs = get_feature_set(
-        args.model, args.dataset, splits, views=args.views, seed=args.seed, cache_dir=args.cache_dir,
+    get = get_sharded_feature_set if args.sharded else get_feature_set
+    fs = get(
+        args.model, args.dataset, args.split or ["test"], views=args.views, seed=args.seed, cache_dir=args.cache_dir,
         device=args.device, batch_size=args.batch_size, adapter=args.adapter, on_error=args.on_error,
         precision=args.precision, num_workers=args.num_workers, shard_size=args.shard_size, encoder=encoder,
         file_check=args.file_check,
     )
-    print(f"model {fs.meta['model']}  dataset {fs.meta['dataset']}  classes {fs.num_classes}  text {tuple(fs.text.shape)}")
+    print(f"model {fs.meta['model']}  dataset {fs.meta['dataset']}  classes {len(fs.classnames)}  text {tuple(fs.text.shape)}")
     for name, split in fs.splits.items():
         skipped = fs.meta["skipped"].get(name, 0)
         note = f"  ({skipped} unreadable images skipped, see {name}.skipped.json)" if skipped else ""
-        print(f"{name}: {tuple(split.image.shape)} -> {fs.meta['cache'][name]}{note}")
+        shape = (split.n, split.dim) if split.views == 1 else (split.n, split.views, split.dim)
+        stored = f" in {len(split.shards)} shards" if args.sharded else ""
+        print(f"{name}: {shape}{stored} -> {fs.meta['cache'][name]}{note}")
     if args.out:
-        save_feature_dir(fs, args.out)
-        for name in fs.splits:
-            entry = Path(fs.meta["cache"][name])
-            skipped_file = entry / f"{name}.skipped.json"
-            skipped = read_json(skipped_file, what="skipped-rows file") if skipped_file.is_file() else []
-            atomic_write_json(args.out / f"{name}.skipped.json", skipped)
-        print(f"wrote feature directory {args.out}")
+        _write_out(args.out, fs, sharded=args.sharded)
+        print(f"wrote {'sharded ' if args.sharded else ''}feature directory {args.out}")
     return 0
+
+
+def _write_out(out: Path, fs, *, sharded: bool) -> None:
+    """The --out feature directory (sharded: index + shard files linked from the cache) and each split's
+    skipped-rows file."""
+    from clipadapt.features.io import atomic_write_json, read_json, save_feature_dir
+    from clipadapt.features.shards import save_sharded_feature_dir
+
+    if sharded:
+        save_sharded_feature_dir(fs, out)
+    else:
+        save_feature_dir(fs, out)
+    for name in fs.splits:
+        skipped_file = Path(fs.meta["cache"][name]) / f"{name}.skipped.json"
+        skipped = read_json(skipped_file, what="skipped-rows file") if skipped_file.is_file() else []
+        atomic_write_json(out / f"{name}.skipped.json", skipped)

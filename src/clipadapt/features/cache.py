@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from filelock import FileLock, Timeout
+from safetensors import safe_open
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -42,14 +43,23 @@ from clipadapt.features.featureset import FeatureSplit
 from clipadapt.features.io import (
     META_FILE,
     TEXT_FILE,
+    atomic_open,
     atomic_save_tensors,
     atomic_write_json,
     file_sha256,
+    link_or_copy,
     load_split,
     load_tensors,
     read_json,
 )
-from clipadapt.features.shards import SHARD_KEY_FILE, check_shard_key
+from clipadapt.features.shards import (
+    SHARD_KEY_FILE,
+    ShardedSplit,
+    check_shard_key,
+    index_path,
+    shard_path,
+    write_shard_index,
+)
 
 log = logging.getLogger(__name__)
 
@@ -195,20 +205,32 @@ class CacheEntry:
 
     def problem(self) -> str | None:
         """Why this complete-looking entry must not be used (None when it verifies)."""
+        return self.verify()[0]
+
+    def verify(self) -> tuple[str | None, list[str]]:
+        """(why the entry must not be used or None, the data files that fail their size/sha256 check).
+
+        Every file is checked, not only up to the first bad one: `invalidate` deletes them all, so that a resumed
+        sharded entry re-encodes each damaged shard instead of re-publishing it."""
         manifest_path = self.path / MANIFEST_FILE
         try:
             manifest = json.loads(manifest_path.read_text())
         except (OSError, json.JSONDecodeError) as e:
-            return f"{manifest_path.name} unreadable ({e})"
+            return f"{manifest_path.name} unreadable ({e})", []
         if canonical_json(manifest.get("key")) != canonical_json(self.key):
-            return "stored key differs from the requested key"
+            return "stored key differs from the requested key", []
+        reasons, bad = [], []
         for name, record in manifest.get("files", {}).items():
             path = self.path / name
             if not path.is_file():
-                return f"{name} missing"
-            if path.stat().st_size != record.get("bytes") or file_sha256(path) != record.get("sha256"):
-                return f"{name} is corrupt (size or sha256 differs from the manifest)"
-        return None
+                reasons.append(f"{name} missing")
+            elif path.stat().st_size != record.get("bytes") or file_sha256(path) != record.get("sha256"):
+                reasons.append(f"{name} is corrupt (size or sha256 differs from the manifest)")
+                bad.append(name)
+        if not reasons:
+            return None, []
+        more = f" (and {len(reasons) - 1} more)" if len(reasons) > 1 else ""
+        return reasons[0] + more, bad
 
     def begin(self) -> None:
         """Create the directory and its key.json; a directory holding another key (a digest clash or an old
@@ -223,10 +245,13 @@ class CacheEntry:
             records[name] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
         atomic_write_json(self.path / MANIFEST_FILE, {"key": self.key, "digest": self.digest, "files": records, **(extra or {})})
 
-    def invalidate(self, reason: str) -> None:
-        """Log why and drop the manifest, so the entry is recomputed (shards stay for resuming)."""
+    def invalidate(self, reason: str, remove: Sequence[str] = ()) -> None:
+        """Log why and drop the manifest, so the entry is recomputed; `remove`: data files that failed their
+        check, deleted so that they are re-encoded (the other shards stay for resuming)."""
         log.warning("cache entry %s: %s; recomputing", self.path, reason)
         (self.path / MANIFEST_FILE).unlink(missing_ok=True)
+        for name in remove:
+            (self.path / name).unlink(missing_ok=True)
 
     def manifest(self) -> dict[str, Any]:
         return json.loads((self.path / MANIFEST_FILE).read_text())
@@ -278,7 +303,7 @@ class FeatureCache:
         entry = self.text_entry(key)
         if not entry.is_complete():
             return None
-        reason = entry.problem()
+        reason, bad = entry.verify()
         if reason is None:
             try:
                 text = load_tensors(entry.path / TEXT_FILE)["text"]
@@ -287,7 +312,7 @@ class FeatureCache:
                 reason = f"text tensor has shape {tuple(text.shape)}"
             except (FeatureDirError, KeyError) as e:
                 reason = str(e)
-        entry.invalidate(reason)
+        entry.invalidate(reason, remove=bad)
         return None
 
     def save_text(self, key: dict[str, Any], text: Tensor) -> CacheEntry:
@@ -299,21 +324,54 @@ class FeatureCache:
 
     # ------------------------------------------------------------------------------- image splits
     def load_split(self, entry: CacheEntry, split: str, num_classes: int) -> tuple[FeatureSplit, list[dict]] | None:
-        """The cached split and its skipped records, or None (missing, or logged as invalid)."""
+        """The cached split in memory and its skipped records, or None (missing, or logged as invalid).
+        Either storage: a sharded entry is read through its index (`io.load_split`)."""
         if not entry.is_complete():
             return None
-        reason = entry.problem()
+        reason, bad = entry.verify()
         if reason is None:
             try:
                 dim = int(entry.manifest().get("dim", 0))
                 loaded = load_split(entry.path, split, num_classes=num_classes, dim=dim)
-                skipped_path = entry.path / f"{split}.skipped.json"
-                skipped = read_json(skipped_path, what="skipped-rows file") if skipped_path.is_file() else []
-                return loaded, skipped
+                return loaded, self._skipped(entry, split)
             except (FeatureDirError, OSError, json.JSONDecodeError, ValueError) as e:
                 reason = str(e)
-        entry.invalidate(reason)
+        entry.invalidate(reason, remove=bad)
         return None
+
+    def open_sharded(self, entry: CacheEntry, split: str) -> tuple[ShardedSplit, list[dict]] | None:
+        """The cached split opened memory-mapped (`ShardedSplit`, nothing loaded) and its skipped records, or None
+        (missing, or logged as invalid). An assembled entry is indexed as a one-shard split (its one file)."""
+        if not entry.is_complete():
+            return None
+        reason, bad = entry.verify()
+        if reason is None:
+            try:
+                manifest = entry.manifest()
+                if not index_path(entry.path, split).is_file():
+                    self._index_assembled(entry, split, manifest)
+                sharded = ShardedSplit.open(entry.path, split)
+                if (sharded.n, sharded.dim) != (manifest.get("n", sharded.n), manifest.get("dim", sharded.dim)):
+                    raise FeatureDirError(f"{split}: holds ({sharded.n}, D={sharded.dim}) rows but the manifest says "
+                                          f"({manifest.get('n')}, D={manifest.get('dim')})")
+                return sharded, self._skipped(entry, split)
+            except (FeatureDirError, OSError, json.JSONDecodeError, ValueError) as e:
+                reason = str(e)
+        entry.invalidate(reason, remove=bad)
+        return None
+
+    @staticmethod
+    def _skipped(entry: CacheEntry, split: str) -> list[dict]:
+        path = entry.path / f"{split}.skipped.json"
+        return read_json(path, what="skipped-rows file") if path.is_file() else []
+
+    @staticmethod
+    def _index_assembled(entry: CacheEntry, split: str, manifest: dict[str, Any]) -> None:
+        """Give an assembled entry a shard index over its one `<split>.safetensors` and add it to the manifest:
+        a sharded request then reuses the file (call holding the entry's lock)."""
+        write_shard_index(entry.path, split, [entry.path / f"{split}.safetensors"])
+        extra = {k: v for k, v in manifest.items() if k not in ("key", "digest", "files")}
+        entry.commit([*manifest["files"], index_path(entry.path, split).name], extra=extra)
 
     def save_split(self, entry: CacheEntry, split: str, features: FeatureSplit, skipped: list[dict]) -> None:
         """Write the assembled split, then the manifest; the shards are no longer needed."""
@@ -322,8 +380,34 @@ class FeatureCache:
         save_split(entry.path, split, features)
         atomic_write_json(entry.path / f"{split}.skipped.json", skipped)
         files = [f"{split}.safetensors", f"{split}.skipped.json"] + ([f"{split}.paths.json"] if features.paths is not None else [])
-        entry.commit(files, extra={"split": split, "n": features.n, "dim": features.dim, "views": features.views})
+        entry.commit(files, extra={"split": split, "n": features.n, "dim": features.dim, "views": features.views,
+                                   "storage": "assembled"})
         shutil.rmtree(entry.shard_dir, ignore_errors=True)
+
+    def publish_shards(self, entry: CacheEntry, split: str, shards: Sequence[tuple[int, int]],
+                       paths: Sequence[Any] | None, skipped: list[dict]) -> ShardedSplit:
+        """Publish the encoded shards of `entry.shard_dir` as the entry's split, without assembling them: the index
+        `<split>.shards.json`, `<split>.paths.json` (streamed, row by row), `<split>.skipped.json`, then the
+        manifest listing every shard file (storage 'sharded'). Call holding the entry's lock."""
+        files = [shard_path(entry.shard_dir, start, stop) for start, stop in shards]
+        keep = {f.name for f in files}
+        for stray in entry.shard_dir.glob("*.safetensors"):  # shards of another --shard-size (not in the key)
+            if stray.name not in keep:
+                stray.unlink()
+        index = write_shard_index(entry.path, split, files)
+        written = [index.name, f"{split}.skipped.json"]
+        if paths is not None:
+            _write_shard_paths(entry.path / f"{split}.paths.json", files, paths)
+            written.append(f"{split}.paths.json")
+        else:
+            (entry.path / f"{split}.paths.json").unlink(missing_ok=True)
+        atomic_write_json(entry.path / f"{split}.skipped.json", skipped)
+        (entry.path / f"{split}.safetensors").unlink(missing_ok=True)  # an earlier assembled form, not listed
+        sharded = ShardedSplit.open(index)
+        names = [f.relative_to(entry.path).as_posix() for f in files]
+        entry.commit([*names, *written], extra={"split": split, "n": sharded.n, "dim": sharded.dim,
+                                                "views": sharded.views, "storage": "sharded"})
+        return sharded
 
     def attach_text(self, entry: CacheEntry, text_entry: CacheEntry, meta: dict[str, Any]) -> None:
         """Make an image entry a complete feature directory: link its text file and write meta.json
@@ -335,22 +419,26 @@ class FeatureCache:
             current = {}
         if current == json.loads(canonical_json(meta)) and (entry.path / TEXT_FILE).is_file():
             return
-        _link_or_copy(text_entry.path / TEXT_FILE, entry.path / TEXT_FILE)
+        link_or_copy(text_entry.path / TEXT_FILE, entry.path / TEXT_FILE)
         atomic_write_json(meta_path, meta)
 
 
+def _write_shard_paths(target: Path, shard_files: Sequence[Path], paths: Sequence[Any]) -> None:
+    """`<split>.paths.json`: the source path of each embedded row, in row order, streamed shard by shard (each
+    shard's 'row' tensor says which dataset rows it holds; skipped rows are absent, as in the assembled split)."""
+    with atomic_open(target) as f:
+        f.write(b"[")
+        first = True
+        for path in shard_files:
+            with safe_open(str(path), framework="pt") as shard:
+                rows = shard.get_tensor("row").tolist()
+            for r in rows:
+                f.write((("\n  " if first else ",\n  ") + json.dumps(str(paths[r]), ensure_ascii=False)).encode())
+                first = False
+        f.write(b"\n]\n")
+
+
 _LOCKS: dict[tuple[int, str], FileLock] = {}  # one FileLock object per lock file in this process (re-entrancy)
-
-
-def _link_or_copy(src: Path, dst: Path) -> None:
-    """Hard-link `src` to `dst` atomically (copy when links are not possible)."""
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
 
 
 __all__ = [

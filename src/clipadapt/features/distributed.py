@@ -11,7 +11,7 @@ How it works (docs/scaling.md):
   which the next run deletes, never a half-written shard.
 - Resume: a shard whose file is already there with the right rows is skipped (`shards.missing_shards`).
 - After a barrier, rank 0 runs the normal single-process path, which finds every shard done and assembles
-  the cache entry (and --out).
+  the cache entry (and --out) — or, with `--sharded`, publishes the shards' index instead of assembling.
 - Rank 0 computes each entry's key (with the image files' stats, `cache.dataset_fingerprint`) and sends it to
   every rank, so all ranks write into the one entry rank 0 assembles.
 - Rank 0 holds each entry's inter-process lock (`FeatureCache.lock`) from its check to the assembly, so an
@@ -134,6 +134,14 @@ def _broadcast(env: DistEnv, value):
     return box[0]
 
 
+def _is_cached(cache, entry, split: str, num_classes: int, *, sharded: bool) -> bool:
+    """Whether rank 0 finds the split's entry complete and valid (an invalid one is logged and invalidated).
+    Sharded: opened memory-mapped, never loaded."""
+    if sharded:
+        return cache.open_sharded(entry, split) is not None
+    return cache.load_split(entry, split, num_classes) is not None
+
+
 def extract_distributed(args, finish: Callable[[object], int], env: DistEnv | None = None) -> int:
     """`clipadapt extract` under torchrun: every rank encodes its block of the cache entry's shards, then rank 0
     runs the normal single-process path `finish(encoder)`, which finds every shard done and assembles the
@@ -167,7 +175,7 @@ def extract_distributed(args, finish: Callable[[object], int], env: DistEnv | No
             dataset, key, entry = datasets[split], keys[split], entries[split]
             todo = None
             if env.is_main:
-                if cache.load_split(entry, split, len(dataset.classnames)) is None:
+                if not _is_cached(cache, entry, split, len(dataset.classnames), sharded=getattr(args, "sharded", False)):
                     entry.begin()
                     check_shard_key(entry.shard_dir, key)
                     remove_stale_temp_files(entry.shard_dir)

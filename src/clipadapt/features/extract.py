@@ -36,6 +36,7 @@ from clipadapt.features.shards import (
     read_shard,
     shard_header,
     shard_path,
+    shard_skipped,
     write_shard,
 )
 
@@ -76,8 +77,8 @@ def assemble_shards(
     skipped: list[dict[str, Any]] = []
     unlabeled, at = False, 0
     for path, shape in zip(files, shapes):
-        tensors, shard_skipped = read_shard(path)
-        skipped.extend(shard_skipped)
+        tensors, records = read_shard(path)
+        skipped.extend(records)
         rows = tensors["image"].shape[0]
         if not rows:
             continue
@@ -286,7 +287,7 @@ def _write_shard(shard_dir: Path, shard: dict[str, Any], views: int) -> None:
                 stop=shard["end"], rows=torch.tensor(shard["row"], dtype=torch.long), skipped=shard["skipped"])
 
 
-def extract_split(
+def encode_split_shards(
     enc,
     dataset: DatasetLike,
     *,
@@ -299,12 +300,13 @@ def extract_split(
     shard_size: int = DEFAULT_SHARD_SIZE,
     key: dict[str, Any] | None = None,
     progress: bool = True,
-) -> FeatureSplit:
-    """Raw image embeddings of `dataset`: (N, D), or (N, V, D) for V seeded augmented views.
+) -> list[tuple[int, int]]:
+    """Encode every shard of `dataset` not yet finished in `shard_dir`; returns the shard plan (row ranges).
 
-    Resumable: finished shards in `shard_dir` are reused (pass `key` to have shards of a different
-    computation discarded). on_error='skip' drops unreadable images and lists them in
-    `shard_dir/skipped.json`; 'fail' raises DatasetError naming the path.
+    Nothing is assembled: the split stays as shard files (`ShardedSplit.from_dir(shard_dir)` reads them), and
+    `shard_dir/skipped.json` lists the rows dropped as unreadable. Resumable: finished shards are reused (pass
+    `key` to have shards of a different computation discarded). Shards left by an earlier on_error='skip' run
+    are refused under 'fail'.
     """
     if on_error not in ON_ERROR:
         raise ConfigError(f"on_error must be one of {ON_ERROR}, got '{on_error}'")
@@ -325,10 +327,39 @@ def extract_split(
         enc, dataset, todo, shard_dir, views=views, seed=seed, batch_size=batch_size,
         num_workers=num_workers, on_error=on_error, progress=progress,
     )
-    split, skipped = assemble_shards(shard_dir, shards, getattr(dataset, "paths", None))
+    skipped = [record for start, end in shards for record in shard_skipped(shard_path(shard_dir, start, end))]
     if skipped and on_error == "fail":  # shards from an earlier 'skip' run
         raise DatasetError(f"{len(skipped)} unreadable images, first: {skipped[0]['error']} (use on_error='skip')")
+    if len(skipped) == n:
+        raise DatasetError(f"no image could be read ({n} rows skipped); first: {skipped[0]['error']}")
     atomic_write_json(shard_dir / SKIPPED_FILE, skipped)
+    return shards
+
+
+def extract_split(
+    enc,
+    dataset: DatasetLike,
+    *,
+    views: int = 1,
+    seed: int = 0,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    on_error: str = "fail",
+    shard_dir: Path,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    key: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> FeatureSplit:
+    """Raw image embeddings of `dataset` in memory: (N, D), or (N, V, D) for V seeded augmented views.
+
+    `encode_split_shards` (resumable; on_error='skip' drops unreadable images and lists them in
+    `shard_dir/skipped.json`, 'fail' raises DatasetError naming the path), then `assemble_shards`.
+    """
+    shards = encode_split_shards(
+        enc, dataset, views=views, seed=seed, batch_size=batch_size, num_workers=num_workers, on_error=on_error,
+        shard_dir=shard_dir, shard_size=shard_size, key=key, progress=progress,
+    )
+    split, _ = assemble_shards(Path(shard_dir), shards, getattr(dataset, "paths", None))
     return split
 
 

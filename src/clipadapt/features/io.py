@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator
@@ -31,6 +32,7 @@ from clipadapt.features.featureset import SPLIT_NAMES, FeatureSet, FeatureSplit
 
 META_FILE = "meta.json"
 TEXT_FILE = "text.safetensors"
+SHARD_INDEX_SUFFIX = ".shards.json"  # DIR/<split>.shards.json: a sharded split (features.shards)
 
 
 # ----------------------------------------------------------------------------------------- atomic writes
@@ -110,6 +112,19 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def link_or_copy(src: str | Path, dst: str | Path) -> None:
+    """Hard-link `src` to `dst` atomically (a copy where links are not possible, e.g. across file systems)."""
+    src, dst = Path(src), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 # ----------------------------------------------------------------------------------------- reading
@@ -207,11 +222,38 @@ def load_text(directory: Path, num_classes: int) -> Tensor:
 
 
 def load_split(directory: Path, name: str, *, num_classes: int, dim: int, meta: dict | None = None) -> FeatureSplit:
-    """Read and validate `<name>.safetensors` against the class count and embedding dimension."""
+    """Read and validate split `name` against the class count and embedding dimension: from its shard index
+    `<name>.shards.json` when there is one (a sharded split, loaded into memory), else `<name>.safetensors`."""
     directory = Path(directory)
     path = directory / f"{name}.safetensors"
-    tensors = load_tensors(path)
-    image = _require(tensors, "image", path)
+    index = directory / f"{name}{SHARD_INDEX_SUFFIX}"
+    if index.is_file():
+        from clipadapt.features.shards import ShardedSplit  # shards imports this module
+
+        loaded = ShardedSplit.open(index).load()
+        image, label, paths = loaded.image, loaded.label, loaded.paths
+        path = index
+    elif path.is_file():
+        tensors = load_tensors(path)
+        image, label = _require(tensors, "image", path), tensors.get("label")
+        paths = read_paths(directory / f"{name}.paths.json")
+    else:
+        raise FeatureDirError(f"{directory}: split '{name}' not found (no {path.name} and no {index.name})")
+    return check_split(image, label, paths, name=name, path=path, num_classes=num_classes, dim=dim, meta=meta)
+
+
+def read_paths(paths_file: Path) -> list[str] | None:
+    """The optional `<split>.paths.json` list (None when absent)."""
+    paths = read_json(paths_file, what="paths list") if paths_file.is_file() else None
+    if paths is not None and (not isinstance(paths, list) or not all(isinstance(p, str) for p in paths)):
+        raise FeatureDirError(f"{paths_file.name}: expected a JSON list of path strings, one per row")
+    return paths
+
+
+def check_split(image: Tensor, label: Tensor | None, paths: list[str] | None, *, name: str, path: Path,
+                num_classes: int, dim: int, meta: dict | None = None) -> FeatureSplit:
+    """Validate one split's tensors (shapes, D against the text's, finite, integer labels in [0, C), one path
+    per row) and return it as a FeatureSplit; errors name `path` (the split's file or shard index)."""
     if image.ndim not in (2, 3):
         raise FeatureDirError(f"{path.name}: tensor 'image' must be (N, D) or (N, V, D), got {tuple(image.shape)}")
     if image.shape[-1] != dim:
@@ -221,7 +263,6 @@ def load_split(directory: Path, name: str, *, num_classes: int, dim: int, meta: 
             f"were they computed with the same model?{model}"
         )
     check_finite(image, "image", path)
-    label = tensors.get("label")
     if label is None and name != "unlabeled":
         raise FeatureDirError(f"{path.name}: tensor 'label' is missing (required for split '{name}')")
     if label is not None:
@@ -237,18 +278,16 @@ def load_split(directory: Path, name: str, *, num_classes: int, dim: int, meta: 
                 f"{path.name}: tensor 'label' has values in [{int(label.min())}, {int(label.max())}] but there are "
                 f"{num_classes} classes (valid: 0..{num_classes - 1})"
             )
-    paths_file = directory / f"{name}.paths.json"
-    paths = read_json(paths_file, what="paths list") if paths_file.is_file() else None
-    if paths is not None and (not isinstance(paths, list) or not all(isinstance(p, str) for p in paths)):
-        raise FeatureDirError(f"{paths_file.name}: expected a JSON list of path strings, one per row")
     if paths is not None and len(paths) != image.shape[0]:
-        raise FeatureDirError(f"{paths_file.name}: lists {len(paths)} paths for {image.shape[0]} rows")
+        raise FeatureDirError(f"{name}.paths.json: lists {len(paths)} paths for {image.shape[0]} rows")
     return FeatureSplit(image=image.float(), label=label, paths=paths)
 
 
 def available_splits(directory: Path) -> list[str]:
+    """The splits present in a feature directory, as one file or as a shard index."""
     directory = Path(directory)
-    return [s for s in SPLIT_NAMES if (directory / f"{s}.safetensors").is_file()]
+    return [s for s in SPLIT_NAMES
+            if (directory / f"{s}.safetensors").is_file() or (directory / f"{s}{SHARD_INDEX_SUFFIX}").is_file()]
 
 
 def load_feature_dir(directory: str | Path, splits: Iterable[str] | None = None) -> FeatureSet:
@@ -269,12 +308,15 @@ def load_feature_dir(directory: str | Path, splits: Iterable[str] | None = None)
 
 # ----------------------------------------------------------------------------------------- writing
 def save_split(directory: Path, name: str, split: FeatureSplit) -> None:
+    """Write `<name>.safetensors` (+ paths); a shard index left by an earlier sharded write is removed, since
+    readers take the index first."""
     tensors = {"image": split.image.float()}
     if split.label is not None:
         tensors["label"] = split.label.long()
     if split.paths is not None:
         atomic_write_json(Path(directory) / f"{name}.paths.json", list(split.paths))
     atomic_save_tensors(Path(directory) / f"{name}.safetensors", tensors)
+    (Path(directory) / f"{name}{SHARD_INDEX_SUFFIX}").unlink(missing_ok=True)
 
 
 def save_feature_dir(features: FeatureSet, directory: str | Path) -> Path:

@@ -1,19 +1,23 @@
 """`get_feature_set`: (model, dataset, splits) -> FeatureSet, through the cache; the encoder is loaded only
-when something is missing, so a second run never touches it."""
+when something is missing, so a second run never touches it. `get_sharded_feature_set`: the same, for splits
+larger than memory — they stay as shards in the cache and come back as memory-mapped `ShardedSplit`s."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 from collections import OrderedDict
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
+
+from torch import Tensor
 
 from clipadapt.errors import ConfigError, DatasetError
-from clipadapt.features.cache import FeatureCache, canonical_json, dataset_fingerprint, image_key, text_key
-from clipadapt.features.extract import DEFAULT_SHARD_SIZE, extract_split, extract_text, read_skipped
-from clipadapt.features.shards import remove_stale_temp_files
+from clipadapt.features.cache import CacheEntry, FeatureCache, canonical_json, dataset_fingerprint, image_key, text_key
+from clipadapt.features.extract import DEFAULT_SHARD_SIZE, encode_split_shards, extract_split, extract_text, read_skipped
 from clipadapt.features.featureset import FeatureSet, FeatureSplit
+from clipadapt.features.shards import ShardedFeatureSet, ShardedSplit, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +109,7 @@ def get_feature_set(
     progress: bool = True,
     file_check: str = "stat",
 ) -> FeatureSet:
-    """Raw image embeddings of `splits` and class text embeddings for (model, dataset), cached.
+    """Raw image embeddings of `splits` and class text embeddings for (model, dataset), cached, in memory.
 
     `views`: an int for every split or {split: V} (V > 1 = seeded augmented views, e.g. {'train': 10}).
     `indices`: {split: row indices} to encode a subset (e.g. few-shot samples). `encoder`: an already
@@ -113,104 +117,205 @@ def get_feature_set(
     place — 'stat' (size + mtime, default), 'sha256' (hash every file: exact, slow) or 'none'.
 
     Each entry is filled under its inter-process lock (`FeatureCache.lock`): processes asking for the same
-    features at once encode them once; the others wait and read the result.
+    features at once encode them once; the others wait and read the result. An entry stored sharded (by
+    `get_sharded_feature_set`) is loaded from its shards.
     """
-    from clipadapt.encoders import encoder_fingerprint
+    request = _prepare(model, dataset, splits, indices=indices, cache_dir=cache_dir, device=device,
+                       precision=precision, adapter=adapter, encoder=encoder, progress=progress)
+    options = dict(batch_size=batch_size, num_workers=num_workers, on_error=on_error, shard_size=shard_size,
+                   progress=progress)
+    fetched = _fetch_splits(request, _cached_or_encoded, views=views, seed=seed, file_check=file_check, options=options)
+    return FeatureSet(classnames=request.classnames, text=request.text, splits=fetched.splits,
+                      meta=_feature_set_meta(request, fetched, views=views, seed=seed))
 
+
+def get_sharded_feature_set(
+    model: str | None,
+    dataset: str | Mapping[str, Any],
+    splits: Iterable[str] = DEFAULT_SPLITS,
+    *,
+    views: int | Mapping[str, int] = 1,
+    seed: int = 0,
+    indices: Mapping[str, list[int]] | None = None,
+    cache_dir: str | Path | None = None,
+    device: str | None = None,
+    batch_size: int = 64,
+    adapter: str | Path | None = None,
+    on_error: str = "fail",
+    encoder=None,
+    precision: str = "auto",
+    num_workers: int = 0,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    progress: bool = True,
+    file_check: str = "stat",
+) -> ShardedFeatureSet:
+    """`get_feature_set` for splits larger than memory: each split stays in the cache as its shards plus a
+    `<split>.shards.json` index and is returned as a memory-mapped `ShardedSplit`; nothing is assembled or
+    concatenated in memory. Same arguments, same cache keys, locks, resume and verification as `get_feature_set`:
+    an entry assembled earlier is reused as a one-shard split (no re-encoding), and a sharded entry serves a
+    later `get_feature_set` call (loaded from its shards).
+    """
+    request = _prepare(model, dataset, splits, indices=indices, cache_dir=cache_dir, device=device,
+                       precision=precision, adapter=adapter, encoder=encoder, progress=progress)
+    options = dict(batch_size=batch_size, num_workers=num_workers, on_error=on_error, shard_size=shard_size,
+                   progress=progress)
+    fetched = _fetch_splits(request, _cached_or_encoded_sharded, views=views, seed=seed, file_check=file_check,
+                            options=options)
+    return ShardedFeatureSet(classnames=request.classnames, text=request.text, splits=fetched.splits,
+                             meta=_feature_set_meta(request, fetched, views=views, seed=seed))
+
+
+# ----------------------------------------------------------------------------------------- the shared steps
+@dataclass
+class _Request:
+    """What every split of one call shares: the cache, the (lazy) encoder and its fingerprint, the datasets,
+    the class names and templates, and the class text embeddings with their cache entry."""
+
+    cache: FeatureCache
+    lazy: _LazyEncoder
+    fingerprint: dict[str, Any]
+    datasets: dict[str, Any]
+    label: str
+    classnames: list[str]
+    templates: list[str]
+    encoder_given: bool
+    text: Tensor | None = None
+    text_entry: CacheEntry | None = None
+
+
+@dataclass
+class _Fetched:
+    """Per split: the features (FeatureSplit or ShardedSplit), the cache entry path, the skipped-row count."""
+
+    splits: dict[str, Any] = field(default_factory=dict)
+    entries: dict[str, str] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+
+
+def _prepare(model, dataset, splits, *, indices, cache_dir, device, precision, adapter, encoder, progress) -> _Request:
+    """Resolve the encoder fingerprint (without loading the model), build the datasets, check their class
+    names agree, and fetch the class text embeddings (cached)."""
     splits = list(dict.fromkeys(splits))
     if not splits:
         raise ConfigError("no splits requested")
-    if encoder is not None:
-        if model is not None and str(model) != encoder.model_id:
-            from clipadapt.encoders import parse_model_id
-
-            if str(parse_model_id(model)) != encoder.model_id:
-                raise ConfigError(f"model '{model}' differs from the given encoder's model '{encoder.model_id}'")
-        fingerprint = encoder.fingerprint()
-    elif model is None:
-        raise ConfigError("give a model id (e.g. ViT-B-32@openai) or an encoder")
-    else:
-        fingerprint = encoder_fingerprint(model, device=device, precision=precision, adapter=adapter)
+    fingerprint = _encoder_fingerprint(model, encoder, device=device, precision=precision, adapter=adapter)
     lazy = _LazyEncoder(model, device=device, precision=precision, adapter=adapter, fingerprint=fingerprint, encoder=encoder)
-    cache = FeatureCache(cache_dir)
     datasets = _build_datasets(dataset, splits, indices)
-
+    label = _dataset_label(dataset, datasets)
     first = datasets[splits[0]]
     classnames = list(first.classnames)
     for split, ds in datasets.items():
         if list(ds.classnames) != classnames:
-            raise DatasetError(f"split '{split}' of {_dataset_label(dataset, datasets)} has other class names than '{splits[0]}'")
+            raise DatasetError(f"split '{split}' of {label} has other class names than '{splits[0]}'")
     templates = list(getattr(first, "templates", None) or DEFAULT_TEMPLATES)
+    request = _Request(FeatureCache(cache_dir), lazy, fingerprint, datasets, label, classnames, templates,
+                       encoder_given=encoder is not None)
+    request.text, request.text_entry = _class_text(request, progress)
+    return request
 
-    tkey = text_key(fingerprint, classnames, templates)
-    text_entry = cache.text_entry(tkey)
-    with cache.lock(text_entry):
-        text = cache.load_text(tkey)
+
+def _encoder_fingerprint(model: str | None, encoder, *, device, precision: str, adapter) -> dict[str, Any]:
+    """The given encoder's fingerprint (checked against `model`), else `model`'s, computed without loading it."""
+    from clipadapt.encoders import encoder_fingerprint, parse_model_id
+
+    if encoder is not None:
+        if model is not None and str(model) != encoder.model_id and str(parse_model_id(model)) != encoder.model_id:
+            raise ConfigError(f"model '{model}' differs from the given encoder's model '{encoder.model_id}'")
+        return encoder.fingerprint()
+    if model is None:
+        raise ConfigError("give a model id (e.g. ViT-B-32@openai) or an encoder")
+    return encoder_fingerprint(model, device=device, precision=precision, adapter=adapter)
+
+
+def _class_text(request: _Request, progress: bool) -> tuple[Tensor, CacheEntry]:
+    """The (C, T, D) class text embeddings, from the cache or encoded under the text entry's lock."""
+    key = text_key(request.fingerprint, request.classnames, request.templates)
+    entry = request.cache.text_entry(key)
+    with request.cache.lock(entry):
+        text = request.cache.load_text(key)
         if text is None:
-            text = extract_text(lazy.get(), classnames, templates, progress=progress)
-            cache.save_text(tkey, text)
+            text = extract_text(request.lazy.get(), request.classnames, request.templates, progress=progress)
+            request.cache.save_text(key, text)
+    return text, entry
 
-    feature_splits: dict[str, FeatureSplit] = {}
-    entries, skipped_counts = {}, {}
-    for split in splits:
-        ds = datasets[split]
+
+def _fetch_splits(request: _Request, fetch: Callable[..., tuple[Any, list[dict], bool]], *, views, seed: int,
+                  file_check: str, options: dict[str, Any]) -> _Fetched:
+    """Each split through its cache entry: under the entry's lock, `fetch` returns it cached or encodes it
+    (`_cached_or_encoded` in memory, `_cached_or_encoded_sharded` as shards); the class text is attached."""
+    out = _Fetched()
+    for split, ds in request.datasets.items():
         v = _views_for(views, split)
-        key = image_key(fingerprint, dataset_fingerprint(ds, file_check=file_check, progress=progress), views=v, seed=seed)
-        entry = cache.image_entry(key)
-        meta = {
-            "classnames": classnames,
-            "model": fingerprint["model_id"],
-            "dataset": _dataset_label(dataset, datasets),
-            "templates": templates,
-            "split": split,
-            "views": v,
-            "seed": seed if v > 1 else None,
-            "cache_key": entry.digest,
-            "text_cache_key": text_entry.digest,
-        }
-        with cache.lock(entry):
-            features, skipped, hit = _cached_or_encoded(
-                cache, entry, key, ds, split, len(classnames), lazy, views=v, seed=seed, batch_size=batch_size,
-                num_workers=num_workers, on_error=on_error, shard_size=shard_size, progress=progress,
-            )
-            cache.attach_text(entry, text_entry, meta)
+        key = image_key(request.fingerprint, dataset_fingerprint(ds, file_check=file_check, progress=options["progress"]),
+                        views=v, seed=seed)
+        entry = request.cache.image_entry(key)
+        with request.cache.lock(entry):
+            features, skipped, hit = fetch(request.cache, entry, key, ds, split, len(request.classnames), request.lazy,
+                                           views=v, seed=seed, **options)
+            request.cache.attach_text(entry, request.text_entry, _entry_meta(request, split, v, seed, entry))
         if hit:
-            log.info("cached features for %s/%s: %s", _dataset_label(dataset, datasets), split, entry.path)
-        feature_splits[split] = features
-        entries[split] = str(entry.path)
-        skipped_counts[split] = len(skipped)
+            log.info("cached features for %s/%s: %s", request.label, split, entry.path)
+        out.splits[split], out.entries[split], out.skipped[split] = features, str(entry.path), len(skipped)
+    return out
 
-    meta = {
-        "model": fingerprint["model_id"],
-        "dataset": _dataset_label(dataset, datasets),
-        "templates": templates,
-        "views": {s: _views_for(views, s) for s in splits},
-        "seed": seed,
-        "encoder": fingerprint,
-        "cache": entries,
-        "text_cache": str(text_entry.path),
-        "skipped": skipped_counts,
-        "encoder_loaded": lazy.encoder is not None and encoder is None,  # True: something had to be encoded
+
+def _entry_meta(request: _Request, split: str, views: int, seed: int, entry: CacheEntry) -> dict[str, Any]:
+    """meta.json of one image entry (which makes the entry a feature directory)."""
+    return {
+        "classnames": request.classnames,
+        "model": request.fingerprint["model_id"],
+        "dataset": request.label,
+        "templates": request.templates,
+        "split": split,
+        "views": views,
+        "seed": seed if views > 1 else None,
+        "cache_key": entry.digest,
+        "text_cache_key": request.text_entry.digest,
     }
-    return FeatureSet(classnames=classnames, text=text, splits=feature_splits, meta=meta)
 
 
-def _cached_or_encoded(cache: FeatureCache, entry, key: dict, ds: Any, split: str, num_classes: int,
+def _feature_set_meta(request: _Request, fetched: _Fetched, *, views, seed: int) -> dict[str, Any]:
+    """The returned set's meta: model, dataset, templates, views, seed, encoder, entries, skipped counts."""
+    return {
+        "model": request.fingerprint["model_id"],
+        "dataset": request.label,
+        "templates": request.templates,
+        "views": {s: _views_for(views, s) for s in request.datasets},
+        "seed": seed,
+        "encoder": request.fingerprint,
+        "cache": fetched.entries,
+        "text_cache": str(request.text_entry.path),
+        "skipped": fetched.skipped,
+        "encoder_loaded": request.lazy.encoder is not None and not request.encoder_given,  # True: something was encoded
+    }
+
+
+def _refuse_skipped(split: str, skipped: list[dict], on_error: str) -> None:
+    """A cached split with dropped rows is refused under on_error='fail' (never silently reduced)."""
+    if skipped and on_error == "fail":
+        raise DatasetError(
+            f"the cached features of split '{split}' dropped {len(skipped)} unreadable images "
+            f"(first: {skipped[0]['path']}); pass on_error='skip' to accept that, or fix the images"
+        )
+
+
+def _begin_encoding(entry: CacheEntry) -> None:
+    """Create the entry (key.json) and delete temp files a process that died mid-write left (we hold the lock)."""
+    entry.begin()
+    for directory in (entry.shard_dir, entry.path):
+        remove_stale_temp_files(directory)
+
+
+def _cached_or_encoded(cache: FeatureCache, entry: CacheEntry, key: dict, ds: Any, split: str, num_classes: int,
                        lazy: _LazyEncoder, *, views: int, seed: int, batch_size: int, num_workers: int,
                        on_error: str, shard_size: int, progress: bool) -> tuple[FeatureSplit, list[dict], bool]:
-    """(features, skipped records, True if read from the cache) of one split.
-    Call it holding the entry's lock: no other process writes into the entry meanwhile."""
+    """(features in memory, skipped records, True if read from the cache) of one split; a miss encodes the
+    missing shards, assembles them and publishes `<split>.safetensors`. Call it holding the entry's lock."""
     cached = cache.load_split(entry, split, num_classes)
     if cached is not None:
-        if cached[1] and on_error == "fail":
-            raise DatasetError(
-                f"the cached features of split '{split}' dropped {len(cached[1])} unreadable images "
-                f"(first: {cached[1][0]['path']}); pass on_error='skip' to accept that, or fix the images"
-            )
+        _refuse_skipped(split, cached[1], on_error)
         return cached[0], cached[1], True
-    entry.begin()
-    for directory in (entry.shard_dir, entry.path):  # left by a process that died mid-write (we hold the lock)
-        remove_stale_temp_files(directory)
+    _begin_encoding(entry)
     features = extract_split(
         lazy.get(), ds, views=views, seed=seed, batch_size=batch_size, num_workers=num_workers,
         on_error=on_error, shard_dir=entry.shard_dir, shard_size=shard_size, key=key, progress=progress,
@@ -218,6 +323,25 @@ def _cached_or_encoded(cache: FeatureCache, entry, key: dict, ds: Any, split: st
     skipped = read_skipped(entry.shard_dir)
     cache.save_split(entry, split, features, skipped)
     return features, skipped, False
+
+
+def _cached_or_encoded_sharded(cache: FeatureCache, entry: CacheEntry, key: dict, ds: Any, split: str,
+                               num_classes: int, lazy: _LazyEncoder, *, views: int, seed: int, batch_size: int,
+                               num_workers: int, on_error: str, shard_size: int,
+                               progress: bool) -> tuple[ShardedSplit, list[dict], bool]:
+    """(memory-mapped split, skipped records, True if read from the cache) of one split; a miss encodes the
+    missing shards and publishes them with an index, never assembling. Call it holding the entry's lock."""
+    cached = cache.open_sharded(entry, split)
+    if cached is not None:
+        _refuse_skipped(split, cached[1], on_error)
+        return cached[0], cached[1], True
+    _begin_encoding(entry)
+    shards = encode_split_shards(
+        lazy.get(), ds, views=views, seed=seed, batch_size=batch_size, num_workers=num_workers,
+        on_error=on_error, shard_dir=entry.shard_dir, shard_size=shard_size, key=key, progress=progress,
+    )
+    skipped = read_skipped(entry.shard_dir)
+    return cache.publish_shards(entry, split, shards, getattr(ds, "paths", None), skipped), skipped, False
 
 
 def _splits_from_args(args: argparse.Namespace) -> list[str]:

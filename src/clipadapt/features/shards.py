@@ -39,7 +39,16 @@ from torch import Tensor
 from clipadapt.constants import DEFAULT_SHARD_SIZE  # re-exported; defined there so the CLI parser is torch-free
 from clipadapt.errors import CacheError, ConfigError, FeatureDirError
 from clipadapt.features.featureset import FeatureSplit
-from clipadapt.features.io import atomic_save_tensors, atomic_write_json, read_json
+from clipadapt.features.io import (
+    META_FILE,
+    SHARD_INDEX_SUFFIX,
+    TEXT_FILE,
+    atomic_save_tensors,
+    atomic_write_json,
+    link_or_copy,
+    read_json,
+    read_paths,
+)
 from clipadapt.ops import l2_normalize, pool_views
 
 log = logging.getLogger(__name__)
@@ -51,7 +60,7 @@ SHARD_KEY_FILE = "key.json"
 
 def index_path(directory: str | Path, split: str) -> Path:
     """Where the shard index of `split` lives in a feature directory."""
-    return Path(directory) / f"{split}.shards.json"
+    return Path(directory) / f"{split}{SHARD_INDEX_SUFFIX}"
 
 
 # ----------------------------------------------------------------------------------------- plan + naming
@@ -130,6 +139,15 @@ def read_shard(path: Path) -> tuple[dict[str, Tensor], list[dict[str, Any]]]:
     return tensors, skipped
 
 
+def shard_skipped(path: Path) -> list[dict[str, Any]]:
+    """The skipped-row records in a shard's metadata, read from its header only; CacheError when unreadable."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return json.loads((f.metadata() or {}).get("skipped", "[]"))
+    except Exception as e:  # noqa: BLE001 - any failure here means a corrupt shard
+        raise CacheError(f"{path}: unreadable shard ({e})") from e
+
+
 def shard_header(path: Path) -> dict[str, tuple[int, ...]]:
     """Tensor shapes of a safetensors file, read from its header only (memory-mapped, no data loaded)."""
     if not path.is_file():
@@ -205,6 +223,7 @@ class ShardedSplit:
         if not shards:
             raise FeatureDirError(f"sharded split '{name}' lists no shard files")
         self.name = name
+        self.paths_file: Path | None = None  # <split>.paths.json beside the index: the source image of each row
         self.shards: list[Shard] = []
         self._image_shape: tuple[int, ...] | None = None
         self.has_labels: bool | None = None
@@ -266,6 +285,8 @@ class ShardedSplit:
                 )
         if index.get("n") is not None and index["n"] != out.n:
             raise FeatureDirError(f"{path}: says n={index['n']} but its shards hold {out.n} rows")
+        paths_file = path.parent / f"{out.name}.paths.json"
+        out.paths_file = paths_file if paths_file.is_file() else None
         return out
 
     @classmethod
@@ -334,9 +355,16 @@ class ShardedSplit:
         return Chunks(self, chunk_rows)
 
     def load(self) -> FeatureSplit:
-        """The whole split in memory (for small data)."""
+        """The whole split in memory (for small data), with the source paths when `paths_file` is known."""
         image, label = self.read_rows(0, self.n)
-        return FeatureSplit(image=image, label=label)
+        paths = read_paths(self.paths_file) if self.paths_file is not None else None
+        if paths is not None and len(paths) != self.n:
+            raise FeatureDirError(f"{self.paths_file.name}: lists {len(paths)} paths for {self.n} rows")
+        return FeatureSplit(image=image, label=label, paths=paths)
+
+    def files(self) -> list[Path]:
+        """The shard files holding rows, in row order."""
+        return [s.path for s in self.shards]
 
 
 @dataclass(frozen=True)
@@ -404,6 +432,62 @@ def save_sharded_split(directory: str | Path, split: str, features: FeatureSplit
         for lo in range(0, features.n, shard_size)
     ]
     return ShardedSplit.open(write_shard_index(directory, split, paths))
+
+
+@dataclass
+class ShardedFeatureSet:
+    """A FeatureSet whose image splits stay on disk as memory-mapped `ShardedSplit`s (never held in memory):
+    class names, (C, T, D) or (C, D) class text embeddings, {split: ShardedSplit} and metadata."""
+
+    classnames: list[str]
+    text: Tensor
+    splits: dict[str, ShardedSplit]
+    meta: dict[str, Any]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classnames)
+
+    def split(self, name: str) -> ShardedSplit:
+        if name not in self.splits:
+            raise FeatureDirError(f"sharded feature set has no split '{name}' (available: {sorted(self.splits)})")
+        return self.splits[name]
+
+
+def save_sharded_feature_dir(features: ShardedFeatureSet, directory: str | Path) -> Path:
+    """Write a feature directory whose splits are sharded: per split `<split>.shards.json` and the shard files in
+    `<split>.shards/` (hard links to the source files, copies across file systems; nothing is read into memory),
+    `<split>.paths.json` when the split has one; then text.safetensors and meta.json (last).
+
+    A `<split>.safetensors` or shard file an earlier write left in the directory is removed, so the directory
+    holds the new split only."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, split in features.splits.items():
+        _link_sharded_split(directory, name, split)
+    atomic_save_tensors(directory / TEXT_FILE, {"text": features.text.float()})
+    atomic_write_json(directory / META_FILE, {**features.meta, "classnames": list(features.classnames)})
+    return directory
+
+
+def _link_sharded_split(directory: Path, name: str, split: ShardedSplit) -> None:
+    """Link one split's shard files into DIR/<name>.shards/, write its index, drop what an earlier write left."""
+    shard_dir = directory / f"{name}.shards"
+    linked = []
+    for source in split.files():
+        link_or_copy(source, shard_dir / source.name)
+        linked.append(shard_dir / source.name)
+    paths_file = directory / f"{name}.paths.json"
+    if split.paths_file is not None:
+        link_or_copy(split.paths_file, paths_file)
+    else:
+        paths_file.unlink(missing_ok=True)
+    write_shard_index(directory, name, linked)
+    keep = {p.name for p in linked}
+    for stale in shard_dir.glob("*.safetensors"):
+        if stale.name not in keep:
+            stale.unlink()
+    (directory / f"{name}.safetensors").unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------------------- streaming statistics
