@@ -108,3 +108,26 @@ def test_ranks_use_rank0s_cache_key_when_their_file_stats_differ(image_root, ref
     _assert_same_features(tmp_path / "out", reference)
     assert len([p for p in (tmp_path / "cache" / "images").iterdir() if p.is_dir()]) == 1
     assert run.stderr.count("3 of its 3 shards to encode") == 2 and "resuming: 6 of 6 shards" in run.stderr
+
+
+def test_torchrun_sharded_rank0_publishes_the_index_instead_of_assembling(image_root, reference, tmp_path):
+    """`--sharded` under torchrun: each rank encodes its half of the shards, rank 0 writes the entry's index and
+    manifest (no `test.safetensors` anywhere, no split assembled or loaded by any rank) and the --out directory
+    holds the same rows as the single-process assembled run."""
+    args = _args(image_root, tmp_path / "cache", tmp_path / "out") + ["--sharded"]
+    run = _torchrun(args, script=[str(HERE / "_dist_cli_no_assemble.py")])
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert run.stderr.count("3 of its 3 shards to encode") == 2
+    (entry,) = [p for p in (tmp_path / "cache" / "images").iterdir() if p.is_dir()]
+    manifest = json.loads((entry / "manifest.json").read_text())
+    assert manifest["storage"] == "sharded" and manifest["n"] == N
+    assert sum(name.startswith("shards/rows-") for name in manifest["files"]) == 6
+    index = json.loads((entry / "test.shards.json").read_text())
+    assert [(s["start"], s["stop"]) for s in index["shards"]] == [(a, min(a + SHARD, N)) for a in range(0, N, SHARD)]
+    assert not (entry / "test.safetensors").exists() and not (tmp_path / "out" / "test.safetensors").exists()
+    from clipadapt.features.shards import ShardedSplit
+
+    opened = ShardedSplit.open(tmp_path / "out", "test")
+    image = torch.cat([chunk for chunk, _ in opened.iter_chunks(5)])
+    torch.testing.assert_close(image, reference.split("test").image, rtol=0, atol=1e-6)
+    _assert_same_features(tmp_path / "out", reference)  # load_feature_dir reads the sharded directory too
