@@ -2,8 +2,10 @@
 
     $ROOT/images/<slug>-<digest16>/   one (encoder, dataset split, views, seed): a valid feature directory
         key.json                      the full key (written first; shards check it)
-        shards/rows-*.safetensors     while encoding (resume from here); removed once assembled
-        <split>.safetensors           'image' (N, D) | (N, V, D), 'label' (N,)
+        shards/rows-*.safetensors     while encoding (resume from here); removed once assembled, kept as the
+                                      split itself in sharded storage (`publish_shards`)
+        <split>.safetensors           'image' (N, D) | (N, V, D), 'label' (N,)        (storage 'assembled')
+        <split>.shards.json           index of the shards (features.shards)             (storage 'sharded')
         <split>.paths.json            source image of each row
         <split>.skipped.json          unreadable images dropped by on_error='skip' (row, path, error)
         text.safetensors, meta.json   the class text embeddings last used with it + feature-dir metadata

@@ -3,8 +3,9 @@
 Shards cover fixed row ranges `[start, end)` of the dataset and are written with the project's one shard
 writer, `features.shards.write_shard` (atomic; `<shard_dir>/rows-<start>-<end>.safetensors`, tensors `image`,
 `row` and, for labelled data, `label`; the rows skipped for unreadable images are listed in the file's
-metadata). A run finds the shards already written (`shards.missing_shards`), encodes only the missing ones,
-then `assemble_shards` concatenates them in row order; `shards.ShardedSplit.from_dir(shard_dir)` reads the same
+metadata). A run finds the shards already written (`shards.missing_shards`), encodes only the missing ones
+(`encode_split_shards`, which stops there for sharded storage), then `assemble_shards` copies them in row order
+into one tensor (`extract_split`); `shards.ShardedSplit.from_dir(shard_dir)` reads the same
 files memory-mapped instead. Because every shard is independent (and the random views of row i depend only on
 (seed, i)), N processes can each encode a disjoint block of `plan_shards(...)` (`features.distributed` under
 torchrun) and one process assembles.
