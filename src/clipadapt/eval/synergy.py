@@ -567,6 +567,16 @@ class SynergyReport:
     cost_label: str
 
 
+def _costs_in_order(costs: dict[str, float] | None, names: Sequence[str]) -> list[float]:
+    """Each backbone's cost in `names` order (1 each without costs); a backbone missing from `costs` is an error."""
+    if not costs:
+        return [1.0] * len(names)
+    missing = [x for x in names if x not in costs]
+    if missing:
+        raise ConfigError(f"no cost given for backbone(s) {missing}; costs name {sorted(costs)}")
+    return [float(costs[x]) for x in names]
+
+
 def evaluate_synergy(
     names: Sequence[str],
     test: ScoreSet,
@@ -591,7 +601,7 @@ def evaluate_synergy(
     names = list(names)
     n, c = _check_synergy_inputs(names, test, heldout)
     classnames = list(classnames) if classnames else [str(i) for i in range(c)]
-    cost = [float(costs[x]) for x in names] if costs else [1.0] * len(names)
+    cost = _costs_in_order(costs, names)
     ks = topk_levels(c)
     if fitted is None:
         fitted = fit_combiners(heldout, len(names), c, nlc_kwargs=nlc_kwargs, names=names)
