@@ -178,6 +178,8 @@ def test_evaluate_synergy_reports_oracle_combiners_and_gain():
     assert r["cascade_order"] == ["A", "B", "C"] and report.tables["subsets"][-1]["cost"] == 6.0
     with pytest.raises(ConfigError, match="labels"):
         evaluate_synergy(["A", "B"], ScoreSet(logits[:2], y[:7]))
+    with pytest.raises(ConfigError, match=r"no cost given for backbone\(s\) \['C'\]"):
+        evaluate_synergy(["A", "B", "C"], ScoreSet(logits, LABELS.repeat(5)), costs={"A": 1, "B": 2})
 
 
 def test_model_cost_of_tiny_models_counts_parameters_and_flops():

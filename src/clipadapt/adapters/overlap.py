@@ -176,6 +176,21 @@ def imo_overlap(
     sampled with `seed` (`sample="items"`: all pairs among a random subset of items; `"pairs"`: independent
     uniform pairs) and the result has `sampled=True`. Needs a same-class and a different-class pair.
     """
+    x, labels = _normalised_inputs(embeddings, labels, max_pairs=max_pairs, sample=sample)
+    n = x.shape[0]
+    total = n * (n - 1) // 2
+    edges = imo_bin_edges(bins)
+    sampled = max_pairs is not None and total > max_pairs
+    budget = max_pairs if sampled else None
+    same, diff, s_sum, d_sum = _pair_counts(x, labels, edges, budget, sample=sample, seed=seed, chunk_size=chunk_size)
+    _check_both_pair_kinds(int(same.sum()), int(diff.sum()), labels)
+    return _imo_result(same, diff, s_sum, d_sum, edges, total_pairs=total,
+                       sample=sample if sampled else None, seed=seed if sampled else None)
+
+
+def _normalised_inputs(embeddings: Tensor, labels: Tensor, *, max_pairs: int | None, sample: str) -> tuple[Tensor, Tensor]:
+    """Validated arguments: L2-normalised pooled embeddings (N, D) (float64 kept, else float32) and labels on
+    their device; ConfigError naming the argument otherwise."""
     x = pool_views(embeddings)
     labels = torch.as_tensor(labels)
     if x.ndim != 2 or labels.ndim != 1 or labels.shape[0] != x.shape[0]:
@@ -187,27 +202,42 @@ def imo_overlap(
     if sample not in ("items", "pairs"):
         raise ConfigError(f"sample must be 'items' or 'pairs', got {sample!r}")
     x = l2_normalize(x.double() if x.dtype == torch.float64 else x.float())
-    labels = labels.to(x.device)
-    n = x.shape[0]
-    total = n * (n - 1) // 2
-    edges = imo_bin_edges(bins)
-    sampled = max_pairs is not None and total > max_pairs
-    if sampled and sample == "pairs":
-        same, diff, s_sum, d_sum = sampled_pair_histograms(x, labels, edges, max_pairs, seed=seed)
-    elif sampled:
-        keep = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: items_for_pairs(max_pairs)]
-        keep = keep.sort().values.to(x.device)
-        same, diff, s_sum, d_sum = pair_histograms(x[keep], labels[keep], edges, chunk_size=chunk_size)
-    else:
-        same, diff, s_sum, d_sum = pair_histograms(x, labels, edges, chunk_size=chunk_size)
-    n_same, n_diff = int(same.sum()), int(diff.sum())
+    return x, labels.to(x.device)
+
+
+def _pair_counts(
+    x: Tensor, labels: Tensor, edges: Tensor, max_pairs: int | None, *, sample: str, seed: int, chunk_size: int | None
+) -> tuple[Tensor, Tensor, float, float]:
+    """(same_counts, diff_counts, same_sum, diff_sum) over every pair (`max_pairs` None) or a seeded sample."""
+    if max_pairs is None:
+        return pair_histograms(x, labels, edges, chunk_size=chunk_size)
+    if sample == "pairs":
+        return sampled_pair_histograms(x, labels, edges, max_pairs, seed=seed)
+    keep = _sampled_items(x.shape[0], max_pairs, seed).to(x.device)
+    return pair_histograms(x[keep], labels[keep], edges, chunk_size=chunk_size)
+
+
+def _sampled_items(n: int, max_pairs: int, seed: int) -> Tensor:
+    """Sorted indices of the `items_for_pairs(max_pairs)` items drawn (seeded permutation) for item sampling."""
+    keep = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: items_for_pairs(max_pairs)]
+    return keep.sort().values
+
+
+def _check_both_pair_kinds(n_same: int, n_diff: int, labels: Tensor) -> None:
+    """The metric compares two densities: ConfigError when the same- or the different-class one is empty."""
     if n_same == 0 or n_diff == 0:
         kind = "same-class" if n_same == 0 else "different-class"
         raise ConfigError(
-            f"imo_overlap: no {kind} pairs among {n} embeddings with {labels.unique().numel()} distinct labels; "
-            "it needs at least two classes and a class with two or more items"
+            f"imo_overlap: no {kind} pairs among {labels.shape[0]} embeddings with {labels.unique().numel()} distinct "
+            "labels; it needs at least two classes and a class with two or more items"
         )
-    width = (edges[1:] - edges[:-1])
+
+
+def _imo_result(same: Tensor, diff: Tensor, same_sum: float, diff_sum: float, edges: Tensor, *, total_pairs: int,
+                sample: str | None, seed: int | None) -> IMOResult:
+    """Counts and sums -> overlap, densities (counts / (pairs * bin width)) and mean similarities."""
+    n_same, n_diff = int(same.sum()), int(diff.sum())
+    width = edges[1:] - edges[:-1]
     return IMOResult(
         overlap=overlap_from_counts(same, diff),
         same_hist=same.double() / (n_same * width),
@@ -215,10 +245,10 @@ def imo_overlap(
         bin_edges=edges,
         n_same=n_same,
         n_diff=n_diff,
-        sampled=sampled,
-        total_pairs=total,
-        seed=seed if sampled else None,
-        sample=sample if sampled else None,
-        same_mean=s_sum / n_same,
-        diff_mean=d_sum / n_diff,
+        sampled=sample is not None,
+        total_pairs=total_pairs,
+        seed=seed,
+        sample=sample,
+        same_mean=same_sum / n_same,
+        diff_mean=diff_sum / n_diff,
     )

@@ -248,7 +248,7 @@ def _check_resumable(saved: dict[str, Any], now: dict[str, Any], state_path: Pat
         )
 
 
-# ----------------------------------------------------------------------------------------- the loop
+# ----------------------------------------------------------------------------------------- model parts
 def _adapter_params(model: nn.Module) -> dict[str, nn.Parameter]:
     visual = getattr(model, "visual", model)
     return {n: p for n, p in visual.named_parameters() if ".imo_adapter." in f".{n}"}
@@ -284,20 +284,61 @@ def train_adapters(
     out_dir = Path(out_dir)
     state_path = out_dir / STATE_FILE
     device = next(model.parameters()).device
-    n = len(dataset)
-    if n == 0:
+    num_classes = _checked_num_classes(dataset, c, num_classes)
+    planned, total = _schedule(len(dataset), c)
+    saved = _saved_state_or_seed(state_path, c)
+    adapters = _ensure_adapters(model, c, model_name)
+    head = _make_head(model, dataset, preprocess, c, num_classes).to(device)
+    state = _initial_state(model, head, c, saved, device)
+    if saved is not None:
+        log.info("resuming adapter training from step %d of %d (%s)", state.step, total, state_path)
+    loader = _batch_loader(model, dataset, preprocess, c, state.step, total, device)
+    meta = {**(extra_config or {}), "mode": c.mode, "training": _config_dict(c), "total_steps": total,
+            "num_classes": num_classes, "num_train_images": len(dataset)}
+    checkpoints = _Checkpoints(out_dir, model, c, meta, total, device)
+    start = state.step
+    weights = checkpoints.save(state) if start == 0 else out_dir / "adapter.safetensors"
+    if start >= total:
+        log.info("adapter training in %s is already complete (%d steps)", out_dir, total)
+        return TrainResult(weights, start, total, start, state.losses)
+    loop = _Loop(model, adapters, c, device, planned, total, autocast_dtype)
+    weights = loop.run(loader, state, checkpoints, saved, progress) or weights
+    _write_log(out_dir, state.losses, c, total)
+    return TrainResult(weights, state.step, total, start, state.losses)
+
+
+# ----------------------------------------------------------------------------------------- setting up a run
+def _checked_num_classes(dataset: Dataset, c: AdapterTrainConfig, num_classes: int | None) -> int | None:
+    """The supervised head's number of classes (given, or from the dataset); ConfigError on an empty dataset."""
+    if len(dataset) == 0:
         raise ConfigError("adapter training: the dataset is empty")
     if c.mode == "supervised":
-        num_classes = num_classes or _num_classes(dataset)
-    per_epoch = math.ceil(n / c.batch_size)
-    planned = per_epoch * c.epochs  # the schedule's horizon; max_steps only stops earlier
-    total = planned if c.max_steps is None else min(c.max_steps, planned)
+        return num_classes or _num_classes(dataset)
+    return num_classes
 
-    saved = _load_state(state_path) if state_path.is_file() else None
-    if saved is not None:
-        _check_resumable(saved["config"], _config_dict(c), state_path)
-    else:
+
+def _schedule(n: int, c: AdapterTrainConfig) -> tuple[int, int]:
+    """(planned, total) steps: `planned` is the schedule's horizon (epochs of full batches, it drives the
+    teacher momentum); `max_steps` only stops earlier."""
+    planned = math.ceil(n / c.batch_size) * c.epochs
+    total = planned if c.max_steps is None else min(c.max_steps, planned)
+    return planned, total
+
+
+def _saved_state_or_seed(state_path: Path, c: AdapterTrainConfig) -> dict[str, Any] | None:
+    """The saved state to resume from (checked against `c`), or None after seeding the global RNG with `c.seed`
+    for a fresh run (adapter and head initialisation draw from it)."""
+    if not state_path.is_file():
         torch.manual_seed(c.seed)
+        return None
+    saved = _load_state(state_path)
+    _check_resumable(saved["config"], _config_dict(c), state_path)
+    return saved
+
+
+def _ensure_adapters(model: nn.Module, c: AdapterTrainConfig, model_name: str | None) -> list[BottleneckAdapter]:
+    """The model's adapters, inserted with `c`'s width/scale/dropout when it has none; ConfigError when the
+    existing ones have another width or scale."""
     adapters = find_adapters(model) or insert_adapters(
         model, width=c.width, scale=c.scale, dropout=c.dropout, model_name=model_name
     )
@@ -306,84 +347,144 @@ def train_adapters(
             f"the model already has adapters of width {adapters[0].width}, scale {adapters[0].scale}; "
             f"training asked for width {c.width}, scale {c.scale}"
         )
+    return adapters
+
+
+def _make_head(model: nn.Module, dataset: Dataset, preprocess: Callable | None, c: AdapterTrainConfig,
+               num_classes: int | None) -> nn.Module:
+    """The training head on the image embedding: a linear classifier (supervised) or DINO's projection head."""
     embed_dim = int(getattr(getattr(model, "visual", model), "output_dim", 0)) or _probe_dim(model, dataset, preprocess)
-    head = (nn.Linear(embed_dim, num_classes) if c.mode == "supervised"
-            else DINOHead(embed_dim, c.dino_out_dim, c.dino_hidden_dim, c.dino_bottleneck_dim)).to(device)
+    if c.mode == "supervised":
+        return nn.Linear(embed_dim, num_classes)
+    return DINOHead(embed_dim, c.dino_out_dim, c.dino_hidden_dim, c.dino_bottleneck_dim)
+
+
+@dataclass
+class _TrainingState:
+    """What the steps change and a resume restores (the adapters themselves live in the model)."""
+
+    params: dict[str, nn.Parameter]
+    head: nn.Module
+    optimizer: torch.optim.Optimizer
+    teacher: dict[str, Tensor]
+    center: Tensor | None
+    losses: list[float]
+    step: int
+
+    def to_dict(self, c: AdapterTrainConfig, device: torch.device) -> dict[str, Any]:
+        """The `train_state.pt` content (CPU tensors, the RNG states last)."""
+        state = {"config": _config_dict(c), "step": self.step, "losses": self.losses,
+                 "adapters": {k: v.detach().cpu() for k, v in self.params.items()},
+                 "head": {k: v.cpu() for k, v in self.head.state_dict().items()},
+                 "optimizer": self.optimizer.state_dict(), "rng": _rng_state(device)}
+        if c.mode == "selfsup":
+            state["teacher"] = {k: v.cpu() for k, v in self.teacher.items()}
+            state["center"] = self.center.cpu()
+        return state
+
+
+def _initial_state(model: nn.Module, head: nn.Module, c: AdapterTrainConfig, saved: dict[str, Any] | None,
+                   device: torch.device) -> _TrainingState:
+    """AdamW over adapters and head, then either the saved state restored or a fresh one (step 0, the DINO
+    teacher a copy of the student, the centre zero)."""
     params = _adapter_params(model)
     optimizer = torch.optim.AdamW([*params.values(), *head.parameters()], lr=c.lr, weight_decay=c.weight_decay)
     if saved is not None:
         start, losses, teacher, center = _restore(saved, params, head, optimizer, device)
-        log.info("resuming adapter training from step %d of %d (%s)", start, total, state_path)
-    else:
-        start, losses = 0, []
-        teacher = {k: v.detach().clone() for k, v in _teacher_source(params, head).items()} if c.mode == "selfsup" else {}
-        center = torch.zeros(c.dino_out_dim, device=device) if c.mode == "selfsup" else None
+        return _TrainingState(params, head, optimizer, teacher, center, losses, start)
+    selfsup = c.mode == "selfsup"
+    teacher = {k: v.detach().clone() for k, v in _teacher_source(params, head).items()} if selfsup else {}
+    center = torch.zeros(c.dino_out_dim, device=device) if selfsup else None
+    return _TrainingState(params, head, optimizer, teacher, center, [], 0)
 
-    if c.mode == "supervised":
-        transform = preprocess or eval_transform(model)
-    else:
-        transform = multicrop_transform(model, c)
-    loader = DataLoader(
+
+def _batch_loader(model: nn.Module, dataset: Dataset, preprocess: Callable | None, c: AdapterTrainConfig,
+                  start: int, total: int, device: torch.device) -> DataLoader:
+    """Batches of steps [start, total): supervised images through `preprocess` (default the encoder's eval
+    transform), selfsup images as DINO multi-crops; the order depends only on (seed, epoch)."""
+    transform = (preprocess or eval_transform(model)) if c.mode == "supervised" else multicrop_transform(model, c)
+    return DataLoader(
         _Transformed(dataset, transform),
-        batch_sampler=_ResumableBatches(n, c.batch_size, c.seed, start, total),
+        batch_sampler=_ResumableBatches(len(dataset), c.batch_size, c.seed, start, total),
         num_workers=c.num_workers,
         pin_memory=device.type == "cuda",
     )
-    meta = {**(extra_config or {}), "mode": c.mode, "training": _config_dict(c), "total_steps": total,
-            "num_classes": num_classes, "num_train_images": n}
 
-    def save(step: int) -> Path:
-        state = {"config": _config_dict(c), "step": step, "losses": losses,
-                 "adapters": {k: v.detach().cpu() for k, v in params.items()},
-                 "head": {k: v.cpu() for k, v in head.state_dict().items()},
-                 "optimizer": optimizer.state_dict(), "rng": _rng_state(device)}
-        if c.mode == "selfsup":
-            state["teacher"] = {k: v.cpu() for k, v in teacher.items()}
-            state["center"] = center.cpu()
-        _atomic_torch_save(state, state_path)
-        return save_adapter_checkpoint(out_dir, model, {**meta, "steps": step, "complete": step >= total})
 
-    weights = save(start) if start == 0 else out_dir / "adapter.safetensors"
-    if start >= total:
-        log.info("adapter training in %s is already complete (%d steps)", out_dir, total)
-        return TrainResult(weights, start, total, start, losses)
+class _Checkpoints:
+    """Writes the resumable state (atomically) and exports the adapter checkpoint with the run's metadata."""
 
-    from tqdm.auto import tqdm
+    def __init__(self, out_dir: Path, model: nn.Module, c: AdapterTrainConfig, meta: dict[str, Any], total: int,
+                 device: torch.device):
+        self.out_dir, self.model, self.c, self.meta, self.total, self.device = out_dir, model, c, meta, total, device
 
-    _set_train_modes(model, adapters, True)
-    step = start
-    batches = iter(loader)  # creating it draws from the global RNG: restore the saved state only after
-    if saved is not None:
-        _set_rng_state(saved["rng"], device)
+    def save(self, state: _TrainingState) -> Path:
+        """Save at `state.step`; returns the adapter weights file."""
+        _atomic_torch_save(state.to_dict(self.c, self.device), self.out_dir / STATE_FILE)
+        meta = {**self.meta, "steps": state.step, "complete": state.step >= self.total}
+        return save_adapter_checkpoint(self.out_dir, self.model, meta)
 
-    def amp():
-        return torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype is not None else contextlib.nullcontext()
 
-    try:
-        with tqdm(total=total, initial=start, desc=f"adapter {c.mode}", disable=not progress, unit="step") as bar:
-            for images, labels in batches:
-                with amp():
-                    if c.mode == "supervised":
-                        loss = _supervised_loss(model, head, images.to(device), labels.to(device), c)
-                    else:
-                        loss, teacher_out = _dino_student_loss(model, head, adapters, params, teacher, center,
-                                                               [v.to(device) for v in images], c)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                if c.mode == "selfsup":
-                    _update_teacher(teacher, params, head, step, planned, c)
-                    center.mul_(c.center_momentum).add_(teacher_out.float().mean(dim=(0, 1)), alpha=1 - c.center_momentum)
-                losses.append(float(loss.detach()))
-                bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.4f}")
-                if step % c.save_every == 0 or step == total:
-                    weights = save(step)
-    finally:
-        _set_train_modes(model, adapters, False)
-    _write_log(out_dir, losses, c, total)
-    return TrainResult(weights, step, total, start, losses)
+# ----------------------------------------------------------------------------------------- the loop
+class _Loop:
+    """The optimisation steps of one call: backbone in eval mode, adapters training, checkpoints on schedule."""
+
+    def __init__(self, model: nn.Module, adapters: list[BottleneckAdapter], c: AdapterTrainConfig,
+                 device: torch.device, planned: int, total: int, autocast_dtype: torch.dtype | None):
+        self.model, self.adapters, self.c, self.device = model, adapters, c, device
+        self.planned, self.total, self.autocast_dtype = planned, total, autocast_dtype
+
+    def run(self, loader: DataLoader, state: _TrainingState, checkpoints: _Checkpoints, saved: dict[str, Any] | None,
+            progress: bool) -> Path | None:
+        """Train until the loader is exhausted; returns the last adapter weights file written (None: none)."""
+        from tqdm.auto import tqdm
+
+        weights = None
+        _set_train_modes(self.model, self.adapters, True)
+        batches = iter(loader)  # creating it draws from the global RNG: restore the saved state only after
+        if saved is not None:
+            _set_rng_state(saved["rng"], self.device)
+        try:
+            with tqdm(total=self.total, initial=state.step, desc=f"adapter {self.c.mode}", disable=not progress,
+                      unit="step") as bar:
+                for images, labels in batches:
+                    self.step(state, images, labels)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{state.losses[-1]:.4f}")
+                    if state.step % self.c.save_every == 0 or state.step == self.total:
+                        weights = checkpoints.save(state)
+        finally:
+            _set_train_modes(self.model, self.adapters, False)
+        return weights
+
+    def step(self, state: _TrainingState, images: Tensor | list[Tensor], labels: Tensor) -> None:
+        """One optimiser step on one batch; selfsup then moves the teacher and centre; records the loss."""
+        with self._amp():
+            if self.c.mode == "supervised":
+                loss = _supervised_loss(self.model, state.head, images.to(self.device), labels.to(self.device), self.c)
+            else:
+                loss, teacher_out = _dino_student_loss(self.model, state.head, self.adapters, state.params,
+                                                       state.teacher, state.center,
+                                                       [v.to(self.device) for v in images], self.c)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        state.optimizer.step()
+        state.step += 1
+        if self.c.mode == "selfsup":
+            self._update_teacher_and_center(state, teacher_out)
+        state.losses.append(float(loss.detach()))
+
+    def _update_teacher_and_center(self, state: _TrainingState, teacher_out: Tensor) -> None:
+        """DINO: EMA of the student into the teacher, EMA of the teacher outputs' mean into the centre."""
+        c = self.c
+        _update_teacher(state.teacher, state.params, state.head, state.step, self.planned, c)
+        state.center.mul_(c.center_momentum).add_(teacher_out.float().mean(dim=(0, 1)), alpha=1 - c.center_momentum)
+
+    def _amp(self):
+        """Autocast to `autocast_dtype` on the model's device type, or nothing."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
 
 def _load_state(state_path: Path) -> dict[str, Any]:

@@ -305,6 +305,7 @@ def _to(split: FeatureSplit, device: torch.device | str | None) -> FeatureSplit:
 
 VAL_FIX = ("Draw validation from train instead: --val-from-train N (library: FewShotConfig(val_from_train=N)) takes N "
            "train images per class per seed, disjoint from that seed's shots.")
+CACHE_FIX = "The train split itself contains test images: give a dataset whose train and test differ."
 
 
 def _guard(selection: FeatureSplit, test: FeatureSplit, name: str, dataset: str | None, purpose: str, fix: str) -> None:
@@ -346,8 +347,7 @@ class _Validation:
             else:
                 val = self.source.train_eval_rows(indices)
                 _guard(val, self.test, f"val (--val-from-train {self.config.val_from_train}, from train)",
-                       self.dataset, "the hyper-parameter search",
-                       "The train split itself contains test images: give a dataset whose train and test differ.")
+                       self.dataset, "the hyper-parameter search", CACHE_FIX)
                 a_val = self.source.train_eval_rows(indices, adapted=True) if adapted else None
             self._by_seed[key] = (_to(val, self.device), _to(a_val, self.device) if a_val is not None else None)
         return self._by_seed[key]
@@ -371,63 +371,121 @@ def run_fewshot(
     (disjoint from that seed's shots; listed under indices['val_seed<S>'] and written as val_seed<S>.json).
     Either way it is checked against the test split first (ProtocolError on any shared image).
     """
-    text = source.text.to(device) if device is not None else source.text
-    test = _to(source.eval_split("test"), device)
-    test_labels = test.labels("test")
-    dataset = source.meta.get("dataset")
-    validation = _Validation(source, config, test, device)
-    if not validation.indices_needed():
-        validation.get(config.seeds[0], None)  # guard before sampling or encoding anything
-    adapted_test = _to(source.eval_split("test", adapted=True), device) if config.needs_adapted else None
+    jobs = _Jobs.prepare(source, config, device)
     train_labels = source.train_labels()
-    indices: dict[str, list[int]] = {}
+    shot_lists = _sample_shot_lists(source, config, train_labels, index_dir)
+    if jobs.validation.indices_needed():
+        jobs.val_lists = _sample_val_lists(source, config, train_labels, shot_lists, index_dir)
+    runs: list[dict[str, Any]] = []
+    pairs = [(k, s) for k in config.shots for s in config.seeds]
+    for shots, seed in tqdm(pairs, desc="few-shot (shots, seed)", disable=not progress):
+        runs += jobs.run(shots, seed, shot_lists[(shots, seed)])
+    indices = {**{f"shots{k}_seed{s}": idx for (k, s), idx in shot_lists.items()},
+               **{f"val_seed{s}": idx for s, idx in jobs.val_lists.items()}}
+    return {"runs": runs, "summary": summarize(runs, config.methods), "indices": indices,
+            "validation": _describe_validation(config, jobs.val_lists)}
+
+
+def _sample_shot_lists(source: FewShotSource, config: FewShotConfig, train_labels: Tensor,
+                       index_dir: Path | None) -> dict[tuple[int, int], list[int]]:
+    """The train rows of every (shots, seed), in that order; each list written to `index_dir` as it is drawn."""
     shot_lists: dict[tuple[int, int], list[int]] = {}
     for shots in config.shots:
         for seed in config.seeds:
             idx = sample_shots(train_labels, shots, seed, classnames=source.classnames, allow_fewer=config.allow_fewer)
-            shot_lists[(shots, seed)] = indices[f"shots{shots}_seed{seed}"] = idx
+            shot_lists[(shots, seed)] = idx
             if index_dir is not None:
                 save_indices(Path(index_dir) / f"shots{shots}_seed{seed}.json", idx,
                              meta=_index_meta(source, shots=shots, seed=seed))
+    return shot_lists
+
+
+def _sample_val_lists(source: FewShotSource, config: FewShotConfig, train_labels: Tensor,
+                      shot_lists: dict[tuple[int, int], list[int]], index_dir: Path | None) -> dict[int, list[int]]:
+    """`config.val_from_train` validation rows per class for every seed, disjoint from that seed's shots;
+    each list written to `index_dir` as val_seed<S>.json."""
+    n = int(config.val_from_train)  # type: ignore[arg-type]
     val_lists: dict[int, list[int]] = {}
-    if validation.indices_needed():
-        n = int(config.val_from_train)  # type: ignore[arg-type]
-        for seed in config.seeds:
-            own = {k: shot_lists[(k, seed)] for k in config.shots}
-            val_lists[seed] = indices[f"val_seed{seed}"] = validation_indices(
-                train_labels, own, n, seed, classnames=source.classnames, allow_fewer=config.allow_fewer)
-            if index_dir is not None:
-                save_indices(Path(index_dir) / f"val_seed{seed}.json", val_lists[seed],
-                             meta=_index_meta(source, role="val", val_per_class=n, seed=seed,
-                                              disjoint_from=[f"shots{k}_seed{seed}.json" for k in config.shots]))
-    runs: list[dict[str, Any]] = []
-    zero_shot: dict[int | None, Prediction] = {}
-    jobs = [(k, s) for k in config.shots for s in config.seeds]
-    for shots, seed in tqdm(jobs, desc="few-shot (shots, seed)", disable=not progress):
-        idx = shot_lists[(shots, seed)]
-        val, adapted_val = validation.get(seed, val_lists.get(seed))
-        train = _to(source.train_rows(idx, seed), device)
-        _guard(train, test, "train", dataset, "the Tip-Adapter cache",
-               "The train split itself contains test images: give a dataset whose train and test differ.")
-        adapted_train = _to(source.train_rows(idx, seed, adapted=True), device) if config.needs_adapted else None
-        for method in config.methods:
-            if method == "zeroshot":
-                key = seed if val_lists else None
-                zero_shot[key] = zero_shot.get(key) or fit_and_predict(method, config, text, None, val, test.image, seed=seed)
-                pred = zero_shot[key]
-            elif method in ADAPTED_METHODS:
-                assert adapted_test is not None and adapted_train is not None and adapted_val is not None
-                pred = fit_and_predict(method.rstrip("+"), config, text, train, val, test.image, seed=seed,
-                                       adapted=(adapted_train, adapted_val, adapted_test.image))
-            else:
-                pred = fit_and_predict(method, config, text, train, val, test.image, seed=seed)
+    for seed in config.seeds:
+        own = {k: shot_lists[(k, seed)] for k in config.shots}
+        val_lists[seed] = validation_indices(train_labels, own, n, seed, classnames=source.classnames,
+                                             allow_fewer=config.allow_fewer)
+        if index_dir is not None:
+            save_indices(Path(index_dir) / f"val_seed{seed}.json", val_lists[seed],
+                         meta=_index_meta(source, role="val", val_per_class=n, seed=seed,
+                                          disjoint_from=[f"shots{k}_seed{seed}.json" for k in config.shots]))
+    return val_lists
+
+
+def _describe_validation(config: FewShotConfig, val_lists: dict[int, list[int]]) -> dict[str, Any]:
+    """Where validation came from, for the results file."""
+    if not val_lists:
+        return {"source": "split 'val'"}
+    return {"source": "train", "per_class": config.val_from_train, "disjoint_from": "the seed's shots",
+            "indices": {f"seed{s}": f"val_seed{s}" for s in val_lists}}
+
+
+@dataclass
+class _Jobs:
+    """What every (shots, seed) job shares: the test split (and its adapted twin), validation, zero-shot results."""
+
+    source: FewShotSource
+    config: FewShotConfig
+    device: torch.device | str | None
+    text: Tensor
+    test: FeatureSplit
+    test_labels: Tensor
+    validation: _Validation
+    adapted_test: FeatureSplit | None
+    val_lists: dict[int, list[int]] = field(default_factory=dict)
+    zero_shot: dict[int | None, Prediction] = field(default_factory=dict)
+
+    @classmethod
+    def prepare(cls, source: FewShotSource, config: FewShotConfig, device: torch.device | str | None) -> "_Jobs":
+        """Load test (and the 'val' split, checked against test, unless validating on train) before sampling or
+        encoding anything."""
+        text = source.text.to(device) if device is not None else source.text
+        test = _to(source.eval_split("test"), device)
+        test_labels = test.labels("test")
+        validation = _Validation(source, config, test, device)
+        if not validation.indices_needed():
+            validation.get(config.seeds[0], None)  # guard before sampling or encoding anything
+        adapted_test = _to(source.eval_split("test", adapted=True), device) if config.needs_adapted else None
+        return cls(source, config, device, text, test, test_labels, validation, adapted_test)
+
+    def run(self, shots: int, seed: int, idx: list[int]) -> list[dict[str, Any]]:
+        """One run record per method on the cache rows `idx` of (shots, seed)."""
+        val, adapted_val = self.validation.get(seed, self.val_lists.get(seed))
+        train, adapted_train = self._cache_rows(idx, seed)
+        runs = []
+        for method in self.config.methods:
+            pred = self._predict(method, seed, train, val, adapted_train, adapted_val)
             runs.append({"method": method, "shots": shots, "seed": seed, "cache_size": len(idx), "val_size": val.n,
-                         "test_top1": _score_test(pred.test_logits, test_labels)["top1"], "val_top1": pred.val_top1,
-                         "hyperparameters": pred.hyperparameters})
+                         "test_top1": _score_test(pred.test_logits, self.test_labels)["top1"],
+                         "val_top1": pred.val_top1, "hyperparameters": pred.hyperparameters})
             log.debug("%s", runs[-1])
-    described = ({"source": "train", "per_class": config.val_from_train, "disjoint_from": "the seed's shots",
-                  "indices": {f"seed{s}": f"val_seed{s}" for s in val_lists}} if val_lists else {"source": "split 'val'"})
-    return {"runs": runs, "summary": summarize(runs, config.methods), "indices": indices, "validation": described}
+        return runs
+
+    def _cache_rows(self, idx: list[int], seed: int) -> tuple[FeatureSplit, FeatureSplit | None]:
+        """The cache's train rows (checked against test) and, for TA++/TX++, their adapted twins."""
+        train = _to(self.source.train_rows(idx, seed), self.device)
+        _guard(train, self.test, "train", self.validation.dataset, "the Tip-Adapter cache", CACHE_FIX)
+        adapted = _to(self.source.train_rows(idx, seed, adapted=True), self.device) if self.config.needs_adapted else None
+        return train, adapted
+
+    def _predict(self, method: str, seed: int, train: FeatureSplit, val: FeatureSplit,
+                 adapted_train: FeatureSplit | None, adapted_val: FeatureSplit | None) -> Prediction:
+        """`fit_and_predict` for one method; zero-shot is computed once per validation split (it has no cache)."""
+        if method == "zeroshot":
+            key = seed if self.val_lists else None
+            if key not in self.zero_shot:
+                self.zero_shot[key] = fit_and_predict(method, self.config, self.text, None, val, self.test.image, seed=seed)
+            return self.zero_shot[key]
+        if method in ADAPTED_METHODS:
+            assert self.adapted_test is not None and adapted_train is not None and adapted_val is not None
+            return fit_and_predict(method.rstrip("+"), self.config, self.text, train, val, self.test.image, seed=seed,
+                                   adapted=(adapted_train, adapted_val, self.adapted_test.image))
+        return fit_and_predict(method, self.config, self.text, train, val, self.test.image, seed=seed)
 
 
 def summarize(runs: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:

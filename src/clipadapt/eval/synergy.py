@@ -567,6 +567,16 @@ class SynergyReport:
     cost_label: str
 
 
+def _costs_in_order(costs: dict[str, float] | None, names: Sequence[str]) -> list[float]:
+    """Each backbone's cost in `names` order (1 each without costs); a backbone missing from `costs` is an error."""
+    if not costs:
+        return [1.0] * len(names)
+    missing = [x for x in names if x not in costs]
+    if missing:
+        raise ConfigError(f"no cost given for backbone(s) {missing}; costs name {sorted(costs)}")
+    return [float(costs[x]) for x in names]
+
+
 def evaluate_synergy(
     names: Sequence[str],
     test: ScoreSet,
@@ -589,59 +599,19 @@ def evaluate_synergy(
     already (`fit_combiners`), e.g. to evaluate several splits with one fit; `heldout` is then not refitted.
     """
     names = list(names)
-    if test.labels is None:
-        raise ConfigError("the evaluated split needs labels to score the backbones")
-    n, c = check_array_list(test.logits, names=names)
-    check_labels(test.labels, n, c, "evaluated split")
-    if heldout is not None:
-        hn, hc = check_array_list(heldout.logits, names=[f"{x} (held-out)" for x in names])
-        if hc != c:
-            raise ConfigError(f"held-out logits have {hc} classes but the evaluated logits have {c}")
-        if heldout.labels is not None:
-            check_labels(heldout.labels, hn, c, "held-out split")
+    n, c = _check_synergy_inputs(names, test, heldout)
     classnames = list(classnames) if classnames else [str(i) for i in range(c)]
-    cost = [float(costs[x]) for x in names] if costs else [1.0] * len(names)
-
+    cost = _costs_in_order(costs, names)
     ks = topk_levels(c)
     if fitted is None:
         fitted = fit_combiners(heldout, len(names), c, nlc_kwargs=nlc_kwargs, names=names)
-    temps = fitted.combiners["temperature_mean"].temperatures_.tolist() if "temperature_mean" in fitted.combiners else None
-    backbones = BackboneHits(len(names), n, ks)
-    combiners = CombinerCounts(fitted, test.embeddings, ks)  # sees logits/embeddings only, never the labels
-    cascade_counts = CascadeCounts(cost, thresholds, temperatures=temps, ks=ks)
-    subset_counts = SubsetCounts(cost, names, ks=ks)
-    stream_chunks(test.logits, test.labels, [backbones, combiners, cascade_counts, subset_counts], chunk_rows=chunk_rows)
-
-    preds = backbones.preds
-    summary = synergy_summary(preds, test.labels, names)
-    if 5 in ks:
-        top5 = backbones.accuracy(5)
-        summary["accuracy_top5"] = {x: float(a) for x, a in zip(names, top5)}
-        summary["best_single"]["top5"] = summary["accuracy_top5"][summary["best_single"]["backbone"]]
-        summary["oracle_top5"] = backbones.oracle(5)
+    backbones, combiners, cascade_counts, subset_counts = _count_in_one_pass(
+        names, test, fitted, cost, thresholds, ks, chunk_rows)
+    summary = _backbone_summary(backbones, test.labels, names, ks)
     comb_acc = combiners.accuracy(n)
     cascade_rows = cascade_counts.rows()
-    subsets = subset_counts.rows()
-
-    per_backbone = [{"backbone": x, "top1": summary["accuracy"][x],
-                     **({"top5": summary["accuracy_top5"][x]} if 5 in ks else {}), "cost": k}
-                    for x, k in zip(names, cost)]
-    combos = [{"method": k, **v, "gain_over_best": v["top1"] - summary["best_single"]["top1"], "cost": sum(cost)}
-              for k, v in comb_acc.items()]
-    points = ([{"label": r["backbone"], "kind": "single", "top1": r["top1"], "cost": r["cost"]} for r in per_backbone]
-              + [{"label": r["combination"], "kind": "subset", "top1": r["top1"], "cost": r["cost"]} for r in subsets]
-              + [{"label": r["method"], "kind": "combiner", "top1": r["top1"], "cost": r["cost"]} for r in combos])
-    matrix_rows = lambda m: [{"backbone": a, **{b: m[i][j] for j, b in enumerate(names)}} for i, a in enumerate(names)]
-    tables = {
-        "per_backbone": per_backbone,
-        "combinations": combos,
-        "subsets": subsets,
-        "agreement": matrix_rows(summary["agreement"]),
-        "complementarity": matrix_rows(summary["complementarity"]),
-        "per_class_best": per_class_best(preds, test.labels, names, classnames),
-        "cascade": [{**{k: v for k, v in r.items() if k != "stopped_after"},
-                     **{f"stopped_after_{k}": v for k, v in r["stopped_after"].items()}} for r in cascade_rows],
-    }
+    tables = _synergy_tables(names, classnames, cost, ks, summary, comb_acc, subset_counts.rows(), cascade_rows,
+                             backbones.preds, test.labels)
     results = {
         **summary,
         "n": n,
@@ -655,7 +625,96 @@ def evaluate_synergy(
         "cascade_order": [names[b] for b in sorted(range(len(names)), key=lambda b: cost[b])],
     }
     return SynergyReport(results=results, tables=tables, names=names, agreement=summary["agreement"],
-                         complementarity=summary["complementarity"], points=points, cost_label=cost_label)
+                         complementarity=summary["complementarity"],
+                         points=_cost_points(tables["per_backbone"], tables["subsets"], tables["combinations"]),
+                         cost_label=cost_label)
+
+
+def _check_synergy_inputs(names: list[str], test: ScoreSet, heldout: ScoreSet | None) -> tuple[int, int]:
+    """(N, C) of the evaluated logits; ConfigError when a split lacks labels or the shapes disagree."""
+    if test.labels is None:
+        raise ConfigError("the evaluated split needs labels to score the backbones")
+    n, c = check_array_list(test.logits, names=names)
+    check_labels(test.labels, n, c, "evaluated split")
+    if heldout is not None:
+        hn, hc = check_array_list(heldout.logits, names=[f"{x} (held-out)" for x in names])
+        if hc != c:
+            raise ConfigError(f"held-out logits have {hc} classes but the evaluated logits have {c}")
+        if heldout.labels is not None:
+            check_labels(heldout.labels, hn, c, "held-out split")
+    return n, c
+
+
+def _count_in_one_pass(names: list[str], test: ScoreSet, fitted: FittedCombiners, cost: list[float],
+                       thresholds: Sequence[float], ks: tuple[int, ...], chunk_rows: int
+                       ) -> tuple[BackboneHits, CombinerCounts, CascadeCounts, SubsetCounts]:
+    """Every analysis fed by one read of the test logits (`stream_chunks`); the cascade uses the fitted
+    temperatures when the temperature combiner was fitted."""
+    temps = fitted.combiners["temperature_mean"].temperatures_.tolist() if "temperature_mean" in fitted.combiners else None
+    backbones = BackboneHits(len(names), test.n, ks)
+    combiners = CombinerCounts(fitted, test.embeddings, ks)  # sees logits/embeddings only, never the labels
+    cascade_counts = CascadeCounts(cost, thresholds, temperatures=temps, ks=ks)
+    subset_counts = SubsetCounts(cost, names, ks=ks)
+    stream_chunks(test.logits, test.labels, [backbones, combiners, cascade_counts, subset_counts], chunk_rows=chunk_rows)
+    return backbones, combiners, cascade_counts, subset_counts
+
+
+def _backbone_summary(backbones: BackboneHits, labels: Tensor, names: list[str], ks: tuple[int, ...]) -> dict[str, Any]:
+    """`synergy_summary` of the argmax predictions, plus top-5 accuracies and oracle when 5 is in `ks`."""
+    summary = synergy_summary(backbones.preds, labels, names)
+    if 5 in ks:
+        top5 = backbones.accuracy(5)
+        summary["accuracy_top5"] = {x: float(a) for x, a in zip(names, top5)}
+        summary["best_single"]["top5"] = summary["accuracy_top5"][summary["best_single"]["backbone"]]
+        summary["oracle_top5"] = backbones.oracle(5)
+    return summary
+
+
+def _synergy_tables(names: list[str], classnames: list[str], cost: list[float], ks: tuple[int, ...],
+                    summary: dict[str, Any], comb_acc: dict[str, dict[str, float]], subsets: list[dict[str, Any]],
+                    cascade_rows: list[dict[str, Any]], preds: Tensor, labels: Tensor) -> dict[str, list[dict[str, Any]]]:
+    """The report's tables (name -> rows), in the order they are written."""
+    return {
+        "per_backbone": _per_backbone_rows(names, cost, summary, ks),
+        "combinations": _combination_rows(comb_acc, summary, cost),
+        "subsets": subsets,
+        "agreement": _matrix_rows(summary["agreement"], names),
+        "complementarity": _matrix_rows(summary["complementarity"], names),
+        "per_class_best": per_class_best(preds, labels, names, classnames),
+        "cascade": _flat_cascade_rows(cascade_rows),
+    }
+
+
+def _per_backbone_rows(names: list[str], cost: list[float], summary: dict[str, Any], ks: tuple[int, ...]) -> list[dict]:
+    """Table rows: each backbone's top-1 (and top-5) and cost."""
+    return [{"backbone": x, "top1": summary["accuracy"][x],
+             **({"top5": summary["accuracy_top5"][x]} if 5 in ks else {}), "cost": k}
+            for x, k in zip(names, cost)]
+
+
+def _combination_rows(comb_acc: dict[str, dict[str, float]], summary: dict[str, Any], cost: list[float]) -> list[dict]:
+    """Table rows: each combiner's accuracy, its gain over the best single backbone, and the cost of running all."""
+    return [{"method": k, **v, "gain_over_best": v["top1"] - summary["best_single"]["top1"], "cost": sum(cost)}
+            for k, v in comb_acc.items()]
+
+
+def _cost_points(per_backbone: list[dict], subsets: list[dict], combos: list[dict]) -> list[dict[str, Any]]:
+    """The accuracy-vs-cost plot's points: single backbones, backbone subsets, combiners."""
+    return ([{"label": r["backbone"], "kind": "single", "top1": r["top1"], "cost": r["cost"]} for r in per_backbone]
+            + [{"label": r["combination"], "kind": "subset", "top1": r["top1"], "cost": r["cost"]} for r in subsets]
+            + [{"label": r["method"], "kind": "combiner", "top1": r["top1"], "cost": r["cost"]} for r in combos])
+
+
+def _matrix_rows(matrix: list[list[float]], names: list[str]) -> list[dict[str, Any]]:
+    """A (B, B) matrix as table rows, one per backbone, one column per backbone."""
+    return [{"backbone": a, **{b: matrix[i][j] for j, b in enumerate(names)}} for i, a in enumerate(names)]
+
+
+def _flat_cascade_rows(cascade_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Cascade rows for a flat table: the `stopped_after` dict becomes `stopped_after_<k>` columns."""
+    return [{**{k: v for k, v in r.items() if k != "stopped_after"},
+             **{f"stopped_after_{k}": v for k, v in r["stopped_after"].items()}} for r in cascade_rows]
+
 
 __all__ = [
     "NORMALISATIONS", "ScoreSet", "SynergyReport", "evaluate_synergy", "FittedCombiners", "agreement_matrix", "accuracy_table", "cascade",
