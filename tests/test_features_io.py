@@ -149,3 +149,19 @@ def test_corrupt_or_malformed_paths_file_is_reported(tmp_path, synthetic_feature
     (tmp_path / "test.paths.json").write_text('{"a": 1}')
     with pytest.raises(FeatureDirError, match="test.paths.json: expected a JSON list of path strings"):
         load_feature_dir(tmp_path)
+
+
+def test_check_finite_counts_every_bad_value_across_chunks(tmp_path, monkeypatch):
+    """The check runs in chunks (bounded temporaries); a NaN/Inf anywhere, chunk edges included, is found and counted."""
+    import clipadapt.features.io as io
+
+    monkeypatch.setattr(io, "FINITE_CHECK_CHUNK", 7)  # 5 x 6 = 30 values: chunks of 7, the last one of 2
+    t = torch.zeros(5, 6)
+    io.check_finite(t, "image", tmp_path / "x.safetensors")  # all finite: no error
+    for flat_index in (0, 6, 7, 29):
+        t.view(-1)[flat_index] = float("nan")
+    t[2, 3] = float("inf")  # flat 15
+    expected = int((~torch.isfinite(t)).sum())  # literal count over the whole tensor
+    assert expected == 5
+    with pytest.raises(FeatureDirError, match=r"x.safetensors: tensor 'image' contains 5 NaN/Inf values"):
+        io.check_finite(t, "image", tmp_path / "x.safetensors")
