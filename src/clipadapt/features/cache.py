@@ -413,16 +413,27 @@ class FeatureCache:
 
     def attach_text(self, entry: CacheEntry, text_entry: CacheEntry, meta: dict[str, Any]) -> None:
         """Make an image entry a complete feature directory: link its text file and write meta.json
-        (only when they changed, e.g. other templates were used this time)."""
+        (only when they changed: other templates were used this time, or the text entry was re-encoded — after
+        its file failed verification — so the entry's link still holds the old bytes)."""
         meta_path = entry.path / META_FILE
         try:
             current = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         except json.JSONDecodeError:
             current = {}
-        if current == json.loads(canonical_json(meta)) and (entry.path / TEXT_FILE).is_file():
+        source, target = text_entry.path / TEXT_FILE, entry.path / TEXT_FILE
+        if current == json.loads(canonical_json(meta)) and _same_bytes(source, target):
             return
-        link_or_copy(text_entry.path / TEXT_FILE, entry.path / TEXT_FILE)
+        link_or_copy(source, target)
         atomic_write_json(meta_path, meta)
+
+
+def _same_bytes(source: Path, target: Path) -> bool:
+    """`target` is `source` (the same hard-linked file) or, where links fell back to copies, holds its bytes."""
+    if not target.is_file():
+        return False
+    if os.path.samefile(source, target):
+        return True
+    return source.stat().st_size == target.stat().st_size and file_sha256(source) == file_sha256(target)
 
 
 def _write_shard_paths(target: Path, shard_files: Sequence[Path], paths: Sequence[Any]) -> None:

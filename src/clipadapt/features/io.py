@@ -115,16 +115,21 @@ def file_sha256(path: str | Path) -> str:
 
 
 def link_or_copy(src: str | Path, dst: str | Path) -> None:
-    """Hard-link `src` to `dst` atomically (a copy where links are not possible, e.g. across file systems)."""
+    """Hard-link `src` to `dst` atomically (a copy where links are not possible, e.g. across file systems). On any
+    failure (a copy cut short, `dst` a directory, ...) the temp name is removed and `dst` is untouched."""
     src, dst = Path(src), Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
     try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 # ----------------------------------------------------------------------------------------- reading
