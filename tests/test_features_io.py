@@ -165,3 +165,23 @@ def test_check_finite_counts_every_bad_value_across_chunks(tmp_path, monkeypatch
     assert expected == 5
     with pytest.raises(FeatureDirError, match=r"x.safetensors: tensor 'image' contains 5 NaN/Inf values"):
         io.check_finite(t, "image", tmp_path / "x.safetensors")
+
+
+def test_rewriting_a_split_leaves_nothing_of_the_earlier_write(tmp_path):
+    """A split saved without paths over one saved with paths must not inherit the old paths list (same row count:
+    it would load silently with other files' names); an in-memory write over a sharded one drops the shards."""
+    from clipadapt.features.shards import save_sharded_split
+
+    classes, text = ["a", "b"], torch.randn(2, 4)
+    old = FeatureSplit(torch.randn(3, 4), torch.tensor([0, 1, 0]), ["x.png", "y.png", "z.png"])
+    save_feature_dir(FeatureSet(classes, text, {"test": old}), tmp_path)
+    new = FeatureSplit(torch.randn(3, 4), torch.tensor([1, 1, 0]))
+    save_feature_dir(FeatureSet(classes, text, {"test": new}), tmp_path)
+    loaded = load_feature_dir(tmp_path).split("test")
+    assert loaded.paths is None and torch.equal(loaded.image, new.image)
+
+    save_sharded_split(tmp_path, "val", old, shard_size=2)
+    assert (tmp_path / "val.shards").is_dir()
+    save_feature_dir(FeatureSet(classes, text, {"val": new}), tmp_path)
+    assert not (tmp_path / "val.shards").exists() and not (tmp_path / "val.shards.json").exists()
+    assert torch.equal(load_feature_dir(tmp_path).split("val").image, new.image)

@@ -320,15 +320,21 @@ def load_feature_dir(directory: str | Path, splits: Iterable[str] | None = None)
 
 # ----------------------------------------------------------------------------------------- writing
 def save_split(directory: Path, name: str, split: FeatureSplit) -> None:
-    """Write `<name>.safetensors` (+ paths); a shard index left by an earlier sharded write is removed, since
-    readers take the index first."""
+    """Write `<name>.safetensors` (+ paths). What an earlier write of the split left is removed: a paths list
+    when this split has none (a stale one would label rows with another split's files), and a sharded form
+    (`<name>.shards.json`, which readers take first, and its `<name>.shards/` folder)."""
+    directory = Path(directory)
     tensors = {"image": split.image.float()}
     if split.label is not None:
         tensors["label"] = split.label.long()
+    paths_file = directory / f"{name}.paths.json"
     if split.paths is not None:
-        atomic_write_json(Path(directory) / f"{name}.paths.json", list(split.paths))
-    atomic_save_tensors(Path(directory) / f"{name}.safetensors", tensors)
-    (Path(directory) / f"{name}{SHARD_INDEX_SUFFIX}").unlink(missing_ok=True)
+        atomic_write_json(paths_file, list(split.paths))
+    else:
+        paths_file.unlink(missing_ok=True)
+    atomic_save_tensors(directory / f"{name}.safetensors", tensors)
+    (directory / f"{name}{SHARD_INDEX_SUFFIX}").unlink(missing_ok=True)
+    shutil.rmtree(directory / f"{name}.shards", ignore_errors=True)
 
 
 def save_feature_dir(features: FeatureSet, directory: str | Path) -> Path:
