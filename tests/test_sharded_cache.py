@@ -189,8 +189,11 @@ def test_corrupt_shard_invalidates_the_entry_and_only_it_is_reencoded(tmp_path, 
     assert torch.equal(_rows(again)[0], first)
 
 
-def test_corrupt_shard_is_reencoded_for_an_in_memory_request_too(tmp_path, data, enc):
-    first = _rows(_sharded(data, tmp_path / "c", encoder=enc).split("test"))[0]
+def test_corrupt_shard_is_reencoded_for_an_in_memory_request_too_and_the_entry_stays_sharded(tmp_path, data, enc):
+    """The repair keeps the sharded storage: a reader that opened the split before (another process, say) still
+    finds every shard file, instead of losing them to an assembly that deletes `shards/`."""
+    reader = _sharded(data, tmp_path / "c", encoder=enc).split("test")  # opened before the repair
+    first = _rows(reader)[0]
     shard = next((tmp_path / "c" / "images").glob("*/shards/rows-000000000-000000004.safetensors"))
     raw = bytearray(shard.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
@@ -199,7 +202,9 @@ def test_corrupt_shard_is_reencoded_for_an_in_memory_request_too(tmp_path, data,
     fs = get_feature_set(MODEL, data, ["test"], cache_dir=tmp_path / "c", encoder=counter, shard_size=SHARD,
                          batch_size=3, progress=False)  # the same batches: bit-identical embeddings
     assert counter.images == SHARD and torch.equal(fs.split("test").image, first)
-    assert (next((tmp_path / "c" / "images").iterdir()) / "test.safetensors").is_file()  # assembled now
+    entry = next((tmp_path / "c" / "images").iterdir())
+    assert (entry / "test.shards.json").is_file() and not (entry / "test.safetensors").exists()
+    assert torch.equal(_rows(reader)[0], first)  # the earlier reader reads on, repaired shard included
 
 
 # ----------------------------------------------------------------------------------------- CLI + --out

@@ -17,7 +17,8 @@ from clipadapt.errors import ConfigError, DatasetError
 from clipadapt.features.cache import CacheEntry, FeatureCache, canonical_json, dataset_fingerprint, image_key, text_key
 from clipadapt.features.extract import DEFAULT_SHARD_SIZE, encode_split_shards, extract_split, extract_text, read_skipped
 from clipadapt.features.featureset import FeatureSet, FeatureSplit
-from clipadapt.features.shards import ShardedFeatureSet, ShardedSplit, remove_stale_temp_files
+from clipadapt.features.io import load_split
+from clipadapt.features.shards import ShardedFeatureSet, ShardedSplit, index_path, remove_stale_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -315,6 +316,12 @@ def _cached_or_encoded(cache: FeatureCache, entry: CacheEntry, key: dict, ds: An
     if cached is not None:
         _refuse_skipped(split, cached[1], on_error)
         return cached[0], cached[1], True
+    if index_path(entry.path, split).is_file():  # stored as shards: repair it as shards, never assemble it (a
+        # reader may hold a ShardedSplit of these files; assembling would delete them under it)
+        sharded, skipped, _ = _cached_or_encoded_sharded(
+            cache, entry, key, ds, split, num_classes, lazy, views=views, seed=seed, batch_size=batch_size,
+            num_workers=num_workers, on_error=on_error, shard_size=shard_size, progress=progress)
+        return load_split(entry.path, split, num_classes=num_classes, dim=sharded.dim), skipped, False
     _begin_encoding(entry)
     features = extract_split(
         lazy.get(), ds, views=views, seed=seed, batch_size=batch_size, num_workers=num_workers,
