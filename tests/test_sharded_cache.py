@@ -274,3 +274,20 @@ def test_shards_of_another_shard_size_are_not_published(tmp_path, data, enc):
         "rows-000000000-000000004.safetensors", "rows-000000004-000000008.safetensors",
         "rows-000000008-000000010.safetensors"]
     assert torch.allclose(_rows(split)[0], _loop(enc, data["test"], range(N)), atol=1e-5)
+
+
+def test_cli_out_link_race_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    """--out links the cache's shards after the entry's lock is released; if another process repairs the entry
+    meanwhile, a shard can vanish: the user gets an error saying so, not a bare FileNotFoundError."""
+    import clipadapt.features.shards as shards_module
+
+    root = make_imagefolder(tmp_path / "folder", splits=("test",), per_class=2)
+
+    def vanished(fs, out):
+        raise FileNotFoundError(2, "No such file or directory", "/cache/images/x/shards/rows-0-4.safetensors")
+
+    monkeypatch.setattr(shards_module, "save_sharded_feature_dir", vanished)
+    code = main(["extract", "--model", MODEL, "--dataset", f"imagefolder:{root}", "--split", "test", "--device", "cpu",
+                 "--cache-dir", str(tmp_path / "c"), "--sharded", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "vanished while it was linked" in err and "rows-0-4.safetensors" in err and "again" in err

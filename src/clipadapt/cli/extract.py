@@ -67,11 +67,16 @@ def _extract(args: argparse.Namespace, encoder=None) -> int:
 def _write_out(out: Path, fs, *, sharded: bool) -> None:
     """The --out feature directory (sharded: index + shard files linked from the cache) and each split's
     skipped-rows file."""
+    from clipadapt.errors import CacheError
     from clipadapt.features.io import atomic_write_json, read_json, save_feature_dir
     from clipadapt.features.shards import save_sharded_feature_dir
 
     if sharded:
-        save_sharded_feature_dir(fs, out)
+        try:
+            save_sharded_feature_dir(fs, out)
+        except FileNotFoundError as e:  # linked after the entry's lock is released: another process repaired it
+            raise CacheError(f"{out}: a shard of the cache entry vanished while it was linked ({e.filename}); another "
+                             f"process is repairing that entry — run the command again") from e
     else:
         save_feature_dir(fs, out)
     for name in fs.splits:
