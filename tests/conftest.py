@@ -63,3 +63,19 @@ def synthetic_featureset():
         splits={"test": FeatureSplit(image, labels), "val": FeatureSplit(val_image, val_labels)},
         meta={"model": "synthetic", "dataset": "clusters"},
     )
+
+
+@pytest.fixture
+def no_encoder(monkeypatch):
+    """Call it to make any later encoder load an error: proves a run was served from the cache."""
+    import clipadapt.encoders
+    from clipadapt.features.pipeline import clear_encoder_memo
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the encoder was loaded although the features are cached")
+
+    def activate():
+        clear_encoder_memo()  # no encoder kept from an earlier run either
+        monkeypatch.setattr(clipadapt.encoders, "load_encoder", refuse)
+
+    return activate

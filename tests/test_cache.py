@@ -40,20 +40,6 @@ def fresh_encoder_memo():
     clear_encoder_memo()
 
 
-@pytest.fixture
-def no_encoder(monkeypatch):
-    """Make any encoder load an error: proves a run was served from the cache."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the encoder was loaded although the features are cached")
-
-    def activate():
-        clear_encoder_memo()  # no encoder kept from the first run either
-        monkeypatch.setattr(clipadapt.encoders, "load_encoder", refuse)
-
-    return activate
-
-
 class LoadCounter:
     def __init__(self, monkeypatch):
         self.count, self._load = 0, clipadapt.encoders.load_encoder

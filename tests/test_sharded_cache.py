@@ -12,7 +12,6 @@ import pytest
 import torch
 from _imagedata import CountingEncoder, corrupt, make_imagefolder, make_images
 
-import clipadapt.encoders
 import clipadapt.features.extract as extract_module
 from clipadapt.cli import main
 from clipadapt.encoders import load_encoder
@@ -40,20 +39,6 @@ def fresh_encoder_memo():
     clear_encoder_memo()
     yield
     clear_encoder_memo()
-
-
-@pytest.fixture
-def no_encoder(monkeypatch):
-    """Any encoder load fails from now on: proves a call was served from the cache."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("the encoder was loaded although the features are cached")
-
-    def activate():
-        clear_encoder_memo()
-        monkeypatch.setattr(clipadapt.encoders, "load_encoder", refuse)
-
-    return activate
 
 
 @pytest.fixture
