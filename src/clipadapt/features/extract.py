@@ -77,7 +77,7 @@ def assemble_shards(
     row = torch.empty(n, dtype=torch.long)
     skipped: list[dict[str, Any]] = []
     unlabeled, at = False, 0
-    for path, shape in zip(files, shapes):
+    for path in files:
         tensors, records = read_shard(path)
         skipped.extend(records)
         rows = tensors["image"].shape[0]
