@@ -31,7 +31,9 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -44,6 +46,28 @@ def rss_anon_mb() -> float:
         if line.startswith("RssAnon:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError("RssAnon not available (Linux only)")
+
+
+@contextmanager
+def peak_anon_memory() -> Iterator[dict[str, float]]:
+    """Samples anonymous RSS every 2 ms on a thread while the block runs; on exit the yielded dict holds
+    'extra_mb', the peak above the level at entry."""
+    base, peak, done = rss_anon_mb(), [0.0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_anon_mb())
+            time.sleep(0.002)
+
+    result: dict[str, float] = {}
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield result
+    finally:
+        done.set()
+        thread.join()
+        result["extra_mb"] = max(peak[0], rss_anon_mb()) - base
 
 
 class CountingArray:
@@ -113,29 +137,19 @@ def child_evaluate(mode: str, directory: str, chunk_rows: int) -> dict:
                                len(arrays), c, nlc_kwargs={"max_epochs": 3, "seed": 0})
     names = [f.stem for f in files]
     test = syn.ScoreSet(arrays, labels, embeddings)
-    base, peak, done = rss_anon_mb(), [0.0], threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_anon_mb())
-            time.sleep(0.002)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    t0 = time.perf_counter()
-    if mode == "per_pass":
-        top1 = _per_pass(names, test, fitted, chunk_rows)
-    else:
-        r = syn.evaluate_synergy(names, test, fitted=fitted, chunk_rows=chunk_rows)
-        top1 = {"accuracy": r.results["accuracy"], "oracle_top1": r.results["oracle_top1"],
-                "combinations": {k: v["top1"] for k, v in r.results["combinations"].items()},
-                "cascade": [x["top1"] for x in r.results["cascade"]], "subsets": [x["top1"] for x in r.tables["subsets"]]}
-    seconds = time.perf_counter() - t0
-    done.set()
-    thread.join()
-    peak[0] = max(peak[0], rss_anon_mb())
+    with peak_anon_memory() as memory:
+        t0 = time.perf_counter()
+        if mode == "per_pass":
+            top1 = _per_pass(names, test, fitted, chunk_rows)
+        else:
+            r = syn.evaluate_synergy(names, test, fitted=fitted, chunk_rows=chunk_rows)
+            top1 = {"accuracy": r.results["accuracy"], "oracle_top1": r.results["oracle_top1"],
+                    "combinations": {k: v["top1"] for k, v in r.results["combinations"].items()},
+                    "cascade": [x["top1"] for x in r.results["cascade"]],
+                    "subsets": [x["top1"] for x in r.tables["subsets"]]}
+        seconds = time.perf_counter() - t0
     passes = sum(a.rows_read for a in arrays) / (len(arrays) * n)
-    return {"mode": mode, "peak_extra_mb": peak[0] - base, "seconds": seconds, "passes_over_logits": passes,
+    return {"mode": mode, "peak_extra_mb": memory["extra_mb"], "seconds": seconds, "passes_over_logits": passes,
             "chunk_rows": chunk_rows, "top1": top1}
 
 
@@ -149,27 +163,16 @@ def child(mode: str, files: list[str], chunk_rows: int) -> dict:
     arrays = [np.load(f, mmap_mode="r") for f in files]
     n, c = arrays[0].shape
     combiner = MeanProbs().fit([torch.zeros(1, c)] * len(arrays))
-    base, peak, done = rss_anon_mb(), [0.0], threading.Event()
-
-    def sample() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], rss_anon_mb())
-            time.sleep(0.002)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    t0 = time.perf_counter()
-    if mode == "stack":
-        out = combiner.predict_logits([torch.from_numpy(np.array(a)) for a in arrays]).numpy()
-    elif mode == "stream":
-        out = predict_streaming(combiner, arrays, chunk_rows=chunk_rows)
-    else:
-        out = predictions_streaming(arrays, chunk_rows=chunk_rows).numpy()
-    seconds = time.perf_counter() - t0
-    done.set()
-    thread.join()
-    peak[0] = max(peak[0], rss_anon_mb())
-    return {"mode": mode, "peak_extra_mb": peak[0] - base, "seconds": seconds, "output_mb": out.nbytes / 2**20,
+    with peak_anon_memory() as memory:
+        t0 = time.perf_counter()
+        if mode == "stack":
+            out = combiner.predict_logits([torch.from_numpy(np.array(a)) for a in arrays]).numpy()
+        elif mode == "stream":
+            out = predict_streaming(combiner, arrays, chunk_rows=chunk_rows)
+        else:
+            out = predictions_streaming(arrays, chunk_rows=chunk_rows).numpy()
+        seconds = time.perf_counter() - t0
+    return {"mode": mode, "peak_extra_mb": memory["extra_mb"], "seconds": seconds, "output_mb": out.nbytes / 2**20,
             "chunk_rows": chunk_rows if mode != "stack" else None}
 
 
