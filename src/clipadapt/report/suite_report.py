@@ -71,6 +71,8 @@ def _backbones(output: dict, cell: dict) -> Iterable[dict]:
 def _imo(output: dict, cell: dict) -> Iterable[dict]:
     for name, r in output["results"].items():
         yield {"method": name, "metric": "overlap", "value": r["overlap"]}
+        if "variance" in r:  # mean per-dimension variance of the normalised features (adapters/variance.py)
+            yield {"method": name, "metric": "variance", "value": r["variance"]["normalised"]["mean"]}
 
 
 _EXTRACTORS = {"fewshot": _fewshot, "dn": _dn, "retrieval": _retrieval, "captions": _captions,
@@ -192,6 +194,9 @@ def write_suite_report(root: str | Path, *, plots: bool = True) -> list[Path]:
         sections.append("## Published numbers side by side (Δ = ours − published)\n\n" + markdown_table(expected))
     atomic_write_bytes(root / "summary.md", "\n".join(sections).encode())
     written.insert(2, root / "summary.md")
+    from clipadapt.report.imo_analysis import write_imo_correlation
+
+    written += write_imo_correlation(root, rows, plots=plots)
     return written + (_plots(root, rows) if plots else [])
 
 
