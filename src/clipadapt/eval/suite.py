@@ -205,10 +205,8 @@ class SuiteStore:
         return self.cells_dir / cell.key
 
     def save_suite(self, config: dict[str, Any], cells: list[Cell], meta: dict[str, Any]) -> None:
-        from clipadapt.report.tables import write_json
-
-        write_json(self.root / "suite.json", {"schema": SUITE_SCHEMA, **meta, "config": config,
-                                              "cells": [{"key": c.key, **c.resolved()} for c in cells]})
+        _write_json(self.root / "suite.json", {"schema": SUITE_SCHEMA, **meta, "config": config,
+                                               "cells": [{"key": c.key, **c.resolved()} for c in cells]})
 
     def load_suite(self) -> dict[str, Any]:
         path = self.root / "suite.json"
@@ -226,9 +224,7 @@ class SuiteStore:
             return None  # unreadable: treated as pending, rerun
 
     def write(self, cell: Cell, record: dict[str, Any]) -> None:
-        from clipadapt.report.tables import write_json
-
-        write_json(self.cell_path(cell), record)
+        _write_json(self.cell_path(cell), record)
 
     def state(self, key: str) -> str:
         record = self.read(key)
@@ -243,6 +239,13 @@ class SuiteStore:
                          "method": c["method"], "seed": c["seed"], "state": record.get("status", "pending"),
                          "seconds": record.get("seconds"), "error": (record.get("error") or {}).get("message")})
         return rows
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    """Atomic (temp file + fsync + rename): a killed run never leaves half a cell file."""
+    from clipadapt.features.io import atomic_write_bytes
+
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode("utf-8"))
 
 
 # ------------------------------------------------------------------------------------------------ run

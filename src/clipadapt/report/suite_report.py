@@ -138,18 +138,27 @@ def compare_expected(rows: list[dict[str, Any]], expected: list[dict[str, Any]])
 
 # ------------------------------------------------------------------------------------------------ writing
 def load_records(root: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
-    """(suite.json, records of every finished cell, cell states) of a run directory."""
-    from clipadapt.eval.suite import SuiteStore
+    """(suite.json, records of every finished cell, cell states) of a run directory (eval/suite.py's layout)."""
+    from clipadapt.errors import ConfigError
 
-    store = SuiteStore(root)
-    suite = store.load_suite()
+    root = Path(root)
+    if not (root / "suite.json").is_file():
+        raise ConfigError(f"{root}: no suite.json — not a suite run directory (clipadapt suite run CONFIG --out DIR)")
+    suite = json.loads((root / "suite.json").read_text(encoding="utf-8"))
     records, states = [], []
     for c in suite["cells"]:
-        rec = store.read(c["key"])
+        rec = _read(root / "cells" / f"{c['key']}.json")
         states.append({"key": c["key"], "state": (rec or {}).get("status", "pending")})
         if rec and rec.get("status") == "done":
             records += records_from_cell(rec)
     return suite, records, states
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
 
 
 def _fmt(mean: float | None, std: float | None = None, seeds: int = 1) -> str:
