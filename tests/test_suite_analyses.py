@@ -104,6 +104,7 @@ datasets = [{", ".join(datasets)}]
     y = [r["gain_mean"] for r in report["per_dataset"]]
     assert report["correlation"]["gain_mean"]["spearman_rho"] == pytest.approx(stats.spearmanr(x, y)[0])
     assert (out / "imo_correlation_tip.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "plots" / "fewshot_mean.png").read_bytes()[:4] == b"\x89PNG"  # accuracy vs shots, mean over datasets
 
 
 def test_dn_with_views_reports_tta_and_the_first_view_from_one_run(tmp_path):
@@ -119,3 +120,36 @@ def test_dn_with_views_reports_tta_and_the_first_view_from_one_run(tmp_path):
     assert tta["dn"]["views"] == 3
     assert tta["tta"]["first view"]["top1"] == one["top1"]
     assert tta["tta"]["first view"]["without_dn"] == one["without_dn"]
+
+
+def test_report_reads_retrieval_captions_and_backbones_cells_and_draws_oracle_bars(tmp_path):
+    """Cell files shaped like those commands' results.json: the summary copies their numbers, nothing else."""
+    from clipadapt.report.suite_report import write_suite_report
+
+    outputs = {
+        ("retrieval", "coco"): {"plain": {"i2t": {"R@1": 50.0}, "t2i": {"R@1": 30.0}},
+                                "dn": {"mean": {"i2t": {"R@1": 52.0}, "t2i": {"R@1": 33.0}}}},
+        ("captions", "f8k"): {"correlations": {"CLIP-S": {"tau_b": 0.4, "tau_c": 0.5}, "DN-CLIP-S": {"tau_b": 0.45, "tau_c": 0.55}}},
+        ("backbones", "pets"): {"accuracy": {"RN50": 80.0, "ViT-B-32": 85.0}, "best_single": {"backbone": "ViT-B-32", "top1": 85.0},
+                                "oracle_top1": 93.0, "synergy": 8.0, "combinations": {"nlc": {"top1": 88.0}}},
+        ("backbones", "dtd"): {"accuracy": {"RN50": 40.0, "ViT-B-32": 45.0}, "best_single": {"backbone": "ViT-B-32", "top1": 45.0},
+                               "oracle_top1": 60.0, "synergy": 15.0, "combinations": {"nlc": {"top1": 50.0}}},
+    }
+    cells = []
+    for i, ((task, dataset), output) in enumerate(outputs.items()):
+        cell = {"task": task, "label": task, "dataset": dataset, "backbone": "RN50,ViT-B-32" if task == "backbones" else "m",
+                "method": "dn" if task == "retrieval" else None, "seed": None, "shots": None, "source": {}, "options": {}}
+        cells.append({"key": f"k{i}", **cell})
+        (tmp_path / "cells").mkdir(exist_ok=True)
+        (tmp_path / "cells" / f"k{i}.json").write_text(json.dumps({"status": "done", "cell": cell, "result": {"output": output}}))
+    expected = [{"task": "backbones", "dataset": "mean", "method": "oracle", "metric": "synergy", "value": 20.0}]
+    (tmp_path / "suite.json").write_text(json.dumps({"config": {"name": "t", "expected": expected}, "cells": cells}))
+    write_suite_report(tmp_path)
+    rows = {(r["task"], r["dataset"], r["method"], r["metric"]): r["mean"] for r in json.loads((tmp_path / "summary.json").read_text())["rows"]}
+    assert rows[("retrieval", "coco", "clip", "t2i R@1")] == 30.0 and rows[("retrieval", "coco", "dn", "i2t R@1")] == 52.0
+    assert rows[("captions", "f8k", "DN-CLIP-S", "tau_c")] == 0.55
+    assert rows[("backbones", "mean", "oracle", "synergy")] == pytest.approx(11.5)
+    assert rows[("backbones", "pets", "nlc", "top1")] == 88.0 and rows[("backbones", "dtd", "best single", "top1")] == 45.0
+    (exp,) = json.loads((tmp_path / "summary.json").read_text())["expected"]
+    assert exp["delta"] == pytest.approx(11.5 - 20.0)
+    assert (tmp_path / "plots" / "backbones_oracle_nlc.png").read_bytes()[:4] == b"\x89PNG"
