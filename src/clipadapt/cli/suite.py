@@ -125,7 +125,22 @@ def execute_cell(cell: Cell, out: Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "log.txt", "w", encoding="utf-8") as log, contextlib.redirect_stdout(log):
         output = _run_fewshot(args) if cell.task == "fewshot" else _run_command(args, cell, out)
-    return {"command": "clipadapt " + shlex.join(argv), "output": output}
+    return {"command": "clipadapt " + shlex.join(argv), **_data_provenance(cell, output), "output": output}
+
+
+def _data_provenance(cell: Cell, output: dict[str, Any]) -> dict[str, Any]:
+    """The model and the data fingerprint the cell's own results name (best effort: commands record them differently)."""
+    features = output.get("features") if isinstance(output.get("features"), dict) else {}
+    if features and "original" not in features and not {"model", "dataset"} & set(features):
+        features = next(iter(features.values()), {}) if all(isinstance(v, dict) for v in features.values()) else {}
+    meta = output.get("meta") if isinstance(output.get("meta"), dict) else {}
+    model = features.get("model") or meta.get("model") or cell.backbone
+    fingerprint = features.get("fingerprint") or output.get("fingerprint") or meta.get("fingerprint")
+    if fingerprint is None:
+        indices = output.get("index_meta") or {}
+        fingerprint = indices.get("fingerprint")
+    return {"model": model, "dataset": features.get("dataset") or meta.get("dataset") or cell.dataset,
+            "data_fingerprint": fingerprint}
 
 
 def _run_fewshot(args: argparse.Namespace) -> dict[str, Any]:
@@ -140,7 +155,7 @@ def _run_fewshot(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError("tip++/tipx++ need 'adapted_features' (with features) or the 'adapter' option (with a spec)")
     source = build_source(args)
     results = run_fewshot(source, config, index_dir=args.out / "indices", device=args.device, progress=False)
-    return {"config": vars(config), "features": source.describe(), **results}
+    return {"config": vars(config), "features": source.describe(), "index_meta": source.index_meta(), **results}
 
 
 def _run_command(args: argparse.Namespace, cell: Cell, out: Path) -> dict[str, Any]:
