@@ -1,4 +1,8 @@
-"""Results as files: JSON, CSV and markdown tables, written atomically."""
+"""Results as files: JSON, CSV and markdown tables, written atomically.
+
+Floats are written rounded (`round_float`): 4 decimals, or 5 significant digits for magnitudes below 1, so a
+percentage computed in float32 reads 56.75, not 56.74999952316284, while a small p-value or learning rate keeps
+its digits. NaN and infinities are written as null."""
 
 from __future__ import annotations
 
@@ -20,10 +24,20 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
-        return obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
+        return _jsonable(obj.item())
+    if isinstance(obj, float):
+        return round_float(obj) if math.isfinite(obj) else None
     return obj
+
+
+DECIMALS = 4
+
+
+def round_float(x: float) -> float:
+    """`x` to DECIMALS decimals, or to DECIMALS + 1 significant digits when |x| < 1 (so 2e-7 stays 2e-7)."""
+    if x == 0 or not math.isfinite(x):
+        return x
+    return round(x, max(DECIMALS, DECIMALS - math.floor(math.log10(abs(x)))))
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
