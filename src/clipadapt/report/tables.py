@@ -1,6 +1,6 @@
 """Results as files: JSON, CSV and markdown tables, written atomically.
 
-Floats are written rounded (`round_float`): 4 decimals, or 5 significant digits for magnitudes below 1, so a
+JSON floats are written rounded (`round_float`; CSV cells keep every digit): 4 decimals, or 5 significant digits for magnitudes below 1, so a
 percentage computed in float32 reads 56.75, not 56.74999952316284, while a small p-value or learning rate keeps
 its digits. NaN and infinities are written as null."""
 
@@ -16,17 +16,19 @@ from typing import Any, Sequence
 from clipadapt.errors import ConfigError
 
 
-def _jsonable(obj: Any) -> Any:
+def _jsonable(obj: Any, rounded: bool = True) -> Any:
+    """Plain JSON values: tensors/numpy scalars as numbers, paths as strings, NaN/inf as None, floats rounded
+    (`round_float`) unless `rounded` is False (CSV cells keep every digit)."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): _jsonable(v, rounded) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [_jsonable(v, rounded) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
-        return _jsonable(obj.item())
+        return _jsonable(obj.item(), rounded)
     if isinstance(obj, float):
-        return round_float(obj) if math.isfinite(obj) else None
+        return None if not math.isfinite(obj) else round_float(obj) if rounded else obj
     return obj
 
 
@@ -75,7 +77,7 @@ def csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = Non
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows([{c: _jsonable(r.get(c)) for c in columns} for r in rows])
+    writer.writerows([{c: _jsonable(r.get(c), rounded=False) for c in columns} for r in rows])
     return buf.getvalue()
 
 
