@@ -25,18 +25,18 @@ if TYPE_CHECKING:  # imported where used, so building the parser stays cheap
 COMMAND = "suite"
 HELP = "run a declared grid (datasets × backbones × methods × shots × seeds) resumably; status; summary with published numbers"
 
-# task -> (subcommand argv prefix, where the command writes its results inside the cell's folder)
+# task -> the subcommand's argv prefix; every command writes `--out DIR`/results.json (docs/results.md)
 _TASK_COMMANDS = {
-    "fewshot": (["fewshot"], None),
-    "dn": (["eval", "--method", "dn"], "results.json"),
-    "retrieval": (["retrieval"], "results.json"),
-    "captions": (["captions"], "results.json"),
-    "backbones": (["backbones"], "results.json"),
-    "imo": (["imo"], "imo.json"),
+    "fewshot": ["fewshot"],
+    "dn": ["eval", "--method", "dn"],
+    "retrieval": ["retrieval"],
+    "captions": ["captions"],
+    "backbones": ["backbones"],
+    "imo": ["imo"],
 }
 _SEED_FLAG = {"fewshot": "--seeds", "dn": "--dn-seed", "retrieval": "--dn-seed", "captions": "--dn-seed",
               "backbones": "--seed", "imo": "--seed"}
-_OUT_IS_DIR = {"fewshot", "backbones", "imo"}
+RESULTS_FILE = "results.json"
 # dataset-table keys that hold images or embeddings rather than a --model-free input
 _NEEDS_MODEL = {"spec", "captions_json", "image_root"}
 
@@ -90,8 +90,7 @@ def _backbone_path(value: str, backbone: str | None) -> str:
 
 def cell_argv(cell: Cell, out: Path) -> list[str]:
     """The `clipadapt` command line (without the program name) that computes `cell` into `out`."""
-    prefix, results_file = _TASK_COMMANDS[cell.task]
-    argv = list(prefix)
+    argv = list(_TASK_COMMANDS[cell.task])
     source = dict(cell.source)
     backbones = (cell.backbone or "").split(",") if cell.task == "backbones" else [cell.backbone]
     if cell.task == "backbones" and "features" in source:
@@ -107,7 +106,7 @@ def cell_argv(cell: Cell, out: Path) -> list[str]:
     if cell.seed is not None:
         argv += [_SEED_FLAG[cell.task], str(cell.seed)]
     argv += _option_args(cell.options)
-    argv += ["--out", str(out if cell.task in _OUT_IS_DIR else out / results_file)]
+    argv += ["--out", str(out)]
     return argv
 
 
@@ -122,6 +121,7 @@ def execute_cell(cell: Cell, out: Path) -> dict[str, Any]:
             args = build_parser().parse_args(argv)
     except SystemExit:  # argparse exits on a bad option: a failed cell, not the end of the suite
         raise ConfigError(f"clipadapt {shlex.join(argv)}: {errors.getvalue().strip().splitlines()[-1:]}") from None
+    args._argv = argv  # the provenance of the cell's results names the cell's own command line
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "log.txt", "w", encoding="utf-8") as log, contextlib.redirect_stdout(log):
         output = _run_fewshot(args) if cell.task == "fewshot" else _run_command(args, cell, out)
@@ -129,24 +129,17 @@ def execute_cell(cell: Cell, out: Path) -> dict[str, Any]:
 
 
 def _data_provenance(cell: Cell, output: dict[str, Any]) -> dict[str, Any]:
-    """The model and the data fingerprint the cell's own results name (best effort: commands record them differently)."""
-    features = output.get("features") if isinstance(output.get("features"), dict) else {}
-    if features and "original" not in features and not {"model", "dataset"} & set(features):
-        features = next(iter(features.values()), {}) if all(isinstance(v, dict) for v in features.values()) else {}
-    meta = output.get("meta") if isinstance(output.get("meta"), dict) else {}
-    model = features.get("model") or meta.get("model") or cell.backbone
-    fingerprint = features.get("fingerprint") or output.get("fingerprint") or meta.get("fingerprint")
-    if fingerprint is None:
-        indices = output.get("index_meta") or {}
-        fingerprint = indices.get("fingerprint")
-    return {"model": model, "dataset": features.get("dataset") or meta.get("dataset") or cell.dataset,
-            "data_fingerprint": fingerprint}
+    """The model, data and data fingerprint from the provenance block of the cell's results (docs/results.md)."""
+    prov = output.get("provenance") or {}
+    return {"model": prov.get("model") or cell.backbone, "data": prov.get("data"),
+            "data_fingerprint": prov.get("data_fingerprint")}
 
 
 def _run_fewshot(args: argparse.Namespace) -> dict[str, Any]:
-    """What `clipadapt fewshot` computes (its own functions), without its per-run tables and plot."""
-    from clipadapt.cli.fewshot import build_source, parse_grid_overrides
+    """What `clipadapt fewshot` computes and writes to results.json (its own functions), without its tables and plot."""
+    from clipadapt.cli.fewshot import _provenance, build_source, parse_grid_overrides
     from clipadapt.eval.fewshot import FewShotConfig, run_fewshot
+    from clipadapt.report.tables import write_json
 
     config = FewShotConfig(shots=args.shots, seeds=args.seeds, methods=args.methods, allow_fewer=args.allow_fewer,
                            grids=parse_grid_overrides(args.grid), tipf_epochs=args.tipf_epochs,
@@ -155,24 +148,25 @@ def _run_fewshot(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError("tip++/tipx++ need 'adapted_features' (with features) or the 'adapter' option (with a spec)")
     source = build_source(args)
     results = run_fewshot(source, config, index_dir=args.out / "indices", device=args.device, progress=False)
-    return {"config": vars(config), "features": source.describe(), "index_meta": source.index_meta(), **results}
+    path = write_json(args.out / RESULTS_FILE, {"config": vars(config), "features": source.describe(), **results,
+                                                "provenance": _provenance(args, source)})
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _run_command(args: argparse.Namespace, cell: Cell, out: Path) -> dict[str, Any]:
     code = args._run(args)
     if code:
         raise ConfigError(f"clipadapt {cell.task} exited with {code}")
-    results_file = _TASK_COMMANDS[cell.task][1]
-    path = out / results_file if cell.task in _OUT_IS_DIR else Path(args.out)
-    return json.loads(path.read_text(encoding="utf-8"))
+    return json.loads((out / RESULTS_FILE).read_text(encoding="utf-8"))
 
 
 # ------------------------------------------------------------------------------------------------ actions
-def _provenance(argv_config: str) -> dict[str, Any]:
-    from clipadapt import __version__
+def _provenance(config_path: Path) -> dict[str, Any]:
+    """This suite invocation's provenance (docs/results.md); the data is the config file."""
+    from clipadapt.report.provenance import path_fingerprint, provenance
 
-    return {"clipadapt_version": __version__, "suite_command": "clipadapt " + shlex.join(sys.argv[1:]) if sys.argv else None,
-            "config_file": argv_config}
+    return {"provenance": provenance(None, data=str(config_path), data_fingerprint=path_fingerprint(config_path)),
+            "config_file": str(config_path)}
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -186,7 +180,7 @@ def _run(args: argparse.Namespace) -> int:
         for cell in cells:
             print(f"{cell.key}  {store.state(cell.key):8s}  clipadapt {shlex.join(cell_argv(cell, store.work_dir(cell)))}")
         return 0
-    provenance = _provenance(str(path))
+    provenance = _provenance(path)
     store.save_suite(config, cells, provenance)
     counts = run_cells(cells, store, execute_cell, provenance=provenance, retry_failed=not args.no_retry_failed)
     print(f"suite {config.get('name', path.stem)}: {counts['done']} run, {counts['skipped']} already done/skipped, "

@@ -190,9 +190,12 @@ def write_suite_report(root: str | Path, *, plots: bool = True) -> list[Path]:
     expected = compare_expected(rows, suite["config"].get("expected", []))
     counts = {s: sum(x["state"] == s for x in states) for s in ("done", "pending", "failed")}
     name = suite["config"].get("name", root.name)
-    summary = {"schema": SUMMARY_SCHEMA, "name": name, "clipadapt_version": suite.get("clipadapt_version"),
-               "config_file": suite.get("config_file"), "cells": counts, "rows": rows, "expected": expected,
-               "records": records}
+    from clipadapt.report.provenance import path_fingerprint, provenance
+
+    summary = {"schema": SUMMARY_SCHEMA, "name": name, "config_file": suite.get("config_file"),
+               "suite_provenance": suite.get("provenance"), "cells": counts, "rows": rows, "expected": expected,
+               "records": records,
+               "provenance": provenance(None, data=str(root / "cells"), data_fingerprint=path_fingerprint(root / "suite.json"))}
     written = [write_json(root / "summary.json", summary), write_table(root / "summary.csv", rows)]
     sections = [f"# Suite {name}\n\ncells: {counts['done']} done, {counts['pending']} pending, {counts['failed']} failed "
                 f"(`clipadapt suite status {root}`)\n"]
