@@ -8,12 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from scipy.io import savemat
 
 from clipadapt.cli import main
 from clipadapt.data.caption_judgments import read_flickr8k_cf, read_flickr8k_expert, read_pascal50s
 from clipadapt.errors import DatasetError
 from clipadapt.eval.pascal50s import pairwise_accuracy, pascal50s_accuracy
+from _caption_files import pascal_files as _pascal_files
 
 TOKENS = "a.jpg#0\tA dog runs.\na.jpg#1\tA brown dog.\nb.jpg#0\tA cat sleeps.\nb.jpg#1\tA cat on a bed.\n"
 
@@ -39,26 +39,6 @@ def test_flickr8k_cf_human_is_the_yes_fraction_and_unknown_ids_are_named(tmp_pat
     (tmp_path / "bad.txt").write_text("b.jpg\tz.jpg#9\t0.5\t1\t1\n")
     with pytest.raises(DatasetError, match=r"bad.txt: line 1: caption id z.jpg#9"):
         read_flickr8k_cf(tmp_path / "bad.txt", tmp_path / "tok.txt")
-
-
-def _pascal_files(tmp_path, pairs, votes, refs):
-    """pair_pascal.mat / consensus_pascal.mat laid out like the originals (cells of strings, 48 triplets per pair)."""
-    new_input = np.empty((1, len(pairs)), dtype=object)
-    for i, (image, a, b, _) in enumerate(pairs):
-        cell = np.empty((1, 3), dtype=object)
-        cell[0, :] = [image, a, b]
-        new_input[0, i] = cell
-    category = np.array([[c for *_, c in pairs]], dtype=float)
-    triplets = np.empty((1, 48 * len(pairs)), dtype=object)
-    for i, (_, a, b, _) in enumerate(pairs):
-        for j in range(48):
-            cell = np.empty((1, 4), dtype=object)
-            cell[0, :] = [refs[i][j % len(refs[i])], a, b, float(votes[i][j])]
-            triplets[0, 48 * i + j] = cell
-    savemat(tmp_path / "pair_pascal.mat", {"new_input": new_input, "category": category,
-                                           "new_data": np.ones((len(pairs), 2))})
-    savemat(tmp_path / "consensus_pascal.mat", {"triplets": triplets})
-    return tmp_path / "pair_pascal.mat", tmp_path / "consensus_pascal.mat"
 
 
 def test_pascal50s_reader_takes_the_vote_majority_and_the_category(tmp_path):
@@ -100,9 +80,9 @@ def test_pascal50s_command_encodes_the_pairs_with_the_tiny_model(tmp_path):
     pairs = [(p.name, f"caption {i}", f"other {i}", 1 + i % 4) for i, p in enumerate(ds.paths)]
     votes = [[1] * 40 + [-1] * 8 if i % 2 else [-1] * 40 + [1] * 8 for i in range(4)]
     files = _pascal_files(tmp_path, pairs, votes, [["a ref", "b ref", "c ref"]] * 4)
-    out = tmp_path / "p.json"
+    out = tmp_path / "p"
     assert main(["pascal50s", "--pairs", str(files[0]), "--consensus", str(files[1]), "--image-root",
                  str(ds.paths[0].parent), "--model", "clipadapt-test-tiny-vit", "--references", "2", "--out", str(out)]) == 0
-    res = json.loads(out.read_text())
+    res = json.loads((out / "results.json").read_text())
     assert res["n_pairs"] == 4 and res["accuracy"]["CLIP-S"]["n"] == 4
     assert set(res["accuracy"]) == {"CLIP-S", "DN-CLIP-S", "RefCLIP-S", "DN-RefCLIP-S"}

@@ -97,12 +97,13 @@ datasets = [{", ".join(datasets)}]
     summary = json.loads((out / "summary.json").read_text())["rows"]
     for row in report["per_dataset"]:
         by = {(r["method"], r["metric"], r["shots"]): r["mean"] for r in summary if r["dataset"] == row["dataset"]}
-        assert row["overlap_reduction"] == pytest.approx(by[("original", "overlap", None)] - by[("adapted", "overlap", None)])
-        assert row["gain_1shot"] == pytest.approx(by[("tip++", "top1", 1)] - by[("tip", "top1", 1)])
+        # both files are rounded by write_json (4 decimals / 5 significant digits)
+        assert row["overlap_reduction"] == pytest.approx(by[("original", "overlap", None)] - by[("adapted", "overlap", None)], abs=1e-4)
+        assert row["gain_1shot"] == pytest.approx(by[("tip++", "top1", 1)] - by[("tip", "top1", 1)], abs=1e-3)
         assert ("adapted", "variance", None) in by
     x = [r["overlap_reduction"] for r in report["per_dataset"]]
     y = [r["gain_mean"] for r in report["per_dataset"]]
-    assert report["correlation"]["gain_mean"]["spearman_rho"] == pytest.approx(stats.spearmanr(x, y)[0])
+    assert report["correlation"]["gain_mean"]["spearman_rho"] == pytest.approx(stats.spearmanr(x, y)[0], abs=1e-4)
     assert (out / "imo_correlation_tip.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "plots" / "fewshot_mean.png").read_bytes()[:4] == b"\x89PNG"  # accuracy vs shots, mean over datasets
 
@@ -114,9 +115,9 @@ def test_dn_with_views_reports_tta_and_the_first_view_from_one_run(tmp_path):
                                                  for name, s in fs.splits.items()}, fs.meta)
     save_feature_dir(first, tmp_path / "one")
     common = ["--method", "dn", "--dn-samples", "8", "--dn-seed", "3"]
-    assert main(["eval", "--features", str(tmp_path / "tta"), *common, "--out", str(tmp_path / "tta.json")]) == 0
-    assert main(["eval", "--features", str(tmp_path / "one"), *common, "--out", str(tmp_path / "one.json")]) == 0
-    tta, one = json.loads((tmp_path / "tta.json").read_text()), json.loads((tmp_path / "one.json").read_text())
+    assert main(["eval", "--features", str(tmp_path / "tta"), *common, "--out", str(tmp_path / "tta")]) == 0
+    assert main(["eval", "--features", str(tmp_path / "one"), *common, "--out", str(tmp_path / "one")]) == 0
+    tta, one = (json.loads((tmp_path / n / "results.json").read_text()) for n in ("tta", "one"))
     assert tta["dn"]["views"] == 3
     assert tta["tta"]["first view"]["top1"] == one["top1"]
     assert tta["tta"]["first view"]["without_dn"] == one["without_dn"]
@@ -148,7 +149,7 @@ def test_report_reads_retrieval_captions_and_backbones_cells_and_draws_oracle_ba
     rows = {(r["task"], r["dataset"], r["method"], r["metric"]): r["mean"] for r in json.loads((tmp_path / "summary.json").read_text())["rows"]}
     assert rows[("retrieval", "coco", "clip", "t2i R@1")] == 30.0 and rows[("retrieval", "coco", "dn", "i2t R@1")] == 52.0
     assert rows[("captions", "f8k", "DN-CLIP-S", "tau_c")] == 0.55
-    assert rows[("backbones", "mean", "oracle", "synergy")] == pytest.approx(11.5)
+    assert rows[("backbones", "mean", "oracle", "synergy")] == pytest.approx(11.5, abs=1e-3)
     assert rows[("backbones", "pets", "nlc", "top1")] == 88.0 and rows[("backbones", "dtd", "best single", "top1")] == 45.0
     (exp,) = json.loads((tmp_path / "summary.json").read_text())["expected"]
     assert exp["delta"] == pytest.approx(11.5 - 20.0)

@@ -7,6 +7,10 @@ from pathlib import Path
 
 COMMAND = "caption-data"
 HELP = "convert Flickr8k-Expert / Flickr8k-CF annotation files into the `clipadapt captions --judgments` CSV"
+EXAMPLES = """
+clipadapt caption-data flickr8k-expert --annotations ExpertAnnotations.txt --tokens Flickr8k.token.txt --out flickr8k_expert.csv
+clipadapt caption-data flickr8k-cf --annotations CrowdFlowerAnnotations.txt --tokens Flickr8k.token.txt --out flickr8k_cf.csv
+"""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

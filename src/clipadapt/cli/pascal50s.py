@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from clipadapt.cli._common import write_results
+from clipadapt.cli._conventions import add_out_argument, out_dir, results_path, run_provenance, write_results
 from clipadapt.constants import DEFAULT_LAMBDA
 
 COMMAND = "pascal50s"
 HELP = "Pascal-50S pairwise accuracy (HC/HI/HM/MM) of caption scores with and without DN, from the original .mat files"
+EXAMPLES = """
+clipadapt pascal50s --pairs pair_pascal.mat --consensus consensus_pascal.mat --image-root VOC2010/JPEGImages --model ViT-B-32@openai --out runs/pascal50s
+"""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +27,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dn-seed", type=int, default=0, help="seed of the DN sample draw and of the reference sample")
     parser.add_argument("--device", default=None)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--out", type=Path, help="results JSON")
+    add_out_argument(parser, writes="accuracy.md")
     parser.add_argument("--table", type=Path, help="accuracy table (.md or .csv)")
 
 
@@ -51,7 +54,13 @@ def run(args: argparse.Namespace) -> int:
                vote_positive=args.vote_positive, pairs_file=str(args.pairs), consensus_file=str(args.consensus))
     table = [{"metric": m, **{k: v for k, v in acc.items()}} for m, acc in res["accuracy"].items()]
     print(markdown_table(table), end="")
-    write_results(args.out, res)
+    from clipadapt.report.provenance import path_fingerprint
+
+    data = {"pairs": str(args.pairs), "consensus": str(args.consensus), "image_root": str(args.image_root)}
+    prints = {"pairs": path_fingerprint(args.pairs), "consensus": path_fingerprint(args.consensus)}  # images: not hashed
+    write_results(results_path(args.out), res, run_provenance(args, model=args.model, data=data, fingerprint=prints))
+    if out_dir(args.out) is not None:
+        write_table(out_dir(args.out) / "accuracy.md", table)
     if args.table:
         print(f"wrote {write_table(args.table, table)}")
     return 0

@@ -12,6 +12,10 @@ from clipadapt.errors import ConfigError
 
 COMMAND = "robustness"
 HELP = "few-shot cache on ImageNet, tested on ImageNet-V2/-Sketch/-A/-R (feature directories)"
+EXAMPLES = """
+clipadapt robustness --features feats/imagenet --variant imagenet_a=feats/imagenet-a --variant imagenet_r=feats/imagenet-r --out runs/robust
+clipadapt robustness --features feats/imagenet --adapted-features feats/imagenet-adapted --variant imagenet_v2=feats/v2 --adapted-variant imagenet_v2=feats/v2-adapted --methods tip,tip++ --out runs/robust++
+"""
 VARIANT_NAMES = ("imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r")
 
 
@@ -37,15 +41,18 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", action="append", default=[], metavar="FAMILY.PARAM=SPEC", help="as in `fewshot`")
     parser.add_argument("--tipf-epochs", type=int, default=20)
     parser.add_argument("--allow-fewer", action="store_true")
-    parser.add_argument("--out", type=Path, required=True, help="output directory: results.json, summary.csv/.md")
+    from clipadapt.cli._conventions import add_out_argument
+
+    add_out_argument(parser, writes="runs.csv, summary.csv, summary.md", required=True)
 
 
 def run(args: argparse.Namespace) -> int:
+    from clipadapt.cli._conventions import path_provenance, write_results
     from clipadapt.cli.fewshot import parse_grid_overrides
     from clipadapt.eval.fewshot import DirectorySource, FewShotConfig
     from clipadapt.eval.robustness import Variant, run_robustness, variant_class_indices
     from clipadapt.features.io import load_feature_dir
-    from clipadapt.report.tables import markdown_table, write_json, write_table
+    from clipadapt.report.tables import markdown_table, write_table
 
     if not args.variant:
         raise ConfigError("give at least one --variant NAME=DIR")
@@ -60,8 +67,11 @@ def run(args: argparse.Namespace) -> int:
         a = load_feature_dir(adapted_variants[name], splits=["test"]).split("test") if name in adapted_variants else None
         variants.append(Variant(name, load_feature_dir(path, splits=["test"]).split("test"), variant_class_indices(name), a))
     results = run_robustness(source, config, variants)
-    write_json(args.out / "results.json", {"config": vars(config), "features": source.describe(),
-                                           "variants": {n: str(p) for n, p in args.variant}, **results})
+    inputs = {"features": args.features, "adapted_features": args.adapted_features,
+              **{n: p for n, p in args.variant}, **{f"{n} (adapted)": p for n, p in args.adapted_variant}}
+    write_results(args.out / "results.json", {"config": vars(config), "features": source.describe(),
+                                              "variants": {n: str(p) for n, p in args.variant}, **results},
+                  path_provenance(args, inputs, model=source.meta.get("model")))
     write_table(args.out / "runs.csv", [{**r, "hyperparameters": json.dumps(r["hyperparameters"])} for r in results["runs"]])
     write_table(args.out / "summary.csv", results["summary"])
     write_table(args.out / "summary.md", results["summary"])

@@ -24,6 +24,12 @@ if TYPE_CHECKING:  # imported where used, so building the parser stays cheap
 
 COMMAND = "suite"
 HELP = "run a declared grid (datasets × backbones × methods × shots × seeds) resumably; status; summary with published numbers"
+EXAMPLES = """
+clipadapt suite run imo-coop-vitb16 --out runs/imo --set DATA=/data --set ADAPTER=adapters/vitb16
+clipadapt suite status runs/imo
+clipadapt suite report runs/imo
+clipadapt suite list
+"""
 
 # task -> the subcommand's argv prefix; every command writes `--out DIR`/results.json (docs/results.md)
 _TASK_COMMANDS = {
@@ -42,8 +48,12 @@ _NEEDS_MODEL = {"spec", "captions_json", "image_root"}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
+    from clipadapt.cli._conventions import add_parser
+
     sub = parser.add_subparsers(dest="suite_command", metavar="ACTION", required=True)
-    run = sub.add_parser("run", help="run (or resume) every unfinished cell of CONFIG, then write the summary")
+    run = add_parser(sub, "run", help="run (or resume) every unfinished cell of CONFIG, then write the summary",
+                     examples="clipadapt suite run dn-vitb32 --out runs/dn --set DATA=/data\n"
+                              "clipadapt suite run my-suite.toml --out runs/mine --dry-run\n")
     run.add_argument("config", help="suite TOML file, or the name of a shipped config (clipadapt suite list)")
     run.add_argument("--out", type=Path, required=True, help="run directory (cells/, suite.json, summary.*)")
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="VAR=VALUE",
@@ -51,12 +61,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--no-retry-failed", action="store_true", help="skip cells that failed before instead of retrying them")
     run.add_argument("--no-plots", action="store_true", help="write the summary tables without plots")
     run.add_argument("--dry-run", action="store_true", help="list the cells and their commands; run nothing")
-    status = sub.add_parser("status", help="list the cells of a run directory: done / pending / failed")
+    status = add_parser(sub, "status", help="list the cells of a run directory: done / pending / failed",
+                        examples="clipadapt suite status runs/dn\n")
     status.add_argument("out", type=Path, help="run directory")
-    report = sub.add_parser("report", help="(re)write summary.md/.csv/.json and plots of a run directory")
+    report = add_parser(sub, "report", help="(re)write summary.md/.csv/.json and plots of a run directory",
+                        examples="clipadapt suite report runs/dn --no-plots\n")
     report.add_argument("out", type=Path, help="run directory")
     report.add_argument("--no-plots", action="store_true", help="write the summary tables without plots")
-    sub.add_parser("list", help="list the shipped configs")
+    add_parser(sub, "list", help="list the shipped configs", examples="clipadapt suite list\n")
 
 
 # ------------------------------------------------------------------------------------------------ cell -> argv
@@ -161,11 +173,13 @@ def _run_command(args: argparse.Namespace, cell: Cell, out: Path) -> dict[str, A
 
 
 # ------------------------------------------------------------------------------------------------ actions
-def _provenance(config_path: Path) -> dict[str, Any]:
-    """This suite invocation's provenance (docs/results.md); the data is the config file."""
+def _provenance(args: argparse.Namespace, config_path: Path, cells: list) -> dict[str, Any]:
+    """This suite invocation's provenance (docs/results.md): the config file is its data, the backbones its models."""
     from clipadapt.report.provenance import path_fingerprint, provenance
 
-    return {"provenance": provenance(None, data=str(config_path), data_fingerprint=path_fingerprint(config_path)),
+    models = sorted({b for c in cells if c.backbone for b in c.backbone.split(",")}) or None
+    return {"provenance": provenance(getattr(args, "_argv", None), model=models, data=str(config_path),
+                                     data_fingerprint=path_fingerprint(config_path)),
             "config_file": str(config_path)}
 
 
@@ -180,12 +194,12 @@ def _run(args: argparse.Namespace) -> int:
         for cell in cells:
             print(f"{cell.key}  {store.state(cell.key):8s}  clipadapt {shlex.join(cell_argv(cell, store.work_dir(cell)))}")
         return 0
-    provenance = _provenance(path)
+    provenance = _provenance(args, path, cells)
     store.save_suite(config, cells, provenance)
     counts = run_cells(cells, store, execute_cell, provenance=provenance, retry_failed=not args.no_retry_failed)
     print(f"suite {config.get('name', path.stem)}: {counts['done']} run, {counts['skipped']} already done/skipped, "
           f"{counts['failed']} failed (clipadapt suite status {args.out})")
-    _report(args.out, plots=not args.no_plots)
+    _report(args.out, plots=not args.no_plots, argv=getattr(args, "_argv", None))
     return 0 if counts["failed"] == 0 else 1
 
 
@@ -203,10 +217,10 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(out: Path, *, plots: bool = True) -> None:
+def _report(out: Path, *, plots: bool = True, argv: list[str] | None = None) -> None:
     from clipadapt.report.suite_report import write_suite_report
 
-    written = write_suite_report(out, plots=plots)
+    written = write_suite_report(out, plots=plots, argv=argv)
     print("wrote " + ", ".join(str(p) for p in written))
 
 
@@ -225,6 +239,6 @@ def run(args: argparse.Namespace) -> int:
     if args.suite_command == "status":
         return _status(args)
     if args.suite_command == "report":
-        _report(args.out, plots=not args.no_plots)
+        _report(args.out, plots=not args.no_plots, argv=getattr(args, "_argv", None))
         return 0
     return _list(args)

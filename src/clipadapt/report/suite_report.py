@@ -178,7 +178,7 @@ def pivot(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{**row, **{d: row.get(d, "—") for d in datasets}} for row in table.values()]
 
 
-def write_suite_report(root: str | Path, *, plots: bool = True) -> list[Path]:
+def write_suite_report(root: str | Path, *, plots: bool = True, argv: list[str] | None = None) -> list[Path]:
     """summary.json / summary.csv / summary.md (+ expected.* and plots) in the run directory; returns the paths."""
     from clipadapt.features.io import atomic_write_bytes
     from clipadapt.report.tables import markdown_table, write_json, write_table
@@ -192,10 +192,11 @@ def write_suite_report(root: str | Path, *, plots: bool = True) -> list[Path]:
     name = suite["config"].get("name", root.name)
     from clipadapt.report.provenance import path_fingerprint, provenance
 
+    run_prov = suite.get("provenance") or {}
     summary = {"schema": SUMMARY_SCHEMA, "name": name, "config_file": suite.get("config_file"),
-               "suite_provenance": suite.get("provenance"), "cells": counts, "rows": rows, "expected": expected,
-               "records": records,
-               "provenance": provenance(None, data=str(root / "cells"), data_fingerprint=path_fingerprint(root / "suite.json"))}
+               "suite_provenance": run_prov, "cells": counts, "rows": rows, "expected": expected, "records": records,
+               "provenance": provenance(argv, model=run_prov.get("model"), data=str(root / "cells"),
+                                        data_fingerprint=path_fingerprint(root / "cells"))}
     written = [write_json(root / "summary.json", summary), write_table(root / "summary.csv", rows)]
     sections = [f"# Suite {name}\n\ncells: {counts['done']} done, {counts['pending']} pending, {counts['failed']} failed "
                 f"(`clipadapt suite status {root}`)\n"]
