@@ -19,7 +19,8 @@ HELP = "image↔text retrieval recall (R@1/5/10) with and without Distribution N
 
 def configure(parser: argparse.ArgumentParser) -> None:
     src = parser.add_argument_group("input (embeddings, or caption JSON + images through an encoder)")
-    src.add_argument("--embeddings", type=Path, help="retrieval directory: <split>.safetensors with image, text, text_to_image")
+    src.add_argument("--embeddings", "--features", type=Path,
+                     help="retrieval directory: <split>.safetensors with image, text, text_to_image; or builtin:coco500")
     src.add_argument("--split", default="test", help="split to evaluate (default: test)")
     src.add_argument("--captions-json", type=Path, help="Karpathy-style caption JSON (Flickr30k / MSCOCO)")
     src.add_argument("--image-root", type=Path, help="folder the JSON's image paths are relative to")
@@ -82,7 +83,7 @@ def _load(args: argparse.Namespace) -> tuple[RetrievalSet, RetrievalSet | None]:
         return test, pool
     if args.captions_json:
         return _load_from_json(args)
-    raise ConfigError("give --embeddings DIR, or --captions-json FILE with --image-root and --model")
+    raise ConfigError("give --embeddings DIR (or builtin:coco500), or --captions-json FILE with --image-root and --model")
 
 
 def _pool(args: argparse.Namespace, test: RetrievalSet, pool: RetrievalSet | None) -> tuple[RetrievalSet, RetrievalSet]:
