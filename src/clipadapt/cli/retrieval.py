@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from clipadapt.cli._common import write_results
 from clipadapt.errors import ConfigError
-from clipadapt.eval.runners.dn import add_dn_arguments, dn_source_info
+from clipadapt.eval.runners.dn import add_dn_arguments, dn_source_info, shared_images
 
 if TYPE_CHECKING:  # torch-backed: imported where used, so building the parser stays torch-free
     from clipadapt.features.retrieval_dir import RetrievalSet
@@ -110,7 +110,9 @@ def run(args: argparse.Namespace) -> int:
     res = retrieval_with_dn(test.image, test.text, test.text_to_image, pool.image, pool.text,
                             lam=args.dn_lambda, n_samples=args.dn_samples, seeds=seeds, chunk_size=args.chunk_size)
     first = res["dn"]["draws"][0]
-    res["dn"].update(dn_source_info(args.dn_source, args.split, first["n_image_samples"], first["n_text_samples"], args.dn_samples))
+    shared = test.image.shape[0] if pool is test else shared_images(pool, test)
+    res["dn"].update(dn_source_info(args.dn_source, args.split, first["n_image_samples"], first["n_text_samples"],
+                                    args.dn_samples, shared=shared))
     if args.dn_source == "holdout":
         res["dn"].update(holdout=args.holdout, holdout_seed=args.holdout_seed)
     res.update(n_images=int(test.image.shape[0]), n_captions=int(test.text.shape[0]), split=args.split, meta=test.meta)

@@ -49,16 +49,16 @@ def add_text_mean_argument(parser: argparse.ArgumentParser | Any) -> None:
                              f"(the spec; default {DEFAULT_TEXT_MEAN}), 'classes' = mean of the prompt-ensembled class rows")
 
 
-def _source_images(features: FeatureSet, args: argparse.Namespace):
-    """Images of --dn-source: from the loaded features, or extracted through the cache for --model/--dataset."""
+def _source_split(features: FeatureSet, args: argparse.Namespace):
+    """The --dn-source split: from the loaded features, or extracted through the cache for --model/--dataset."""
     source = args.dn_source
     encodable = getattr(args, "model", None) and getattr(args, "dataset", None) and not getattr(args, "features", None)
     if not features.has_split(source) and encodable:
         from clipadapt.features.pipeline import feature_set_from_args  # heavy imports only when encoding
 
-        return feature_set_from_args(args, splits=[source]).split(source).image
+        return feature_set_from_args(args, splits=[source]).split(source)
     try:
-        return features.split(source).image
+        return features.split(source)
     except FeatureDirError as e:
         raise FeatureDirError(
             f"{e} — DN's means come from --dn-source {source}; add an 'unlabeled' split or pass "
@@ -66,11 +66,35 @@ def _source_images(features: FeatureSet, args: argparse.Namespace):
         ) from e
 
 
-def dn_source_info(source: str, evaluated: str, n_image: int, n_text: int, asked: int | None) -> dict[str, Any]:
-    """What results.json records about where DN's means came from."""
+def shared_images(pool, evaluated) -> int:
+    """How many evaluated rows are also in the pool of the means: by source path when both record `paths` (an
+    image folder without split subfolders serves the same files as 'unlabeled' and 'test'), else by identical
+    embedding rows (16-byte row digests, so a large pool costs little memory). Any shared row makes DN
+    transductive, whatever the split names say."""
+    pool_paths, eval_paths = getattr(pool, "paths", None), getattr(evaluated, "paths", None)
+    if pool_paths is not None and eval_paths is not None:
+        in_pool = set(pool_paths)
+        return sum(p in in_pool for p in eval_paths)
+    if pool.image is None or evaluated.image is None or pool.image.shape[1:] != evaluated.image.shape[1:]:
+        return 0
+    import hashlib
+
+    def digests(image):
+        rows = image.detach().cpu().float().contiguous().reshape(image.shape[0], -1).numpy()
+        return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in rows]
+
+    in_pool = set(digests(pool.image))
+    return sum(d in in_pool for d in digests(evaluated.image))
+
+
+def dn_source_info(source: str, evaluated: str, n_image: int, n_text: int, asked: int | None,
+                   shared: int = 0) -> dict[str, Any]:
+    """What results.json records about where DN's means came from; `shared` evaluated rows also in the pool make
+    it transductive even when the split names differ."""
     return {
         "source": source,
-        "transductive": source == evaluated,
+        "transductive": source == evaluated or shared > 0,
+        "shared_with_evaluated": shared,
         "n_samples_requested": "all" if asked is None else asked,
         "n_image_samples_used": n_image,
         "n_text_samples_used": n_text,
@@ -97,7 +121,8 @@ def run_dn(features: FeatureSet, args: argparse.Namespace) -> MethodResult:
 
     if args.dn_repeats < 1:
         raise ConfigError(f"--dn-repeats must be >= 1, got {args.dn_repeats}")
-    pool = _source_images(features, args)
+    pool_split = _source_split(features, args)
+    pool = pool_split.image
     test = features.split(args.split)
     labels = test.label
     draws, first_logits = [], None
@@ -112,7 +137,8 @@ def run_dn(features: FeatureSet, args: argparse.Namespace) -> MethodResult:
         if labels is not None:
             draws.append({"seed": seed, **classification_report(logits, labels)})
     extra: dict[str, Any] = {
-        "dn": dn_source_info(args.dn_source, args.split, model.n_image_samples_, model.n_text_samples_, args.dn_samples)
+        "dn": dn_source_info(args.dn_source, args.split, model.n_image_samples_, model.n_text_samples_, args.dn_samples,
+                             shared=test.n if args.dn_source == args.split else shared_images(pool_split, test))
     }
     extra["dn"]["views"] = test.views  # V > 1: test-time augmentation, raw views averaged before DN
     if labels is not None:  # the same split without DN, so one results file shows DN's effect
