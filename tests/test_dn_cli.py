@@ -198,7 +198,7 @@ def test_eval_dn_on_a_folder_without_split_subfolders_is_transductive(tmp_path):
     assert not (root / "test").exists() and (root / "red").is_dir()
     out = tmp_path / "r.json"
     assert main(["eval", "--model", "clipadapt-test-tiny-vit", "--dataset", f"imagefolder:{root}", "--method", "dn",
-                 "--cache-dir", str(tmp_path / "c"), "--device", "cpu", "--out", str(out)]) == 0
+                 "--dn-samples", "all", "--cache-dir", str(tmp_path / "c"), "--device", "cpu", "--out", str(out)]) == 0
     clear_encoder_memo()
     dn = json.loads(out.read_text())["dn"]
     assert dn["source"] == "unlabeled" and dn["shared_with_evaluated"] == 6 and dn["transductive"] is True
