@@ -10,9 +10,16 @@ import pytest
 import torch
 
 from _search_reference import reference_tip_adapter, reference_tip_x
+from clipadapt.eval import search
 from clipadapt.eval.search import _plane_correct, search_tip_adapter, search_tip_x
 from clipadapt.methods.tip_adapter import TipAdapter
 from clipadapt.methods.tip_x import TipX
+
+
+@pytest.fixture(autouse=True)
+def always_prune(monkeypatch):
+    """Prune even the small planes used here (by default planes under 100 points score every class)."""
+    monkeypatch.setattr(search, "PRUNE_MIN_POINTS", 0)
 
 
 def _literal(z, a, k, labels, alphas, gammas):

@@ -28,6 +28,7 @@ outermost. `tie_break="centre"` instead keeps the centre of the largest connecte
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -38,13 +39,14 @@ from torch import Tensor
 from clipadapt.constants import GRID_PRESETS as PRESET_NAMES
 from clipadapt.constants import TIE_BREAKS
 from clipadapt.errors import ConfigError
-from clipadapt.methods.tip_adapter import TipAdapter, cache_affinity
+from clipadapt.methods.tip_adapter import TipAdapter
 from clipadapt.methods.tip_x import TipX, minmax_coefficients
 
 # (low, high, n): n values low + (high − low)·i/n, i = 0..n−1 — the original's grids, high excluded.
 TIP_GRID = {"alpha": (0.1, 3.0, 20), "beta": (0.1, 7.0, 200)}
 TIPX_GRID = {"alpha": (0.1, 50.0, 20), "beta": (1.0, 50.0, 200), "gamma": (0.1, 30.0, 50)}
 DEFAULT_BUDGET = 2**25  # elements per chunk: the (α, γ, rows, C) logits block plus (rows, NK) matrices (128 MiB f32)
+PRUNE_MIN_POINTS = 100  # smaller (α, γ) planes (Tip's 20 α) are cheaper to score on every class than to prune
 
 
 @dataclass
@@ -266,6 +268,11 @@ def _rows(x: Tensor | None, rows: slice) -> Tensor | None:
     return None if x is None else x[rows]
 
 
+def _affinity(distance: Tensor, beta: float) -> Tensor:
+    """exp(−β (1 − f Fᵀ)) from the β-independent 1 − f Fᵀ: `cache_affinity`'s operations, one pass fewer per β."""
+    return torch.mul(distance, -beta).exp_()
+
+
 def _logits(z: Tensor, a: Tensor, k: Tensor | None, alpha: Tensor, gamma: Tensor) -> Tensor:
     """(z + α·a) − γ·k, op for op the arithmetic of `predict_logits` and of the full search."""
     out = z + alpha * a
@@ -277,23 +284,49 @@ def _all_classes(z, a, k, labels, alpha, gamma) -> Tensor:
     return (_logits(z, a, k, alpha, gamma).argmax(dim=-1) == labels).sum(dim=-1)
 
 
-def _survivors(z: Tensor, a: Tensor, k: Tensor, alpha: Tensor, gamma: Tensor) -> Tensor:
+def _margin(z: Tensor, a: Tensor, k: Tensor, alpha: Tensor, gamma: Tensor) -> Tensor:
+    """(rows,) a bound, 4× over, on how far rounding can move the difference of two computed logits of a row.
+
+    Each of fl(z + fl(α·a)) and fl(that − fl(γ·k)) is off by at most eps/2 of a magnitude ≤ |z| + α|a| + γ|k|.
+    """
+    bound = z.abs().amax(1) + alpha.max() * a.abs().amax(1) + gamma.max() * k.abs().amax(1)
+    return 8 * torch.finfo(z.dtype).eps * bound + torch.finfo(z.dtype).tiny
+
+
+def _survivors(z: Tensor, a: Tensor, k: Tensor, alpha: Tensor, gamma: Tensor, margin: Tensor) -> Tensor:
     """(rows, C) mask of the classes that can be a row's first maximum at some grid point (a superset of them).
 
     Dominating classes tried: the argmaxes at the corner and middle grid points. c removes d when
-    z_c ≥ z_d, a_c ≥ a_d, k_c ≤ k_d and (c < d, or z_c − z_d exceeds twice the rounding error of any logit).
+    z_c ≥ z_d, a_c ≥ a_d, k_c ≤ k_d and (c < d, or z_c − z_d exceeds the rounding `margin`).
     """
     pick_a = _spread(alpha.flatten())
     pick_g = _spread(gamma.flatten())
     pivots = _logits(z, a, k, alpha.flatten()[pick_a].view(-1, 1, 1, 1), gamma.flatten()[pick_g].view(1, -1, 1, 1))
     piv = pivots.argmax(dim=-1).reshape(-1, z.shape[0]).T  # (rows, P)
     zp, ap, kp = z.gather(1, piv).T.unsqueeze(-1), a.gather(1, piv).T.unsqueeze(-1), k.gather(1, piv).T.unsqueeze(-1)
-    bound = z.abs().amax(1) + alpha.max() * a.abs().amax(1) + gamma.max() * k.abs().amax(1)
-    margin = (8 * torch.finfo(z.dtype).eps * bound + torch.finfo(z.dtype).tiny).view(1, -1, 1)
     classes = torch.arange(z.shape[1], device=z.device)
     earlier = piv.T.unsqueeze(-1) < classes
-    dominated = (zp >= z) & (ap >= a) & (kp <= k) & (earlier | (zp - z > margin))
+    dominated = (zp >= z) & (ap >= a) & (kp <= k) & (earlier | (zp - z > margin.view(1, -1, 1)))
     return ~dominated.any(dim=0)
+
+
+def _settle(z: Tensor, a: Tensor, k: Tensor, labels: Tensor, alive: Tensor, alpha: Tensor, gamma: Tensor,
+            margin: Tensor) -> tuple[Tensor, Tensor]:
+    """Use that logit_label − logit_c is linear in (α, γ): its extremes over the grid's box are at the corners.
+
+    A class the label leads by more than `margin` at all four corners never blocks it: dropped from `alive`.
+    A row whose label trails some surviving class by more than `margin` at all four corners never wins.
+    Returns (alive, label_alive). Corners are evaluated in float64 (exact to far below the margin).
+    """
+    y = labels.view(-1, 1)
+    dz, da, dk = ((t.gather(1, y) - t).double() for t in (z, a, k))  # float32 differences are exact in float64
+    corners = [dz + al * da - ga * dk for al in (alpha.min().double(), alpha.max().double())
+               for ga in (gamma.min().double(), gamma.max().double())]
+    low, high = torch.stack(corners).aminmax(dim=0)
+    m = margin.double().view(-1, 1)
+    alive = alive & ~(low > m)  # the label's own column has d = 0 and stays
+    label_alive = alive.gather(1, y).squeeze(1) & ~(alive & (high < -m)).any(dim=1)
+    return alive, label_alive
 
 
 def _spread(values: Tensor) -> Tensor:
@@ -307,23 +340,27 @@ def _plane_correct(z: Tensor, a: Tensor, k: Tensor | None, labels: Tensor, alpha
     """(na, ng) counts of rows whose first-maximum class is the label, at every (α, γ); alpha (na,1,1,1),
     gamma (1,ng,1,1). Equal to `_all_classes` cell for cell (module docstring)."""
     na, ng = alpha.shape[0], gamma.shape[1]
+    if na * ng < PRUNE_MIN_POINTS:
+        return _all_classes(z, a, k, labels, alpha, gamma)
     finite = all(bool(torch.isfinite(t).all()) for t in (z, a, alpha, gamma) + ((k,) if k is not None else ()))
     if not finite or bool((alpha < 0).any()) or bool((gamma < 0).any()):
         return _all_classes(z, a, k, labels, alpha, gamma)
     kk = k if k is not None else torch.zeros_like(z)
-    alive = _survivors(z, a, kk, alpha, gamma)
+    margin = _margin(z, a, kk, alpha, gamma)
+    alive = _survivors(z, a, kk, alpha, gamma, margin)
+    alive, label_alive = _settle(z, a, kk, labels, alive, alpha, gamma, margin)
     n_alive = alive.sum(dim=1)
-    label_alive = alive.gather(1, labels.view(-1, 1)).squeeze(1)
     correct = torch.zeros(na, ng, dtype=torch.long, device=z.device)
     correct += int((label_alive & (n_alive == 1)).sum())
     contested = (label_alive & (n_alive > 1)).nonzero().squeeze(1)
     if contested.numel() == 0:
         return correct
     contested = contested[torch.argsort(n_alive[contested], stable=True)]
-    sizes = n_alive[contested].tolist()  # ascending: each group is padded to its last row's width
+    sizes = n_alive[contested].tolist()  # ascending; a group is padded to its widest row, so group by width
     start, per_class = 0, na * ng
     while start < len(sizes):
-        end = min(len(sizes), start + max(1, budget // (per_class * sizes[start])))
+        width = sizes[start] if sizes[start] < 8 else 2 * sizes[start]  # narrow rows: one exact width per group
+        end = bisect.bisect_right(sizes, width, lo=start)
         end = start + max(1, min(end - start, budget // (per_class * sizes[end - 1])))
         correct += _label_wins(z, a, k, labels, alive, contested[start:end], sizes[end - 1], alpha, gamma)
         start = end
@@ -331,17 +368,19 @@ def _plane_correct(z: Tensor, a: Tensor, k: Tensor | None, labels: Tensor, alpha
 
 
 def _label_wins(z, a, k, labels, alive, rows, width, alpha, gamma) -> Tensor:
-    """(na, ng) counts of `rows` whose label is the first maximum among their surviving classes."""
+    """(na, ng) counts of `rows` whose label is the first maximum among their surviving classes.
+
+    The survivors are laid out in ascending class order (padded with copies of the label after them), so
+    argmax over them — the first maximum — is the label's column exactly when the full argmax is the label.
+    """
     keep = alive[rows]
     cand = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :width]  # survivors, ascending class
     y = labels[rows].view(-1, 1)
-    cand = torch.where(torch.arange(width, device=z.device) < keep.sum(1, keepdim=True), cand, y)  # pad: the label
-    zr, ar = z[rows], a[rows]
-    kr = k[rows] if k is not None else None
-    t = _logits(zr.gather(1, cand), ar.gather(1, cand), kr.gather(1, cand) if kr is not None else None, alpha, gamma)
-    t_label = _logits(zr.gather(1, y), ar.gather(1, y), kr.gather(1, y) if kr is not None else None, alpha, gamma)
-    beats = torch.where(cand < y, t < t_label, t <= t_label)  # an earlier class must be strictly below
-    return beats.all(dim=-1).sum(dim=-1)
+    cand = torch.where(torch.arange(width, device=z.device) < keep.sum(1, keepdim=True), cand, y)
+    label_column = (cand < y).sum(dim=1)  # survivors before the label
+    kr = k[rows].gather(1, cand) if k is not None else None
+    t = _logits(z[rows].gather(1, cand), a[rows].gather(1, cand), kr, alpha, gamma)  # (na, ng, rows, width)
+    return (t.argmax(dim=-1) == label_column).sum(dim=-1)
 
 
 def _space(order: Sequence[str] | None, params: tuple[str, ...]) -> tuple[str, ...]:
@@ -376,9 +415,9 @@ def search_tip_adapter(
     per_row = len(grid["alpha"]) * c + 2 * model.values_.shape[0]  # the chunking rule of the full search
     for rows in _chunks(n, _chunk_size(chunk_size, per_row, n)):
         zs = model.zero_shot_logits(val_features[rows])
-        cosine = model.cache_cosine(val_features[rows], _rows(adapted_val_features, rows))
+        distance = 1.0 - model.cache_cosine(val_features[rows], _rows(adapted_val_features, rows))
         for j, beta in enumerate(grid["beta"]):
-            cache = cache_affinity(cosine, beta) @ model.values_
+            cache = _affinity(distance, beta) @ model.values_
             correct[:, j] += _plane_correct(zs, cache, None, labels[rows], alpha_t, gamma_t)[:, 0]
     return SearchResult(params=params, grid=grid, correct=correct.cpu(), n=n, order=_space(order, params),
                         tie_break=tie_break)
@@ -429,9 +468,9 @@ def search_tip_x(
     for part, rows in enumerate(_chunks(n, size)):
         zs = zs_parts[part]
         kl_term = a * kl_parts[part] + b * counts
-        cosine = model.cache_cosine(val_features[rows], _rows(adapted_val_features, rows))
+        distance = 1.0 - model.cache_cosine(val_features[rows], _rows(adapted_val_features, rows))
         for j, beta in enumerate(grid["beta"]):
-            cache = cache_affinity(cosine, beta) @ model.values_
+            cache = _affinity(distance, beta) @ model.values_
             correct[:, j, :] += _plane_correct(zs, cache, kl_term, labels[rows], alpha_t, gamma_t)
     return SearchResult(params=params, grid=grid, correct=correct.cpu(), n=n, order=_space(order, params),
                         tie_break=tie_break)
