@@ -121,12 +121,20 @@ def first_in_order(mask: Tensor, params: Sequence[str], order: Sequence[str]) ->
     """Index (in `params` axis order) of the first True point when the loops nest as `order` (outermost first)."""
     perm = [list(params).index(p) for p in order]
     looped = mask.permute(*perm)
-    flat = looped.flatten().nonzero()[0, 0]
-    at = [int(i) for i in torch.unravel_index(flat, looped.shape)]
+    at = _unravel(int(looped.flatten().nonzero()[0, 0]), tuple(looped.shape))
     out = [0] * len(params)
     for axis, i in zip(perm, at):
         out[axis] = i
     return tuple(out)
+
+
+def _unravel(flat: int, shape: tuple[int, ...]) -> list[int]:
+    """C-order index of a flat position (torch.unravel_index imports sympy on first use: seconds at start-up)."""
+    out = []
+    for size in reversed(shape):
+        flat, i = divmod(flat, size)
+        out.append(i)
+    return out[::-1]
 
 
 def tied_centre(mask: Tensor, params: Sequence[str], order: Sequence[str]) -> tuple[int, ...]:
