@@ -114,6 +114,20 @@ def test_plane_equals_literal_argmax_when_rounding_merges_logits(seed):
     assert torch.equal(_plane(z, a, k, labels, alphas, gammas), _literal(z, a, k, labels, alphas, gammas))
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_plane_equals_literal_argmax_when_gamma_k_rounds_away(seed):
+    """γ·k below half an ulp of z + α·a: classes apart in k tie after the subtraction."""
+    g = torch.Generator().manual_seed(seed)
+    rows, c = 400, 5
+    ulp = 2.0**-9  # float32 spacing at 2**14
+    z = 2.0**14 + torch.randint(0, 2, (rows, c), generator=g).float() * ulp
+    a = torch.randint(0, 2, (rows, c), generator=g).float() * ulp
+    k = torch.rand(rows, c, generator=g) * ulp
+    labels = torch.randint(c, (rows,), generator=g)
+    alphas, gammas = [0.0, 0.5, 1.0], [0.0, 0.25, 0.5, 1.0, 2.0]
+    assert torch.equal(_plane(z, a, k, labels, alphas, gammas), _literal(z, a, k, labels, alphas, gammas))
+
+
 def test_plane_equals_literal_argmax_on_random_float64_and_fallbacks():
     g = torch.Generator().manual_seed(9)
     z, a, k = (torch.randn(200, 30, generator=g, dtype=torch.float64) for _ in range(3))
