@@ -128,7 +128,7 @@ def test_utf8_split_json_with_accents_still_reads(tmp_path: Path):
 
 def test_offset_counts_the_byte_order_mark_as_file_bytes(tmp_path: Path):
     """The offset is a position in the file as stored (an editor's "go to byte"), BOM included."""
-    from clipadapt.features.io import read_text
+    from clipadapt.fileio import read_text
 
     bad = tmp_path / "x.txt"
     bad.write_bytes(b"\xef\xbb\xbfab\n\xff")

@@ -29,7 +29,7 @@ from clipadapt.adapters.imo_adapter import (
     save_adapter_checkpoint,
 )
 from clipadapt.errors import AdapterError, ConfigError
-from clipadapt.features.io import atomic_open
+from clipadapt.fileio import atomic_open, atomic_write_json
 from clipadapt.ops import l2_normalize
 
 log = logging.getLogger(__name__)
@@ -587,6 +587,4 @@ def _update_teacher(teacher: dict[str, Tensor], params, head, step: int, planned
 
 
 def _write_log(out_dir: Path, losses: list[float], c: AdapterTrainConfig, total: int) -> None:
-    from clipadapt.features.io import atomic_write_json
-
     atomic_write_json(out_dir / LOG_FILE, {"mode": c.mode, "total_steps": total, "steps": len(losses), "loss": losses})

@@ -76,7 +76,7 @@ def save_logits(path: Path, logits: Any) -> Path:
     """(N, C) float32 logits as .npy, written atomically like every other output."""
     import numpy as np
 
-    from clipadapt.features.io import atomic_write_bytes
+    from clipadapt.fileio import atomic_write_bytes
 
     path = Path(path)
     buffer = io.BytesIO()

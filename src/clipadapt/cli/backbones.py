@@ -212,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _write(out: Path, report: syn.SynergyReport, results: dict) -> None:
-    from clipadapt.features.io import atomic_write_bytes
+    from clipadapt.fileio import atomic_write_bytes
     from clipadapt.report.synergy_plots import accuracy_vs_cost, heatmap  # matplotlib: only when plotting
     from clipadapt.report.tables import markdown_table, write_json, write_table
 

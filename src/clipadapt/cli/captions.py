@@ -39,7 +39,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def read_judgments(path: Path) -> list[dict[str, str]]:
     """Rows of the judgments CSV; 'image', 'caption' and 'human' are required columns."""
-    from clipadapt.features.io import read_text
+    from clipadapt.fileio import read_text
 
     try:
         rows = list(csv.DictReader(io.StringIO(read_text(path, what="judgments CSV", error=DatasetError), newline="")))

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from clipadapt.eval.topk import chunked_topk
-    from clipadapt.features.io import atomic_write_bytes
+    from clipadapt.fileio import atomic_write_bytes
 
     normalize = not args.no_normalize
     q_spec, q_src = _open(args.queries)

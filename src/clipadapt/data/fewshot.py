@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from clipadapt.errors import DatasetError
-from clipadapt.features.io import atomic_write_json, read_json
+from clipadapt.fileio import atomic_write_json, read_json
 
 INDEX_FORMAT = "clipadapt-fewshot-indices/1"
 SAMPLER = "nested: per class, numpy default_rng([seed, label]).permutation of its indices, first K; sorted"

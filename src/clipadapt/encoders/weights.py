@@ -22,7 +22,7 @@ from urllib.parse import urlparse
 
 from clipadapt.encoders.ids import ModelId
 from clipadapt.errors import WeightsUnavailableError
-from clipadapt.features.io import file_sha256 as sha256_of_file
+from clipadapt.fileio import file_sha256 as sha256_of_file
 
 HF_HOST = ("huggingface.co", 443)
 PROBE_TIMEOUT_S = 3.0

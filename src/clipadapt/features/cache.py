@@ -42,18 +42,8 @@ from tqdm.auto import tqdm
 
 from clipadapt.errors import ConfigError, FeatureDirError
 from clipadapt.features.featureset import FeatureSplit
-from clipadapt.features.io import (
-    META_FILE,
-    TEXT_FILE,
-    atomic_open,
-    atomic_save_tensors,
-    atomic_write_json,
-    file_sha256,
-    link_or_copy,
-    load_split,
-    load_tensors,
-    read_json,
-)
+from clipadapt.features.io import META_FILE, TEXT_FILE, atomic_save_tensors, load_split, load_tensors
+from clipadapt.fileio import atomic_open, atomic_write_json, file_sha256, link_or_copy, read_json
 from clipadapt.features.shards import (
     SHARD_KEY_FILE,
     ShardedSplit,

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from clipadapt.encoders.augment import normalize_uint8, pil_to_uint8, row_generator, split_eval_transform
 from clipadapt.errors import CacheError, ConfigError, DatasetError, FeatureDirError
 from clipadapt.features.featureset import FeatureSplit
-from clipadapt.features.io import atomic_write_json, read_json
+from clipadapt.fileio import atomic_write_json, read_json
 from clipadapt.features.shards import (
     DEFAULT_SHARD_SIZE,
     check_shard_key,

@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 
 from clipadapt.errors import FeatureDirError
-from clipadapt.features.io import atomic_save_tensors, atomic_write_json, check_finite, load_tensors, read_json
+from clipadapt.features.io import atomic_save_tensors, check_finite, load_tensors
+from clipadapt.fileio import atomic_write_json, read_json
 
 
 @dataclass

@@ -36,19 +36,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
+from clipadapt.adapters.overlap import DEFAULT_BINS, IMOResult, PairHistogramAccumulator, imo_bin_edges, overlap_from_counts
 from clipadapt.constants import DEFAULT_SHARD_SIZE  # re-exported; defined there so the CLI parser is torch-free
 from clipadapt.errors import CacheError, ConfigError, FeatureDirError
 from clipadapt.features.featureset import FeatureSplit
-from clipadapt.features.io import (
-    META_FILE,
-    SHARD_INDEX_SUFFIX,
-    TEXT_FILE,
-    atomic_save_tensors,
-    atomic_write_json,
-    link_or_copy,
-    read_json,
-    read_paths,
-)
+from clipadapt.features.io import META_FILE, SHARD_INDEX_SUFFIX, TEXT_FILE, atomic_save_tensors, read_paths
+from clipadapt.fileio import atomic_write_json, link_or_copy, read_json
 from clipadapt.ops import l2_normalize, pool_views
 
 log = logging.getLogger(__name__)
@@ -528,8 +521,6 @@ def streaming_pair_histograms(
     same bucketing). Memory O(chunk_rows²); the split is read once per chunk, so `source` may be a
     memory-mapped ShardedSplit larger than memory. Views are averaged and rows L2-normalised.
     """
-    from clipadapt.adapters.overlap import DEFAULT_BINS, IMOResult, PairHistogramAccumulator, imo_bin_edges, overlap_from_counts
-
     edges = imo_bin_edges(DEFAULT_BINS if bins is None else bins)
     acc = PairHistogramAccumulator(edges)
     n = 0

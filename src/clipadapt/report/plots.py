@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from clipadapt.errors import ConfigError
-from clipadapt.features.io import atomic_write_bytes
+from clipadapt.fileio import atomic_write_bytes
 
 
 def pyplot():

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from clipadapt.errors import ConfigError
+from clipadapt.fileio import atomic_write_bytes
 
 
 def _jsonable(obj: Any) -> Any:
@@ -28,8 +29,6 @@ def _jsonable(obj: Any) -> Any:
 
 def write_json(path: str | Path, obj: Any) -> Path:
     path = Path(path)
-    from clipadapt.features.io import atomic_write_bytes  # torch-backed: `clipadapt datasets` lists without it
-
     atomic_write_bytes(path, (json.dumps(_jsonable(obj), indent=2) + "\n").encode())
     return path
 
@@ -77,7 +76,5 @@ def write_table(path: str | Path, rows: Sequence[dict[str, Any]], columns: Seque
         return write_json(path, list(rows))
     else:
         raise ConfigError(f"{path}: unknown table format '{suffix}' (use .csv, .md or .json)")
-    from clipadapt.features.io import atomic_write_bytes  # torch-backed: `clipadapt datasets` lists without it
-
     atomic_write_bytes(path, text.encode())
     return path
