@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from conftest import tiny
 
 from clipadapt.adapters import (
     BottleneckAdapter,
@@ -20,16 +21,6 @@ from clipadapt.adapters import (
     save_adapter_checkpoint,
 )
 from clipadapt.errors import AdapterError, ConfigError
-
-
-def tiny(name: str = "clipadapt-test-tiny-vit", seed: int = 0):
-    import open_clip
-
-    from clipadapt.encoders.configs import register_model_configs
-
-    register_model_configs()
-    torch.manual_seed(seed)
-    return open_clip.create_model(name).eval()
 
 
 def randomize(adapters, seed: int = 1) -> None:

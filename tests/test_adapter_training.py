@@ -8,22 +8,13 @@ import pytest
 import torch
 from _imo_images import StripesDataset
 from safetensors.torch import load_file
+from conftest import tiny
 
 from clipadapt.adapters import adapter_state_dict, adapters_enabled, imo_overlap
 from clipadapt.adapters.training import AdapterTrainConfig, DINOHead, dino_loss, eval_transform, train_adapters
 from clipadapt.errors import AdapterError, ConfigError
 
 DINO_SMALL = dict(local_crops=1, dino_out_dim=32, dino_hidden_dim=16, dino_bottleneck_dim=8)
-
-
-def tiny(seed: int = 0):
-    import open_clip
-
-    from clipadapt.encoders.configs import register_model_configs
-
-    register_model_configs()
-    torch.manual_seed(seed)
-    return open_clip.create_model("clipadapt-test-tiny-vit").eval()
 
 
 def backbone_state(model) -> dict[str, torch.Tensor]:

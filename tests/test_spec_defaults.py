@@ -112,12 +112,11 @@ def test_adapter_training_images_are_normalised_with_clip_mean_std_in_both_modes
     from PIL import Image
     from torchvision import transforms as T
 
-    from clipadapt.adapters.training import AdapterTrainConfig, eval_transform, multicrop_transform
-    from clipadapt.encoders.configs import register_model_configs
-    import open_clip
+    from conftest import tiny
 
-    register_model_configs()
-    model = open_clip.create_model("clipadapt-test-tiny-vit")
+    from clipadapt.adapters.training import AdapterTrainConfig, eval_transform, multicrop_transform
+
+    model = tiny()
     rgb = (200, 30, 90)
     x = eval_transform(model)(Image.new("RGB", (40, 40), rgb))
     for c in range(3):  # a uniform image stays uniform through resize/crop: (v/255 − mean)/std everywhere

@@ -183,13 +183,10 @@ def test_evaluate_synergy_reports_oracle_combiners_and_gain():
 
 
 def test_model_cost_of_tiny_models_counts_parameters_and_flops():
-    import open_clip
+    from conftest import tiny
 
-    from clipadapt.encoders.configs import register_model_configs
-
-    register_model_configs()
     cost = model_cost("clipadapt-test-tiny-vit@none", batch=2, repeats=1)
-    model = open_clip.create_model("clipadapt-test-tiny-vit")
+    model = tiny()
     assert cost["params_image_M"] == pytest.approx(sum(p.numel() for p in model.visual.parameters()) / 1e6)
     # the patch embedding alone is a (width × 3·p²) matrix applied to every patch: a lower bound on the FLOPs
     conv = model.visual.conv1
