@@ -229,8 +229,8 @@ def test_saving_identical_adapters_gives_identical_files(tmp_path):
 
 
 def test_checkpoint_tensor_of_wrong_shape_is_an_error_naming_the_file(tmp_path):
-    from safetensors.torch import load_file, save_file
     from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
 
     model = tiny()
     insert_adapters(model)

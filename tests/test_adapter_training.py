@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 from _imo_images import StripesDataset
-from safetensors.torch import load_file
 from conftest import tiny
+from safetensors.torch import load_file
 
 from clipadapt.adapters import adapter_state_dict, adapters_enabled, imo_overlap
 from clipadapt.adapters.training import AdapterTrainConfig, DINOHead, dino_loss, eval_transform, train_adapters

@@ -14,8 +14,8 @@ import clipadapt.fileio as fileio
 from clipadapt.encoders import load_encoder
 from clipadapt.encoders.configs import register_model_configs
 from clipadapt.features.io import load_feature_dir
-from clipadapt.fileio import link_or_copy
 from clipadapt.features.pipeline import clear_encoder_memo, get_feature_set
+from clipadapt.fileio import link_or_copy
 
 MODEL = "clipadapt-test-tiny-vit"
 

@@ -109,10 +109,9 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 def test_adapter_training_images_are_normalised_with_clip_mean_std_in_both_modes():  # §5 "the original forgot"
     """Supervised batches (the encoder's eval transform) and every DINO crop end in Normalize(CLIP mean, std)."""
+    from conftest import tiny
     from PIL import Image
     from torchvision import transforms as T
-
-    from conftest import tiny
 
     from clipadapt.adapters.training import AdapterTrainConfig, eval_transform, multicrop_transform
 

@@ -93,9 +93,12 @@ def _feature_set(seed, n=40, c=4, d=12, noise=1.0, with_paths=True, classnames=N
     g = torch.Generator().manual_seed(seed)
     protos = torch.randn(c, d, generator=g)
     labels = torch.arange(c).repeat_interleave(n // c)
-    split = lambda s: FeatureSplit(
-        5.0 + protos[labels] + noise * torch.randn(labels.numel(), d, generator=torch.Generator().manual_seed(s)),
-        labels, [f"img{i}.jpg" for i in range(labels.numel())] if with_paths else None)
+
+    def split(s):
+        return FeatureSplit(
+            5.0 + protos[labels] + noise * torch.randn(labels.numel(), d, generator=torch.Generator().manual_seed(s)),
+            labels, [f"img{i}.jpg" for i in range(labels.numel())] if with_paths else None)
+
     return FeatureSet(classnames or [f"c{i}" for i in range(c)], protos,
                       {"train": split(100 + seed), "test": split(200 + seed)}, {"model": f"m{seed}"})
 

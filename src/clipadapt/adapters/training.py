@@ -13,9 +13,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -72,7 +73,7 @@ class AdapterTrainConfig:
     center_momentum: float = 0.9
     teacher_momentum: float = 0.996  # cosine-scheduled to 1 over training
 
-    def resolved(self) -> "AdapterTrainConfig":
+    def resolved(self) -> AdapterTrainConfig:
         """A copy with the per-mode defaults filled in, validated."""
         if self.mode not in MODES:
             raise ConfigError(f"adapter training mode must be one of {MODES}, got {self.mode!r}")

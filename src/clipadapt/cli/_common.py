@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import io
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from clipadapt.errors import ConfigError
 

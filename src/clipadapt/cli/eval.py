@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from clipadapt.cli._common import add_feature_source_arguments, load_features_from_args, save_logits, write_results
 from clipadapt.eval.registry import EvalMethod, EvalOptions, get_eval_method, list_eval_methods

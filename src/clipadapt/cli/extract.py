@@ -69,8 +69,8 @@ def _write_out(out: Path, fs, *, sharded: bool) -> None:
     skipped-rows file."""
     from clipadapt.errors import CacheError
     from clipadapt.features.io import save_feature_dir
-    from clipadapt.fileio import atomic_write_json, read_json
     from clipadapt.features.shards import save_sharded_feature_dir
+    from clipadapt.fileio import atomic_write_json, read_json
 
     if sharded:
         try:

@@ -61,9 +61,9 @@ def _feature_sets(args: argparse.Namespace) -> dict[str, FeatureSet]:
 
 def run(args: argparse.Namespace) -> int:
     from clipadapt.adapters import imo_overlap
+    from clipadapt.fileio import atomic_write_bytes
     from clipadapt.report import markdown_table, write_json
     from clipadapt.report.imo_plot import plot_imo_histograms
-    from clipadapt.fileio import atomic_write_bytes
 
     sets = _feature_sets(args)
     max_pairs = args.max_pairs or None

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import io
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from clipadapt.cli._common import write_results
 from clipadapt.constants import TOPK_BACKENDS as BACKENDS

@@ -7,8 +7,9 @@ contained in the 4-shot set, and so on; and a class's draw does not depend on th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

@@ -15,9 +15,10 @@ import contextlib
 import json
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 from clipadapt.encoders.ids import ModelId

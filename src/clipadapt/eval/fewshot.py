@@ -15,9 +15,10 @@ of selection too: before any search the validation rows (and the cache rows) are
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -441,7 +442,7 @@ class _Jobs:
     zero_shot: dict[int | None, Prediction] = field(default_factory=dict)
 
     @classmethod
-    def prepare(cls, source: FewShotSource, config: FewShotConfig, device: torch.device | str | None) -> "_Jobs":
+    def prepare(cls, source: FewShotSource, config: FewShotConfig, device: torch.device | str | None) -> _Jobs:
         """Load test (and the 'val' split, checked against test, unless validating on train) before sampling or
         encoding anything."""
         text = source.text.to(device) if device is not None else source.text

@@ -12,14 +12,15 @@ index (ties: lower index first, as a stable descending sort); a query's rank is 
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
+
 from clipadapt.errors import ConfigError
 from clipadapt.eval.metrics import mean_std
-from clipadapt.methods.dn import DistributionNormalizer
 from clipadapt.eval.topk import _gt_matrix, chunked_ranks, chunked_recall_at_k
+from clipadapt.methods.dn import DistributionNormalizer
 from clipadapt.ops import check_same_dim, l2_normalize, pool_views
 
 DEFAULT_KS = (1, 5, 10)

@@ -14,8 +14,9 @@ index, then β, then γ. With the default ascending grids that is the weakest ca
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
@@ -23,8 +24,8 @@ from tqdm import tqdm
 from clipadapt.data.dataset import open_rgb
 from clipadapt.errors import DatasetError
 from clipadapt.features.extract import extract_split, read_skipped
-from clipadapt.fileio import read_json
 from clipadapt.features.retrieval_dir import RetrievalSet
+from clipadapt.fileio import read_json
 
 log = logging.getLogger(__name__)
 

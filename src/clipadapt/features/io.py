@@ -12,8 +12,9 @@ Every write is atomic and durable (`clipadapt.fileio.atomic_path`): a reader nev
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import torch

@@ -32,7 +32,7 @@ class RetrievalSet:
     text_to_image: Tensor | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def subset_images(self, index: Tensor) -> "RetrievalSet":
+    def subset_images(self, index: Tensor) -> RetrievalSet:
         """The images `index` and all their captions, with the map re-indexed."""
         index = torch.as_tensor(index, dtype=torch.long)
         new_id = torch.full((self.image.shape[0],), -1, dtype=torch.long)

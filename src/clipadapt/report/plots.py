@@ -5,8 +5,9 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from clipadapt.errors import ConfigError
 from clipadapt.fileio import atomic_write_bytes

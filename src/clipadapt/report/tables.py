@@ -6,8 +6,9 @@ import csv
 import io
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from clipadapt.errors import ConfigError
 from clipadapt.fileio import atomic_write_bytes
