@@ -126,16 +126,22 @@ def run_dn(features: FeatureSet, options: DNOptions) -> MethodResult:
     extra["dn"]["views"] = test.views  # V > 1: test-time augmentation, raw views averaged before DN
     if labels is not None:  # the same split without DN, so one results file shows DN's effect
         extra["without_dn"] = classification_report(ZeroShotClassifier(logit_scale=model.logit_scale).fit(features.text).predict_logits(test.image), labels)
+    samples = "all" if options.dn_samples is None else options.dn_samples
     if draws and options.dn_repeats > 1:
         summary = {}
         for key in ("top1", "top5"):
             mean, std = mean_std(d[key] for d in draws)
             summary[f"{key}_mean"], summary[f"{key}_std"] = mean, std
-        extra["dn_repeats"] = {"repeats": options.dn_repeats, **summary, "draws": draws,
+        identical = model.n_image_samples_ >= pool.shape[0]  # every pool image in every draw: one draw repeated
+        extra["dn_repeats"] = {"repeats": options.dn_repeats, **summary, "draws": draws, "draws_identical": identical,
                                "note": "top1/top5 at the top level are those of the first draw (seed --dn-seed)"}
-        notes.append(f"dn over {options.dn_repeats} draws: "
-                     f"top1 {summary['top1_mean']:.2f} ± {summary['top1_std']:.2f}")
-    samples = options.dn_samples if options.dn_samples is not None else "all"
+        if identical:
+            notes.append(f"dn: the {options.dn_repeats} draws are identical: each uses every one of the "
+                         f"{pool.shape[0]} --dn-source images (--dn-samples {samples}), so --dn-repeats has nothing "
+                         "to vary")
+        else:
+            notes.append(f"dn over {options.dn_repeats} draws: "
+                         f"top1 {summary['top1_mean']:.2f} ± {summary['top1_std']:.2f}")
     hyper = {"lambda": options.dn_lambda, "n_samples": samples,
              "seed": options.dn_seed, "text_mean": options.dn_text_mean, "order": ORDER[options.dn_text_mean],
              "logit_scale": model.logit_scale}
