@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
 from _search_reference import reference_tip_adapter, reference_tip_x  # noqa: E402
+
 from clipadapt.eval.search import TIP_GRID, TIPX_GRID, SearchResult, resolve_grid, search_tip_adapter, search_tip_x  # noqa: E402
 from clipadapt.methods.tip_adapter import TipAdapter, cache_affinity, prepare_features  # noqa: E402
 from clipadapt.methods.tip_x import TipX, minmax_coefficients  # noqa: E402

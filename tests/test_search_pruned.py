@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from _search_reference import reference_tip_adapter, reference_tip_x
+
 from clipadapt.eval import search
 from clipadapt.eval.search import _plane_correct, search_tip_adapter, search_tip_x
 from clipadapt.methods.tip_adapter import TipAdapter

@@ -6,6 +6,7 @@ so `clipadapt --help` and argument errors never import torch (docs/cli-startup.m
 
 from __future__ import annotations
 
+__version__ = "0.1.0"  # clipadapt.__version__; here so that any layer (results provenance, --version) reads it
 DEFAULT_LAMBDA = 0.25  # DN's λ, "DN*": the authors' code and tables (METHODS.md §2)
 THEORY_LAMBDA = 0.5  # DN's λ, "DN": the first-order approximation of InfoNCE
 DN_TEXT_MEANS = ("prompts", "classes")  # DN classification μ_txt: raw prompt embeddings (spec) | ensembled class rows

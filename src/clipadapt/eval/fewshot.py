@@ -15,19 +15,20 @@ of selection too: before any search the validation rows (and the cache rows) are
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from clipadapt.constants import GRID_PRESETS, TIE_BREAKS
 from clipadapt.data.fewshot import sample_disjoint, sample_few_shot, save_indices
 from clipadapt.errors import ConfigError, FeatureDirError
 from clipadapt.eval.metrics import mean_std, topk_accuracy
 from clipadapt.eval.protocol import check_disjoint
-from clipadapt.constants import GRID_PRESETS, TIE_BREAKS
 from clipadapt.eval.search import TIP_GRID, TIPX_GRID, grid_preset, resolve_grid, search_tip_adapter, search_tip_x
 from clipadapt.features.featureset import FeatureSet, FeatureSplit
 from clipadapt.methods.tip_adapter import TipAdapter, TipAdapterF
@@ -463,7 +464,7 @@ class _Jobs:
     zero_shot: dict[int | None, Prediction] = field(default_factory=dict)
 
     @classmethod
-    def prepare(cls, source: FewShotSource, config: FewShotConfig, device: torch.device | str | None) -> "_Jobs":
+    def prepare(cls, source: FewShotSource, config: FewShotConfig, device: torch.device | str | None) -> _Jobs:
         """Load test (and the 'val' split, checked against test, unless validating on train) before sampling or
         encoding anything."""
         text = source.text.to(device) if device is not None else source.text

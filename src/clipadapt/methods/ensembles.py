@@ -18,7 +18,7 @@ prediction; where the combination is a probability, the log of that probability 
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -105,7 +105,7 @@ class _Combiner:
 
     needs_labels = False
 
-    def fit(self, logits: LogitsList, labels: Tensor | None = None) -> "_Combiner":
+    def fit(self, logits: LogitsList, labels: Tensor | None = None) -> _Combiner:
         if self.needs_labels and labels is None:
             raise ConfigError(f"{type(self).__name__}.fit needs the held-out labels")
         check_logits_list(logits, labels, what="held-out logits")

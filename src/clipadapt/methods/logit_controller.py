@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -112,7 +112,7 @@ class NeuralLogitController:
         return perm[n_val:], perm[:n_val]
 
     # ------------------------------------------------------------------------------------- estimator
-    def fit(self, embeddings: Sequence[Tensor], logits: Sequence[Tensor], labels: Tensor) -> "NeuralLogitController":
+    def fit(self, embeddings: Sequence[Tensor], logits: Sequence[Tensor], labels: Tensor) -> NeuralLogitController:
         """Train on the held-out split: per-backbone embeddings (N, D_b), logits (N, C), labels (N,)."""
         x, z = self._inputs(embeddings, logits, "held-out")
         check_logits_list(list(z), labels, what="held-out logits")
