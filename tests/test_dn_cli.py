@@ -11,9 +11,11 @@ from conftest import make_clustered_features
 from clipadapt.cli import main
 from clipadapt.features import FeatureSet, FeatureSplit, save_feature_dir
 
+JSON_ABS = 1e-4  # results.json writes percentages with 4 decimals
+
 
 def _literal_top1(pool, text, test, labels, lam, text_mean="prompts"):
-    """DN top-1 written out (METHODS.md §2, classification: subtract λμ from raw embeddings, then normalise)."""
+    """DN top-1 written out (docs/methods.md §2, classification: subtract λμ from raw embeddings, then normalise)."""
     mu_img = pool.mean(0)
     prompts = text if text.ndim == 3 else text.unsqueeze(1)  # (C, T, D) raw prompt embeddings
     C, T = prompts.shape[0], prompts.shape[1]
@@ -92,11 +94,33 @@ def test_eval_dn_repeats_report_mean_std_and_each_draw(tmp_path, dn_featdir):
     assert [d["seed"] for d in rep["draws"]] == [0, 1, 2, 3]
     mean = sum(top1) / 4
     std = math.sqrt(sum((t - mean) ** 2 for t in top1) / 3)
-    assert rep["top1_mean"] == pytest.approx(mean) and rep["top1_std"] == pytest.approx(std)
+    assert rep["top1_mean"] == pytest.approx(mean, abs=JSON_ABS) and rep["top1_std"] == pytest.approx(std, abs=JSON_ABS)
     # each draw's value is what a single run with that seed gives
     single = tmp_path / "s.json"
     assert main(["eval", "--features", str(fd), "--method", "dn", "--dn-samples", "5", "--dn-seed", "2", "--out", str(single)]) == 0
     assert json.loads(single.read_text())["top1"] == pytest.approx(top1[2])
+
+
+def test_dn_runner_takes_typed_options_and_prints_nothing(capsys, dn_featdir):
+    from clipadapt.cli import build_parser
+    from clipadapt.cli.eval import method_options
+    from clipadapt.eval.registry import get_eval_method
+    from clipadapt.eval.runners.dn import DNOptions
+
+    fd, fs = dn_featdir
+    args = build_parser().parse_args(["eval", "--features", str(fd), "--method", "dn", "--dn-lambda", "0.5",
+                                      "--dn-samples", "all", "--dn-repeats", "2", "--dn-text-mean", "classes"])
+    method = get_eval_method("dn")
+    options = method_options(method, args)
+    assert options == DNOptions(split="test", dn_lambda=0.5, dn_samples=None, dn_source="unlabeled", dn_repeats=2,
+                                dn_seed=0, dn_text_mean="classes", fetch=None)  # --features: nothing to encode
+    result = method.run(fs, options)
+    assert capsys.readouterr().out == ""
+    expected = _literal_top1(fs.split("unlabeled").image, fs.text, fs.split("test").image, fs.split("test").label,
+                             0.5, "classes")
+    assert result.extra["dn_repeats"]["top1_mean"] == pytest.approx(expected)
+    assert result.notes == ["dn: the 2 draws are identical: each uses every one of the 150 --dn-source images "
+                            "(--dn-samples all), so --dn-repeats has nothing to vary"]
 
 
 def test_eval_dn_transductive_source_is_labelled(tmp_path, dn_featdir):
@@ -126,10 +150,10 @@ def test_dn_sweep_writes_table_and_plot(tmp_path, dn_featdir):
     fd, fs = dn_featdir
     out = tmp_path / "sweep"
     assert main(["dn-sweep", "--features", str(fd), "--lambdas", "0,0.5", "--samples", "1,10,1000", "--seeds", "3",
-                 "--out-dir", str(out)]) == 0
-    for name in ("sweep.csv", "sweep.md", "sweep.json", "sweep.png"):
+                 "--out", str(out)]) == 0
+    for name in ("sweep.csv", "sweep.md", "results.json", "sweep.png"):
         assert (out / name).stat().st_size > 0
-    res = json.loads((out / "sweep.json").read_text())
+    res = json.loads((out / "results.json").read_text())
     rows = res["rows"]
     assert [(r["sweep"], r["lambda"]) for r in rows if r["sweep"] == "lambda"] == [("lambda", 0.0), ("lambda", 0.5)]
     # 1000 > the 150-row pool: replaced by one row using all 150 (evaluated once, deterministic)
@@ -145,8 +169,8 @@ def test_dn_sweep_text_mean_flag_reaches_the_evaluator(tmp_path, dn_featdir):
     fd, fs = dn_featdir
     out = tmp_path / "sweep"
     assert main(["dn-sweep", "--features", str(fd), "--lambdas", "0.5", "--samples", "1000", "--seeds", "1",
-                 "--dn-text-mean", "classes", "--out-dir", str(out)]) == 0
-    res = json.loads((out / "sweep.json").read_text())
+                 "--dn-text-mean", "classes", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
     whole = next(r for r in res["rows"] if r["sweep"] == "samples")
     expected = _literal_top1(fs.split("unlabeled").image, fs.text, fs.split("test").image, fs.split("test").label, 0.25,
                              "classes")
@@ -183,7 +207,7 @@ def test_eval_dn_through_model_and_dataset_fetches_the_source_split(tmp_path):
     fs = get_feature_set(model, spec, ["train", "test"], cache_dir=tmp_path / "c", progress=False)
     clear_encoder_memo()
     test = fs.split("test")
-    assert res["top1"] == pytest.approx(_literal_top1(fs.split("train").image, fs.text, test.image, test.label, 0.5))
+    assert res["top1"] == pytest.approx(_literal_top1(fs.split("train").image, fs.text, test.image, test.label, 0.5), abs=JSON_ABS)
     assert res["dn"]["n_image_samples_used"] == 6 and res["dn"]["transductive"] is False
 
 

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import io
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from clipadapt.errors import ConfigError
 
@@ -77,7 +78,7 @@ def save_logits(path: Path, logits: Any) -> Path:
     """(N, C) float32 logits as .npy, written atomically like every other output."""
     import numpy as np
 
-    from clipadapt.features.io import atomic_write_bytes
+    from clipadapt.fileio import atomic_write_bytes
 
     path = Path(path)
     buffer = io.BytesIO()
@@ -85,10 +86,3 @@ def save_logits(path: Path, logits: Any) -> Path:
     atomic_write_bytes(path, buffer.getvalue())
     return path
 
-
-def write_results(path: Path | None, results: dict[str, Any]) -> None:
-    if path is not None:
-        from clipadapt.report.tables import write_json
-
-        write_json(path, results)
-        print(f"wrote {path}")

@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
 COMMAND = "datasets"
 HELP = ("list the dataset registry (spec, kind, number of classes, splits, templates; docs/datasets.md) and the "
         "built-in feature sets usable as --features builtin:NAME")
+EXAMPLES = """
+clipadapt datasets --kind coop
+clipadapt datasets --templates imagenet7
+clipadapt datasets --kind builtin
+"""
 COLUMNS = ["spec", "classes", "splits", "split_file", "templates", "template"]
 
 

@@ -10,6 +10,10 @@ from clipadapt.constants import DEFAULT_SHARD_SIZE
 
 COMMAND = "extract"
 HELP = "encode a dataset with an open_clip model into the feature cache (raw image + class text embeddings)"
+EXAMPLES = """
+clipadapt extract --model ViT-B-32@openai --dataset coop:oxford_pets:/data/pets --split train --split test --out feats/
+clipadapt extract --model ViT-B-16@openai --dataset imagefolder:/data/pool --split train --sharded --out pool/
+"""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -68,8 +72,9 @@ def _write_out(out: Path, fs, *, sharded: bool) -> None:
     """The --out feature directory (sharded: index + shard files linked from the cache) and each split's
     skipped-rows file."""
     from clipadapt.errors import CacheError
-    from clipadapt.features.io import atomic_write_json, read_json, save_feature_dir
+    from clipadapt.features.io import save_feature_dir
     from clipadapt.features.shards import save_sharded_feature_dir
+    from clipadapt.fileio import atomic_write_json, read_json
 
     if sharded:
         try:

@@ -12,6 +12,11 @@ COMMAND = "import-features"
 HELP = "build CLI inputs (feature dir, retrieval dir, caption embeddings) from .npy/.npz/.safetensors arrays"
 KINDS = ("classification", "retrieval", "captions")
 ARRAY = "FILE.npy, FILE.npz:KEY or FILE.safetensors:KEY, then optional [i] / [start:stop] row selections"
+EXAMPLES = """
+clipadapt import-features --out feats/ --classnames classes.txt --text text.npy \\
+    --split test=test_img.npy:test_lab.npy --split unlabeled=pool_img.npy
+clipadapt import-features --kind retrieval --out ret/ --split 'test=features.npy[0][100:500]:features.npy[1][100:500]'
+"""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -22,8 +22,9 @@ import torch
 
 from clipadapt.errors import FeatureDirError
 from clipadapt.features.featureset import SPLIT_NAMES, FeatureSet, FeatureSplit
-from clipadapt.features.io import atomic_save_tensors, load_feature_dir, load_npy, read_json, read_text, save_feature_dir
+from clipadapt.features.io import atomic_save_tensors, load_feature_dir, load_npy, save_feature_dir
 from clipadapt.features.retrieval_dir import RetrievalSet, load_retrieval_split, save_retrieval_split
+from clipadapt.fileio import read_json, read_text
 
 ARRAY_SUFFIXES = (".npy", ".npz", ".safetensors")
 KEYED_SUFFIXES = (".npz", ".safetensors")
