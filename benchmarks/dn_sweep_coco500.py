@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from clipadapt.cli import main as cli
-from clipadapt.features.builtin import load_pairs
+from clipadapt.builtin import load_pairs
 from clipadapt.features.retrieval_dir import RetrievalSet, save_retrieval_split
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,8 +15,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="session")
 def coco500() -> tuple[torch.Tensor, torch.Tensor]:
     """(image, caption) real CLIP ViT-B/16 embeddings, (500, 512) each; row i of both is a matched pair.
-    Read from the package's builtin:coco500 data (src/clipadapt/features/builtin_data/), float32, exact."""
-    from clipadapt.features.builtin import load_pairs
+    Read from the package's builtin:coco500 data (src/clipadapt/builtin_data/), float32, exact."""
+    from clipadapt.builtin import load_pairs
 
     return load_pairs("coco500")
 
@@ -24,7 +24,7 @@ def coco500() -> tuple[torch.Tensor, torch.Tensor]:
 @pytest.fixture(scope="session")
 def coco500_random_init() -> tuple[torch.Tensor, torch.Tensor]:
     """The same pipeline with a randomly initialised CLIP: the negative control (stored as float16)."""
-    from clipadapt.features.builtin import load_pairs
+    from clipadapt.builtin import load_pairs
 
     return load_pairs("coco500-random")
 

@@ -13,7 +13,7 @@ from conftest import PROJECT_ROOT
 
 from clipadapt.cli import main
 from clipadapt.eval.retrieval import evaluate_retrieval
-from clipadapt.features.builtin import BUILTIN_ROOT, BUILTINS, HOLDOUT, builtin_dir, load_pairs
+from clipadapt.builtin import BUILTIN_ROOT, BUILTINS, HOLDOUT, builtin_dir, load_pairs
 from clipadapt.features.io import load_feature_dir, load_tensors
 from clipadapt.features.retrieval_dir import load_retrieval_split
 from clipadapt.methods.dn import DistributionNormalizer
@@ -66,8 +66,8 @@ def test_unknown_builtin_names_the_available_ones(capsys):
 
 def test_retrieval_cli_on_builtin_equals_literal_recall_and_library_dn(tmp_path, coco500, literal_r1, capsys):
     image, caption = coco500
-    out = tmp_path / "r.json"
-    assert main(["retrieval", "--features", "builtin:coco500", "--out", str(out)]) == 0
+    out = tmp_path / "r" / "results.json"
+    assert main(["retrieval", "--features", "builtin:coco500", "--out", str(out.parent)]) == 0
     printed = capsys.readouterr().out
     assert "| CLIP |" in printed and "| DN (λ=0.25) |" in printed
     res = json.loads(out.read_text())
@@ -80,22 +80,21 @@ def test_retrieval_cli_on_builtin_equals_literal_recall_and_library_dn(tmp_path,
 
 
 def test_eval_zeroshot_on_builtin_is_image_to_text_recall(tmp_path, literal_r1):
-    out = tmp_path / "r.json"
-    assert main(["eval", "--features", "builtin:coco500", "--out", str(out)]) == 0
+    out = tmp_path / "r" / "results.json"
+    assert main(["eval", "--features", "builtin:coco500", "--out", str(out.parent)]) == 0
     assert json.loads(out.read_text())["top1"] == pytest.approx(literal_r1)
-    assert main(["eval", "--features", "builtin:coco500", "--method", "dn", "--out", str(out)]) == 0
+    assert main(["eval", "--features", "builtin:coco500", "--method", "dn", "--out", str(out.parent)]) == 0
     res = json.loads(out.read_text())
     assert res["dn"]["source"] == "unlabeled" and res["dn"]["n_image_samples_used"] == HOLDOUT
 
 
 def test_search_and_dn_sweep_accept_builtin(tmp_path, literal_r1):
-    out = tmp_path / "s.json"
     assert main(["search", "--queries", "builtin:coco500:test", "--gallery", "builtin:coco500:text", "--k", "5",
-                 "--paired", "--out", str(out)]) == 0
-    assert json.loads(out.read_text())["recall"]["R@1"] == pytest.approx(literal_r1)
-    assert main(["dn-sweep", "--embeddings", "builtin:coco500", "--out-dir", str(tmp_path / "sw"), "--seeds", "1",
+                 "--paired", "--out", str(tmp_path / "s")]) == 0
+    assert json.loads((tmp_path / "s" / "results.json").read_text())["recall"]["R@1"] == pytest.approx(literal_r1)
+    assert main(["dn-sweep", "--embeddings", "builtin:coco500", "--out", str(tmp_path / "sw"), "--seeds", "1",
                  "--lambdas", "0,0.25", "--samples", "100"]) == 0
-    sweep = json.loads((tmp_path / "sw" / "sweep.json").read_text())
+    sweep = json.loads((tmp_path / "sw" / "results.json").read_text())
     assert sweep["pool_size"] == HOLDOUT and sweep["transductive"] is False
 
 
@@ -106,8 +105,8 @@ def test_captions_accepts_builtin_rows(tmp_path, coco500):
         for i in range(30):  # the true caption judged good, another image's caption bad
             w.writerow({"image": i, "caption": i, "human": 4})
             w.writerow({"image": i, "caption": (i + 7) % 30, "human": 1})
-    out = tmp_path / "c.json"
-    assert main(["captions", "--judgments", str(tmp_path / "j.csv"), "--embeddings", "builtin:coco500", "--out", str(out)]) == 0
+    out = tmp_path / "c" / "results.json"
+    assert main(["captions", "--judgments", str(tmp_path / "j.csv"), "--embeddings", "builtin:coco500", "--out", str(out.parent)]) == 0
     assert json.loads(out.read_text())["correlations"]["CLIP-S"]["tau_b"] > 0.5
 
 
@@ -122,7 +121,7 @@ def test_package_data_patterns_ship_every_builtin_file():
     patterns = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["clipadapt"]
     package = PROJECT_ROOT / "src" / "clipadapt"
     files = [p.relative_to(package).as_posix() for p in BUILTIN_ROOT.rglob("*") if p.is_file()]
-    assert {"features/builtin_data/LICENSE", "features/builtin_data/README.md"} <= set(files)
+    assert {"builtin_data/LICENSE", "builtin_data/README.md"} <= set(files)
     assert len(files) == 2 + 4 * len(BUILTINS)
     unshipped = [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in patterns)]
     assert unshipped == []

@@ -220,9 +220,9 @@ def test_eval_dn_on_a_folder_without_split_subfolders_is_transductive(tmp_path):
 
     root = make_imagefolder(tmp_path / "flat", splits=("",))
     assert not (root / "test").exists() and (root / "red").is_dir()
-    out = tmp_path / "r.json"
+    out = tmp_path / "r" / "results.json"
     assert main(["eval", "--model", "clipadapt-test-tiny-vit", "--dataset", f"imagefolder:{root}", "--method", "dn",
-                 "--dn-samples", "all", "--cache-dir", str(tmp_path / "c"), "--device", "cpu", "--out", str(out)]) == 0
+                 "--dn-samples", "all", "--cache-dir", str(tmp_path / "c"), "--device", "cpu", "--out", str(out.parent)]) == 0
     clear_encoder_memo()
     dn = json.loads(out.read_text())["dn"]
     assert dn["source"] == "unlabeled" and dn["shared_with_evaluated"] == 6 and dn["transductive"] is True
@@ -234,7 +234,7 @@ def test_eval_dn_pool_with_the_test_rows_under_another_name_is_transductive(tmp_
     test = fs.split("test")
     copy = FeatureSet(classnames=fs.classnames, text=fs.text,
                       splits={"test": test, "unlabeled": FeatureSplit(torch.cat([test.image[:3], fs.split("unlabeled").image]))})
-    fd, out = save_feature_dir(copy, tmp_path / "dup"), tmp_path / "r.json"
-    assert main(["eval", "--features", str(fd), "--method", "dn", "--out", str(out)]) == 0
+    fd, out = save_feature_dir(copy, tmp_path / "dup"), tmp_path / "r" / "results.json"
+    assert main(["eval", "--features", str(fd), "--method", "dn", "--out", str(out.parent)]) == 0
     dn = json.loads(out.read_text())["dn"]
     assert dn["shared_with_evaluated"] == 3 and dn["transductive"] is True

@@ -40,7 +40,7 @@ def _env(clone) -> dict[str, str]:
 
 
 def test_fresh_clone_runs_the_quickstart_from_its_own_package_data(clone):
-    where = subprocess.run([sys.executable, "-c", "import clipadapt.features.builtin as b; print(b.BUILTIN_ROOT)"],
+    where = subprocess.run([sys.executable, "-c", "import clipadapt.builtin as b; print(b.BUILTIN_ROOT)"],
                            cwd=clone, env=_env(clone), capture_output=True, text=True, check=True).stdout.strip()
     assert where.startswith(str(clone)), where  # the clone's data, not this checkout's
     run = subprocess.run([sys.executable, "-m", "clipadapt", "retrieval", "--features", "builtin:coco500"],

@@ -13,7 +13,7 @@ from conftest import PROJECT_ROOT
 from safetensors.numpy import load_file, save_file
 
 from clipadapt.cli import main
-from clipadapt.features.builtin import HOLDOUT
+from clipadapt.builtin import HOLDOUT
 from clipadapt.features.io import load_feature_dir
 from clipadapt.features.retrieval_dir import load_retrieval_split
 

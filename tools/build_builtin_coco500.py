@@ -1,4 +1,4 @@
-"""Rebuild the packaged coco500 feature sets (src/clipadapt/features/builtin_data/) from the source .npy files.
+"""Rebuild the packaged coco500 feature sets (src/clipadapt/builtin_data/) from the source .npy files.
 
     PYTHONPATH=src python tools/build_builtin_coco500.py SOURCE_DIR
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clipadapt.features.builtin import BUILTIN_ROOT, HOLDOUT
+from clipadapt.builtin import BUILTIN_ROOT, HOLDOUT
 from clipadapt.features.io import atomic_save_tensors, atomic_write_json
 
 SETS = {  # name: (source file, stored dtype, meta)

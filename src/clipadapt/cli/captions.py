@@ -82,7 +82,7 @@ def _from_embeddings(args: argparse.Namespace, rows: list[dict]) -> tuple:
     """(image, caption, references, DN pool, rows, skipped images) from the row indices into --embeddings."""
     from clipadapt.features.io import _require, load_tensors
 
-    from clipadapt.features.builtin import caption_tensors, is_builtin
+    from clipadapt.builtin import caption_tensors, is_builtin
 
     tensors = caption_tensors(args.embeddings) if is_builtin(args.embeddings) else load_tensors(args.embeddings)
     image_all = _require(tensors, "image", args.embeddings).float()

@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         for template in get_templates(args.templates):
             print(template)
         return 0
-    from clipadapt.features.builtin import list_builtins
+    from clipadapt.builtin import list_builtins
 
     builtins = list_builtins() if args.kind in (None, "builtin") else []
     rows = [] if args.kind == "builtin" else [info.summary() for info in list_datasets(args.kind)]

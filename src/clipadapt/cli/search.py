@@ -46,7 +46,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _open(spec: str) -> tuple[str, ShardedSplit | torch.Tensor]:
     """DIR:SPLIT -> a memory-mapped split (sharded index if there is one, else the split file); DIR:text -> W rows."""
-    from clipadapt.features.builtin import resolve_dir
+    from clipadapt.builtin import resolve_dir
     from clipadapt.features.io import load_text, read_meta
     from clipadapt.features.shards import ShardedSplit, index_path
 

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from clipadapt.errors import ClipadaptError, FeatureDirError
-from clipadapt.features.builtin import resolve_dir
+from clipadapt.builtin import resolve_dir
 from clipadapt.features.featureset import SPLIT_NAMES, FeatureSet, FeatureSplit
 from clipadapt.fileio import atomic_path, atomic_write_json, read_json
 

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from clipadapt.errors import FeatureDirError
-from clipadapt.features.builtin import resolve_dir
+from clipadapt.builtin import resolve_dir
 from clipadapt.features.io import atomic_save_tensors, check_finite, load_tensors
 from clipadapt.fileio import atomic_write_json, read_json
 
