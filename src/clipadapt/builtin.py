@@ -73,11 +73,10 @@ def load_pairs(name: str = "coco500") -> tuple[Tensor, Tensor]:
     """(image (500, D), caption (500, D)) float32 in the original pair order: row i of both is a matched pair,
     rows 0..HOLDOUT-1 the unlabeled pool. Used by `captions` and the real-embedding tests."""
     import torch
-
-    from clipadapt.features.io import load_tensors
+    from safetensors.torch import load_file  # the files are the package's own: no user-facing validation needed
 
     directory = builtin_dir(name)
-    pool, test = load_tensors(directory / "unlabeled.safetensors"), load_tensors(directory / "test.safetensors")
+    pool, test = load_file(str(directory / "unlabeled.safetensors")), load_file(str(directory / "test.safetensors"))
     image = torch.cat([pool["image"], test["image"]]).float()
     caption = torch.cat([pool["text"], test["text"]]).float()
     return image, caption
