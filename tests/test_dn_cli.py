@@ -15,7 +15,7 @@ JSON_ABS = 1e-4  # results.json writes percentages with 4 decimals
 
 
 def _literal_top1(pool, text, test, labels, lam, text_mean="prompts"):
-    """DN top-1 written out (METHODS.md §2, classification: subtract λμ from raw embeddings, then normalise)."""
+    """DN top-1 written out (docs/methods.md §2, classification: subtract λμ from raw embeddings, then normalise)."""
     mu_img = pool.mean(0)
     prompts = text if text.ndim == 3 else text.unsqueeze(1)  # (C, T, D) raw prompt embeddings
     C, T = prompts.shape[0], prompts.shape[1]
@@ -99,6 +99,28 @@ def test_eval_dn_repeats_report_mean_std_and_each_draw(tmp_path, dn_featdir):
     single = tmp_path / "s.json"
     assert main(["eval", "--features", str(fd), "--method", "dn", "--dn-samples", "5", "--dn-seed", "2", "--out", str(single)]) == 0
     assert json.loads(single.read_text())["top1"] == pytest.approx(top1[2])
+
+
+def test_dn_runner_takes_typed_options_and_prints_nothing(capsys, dn_featdir):
+    from clipadapt.cli import build_parser
+    from clipadapt.cli.eval import method_options
+    from clipadapt.eval.registry import get_eval_method
+    from clipadapt.eval.runners.dn import DNOptions
+
+    fd, fs = dn_featdir
+    args = build_parser().parse_args(["eval", "--features", str(fd), "--method", "dn", "--dn-lambda", "0.5",
+                                      "--dn-samples", "all", "--dn-repeats", "2", "--dn-text-mean", "classes"])
+    method = get_eval_method("dn")
+    options = method_options(method, args)
+    assert options == DNOptions(split="test", dn_lambda=0.5, dn_samples=None, dn_source="unlabeled", dn_repeats=2,
+                                dn_seed=0, dn_text_mean="classes", fetch=None)  # --features: nothing to encode
+    result = method.run(fs, options)
+    assert capsys.readouterr().out == ""
+    expected = _literal_top1(fs.split("unlabeled").image, fs.text, fs.split("test").image, fs.split("test").label,
+                             0.5, "classes")
+    assert result.extra["dn_repeats"]["top1_mean"] == pytest.approx(expected)
+    assert result.notes == ["dn: the 2 draws are identical: each uses every one of the 150 --dn-source images "
+                            "(--dn-samples all), so --dn-repeats has nothing to vary"]
 
 
 def test_eval_dn_transductive_source_is_labelled(tmp_path, dn_featdir):
@@ -187,3 +209,32 @@ def test_eval_dn_through_model_and_dataset_fetches_the_source_split(tmp_path):
     test = fs.split("test")
     assert res["top1"] == pytest.approx(_literal_top1(fs.split("train").image, fs.text, test.image, test.label, 0.5), abs=JSON_ABS)
     assert res["dn"]["n_image_samples_used"] == 6 and res["dn"]["transductive"] is False
+
+
+def test_eval_dn_on_a_folder_without_split_subfolders_is_transductive(tmp_path):
+    """imagefolder:ROOT without train/val/test folders serves the same images as 'unlabeled' and 'test': DN's
+    means then come from the evaluated images, and results.json must say so."""
+    from _imagedata import make_imagefolder
+
+    from clipadapt.features.pipeline import clear_encoder_memo
+
+    root = make_imagefolder(tmp_path / "flat", splits=("",))
+    assert not (root / "test").exists() and (root / "red").is_dir()
+    out = tmp_path / "r" / "results.json"
+    assert main(["eval", "--model", "clipadapt-test-tiny-vit", "--dataset", f"imagefolder:{root}", "--method", "dn",
+                 "--dn-samples", "all", "--cache-dir", str(tmp_path / "c"), "--device", "cpu", "--out", str(out.parent)]) == 0
+    clear_encoder_memo()
+    dn = json.loads(out.read_text())["dn"]
+    assert dn["source"] == "unlabeled" and dn["shared_with_evaluated"] == 6 and dn["transductive"] is True
+
+
+def test_eval_dn_pool_with_the_test_rows_under_another_name_is_transductive(tmp_path, dn_featdir):
+    """A feature directory whose 'unlabeled' split repeats test rows (no paths recorded): found by the rows."""
+    _, fs = dn_featdir
+    test = fs.split("test")
+    copy = FeatureSet(classnames=fs.classnames, text=fs.text,
+                      splits={"test": test, "unlabeled": FeatureSplit(torch.cat([test.image[:3], fs.split("unlabeled").image]))})
+    fd, out = save_feature_dir(copy, tmp_path / "dup"), tmp_path / "r" / "results.json"
+    assert main(["eval", "--features", str(fd), "--method", "dn", "--out", str(out.parent)]) == 0
+    dn = json.loads(out.read_text())["dn"]
+    assert dn["shared_with_evaluated"] == 3 and dn["transductive"] is True

@@ -1,4 +1,4 @@
-"""Training the IMO adapters (METHODS.md §5): supervised cross-entropy or DINO self-distillation.
+"""Training the IMO adapters (docs/methods.md §5): supervised cross-entropy or DINO self-distillation.
 
 Only the adapters (and the training head) learn; the CLIP backbone stays frozen and in eval mode. The loop is
 resumable: every `save_every` steps (and at the end) it writes, atomically, a full training state
@@ -13,9 +13,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,7 @@ from clipadapt.adapters.imo_adapter import (
     save_adapter_checkpoint,
 )
 from clipadapt.errors import AdapterError, ConfigError
-from clipadapt.features.io import atomic_open
+from clipadapt.fileio import atomic_open, atomic_write_json
 from clipadapt.ops import l2_normalize
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,7 @@ _RESUMABLE_CHANGES = {"max_steps", "save_every", "num_workers"}
 
 @dataclass
 class AdapterTrainConfig:
-    """Hyper-parameters of adapter training; `None` fields take the per-mode defaults of METHODS.md §5."""
+    """Hyper-parameters of adapter training; `None` fields take the per-mode defaults of docs/methods.md §5."""
 
     mode: str = "supervised"
     width: int = 64
@@ -72,7 +73,7 @@ class AdapterTrainConfig:
     center_momentum: float = 0.9
     teacher_momentum: float = 0.996  # cosine-scheduled to 1 over training
 
-    def resolved(self) -> "AdapterTrainConfig":
+    def resolved(self) -> AdapterTrainConfig:
         """A copy with the per-mode defaults filled in, validated."""
         if self.mode not in MODES:
             raise ConfigError(f"adapter training mode must be one of {MODES}, got {self.mode!r}")
@@ -587,6 +588,4 @@ def _update_teacher(teacher: dict[str, Tensor], params, head, step: int, planned
 
 
 def _write_log(out_dir: Path, losses: list[float], c: AdapterTrainConfig, total: int) -> None:
-    from clipadapt.features.io import atomic_write_json
-
     atomic_write_json(out_dir / LOG_FILE, {"mode": c.mode, "total_steps": total, "steps": len(losses), "loss": losses})

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import io
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from clipadapt.errors import ConfigError
 
@@ -41,7 +42,8 @@ def comma_floats(text: str) -> list[float]:
 def add_feature_source_arguments(parser: argparse.ArgumentParser) -> None:
     """--features DIR, or --model/--dataset to extract through the cache."""
     src = parser.add_argument_group("features")
-    src.add_argument("--features", type=Path, help="a feature directory (docs/feature-format.md)")
+    src.add_argument("--features", type=Path, help="a feature directory (docs/feature-format.md), or a built-in set "
+                     "such as builtin:coco500 (`clipadapt datasets`)")
     src.add_argument("--model", help="model id ARCH@TAG, e.g. ViT-B-32@openai (extract through the cache)")
     src.add_argument("--dataset", help="dataset spec, e.g. coop:oxford_pets:/data/pets, imagefolder:/data/x")
     src.add_argument("--cache-dir", type=Path, default=None, help="feature cache root (default: $CLIPADAPT_CACHE or ~/.cache/clipadapt)")
@@ -76,7 +78,7 @@ def save_logits(path: Path, logits: Any) -> Path:
     """(N, C) float32 logits as .npy, written atomically like every other output."""
     import numpy as np
 
-    from clipadapt.features.io import atomic_write_bytes
+    from clipadapt.fileio import atomic_write_bytes
 
     path = Path(path)
     buffer = io.BytesIO()

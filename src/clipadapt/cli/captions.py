@@ -7,8 +7,16 @@ import csv
 import io
 from pathlib import Path
 
-from clipadapt.cli._conventions import (add_out_argument, draws_identical, identical_draws_note, out_dir,
-                                        path_provenance, results_path, vs_baseline, write_results)
+from clipadapt.cli._conventions import (
+    add_out_argument,
+    draws_identical,
+    identical_draws_note,
+    out_dir,
+    path_provenance,
+    results_path,
+    vs_baseline,
+    write_results,
+)
 from clipadapt.errors import ConfigError, DatasetError
 from clipadapt.eval.runners.dn import add_dn_arguments
 
@@ -26,7 +34,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="CSV, one row per human judgment: image, caption, human[, references] (docs/dn.md)")
     parser.add_argument("--embeddings", type=Path,
                         help="safetensors with 'image' (N, D), 'caption' (M, D)[, 'reference' (K, D)]: the CSV's "
-                             "image/caption/references columns are then row indices (references ';'-separated)")
+                             "image/caption/references columns are then row indices (references ';'-separated); "
+                             "or builtin:coco500 (500 images and their 500 captions, row i a matched pair)")
     parser.add_argument("--image-root", type=Path, help="without --embeddings: folder the CSV's image paths are relative to")
     parser.add_argument("--model", help="model id ARCH@TAG: without --embeddings, the encoder of the images and captions; "
                                         "with --embeddings, recorded in the results as the model that computed them")
@@ -45,7 +54,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def read_judgments(path: Path) -> list[dict[str, str]]:
     """Rows of the judgments CSV; 'image', 'caption' and 'human' are required columns."""
-    from clipadapt.features.io import read_text
+    from clipadapt.fileio import read_text
 
     try:
         rows = list(csv.DictReader(io.StringIO(read_text(path, what="judgments CSV", error=DatasetError), newline="")))
@@ -73,7 +82,9 @@ def _from_embeddings(args: argparse.Namespace, rows: list[dict]) -> tuple:
     """(image, caption, references, DN pool, rows, skipped images) from the row indices into --embeddings."""
     from clipadapt.features.io import _require, load_tensors
 
-    tensors = load_tensors(args.embeddings)
+    from clipadapt.builtin import caption_tensors, is_builtin
+
+    tensors = caption_tensors(args.embeddings) if is_builtin(args.embeddings) else load_tensors(args.embeddings)
     image_all = _require(tensors, "image", args.embeddings).float()
     caption_all, ref_all = _require(tensors, "caption", args.embeddings).float(), tensors.get("reference")
     img_idx = [_int(r["image"], args.judgments, i + 2, "image", image_all.shape[0]) for i, r in enumerate(rows)]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import io
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from clipadapt.cli._conventions import add_out_argument, path_provenance, results_path, write_results
 from clipadapt.constants import TOPK_BACKENDS as BACKENDS
@@ -27,7 +28,7 @@ clipadapt search --queries coco/:text --gallery coco/:test --paired --k 10 --bac
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queries", required=True, metavar="DIR:SPLIT",
-                        help="query embeddings: a feature directory and a split name, or DIR:text for the class texts")
+                        help="query embeddings: a feature directory (or builtin:coco500) and a split name, or DIR:text for the class texts")
     parser.add_argument("--gallery", required=True, metavar="DIR:SPLIT", help="gallery embeddings, same form")
     parser.add_argument("--k", type=int, default=10, help="neighbours per query")
     parser.add_argument("--chunk-size", type=int, default=4096, help="gallery rows scored at once")
@@ -45,13 +46,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _open(spec: str) -> tuple[str, ShardedSplit | torch.Tensor]:
     """DIR:SPLIT -> a memory-mapped split (sharded index if there is one, else the split file); DIR:text -> W rows."""
+    from clipadapt.builtin import resolve_dir
     from clipadapt.features.io import load_text, read_meta
     from clipadapt.features.shards import ShardedSplit, index_path
 
     directory, sep, split = spec.rpartition(":")
     if not sep or not directory:
         raise ConfigError(f"'{spec}': expected DIR:SPLIT, e.g. feats/:test or feats/:text")
-    directory = Path(directory)
+    directory = resolve_dir(directory)  # DIR may be builtin:NAME
     if split == "text":
         return spec, load_text(directory, len(read_meta(directory)["classnames"]))
     if index_path(directory, split).is_file():
@@ -98,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from clipadapt.eval.topk import chunked_topk
-    from clipadapt.features.io import atomic_write_bytes
+    from clipadapt.fileio import atomic_write_bytes
 
     normalize = not args.no_normalize
     q_spec, q_src = _open(args.queries)

@@ -149,15 +149,11 @@ def _data_provenance(cell: Cell, output: dict[str, Any]) -> dict[str, Any]:
 
 def _run_fewshot(args: argparse.Namespace) -> dict[str, Any]:
     """What `clipadapt fewshot` computes and writes to results.json (its own functions), without its tables and plot."""
-    from clipadapt.cli.fewshot import _provenance, build_source, parse_grid_overrides
-    from clipadapt.eval.fewshot import FewShotConfig, run_fewshot
+    from clipadapt.cli.fewshot import _provenance, build_source, config_from_args
+    from clipadapt.eval.fewshot import run_fewshot
     from clipadapt.report.tables import write_json
 
-    config = FewShotConfig(shots=args.shots, seeds=args.seeds, methods=args.methods, allow_fewer=args.allow_fewer,
-                           grids=parse_grid_overrides(args.grid), tipf_epochs=args.tipf_epochs,
-                           chunk_size=args.chunk_size, val_from_train=args.val_from_train)
-    if config.needs_adapted and not (args.adapter or args.adapted_features):
-        raise ConfigError("tip++/tipx++ need 'adapted_features' (with features) or the 'adapter' option (with a spec)")
+    config = config_from_args(args)
     source = build_source(args)
     results = run_fewshot(source, config, index_dir=args.out / "indices", device=args.device, progress=False)
     path = write_json(args.out / RESULTS_FILE, {"config": vars(config), "features": source.describe(), **results,

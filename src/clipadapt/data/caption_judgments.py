@@ -93,7 +93,7 @@ def _float(value: str, path: str | Path, line: int) -> float:
 
 def write_judgments_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """The `clipadapt captions --judgments` CSV (image, caption, human, references), written atomically."""
-    from clipadapt.features.io import atomic_write_bytes
+    from clipadapt.fileio import atomic_write_bytes
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=["image", "caption", "human", "references"], lineterminator="\n")

@@ -2,7 +2,7 @@
 
 - CLIPScore (Hessel et al. 2021): ``CLIP-S(c, v) = w · max(cos(c, v), 0)``, w = 2.5.
 - RefCLIPScore: harmonic mean of CLIP-S and ``max(max_r cos(c, r), 0)`` over the references r.
-- DN-CLIPScore (METHODS.md §2, caption task): ``(norm(v) − λμ_img)·(norm(c) − λμ_txt)``, means over the whole
+- DN-CLIPScore (docs/methods.md §2, caption task): ``(norm(v) − λμ_img)·(norm(c) − λμ_txt)``, means over the whole
   evaluated set by default, **no** 2.5 scale and **no** clamp. DN scores are not on CLIPScore's scale (they can be
   negative); only rank correlations (Kendall τ) are comparable across the two.
 - DN-RefCLIPScore: the harmonic mean is undefined for signed scores, so DN's reference-based score is the
@@ -12,12 +12,15 @@
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from clipadapt.errors import ConfigError
+from clipadapt.eval.metrics import mean_std
+from clipadapt.methods.dn import DistributionNormalizer
 from clipadapt.ops import l2_normalize
 
 CLIPSCORE_W = 2.5
@@ -113,9 +116,6 @@ def evaluate_caption_scores(
     (`pool_image`, `pool_text`); by default the distinct images and captions of the evaluated set itself.
     Returns {'scores': {metric: (N,) tensor}, 'correlations': {metric: {...}}, 'dn': {...}}.
     """
-    from clipadapt.eval.metrics import mean_std
-    from clipadapt.methods.dn import DistributionNormalizer
-
     if human.shape[0] != image.shape[0]:
         raise ConfigError(f"{human.shape[0]} human judgments for {image.shape[0]} (image, caption) pairs")
     pool_image = torch.unique(image, dim=0) if pool_image is None else pool_image

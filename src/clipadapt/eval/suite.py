@@ -243,7 +243,7 @@ class SuiteStore:
 
 def _write_json(path: Path, obj: Any) -> None:
     """Atomic (temp file + fsync + rename): a killed run never leaves half a cell file."""
-    from clipadapt.features.io import atomic_write_bytes
+    from clipadapt.fileio import atomic_write_bytes
 
     atomic_write_bytes(path, (json.dumps(obj, indent=2, default=str) + "\n").encode("utf-8"))
 

@@ -1,4 +1,4 @@
-"""Backbone synergy analyses (METHODS.md §6): oracle, agreement, complementarity, per-class best backbone,
+"""Backbone synergy analyses (docs/methods.md §6): oracle, agreement, complementarity, per-class best backbone,
 normalisation study (zero-shot and linear probe), combiners, cost and a confidence cascade.
 
 Inputs are per-backbone score sets whose rows are the same samples in the same order (`ScoreSet`); every
@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch

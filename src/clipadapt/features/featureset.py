@@ -49,7 +49,7 @@ class FeatureSplit:
             raise FeatureDirError(f"split '{split_name}' has no labels (tensor 'label' is missing)")
         return self.label
 
-    def subset(self, index: Tensor | list[int]) -> "FeatureSplit":
+    def subset(self, index: Tensor | list[int]) -> FeatureSplit:
         """Rows `index` of this split (paths follow)."""
         index = torch.as_tensor(index, dtype=torch.long)
         paths = [self.paths[i] for i in index.tolist()] if self.paths is not None else None
@@ -80,7 +80,7 @@ class FeatureSet:
         return int(self.text.shape[-1])
 
     def classifier(self) -> Tensor:
-        """W (C, D): prompt-ensembled, L2-normalised class text embeddings (METHODS.md §1)."""
+        """W (C, D): prompt-ensembled, L2-normalised class text embeddings (docs/methods.md §1)."""
         return prompt_ensemble(self.text)
 
     def has_split(self, name: str) -> bool:

@@ -1,4 +1,4 @@
-"""Distribution Normalization (DN) — Zhou et al., NeurIPS 2023 (METHODS.md §2).
+"""Distribution Normalization (DN) — Zhou et al., NeurIPS 2023 (docs/methods.md §2).
 
     S_λ(x, y) = (φ(x) − λ·μ_img)ᵀ (ψ(y) − λ·μ_txt)
 
@@ -8,7 +8,7 @@ differs by task, and is explicit here (`task=`):
 - ``"classification"``: μ_img is the mean of the **raw** image embeddings of the drawn samples. The text side
   follows the same order (subtract from raw, then normalise), with μ_txt chosen by ``text_mean``:
 
-  * ``"prompts"`` (default, METHODS.md §2 "the mean of all class-prompt embeddings"): μ_txt is the mean of the
+  * ``"prompts"`` (default, docs/methods.md §2 "the mean of all class-prompt embeddings"): μ_txt is the mean of the
     **raw** embeddings t_kj of every class × template prompt; each prompt becomes t_kj − λμ_txt, and the class
     row is the usual prompt ensemble of those (normalise each, average over templates, re-normalise):
     ``c_k = norm(mean_j norm(t_kj − λμ_txt))``; with (C, D) text ``c_k = norm(t_k − λμ_txt)``.
@@ -32,7 +32,12 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from clipadapt.constants import DEFAULT_LAMBDA, DEFAULT_TEXT_MEAN, DN_TEXT_MEANS, THEORY_LAMBDA  # re-exported; defined there so the CLI parser is torch-free
+from clipadapt.constants import (  # re-exported; defined there so the CLI parser is torch-free
+    DEFAULT_LAMBDA,
+    DEFAULT_TEXT_MEAN,
+    DN_TEXT_MEANS,
+    THEORY_LAMBDA,  # noqa: F401
+)
 from clipadapt.errors import ConfigError
 from clipadapt.ops import CLIP_LOGIT_SCALE, check_is_fitted, check_same_dim, l2_normalize, pool_views, prompt_ensemble
 
@@ -68,7 +73,7 @@ def draw_samples(x: Tensor, n_samples: int | None, generator: torch.Generator, w
 
 
 class DistributionNormalizer:
-    """Test-time Distribution Normalization of CLIP scores (METHODS.md §2); see the module docstring."""
+    """Test-time Distribution Normalization of CLIP scores (docs/methods.md §2); see the module docstring."""
 
     def __init__(
         self,
@@ -91,7 +96,7 @@ class DistributionNormalizer:
         if self.text_mean not in DN_TEXT_MEANS:
             raise ConfigError(f"DistributionNormalizer: text_mean must be one of {DN_TEXT_MEANS}, got '{self.text_mean}'")
 
-    def fit(self, image_embeddings: Tensor, text_embeddings: Tensor) -> "DistributionNormalizer":
+    def fit(self, image_embeddings: Tensor, text_embeddings: Tensor) -> DistributionNormalizer:
         """Estimate μ_img and μ_txt from unlabeled raw embeddings.
 
         `image_embeddings`: (N, D) or (N, V, D) raw (views averaged first); `n_samples` rows drawn with `seed`.

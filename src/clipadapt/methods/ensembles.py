@@ -1,4 +1,4 @@
-"""Combining the logits of several backbones (METHODS.md §6): static combiners and a stacking baseline.
+"""Combining the logits of several backbones (docs/methods.md §6): static combiners and a stacking baseline.
 
 Every combiner is an estimator over a *list* of per-backbone logits, one (N, C) tensor per backbone, all rows
 in the same sample order:
@@ -18,7 +18,7 @@ prediction; where the combination is a probability, the log of that probability 
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -105,7 +105,7 @@ class _Combiner:
 
     needs_labels = False
 
-    def fit(self, logits: LogitsList, labels: Tensor | None = None) -> "_Combiner":
+    def fit(self, logits: LogitsList, labels: Tensor | None = None) -> _Combiner:
         if self.needs_labels and labels is None:
             raise ConfigError(f"{type(self).__name__}.fit needs the held-out labels")
         check_logits_list(logits, labels, what="held-out logits")

@@ -1,4 +1,4 @@
-"""The Neural Logit Controller (METHODS.md §6): per-sample, per-backbone temperatures from an MLP.
+"""The Neural Logit Controller (docs/methods.md §6): per-sample, per-backbone temperatures from an MLP.
 
 An MLP reads the concatenated image embeddings of all B backbones and outputs B positive temperatures
 `τ_b(x) = softplus(h_b(x)) + min_temperature`; the combined logits are `z(x) = Σ_b z_b(x) / τ_b(x)`.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -112,7 +112,7 @@ class NeuralLogitController:
         return perm[n_val:], perm[:n_val]
 
     # ------------------------------------------------------------------------------------- estimator
-    def fit(self, embeddings: Sequence[Tensor], logits: Sequence[Tensor], labels: Tensor) -> "NeuralLogitController":
+    def fit(self, embeddings: Sequence[Tensor], logits: Sequence[Tensor], labels: Tensor) -> NeuralLogitController:
         """Train on the held-out split: per-backbone embeddings (N, D_b), logits (N, C), labels (N,)."""
         x, z = self._inputs(embeddings, logits, "held-out")
         check_logits_list(list(z), labels, what="held-out logits")

@@ -1,4 +1,4 @@
-"""Tip-Adapter and Tip-Adapter-F (METHODS.md §3), with the TA++ variant of §5.
+"""Tip-Adapter and Tip-Adapter-F (docs/methods.md §3), with the TA++ variant of §5.
 
 Cache keys F (NK, D) are the mean of the raw augmented views of each shot, L2-normalised; values L are one-hot.
 For a normalised test feature f:
@@ -18,7 +18,15 @@ import torch
 from torch import Tensor
 
 from clipadapt.errors import ConfigError
-from clipadapt.ops import CLIP_LOGIT_SCALE, check_is_fitted, check_same_dim, l2_normalize, one_hot, pool_views, prompt_ensemble
+from clipadapt.ops import (
+    CLIP_LOGIT_SCALE,
+    check_is_fitted,
+    check_same_dim,
+    l2_normalize,
+    one_hot,
+    pool_views,
+    prompt_ensemble,
+)
 
 TIP_ALPHA = 1.17
 TIP_BETA = 1.0
@@ -44,12 +52,12 @@ def check_adapted_pair(original: Tensor, adapted: Tensor | None, what: str) -> N
 
 
 class TipAdapter:
-    """Training-free few-shot cache classifier (METHODS.md §3); TA++ when fitted with `adapted_keys`."""
+    """Training-free few-shot cache classifier (docs/methods.md §3); TA++ when fitted with `adapted_keys`."""
 
     def __init__(self, *, alpha: float = TIP_ALPHA, beta: float = TIP_BETA, logit_scale: float = CLIP_LOGIT_SCALE):
         self.alpha, self.beta, self.logit_scale = alpha, beta, logit_scale
 
-    def fit(self, keys: Tensor, key_labels: Tensor, text: Tensor, *, adapted_keys: Tensor | None = None) -> "TipAdapter":
+    def fit(self, keys: Tensor, key_labels: Tensor, text: Tensor, *, adapted_keys: Tensor | None = None) -> TipAdapter:
         """Build the cache.
 
         `keys`: raw shot embeddings (NK, D) or (NK, V, D) (V augmented views, averaged); `key_labels` (NK,);
@@ -102,7 +110,7 @@ class TipAdapter:
         affinity = cache_affinity(self.cache_cosine(features, adapted_features), self.beta)
         return zs + self.alpha * (affinity @ self.values_)
 
-    def with_params(self, **params: float) -> "TipAdapter":
+    def with_params(self, **params: float) -> TipAdapter:
         """A shallow copy with other hyper-parameters (alpha, beta, ...) and the same fitted cache."""
         clone = copy.copy(self)
         for name, value in params.items():
@@ -113,7 +121,7 @@ class TipAdapter:
 
 
 class TipAdapterF(TipAdapter):
-    """Tip-Adapter-F (METHODS.md §3): the cache keys become a trainable linear layer, fine-tuned with α, β fixed.
+    """Tip-Adapter-F (docs/methods.md §3): the cache keys become a trainable linear layer, fine-tuned with α, β fixed.
 
     The epoch kept is the one with the best *validation* accuracy (the original picked on test); α, β are then
     searched on validation by `clipadapt.eval.search.search_tip_adapter` on the fine-tuned keys. With (NK, V, D)
@@ -147,7 +155,7 @@ class TipAdapterF(TipAdapter):
         val_features: Tensor | None = None,
         val_labels: Tensor | None = None,
         adapted_keys: Tensor | None = None,
-    ) -> "TipAdapterF":
+    ) -> TipAdapterF:
         """Build the cache from `keys` (as TipAdapter), then fine-tune the keys on the same shots.
 
         `val_features`/`val_labels` select the epoch; without them the last epoch is kept.

@@ -1,4 +1,4 @@
-"""Zero-shot classification (METHODS.md §1): logits = s · norm(f) · Wᵀ."""
+"""Zero-shot classification (docs/methods.md §1): logits = s · norm(f) · Wᵀ."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ class ZeroShotClassifier:
     def __init__(self, *, logit_scale: float = CLIP_LOGIT_SCALE):
         self.logit_scale = logit_scale
 
-    def fit(self, text: Tensor) -> "ZeroShotClassifier":
+    def fit(self, text: Tensor) -> ZeroShotClassifier:
         """`text`: raw class text embeddings (C, D) or (C, T, D)."""
         self.classifier_ = prompt_ensemble(text)
         return self

@@ -59,7 +59,7 @@ def correlation(x: list[float], y: list[float]) -> dict[str, Any]:
 
 def write_imo_correlation(root: Path, rows: list[dict[str, Any]], *, plots: bool = True) -> list[Path]:
     """imo_correlation.json/.md and imo_correlation_<pair>.png when the summary has overlaps and paired methods."""
-    from clipadapt.features.io import atomic_write_bytes
+    from clipadapt.fileio import atomic_write_bytes
     from clipadapt.report.tables import markdown_table, write_json
 
     written: list[Path] = []

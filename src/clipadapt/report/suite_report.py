@@ -180,7 +180,7 @@ def pivot(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def write_suite_report(root: str | Path, *, plots: bool = True, argv: list[str] | None = None) -> list[Path]:
     """summary.json / summary.csv / summary.md (+ expected.* and plots) in the run directory; returns the paths."""
-    from clipadapt.features.io import atomic_write_bytes
+    from clipadapt.fileio import atomic_write_bytes
     from clipadapt.report.tables import markdown_table, write_json, write_table
 
     root = Path(root)
