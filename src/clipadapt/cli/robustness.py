@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from clipadapt.cli._common import comma_ints, comma_strings
+from clipadapt.constants import GRID_PRESETS, TIE_BREAKS
 from clipadapt.errors import ConfigError
 
 COMMAND = "robustness"
@@ -39,6 +40,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-from-train", type=int, default=4, metavar="N",
                         help="validate on N ImageNet train images per class (default 4; CoOp's ImageNet val is test)")
     parser.add_argument("--grid", action="append", default=[], metavar="FAMILY.PARAM=SPEC", help="as in `fewshot`")
+    parser.add_argument("--grid-preset", choices=GRID_PRESETS, default=None, help="a paper's grids and tie order, as in `fewshot`")
+    parser.add_argument("--tie-break", choices=TIE_BREAKS, default="grid-order", help="as in `fewshot`")
     parser.add_argument("--tipf-epochs", type=int, default=20)
     parser.add_argument("--allow-fewer", action="store_true")
     from clipadapt.cli._conventions import add_out_argument
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give at least one --variant NAME=DIR")
     config = FewShotConfig(shots=args.shots, seeds=args.seeds, methods=args.methods, allow_fewer=args.allow_fewer,
                            grids=parse_grid_overrides(args.grid), tipf_epochs=args.tipf_epochs,
-                           val_from_train=args.val_from_train)
+                           val_from_train=args.val_from_train, grid_preset=args.grid_preset, tie_break=args.tie_break)
     adapted = load_feature_dir(args.adapted_features) if args.adapted_features else None
     source = DirectorySource(load_feature_dir(args.features), adapted)
     adapted_variants = dict(args.adapted_variant)
