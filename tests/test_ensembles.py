@@ -17,10 +17,10 @@ from clipadapt.methods.ensembles import (
     MinEntropy,
     Stacking,
     TemperatureScaledMean,
+    check_logits_list,
     fit_temperature,
-    predict_streaming,
-    predictions_streaming,
 )
+from clipadapt.eval.synergy_combiners import predict_streaming, predictions_streaming
 
 
 def _random_logits(b=3, n=6, c=4, seed=0, scale=3.0):
@@ -121,9 +121,13 @@ def test_every_combiner_streams_from_memmap_identically(name, tmp_path):
 
 
 @pytest.mark.parametrize("name", sorted(COMBINERS))
-def test_every_combiner_predict_before_fit_is_clear_error(name):
-    with pytest.raises(NotFittedError, match="not fitted"):
-        COMBINERS[name]().predict_logits([torch.zeros(2, 3)])
+def test_fitted_combiners_predict_before_fit_is_clear_error_static_ones_need_no_fit(name):
+    cls, logits = COMBINERS[name], [torch.tensor([[2.0, 0.0, 1.0]]), torch.tensor([[0.0, 1.0, 3.0]])]
+    if cls.requires_fit:
+        with pytest.raises(NotFittedError, match="not fitted"):
+            cls().predict_logits(logits)
+    else:  # nothing to learn: the unfitted combiner gives what a fitted one gives
+        assert torch.equal(cls().predict_logits(logits), cls().fit(logits).predict_logits(logits))
 
 
 def test_mismatched_backbone_shapes_name_the_backbone():
@@ -150,17 +154,15 @@ SAME = "every backbone must score the same samples in the same order over the sa
     [([(4, 3), (5, 3)], "same sample count N"), ([(4, 3), (4, 2)], "same class count C"), ([(4, 3), (4, 3, 1)], "same shape")],
 )
 def test_tensor_and_array_logit_lists_share_one_checker_and_one_wording(shapes, differs):
-    """check_logits_list (tensors, in-memory combiners) and check_array_list (arrays, streaming / backbones CLI)
-    are one checker: the same literal message, naming the backbone by index or by the name given."""
-    from clipadapt.methods.ensembles import check_array_list, check_logits_list
-
+    """check_logits_list checks tensors (in-memory combiners) and arrays (streaming / backbones CLI) alike: the same
+    literal message, naming the backbone by index or by the name given."""
     (n0, c0), bad = shapes[0], shapes[1]
     tail = f"has shape {bad} but {{first}} has {(n0, c0)}: {SAME} ({differs})"
     with pytest.raises(ConfigError) as tensors:
         check_logits_list([torch.zeros(*s) for s in shapes])
     assert str(tensors.value) == "logits[1] " + tail.format(first="logits[0]")
     with pytest.raises(ConfigError) as arrays:
-        check_array_list([np.zeros(s, dtype=np.float32) for s in shapes], names=["a.npy", "b.npy"])
+        check_logits_list([np.zeros(s, dtype=np.float32) for s in shapes], names=["a.npy", "b.npy"])
     assert str(arrays.value) == "b.npy " + tail.format(first="a.npy")
     with pytest.raises(ConfigError) as streamed:
         predict_streaming(MeanLogits().fit([torch.zeros(n0, c0)] * 2), [np.zeros(s, dtype=np.float32) for s in shapes])
@@ -168,12 +170,9 @@ def test_tensor_and_array_logit_lists_share_one_checker_and_one_wording(shapes, 
 
 
 def test_empty_or_non_matrix_logit_lists_have_one_wording():
-    from clipadapt.methods.ensembles import check_array_list, check_logits_list
-
-    for check in (check_logits_list, check_array_list):
-        with pytest.raises(ConfigError, match=r"^logits: need the logits of at least one backbone, got none$"):
-            check([])
+    with pytest.raises(ConfigError, match=r"^logits: need the logits of at least one backbone, got none$"):
+        check_logits_list([])
     with pytest.raises(ConfigError, match=r"^logits\[0\]: expected \(N, C\) logits, got shape \(4,\)$"):
-        check_array_list([np.zeros(4)])
+        check_logits_list([np.zeros(4)])
     with pytest.raises(ConfigError, match=r"^a\.npy: expected \(N, C\) logits, got shape \(4,\)$"):
         check_logits_list([torch.zeros(4)], names=["a.npy"])

@@ -1,5 +1,6 @@
-"""Every exported estimator follows the contract (STYLE.md): keyword-only hyper-parameters stored by __init__,
-fit(...) returns self and sets attributes ending in '_', predict_logits before fit raises NotFittedError."""
+"""Every exported estimator follows the contract (STYLE.md): keyword-only hyper-parameters stored by __init__
+(validated by fit), get_params() round-trips, fit(...) returns self and sets attributes ending in '_',
+predict_logits before fit raises NotFittedError (static combiners have nothing to fit: they predict unfitted)."""
 
 import inspect
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 import clipadapt.methods as methods
-from clipadapt import NotFittedError
+from clipadapt import ConfigError, NotFittedError
 
 ESTIMATORS = [getattr(methods, name) for name in methods.__all__]
 
@@ -41,8 +42,53 @@ def test_init_takes_keyword_only_hyperparameters(cls):
 @pytest.mark.parametrize("cls", ESTIMATORS, ids=lambda c: c.__name__)
 def test_predict_before_fit_raises_not_fitted(cls):
     _, _, predict_args = _fit_args(cls)
+    if not getattr(cls, "requires_fit", True):  # a static combiner: an unfitted one predicts what a fitted one does
+        fit_args, _, _ = _fit_args(cls)
+        assert torch.equal(cls().predict_logits(*predict_args), cls().fit(*fit_args).predict_logits(*predict_args))
+        return
     with pytest.raises(NotFittedError, match=cls.__name__):
         cls().predict_logits(*predict_args)
+
+
+@pytest.mark.parametrize("cls", ESTIMATORS, ids=lambda c: c.__name__)
+def test_get_params_round_trips_any_values_unvalidated(cls):
+    """__init__ stores whatever it is given (no validation there); get_params returns exactly that, by the
+    signature's names, and rebuilds an equal estimator."""
+    names = [p.name for p in inspect.signature(cls).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    given = {name: f"value-of-{name}" for name in names}
+    estimator = cls(**given)
+    assert estimator.get_params() == given
+    assert type(estimator)(**estimator.get_params()).get_params() == given
+    assert list(cls().get_params()) == names
+
+
+INVALID = {  # one invalid hyper-parameter per estimator that validates one, and the error fit raises
+    "DistributionNormalizer": ({"task": "ranking"}, "task must be one of"),
+    "TemperatureScaledMean": ({"average": "median"}, "average must be 'logits' or 'probs'"),
+    "NeuralLogitController": ({"val_fraction": 1.5}, r"val_fraction must be in \(0, 1\)"),
+    "TipAdapterF": ({"epochs": 0}, "epochs >= 1"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(INVALID))
+def test_invalid_hyperparameters_raise_at_fit_not_at_init(name):
+    cls = getattr(methods, name)
+    params, message = INVALID[name]
+    estimator = cls(**params)  # storing is not validating
+    fit_args, fit_kwargs, _ = _fit_args(cls)
+    with pytest.raises(ConfigError, match=message):
+        estimator.fit(*fit_args, **fit_kwargs)
+    assert not [k for k in vars(estimator) if k.endswith("_")]  # a refused fit learns nothing
+
+
+def test_with_params_copies_the_fitted_state_and_refuses_unknown_names():
+    fit_args, _, (feats,) = _fit_args(methods.TipAdapter)
+    model = methods.TipAdapter(alpha=1.0).fit(*fit_args)
+    other = model.with_params(alpha=0.0)
+    assert other.alpha == 0.0 and model.alpha == 1.0 and other.keys_ is model.keys_
+    assert torch.allclose(other.predict_logits(feats), methods.ZeroShotClassifier().fit(fit_args[2]).predict_logits(feats))
+    with pytest.raises(ConfigError, match="TipAdapter has no hyper-parameter 'keys_'"):
+        model.with_params(keys_=None)
 
 
 @pytest.mark.parametrize("cls", ESTIMATORS, ids=lambda c: c.__name__)

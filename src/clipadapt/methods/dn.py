@@ -34,6 +34,7 @@ from torch import Tensor
 
 from clipadapt.constants import DEFAULT_LAMBDA, DEFAULT_TEXT_MEAN, DN_TEXT_MEANS, THEORY_LAMBDA  # re-exported; defined there so the CLI parser is torch-free
 from clipadapt.errors import ConfigError
+from clipadapt.methods._params import Params
 from clipadapt.ops import CLIP_LOGIT_SCALE, check_is_fitted, check_same_dim, l2_normalize, pool_views, prompt_ensemble
 
 Task = Literal["classification", "retrieval", "caption"]
@@ -67,7 +68,7 @@ def draw_samples(x: Tensor, n_samples: int | None, generator: torch.Generator, w
     return x[torch.randperm(n, generator=generator)[:n_samples].to(x.device)]
 
 
-class DistributionNormalizer:
+class DistributionNormalizer(Params):
     """Test-time Distribution Normalization of CLIP scores (METHODS.md §2); see the module docstring."""
 
     def __init__(
@@ -181,9 +182,8 @@ class DistributionNormalizer:
 
     def describe(self) -> dict:
         """Hyper-parameters and sample counts for a results file."""
-        out = {"lambda": self.lam, "n_samples": self.n_samples, "seed": self.seed, "task": self.task}
-        if self.task == "classification":
-            out["text_mean"] = self.text_mean
+        shown = {"lam", "n_samples", "seed", "task"} | ({"text_mean"} if self.task == "classification" else set())
+        out = {("lambda" if k == "lam" else k): v for k, v in self.get_params().items() if k in shown}
         if hasattr(self, "n_image_samples_"):
             out.update(n_image_samples=self.n_image_samples_, n_text_samples=self.n_text_samples_)
         return out
