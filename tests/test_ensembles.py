@@ -7,7 +7,7 @@ import pytest
 import torch
 from _synergy_data import informative_and_noisy, top1
 
-from clipadapt.errors import ConfigError, NotFittedError
+from clipadapt.errors import ConfigError
 from clipadapt.methods.ensembles import (
     COMBINERS,
     MajorityVote,
@@ -118,16 +118,6 @@ def test_every_combiner_streams_from_memmap_identically(name, tmp_path):
     assert np.allclose(streamed, whole, atol=1e-5)
     preds = predictions_streaming(paths, chunk_rows=5)
     assert preds.tolist() == [z.argmax(1).tolist() for z in logits]
-
-
-@pytest.mark.parametrize("name", sorted(COMBINERS))
-def test_fitted_combiners_predict_before_fit_is_clear_error_static_ones_need_no_fit(name):
-    cls, logits = COMBINERS[name], [torch.tensor([[2.0, 0.0, 1.0]]), torch.tensor([[0.0, 1.0, 3.0]])]
-    if cls.requires_fit:
-        with pytest.raises(NotFittedError, match="not fitted"):
-            cls().predict_logits(logits)
-    else:  # nothing to learn: the unfitted combiner gives what a fitted one gives
-        assert torch.equal(cls().predict_logits(logits), cls().fit(logits).predict_logits(logits))
 
 
 def test_mismatched_backbone_shapes_name_the_backbone():

@@ -44,8 +44,6 @@ METHOD_TABLE: dict[str, tuple[type, str | None, bool]] = {  # name: (estimator, 
     "tipx++": (TipX, "tipx", True),
 }
 METHODS = tuple(METHOD_TABLE)
-ADAPTED_METHODS = tuple(m for m, (_, _, adapted) in METHOD_TABLE.items() if adapted)
-GRID_FAMILY = {m: family for m, (_, family, _) in METHOD_TABLE.items() if family}
 DEFAULT_GRIDS = {"tip": TIP_GRID, "tipx": TIPX_GRID}
 
 
@@ -78,10 +76,10 @@ class FewShotConfig:
 
     @property
     def needs_adapted(self) -> bool:
-        return any(m in ADAPTED_METHODS for m in self.methods)
+        return any(METHOD_TABLE[m][2] for m in self.methods)
 
     def grid(self, method: str) -> dict[str, list[float]]:
-        family = GRID_FAMILY[method]
+        family = METHOD_TABLE[method][1]
         return resolve_grid(DEFAULT_GRIDS[family], self.grids.get(family, {}))
 
 
@@ -278,12 +276,10 @@ def fit_and_predict(
     keys, key_labels = train.image, train.labels("train")
     grid = config.grid(method)
     a_train, a_val, a_test = adapted if adapted is not None else (None, None, None)
-    extra: dict[str, Any] = {}
-    if estimator is TipAdapterF:
+    if estimator is TipAdapterF:  # fine-tunes its keys, the epoch chosen on val
         model = TipAdapterF(epochs=config.tipf_epochs, seed=seed).fit(
             keys, key_labels, text, val_features=val.image, val_labels=val.labels("val")
         )
-        extra = {"best_epoch": model.best_epoch_}
     else:
         model = estimator().fit(keys, key_labels, text, adapted_keys=a_train.image if a_train else None)
     a_val_image = a_val.image if a_val is not None else None
@@ -295,6 +291,7 @@ def fit_and_predict(
                                     adapted_val_features=a_val_image, chunk_size=config.chunk_size)
     best = model.with_params(**result.best)
     logits = best.predict_logits(test_features, a_test)
+    extra = {"best_epoch": model.best_epoch_} if estimator is TipAdapterF else {}
     hyperparameters = {**best.get_params(), **extra, "grid_size": result.to_dict()["grid_size"]}
     return Prediction(logits, hyperparameters, result.best_accuracy)
 

@@ -386,29 +386,20 @@ def _backbone_summary(backbones: BackboneHits, labels: Tensor, names: list[str],
 def _synergy_tables(names: list[str], classnames: list[str], cost: list[float], ks: tuple[int, ...],
                     summary: dict[str, Any], comb_acc: dict[str, dict[str, float]], subsets: list[dict[str, Any]],
                     cascade_rows: list[dict[str, Any]], preds: Tensor, labels: Tensor) -> dict[str, list[dict[str, Any]]]:
-    """The report's tables (name -> rows), in the order they are written."""
+    """The report's tables (name -> rows), in the order they are written: per backbone top-1 (top-5) and cost,
+    each combiner's accuracy and gain over the best single backbone, subsets, matrices, per class, cascade."""
     return {
-        "per_backbone": _per_backbone_rows(names, cost, summary, ks),
-        "combinations": _combination_rows(comb_acc, summary, cost),
+        "per_backbone": [{"backbone": x, "top1": summary["accuracy"][x],
+                          **({"top5": summary["accuracy_top5"][x]} if 5 in ks else {}), "cost": k}
+                         for x, k in zip(names, cost)],
+        "combinations": [{"method": k, **v, "gain_over_best": v["top1"] - summary["best_single"]["top1"],
+                          "cost": sum(cost)} for k, v in comb_acc.items()],  # running every backbone
         "subsets": subsets,
         "agreement": _matrix_rows(summary["agreement"], names),
         "complementarity": _matrix_rows(summary["complementarity"], names),
         "per_class_best": per_class_best(preds, labels, names, classnames),
         "cascade": _flat_cascade_rows(cascade_rows),
     }
-
-
-def _per_backbone_rows(names: list[str], cost: list[float], summary: dict[str, Any], ks: tuple[int, ...]) -> list[dict]:
-    """Table rows: each backbone's top-1 (and top-5) and cost."""
-    return [{"backbone": x, "top1": summary["accuracy"][x],
-             **({"top5": summary["accuracy_top5"][x]} if 5 in ks else {}), "cost": k}
-            for x, k in zip(names, cost)]
-
-
-def _combination_rows(comb_acc: dict[str, dict[str, float]], summary: dict[str, Any], cost: list[float]) -> list[dict]:
-    """Table rows: each combiner's accuracy, its gain over the best single backbone, and the cost of running all."""
-    return [{"method": k, **v, "gain_over_best": v["top1"] - summary["best_single"]["top1"], "cost": sum(cost)}
-            for k, v in comb_acc.items()]
 
 
 def _cost_points(per_backbone: list[dict], subsets: list[dict], combos: list[dict]) -> list[dict[str, Any]]:
@@ -428,10 +419,3 @@ def _flat_cascade_rows(cascade_rows: list[dict[str, Any]]) -> list[dict[str, Any
     return [{**{k: v for k, v in r.items() if k != "stopped_after"},
              **{f"stopped_after_{k}": v for k, v in r["stopped_after"].items()}} for r in cascade_rows]
 
-
-__all__ = [
-    "ScoreSet", "SynergyReport", "evaluate_synergy", "agreement_matrix", "accuracy_table", "cascade",
-    "BackboneHits", "CascadeCounts", "CombinerCounts", "SubsetCounts", "stream_chunks", "topk_levels",
-    "complementarity_matrix", "oracle_accuracy", "per_backbone_accuracy", "per_class_best", "subset_mean_probs",
-    "synergy_summary",
-]

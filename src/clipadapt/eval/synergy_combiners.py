@@ -55,18 +55,14 @@ def as_float_tensor(block: np.ndarray | Tensor) -> Tensor:
     return torch.from_numpy(np.array(block, dtype=np.float32))  # a copy: memmap slices are read-only
 
 
-def predict_streaming(combiner: Any, logits: Sequence[np.ndarray | Tensor], *, chunk_rows: int = 1024,
-                      out: np.ndarray | None = None) -> np.ndarray:
-    """Apply a (fitted) logits combiner chunk by chunk; returns (N, C) float32 (written into `out` when given).
+def predict_streaming(combiner: Any, logits: Sequence[np.ndarray | Tensor], *, chunk_rows: int = 1024) -> np.ndarray:
+    """Apply a (fitted) logits combiner chunk by chunk; returns (N, C) float32.
 
     `logits` may be memory-mapped arrays (`np.load(path, mmap_mode="r")`): only `chunk_rows` rows of each
     backbone are read at a time.
     """
     n, c = check_logits_list(logits)
-    if out is None:
-        out = np.empty((n, c), dtype=np.float32)
-    elif tuple(out.shape) != (n, c):
-        raise ConfigError(f"out has shape {tuple(out.shape)}, expected {(n, c)}")
+    out = np.empty((n, c), dtype=np.float32)
     for rows in iter_row_chunks(n, chunk_rows):
         out[rows] = combiner.predict_logits([as_float_tensor(z[rows]) for z in logits]).numpy()
     return out

@@ -1,7 +1,5 @@
-"""Backbone synergy, the cost axis (METHODS.md §6): parameters, GFLOPs and measured time per image of an
-architecture. Not pure, unlike the analyses: it builds open_clip models (shapes only on the meta device, random
-weights on `device` to time them) and reads the clock.
-"""
+"""Backbone synergy, the cost axis (METHODS.md §6): parameters, GFLOPs and time per image of an architecture.
+Not pure, unlike the analyses: it builds open_clip models (meta device for shapes, random weights to time them)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -171,7 +171,8 @@ def check_aligned_feature_sets(feature_sets: dict[str, FeatureSet], split: str) 
     ref_split = ref.split(split)
     for name, fs in items[1:]:
         if fs.classnames != ref.classnames:
-            diff = _first_difference(ref.classnames, fs.classnames)
+            diff = next((f"; first difference at class {i}: {a!r} vs {b!r}"
+                         for i, (a, b) in enumerate(zip(ref.classnames, fs.classnames)) if a != b), "")
             raise FeatureDirError(
                 f"{name}: class names differ from {ref_name} ({len(fs.classnames)} vs {len(ref.classnames)} classes"
                 f"{diff}) — combine backbones evaluated on the same dataset"
@@ -193,23 +194,15 @@ def check_aligned_feature_sets(feature_sets: dict[str, FeatureSet], split: str) 
             )
 
 
-def _first_difference(a: Sequence[str], b: Sequence[str]) -> str:
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return f"; first difference at class {i}: {x!r} vs {y!r}"
-    return ""
-
-
 # ----------------------------------------------------------------------------------------- scores from features
-def zero_shot_scores(feature_sets: dict[str, FeatureSet], split: str, *, with_labels: bool = True) -> ScoreSet:
+def zero_shot_scores(feature_sets: dict[str, FeatureSet], split: str) -> ScoreSet:
     """Zero-shot logits (and pooled raw embeddings) of every backbone on `split`."""
     logits, embeddings = [], []
     for fs in feature_sets.values():
         s = fs.split(split)
         logits.append(ZeroShotClassifier().fit(fs.text).predict_logits(s.image))
         embeddings.append(s.pooled())
-    first = next(iter(feature_sets.values())).split(split)
-    labels = first.labels(split) if with_labels else None
+    labels = next(iter(feature_sets.values())).split(split).labels(split)
     return ScoreSet(logits=logits, labels=labels, embeddings=embeddings)
 
 
@@ -219,8 +212,7 @@ HELDOUT_FIX = ("Fit the combiners on train images instead: --val-from-train K (a
 TRAIN_FIX = "The training split contains test images: give a dataset whose train and test differ, or --no-normalisation-study."
 
 
-@dataclass
-class HeldOut:
+class HeldOut(NamedTuple):
     """The labelled rows the combiners are fitted on (None: only the static combiners run), how they were chosen,
     and, for a few-shot draw, the training-split rows drawn."""
 
@@ -279,10 +271,8 @@ def load_logit_scores(logits: Sequence[str], labels: str | Path | None, *, names
         for path, held, evaluated in zip(heldout_logits, h_arrays, arrays):
             check_disjoint(held[:], evaluated[:], selection_name=f"held-out ({path})", test_name="evaluated",
                            purpose="fitting the combiners", fix="Give held-out logits of other images than the evaluated ones.")
-        h_emb = load_embedding_set(heldout_embeddings, len(h_arrays), h_arrays[0].shape[0], "held-out")
-        heldout = ScoreSet(logits=h_arrays, labels=h_y, embeddings=h_emb)
+        heldout = ScoreSet(h_arrays, h_y, load_embedding_set(heldout_embeddings, len(h_arrays), len(h_y), "held-out"))
     names = list(names or [Path(p).stem for p in logits])
     if len(names) != len(arrays):
         raise ConfigError(f"--names lists {len(names)} names for {len(arrays)} logits files")
-    emb = load_embedding_set(embeddings, len(arrays), arrays[0].shape[0], "evaluated")
-    return names, ScoreSet(logits=arrays, labels=y, embeddings=emb), heldout
+    return names, ScoreSet(arrays, y, load_embedding_set(embeddings, len(arrays), len(y), "evaluated")), heldout

@@ -73,11 +73,6 @@ def check_labels(labels: Tensor, n: int, num_classes: int, what: str = "logits")
         )
 
 
-def entropy(log_probs: Tensor) -> Tensor:
-    """Row-wise Shannon entropy (nats) of log-probabilities (..., C) -> (...)."""
-    return -(log_probs.exp() * log_probs).sum(dim=-1)
-
-
 def fit_temperature(logits: Tensor, labels: Tensor, *, max_iter: int = 100) -> float:
     """Temperature T > 0 minimising the NLL of softmax(logits / T) on labelled data (Guo et al. 2017).
 
@@ -121,8 +116,7 @@ class _Combiner(Params):
         if self.requires_fit:
             check_is_fitted(self, "num_backbones_")
         check_logits_list(logits)
-        fitted = getattr(self, "num_backbones_", None) is not None
-        if fitted and (len(logits) != self.num_backbones_ or logits[0].shape[1] != self.num_classes_):
+        if hasattr(self, "num_backbones_") and (len(logits) != self.num_backbones_ or logits[0].shape[1] != self.num_classes_):
             raise ConfigError(
                 f"{type(self).__name__} was fitted on {self.num_backbones_} backbones × {self.num_classes_} classes "
                 f"but got {len(logits)} backbones × {logits[0].shape[1]} classes"
@@ -196,7 +190,7 @@ class MinEntropy(_SelectBackbone):
     """Per sample, the backbone whose softmax distribution has the lowest entropy."""
 
     def _scores(self, log_p: Tensor) -> Tensor:
-        return -entropy(log_p)
+        return (log_p.exp() * log_p).sum(dim=-1)  # minus the Shannon entropy
 
 
 # ----------------------------------------------------------------------------------------- fitted

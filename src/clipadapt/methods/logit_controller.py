@@ -60,9 +60,10 @@ class NeuralLogitController(Params):
         )
 
     # ------------------------------------------------------------------------------------- inputs
-    def _inputs(self, embeddings: Sequence[Tensor], logits: Sequence[Tensor], what: str) -> tuple[Tensor, Tensor]:
-        """(N, ΣD) controller input and (B, N, C) logits, with shape checks naming the backbone."""
-        n, _ = check_logits_list(logits, what=f"{what} logits")
+    def _inputs(self, embeddings: Sequence[Tensor], logits: Sequence[Tensor], what: str,
+                labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(N, ΣD) controller input and (B, N, C) logits, with shape (and label) checks naming the backbone."""
+        n, _ = check_logits_list(logits, labels, what=f"{what} logits")
         if len(embeddings) != len(logits):
             raise ConfigError(f"{what}: {len(embeddings)} embedding tensors for {len(logits)} logits tensors")
         return self._embedding_input(embeddings, n, what), torch.stack([z.float() for z in logits])
@@ -115,8 +116,7 @@ class NeuralLogitController(Params):
         """Train on the held-out split: per-backbone embeddings (N, D_b), logits (N, C), labels (N,)."""
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
-        x, z = self._inputs(embeddings, logits, "held-out")
-        check_logits_list(list(z), labels, what="held-out logits")
+        x, z = self._inputs(embeddings, logits, "held-out", labels)
         y = labels.long()
         generator = torch.Generator().manual_seed(self.seed)
         with torch.random.fork_rng(devices=[]):
