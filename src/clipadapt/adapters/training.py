@@ -275,17 +275,17 @@ class Supervised:
     def transform(self, model: nn.Module, preprocess: Callable | None) -> Callable:
         return preprocess or eval_transform(model)
 
-    def start(self, state: "_TrainingState", adapters: list[BottleneckAdapter], device: torch.device,
+    def start(self, state: "_Run", adapters: list[BottleneckAdapter], device: torch.device,
               saved: dict[str, Any] | None) -> None:
         """Set up (or restore from `saved`) what the objective keeps between steps: nothing here."""
 
-    def loss(self, model: nn.Module, state: "_TrainingState", images: Tensor, labels: Tensor,
+    def loss(self, model: nn.Module, state: "_Run", images: Tensor, labels: Tensor,
              device: torch.device) -> tuple[Tensor, Any]:
         feats = _embed(model, images.to(device)).float()
         logits = state.head(l2_normalize(feats) if self.c.normalize_features else feats)
         return F.cross_entropy(logits, labels.to(device)), None
 
-    def after_step(self, state: "_TrainingState", aux: Any) -> None:
+    def after_step(self, state: "_Run", aux: Any) -> None:
         """Nothing moves after the optimiser step."""
 
     def state(self) -> dict[str, Tensor]:
@@ -306,7 +306,7 @@ class Dino:
     def transform(self, model: nn.Module, preprocess: Callable | None) -> Callable:
         return multicrop_transform(model, self.c)
 
-    def start(self, state: "_TrainingState", adapters: list[BottleneckAdapter], device: torch.device,
+    def start(self, state: "_Run", adapters: list[BottleneckAdapter], device: torch.device,
               saved: dict[str, Any] | None) -> None:
         """The teacher starts as a copy of the student, the centre at zero (or both as saved)."""
         self.adapters = adapters  # switched to eval mode while the teacher runs
@@ -317,7 +317,7 @@ class Dino:
             self.teacher = {k: v.detach().clone() for k, v in _teacher_source(state.params, state.head).items()}
             self.center = torch.zeros(self.c.dino_out_dim, device=device)
 
-    def loss(self, model: nn.Module, state: "_TrainingState", images: list[Tensor], labels: Tensor,
+    def loss(self, model: nn.Module, state: "_Run", images: list[Tensor], labels: Tensor,
              device: torch.device) -> tuple[Tensor, Any]:
         """DINO loss of the student's views against the teacher's outputs on the 2 global views (returned too)."""
         from torch.func import functional_call
@@ -339,7 +339,7 @@ class Dino:
         return loss, teacher_out
 
     @torch.no_grad()
-    def after_step(self, state: "_TrainingState", teacher_out: Tensor) -> None:
+    def after_step(self, state: "_Run", teacher_out: Tensor) -> None:
         """EMA of the student into the teacher (momentum on DINO's cosine schedule from m0 to 1 over the planned
         steps), EMA of the teacher outputs' mean into the centre."""
         c = self.c
@@ -357,13 +357,21 @@ OBJECTIVES = {"supervised": Supervised, "selfsup": Dino}
 
 # ----------------------------------------------------------------------------------------- a run
 @dataclass
-class _TrainingState:
-    """What the steps change and a resume restores (the adapters themselves live in the model)."""
+class _Run:
+    """One call's training: the model and its objective, what the steps change and a resume restores (adapters in
+    the model, head, optimizer, step, losses), and where the checkpoints go."""
 
+    model: nn.Module
+    objective: Supervised | Dino
+    c: AdapterTrainConfig
+    out_dir: Path
+    device: torch.device
+    planned: int  # the schedule's horizon (drives the DINO teacher momentum)
+    total: int  # steps in all (max_steps may stop before `planned`)
     params: dict[str, nn.Parameter]
     head: nn.Module
     optimizer: torch.optim.Optimizer
-    planned: int  # the schedule's horizon (drives the DINO teacher momentum)
+    meta: dict[str, Any]  # written into the adapter checkpoint's JSON
     losses: list[float] = field(default_factory=list)
     step: int = 0
 
@@ -375,6 +383,28 @@ class _TrainingState:
         self.head.load_state_dict(saved["head"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.step, self.losses = int(saved["step"]), list(saved["losses"])
+
+    def save(self) -> Path:
+        """Write the resumable state at `step` (atomically, RNG states last) and export the adapter checkpoint;
+        returns its weights file."""
+        _atomic_torch_save({"config": _config_dict(self.c), "step": self.step, "losses": self.losses,
+                            "adapters": {k: v.detach().cpu() for k, v in self.params.items()},
+                            "head": {k: v.cpu() for k, v in self.head.state_dict().items()},
+                            "optimizer": self.optimizer.state_dict(), "rng": _rng_state(self.device),
+                            **self.objective.state()}, self.out_dir / STATE_FILE)
+        meta = {**self.meta, "steps": self.step, "complete": self.step >= self.total}
+        return save_adapter_checkpoint(self.out_dir, self.model, meta)
+
+    def train_step(self, images: Tensor | list[Tensor], labels: Tensor, amp: Callable) -> None:
+        """One optimiser step on one batch, then the objective's after-step update (DINO: teacher, centre)."""
+        with amp():
+            loss, aux = self.objective.loss(self.model, self, images, labels, self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        self.objective.after_step(self, aux)
+        self.losses.append(float(loss.detach()))
 
 
 def train_adapters(
@@ -398,10 +428,36 @@ def train_adapters(
     dataset spec, ...) is written into the checkpoint's JSON. Resumes from `out_dir/train_state.pt` if present.
     """
     c = (config or AdapterTrainConfig()).resolved()
-    out_dir, device = Path(out_dir), next(model.parameters()).device
     if len(dataset) == 0:
         raise ConfigError("adapter training: the dataset is empty")
     objective = OBJECTIVES[c.mode](c, dataset, num_classes)
+    run, adapters, saved = _start_run(model, dataset, Path(out_dir), c, objective, preprocess, model_name, extra_config)
+    loader = DataLoader(_Transformed(dataset, objective.transform(model, preprocess)), num_workers=c.num_workers,
+                        batch_sampler=_ResumableBatches(len(dataset), c.batch_size, c.seed, run.step, run.total),
+                        pin_memory=run.device.type == "cuda")
+    start = run.step
+    weights = run.save() if start == 0 else run.out_dir / "adapter.safetensors"
+    if start >= run.total:
+        log.info("adapter training in %s is already complete (%d steps)", run.out_dir, run.total)
+        return TrainResult(weights, start, run.total, start, run.losses)
+    _set_train_modes(model, adapters, True)
+    batches = iter(loader)  # creating it draws from the global RNG: restore the saved state only after
+    if saved is not None:
+        _set_rng_state(saved["rng"], run.device)
+    try:
+        weights = _run_steps(run, batches, autocast_dtype, progress) or weights
+    finally:
+        _set_train_modes(model, adapters, False)
+    _write_log(run.out_dir, run.losses, c, run.total)
+    return TrainResult(weights, run.step, run.total, start, run.losses)
+
+
+def _start_run(model: nn.Module, dataset: Dataset, out_dir: Path, c: AdapterTrainConfig, objective: Supervised | Dino,
+               preprocess: Callable | None, model_name: str | None, extra_config: dict[str, Any] | None
+               ) -> tuple[_Run, list[BottleneckAdapter], dict[str, Any] | None]:
+    """Seed (fresh run) or load the saved state, insert the adapters, build the head and AdamW over both, restore
+    a saved run; (run, adapters, saved state or None). In this order: the global RNG draws are part of the format."""
+    device = next(model.parameters()).device
     planned, total = _schedule(len(dataset), c)
     saved = _saved_state_or_seed(out_dir / STATE_FILE, c)
     adapters = _ensure_adapters(model, c, model_name)
@@ -409,65 +465,30 @@ def train_adapters(
     head = objective.head(embed_dim).to(device)
     params = _adapter_params(model)
     optimizer = torch.optim.AdamW([*params.values(), *head.parameters()], lr=c.lr, weight_decay=c.weight_decay)
-    state = _TrainingState(params, head, optimizer, planned)
-    if saved is not None:
-        state.restore(saved)
-        log.info("resuming adapter training from step %d of %d (%s)", state.step, total, out_dir / STATE_FILE)
-    objective.start(state, adapters, device, saved)
-    loader = DataLoader(_Transformed(dataset, objective.transform(model, preprocess)), num_workers=c.num_workers,
-                        batch_sampler=_ResumableBatches(len(dataset), c.batch_size, c.seed, state.step, total),
-                        pin_memory=device.type == "cuda")
     meta = {**(extra_config or {}), "mode": c.mode, "training": _config_dict(c), "total_steps": total,
             "num_classes": objective.num_classes, "num_train_images": len(dataset)}
-
-    def save() -> Path:
-        """Write the resumable state at `state.step` (atomically), export the adapter checkpoint; its weights file."""
-        _atomic_torch_save({"config": _config_dict(c), "step": state.step, "losses": state.losses,
-                            "adapters": {k: v.detach().cpu() for k, v in params.items()},
-                            "head": {k: v.cpu() for k, v in head.state_dict().items()},
-                            "optimizer": optimizer.state_dict(), "rng": _rng_state(device), **objective.state()},
-                           out_dir / STATE_FILE)
-        return save_adapter_checkpoint(out_dir, model, {**meta, "steps": state.step, "complete": state.step >= total})
-
-    start = state.step
-    weights = save() if start == 0 else out_dir / "adapter.safetensors"
-    if start >= total:
-        log.info("adapter training in %s is already complete (%d steps)", out_dir, total)
-        return TrainResult(weights, start, total, start, state.losses)
-    amp = (lambda: torch.autocast(device.type, dtype=autocast_dtype)) if autocast_dtype else contextlib.nullcontext
-    _set_train_modes(model, adapters, True)
-    batches = iter(loader)  # creating it draws from the global RNG: restore the saved state only after
+    run = _Run(model, objective, c, out_dir, device, planned, total, params, head, optimizer, meta)
     if saved is not None:
-        _set_rng_state(saved["rng"], device)
-    try:
-        weights = _run_steps(model, objective, state, batches, save, c, total, device, amp, progress) or weights
-    finally:
-        _set_train_modes(model, adapters, False)
-    _write_log(out_dir, state.losses, c, total)
-    return TrainResult(weights, state.step, total, start, state.losses)
+        run.restore(saved)
+        log.info("resuming adapter training from step %d of %d (%s)", run.step, total, out_dir / STATE_FILE)
+    objective.start(run, adapters, device, saved)
+    return run, adapters, saved
 
 
-def _run_steps(model: nn.Module, objective: Supervised | Dino, state: _TrainingState, batches: Iterator, save: Callable,
-               c: AdapterTrainConfig, total: int, device: torch.device, amp: Callable, progress: bool) -> Path | None:
+def _run_steps(run: _Run, batches: Iterator, autocast_dtype: torch.dtype | None, progress: bool) -> Path | None:
     """Every optimiser step of this call, a checkpoint every `save_every` steps and at the end; returns the last
     adapter weights file written (None: none)."""
     from tqdm.auto import tqdm
 
+    amp = (lambda: torch.autocast(run.device.type, dtype=autocast_dtype)) if autocast_dtype else contextlib.nullcontext
     weights = None
-    with tqdm(total=total, initial=state.step, desc=f"adapter {c.mode}", disable=not progress, unit="step") as bar:
+    with tqdm(total=run.total, initial=run.step, desc=f"adapter {run.c.mode}", disable=not progress, unit="step") as bar:
         for images, labels in batches:
-            with amp():
-                loss, aux = objective.loss(model, state, images, labels, device)
-            state.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            state.optimizer.step()
-            state.step += 1
-            objective.after_step(state, aux)
-            state.losses.append(float(loss.detach()))
+            run.train_step(images, labels, amp)
             bar.update(1)
-            bar.set_postfix(loss=f"{state.losses[-1]:.4f}")
-            if state.step % c.save_every == 0 or state.step == total:
-                weights = save()
+            bar.set_postfix(loss=f"{run.losses[-1]:.4f}")
+            if run.step % run.c.save_every == 0 or run.step == run.total:
+                weights = run.save()
     return weights
 
 
