@@ -1,7 +1,7 @@
 """DN recall vs λ and vs unlabeled samples on the real coco500 CLIP ViT-B/16 embeddings (../shared/data).
 
 100 random pairs are held out for the means, 400 evaluated; writes benchmarks/results/dn_sweep_coco500/
-(sweep.csv, sweep.md, sweep.json, sweep.png) through `clipadapt dn-sweep`.
+(results.json, sweep.csv, sweep.md, sweep.png) through `clipadapt dn-sweep`.
 
     PYTHONPATH=src python benchmarks/dn_sweep_coco500.py [--seeds 5]
 """
@@ -26,7 +26,7 @@ DATA = Path(os.environ.get("CLIPADAPT_SHARED_DATA", ROOT.parent / "shared" / "da
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=5)
-    p.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results" / "dn_sweep_coco500")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "dn_sweep_coco500")
     args = p.parse_args()
     arr = np.load(DATA / "features.npy")
     with tempfile.TemporaryDirectory() as tmp:
@@ -35,7 +35,7 @@ def main() -> None:
         save_retrieval_split(tmp, "test", rs)
         raise SystemExit(cli(["dn-sweep", "--embeddings", tmp, "--dn-source", "holdout", "--holdout", "100",
                               "--lambdas", "0,0.1,0.25,0.5,0.75,1", "--samples", "1,2,5,10,20,50,100",
-                              "--seeds", str(args.seeds), "--out-dir", str(args.out_dir)]))
+                              "--seeds", str(args.seeds), "--out", str(args.out)]))
 
 
 if __name__ == "__main__":

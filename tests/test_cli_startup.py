@@ -186,7 +186,7 @@ def test_parser_defaults_and_choices_match_the_library():
     args = parser.parse_args(["eval", "--features", "fd", "--method", "dn"])
     assert args.dn_lambda == 0.25 and args.dn_samples == 100
     assert parser.parse_args(["extract", "--model", "m", "--dataset", "d"]).shard_size == 1024
-    sweep = parser.parse_args(["dn-sweep", "--features", "fd", "--out-dir", "o"])
+    sweep = parser.parse_args(["dn-sweep", "--features", "fd", "--out", "o"])
     assert sweep.lambdas == [0.0, 0.1, 0.25, 0.5, 0.75, 1.0] and sweep.samples[-1] == 1000
     sub = next(a for a in parser._actions if a.dest == "command").choices
     method = next(a for a in sub["eval"]._actions if a.dest == "method")

@@ -135,9 +135,10 @@ def test_cli_imo_on_feature_dirs(tmp_path):
     rc = main(["imo", "--features", str(tmp_path / "orig"), "--adapted-features", str(tmp_path / "adapted"),
                "--out", str(out), "--bins", "20"])
     assert rc == 0
-    report = json.loads((out / "imo.json").read_text())
-    assert report["results"]["original"]["overlap"] == pytest.approx(imo_overlap(noisy, y, bins=20).overlap)
-    assert report["results"]["adapted"]["overlap"] == pytest.approx(imo_overlap(tight, y, bins=20).overlap)
+    report = json.loads((out / "results.json").read_text())
+    # results.json rounds floats below 1 to 5 significant digits
+    assert report["results"]["original"]["overlap"] == pytest.approx(imo_overlap(noisy, y, bins=20).overlap, abs=1e-5)
+    assert report["results"]["adapted"]["overlap"] == pytest.approx(imo_overlap(tight, y, bins=20).overlap, abs=1e-5)
     assert report["overlap_change"] < 0
     assert (out / "imo_hist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "overlap" in (out / "imo.md").read_text()
@@ -152,8 +153,8 @@ def test_cli_imo_reports_sampling(tmp_path, capsys):
                                 splits={"test": FeatureSplit(torch.randn(40, 4), y)}), tmp_path / "f")
     assert main(["imo", "--features", str(tmp_path / "f"), "--out", str(tmp_path / "o"), "--max-pairs", "100"]) == 0
     assert "91 of 780 pairs sampled (among a random subset of items, seed 0)" in capsys.readouterr().out
-    assert json.loads((tmp_path / "o" / "imo.json").read_text())["results"]["original"]["sampled"] is True
-    assert math.isfinite(json.loads((tmp_path / "o" / "imo.json").read_text())["results"]["original"]["overlap"])
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["results"]["original"]["sampled"] is True
+    assert math.isfinite(json.loads((tmp_path / "o" / "results.json").read_text())["results"]["original"]["overlap"])
 
 
 def test_accumulator_fed_in_any_chunks_gives_imo_overlap_histograms():

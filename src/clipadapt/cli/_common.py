@@ -84,10 +84,3 @@ def save_logits(path: Path, logits: Any) -> Path:
     atomic_write_bytes(path, buffer.getvalue())
     return path
 
-
-def write_results(path: Path | None, results: dict[str, Any]) -> None:
-    if path is not None:
-        from clipadapt.report.tables import write_json
-
-        write_json(path, results)
-        print(f"wrote {path}")

@@ -6,14 +6,26 @@ import argparse
 import json
 from pathlib import Path
 
+from clipadapt.cli._conventions import add_parser, run_provenance
+
 COMMAND = "adapter"
 HELP = "train IMO adapters (supervised or DINO self-supervised) or show an adapter checkpoint"
+EXAMPLES = """
+clipadapt adapter train --model ViT-B-16@openai --data imagefolder:/data/openimages --out adapters/vitb16
+clipadapt adapter info adapters/vitb16
+"""
+TRAIN_EXAMPLES = """
+clipadapt adapter train --model ViT-B-16@openai --data imagefolder:/data/openimages --out adapters/vitb16
+clipadapt adapter train --model ViT-B-16@openai --data imagefolder:/data/openimages --mode selfsup \\
+    --batch-size 64 --out adapters/vitb16-dino
+"""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="adapter_command", metavar="ACTION", required=True)
-    train = sub.add_parser("train", help="train adapters; resumes when --out holds an unfinished run",
-                           description="Train IMO bottleneck adapters in a frozen open_clip ViT (METHODS.md §5).")
+    train = add_parser(sub, "train", help="train adapters; resumes when --out holds an unfinished run",
+                       description="Train IMO bottleneck adapters in a frozen open_clip ViT (METHODS.md §5).",
+                       examples=TRAIN_EXAMPLES)
     train.add_argument("--model", required=True, help="model id, e.g. ViT-B-16@openai (ViT visual towers only)")
     train.add_argument("--data", required=True, help="generic labelled image set spec, e.g. imagefolder:/data/oi")
     train.add_argument("--split", default="train", help="split of --data to train on (default: train)")
@@ -39,7 +51,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
     r.add_argument("--save-every", type=int, default=200, help="write a resumable checkpoint every k steps")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
-    info = sub.add_parser("info", help="print an adapter checkpoint's config and weights sha256")
+    info = add_parser(sub, "info", help="print an adapter checkpoint's config and weights sha256",
+                      examples="clipadapt adapter info adapters/vitb16")
     info.add_argument("checkpoint", type=Path, help="checkpoint directory or adapter .safetensors file")
 
 
@@ -77,11 +90,14 @@ def _train(args: argparse.Namespace) -> int:
     use_bf16 = args.precision == "bf16" or (args.precision == "auto" and encoder.device.type == "cuda")
     print(f"training {args.mode} IMO adapters in {encoder.model_id} on {args.data} ({args.split}, "
           f"{len(dataset)} images, {len(dataset.classnames)} classes) on {encoder.device}")
+    fingerprint = dataset.fingerprint()
     result = train_adapters(
         encoder.model, dataset, args.out, config=config, num_classes=len(dataset.classnames),
         preprocess=encoder.preprocess, model_name=encoder.model_id,
         extra_config={"arch": encoder.model_id, "data": args.data, "split": args.split,
-                      "dataset_fingerprint": dataset.fingerprint(), "precision": "bf16" if use_bf16 else "fp32"},
+                      "dataset_fingerprint": fingerprint, "precision": "bf16" if use_bf16 else "fp32",
+                      "provenance": run_provenance(args, model=encoder.model_id, data=f"{args.data} ({args.split})",
+                                                   fingerprint=f"dataset-sha256:{fingerprint}")},
         progress=not args.no_progress, autocast_dtype=torch.bfloat16 if use_bf16 else None,
     )
     if result.start_step >= result.total_steps:

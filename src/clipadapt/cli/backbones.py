@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clipadapt.cli._common import comma_floats, comma_strings
+from clipadapt.cli._conventions import (RESULTS_FILE, add_out_argument, dataset_provenance, path_provenance,
+                                        write_results)
 from clipadapt.errors import ConfigError
 
 if TYPE_CHECKING:  # torch-backed: imported where used, so building the parser stays torch-free
@@ -14,6 +16,10 @@ if TYPE_CHECKING:  # torch-backed: imported where used, so building the parser s
 
 COMMAND = "backbones"
 HELP = "multi-backbone evaluation: oracle, agreement, normalisation study, ensembles, Neural Logit Controller, cost"
+EXAMPLES = """
+clipadapt backbones --features feats-rn50/ feats-vitb32/ feats-vitb16/ --out runs/synergy
+clipadapt backbones --models RN50@openai,ViT-B-32@openai --dataset coop:oxford_pets:/data/pets --shots 16 --out runs/pets
+"""
 
 COST_METRICS = {"gflops": ("gflops_per_image", "GFLOPs per image"), "ms": ("ms_per_image", "ms per image"),
                 "params": ("params_image_M", "image-tower parameters (M)")}
@@ -54,7 +60,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     ev.add_argument("--nlc-max-epochs", type=int, default=300)
     ev.add_argument("--nlc-lr", type=float, default=2e-4)
     ev.add_argument("--nlc-batch-size", type=int, default=32)
-    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    add_out_argument(parser, required=True, writes="summary.md, <table>.csv/.md, agreement.png, complementarity.png, "
+                                                   "accuracy_vs_cost.png")
 
 
 # ----------------------------------------------------------------------------------------- inputs
@@ -143,18 +150,33 @@ def run(args: argparse.Namespace) -> int:
     results = {**report.results, "heldout": heldout.description, "unavailable_backbones": unavailable,
                "usable_backbones": names, "heldout_indices": heldout.indices,
                "normalisation_study": norm_rows, "cost_measurements": cost_rows, **extra}
-    _write(args.out, report, results)
+    _write(args.out, report, results, _provenance(args, names))
     _print_summary(report, results)
     return 0
 
 
-def _write(out: Path, report: SynergyReport, results: dict) -> None:
+def _provenance(args: argparse.Namespace, names: list[str]) -> dict:
+    if args.models:
+        return dataset_provenance(args, model=names, spec=args.dataset, splits=[args.split])
+    files = args.features or [*args.logits, args.labels, *(args.embeddings or []), *(args.heldout_logits or []),
+                              *([args.heldout_labels] if args.heldout_labels else []), *(args.heldout_embeddings or [])]
+    return path_provenance(args, {str(Path(f)): Path(f) for f in files},
+                           model=names if args.logits else _feature_models(args.features))
+
+
+def _feature_models(dirs: list[Path]) -> list[str | None]:
+    from clipadapt.features.io import read_meta
+
+    return [read_meta(Path(d)).get("model") for d in dirs]
+
+
+def _write(out: Path, report: SynergyReport, results: dict, provenance: dict) -> None:
     from clipadapt.features.io import atomic_write_bytes
     from clipadapt.report.synergy_plots import accuracy_vs_cost, heatmap  # matplotlib: only when plotting
-    from clipadapt.report.tables import markdown_table, write_json, write_table
+    from clipadapt.report.tables import markdown_table, write_table
 
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "results.json", results)
+    write_results(out / RESULTS_FILE, results, provenance)
     sections = [f"## accuracy\n\n{markdown_table(_summary_rows(results))}"]
     for name, rows in report.tables.items():
         if rows:

@@ -7,12 +7,17 @@ import csv
 import io
 from pathlib import Path
 
-from clipadapt.cli._common import write_results
+from clipadapt.cli._conventions import (add_out_argument, draws_identical, identical_draws_note, out_dir,
+                                        path_provenance, results_path, vs_baseline, write_results)
 from clipadapt.errors import ConfigError, DatasetError
 from clipadapt.eval.runners.dn import add_dn_arguments
 
 COMMAND = "captions"
 HELP = "caption scoring: CLIPScore/RefCLIPScore with and without DN, Kendall tau to human judgments"
+EXAMPLES = """
+clipadapt captions --judgments judgments.csv --embeddings emb.safetensors --out runs/captions
+clipadapt captions --judgments flickr8k.csv --image-root /data/flickr8k --model ViT-B-32@openai --out runs/flickr8k
+"""
 REF_SEP = "||"
 
 
@@ -23,7 +28,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="safetensors with 'image' (N, D), 'caption' (M, D)[, 'reference' (K, D)]: the CSV's "
                              "image/caption/references columns are then row indices (references ';'-separated)")
     parser.add_argument("--image-root", type=Path, help="without --embeddings: folder the CSV's image paths are relative to")
-    parser.add_argument("--model", help="without --embeddings: model id ARCH@TAG to encode images and captions")
+    parser.add_argument("--model", help="model id ARCH@TAG: without --embeddings, the encoder of the images and captions; "
+                                        "with --embeddings, recorded in the results as the model that computed them")
     parser.add_argument("--device", default=None)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers when encoding images")
@@ -32,9 +38,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dn-pool", type=Path,
                         help="with --dn-source unlabeled: safetensors with 'image' and 'text' raw embeddings for the means")
     add_dn_arguments(parser, source_default="test", sources=("test", "unlabeled"), samples_default=None)
-    parser.add_argument("--out", type=Path, help="results JSON")
-    parser.add_argument("--table", type=Path, help="correlation table (.md or .csv)")
-    parser.add_argument("--scores-out", type=Path, help="per-judgment scores CSV")
+    add_out_argument(parser, writes="correlations.md, correlations.csv, scores.csv (per judgment)", legacy_json=True)
+    parser.add_argument("--table", type=Path, help="also write the correlation table here (.md or .csv)")
+    parser.add_argument("--scores-out", type=Path, help="also write the per-judgment scores CSV here")
 
 
 def read_judgments(path: Path) -> list[dict[str, str]]:
@@ -136,17 +142,48 @@ def run(args: argparse.Namespace) -> int:
                                   seeds=seeds, pool_image=pool[0], pool_text=pool[1])
     res["dn"].update(source=args.dn_source, transductive=args.dn_source == "test",
                      note="DN scores are not on CLIPScore's scale (no 2.5x, no clamp, can be negative); compare correlations only")
+    res["dn"]["draws_identical"] = draws_identical(args.dn_repeats, (res["dn"]["n_image_samples"], res["dn"]["n_text_samples"]),
+                                                   (pool[0].shape[0], pool[1].shape[0]))
+    res["model"] = args.model
+    res["data"] = {"judgments": str(args.judgments), "n_judgments": len(rows),
+                   **({"embeddings": str(args.embeddings)} if args.embeddings else {"image_root": str(args.image_root)}),
+                   **({"dn_pool": str(args.dn_pool)} if args.dn_source == "unlabeled" else {})}
     table = [{"metric": m, **c} for m, c in res["correlations"].items()]
     print(markdown_table(table, digits=4), end="")
+    for line in summary_lines(res["correlations"]):
+        print(line)
+    if res["dn"]["draws_identical"]:
+        print(identical_draws_note(args.dn_repeats))
     scores = res.pop("scores")
     if skipped:
         res["skipped_images"] = skipped
         print(f"{len(skipped)} unreadable images skipped with their judgments ({len(rows)} judgments left)")
-    write_results(args.out, res)
-    if args.table:
-        print(f"wrote {write_table(args.table, table)}")
-    if args.scores_out:
+    write_results(results_path(args.out), res, _provenance(args))
+    directory = out_dir(args.out)
+    for path in [args.table] + ([directory / "correlations.md", directory / "correlations.csv"] if directory else []):
+        if path:
+            print(f"wrote {write_table(path, table)}")
+    score_files = [args.scores_out] + ([directory / "scores.csv"] if directory else [])
+    if any(score_files):
         per_row = [{"image": r["image"], "caption": r["caption"], "human": float(human[i]),
                     **{m: float(s[i]) for m, s in scores.items()}} for i, r in enumerate(rows)]
-        print(f"wrote {write_table(args.scores_out, per_row)}")
+        for path in filter(None, score_files):
+            print(f"wrote {write_table(path, per_row)}")
     return 0
+
+
+def summary_lines(correlations: dict) -> list[str]:
+    """'DN-CLIP-S: tau_b 0.5200 (CLIP-S 0.5000, +0.0200)  tau_c ...': each DN metric beside its plain metric."""
+    lines = []
+    for metric, corr in correlations.items():
+        base = correlations.get(metric[len("DN-"):]) if metric.startswith("DN-") else None
+        if base is not None:
+            cells = [f"{v} {vs_baseline(corr[v], base[v], metric[len('DN-'):], digits=4)}" for v in ("tau_b", "tau_c")]
+            lines.append(f"{metric}: " + "  ".join(cells))
+    return lines
+
+
+def _provenance(args: argparse.Namespace) -> dict:
+    paths = {"judgments": args.judgments, "embeddings": args.embeddings, "image_root": None if args.embeddings else args.image_root,
+             "dn_pool": args.dn_pool if args.dn_source == "unlabeled" else None}
+    return path_provenance(args, paths, model=args.model, unhashed=["image_root"])

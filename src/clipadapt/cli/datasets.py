@@ -8,6 +8,10 @@ from pathlib import Path
 
 COMMAND = "datasets"
 HELP = "list the dataset registry: spec, kind, number of classes, splits, templates (docs/datasets.md)"
+EXAMPLES = """
+clipadapt datasets --kind coop
+clipadapt datasets --templates imagenet7
+"""
 COLUMNS = ["spec", "classes", "splits", "split_file", "templates", "template"]
 
 

@@ -5,13 +5,18 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from clipadapt.cli._common import comma_floats, comma_ints, write_results
+from clipadapt.cli._common import comma_floats, comma_ints
+from clipadapt.cli._conventions import RESULTS_FILE, add_out_argument, path_provenance, write_results
 from clipadapt.constants import DEFAULT_LAMBDAS, DEFAULT_SAMPLES
 from clipadapt.errors import ConfigError
 from clipadapt.eval.runners.dn import add_text_mean_argument, parse_samples
 
 COMMAND = "dn-sweep"
 HELP = "DN accuracy/recall vs lambda and vs number of unlabeled samples: table (CSV/md/JSON) + plot (PNG)"
+EXAMPLES = """
+clipadapt dn-sweep --features feats/ --dn-source unlabeled --seeds 5 --out runs/sweep
+clipadapt dn-sweep --embeddings coco/ --dn-source holdout --lambdas 0,0.25,0.5,1 --out runs/sweep-coco
+"""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -29,7 +34,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dn-samples", type=parse_samples, default=100, help="samples of the λ sweep (default 100)")
     parser.add_argument("--seeds", type=int, default=5, help="seeded draws per point (default 5)")
     add_text_mean_argument(parser)  # --features (classification) only
-    parser.add_argument("--out-dir", type=Path, required=True, help="writes sweep.json, sweep.csv, sweep.md, sweep.png")
+    add_out_argument(parser, required=True, writes="sweep.csv, sweep.md, sweep.png", aliases=["--out-dir"])
 
 
 def _classification(args: argparse.Namespace):
@@ -45,7 +50,7 @@ def _classification(args: argparse.Namespace):
     labels = test.labels(args.split)
     plain = {"top1": topk_accuracy(ZeroShotClassifier().fit(fs.text).predict_logits(test.image), labels, ks=(1,))["top1"]}
     evaluate = classification_evaluator(pool, fs.text, test.image, labels, text_mean=args.dn_text_mean)
-    return evaluate, pool.shape[0], plain, ["top1"]
+    return evaluate, pool.shape[0], plain, ["top1"], fs.meta.get("model")
 
 
 def _retrieval(args: argparse.Namespace):
@@ -65,7 +70,7 @@ def _retrieval(args: argparse.Namespace):
     res = evaluate_retrieval(test.image, test.text, test.text_to_image, ks=(1,))
     plain = {"i2t R@1": res["i2t"]["R@1"], "t2i R@1": res["t2i"]["R@1"]}
     evaluate = retrieval_evaluator(test.image, test.text, test.text_to_image, pool.image, pool.text)
-    return evaluate, min(pool.image.shape[0], pool.text.shape[0]), plain, list(plain)
+    return evaluate, min(pool.image.shape[0], pool.text.shape[0]), plain, list(plain), test.meta.get("model")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,10 +80,10 @@ def run(args: argparse.Namespace) -> int:
     from clipadapt.report.dn_plots import plot_dn_sweep
     from clipadapt.report.tables import markdown_table, write_table
 
-    evaluate, pool_size, plain, metrics = (_classification if args.features else _retrieval)(args)
+    evaluate, pool_size, plain, metrics, model = (_classification if args.features else _retrieval)(args)
     rows = sweep_dn(evaluate, pool_size=pool_size, lambdas=args.lambdas, samples=args.samples,
                     seeds=list(range(args.seeds)), fixed_lambda=args.dn_lambda, fixed_samples=args.dn_samples)
-    out = args.out_dir
+    out = args.out
     counts = [k for k in ("n_used", "n_text_used") if k in rows[0]]  # retrieval counts captions too
     columns = ["sweep", "lambda", "n_samples", *counts, "draws"] + [c for m in metrics for c in (m, f"{m} std")]
     print(markdown_table(rows, columns), end="")
@@ -86,7 +91,9 @@ def run(args: argparse.Namespace) -> int:
     write_table(out / "sweep.csv", rows, columns)
     write_table(out / "sweep.md", rows, columns)
     extra = {"text_mean": args.dn_text_mean} if args.features else {}
-    write_results(out / "sweep.json", {"plain": plain, "pool_size": pool_size, "dn_source": args.dn_source,
-                                       "transductive": args.dn_source == args.split, **extra, "rows": rows})
+    results = {"plain": plain, "pool_size": pool_size, "dn_source": args.dn_source,
+               "transductive": args.dn_source == args.split, **extra, "rows": rows}
+    write_results(out / RESULTS_FILE, results, path_provenance(args, {"features": args.features, "embeddings": args.embeddings},
+                                                                model=model))
     print(f"wrote {plot_dn_sweep(rows, metrics, out / 'sweep.png', baseline=plain)}")
     return 0

@@ -5,24 +5,38 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from clipadapt.cli._common import add_feature_source_arguments, load_features_from_args, save_logits, write_results
+from clipadapt.cli._common import add_feature_source_arguments, load_features_from_args, save_logits
+from clipadapt.cli._conventions import add_out_argument, featureset_provenance, results_path, vs_baseline, write_results
 from clipadapt.eval.registry import get_eval_method, list_eval_methods
 
 COMMAND = "eval"
 HELP = "evaluate a method (zero-shot, DN, ...) on cached or given features; writes results.json"
+EXAMPLES = """
+clipadapt eval --features feats/ --method dn --dn-repeats 5 --out runs/dn
+clipadapt eval --model ViT-B-32@openai --dataset coop:oxford_pets:/data/pets --method zeroshot --save-logits logits.npy
+"""
+BASELINES = {"without_dn": "zero-shot"}  # extra fields of a method's result that hold the same split without it
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_feature_source_arguments(parser)
     methods = list_eval_methods()
     parser.add_argument("--method", default="zeroshot", choices=methods, help="method to evaluate")
-    parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
-    parser.add_argument("--out", type=Path, help="results JSON file")
+    parser.add_argument("--split", default="test", help="split to evaluate")
+    add_out_argument(parser, legacy_json=True)
     parser.add_argument("--save-logits", type=Path, help="write the (N, C) float32 logits as .npy")
     for name in methods:
         method = get_eval_method(name)
         if method.add_arguments is not None:
             method.add_arguments(parser.add_argument_group(f"--method {name}"))
+
+
+def summary_line(name: str, results: dict) -> str:
+    """'dn: top1 57.00 (zero-shot 56.75, +0.25)  top5 ...  (n=...)': the method, beside its baseline if it has one."""
+    key, base_name = next(((k, v) for k, v in BASELINES.items() if isinstance(results.get(k), dict)), (None, None))
+    base = results[key] if key else {}
+    cells = [f"{m} {vs_baseline(results[m], base.get(m), base_name)}" for m in ("top1", "top5") if m in results]
+    return f"{name}: {'  '.join(cells)}  (n={results['n']})"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
         **output.extra,
         "features": features.describe(),
     }
-    print(f"{method.name}: top1 {results['top1']:.2f}  top5 {results['top5']:.2f}  (n={results['n']})")
-    write_results(args.out, results)
+    print(summary_line(method.name, results))
+    write_results(results_path(args.out), results, featureset_provenance(args, features))
     if args.save_logits:
         print(f"wrote {save_logits(args.save_logits, output.logits)}")
     return 0

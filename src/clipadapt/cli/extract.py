@@ -10,6 +10,10 @@ from clipadapt.constants import DEFAULT_SHARD_SIZE
 
 COMMAND = "extract"
 HELP = "encode a dataset with an open_clip model into the feature cache (raw image + class text embeddings)"
+EXAMPLES = """
+clipadapt extract --model ViT-B-32@openai --dataset coop:oxford_pets:/data/pets --split train --split test --out feats/
+clipadapt extract --model ViT-B-16@openai --dataset imagefolder:/data/pool --split train --sharded --out pool/
+"""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

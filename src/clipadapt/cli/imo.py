@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clipadapt.cli._common import add_feature_source_arguments, load_features_from_args
+from clipadapt.cli._conventions import RESULTS_FILE, add_out_argument, featureset_inputs, run_provenance, write_results
 from clipadapt.errors import ConfigError
 
 if TYPE_CHECKING:  # torch-backed: only for annotations, so building the parser stays torch-free
@@ -14,6 +15,10 @@ if TYPE_CHECKING:  # torch-backed: only for annotations, so building the parser 
 
 COMMAND = "imo"
 HELP = "intra-modal overlap of same- vs different-class image similarities (JSON, markdown, histogram PNG)"
+EXAMPLES = """
+clipadapt imo --features feats/ --adapted-features feats-adapted/ --split test --out runs/imo
+clipadapt imo --model ViT-B-16@openai --dataset coop:eurosat:/data/eurosat --adapter adapters/vitb16 --out runs/imo
+"""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +36,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="how to sample when over --max-pairs: all pairs among a random subset of items "
                         "(fast, default) or independent uniform pairs")
     parser.add_argument("--seed", type=int, default=0, help="pair-sampling seed (default: 0)")
-    parser.add_argument("--out", type=Path, required=True, help="output directory: imo.json, imo.md, imo_hist.png")
+    add_out_argument(parser, required=True, writes="imo.md, imo_hist.png")
 
 
 def _feature_sets(args: argparse.Namespace) -> dict[str, FeatureSet]:
@@ -59,9 +64,15 @@ def _feature_sets(args: argparse.Namespace) -> dict[str, FeatureSet]:
     return sets
 
 
+def _provenance(args: argparse.Namespace, sets: dict[str, FeatureSet]) -> dict:
+    inputs = {name: featureset_inputs(fs) for name, fs in sets.items()}
+    return run_provenance(args, model=inputs["original"][0], data={k: v[1] for k, v in inputs.items()},
+                          fingerprint={k: v[2] for k, v in inputs.items()})
+
+
 def run(args: argparse.Namespace) -> int:
     from clipadapt.adapters import imo_overlap
-    from clipadapt.report import markdown_table, write_json
+    from clipadapt.report import markdown_table
     from clipadapt.report.imo_plot import plot_imo_histograms
     from clipadapt.features.io import atomic_write_bytes
 
@@ -86,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     }
     if "adapted" in results:
         report["overlap_change"] = results["adapted"].overlap - results["original"].overlap
-    write_json(args.out / "imo.json", report)
+    write_results(args.out / RESULTS_FILE, report, _provenance(args, sets))
     table = markdown_table(rows, digits=4)
     atomic_write_bytes(args.out / "imo.md", (f"# IMO overlap, split {args.split}\n\n{table}\n").encode())
     model = sets["original"].meta.get("model", "?")
@@ -96,5 +107,5 @@ def run(args: argparse.Namespace) -> int:
         if r.sampled:
             how = "among a random subset of items" if r.sample == "items" else "drawn independently"
             print(f"{name}: {r.n_same + r.n_diff:,} of {r.total_pairs:,} pairs sampled ({how}, seed {r.seed})")
-    print(f"wrote {args.out / 'imo.json'}, {args.out / 'imo.md'}, {args.out / 'imo_hist.png'}")
+    print(f"wrote {args.out / 'imo.md'}, {args.out / 'imo_hist.png'}")
     return 0

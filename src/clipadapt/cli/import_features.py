@@ -7,6 +7,10 @@ from pathlib import Path
 
 COMMAND = "import-features"
 HELP = "build a feature directory (docs/feature-format.md) from .npy arrays"
+EXAMPLES = """
+clipadapt import-features --out feats/ --classnames classes.txt --text text.npy \\
+    --split train=train_img.npy:train_lab.npy --split test=test_img.npy:test_lab.npy
+"""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -9,6 +9,10 @@ from pathlib import Path
 
 COMMAND = "models"
 HELP = "list model architectures and pretrained tags (use as --model ARCH@TAG)"
+EXAMPLES = """
+clipadapt models ViT-B           # architectures whose name contains 'vit-b', with their pretrained tags
+clipadapt models 'RN*' --out models.csv
+"""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

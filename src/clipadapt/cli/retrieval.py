@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clipadapt.cli._common import write_results
+from clipadapt.cli._conventions import (add_out_argument, draws_identical, identical_draws_note, out_dir,
+                                        path_provenance, results_path, vs_baseline, write_results)
 from clipadapt.errors import ConfigError
 from clipadapt.eval.runners.dn import add_dn_arguments, dn_source_info
 
@@ -15,6 +16,10 @@ if TYPE_CHECKING:  # torch-backed: imported where used, so building the parser s
 
 COMMAND = "retrieval"
 HELP = "image↔text retrieval recall (R@1/5/10) with and without Distribution Normalization"
+EXAMPLES = """
+clipadapt retrieval --embeddings coco/ --dn-source holdout --holdout 100 --dn-samples all --out runs/coco
+clipadapt retrieval --captions-json dataset_coco.json --image-root /data/coco --model ViT-B-16@openai --out runs/coco
+"""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -38,8 +43,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="with --dn-source holdout: images (with their captions) held out of the evaluation for the means")
     parser.add_argument("--holdout-seed", type=int, default=0)
     parser.add_argument("--chunk-size", type=int, default=1024, help="queries scored at once")
-    parser.add_argument("--out", type=Path, help="results JSON")
-    parser.add_argument("--table", type=Path, help="results table (.md or .csv)")
+    add_out_argument(parser, writes="recall.md, recall.csv", legacy_json=True)
+    parser.add_argument("--table", type=Path, help="also write the recall table here (.md or .csv)")
 
 
 def _load_from_json(args: argparse.Namespace) -> tuple[RetrievalSet, RetrievalSet | None]:
@@ -110,20 +115,44 @@ def run(args: argparse.Namespace) -> int:
                             lam=args.dn_lambda, n_samples=args.dn_samples, seeds=seeds, chunk_size=args.chunk_size)
     first = res["dn"]["draws"][0]
     res["dn"].update(dn_source_info(args.dn_source, args.split, first["n_image_samples"], first["n_text_samples"], args.dn_samples))
+    res["dn"]["draws_identical"] = draws_identical(args.dn_repeats, (first["n_image_samples"], first["n_text_samples"]),
+                                                   (pool.image.shape[0], pool.text.shape[0]))
     if args.dn_source == "holdout":
         res["dn"].update(holdout=args.holdout, holdout_seed=args.holdout_seed)
     res.update(n_images=int(test.image.shape[0]), n_captions=int(test.text.shape[0]), split=args.split, meta=test.meta)
     rows = _rows(res)
     print(markdown_table(rows), end="")
-    write_results(args.out, res)
-    if args.table:
-        print(f"wrote {write_table(args.table, rows)}")
+    print(summary_line(res))
+    if res["dn"]["draws_identical"]:
+        print(identical_draws_note(args.dn_repeats))
+    write_results(results_path(args.out), res, _provenance(args, test))
+    tables = [args.table] if args.table else []
+    if out_dir(args.out):
+        tables += [out_dir(args.out) / "recall.md", out_dir(args.out) / "recall.csv"]
+    for table in tables:
+        print(f"wrote {write_table(table, rows)}")
     return 0
+
+
+def summary_line(res: dict) -> str:
+    """'dn: i2t R@1 59.00 (CLIP 56.75, +2.25)  t2i R@1 ...': DN's mean over draws beside plain CLIP."""
+    cells = [f"{d} R@1 {vs_baseline(res['dn']['mean'][f'{d} R@1'], res['plain'][d]['R@1'], 'CLIP')}"
+             for d in ("i2t", "t2i") if f"{d} R@1" in res["dn"]["mean"]]
+    return "dn: " + "  ".join(cells)
+
+
+def _provenance(args: argparse.Namespace, test: RetrievalSet) -> dict:
+    model = test.meta.get("model") or args.model
+    if args.embeddings:
+        return path_provenance(args, {"embeddings": args.embeddings}, model=model)
+    return path_provenance(args, {"captions_json": args.captions_json, "image_root": args.image_root}, model=model,
+                           unhashed=["image_root"])
 
 
 def _rows(res: dict) -> list[dict]:
     plain = {f"{d} {k}": v for d in ("i2t", "t2i") for k, v in res["plain"][d].items()}
     std = res["dn"]["std"]
-    dn_row = {k: f"{v:.2f} ± {std[k]:.2f}" if len(res["dn"]["draws"]) > 1 else v
+    spread = len(res["dn"]["draws"]) > 1 and not res["dn"].get("draws_identical")
+    dn_row = {k: f"{v:.2f} ± {std[k]:.2f}" if spread else v
               for k, v in res["dn"]["mean"].items() if k != "rsum"}
     return [{"method": "CLIP", **plain}, {"method": f"DN (λ={res['dn']['lambda']})", **dn_row}]

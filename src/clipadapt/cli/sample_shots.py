@@ -6,10 +6,14 @@ import argparse
 from pathlib import Path
 
 from clipadapt.cli._common import comma_ints
+from clipadapt.cli._conventions import run_provenance
 from clipadapt.errors import ConfigError
 
 COMMAND = "sample-shots"
 HELP = "write reproducible few-shot index lists (DIR/shots{K}_seed{S}.json) for a dataset split"
+EXAMPLES = """
+clipadapt sample-shots --dataset coop:oxford_pets:/data/pets --shots 1,2,4,8,16 --seeds 1,2,3 --out shots/
+"""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -17,7 +21,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="train", help="split to sample from (default: train)")
     parser.add_argument("--shots", type=comma_ints, default=[1, 2, 4, 8, 16], help="comma-separated K (default 1,2,4,8,16)")
     parser.add_argument("--seeds", type=comma_ints, default=[1, 2, 3], help="comma-separated seeds (default 1,2,3)")
-    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
+                        help="output directory: shots<K>_seed<S>.json per (K, seed), each with its provenance")
     parser.add_argument("--allow-fewer", action="store_true", help="take all items of classes with fewer than K")
     parser.add_argument("--download", action="store_true", help="let torchvision datasets download")
 
@@ -30,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--shots must be positive, got {args.shots}")
     ds = build_dataset(args.dataset, args.split, download=args.download)
     fingerprint = ds.fingerprint()
+    provenance = run_provenance(args, data=f"{args.dataset} ({args.split})", fingerprint=f"dataset-sha256:{fingerprint}")
     for shots in args.shots:
         for seed in args.seeds:
             indices = sample_few_shot(ds.labels, shots, seed, classnames=ds.classnames, allow_fewer=args.allow_fewer)
@@ -45,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
                 "seed": seed,
                 "sampler": SAMPLER,
                 "labels": [ds.labels[i] for i in indices],
+                "provenance": provenance,
             }
             path = save_indices(args.out / f"shots{shots}_seed{seed}.json", indices, meta=meta)
             print(f"wrote {path} ({len(indices)} items)")

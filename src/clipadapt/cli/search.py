@@ -8,9 +8,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from clipadapt.cli._common import write_results
+from clipadapt.cli._conventions import add_out_argument, path_provenance, results_path, write_results
 from clipadapt.constants import TOPK_BACKENDS as BACKENDS
-from clipadapt.errors import ConfigError, FeatureDirError
+from clipadapt.errors import ClipadaptError, ConfigError, FeatureDirError
 
 if TYPE_CHECKING:  # torch-backed: imported where used, so building the parser stays torch-free
     import torch
@@ -19,6 +19,10 @@ if TYPE_CHECKING:  # torch-backed: imported where used, so building the parser s
 
 COMMAND = "search"
 HELP = "top-k nearest rows of a gallery split for each query (chunked, memory-mapped; optional faiss)"
+EXAMPLES = """
+clipadapt search --queries feats/:test --gallery pool/:train --k 10 --out runs/search
+clipadapt search --queries coco/:text --gallery coco/:test --paired --k 10 --backend faiss --out runs/coco
+"""
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +39,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-normalize", action="store_true", help="score raw inner products instead of cosines")
     parser.add_argument("--paired", action="store_true",
                         help="query row i matches gallery row i: report recall@1/5/10")
-    parser.add_argument("--out", type=Path, help="results JSON")
+    add_out_argument(parser, legacy_json=True)
     parser.add_argument("--save-topk", type=Path, help="write indices (Q, k) and scores (Q, k) as .npz")
 
 
@@ -72,6 +76,23 @@ def _chunks(source: ShardedSplit | torch.Tensor, rows: int, normalize: bool) -> 
         yield l2_normalize(x) if normalize else x
 
 
+def _provenance(args: argparse.Namespace) -> dict:
+    """Both directories (fingerprinted once when they are the same) and their meta.json models."""
+    from clipadapt.features.io import read_meta
+
+    dirs = {"queries": Path(args.queries.rpartition(":")[0]), "gallery": Path(args.gallery.rpartition(":")[0])}
+    models = []
+    for d in dict.fromkeys(dirs.values()):
+        try:
+            models.append(read_meta(d).get("model"))
+        except (ClipadaptError, OSError):  # provenance never fails a finished run
+            models.append(None)
+    model = models[0] if len(set(models)) == 1 else models
+    if dirs["queries"] == dirs["gallery"]:
+        return path_provenance(args, {"features": dirs["queries"]}, model=model)
+    return path_provenance(args, dirs, model=model)
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
@@ -101,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         print("  ".join(f"{name} {value:.2f}" for name, value in results["recall"].items()))
     print(f"top-{args.k} of {n_gallery} gallery rows for {queries.shape[0]} queries in {results['seconds']:.2f} s "
           f"({args.backend})")
-    write_results(args.out, results)
+    write_results(results_path(args.out), results, _provenance(args))
     if args.save_topk:
         buf = io.BytesIO()  # np.savez on a path would append '.npz' to a name without it
         np.savez(buf, indices=index.numpy(), scores=scores.float().numpy())

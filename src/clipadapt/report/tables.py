@@ -1,4 +1,8 @@
-"""Results as files: JSON, CSV and markdown tables, written atomically."""
+"""Results as files: JSON, CSV and markdown tables, written atomically.
+
+JSON floats are written rounded (`round_float`; CSV cells keep every digit): 4 decimals, or 5 significant digits for magnitudes below 1, so a
+percentage computed in float32 reads 56.75, not 56.74999952316284, while a small p-value or learning rate keeps
+its digits. NaN and infinities are written as null."""
 
 from __future__ import annotations
 
@@ -12,18 +16,30 @@ from typing import Any, Sequence
 from clipadapt.errors import ConfigError
 
 
-def _jsonable(obj: Any) -> Any:
+def _jsonable(obj: Any, rounded: bool = True) -> Any:
+    """Plain JSON values: tensors/numpy scalars as numbers, paths as strings, NaN/inf as None, floats rounded
+    (`round_float`) unless `rounded` is False (CSV cells keep every digit)."""
     if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+        return {str(k): _jsonable(v, rounded) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [_jsonable(v, rounded) for v in obj]
     if isinstance(obj, Path):
         return str(obj)
     if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
-        return obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
+        return _jsonable(obj.item(), rounded)
+    if isinstance(obj, float):
+        return None if not math.isfinite(obj) else round_float(obj) if rounded else obj
     return obj
+
+
+DECIMALS = 4
+
+
+def round_float(x: float) -> float:
+    """`x` to DECIMALS decimals, or to DECIMALS + 1 significant digits when |x| < 1 (so 2e-7 stays 2e-7)."""
+    if x == 0 or not math.isfinite(x):
+        return x
+    return round(x, max(DECIMALS, DECIMALS - math.floor(math.log10(abs(x)))))
 
 
 def write_json(path: str | Path, obj: Any) -> Path:
@@ -61,7 +77,7 @@ def csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = Non
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    writer.writerows([{c: _jsonable(r.get(c)) for c in columns} for r in rows])
+    writer.writerows([{c: _jsonable(r.get(c), rounded=False) for c in columns} for r in rows])
     return buf.getvalue()
 
 

@@ -122,9 +122,15 @@ def run_dn(features: FeatureSet, args: argparse.Namespace) -> MethodResult:
         for key in ("top1", "top5"):
             mean, std = mean_std(d[key] for d in draws)
             summary[f"{key}_mean"], summary[f"{key}_std"] = mean, std
-        extra["dn_repeats"] = {"repeats": args.dn_repeats, **summary, "draws": draws,
+        identical = model.n_image_samples_ >= pool.shape[0]  # every pool image in every draw: one draw repeated
+        extra["dn_repeats"] = {"repeats": args.dn_repeats, **summary, "draws": draws, "draws_identical": identical,
                                "note": "top1/top5 at the top level are those of the first draw (seed --dn-seed)"}
-        print(f"dn over {args.dn_repeats} draws: top1 {summary['top1_mean']:.2f} ± {summary['top1_std']:.2f}")
+        if identical:
+            print(f"dn: the {args.dn_repeats} draws are identical: each uses every one of the {pool.shape[0]} "
+                  f"--dn-source images (--dn-samples {'all' if args.dn_samples is None else args.dn_samples}), "
+                  "so --dn-repeats has nothing to vary")
+        else:
+            print(f"dn over {args.dn_repeats} draws: top1 {summary['top1_mean']:.2f} ± {summary['top1_std']:.2f}")
     hyper = {"lambda": args.dn_lambda, "n_samples": args.dn_samples if args.dn_samples is not None else "all",
              "seed": args.dn_seed, "text_mean": text_mean, "order": ORDER[text_mean],
              "logit_scale": model.logit_scale}
