@@ -13,8 +13,9 @@ def fill_cache(cache_dir: str, image_paths: list[str], marker: str, out: str, st
     import torch
 
     torch.set_num_threads(1)
-    import clipadapt.encoders
     from _imagedata import TinyImageDataset
+
+    import clipadapt.encoders
     from clipadapt.features.io import atomic_save_tensors
     from clipadapt.features.pipeline import get_feature_set
 

@@ -37,6 +37,17 @@ def coco500_random_init() -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(arr[0].copy()), torch.from_numpy(arr[1].copy())
 
 
+def tiny(name: str = "clipadapt-test-tiny-vit", seed: int = 0) -> torch.nn.Module:
+    """A tiny random-init open_clip model (the package's test configs), weights drawn under `seed`, eval mode."""
+    import open_clip
+
+    from clipadapt.encoders.configs import register_model_configs
+
+    register_model_configs()
+    torch.manual_seed(seed)
+    return open_clip.create_model(name).eval()
+
+
 def make_clustered_features(
     num_classes: int = 5, per_class: int = 20, dim: int = 16, views: int | None = None, seed: int = 0, noise: float = 0.6
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

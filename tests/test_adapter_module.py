@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+from conftest import tiny
 
 from clipadapt.adapters import (
     BottleneckAdapter,
@@ -20,16 +21,6 @@ from clipadapt.adapters import (
     save_adapter_checkpoint,
 )
 from clipadapt.errors import AdapterError, ConfigError
-
-
-def tiny(name: str = "clipadapt-test-tiny-vit", seed: int = 0):
-    import open_clip
-
-    from clipadapt.encoders.configs import register_model_configs
-
-    register_model_configs()
-    torch.manual_seed(seed)
-    return open_clip.create_model(name).eval()
 
 
 def randomize(adapters, seed: int = 1) -> None:
@@ -238,8 +229,8 @@ def test_saving_identical_adapters_gives_identical_files(tmp_path):
 
 
 def test_checkpoint_tensor_of_wrong_shape_is_an_error_naming_the_file(tmp_path):
-    from safetensors.torch import load_file, save_file
     from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
 
     model = tiny()
     insert_adapters(model)

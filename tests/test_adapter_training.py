@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from _imo_images import StripesDataset
+from conftest import tiny
 from safetensors.torch import load_file
 
 from clipadapt.adapters import adapter_state_dict, adapters_enabled, imo_overlap
@@ -14,16 +15,6 @@ from clipadapt.adapters.training import AdapterTrainConfig, DINOHead, dino_loss,
 from clipadapt.errors import AdapterError, ConfigError
 
 DINO_SMALL = dict(local_crops=1, dino_out_dim=32, dino_hidden_dim=16, dino_bottleneck_dim=8)
-
-
-def tiny(seed: int = 0):
-    import open_clip
-
-    from clipadapt.encoders.configs import register_model_configs
-
-    register_model_configs()
-    torch.manual_seed(seed)
-    return open_clip.create_model("clipadapt-test-tiny-vit").eval()
 
 
 def backbone_state(model) -> dict[str, torch.Tensor]:

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from clipadapt.adapters.training import _atomic_torch_save
-from clipadapt.features.io import atomic_open, atomic_save_tensors, atomic_write_bytes
+from clipadapt.features.io import atomic_save_tensors
+from clipadapt.fileio import atomic_open, atomic_write_bytes
 
 
 def _record_fsync_and_replace(monkeypatch) -> list[tuple]:
@@ -111,7 +112,7 @@ def test_atomic_writes_get_the_permissions_open_would_give(tmp_path):
     """mkstemp creates 0600 files; a result or cache file must be readable as a plain open() would make it."""
     import os
 
-    from clipadapt.features.io import atomic_write_json
+    from clipadapt.fileio import atomic_write_json
 
     mask = os.umask(0o022)
     os.umask(mask)

@@ -1,4 +1,4 @@
-"""Hard links in the cache and in feature directories: `io.link_or_copy` leaves no temp file behind when it fails,
+"""Hard links in the cache and in feature directories: `fileio.link_or_copy` leaves no temp file behind when it fails,
 and an image entry (itself a feature directory) never keeps serving class text its text entry re-encoded after a
 failed verification (the two names share one file, so an in-place corruption reaches both)."""
 
@@ -10,11 +10,12 @@ import pytest
 import torch
 from _imagedata import make_images
 
-import clipadapt.features.io as io
+import clipadapt.fileio as fileio
 from clipadapt.encoders import load_encoder
 from clipadapt.encoders.configs import register_model_configs
-from clipadapt.features.io import link_or_copy, load_feature_dir
+from clipadapt.features.io import load_feature_dir
 from clipadapt.features.pipeline import clear_encoder_memo, get_feature_set
+from clipadapt.fileio import link_or_copy
 
 MODEL = "clipadapt-test-tiny-vit"
 
@@ -44,8 +45,8 @@ def test_a_copy_cut_short_leaves_the_target_and_no_temp_file(tmp_path, monkeypat
             f.write(b"01234")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(io.os, "link", no_link)
-    monkeypatch.setattr(io.shutil, "copyfile", half_copy)
+    monkeypatch.setattr(fileio.os, "link", no_link)
+    monkeypatch.setattr(fileio.shutil, "copyfile", half_copy)
     with pytest.raises(OSError, match="No space left"):
         link_or_copy(tmp_path / "src", tmp_path / "dst")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]
@@ -83,7 +84,7 @@ def test_image_entry_text_is_relinked_after_its_text_entry_is_reencoded(tmp_path
 def test_entry_text_copied_instead_of_linked_is_refreshed_when_it_differs_and_kept_when_equal(tmp_path, monkeypatch):
     """Without hard links (copies) the check compares bytes: an equal copy is not rewritten, a stale one is."""
     register_model_configs()
-    monkeypatch.setattr(io.os, "link", lambda src, dst: (_ for _ in ()).throw(OSError(18, "cross-device")))
+    monkeypatch.setattr(fileio.os, "link", lambda src, dst: (_ for _ in ()).throw(OSError(18, "cross-device")))
     ds = make_images(tmp_path / "img", 4)
     cache = tmp_path / "c"
     get_feature_set(MODEL, {"test": ds}, ["test"], cache_dir=cache, progress=False)

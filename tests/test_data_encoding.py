@@ -105,14 +105,14 @@ def test_import_features_classname_file_must_be_utf8(tmp_path: Path):
 
     bad = tmp_path / "names.txt"
     bad.write_bytes(b"dog\n" + LATIN1_NAME + b"\n")
-    with pytest.raises(FeatureDirError, match=rf"names\.txt: class-name file is not UTF-8 .*byte offset 7 \(line 2\)"):
+    with pytest.raises(FeatureDirError, match=r"names\.txt: class-name file is not UTF-8 .*byte offset 7 \(line 2\)"):
         read_classnames(bad)
 
 
 def test_utf8_byte_order_mark_is_not_part_of_the_first_class_name(tmp_path: Path):
     """Editors on Windows write a BOM; it must not become a character of the first class name."""
     (tmp_path / "test.csv").write_text("path,label\na.png,0\nb.png,1\n")
-    (tmp_path / "classnames.txt").write_bytes(b"\xef\xbb\xbf" + "café\nthé\n".encode("utf-8"))
+    (tmp_path / "classnames.txt").write_bytes(b"\xef\xbb\xbf" + "café\nthé\n".encode())
     for name in ("a.png", "b.png"):
         _png(tmp_path / name)
     assert build_dataset(f"csv:{tmp_path}", "test").classnames == ["café", "thé"]
@@ -128,7 +128,7 @@ def test_utf8_split_json_with_accents_still_reads(tmp_path: Path):
 
 def test_offset_counts_the_byte_order_mark_as_file_bytes(tmp_path: Path):
     """The offset is a position in the file as stored (an editor's "go to byte"), BOM included."""
-    from clipadapt.features.io import read_text
+    from clipadapt.fileio import read_text
 
     bad = tmp_path / "x.txt"
     bad.write_bytes(b"\xef\xbb\xbfab\n\xff")

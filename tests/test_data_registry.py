@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from clipadapt.data import COOP_DATASETS, get_classnames, get_templates, list_datasets
-from clipadapt.data.catalog import coop_registry, flowers102_classnames, imagenet_meta
 from clipadapt.data._torchvision import torchvision_registry
+from clipadapt.data.catalog import coop_registry, flowers102_classnames, imagenet_meta
 from clipadapt.errors import DatasetError
 
 # CoOp's split-file names and image folders, written out independently of the registry

@@ -101,6 +101,28 @@ def test_eval_dn_repeats_report_mean_std_and_each_draw(tmp_path, dn_featdir):
     assert json.loads(single.read_text())["top1"] == pytest.approx(top1[2])
 
 
+def test_dn_runner_takes_typed_options_and_prints_nothing(capsys, dn_featdir):
+    from clipadapt.cli import build_parser
+    from clipadapt.cli.eval import method_options
+    from clipadapt.eval.registry import get_eval_method
+    from clipadapt.eval.runners.dn import DNOptions
+
+    fd, fs = dn_featdir
+    args = build_parser().parse_args(["eval", "--features", str(fd), "--method", "dn", "--dn-lambda", "0.5",
+                                      "--dn-samples", "all", "--dn-repeats", "2", "--dn-text-mean", "classes"])
+    method = get_eval_method("dn")
+    options = method_options(method, args)
+    assert options == DNOptions(split="test", dn_lambda=0.5, dn_samples=None, dn_source="unlabeled", dn_repeats=2,
+                                dn_seed=0, dn_text_mean="classes", fetch=None)  # --features: nothing to encode
+    result = method.run(fs, options)
+    assert capsys.readouterr().out == ""
+    expected = _literal_top1(fs.split("unlabeled").image, fs.text, fs.split("test").image, fs.split("test").label,
+                             0.5, "classes")
+    assert result.extra["dn_repeats"]["top1_mean"] == pytest.approx(expected)
+    assert result.notes == ["dn: the 2 draws are identical: each uses every one of the 150 --dn-source images "
+                            "(--dn-samples all), so --dn-repeats has nothing to vary"]
+
+
 def test_eval_dn_transductive_source_is_labelled(tmp_path, dn_featdir):
     fd, _ = dn_featdir
     out = tmp_path / "r.json"

@@ -8,6 +8,7 @@ import torch
 from _synergy_data import informative_and_noisy, top1
 
 from clipadapt.errors import ConfigError
+from clipadapt.eval.synergy_combiners import predict_streaming, predictions_streaming
 from clipadapt.methods.ensembles import (
     COMBINERS,
     MajorityVote,
@@ -20,7 +21,6 @@ from clipadapt.methods.ensembles import (
     check_logits_list,
     fit_temperature,
 )
-from clipadapt.eval.synergy_combiners import predict_streaming, predictions_streaming
 
 
 def _random_logits(b=3, n=6, c=4, seed=0, scale=3.0):

@@ -130,7 +130,7 @@ def test_load_npy_memory_maps_and_names_the_file_in_errors(tmp_path):
 
 def test_read_json_names_the_file_in_errors(tmp_path):
     from clipadapt.errors import DatasetError
-    from clipadapt.features.io import read_json
+    from clipadapt.fileio import read_json
 
     (tmp_path / "ok.json").write_text('{"a": [1, 2]}')
     assert read_json(tmp_path / "ok.json", what="index") == {"a": [1, 2]}

@@ -109,15 +109,13 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 def test_adapter_training_images_are_normalised_with_clip_mean_std_in_both_modes():  # §5 "the original forgot"
     """Supervised batches (the encoder's eval transform) and every DINO crop end in Normalize(CLIP mean, std)."""
+    from conftest import tiny
     from PIL import Image
     from torchvision import transforms as T
 
     from clipadapt.adapters.training import AdapterTrainConfig, eval_transform, multicrop_transform
-    from clipadapt.encoders.configs import register_model_configs
-    import open_clip
 
-    register_model_configs()
-    model = open_clip.create_model("clipadapt-test-tiny-vit")
+    model = tiny()
     rgb = (200, 30, 90)
     x = eval_transform(model)(Image.new("RGB", (40, 40), rgb))
     for c in range(3):  # a uniform image stays uniform through resize/crop: (v/255 − mean)/std everywhere

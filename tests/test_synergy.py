@@ -91,9 +91,12 @@ def _feature_set(seed, n=40, c=4, d=12, noise=1.0, with_paths=True, classnames=N
     g = torch.Generator().manual_seed(seed)
     protos = torch.randn(c, d, generator=g)
     labels = torch.arange(c).repeat_interleave(n // c)
-    split = lambda s: FeatureSplit(
-        5.0 + protos[labels] + noise * torch.randn(labels.numel(), d, generator=torch.Generator().manual_seed(s)),
-        labels, [f"img{i}.jpg" for i in range(labels.numel())] if with_paths else None)
+
+    def split(s):
+        return FeatureSplit(
+            5.0 + protos[labels] + noise * torch.randn(labels.numel(), d, generator=torch.Generator().manual_seed(s)),
+            labels, [f"img{i}.jpg" for i in range(labels.numel())] if with_paths else None)
+
     return FeatureSet(classnames or [f"c{i}" for i in range(c)], protos,
                       {"train": split(100 + seed), "test": split(200 + seed)}, {"model": f"m{seed}"})
 
@@ -181,13 +184,10 @@ def test_evaluate_synergy_reports_oracle_combiners_and_gain():
 
 
 def test_model_cost_of_tiny_models_counts_parameters_and_flops():
-    import open_clip
+    from conftest import tiny
 
-    from clipadapt.encoders.configs import register_model_configs
-
-    register_model_configs()
     cost = model_cost("clipadapt-test-tiny-vit@none", batch=2, repeats=1)
-    model = open_clip.create_model("clipadapt-test-tiny-vit")
+    model = tiny()
     assert cost["params_image_M"] == pytest.approx(sum(p.numel() for p in model.visual.parameters()) / 1e6)
     # the patch embedding alone is a (width × 3·p²) matrix applied to every patch: a lower bound on the FLOPs
     conv = model.visual.conv1

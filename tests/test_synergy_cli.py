@@ -84,7 +84,10 @@ def _save_logits(tmp_path, name, array):
 def test_saved_logits_with_held_out(tmp_path):
     g = torch.Generator().manual_seed(0)
     y, yh = torch.randint(0, 5, (50,), generator=g), torch.randint(0, 5, (30,), generator=g)
-    make = lambda labels, scale: 3 * torch.nn.functional.one_hot(labels, 5) + scale * torch.randn(len(labels), 5, generator=g)
+
+    def make(labels, scale):
+        return 3 * torch.nn.functional.one_hot(labels, 5) + scale * torch.randn(len(labels), 5, generator=g)
+
     test = [_save_logits(tmp_path, f"t{b}.npy", make(y, s)) for b, s in enumerate((1.0, 2.0, 3.0))]
     held = [_save_logits(tmp_path, f"h{b}.npy", make(yh, s)) for b, s in enumerate((1.0, 2.0, 3.0))]
     np.save(tmp_path / "y.npy", y.numpy())

@@ -7,6 +7,7 @@ command line answers `--help` and argument errors fast.
 from typing import TYPE_CHECKING
 
 from clipadapt._lazy import lazy_exports
+from clipadapt.constants import __version__ as __version__  # re-exported
 
 if TYPE_CHECKING:
     from clipadapt.errors import (
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
         ZeroShotClassifier,
     )
 
-__version__ = "0.1.0"
 
 __all__ = [
     "CacheError",

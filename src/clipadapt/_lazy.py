@@ -7,7 +7,8 @@ A package lists where each public name lives; the submodule is imported on first
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 
 def lazy_exports(

@@ -1,33 +1,28 @@
 """The IMO bottleneck adapter, its training loops and the intra-modal-overlap metric (METHODS.md §5)."""
 
-from typing import TYPE_CHECKING
-
-from clipadapt._lazy import lazy_exports
-
-if TYPE_CHECKING:
-    from clipadapt.adapters.imo_adapter import (
-        BottleneckAdapter,
-        adapter_checkpoint_sha256,
-        adapter_state_dict,
-        adapters_enabled,
-        attach_adapter_checkpoint,
-        checkpoint_paths,
-        count_adapter_parameters,
-        find_adapters,
-        insert_adapters,
-        load_adapter_checkpoint,
-        remove_adapters,
-        save_adapter_checkpoint,
-        set_adapters_enabled,
-    )
-    from clipadapt.adapters.overlap import (
-        IMOResult,
-        PairHistogramAccumulator,
-        imo_bin_edges,
-        imo_overlap,
-        overlap_from_counts,
-        pair_histograms,
-    )
+from clipadapt.adapters.imo_adapter import (
+    BottleneckAdapter,
+    adapter_checkpoint_sha256,
+    adapter_state_dict,
+    adapters_enabled,
+    attach_adapter_checkpoint,
+    checkpoint_paths,
+    count_adapter_parameters,
+    find_adapters,
+    insert_adapters,
+    load_adapter_checkpoint,
+    remove_adapters,
+    save_adapter_checkpoint,
+    set_adapters_enabled,
+)
+from clipadapt.adapters.overlap import (
+    IMOResult,
+    PairHistogramAccumulator,
+    imo_bin_edges,
+    imo_overlap,
+    overlap_from_counts,
+    pair_histograms,
+)
 
 __all__ = [
     "BottleneckAdapter",
@@ -50,8 +45,3 @@ __all__ = [
     "save_adapter_checkpoint",
     "set_adapters_enabled",
 ]
-
-__getattr__, __dir__ = lazy_exports(__name__, {
-    "clipadapt.adapters.imo_adapter": ["BottleneckAdapter", "adapter_checkpoint_sha256", "adapter_state_dict", "adapters_enabled", "attach_adapter_checkpoint", "checkpoint_paths", "count_adapter_parameters", "find_adapters", "insert_adapters", "load_adapter_checkpoint", "remove_adapters", "save_adapter_checkpoint", "set_adapters_enabled"],
-    "clipadapt.adapters.overlap": ["IMOResult", "PairHistogramAccumulator", "imo_bin_edges", "imo_overlap", "overlap_from_counts", "pair_histograms"],
-})

@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from clipadapt.errors import AdapterError, ConfigError
-from clipadapt.features.io import file_sha256, read_json
+from clipadapt.fileio import atomic_path, atomic_write_json, file_sha256, read_json
 
 WEIGHTS_FILE = "adapter.safetensors"
 CONFIG_FILE = "adapter.json"
@@ -218,14 +219,15 @@ def save_adapter_checkpoint(path: str | Path, model: nn.Module, config: dict[str
     with the suffix `.json`). The structural config (dim, blocks, width, scale, dropout) is stored in the
     safetensors metadata too, so the weights file's sha256 changes whenever the computed features would.
     """
-    from clipadapt.features.io import atomic_save_tensors, atomic_write_json
+    from safetensors.torch import save_file
 
     weights_path, config_path = checkpoint_paths(path)
-    tensors = {k: v.detach().float() for k, v in adapter_state_dict(model).items()}
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in adapter_state_dict(model).items()}
     structure = _structure(find_adapters(model))
     # one metadata key: safetensors writes metadata from a hash map, so several keys come out in varying
     # order and identical adapters would get different file hashes
-    atomic_save_tensors(weights_path, tensors, metadata={METADATA_KEY: json.dumps(structure, sort_keys=True)})
+    with atomic_path(weights_path) as tmp:
+        save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(structure, sort_keys=True)})
     extra = {k: v for k, v in (config or {}).items() if k not in _STRUCTURE_KEYS}
     atomic_write_json(config_path, {**structure, **extra, "weights_file": weights_path.name,
                                     "weights_sha256": file_sha256(weights_path)})

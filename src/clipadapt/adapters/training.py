@@ -14,9 +14,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +31,7 @@ from clipadapt.adapters.imo_adapter import (
     save_adapter_checkpoint,
 )
 from clipadapt.errors import AdapterError, ConfigError
-from clipadapt.features.io import atomic_open
+from clipadapt.fileio import atomic_open, atomic_write_json
 from clipadapt.ops import l2_normalize
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class AdapterTrainConfig:
     center_momentum: float = 0.9
     teacher_momentum: float = 0.996  # cosine-scheduled to 1 over training
 
-    def resolved(self) -> "AdapterTrainConfig":
+    def resolved(self) -> AdapterTrainConfig:
         """A copy with the per-mode defaults filled in, validated."""
         if self.mode not in MODES:
             raise ConfigError(f"adapter training mode must be one of {MODES}, got {self.mode!r}")
@@ -275,17 +276,17 @@ class Supervised:
     def transform(self, model: nn.Module, preprocess: Callable | None) -> Callable:
         return preprocess or eval_transform(model)
 
-    def start(self, state: "_Run", adapters: list[BottleneckAdapter], device: torch.device,
+    def start(self, state: _Run, adapters: list[BottleneckAdapter], device: torch.device,
               saved: dict[str, Any] | None) -> None:
         """Set up (or restore from `saved`) what the objective keeps between steps: nothing here."""
 
-    def loss(self, model: nn.Module, state: "_Run", images: Tensor, labels: Tensor,
+    def loss(self, model: nn.Module, state: _Run, images: Tensor, labels: Tensor,
              device: torch.device) -> tuple[Tensor, Any]:
         feats = _embed(model, images.to(device)).float()
         logits = state.head(l2_normalize(feats) if self.c.normalize_features else feats)
         return F.cross_entropy(logits, labels.to(device)), None
 
-    def after_step(self, state: "_Run", aux: Any) -> None:
+    def after_step(self, state: _Run, aux: Any) -> None:
         """Nothing moves after the optimiser step."""
 
     def state(self) -> dict[str, Tensor]:
@@ -306,7 +307,7 @@ class Dino:
     def transform(self, model: nn.Module, preprocess: Callable | None) -> Callable:
         return multicrop_transform(model, self.c)
 
-    def start(self, state: "_Run", adapters: list[BottleneckAdapter], device: torch.device,
+    def start(self, state: _Run, adapters: list[BottleneckAdapter], device: torch.device,
               saved: dict[str, Any] | None) -> None:
         """The teacher starts as a copy of the student, the centre at zero (or both as saved)."""
         self.adapters = adapters  # switched to eval mode while the teacher runs
@@ -317,7 +318,7 @@ class Dino:
             self.teacher = {k: v.detach().clone() for k, v in _teacher_source(state.params, state.head).items()}
             self.center = torch.zeros(self.c.dino_out_dim, device=device)
 
-    def loss(self, model: nn.Module, state: "_Run", images: list[Tensor], labels: Tensor,
+    def loss(self, model: nn.Module, state: _Run, images: list[Tensor], labels: Tensor,
              device: torch.device) -> tuple[Tensor, Any]:
         """DINO loss of the student's views against the teacher's outputs on the 2 global views (returned too)."""
         from torch.func import functional_call
@@ -339,7 +340,7 @@ class Dino:
         return loss, teacher_out
 
     @torch.no_grad()
-    def after_step(self, state: "_Run", teacher_out: Tensor) -> None:
+    def after_step(self, state: _Run, teacher_out: Tensor) -> None:
         """EMA of the student into the teacher (momentum on DINO's cosine schedule from m0 to 1 over the planned
         steps), EMA of the teacher outputs' mean into the centre."""
         c = self.c
@@ -580,6 +581,4 @@ def _teacher_source(params: dict[str, nn.Parameter], head: nn.Module) -> dict[st
 
 
 def _write_log(out_dir: Path, losses: list[float], c: AdapterTrainConfig, total: int) -> None:
-    from clipadapt.features.io import atomic_write_json
-
     atomic_write_json(out_dir / LOG_FILE, {"mode": c.mode, "total_steps": total, "steps": len(losses), "loss": losses})

@@ -14,7 +14,13 @@ import pkgutil
 import sys
 from types import ModuleType
 
-from clipadapt.cli._conventions import HelpFormatter, add_parser, epilog, exit_on_closed_pipe, show_defaults_without_help
+from clipadapt.cli._conventions import (
+    HelpFormatter,
+    add_parser,
+    epilog,
+    exit_on_closed_pipe,
+    show_defaults_without_help,
+)
 from clipadapt.errors import ClipadaptError
 
 EXAMPLES = """
@@ -34,7 +40,7 @@ def _command_modules() -> list[ModuleType]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from clipadapt import __version__
+    from clipadapt.constants import __version__
 
     parser = argparse.ArgumentParser(
         prog="clipadapt", description="Test-time improvements for CLIP-style vision-language models.",

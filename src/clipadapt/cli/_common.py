@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import io
+from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from clipadapt.errors import ConfigError
 
@@ -76,7 +77,7 @@ def save_logits(path: Path, logits: Any) -> Path:
     """(N, C) float32 logits as .npy, written atomically like every other output."""
     import numpy as np
 
-    from clipadapt.features.io import atomic_write_bytes
+    from clipadapt.fileio import atomic_write_bytes
 
     path = Path(path)
     buffer = io.BytesIO()

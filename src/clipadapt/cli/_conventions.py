@@ -11,8 +11,9 @@ import argparse
 import os
 import sys
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 RESULTS_FILE = "results.json"
 

@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _info(args: argparse.Namespace) -> int:
     from clipadapt.adapters.imo_adapter import checkpoint_paths, load_adapter_checkpoint
-    from clipadapt.features.io import file_sha256
+    from clipadapt.fileio import file_sha256
 
     tensors, config = load_adapter_checkpoint(args.checkpoint)
     weights, _ = checkpoint_paths(args.checkpoint)

@@ -7,8 +7,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clipadapt.cli._common import comma_floats, comma_strings
-from clipadapt.cli._conventions import (RESULTS_FILE, add_out_argument, dataset_provenance, path_provenance,
-                                        write_results)
+from clipadapt.cli._conventions import (
+    RESULTS_FILE,
+    add_out_argument,
+    dataset_provenance,
+    path_provenance,
+    write_results,
+)
 from clipadapt.errors import ConfigError
 
 if TYPE_CHECKING:  # torch-backed: imported where used, so building the parser stays torch-free
@@ -171,7 +176,7 @@ def _feature_models(dirs: list[Path]) -> list[str | None]:
 
 
 def _write(out: Path, report: SynergyReport, results: dict, provenance: dict) -> None:
-    from clipadapt.features.io import atomic_write_bytes
+    from clipadapt.fileio import atomic_write_bytes
     from clipadapt.report.synergy_plots import accuracy_vs_cost, heatmap  # matplotlib: only when plotting
     from clipadapt.report.tables import markdown_table, write_table
 

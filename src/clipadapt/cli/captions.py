@@ -7,8 +7,16 @@ import csv
 import io
 from pathlib import Path
 
-from clipadapt.cli._conventions import (add_out_argument, draws_identical, identical_draws_note, out_dir,
-                                        path_provenance, results_path, vs_baseline, write_results)
+from clipadapt.cli._conventions import (
+    add_out_argument,
+    draws_identical,
+    identical_draws_note,
+    out_dir,
+    path_provenance,
+    results_path,
+    vs_baseline,
+    write_results,
+)
 from clipadapt.errors import ConfigError, DatasetError
 from clipadapt.eval.runners.dn import add_dn_arguments
 
@@ -45,7 +53,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def read_judgments(path: Path) -> list[dict[str, str]]:
     """Rows of the judgments CSV; 'image', 'caption' and 'human' are required columns."""
-    from clipadapt.features.io import read_text
+    from clipadapt.fileio import read_text
 
     try:
         rows = list(csv.DictReader(io.StringIO(read_text(path, what="judgments CSV", error=DatasetError), newline="")))

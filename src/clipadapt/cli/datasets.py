@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
 COMMAND = "datasets"
 HELP = "list the dataset registry: spec, kind, number of classes, splits, templates (docs/datasets.md)"
 EXAMPLES = """

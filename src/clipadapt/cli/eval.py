@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from clipadapt.cli._common import add_feature_source_arguments, load_features_from_args, save_logits
 from clipadapt.cli._conventions import add_out_argument, featureset_provenance, results_path, vs_baseline, write_results
-from clipadapt.eval.registry import get_eval_method, list_eval_methods
+from clipadapt.eval.registry import EvalMethod, EvalOptions, get_eval_method, list_eval_methods
+
+if TYPE_CHECKING:
+    from clipadapt.features.featureset import FeatureSet
 
 COMMAND = "eval"
 HELP = "evaluate a method (zero-shot, DN, ...) on cached or given features; writes results.json"
@@ -31,6 +37,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
             method.add_arguments(parser.add_argument_group(f"--method {name}"))
 
 
+def method_options(method: EvalMethod, args: argparse.Namespace) -> EvalOptions:
+    """The runner's options dataclass, each field taken from the argument of the same name; `fetch` encodes
+    splits through the cache when the features come from --model/--dataset rather than --features."""
+    names = [f.name for f in fields(method.options) if f.name != "fetch" and hasattr(args, f.name)]
+    values = {name: getattr(args, name) for name in names}
+    encodable = getattr(args, "model", None) and getattr(args, "dataset", None) and not getattr(args, "features", None)
+    return method.options(**values, fetch=_fetcher(args) if encodable else None)
+
+
+def _fetcher(args: argparse.Namespace) -> Callable[[list[str]], FeatureSet]:
+    """`EvalOptions.fetch`: encode splits through the cache with this command's --model/--dataset options."""
+
+    def fetch(splits: list[str]) -> FeatureSet:
+        from clipadapt.features.pipeline import feature_set_from_args  # heavy imports only when encoding
+
+        return feature_set_from_args(args, splits=splits)
+
+    return fetch
+
+
 def summary_line(name: str, results: dict) -> str:
     """'dn: top1 57.00 (zero-shot 56.75, +0.25)  top5 ...  (n=...)': the method, beside its baseline if it has one."""
     key, base_name = next(((k, v) for k, v in BASELINES.items() if isinstance(results.get(k), dict)), (None, None))
@@ -44,7 +70,9 @@ def run(args: argparse.Namespace) -> int:
 
     method = get_eval_method(args.method)
     features = load_features_from_args(args)
-    output = method.run(features, args)
+    output = method.run(features, method_options(method, args))
+    for line in output.notes:
+        print(line)
     labels = features.split(args.split).labels(args.split)
     results = {
         "method": method.name,

@@ -72,8 +72,9 @@ def _write_out(out: Path, fs, *, sharded: bool) -> None:
     """The --out feature directory (sharded: index + shard files linked from the cache) and each split's
     skipped-rows file."""
     from clipadapt.errors import CacheError
-    from clipadapt.features.io import atomic_write_json, read_json, save_feature_dir
+    from clipadapt.features.io import save_feature_dir
     from clipadapt.features.shards import save_sharded_feature_dir
+    from clipadapt.fileio import atomic_write_json, read_json
 
     if sharded:
         try:

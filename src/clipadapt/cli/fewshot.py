@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from clipadapt.cli._common import add_feature_source_arguments, comma_ints, comma_strings
 from clipadapt.cli._conventions import add_out_argument, dataset_provenance, path_provenance, vs_baseline
+from clipadapt.constants import GRID_PRESETS, TIE_BREAKS
 from clipadapt.errors import ConfigError
 
 if TYPE_CHECKING:  # torch-backed: imported where used, so building the parser stays torch-free
@@ -44,6 +45,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid", action="append", default=[], metavar="FAMILY.PARAM=SPEC",
                         help="override a search grid, e.g. tip.beta=0.1:7:50 or tipx.gamma=0.5,1,2 "
                              "(FAMILY tip = tip/tip-f/tip++, tipx = tipx/tipx++; SPEC LOW:HIGH:N or a list); repeatable")
+    parser.add_argument("--grid-preset", choices=GRID_PRESETS, default=None,
+                        help="a paper's search grids and tie order: tip-adapter (β loop outermost: ties keep the smallest "
+                             "β), sus-x, imo (linspace grids with 0, α outermost); --grid then overrides single axes. "
+                             "Default: clipadapt's grids, α outermost")
+    parser.add_argument("--tie-break", choices=TIE_BREAKS, default="grid-order",
+                        help="which of equally good validation grid points is kept: grid-order (first in loop order, "
+                             "the papers' rule; default) or centre (centre of the largest tied region)")
     parser.add_argument("--tipf-epochs", type=int, default=20, help="Tip-Adapter-F training epochs (default 20)")
     parser.add_argument("--chunk-size", type=int, default=None, help="validation rows per search chunk (default: fit ~128 MiB)")
     add_out_argument(parser, required=True,
@@ -132,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
 
     config = FewShotConfig(shots=args.shots, seeds=args.seeds, methods=args.methods, allow_fewer=args.allow_fewer,
                            grids=parse_grid_overrides(args.grid), tipf_epochs=args.tipf_epochs, chunk_size=args.chunk_size,
-                           val_from_train=args.val_from_train)
+                           val_from_train=args.val_from_train, grid_preset=args.grid_preset, tie_break=args.tie_break)
     if config.needs_adapted and not (args.adapter or args.adapted_features):
         raise ConfigError("tip++/tipx++ need --adapted-features DIR (with --features) or --adapter CKPT")
     source = build_source(args)

@@ -72,9 +72,9 @@ def _provenance(args: argparse.Namespace, sets: dict[str, FeatureSet]) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from clipadapt.adapters import imo_overlap
+    from clipadapt.fileio import atomic_write_bytes
     from clipadapt.report import markdown_table
     from clipadapt.report.imo_plot import plot_imo_histograms
-    from clipadapt.features.io import atomic_write_bytes
 
     sets = _feature_sets(args)
     max_pairs = args.max_pairs or None

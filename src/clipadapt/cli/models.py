@@ -6,7 +6,6 @@ import argparse
 import fnmatch
 from pathlib import Path
 
-
 COMMAND = "models"
 HELP = "list model architectures and pretrained tags (use as --model ARCH@TAG)"
 EXAMPLES = """

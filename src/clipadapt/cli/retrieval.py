@@ -6,8 +6,16 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clipadapt.cli._conventions import (add_out_argument, draws_identical, identical_draws_note, out_dir,
-                                        path_provenance, results_path, vs_baseline, write_results)
+from clipadapt.cli._conventions import (
+    add_out_argument,
+    draws_identical,
+    identical_draws_note,
+    out_dir,
+    path_provenance,
+    results_path,
+    vs_baseline,
+    write_results,
+)
 from clipadapt.errors import ConfigError
 from clipadapt.eval.runners.dn import add_dn_arguments, dn_source_info
 

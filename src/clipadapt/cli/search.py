@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import io
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from clipadapt.cli._conventions import add_out_argument, path_provenance, results_path, write_results
 from clipadapt.constants import TOPK_BACKENDS as BACKENDS
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from clipadapt.eval.topk import chunked_topk
-    from clipadapt.features.io import atomic_write_bytes
+    from clipadapt.fileio import atomic_write_bytes
 
     normalize = not args.no_normalize
     q_spec, q_src = _open(args.queries)

@@ -21,7 +21,7 @@ from clipadapt.data.catalog import (
 )
 from clipadapt.data.dataset import ImageDataset
 from clipadapt.errors import DatasetError
-from clipadapt.features.io import read_json, read_text
+from clipadapt.fileio import read_json, read_text
 
 log = logging.getLogger(__name__)
 OPTIONS = ("image_dir", "split_file", "templates")

@@ -11,7 +11,7 @@ from clipadapt.data._spec import Spec
 from clipadapt.data.catalog import get_templates
 from clipadapt.data.dataset import ImageDataset
 from clipadapt.errors import DatasetError
-from clipadapt.features.io import read_json, read_text
+from clipadapt.fileio import read_json, read_text
 
 OPTIONS = ("templates", "name")
 SPLIT_DIRS = ("train", "val", "test")

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
-from typing import Any, Callable, Sequence
+from functools import cache
+from typing import Any
 
 from PIL import Image
 
@@ -41,7 +42,7 @@ def _coop_template(name: str) -> tuple[str, ...]:
     return coop_registry()[name].templates
 
 
-@lru_cache(maxsize=None)
+@cache
 def torchvision_registry() -> dict[str, TorchvisionEntry]:
     train_test = {"train": {"train": True}, "test": {"train": False}}
     rows = [

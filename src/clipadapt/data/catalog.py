@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import resources
 from typing import Any
 
@@ -73,7 +73,7 @@ def _coop(name, dataset_dir, image_dir, split_name, num_classes, template, descr
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _package_json(filename: str) -> dict[str, Any]:
     return json.loads(resources.files("clipadapt.data").joinpath(filename).read_text(encoding="utf-8"))
 
@@ -121,7 +121,7 @@ def _imagenet_rows() -> list[DatasetInfo]:
     ]
 
 
-@lru_cache(maxsize=None)
+@cache
 def coop_registry() -> dict[str, DatasetInfo]:
     """CoOp's 11 few-shot datasets plus the ImageNet variants, by name."""
     rows = [

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
@@ -132,7 +132,7 @@ class ImageDataset:
             return None
         return [str(files[j]) for j in self._source_indices]
 
-    def subset(self, indices: Sequence[int]) -> "ImageDataset":
+    def subset(self, indices: Sequence[int]) -> ImageDataset:
         """The items at `indices` (in that order), same classes/templates/loader; its fingerprint differs."""
         idx = [int(i) for i in indices]
         for i in idx:

@@ -7,13 +7,14 @@ contained in the 4-shot set, and so on; and a class's draw does not depend on th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from clipadapt.errors import DatasetError
-from clipadapt.features.io import atomic_write_json, read_json
+from clipadapt.fileio import atomic_write_json, read_json
 
 INDEX_FORMAT = "clipadapt-fewshot-indices/1"
 SAMPLER = "nested: per class, numpy default_rng([seed, label]).permutation of its indices, first K; sorted"

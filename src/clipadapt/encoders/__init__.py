@@ -1,13 +1,8 @@
 """Backbone adapters: open_clip models by id ARCH@TAG, batched encoding, device chosen once."""
 
-from typing import TYPE_CHECKING
-
-from clipadapt._lazy import lazy_exports
-
-if TYPE_CHECKING:
-    from clipadapt.encoders.augment import ViewAugment
-    from clipadapt.encoders.encoder import Encoder, encoder_fingerprint, load_encoder, resolve_device, resolve_precision
-    from clipadapt.encoders.ids import ModelId, parse_model_id
+from clipadapt.encoders.augment import ViewAugment
+from clipadapt.encoders.encoder import Encoder, encoder_fingerprint, load_encoder, resolve_device, resolve_precision
+from clipadapt.encoders.ids import ModelId, parse_model_id
 
 __all__ = [
     "Encoder",
@@ -19,9 +14,3 @@ __all__ = [
     "resolve_device",
     "resolve_precision",
 ]
-
-__getattr__, __dir__ = lazy_exports(__name__, {
-    "clipadapt.encoders.augment": ["ViewAugment"],
-    "clipadapt.encoders.encoder": ["Encoder", "encoder_fingerprint", "load_encoder", "resolve_device", "resolve_precision"],
-    "clipadapt.encoders.ids": ["ModelId", "parse_model_id"],
-})

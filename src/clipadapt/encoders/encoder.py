@@ -6,18 +6,19 @@ import contextlib
 import copy
 import logging
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from clipadapt.adapters.imo_adapter import adapter_checkpoint_sha256, attach_adapter_checkpoint
 from clipadapt.encoders.augment import ViewAugment
 from clipadapt.encoders.configs import register_model_configs
 from clipadapt.encoders.ids import ModelId, parse_model_id
 from clipadapt.encoders.weights import (
     canonical_preprocess,
-    file_sha256,
     hub_offline,
     needs_quick_gelu,
     resolve_weights,
@@ -73,7 +74,7 @@ def encoder_fingerprint(
     register_model_configs()
     mid = model_id if isinstance(model_id, ModelId) else parse_model_id(model_id)
     prec = resolve_precision(precision, resolve_device(device))
-    adapter_hash = adapter_sha256(adapter) if adapter is not None else None
+    adapter_hash = adapter_checkpoint_sha256(adapter) if adapter is not None else None
     return {
         "model_id": str(mid),
         "arch": mid.arch or mid.open_clip_name,
@@ -84,25 +85,6 @@ def encoder_fingerprint(
         "adapter": adapter_hash,
         "open_clip": open_clip.__version__,
     }
-
-
-def adapter_sha256(adapter: str | Path) -> str:
-    """The adapter's cache-key hash without loading it: sha256 of its weights file.
-
-    Uses `clipadapt.adapters.adapter_checkpoint_sha256` when that package provides it (a checkpoint directory
-    holds adapter.safetensors + adapter.json; a `.safetensors` path is the weights file itself).
-    """
-    path = Path(adapter)
-    try:
-        from clipadapt.adapters import adapter_checkpoint_sha256
-    except ImportError:
-        adapter_checkpoint_sha256 = None
-    if adapter_checkpoint_sha256 is not None:
-        return adapter_checkpoint_sha256(path)
-    weights = path if path.suffix == ".safetensors" else path / "adapter.safetensors"
-    if not weights.is_file():
-        raise ConfigError(f"adapter checkpoint {path}: weights file {weights} not found")
-    return file_sha256(weights)
 
 
 def _create_model(mid: ModelId, device: torch.device, where: dict[str, Any]) -> torch.nn.Module:
@@ -256,8 +238,6 @@ def load_encoder(
     preprocess = image_transform_v2(PreprocessCfg(**actual), is_train=False)
     adapter_id = None
     if adapter is not None:
-        from clipadapt.adapters import attach_adapter_checkpoint  # lazy: only when an adapter is used
-
         adapter_id = attach_adapter_checkpoint(model, Path(adapter))
         model = model.to(dev).eval()
         if adapter_id != fingerprint["adapter"]:  # the hash the adapter package reports is the one that counts

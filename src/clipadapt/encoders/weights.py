@@ -15,14 +15,15 @@ import contextlib
 import json
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 from clipadapt.encoders.ids import ModelId
 from clipadapt.errors import WeightsUnavailableError
-from clipadapt.features.io import file_sha256 as sha256_of_file
+from clipadapt.fileio import file_sha256 as sha256_of_file
 
 HF_HOST = ("huggingface.co", 443)
 PROBE_TIMEOUT_S = 3.0

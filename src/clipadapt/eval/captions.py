@@ -12,12 +12,15 @@
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from clipadapt.errors import ConfigError
+from clipadapt.eval.metrics import mean_std
+from clipadapt.methods.dn import DistributionNormalizer
 from clipadapt.ops import l2_normalize
 
 CLIPSCORE_W = 2.5
@@ -113,9 +116,6 @@ def evaluate_caption_scores(
     (`pool_image`, `pool_text`); by default the distinct images and captions of the evaluated set itself.
     Returns {'scores': {metric: (N,) tensor}, 'correlations': {metric: {...}}, 'dn': {...}}.
     """
-    from clipadapt.eval.metrics import mean_std
-    from clipadapt.methods.dn import DistributionNormalizer
-
     if human.shape[0] != image.shape[0]:
         raise ConfigError(f"{human.shape[0]} human judgments for {image.shape[0]} (image, caption) pairs")
     pool_image = torch.unique(image, dim=0) if pool_image is None else pool_image

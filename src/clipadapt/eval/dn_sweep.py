@@ -13,12 +13,16 @@ mean reported with std 0.
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from torch import Tensor
 from tqdm import tqdm
 
-from clipadapt.constants import DEFAULT_LAMBDAS, DEFAULT_SAMPLES, DEFAULT_TEXT_MEAN  # re-exported; defined there so the CLI parser is torch-free
+from clipadapt.constants import (  # re-exported; defined there so the CLI parser is torch-free
+    DEFAULT_LAMBDAS,
+    DEFAULT_SAMPLES,
+    DEFAULT_TEXT_MEAN,
+)
 from clipadapt.eval.metrics import mean_std, topk_accuracy
 from clipadapt.eval.retrieval import evaluate_retrieval
 from clipadapt.methods.dn import DistributionNormalizer, FewerSamplesWarning

@@ -15,19 +15,21 @@ of selection too: before any search the validation rows (and the cache rows) are
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from clipadapt.constants import GRID_PRESETS, TIE_BREAKS
 from clipadapt.data.fewshot import sample_disjoint, sample_few_shot, save_indices
 from clipadapt.errors import ConfigError, FeatureDirError
 from clipadapt.eval.metrics import mean_std, topk_accuracy
 from clipadapt.eval.protocol import check_disjoint
-from clipadapt.eval.search import TIP_GRID, TIPX_GRID, resolve_grid, search_tip_adapter, search_tip_x
+from clipadapt.eval.search import TIP_GRID, TIPX_GRID, grid_preset, resolve_grid, search_tip_adapter, search_tip_x
 from clipadapt.features.featureset import FeatureSet, FeatureSplit
 from clipadapt.methods.tip_adapter import TipAdapter, TipAdapterF
 from clipadapt.methods.tip_x import TipX
@@ -49,7 +51,12 @@ DEFAULT_GRIDS = {"tip": TIP_GRID, "tipx": TIPX_GRID}
 
 @dataclass
 class FewShotConfig:
-    """What to run. `grids[family][param]` overrides a default grid (family 'tip' or 'tipx')."""
+    """What to run. `grids[family][param]` overrides a default grid (family 'tip' or 'tipx').
+
+    `grid_preset` ('tip-adapter', 'sus-x', 'imo'): a paper's grids and loop order (clipadapt.eval.search.grid_preset);
+    `grids` then overrides axes of the preset. `tie_break`: 'grid-order' (the first tied point in loop order) or
+    'centre' (the centre of the largest tied region).
+    """
 
     shots: list[int]
     seeds: list[int]
@@ -59,6 +66,8 @@ class FewShotConfig:
     tipf_epochs: int = 20
     chunk_size: int | None = None
     val_from_train: int | None = None  # N: validate on N train images per class (per seed, disjoint from its shots)
+    grid_preset: str | None = None
+    tie_break: str = "grid-order"
 
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
@@ -70,6 +79,10 @@ class FewShotConfig:
             raise ConfigError("give at least one seed and one method")
         if self.val_from_train is not None and self.val_from_train < 1:
             raise ConfigError(f"val_from_train (--val-from-train) must be >= 1 images per class, got {self.val_from_train}")
+        if self.grid_preset is not None and self.grid_preset not in GRID_PRESETS:
+            raise ConfigError(f"unknown grid preset '{self.grid_preset}'; available: {', '.join(GRID_PRESETS)}")
+        if self.tie_break not in TIE_BREAKS:
+            raise ConfigError(f"unknown tie break '{self.tie_break}'; available: {', '.join(TIE_BREAKS)}")
         for family, given in self.grids.items():
             if family not in DEFAULT_GRIDS or set(given) - set(DEFAULT_GRIDS[family]):
                 raise ConfigError(f"grid {family}.{sorted(given)}: valid are tip.alpha/beta, tipx.alpha/beta/gamma")
@@ -80,7 +93,13 @@ class FewShotConfig:
 
     def grid(self, method: str) -> dict[str, list[float]]:
         family = METHOD_TABLE[method][1]
-        return resolve_grid(DEFAULT_GRIDS[family], self.grids.get(family, {}))
+        base = grid_preset(self.grid_preset)[family].grid if self.grid_preset else DEFAULT_GRIDS[family]
+        return resolve_grid(base, self.grids.get(family, {}))
+
+    def search_options(self, method: str) -> dict[str, Any]:
+        """`order` (the preset's loop nesting, or the default) and `tie_break` for the search functions."""
+        order = grid_preset(self.grid_preset)[METHOD_TABLE[method][1]].order if self.grid_preset else None
+        return {"order": order, "tie_break": self.tie_break}
 
 
 # ------------------------------------------------------------------------------------------------ sources
@@ -283,17 +302,20 @@ def fit_and_predict(
     else:
         model = estimator().fit(keys, key_labels, text, adapted_keys=a_train.image if a_train else None)
     a_val_image = a_val.image if a_val is not None else None
+    options = config.search_options(method)
     if family == "tipx":
         result = search_tip_x(model, val.image, val.labels("val"), alphas=grid["alpha"], betas=grid["beta"],
-                              gammas=grid["gamma"], adapted_val_features=a_val_image, chunk_size=config.chunk_size)
+                              gammas=grid["gamma"], adapted_val_features=a_val_image, chunk_size=config.chunk_size,
+                              **options)
     else:
         result = search_tip_adapter(model, val.image, val.labels("val"), alphas=grid["alpha"], betas=grid["beta"],
-                                    adapted_val_features=a_val_image, chunk_size=config.chunk_size)
+                                    adapted_val_features=a_val_image, chunk_size=config.chunk_size, **options)
     best = model.with_params(**result.best)
     logits = best.predict_logits(test_features, a_test)
+    found = result.to_dict()
+    searched = {key: found[key] for key in ("grid_size", "n_tied", "tie_break", "order")}
     extra = {"best_epoch": model.best_epoch_} if estimator is TipAdapterF else {}
-    hyperparameters = {**best.get_params(), **extra, "grid_size": result.to_dict()["grid_size"]}
-    return Prediction(logits, hyperparameters, result.best_accuracy)
+    return Prediction(logits, {**best.get_params(), **extra, **searched}, result.best_accuracy)
 
 
 # ------------------------------------------------------------------------------------------------ protocol
@@ -445,7 +467,7 @@ class _Jobs:
     zero_shot: dict[int | None, Prediction] = field(default_factory=dict)
 
     @classmethod
-    def prepare(cls, source: FewShotSource, config: FewShotConfig, device: torch.device | str | None) -> "_Jobs":
+    def prepare(cls, source: FewShotSource, config: FewShotConfig, device: torch.device | str | None) -> _Jobs:
         """Load test (and the 'val' split, checked against test, unless validating on train) before sampling or
         encoding anything."""
         text = source.text.to(device) if device is not None else source.text

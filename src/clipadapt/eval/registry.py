@@ -1,8 +1,11 @@
 """Registry of methods that `clipadapt eval --method NAME` can run on a FeatureSet.
 
 A runner module under `clipadapt/eval/runners/` registers itself with `@register_eval_method`; adding a method
-to the CLI is adding a module, not editing a shared list. Runner modules are imported while the CLI builds its
-parser, so they must not import torch at module level: import methods and features inside the run function.
+to the CLI is adding a module, not editing a shared list. A runner gets typed options (a dataclass extending
+`EvalOptions`, whose fields are named after the argparse destinations, so the CLI builds it by name) and returns
+a `MethodResult`; it prints nothing (lines for the console go in `MethodResult.notes`). Runner modules are
+imported while the CLI builds its parser, so they must not import torch at module level: import methods and
+features inside the run function.
 """
 
 from __future__ import annotations
@@ -10,8 +13,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from clipadapt.errors import ConfigError
 
@@ -28,9 +32,19 @@ class MethodResult:
     logits: Tensor
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # console lines, printed by the CLI before its summary
 
 
-RunFn = Callable[["FeatureSet", argparse.Namespace], MethodResult]
+@dataclass
+class EvalOptions:
+    """What every runner reads: the evaluated split, and `fetch(splits)`, which encodes splits the features lack
+    through the cache (None when the features come from a directory and nothing can be encoded)."""
+
+    split: str = "test"
+    fetch: Callable[[list[str]], FeatureSet] | None = None
+
+
+RunFn = Callable[["FeatureSet", Any], MethodResult]
 ArgsFn = Callable[[argparse.ArgumentParser], None]
 
 
@@ -41,20 +55,23 @@ class EvalMethod:
     add_arguments: ArgsFn | None
     help: str
     splits: tuple[str, ...]  # splits the method reads besides 'test' (e.g. 'train', 'val', 'unlabeled')
+    options: type[EvalOptions] = EvalOptions
 
 
 _METHODS: dict[str, EvalMethod] = {}
 
 
 def register_eval_method(
-    name: str, *, help: str, add_arguments: ArgsFn | None = None, splits: tuple[str, ...] = ()
+    name: str, *, help: str, add_arguments: ArgsFn | None = None, splits: tuple[str, ...] = (),
+    options: type[EvalOptions] = EvalOptions,
 ) -> Callable[[RunFn], RunFn]:
-    """Decorator: register `run(features, args) -> MethodResult` under `name`."""
+    """Decorator: register `run(features, options) -> MethodResult` under `name`; `options` is its dataclass."""
 
     def decorator(run: RunFn) -> RunFn:
         if name in _METHODS:
             raise ValueError(f"eval method '{name}' registered twice")
-        _METHODS[name] = EvalMethod(name=name, run=run, add_arguments=add_arguments, help=help, splits=splits)
+        _METHODS[name] = EvalMethod(name=name, run=run, add_arguments=add_arguments, help=help, splits=splits,
+                                    options=options)
         return run
 
     return decorator

@@ -12,12 +12,15 @@ index (ties: lower index first, as a stable descending sort); a query's rank is 
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor
+
 from clipadapt.errors import ConfigError
+from clipadapt.eval.metrics import mean_std
 from clipadapt.eval.topk import _gt_matrix, chunked_ranks, chunked_recall_at_k
+from clipadapt.methods.dn import DistributionNormalizer
 from clipadapt.ops import check_same_dim, l2_normalize, pool_views
 
 DEFAULT_KS = (1, 5, 10)
@@ -109,8 +112,6 @@ def evaluate_retrieval(
 
 def summarize_draws(draws: Sequence[dict], directions: Sequence[str] = ("i2t", "t2i")) -> dict[str, dict[str, float]]:
     """Mean and std over seeded DN draws of every recall: {'mean': {'i2t R@1': ..}, 'std': {...}}."""
-    from clipadapt.eval.metrics import mean_std
-
     mean, std = {}, {}
     for d in directions:
         for k in draws[0][d]:
@@ -133,8 +134,6 @@ def retrieval_with_dn(
     chunk_size: int = 1024,
 ) -> dict:
     """Plain and DN recall on the evaluated set; DN's means from (`pool_image`, `pool_text`), one fit per seed."""
-    from clipadapt.methods.dn import DistributionNormalizer
-
     ks = tuple(ks)
     plain = evaluate_retrieval(image, text, text_to_image, ks=ks, chunk_size=chunk_size)
     draws = []

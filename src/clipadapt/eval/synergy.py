@@ -14,8 +14,9 @@ top-5 would be trivially 100 % and is omitted everywhere (keys, columns, printed
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch

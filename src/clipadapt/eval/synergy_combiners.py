@@ -7,8 +7,9 @@ The combiners (clipadapt.methods.ensembles, logit_controller) stay pure tensor c
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -31,9 +31,10 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 from filelock import FileLock, Timeout
 from safetensors import safe_open
@@ -42,18 +43,7 @@ from tqdm.auto import tqdm
 
 from clipadapt.errors import ConfigError, FeatureDirError
 from clipadapt.features.featureset import FeatureSplit
-from clipadapt.features.io import (
-    META_FILE,
-    TEXT_FILE,
-    atomic_open,
-    atomic_save_tensors,
-    atomic_write_json,
-    file_sha256,
-    link_or_copy,
-    load_split,
-    load_tensors,
-    read_json,
-)
+from clipadapt.features.io import META_FILE, TEXT_FILE, atomic_save_tensors, load_split, load_tensors
 from clipadapt.features.shards import (
     SHARD_KEY_FILE,
     ShardedSplit,
@@ -62,6 +52,7 @@ from clipadapt.features.shards import (
     shard_path,
     write_shard_index,
 )
+from clipadapt.fileio import atomic_open, atomic_write_json, file_sha256, link_or_copy, read_json
 
 log = logging.getLogger(__name__)
 

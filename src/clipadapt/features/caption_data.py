@@ -11,19 +11,21 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
+from clipadapt.data.dataset import open_rgb
 from clipadapt.errors import DatasetError
 from clipadapt.features.extract import extract_split, read_skipped
-from clipadapt.features.io import read_json
 from clipadapt.features.retrieval_dir import RetrievalSet
+from clipadapt.fileio import read_json
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +68,6 @@ class ImageFiles:
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[Image.Image, None]:
-        from clipadapt.data.dataset import open_rgb  # DatasetError naming the path when unreadable
-
         return open_rgb(self.paths[i]), None
 
 

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -28,7 +29,6 @@ from tqdm.auto import tqdm
 from clipadapt.encoders.augment import normalize_uint8, pil_to_uint8, row_generator, split_eval_transform
 from clipadapt.errors import CacheError, ConfigError, DatasetError, FeatureDirError
 from clipadapt.features.featureset import FeatureSplit
-from clipadapt.features.io import atomic_write_json, read_json
 from clipadapt.features.shards import (
     DEFAULT_SHARD_SIZE,
     check_shard_key,
@@ -40,6 +40,7 @@ from clipadapt.features.shards import (
     shard_skipped,
     write_shard,
 )
+from clipadapt.fileio import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ class _Batch:
     pixels: Tensor | None  # stacked pixels of the readable rows
     errors: list[_Item]
 
-    def pin_memory(self) -> "_Batch":  # called by DataLoader(pin_memory=True)
+    def pin_memory(self) -> _Batch:  # called by DataLoader(pin_memory=True)
         if self.pixels is not None:
             self.pixels = self.pixels.pin_memory()
         return self

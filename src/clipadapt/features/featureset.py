@@ -49,7 +49,7 @@ class FeatureSplit:
             raise FeatureDirError(f"split '{split_name}' has no labels (tensor 'label' is missing)")
         return self.label
 
-    def subset(self, index: Tensor | list[int]) -> "FeatureSplit":
+    def subset(self, index: Tensor | list[int]) -> FeatureSplit:
         """Rows `index` of this split (paths follow)."""
         index = torch.as_tensor(index, dtype=torch.long)
         paths = [self.paths[i] for i in index.tolist()] if self.paths is not None else None

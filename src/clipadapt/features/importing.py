@@ -10,7 +10,8 @@ import torch
 
 from clipadapt.errors import FeatureDirError
 from clipadapt.features.featureset import SPLIT_NAMES, FeatureSet, FeatureSplit
-from clipadapt.features.io import load_feature_dir, load_npy, read_json, read_text, save_feature_dir
+from clipadapt.features.io import load_feature_dir, load_npy, save_feature_dir
+from clipadapt.fileio import read_json, read_text
 
 
 def read_classnames(path: Path) -> list[str]:

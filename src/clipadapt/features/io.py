@@ -6,20 +6,15 @@
                                (label optional for 'unlabeled'); split in train, val, test, unlabeled
     DIR/<split>.paths.json     optional: the source image path of each row
 
-Every write goes to a temporary file in the same directory, is fsynced and renamed into place, so a reader
-never sees a half-written file, even after a crash (`atomic_open`, `atomic_path`).
+Every write is atomic and durable (`clipadapt.fileio.atomic_path`): a reader never sees a half-written file.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-import os
 import shutil
-import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, BinaryIO, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,140 +24,18 @@ from torch import Tensor
 
 from clipadapt.errors import ClipadaptError, FeatureDirError
 from clipadapt.features.featureset import SPLIT_NAMES, FeatureSet, FeatureSplit
+from clipadapt.fileio import atomic_path, atomic_write_json, read_json
 
 META_FILE = "meta.json"
 TEXT_FILE = "text.safetensors"
 SHARD_INDEX_SUFFIX = ".shards.json"  # DIR/<split>.shards.json: a sharded split (features.shards)
 
 
-# ----------------------------------------------------------------------------------------- atomic writes
-def _read_umask() -> int:
-    """The process umask. Reading it means setting it, so this runs once, at import, before threads exist."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-NEW_FILE_MODE = 0o666 & ~_read_umask()  # what open() would give: mkstemp's 0600 would hide results from the group
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make a rename in `directory` durable (POSIX); a no-op where directories cannot be opened (Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temp file name beside `path` for a writer that needs a name (safetensors). On a clean exit the temp file
-    is fsynced and renamed over `path`, then the directory is fsynced: after a crash or power loss `path` holds
-    the old bytes or all the new ones. On any exception the temp file is removed and `path` is untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.chmod(tmp, NEW_FILE_MODE)  # after the writer: safetensors renames its own 0600 temp file over `tmp`
-        with open(tmp, "r+b") as f:  # fsync applies to the file, whichever descriptor wrote it
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-@contextlib.contextmanager
-def atomic_open(path: str | Path) -> Iterator[BinaryIO]:
-    """A binary file to stream into (nothing is buffered in memory), replacing `path` durably on a clean exit and
-    leaving it untouched, with no temp file, on an exception — see `atomic_path`."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        yield f
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temp file + fsync + rename in the same directory."""
-    with atomic_open(path) as f:
-        f.write(data)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-
-
+# ----------------------------------------------------------------------------------------- tensors
 def atomic_save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
     """safetensors save through a temp file + fsync + rename."""
     with atomic_path(path) as tmp:
         save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB blocks (cache manifests, checkpoint fingerprints)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def link_or_copy(src: str | Path, dst: str | Path) -> None:
-    """Hard-link `src` to `dst` atomically (a copy where links are not possible, e.g. across file systems). On any
-    failure (a copy cut short, `dst` a directory, ...) the temp name is removed and `dst` is untouched."""
-    src, dst = Path(src), Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    try:
-        try:
-            os.link(src, tmp)
-        except OSError:
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-# ----------------------------------------------------------------------------------------- reading
-UTF8_BOM = b"\xef\xbb\xbf"
-
-
-def read_text(path: str | Path, *, what: str, error: type[ClipadaptError] = FeatureDirError) -> str:
-    """The text of a UTF-8 file (a leading byte-order mark is dropped); `error` naming the file when it is missing
-    ("<path>: <what> not found") or not UTF-8 (the byte offset and line of the first undecodable byte, "expected
-    UTF-8"). Every text file clipadapt reads (class names, CSV, split JSON, variants, captions) goes through here."""
-    path = Path(path)
-    if not path.is_file():
-        raise error(f"{path}: {what} not found")
-    data = path.read_bytes()
-    skip = len(UTF8_BOM) if data.startswith(UTF8_BOM) else 0
-    try:
-        return data[skip:].decode("utf-8")
-    except UnicodeDecodeError as e:
-        offset = skip + e.start
-        line = data.count(b"\n", 0, offset) + 1
-        raise error(
-            f"{path}: {what} is not UTF-8 text: byte 0x{data[offset]:02x} at byte offset {offset} (line {line}) "
-            "cannot be decoded; expected UTF-8 — re-save the file as UTF-8"
-        ) from None
-
-
-def read_json(path: str | Path, *, what: str, error: type[ClipadaptError] = FeatureDirError) -> Any:
-    """The parsed JSON of `path`; `error` naming the file when it is missing ("<path>: <what> not found"), not
-    UTF-8 (see `read_text`) or not valid JSON. `what` says what the file should be, e.g. "shard index"."""
-    try:
-        return json.loads(read_text(path, what=what, error=error))
-    except json.JSONDecodeError as e:
-        raise error(f"{path}: not valid JSON ({e})") from e
 
 
 def load_npy(path: str | Path, *, what: str, mmap: bool = True, error: type[ClipadaptError] = FeatureDirError) -> np.ndarray:

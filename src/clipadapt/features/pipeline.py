@@ -7,15 +7,22 @@ from __future__ import annotations
 import argparse
 import logging
 from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from torch import Tensor
 
 from clipadapt.errors import ConfigError, DatasetError
 from clipadapt.features.cache import CacheEntry, FeatureCache, canonical_json, dataset_fingerprint, image_key, text_key
-from clipadapt.features.extract import DEFAULT_SHARD_SIZE, encode_split_shards, extract_split, extract_text, read_skipped
+from clipadapt.features.extract import (
+    DEFAULT_SHARD_SIZE,
+    encode_split_shards,
+    extract_split,
+    extract_text,
+    read_skipped,
+)
 from clipadapt.features.featureset import FeatureSet, FeatureSplit
 from clipadapt.features.io import load_split
 from clipadapt.features.shards import ShardedFeatureSet, ShardedSplit, index_path, remove_stale_temp_files

@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 
 from clipadapt.errors import FeatureDirError
-from clipadapt.features.io import atomic_save_tensors, atomic_write_json, check_finite, load_tensors, read_json
+from clipadapt.features.io import atomic_save_tensors, check_finite, load_tensors
+from clipadapt.fileio import atomic_write_json, read_json
 
 
 @dataclass
@@ -31,7 +32,7 @@ class RetrievalSet:
     text_to_image: Tensor | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def subset_images(self, index: Tensor) -> "RetrievalSet":
+    def subset_images(self, index: Tensor) -> RetrievalSet:
         """The images `index` and all their captions, with the map re-indexed."""
         index = torch.as_tensor(index, dtype=torch.long)
         new_id = torch.full((self.image.shape[0],), -1, dtype=torch.long)

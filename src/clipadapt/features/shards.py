@@ -28,27 +28,27 @@ import json
 import logging
 import re
 import shutil
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
+from clipadapt.adapters.overlap import (
+    DEFAULT_BINS,
+    IMOResult,
+    PairHistogramAccumulator,
+    imo_bin_edges,
+    overlap_from_counts,
+)
 from clipadapt.constants import DEFAULT_SHARD_SIZE  # re-exported; defined there so the CLI parser is torch-free
 from clipadapt.errors import CacheError, ConfigError, FeatureDirError
 from clipadapt.features.featureset import FeatureSplit
-from clipadapt.features.io import (
-    META_FILE,
-    SHARD_INDEX_SUFFIX,
-    TEXT_FILE,
-    atomic_save_tensors,
-    atomic_write_json,
-    link_or_copy,
-    read_json,
-    read_paths,
-)
+from clipadapt.features.io import META_FILE, SHARD_INDEX_SUFFIX, TEXT_FILE, atomic_save_tensors, read_paths
+from clipadapt.fileio import atomic_write_json, link_or_copy, read_json
 from clipadapt.ops import l2_normalize, pool_views
 
 log = logging.getLogger(__name__)
@@ -258,7 +258,7 @@ class ShardedSplit:
 
     # ------------------------------------------------------------------ opening
     @classmethod
-    def open(cls, path: str | Path, split: str | None = None) -> "ShardedSplit":
+    def open(cls, path: str | Path, split: str | None = None) -> ShardedSplit:
         """Open from an index JSON file, or from a feature directory + split name (DIR/<split>.shards.json)."""
         path = Path(path)
         if split is not None:
@@ -290,7 +290,7 @@ class ShardedSplit:
         return out
 
     @classmethod
-    def from_dir(cls, directory: str | Path, *, name: str = "split") -> "ShardedSplit":
+    def from_dir(cls, directory: str | Path, *, name: str = "split") -> ShardedSplit:
         """Open every row-range shard file '...<start>-<stop>.safetensors' in `directory`, in row order; the ranges
         must follow each other without a gap (an unfinished extraction is an error naming the missing rows)."""
         directory = Path(directory)
@@ -350,7 +350,7 @@ class ShardedSplit:
         for lo in range(start, self.n, chunk_rows):
             yield self.read_rows(lo, min(lo + chunk_rows, self.n))
 
-    def chunks(self, chunk_rows: int) -> "Chunks":
+    def chunks(self, chunk_rows: int) -> Chunks:
         """A re-iterable view over `iter_chunks(chunk_rows)` (for functions that scan twice)."""
         return Chunks(self, chunk_rows)
 
@@ -371,7 +371,7 @@ class ShardedSplit:
 class Chunks:
     """Re-iterable (image, label) chunks of a ShardedSplit or an in-memory FeatureSplit."""
 
-    source: "ShardedSplit | FeatureSplit"
+    source: ShardedSplit | FeatureSplit
     chunk_rows: int
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor | None]]:
@@ -528,8 +528,6 @@ def streaming_pair_histograms(
     same bucketing). Memory O(chunk_rows²); the split is read once per chunk, so `source` may be a
     memory-mapped ShardedSplit larger than memory. Views are averaged and rows L2-normalised.
     """
-    from clipadapt.adapters.overlap import DEFAULT_BINS, IMOResult, PairHistogramAccumulator, imo_bin_edges, overlap_from_counts
-
     edges = imo_bin_edges(DEFAULT_BINS if bins is None else bins)
     acc = PairHistogramAccumulator(edges)
     n = 0

@@ -1,24 +1,19 @@
 """Pure-tensor methods in estimator style: keyword-only hyper-parameters, fit(...) -> self, predict_logits."""
 
-from typing import TYPE_CHECKING
-
-from clipadapt._lazy import lazy_exports
-
-if TYPE_CHECKING:
-    from clipadapt.methods.dn import DistributionNormalizer
-    from clipadapt.methods.ensembles import (
-        MajorityVote,
-        MaxConfidence,
-        MeanLogits,
-        MeanProbs,
-        MinEntropy,
-        Stacking,
-        TemperatureScaledMean,
-    )
-    from clipadapt.methods.logit_controller import NeuralLogitController
-    from clipadapt.methods.tip_adapter import TipAdapter, TipAdapterF
-    from clipadapt.methods.tip_x import TipX
-    from clipadapt.methods.zeroshot import ZeroShotClassifier
+from clipadapt.methods.dn import DistributionNormalizer
+from clipadapt.methods.ensembles import (
+    MajorityVote,
+    MaxConfidence,
+    MeanLogits,
+    MeanProbs,
+    MinEntropy,
+    Stacking,
+    TemperatureScaledMean,
+)
+from clipadapt.methods.logit_controller import NeuralLogitController
+from clipadapt.methods.tip_adapter import TipAdapter, TipAdapterF
+from clipadapt.methods.tip_x import TipX
+from clipadapt.methods.zeroshot import ZeroShotClassifier
 
 __all__ = [
     "DistributionNormalizer",
@@ -35,12 +30,3 @@ __all__ = [
     "TipX",
     "ZeroShotClassifier",
 ]
-
-__getattr__, __dir__ = lazy_exports(__name__, {
-    "clipadapt.methods.dn": ["DistributionNormalizer"],
-    "clipadapt.methods.ensembles": ["MajorityVote", "MaxConfidence", "MeanLogits", "MeanProbs", "MinEntropy", "Stacking", "TemperatureScaledMean"],
-    "clipadapt.methods.logit_controller": ["NeuralLogitController"],
-    "clipadapt.methods.tip_adapter": ["TipAdapter", "TipAdapterF"],
-    "clipadapt.methods.tip_x": ["TipX"],
-    "clipadapt.methods.zeroshot": ["ZeroShotClassifier"],
-})

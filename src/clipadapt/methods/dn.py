@@ -32,7 +32,12 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from clipadapt.constants import DEFAULT_LAMBDA, DEFAULT_TEXT_MEAN, DN_TEXT_MEANS, THEORY_LAMBDA  # re-exported; defined there so the CLI parser is torch-free
+from clipadapt.constants import (  # re-exported; defined there so the CLI parser is torch-free
+    DEFAULT_LAMBDA,
+    DEFAULT_TEXT_MEAN,
+    DN_TEXT_MEANS,
+    THEORY_LAMBDA,  # noqa: F401
+)
 from clipadapt.errors import ConfigError
 from clipadapt.methods._params import Params
 from clipadapt.ops import CLIP_LOGIT_SCALE, check_is_fitted, check_same_dim, l2_normalize, pool_views, prompt_ensemble
@@ -92,7 +97,7 @@ class DistributionNormalizer(Params):
         if self.text_mean not in DN_TEXT_MEANS:
             raise ConfigError(f"DistributionNormalizer: text_mean must be one of {DN_TEXT_MEANS}, got '{self.text_mean}'")
 
-    def fit(self, image_embeddings: Tensor, text_embeddings: Tensor) -> "DistributionNormalizer":
+    def fit(self, image_embeddings: Tensor, text_embeddings: Tensor) -> DistributionNormalizer:
         """Estimate μ_img and μ_txt from unlabeled raw embeddings.
 
         `image_embeddings`: (N, D) or (N, V, D) raw (views averaged first); `n_samples` rows drawn with `seed`.

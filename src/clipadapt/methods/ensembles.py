@@ -15,7 +15,7 @@ without `fit` (`requires_fit = False`). Streaming memory-mapped logits chunk by 
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -100,7 +100,7 @@ class _Combiner(Params):
     needs_labels = False
     requires_fit = False
 
-    def fit(self, logits: LogitsList, labels: Tensor | None = None) -> "_Combiner":
+    def fit(self, logits: LogitsList, labels: Tensor | None = None) -> _Combiner:
         if self.needs_labels and labels is None:
             raise ConfigError(f"{type(self).__name__}.fit needs the held-out labels")
         check_logits_list(logits, labels, what="held-out logits")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -112,7 +112,7 @@ class NeuralLogitController(Params):
         return perm[n_val:], perm[:n_val]
 
     # ------------------------------------------------------------------------------------- estimator
-    def fit(self, embeddings: Sequence[Tensor], logits: Sequence[Tensor], labels: Tensor) -> "NeuralLogitController":
+    def fit(self, embeddings: Sequence[Tensor], logits: Sequence[Tensor], labels: Tensor) -> NeuralLogitController:
         """Train on the held-out split: per-backbone embeddings (N, D_b), logits (N, C), labels (N,)."""
         if not 0.0 < self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")

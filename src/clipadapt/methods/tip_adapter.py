@@ -18,7 +18,15 @@ from torch import Tensor
 
 from clipadapt.errors import ConfigError
 from clipadapt.methods._params import Params
-from clipadapt.ops import CLIP_LOGIT_SCALE, check_is_fitted, check_same_dim, l2_normalize, one_hot, pool_views, prompt_ensemble
+from clipadapt.ops import (
+    CLIP_LOGIT_SCALE,
+    check_is_fitted,
+    check_same_dim,
+    l2_normalize,
+    one_hot,
+    pool_views,
+    prompt_ensemble,
+)
 
 TIP_ALPHA = 1.17
 TIP_BETA = 1.0
@@ -49,7 +57,7 @@ class TipAdapter(Params):
     def __init__(self, *, alpha: float = TIP_ALPHA, beta: float = TIP_BETA, logit_scale: float = CLIP_LOGIT_SCALE):
         self.alpha, self.beta, self.logit_scale = alpha, beta, logit_scale
 
-    def fit(self, keys: Tensor, key_labels: Tensor, text: Tensor, *, adapted_keys: Tensor | None = None) -> "TipAdapter":
+    def fit(self, keys: Tensor, key_labels: Tensor, text: Tensor, *, adapted_keys: Tensor | None = None) -> TipAdapter:
         """Build the cache.
 
         `keys`: raw shot embeddings (NK, D) or (NK, V, D) (V augmented views, averaged); `key_labels` (NK,);
@@ -138,7 +146,7 @@ class TipAdapterF(TipAdapter):
         val_features: Tensor | None = None,
         val_labels: Tensor | None = None,
         adapted_keys: Tensor | None = None,
-    ) -> "TipAdapterF":
+    ) -> TipAdapterF:
         """Build the cache from `keys` (as TipAdapter), then fine-tune the keys on the same shots.
 
         `val_features`/`val_labels` select the epoch; without them the last epoch is kept.

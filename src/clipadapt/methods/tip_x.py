@@ -56,7 +56,7 @@ class TipX(TipAdapter):
         super().__init__(alpha=alpha, beta=beta, logit_scale=logit_scale)
         self.gamma, self.tau = gamma, tau
 
-    def fit(self, keys: Tensor, key_labels: Tensor, text: Tensor, *, adapted_keys: Tensor | None = None) -> "TipX":
+    def fit(self, keys: Tensor, key_labels: Tensor, text: Tensor, *, adapted_keys: Tensor | None = None) -> TipX:
         """Build the cache (as TipAdapter) and the keys' text-space signatures (from the original keys)."""
         super().fit(keys, key_labels, text, adapted_keys=adapted_keys)
         self.key_log_signatures_ = log_signatures(self.keys_, self.classifier_, self.tau)

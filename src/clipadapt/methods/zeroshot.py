@@ -14,7 +14,7 @@ class ZeroShotClassifier(Params):
     def __init__(self, *, logit_scale: float = CLIP_LOGIT_SCALE):
         self.logit_scale = logit_scale
 
-    def fit(self, text: Tensor) -> "ZeroShotClassifier":
+    def fit(self, text: Tensor) -> ZeroShotClassifier:
         """`text`: raw class text embeddings (C, D) or (C, T, D)."""
         self.classifier_ = prompt_ensemble(text)
         return self

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 
 def plot_dn_sweep(rows: Sequence[dict], metrics: Sequence[str], path: str | Path, *, baseline: dict | None = None,

@@ -5,11 +5,12 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from clipadapt.errors import ConfigError
-from clipadapt.features.io import atomic_write_bytes
+from clipadapt.fileio import atomic_write_bytes
 
 
 def pyplot():

@@ -10,10 +10,12 @@ import csv
 import io
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from clipadapt.errors import ConfigError
+from clipadapt.fileio import atomic_write_bytes
 
 
 def _jsonable(obj: Any, rounded: bool = True) -> Any:
@@ -44,8 +46,6 @@ def round_float(x: float) -> float:
 
 def write_json(path: str | Path, obj: Any) -> Path:
     path = Path(path)
-    from clipadapt.features.io import atomic_write_bytes  # torch-backed: `clipadapt datasets` lists without it
-
     atomic_write_bytes(path, (json.dumps(_jsonable(obj), indent=2) + "\n").encode())
     return path
 
@@ -93,7 +93,5 @@ def write_table(path: str | Path, rows: Sequence[dict[str, Any]], columns: Seque
         return write_json(path, list(rows))
     else:
         raise ConfigError(f"{path}: unknown table format '{suffix}' (use .csv, .md or .json)")
-    from clipadapt.features.io import atomic_write_bytes  # torch-backed: `clipadapt datasets` lists without it
-
     atomic_write_bytes(path, text.encode())
     return path

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
-
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from clipadapt.constants import DEFAULT_LAMBDA, DEFAULT_TEXT_MEAN, DN_TEXT_MEANS, THEORY_LAMBDA
 from clipadapt.errors import ConfigError, FeatureDirError
-from clipadapt.eval.registry import MethodResult, register_eval_method
+from clipadapt.eval.registry import EvalOptions, MethodResult, register_eval_method
 
 if TYPE_CHECKING:  # torch-backed: imported in run_dn, so building the CLI parser stays torch-free
     from clipadapt.features.featureset import FeatureSet
@@ -49,14 +48,23 @@ def add_text_mean_argument(parser: argparse.ArgumentParser | Any) -> None:
                              f"(the spec; default {DEFAULT_TEXT_MEAN}), 'classes' = mean of the prompt-ensembled class rows")
 
 
-def _source_images(features: FeatureSet, args: argparse.Namespace):
-    """Images of --dn-source: from the loaded features, or extracted through the cache for --model/--dataset."""
-    source = args.dn_source
-    encodable = getattr(args, "model", None) and getattr(args, "dataset", None) and not getattr(args, "features", None)
-    if not features.has_split(source) and encodable:
-        from clipadapt.features.pipeline import feature_set_from_args  # heavy imports only when encoding
+@dataclass
+class DNOptions(EvalOptions):
+    """`eval --method dn`'s options (fields named after the --dn-* destinations)."""
 
-        return feature_set_from_args(args, splits=[source]).split(source).image
+    dn_lambda: float = DEFAULT_LAMBDA
+    dn_samples: int | None = 100
+    dn_source: str = "unlabeled"
+    dn_repeats: int = 1
+    dn_seed: int = 0
+    dn_text_mean: str = DEFAULT_TEXT_MEAN
+
+
+def _source_images(features: FeatureSet, options: DNOptions):
+    """Images of --dn-source: from the loaded features, or encoded through the cache (`options.fetch`)."""
+    source = options.dn_source
+    if not features.has_split(source) and options.fetch is not None:
+        return options.fetch([source]).split(source).image
     try:
         return features.split(source).image
     except FeatureDirError as e:
@@ -89,49 +97,52 @@ def _add_eval_arguments(parser) -> None:
 
 
 @register_eval_method("dn", help="zero-shot + Distribution Normalization (METHODS.md §2)",
-                      add_arguments=_add_eval_arguments)  # the --dn-source split is fetched on demand
-def run_dn(features: FeatureSet, args: argparse.Namespace) -> MethodResult:
+                      add_arguments=_add_eval_arguments, options=DNOptions)  # --dn-source is fetched on demand
+def run_dn(features: FeatureSet, options: DNOptions) -> MethodResult:
     from clipadapt.eval.metrics import classification_report, mean_std
     from clipadapt.methods.dn import DistributionNormalizer
     from clipadapt.methods.zeroshot import ZeroShotClassifier
 
-    if args.dn_repeats < 1:
-        raise ConfigError(f"--dn-repeats must be >= 1, got {args.dn_repeats}")
-    pool = _source_images(features, args)
-    test = features.split(args.split)
+    if options.dn_repeats < 1:
+        raise ConfigError(f"--dn-repeats must be >= 1, got {options.dn_repeats}")
+    pool = _source_images(features, options)
+    test = features.split(options.split)
     labels = test.label
     draws, first_logits = [], None
-    text_mean = getattr(args, "dn_text_mean", DEFAULT_TEXT_MEAN)
-    for r in range(args.dn_repeats):
-        seed = args.dn_seed + r
-        model = DistributionNormalizer(lam=args.dn_lambda, n_samples=args.dn_samples, seed=seed,
-                                       text_mean=text_mean).fit(pool, features.text)
+    for r in range(options.dn_repeats):
+        seed = options.dn_seed + r
+        model = DistributionNormalizer(lam=options.dn_lambda, n_samples=options.dn_samples, seed=seed,
+                                       text_mean=options.dn_text_mean).fit(pool, features.text)
         logits = model.predict_logits(test.image)
         if first_logits is None:
             first_logits = logits
         if labels is not None:
             draws.append({"seed": seed, **classification_report(logits, labels)})
+    notes: list[str] = []
     extra: dict[str, Any] = {
-        "dn": dn_source_info(args.dn_source, args.split, model.n_image_samples_, model.n_text_samples_, args.dn_samples)
+        "dn": dn_source_info(options.dn_source, options.split, model.n_image_samples_, model.n_text_samples_,
+                             options.dn_samples)
     }
     extra["dn"]["views"] = test.views  # V > 1: test-time augmentation, raw views averaged before DN
     if labels is not None:  # the same split without DN, so one results file shows DN's effect
         extra["without_dn"] = classification_report(ZeroShotClassifier(logit_scale=model.logit_scale).fit(features.text).predict_logits(test.image), labels)
-    if draws and args.dn_repeats > 1:
+    samples = "all" if options.dn_samples is None else options.dn_samples
+    if draws and options.dn_repeats > 1:
         summary = {}
         for key in ("top1", "top5"):
             mean, std = mean_std(d[key] for d in draws)
             summary[f"{key}_mean"], summary[f"{key}_std"] = mean, std
         identical = model.n_image_samples_ >= pool.shape[0]  # every pool image in every draw: one draw repeated
-        extra["dn_repeats"] = {"repeats": args.dn_repeats, **summary, "draws": draws, "draws_identical": identical,
+        extra["dn_repeats"] = {"repeats": options.dn_repeats, **summary, "draws": draws, "draws_identical": identical,
                                "note": "top1/top5 at the top level are those of the first draw (seed --dn-seed)"}
         if identical:
-            print(f"dn: the {args.dn_repeats} draws are identical: each uses every one of the {pool.shape[0]} "
-                  f"--dn-source images (--dn-samples {'all' if args.dn_samples is None else args.dn_samples}), "
-                  "so --dn-repeats has nothing to vary")
+            notes.append(f"dn: the {options.dn_repeats} draws are identical: each uses every one of the "
+                         f"{pool.shape[0]} --dn-source images (--dn-samples {samples}), so --dn-repeats has nothing "
+                         "to vary")
         else:
-            print(f"dn over {args.dn_repeats} draws: top1 {summary['top1_mean']:.2f} ± {summary['top1_std']:.2f}")
-    hyper = {"lambda": args.dn_lambda, "n_samples": args.dn_samples if args.dn_samples is not None else "all",
-             "seed": args.dn_seed, "text_mean": text_mean, "order": ORDER[text_mean],
+            notes.append(f"dn over {options.dn_repeats} draws: "
+                         f"top1 {summary['top1_mean']:.2f} ± {summary['top1_std']:.2f}")
+    hyper = {"lambda": options.dn_lambda, "n_samples": samples,
+             "seed": options.dn_seed, "text_mean": options.dn_text_mean, "order": ORDER[options.dn_text_mean],
              "logit_scale": model.logit_scale}
-    return MethodResult(logits=first_logits, hyperparameters=hyper, extra=extra)
+    return MethodResult(logits=first_logits, hyperparameters=hyper, extra=extra, notes=notes)

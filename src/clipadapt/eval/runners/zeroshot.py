@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
-
 from typing import TYPE_CHECKING
 
-from clipadapt.eval.registry import MethodResult, register_eval_method
+from clipadapt.eval.registry import EvalOptions, MethodResult, register_eval_method
 
 if TYPE_CHECKING:  # torch-backed: imported in run_zeroshot, so building the CLI parser stays torch-free
     from clipadapt.features.featureset import FeatureSet
 
 
 @register_eval_method("zeroshot", help="CLIP zero-shot with prompt ensembling (METHODS.md §1)")
-def run_zeroshot(features: FeatureSet, args: argparse.Namespace) -> MethodResult:
+def run_zeroshot(features: FeatureSet, options: EvalOptions) -> MethodResult:
     from clipadapt.methods.zeroshot import ZeroShotClassifier
     from clipadapt.ops import CLIP_LOGIT_SCALE
 
     model = ZeroShotClassifier(logit_scale=CLIP_LOGIT_SCALE).fit(features.text)
-    logits = model.predict_logits(features.split(args.split).image)
+    logits = model.predict_logits(features.split(options.split).image)
     return MethodResult(logits=logits, hyperparameters={"logit_scale": CLIP_LOGIT_SCALE})

@@ -89,7 +89,10 @@ def test_fewer_than_five_classes_omit_top5_everywhere():
 def _random_problem(seed, n=83, m=60, c=7, d=5, backbones=3):
     g = torch.Generator().manual_seed(seed)
     y, yh = torch.randint(0, c, (n,), generator=g), torch.randint(0, c, (m,), generator=g)
-    make = lambda labels, s: s * torch.randn(len(labels), c, generator=g) + 2 * torch.nn.functional.one_hot(labels, c)
+
+    def make(labels, s):
+        return s * torch.randn(len(labels), c, generator=g) + 2 * torch.nn.functional.one_hot(labels, c)
+
     scales = [1.0, 2.0, 4.0][:backbones]
     test = ScoreSet([make(y, s) for s in scales], y, [torch.randn(n, d, generator=g) for _ in scales])
     held = ScoreSet([make(yh, s) for s in scales], yh, [torch.randn(m, d, generator=g) for _ in scales])
@@ -117,7 +120,10 @@ def test_single_pass_equals_one_pass_per_combiner():
         for k in (1, 5):
             assert got[f"top{k}"] == _literal_topk(combined, test.labels, k), (key, k)
     prefitted = evaluate_synergy(["a", "b", "c"], test, fitted=fitted, chunk_rows=20)  # fit once, evaluate later
-    scores = lambda r: {k: (v["top1"], v["top5"]) for k, v in r.results["combinations"].items()}
+
+    def scores(r):
+        return {k: (v["top1"], v["top5"]) for k, v in r.results["combinations"].items()}
+
     assert scores(prefitted) == scores(report)
     for b, name in enumerate("abc"):
         z = test.logits[b].tolist()

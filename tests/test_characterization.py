@@ -14,6 +14,7 @@ import pytest
 import torch
 from _imo_images import StripesDataset
 from _synergy_data import informative_and_noisy
+from conftest import tiny
 
 from clipadapt.adapters import imo_overlap
 from clipadapt.adapters.training import AdapterTrainConfig, train_adapters
@@ -23,16 +24,6 @@ from clipadapt.eval.synergy import ScoreSet, evaluate_synergy
 from clipadapt.features import FeatureSet, FeatureSplit
 
 DINO_SMALL = dict(local_crops=1, dino_out_dim=32, dino_hidden_dim=16, dino_bottleneck_dim=8)
-
-
-def tiny(seed: int = 0):
-    import open_clip
-
-    from clipadapt.encoders.configs import register_model_configs
-
-    register_model_configs()
-    torch.manual_seed(seed)
-    return open_clip.create_model("clipadapt-test-tiny-vit").eval()
 
 
 # ----------------------------------------------------------------------------------------- train_adapters
