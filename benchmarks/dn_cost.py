@@ -1,4 +1,4 @@
-"""DN's added cost over plain zero-shot scoring (METHODS.md §2; issue 3 target: < 5 % extra time).
+"""DN's added cost over plain zero-shot scoring (docs/methods.md §2; issue 3 target: < 5 % extra time).
 
 Scores N image embeddings against C classes (D dims) with ZeroShotClassifier and with DistributionNormalizer
 (task='classification', means from 100 unlabeled samples), timing fit + predict of each, interleaved, and

@@ -1,4 +1,4 @@
-"""DN recall vs λ and vs unlabeled samples on the real coco500 CLIP ViT-B/16 embeddings (../shared/data).
+"""DN recall vs λ and vs unlabeled samples on the real coco500 CLIP ViT-B/16 embeddings (builtin:coco500, shipped in the package).
 
 100 random pairs are held out for the means, 400 evaluated; writes benchmarks/results/dn_sweep_coco500/
 (results.json, sweep.csv, sweep.md, sweep.png) through `clipadapt dn-sweep`.
@@ -9,18 +9,16 @@
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from clipadapt.cli import main as cli
+from clipadapt.builtin import load_pairs
 from clipadapt.features.retrieval_dir import RetrievalSet, save_retrieval_split
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("CLIPADAPT_SHARED_DATA", ROOT.parent / "shared" / "data")) / "coco500-clip-vitb16"
 
 
 def main() -> None:
@@ -28,9 +26,9 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "dn_sweep_coco500")
     args = p.parse_args()
-    arr = np.load(DATA / "features.npy")
+    image, caption = load_pairs("coco500")  # all 500 pairs; the sweep holds 100 out at random
     with tempfile.TemporaryDirectory() as tmp:
-        rs = RetrievalSet(torch.from_numpy(arr[0].copy()), torch.from_numpy(arr[1].copy()), torch.arange(arr.shape[1]),
+        rs = RetrievalSet(image, caption, torch.arange(image.shape[0]),
                           meta={"model": "ViT-B-16@openai", "dataset": "coco500-clip-vitb16"})
         save_retrieval_split(tmp, "test", rs)
         raise SystemExit(cli(["dn-sweep", "--embeddings", tmp, "--dn-source", "holdout", "--holdout", "100",

@@ -5,7 +5,7 @@ Three implementations on the same synthetic data, shaped like CoOp datasets (16 
   caltech101 C = 100,  N_val = 1649,   N_test = 2465
   imagenet   C = 1000, N_val = 50,000 (CoOp's ImageNet validates on its test set), timed on --imagenet-rows rows
 
-- `original`: the loops of the papers' code, written here from their description (METHODS.md §3–§5): Tip-Adapter
+- `original`: the loops of the papers' code, written here from their description (docs/methods.md §3–§5): Tip-Adapter
   loops β outermost, α inside, and recomputes the whole formula (f Fᵀ, exp(·) L, s·f Wᵀ) at every point; SuS-X's
   Tip-X loops α, β, then γ, recomputing f Fᵀ, exp(·) L, s·f Wᵀ and ψ(M) L per (α, β) (M itself once) and the
   logits per γ. Strict `>`: the first best point in loop order is kept.

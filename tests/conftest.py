@@ -1,40 +1,32 @@
-"""Shared fixtures: real CLIP embeddings from ../shared/data, small random feature directories."""
+"""Shared fixtures: real CLIP embeddings shipped with the package (builtin:coco500), small random feature directories."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 torch.set_num_threads(1)  # tiny models: more threads only contend on small CI machines
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("CLIPADAPT_SHARED_DATA", PROJECT_ROOT.parent / "shared" / "data"))
-COCO500 = SHARED_DATA / "coco500-clip-vitb16"
-
-
-def _coco500(name: str) -> np.ndarray:
-    path = COCO500 / name
-    if not path.is_file():
-        pytest.fail(f"{path} is missing: the real-embedding tests need ../shared/data beside the project")
-    return np.load(path)
 
 
 @pytest.fixture(scope="session")
 def coco500() -> tuple[torch.Tensor, torch.Tensor]:
-    """(image, caption) real CLIP ViT-B/16 embeddings, (500, 512) each; row i of both is a matched pair."""
-    arr = _coco500("features.npy")
-    return torch.from_numpy(arr[0].copy()), torch.from_numpy(arr[1].copy())
+    """(image, caption) real CLIP ViT-B/16 embeddings, (500, 512) each; row i of both is a matched pair.
+    Read from the package's builtin:coco500 data (src/clipadapt/builtin_data/), float32, exact."""
+    from clipadapt.builtin import load_pairs
+
+    return load_pairs("coco500")
 
 
 @pytest.fixture(scope="session")
 def coco500_random_init() -> tuple[torch.Tensor, torch.Tensor]:
-    """The same pipeline with a randomly initialised CLIP: the negative control."""
-    arr = _coco500("features_random_init.npy")
-    return torch.from_numpy(arr[0].copy()), torch.from_numpy(arr[1].copy())
+    """The same pipeline with a randomly initialised CLIP: the negative control (stored as float16)."""
+    from clipadapt.builtin import load_pairs
+
+    return load_pairs("coco500-random")
 
 
 def tiny(name: str = "clipadapt-test-tiny-vit", seed: int = 0) -> torch.nn.Module:

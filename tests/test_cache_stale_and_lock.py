@@ -160,6 +160,7 @@ def test_lock_is_reentrant_in_one_thread(tmp_path):
     assert (tmp_path / "locks" / "images" / f"{entry.path.name}.lock").exists()
 
 
+@pytest.mark.slow  # two spawned processes, each importing torch and loading the encoder
 def test_two_processes_filling_one_entry_encode_it_once(tmp_path):
     ds = make_images(tmp_path / "img", 6)
     cache, marker = tmp_path / "c", tmp_path / "encoded.txt"

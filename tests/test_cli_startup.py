@@ -173,7 +173,7 @@ def test_subpackage_exports_resolve_and_are_listed(package):
 
 def test_parser_defaults_and_choices_match_the_library():
     """The CLI reads defaults/choices from the torch-free clipadapt.constants; the library modules re-export them.
-    Values written out: METHODS.md §2 (DN* λ = 0.25, theory λ = 0.5), shard size, top-k backends."""
+    Values written out: docs/methods.md §2 (DN* λ = 0.25, theory λ = 0.5), shard size, top-k backends."""
     from clipadapt.cli import build_parser
     from clipadapt.eval import dn_sweep, topk
     from clipadapt.eval.registry import list_eval_methods

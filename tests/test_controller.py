@@ -1,4 +1,4 @@
-"""The Neural Logit Controller (METHODS.md §6): formula, learning, seeding, and that it never reads test labels."""
+"""The Neural Logit Controller (docs/methods.md §6): formula, learning, seeding, and that it never reads test labels."""
 
 import inspect
 

@@ -18,6 +18,8 @@ from PIL import Image
 from clipadapt.cli import main
 from clipadapt.features import load_feature_dir
 
+pytestmark = pytest.mark.slow  # torchrun: 3 Python processes per test; run by default, `-m "not slow"` skips
+
 HERE = Path(__file__).resolve().parent
 N, SHARD = 22, 4  # 6 shards, the last one short: ranks get shards 0-2 and 3-5
 MODEL = "clipadapt-test-tiny-vit"  # random init with a fixed seed: identical on every rank

@@ -15,7 +15,7 @@ JSON_ABS = 1e-4  # results.json writes percentages with 4 decimals
 
 
 def _literal_top1(pool, text, test, labels, lam, text_mean="prompts"):
-    """DN top-1 written out (METHODS.md §2, classification: subtract λμ from raw embeddings, then normalise)."""
+    """DN top-1 written out (docs/methods.md §2, classification: subtract λμ from raw embeddings, then normalise)."""
     mu_img = pool.mean(0)
     prompts = text if text.ndim == 3 else text.unsqueeze(1)  # (C, T, D) raw prompt embeddings
     C, T = prompts.shape[0], prompts.shape[1]
@@ -209,3 +209,32 @@ def test_eval_dn_through_model_and_dataset_fetches_the_source_split(tmp_path):
     test = fs.split("test")
     assert res["top1"] == pytest.approx(_literal_top1(fs.split("train").image, fs.text, test.image, test.label, 0.5), abs=JSON_ABS)
     assert res["dn"]["n_image_samples_used"] == 6 and res["dn"]["transductive"] is False
+
+
+def test_eval_dn_on_a_folder_without_split_subfolders_is_transductive(tmp_path):
+    """imagefolder:ROOT without train/val/test folders serves the same images as 'unlabeled' and 'test': DN's
+    means then come from the evaluated images, and results.json must say so."""
+    from _imagedata import make_imagefolder
+
+    from clipadapt.features.pipeline import clear_encoder_memo
+
+    root = make_imagefolder(tmp_path / "flat", splits=("",))
+    assert not (root / "test").exists() and (root / "red").is_dir()
+    out = tmp_path / "r" / "results.json"
+    assert main(["eval", "--model", "clipadapt-test-tiny-vit", "--dataset", f"imagefolder:{root}", "--method", "dn",
+                 "--dn-samples", "all", "--cache-dir", str(tmp_path / "c"), "--device", "cpu", "--out", str(out.parent)]) == 0
+    clear_encoder_memo()
+    dn = json.loads(out.read_text())["dn"]
+    assert dn["source"] == "unlabeled" and dn["shared_with_evaluated"] == 6 and dn["transductive"] is True
+
+
+def test_eval_dn_pool_with_the_test_rows_under_another_name_is_transductive(tmp_path, dn_featdir):
+    """A feature directory whose 'unlabeled' split repeats test rows (no paths recorded): found by the rows."""
+    _, fs = dn_featdir
+    test = fs.split("test")
+    copy = FeatureSet(classnames=fs.classnames, text=fs.text,
+                      splits={"test": test, "unlabeled": FeatureSplit(torch.cat([test.image[:3], fs.split("unlabeled").image]))})
+    fd, out = save_feature_dir(copy, tmp_path / "dup"), tmp_path / "r" / "results.json"
+    assert main(["eval", "--features", str(fd), "--method", "dn", "--out", str(out.parent)]) == 0
+    dn = json.loads(out.read_text())["dn"]
+    assert dn["shared_with_evaluated"] == 3 and dn["transductive"] is True

@@ -1,4 +1,4 @@
-"""Static combiners, temperature scaling, stacking, and streaming combination (METHODS.md §6)."""
+"""Static combiners, temperature scaling, stacking, and streaming combination (docs/methods.md §6)."""
 
 import math
 

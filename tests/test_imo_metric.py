@@ -14,7 +14,7 @@ from clipadapt.errors import ConfigError
 
 
 def brute_force_overlap(x: torch.Tensor, y: torch.Tensor, bins: int) -> tuple[float, np.ndarray, np.ndarray]:
-    """Literal METHODS.md §5: every pair i<j, cosine similarity, numpy histograms as densities, sum min * width."""
+    """Literal docs/methods.md §5: every pair i<j, cosine similarity, numpy histograms as densities, sum min * width."""
     x = x.double().numpy()
     same, diff = [], []
     for i in range(len(x)):

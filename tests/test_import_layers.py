@@ -1,7 +1,7 @@
 """Imports between clipadapt's packages point downward only (docs/architecture.md, "Layers"):
 
     cli, the root package  ->  eval, report  ->  methods, features  ->  encoders, data, adapters
-                           ->  ops, errors, fileio, constants, _lazy
+                           ->  ops, errors, fileio, constants, _lazy, builtin
 
 An `ast` scan of every module, module-level and function-level imports alike (an import inside a function is
 still a dependency; it only hides a cycle from the interpreter). A package may import its own layer or any
@@ -22,7 +22,7 @@ LAYERS = {
     "eval": 3, "report": 3,
     "methods": 2, "features": 2,
     "encoders": 1, "data": 1, "adapters": 1,  # adapters: an Encoder may carry an IMO adapter (load_encoder)
-    "ops": 0, "errors": 0, "fileio": 0, "constants": 0, "_lazy": 0,
+    "ops": 0, "errors": 0, "fileio": 0, "constants": 0, "_lazy": 0, "builtin": 0,
 }
 
 # (file relative to src/clipadapt, imported package): why the upward import is needed. Delete an entry when it

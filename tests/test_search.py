@@ -1,4 +1,4 @@
-"""Vectorised grid search against a brute-force loop over every grid point (METHODS.md §3, §4)."""
+"""Vectorised grid search against a brute-force loop over every grid point (docs/methods.md §3, §4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tip-Adapter, Tip-Adapter-F, Tip-X and their ++ variants against literal computations of METHODS.md §3-§5."""
+"""Tip-Adapter, Tip-Adapter-F, Tip-X and their ++ variants against literal computations of docs/methods.md §3-§5."""
 
 from __future__ import annotations
 

@@ -7,10 +7,10 @@ so `clipadapt --help` and argument errors never import torch (docs/cli-startup.m
 from __future__ import annotations
 
 __version__ = "0.1.0"  # clipadapt.__version__; here so that any layer (results provenance, --version) reads it
-DEFAULT_LAMBDA = 0.25  # DN's λ, "DN*": the authors' code and tables (METHODS.md §2)
+DEFAULT_LAMBDA = 0.25  # DN's λ, "DN*": the authors' code and tables (docs/methods.md §2)
 THEORY_LAMBDA = 0.5  # DN's λ, "DN": the first-order approximation of InfoNCE
 DN_TEXT_MEANS = ("prompts", "classes")  # DN classification μ_txt: raw prompt embeddings (spec) | ensembled class rows
-DEFAULT_TEXT_MEAN = "prompts"  # METHODS.md §2: "the mean of all class-prompt embeddings", raw like the image side
+DEFAULT_TEXT_MEAN = "prompts"  # docs/methods.md §2: "the mean of all class-prompt embeddings", raw like the image side
 DEFAULT_LAMBDAS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)  # `dn-sweep` λ axis
 DEFAULT_SAMPLES = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)  # `dn-sweep` sample-count axis
 DEFAULT_SHARD_SIZE = 1024  # rows per resumable extraction shard

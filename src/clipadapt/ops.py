@@ -35,7 +35,7 @@ def pool_views(x: Tensor) -> Tensor:
 
 
 def prompt_ensemble(text: Tensor) -> Tensor:
-    """Class classifier W (C, D) from class text embeddings (METHODS.md §1).
+    """Class classifier W (C, D) from class text embeddings (docs/methods.md §1).
 
     (C, T, D): L2-normalise each template embedding, average over T, re-normalise.
     (C, D): L2-normalise.

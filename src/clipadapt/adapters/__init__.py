@@ -1,4 +1,4 @@
-"""The IMO bottleneck adapter, its training loops and the intra-modal-overlap metric (METHODS.md §5)."""
+"""The IMO bottleneck adapter, its training loops and the intra-modal-overlap metric (docs/methods.md §5)."""
 
 from clipadapt.adapters.imo_adapter import (
     BottleneckAdapter,

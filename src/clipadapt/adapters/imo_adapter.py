@@ -1,4 +1,4 @@
-"""The IMO bottleneck adapter (METHODS.md §5): insertion into an open_clip ViT, the on/off switch, checkpoints.
+"""The IMO bottleneck adapter (docs/methods.md §5): insertion into an open_clip ViT, the on/off switch, checkpoints.
 
 Each residual block of the visual transformer computes, after insertion,
 
@@ -88,7 +88,7 @@ def _vit_blocks(model: nn.Module, model_name: str | None = None) -> list[nn.Modu
     if blocks is None:
         raise ConfigError(
             f"insert_adapters: the visual tower of {name} is {type(visual).__name__}, not an open_clip "
-            "VisionTransformer; the IMO adapter is defined for ViT backbones only (METHODS.md §5, docs/imo.md): "
+            "VisionTransformer; the IMO adapter is defined for ViT backbones only (docs/methods.md §5, docs/imo.md): "
             "ResNet (ModifiedResNet) and timm towers are not supported — use a ViT model such as ViT-B-16@openai"
         )
     for i, block in enumerate(blocks):

@@ -1,4 +1,4 @@
-"""The intra-modal-overlap (IMO) metric (METHODS.md §5).
+"""The intra-modal-overlap (IMO) metric (docs/methods.md §5).
 
 On L2-normalised embeddings with labels, the cosine similarities of all pairs i<j are split into same-class
 and different-class; both are histogrammed on common bins over [-1, 1] and turned into densities p, u;

@@ -1,4 +1,4 @@
-"""Training the IMO adapters (METHODS.md §5): supervised cross-entropy or DINO self-distillation.
+"""Training the IMO adapters (docs/methods.md §5): supervised cross-entropy or DINO self-distillation.
 
 Only the adapters (and the training head) learn; the CLIP backbone stays frozen and in eval mode. The loop is
 resumable: every `save_every` steps (and at the end) it writes, atomically, a full training state
@@ -47,7 +47,7 @@ _RESUMABLE_CHANGES = {"max_steps", "save_every", "num_workers"}
 
 @dataclass
 class AdapterTrainConfig:
-    """Hyper-parameters of adapter training; `None` fields take the per-mode defaults of METHODS.md §5."""
+    """Hyper-parameters of adapter training; `None` fields take the per-mode defaults of docs/methods.md §5."""
 
     mode: str = "supervised"
     width: int = 64

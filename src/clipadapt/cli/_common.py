@@ -42,7 +42,8 @@ def comma_floats(text: str) -> list[float]:
 def add_feature_source_arguments(parser: argparse.ArgumentParser) -> None:
     """--features DIR, or --model/--dataset to extract through the cache."""
     src = parser.add_argument_group("features")
-    src.add_argument("--features", type=Path, help="a feature directory (docs/feature-format.md)")
+    src.add_argument("--features", type=Path, help="a feature directory (docs/feature-format.md), or a built-in set "
+                     "such as builtin:coco500 (`clipadapt datasets`)")
     src.add_argument("--model", help="model id ARCH@TAG, e.g. ViT-B-32@openai (extract through the cache)")
     src.add_argument("--dataset", help="dataset spec, e.g. coop:oxford_pets:/data/pets, imagefolder:/data/x")
     src.add_argument("--cache-dir", type=Path, default=None, help="feature cache root (default: $CLIPADAPT_CACHE or ~/.cache/clipadapt)")

@@ -24,7 +24,7 @@ clipadapt adapter train --model ViT-B-16@openai --data imagefolder:/data/openima
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="adapter_command", metavar="ACTION", required=True)
     train = add_parser(sub, "train", help="train adapters; resumes when --out holds an unfinished run",
-                       description="Train IMO bottleneck adapters in a frozen open_clip ViT (METHODS.md §5).",
+                       description="Train IMO bottleneck adapters in a frozen open_clip ViT (docs/methods.md §5).",
                        examples=TRAIN_EXAMPLES)
     train.add_argument("--model", required=True, help="model id, e.g. ViT-B-16@openai (ViT visual towers only)")
     train.add_argument("--data", required=True, help="generic labelled image set spec, e.g. imagefolder:/data/oi")
@@ -32,7 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--mode", choices=["supervised", "selfsup"], default="supervised")
     train.add_argument("--out", type=Path, required=True, help="checkpoint directory (adapter.safetensors, "
                        "adapter.json, train_state.pt for resuming, train_log.json)")
-    g = train.add_argument_group("hyper-parameters (defaults: METHODS.md §5)")
+    g = train.add_argument_group("hyper-parameters (defaults: docs/methods.md §5)")
     g.add_argument("--width", type=int, default=64, help="bottleneck width (default: 64)")
     g.add_argument("--scale", type=float, default=None, help="residual scale s (default: 0.03 supervised, 0.1 selfsup)")
     g.add_argument("--dropout", type=float, default=0.1)

@@ -34,7 +34,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="CSV, one row per human judgment: image, caption, human[, references] (docs/dn.md)")
     parser.add_argument("--embeddings", type=Path,
                         help="safetensors with 'image' (N, D), 'caption' (M, D)[, 'reference' (K, D)]: the CSV's "
-                             "image/caption/references columns are then row indices (references ';'-separated)")
+                             "image/caption/references columns are then row indices (references ';'-separated); "
+                             "or builtin:coco500 (500 images and their 500 captions, row i a matched pair)")
     parser.add_argument("--image-root", type=Path, help="without --embeddings: folder the CSV's image paths are relative to")
     parser.add_argument("--model", help="model id ARCH@TAG: without --embeddings, the encoder of the images and captions; "
                                         "with --embeddings, recorded in the results as the model that computed them")
@@ -81,7 +82,9 @@ def _from_embeddings(args: argparse.Namespace, rows: list[dict]) -> tuple:
     """(image, caption, references, DN pool, rows, skipped images) from the row indices into --embeddings."""
     from clipadapt.features.io import _require, load_tensors
 
-    tensors = load_tensors(args.embeddings)
+    from clipadapt.builtin import caption_tensors, is_builtin
+
+    tensors = caption_tensors(args.embeddings) if is_builtin(args.embeddings) else load_tensors(args.embeddings)
     image_all = _require(tensors, "image", args.embeddings).float()
     caption_all, ref_all = _require(tensors, "caption", args.embeddings).float(), tensors.get("reference")
     img_idx = [_int(r["image"], args.judgments, i + 2, "image", image_all.shape[0]) for i, r in enumerate(rows)]

@@ -1,4 +1,4 @@
-"""`clipadapt imo`: the intra-modal-overlap metric (METHODS.md §5) of a split, with a histogram plot."""
+"""`clipadapt imo`: the intra-modal-overlap metric (docs/methods.md §5) of a split, with a histogram plot."""
 
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ from clipadapt.cli._conventions import (
     write_results,
 )
 from clipadapt.errors import ConfigError
-from clipadapt.eval.runners.dn import add_dn_arguments, dn_source_info
+from clipadapt.eval.runners.dn import add_dn_arguments, dn_source_info, shared_images
 
 if TYPE_CHECKING:  # torch-backed: imported where used, so building the parser stays torch-free
     from clipadapt.features.retrieval_dir import RetrievalSet
@@ -32,7 +32,8 @@ clipadapt retrieval --captions-json dataset_coco.json --image-root /data/coco --
 
 def configure(parser: argparse.ArgumentParser) -> None:
     src = parser.add_argument_group("input (embeddings, or caption JSON + images through an encoder)")
-    src.add_argument("--embeddings", type=Path, help="retrieval directory: <split>.safetensors with image, text, text_to_image")
+    src.add_argument("--embeddings", "--features", type=Path,
+                     help="retrieval directory: <split>.safetensors with image, text, text_to_image; or builtin:coco500")
     src.add_argument("--split", default="test", help="split to evaluate (default: test)")
     src.add_argument("--captions-json", type=Path, help="Karpathy-style caption JSON (Flickr30k / MSCOCO)")
     src.add_argument("--image-root", type=Path, help="folder the JSON's image paths are relative to")
@@ -95,7 +96,7 @@ def _load(args: argparse.Namespace) -> tuple[RetrievalSet, RetrievalSet | None]:
         return test, pool
     if args.captions_json:
         return _load_from_json(args)
-    raise ConfigError("give --embeddings DIR, or --captions-json FILE with --image-root and --model")
+    raise ConfigError("give --embeddings DIR (or builtin:coco500), or --captions-json FILE with --image-root and --model")
 
 
 def _pool(args: argparse.Namespace, test: RetrievalSet, pool: RetrievalSet | None) -> tuple[RetrievalSet, RetrievalSet]:
@@ -122,7 +123,9 @@ def run(args: argparse.Namespace) -> int:
     res = retrieval_with_dn(test.image, test.text, test.text_to_image, pool.image, pool.text,
                             lam=args.dn_lambda, n_samples=args.dn_samples, seeds=seeds, chunk_size=args.chunk_size)
     first = res["dn"]["draws"][0]
-    res["dn"].update(dn_source_info(args.dn_source, args.split, first["n_image_samples"], first["n_text_samples"], args.dn_samples))
+    shared = test.image.shape[0] if pool is test else shared_images(pool, test)
+    res["dn"].update(dn_source_info(args.dn_source, args.split, first["n_image_samples"], first["n_text_samples"],
+                                    args.dn_samples, shared=shared))
     res["dn"]["draws_identical"] = draws_identical(args.dn_repeats, (first["n_image_samples"], first["n_text_samples"]),
                                                    (pool.image.shape[0], pool.text.shape[0]))
     if args.dn_source == "holdout":

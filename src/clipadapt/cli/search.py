@@ -28,7 +28,7 @@ clipadapt search --queries coco/:text --gallery coco/:test --paired --k 10 --bac
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queries", required=True, metavar="DIR:SPLIT",
-                        help="query embeddings: a feature directory and a split name, or DIR:text for the class texts")
+                        help="query embeddings: a feature directory (or builtin:coco500) and a split name, or DIR:text for the class texts")
     parser.add_argument("--gallery", required=True, metavar="DIR:SPLIT", help="gallery embeddings, same form")
     parser.add_argument("--k", type=int, default=10, help="neighbours per query")
     parser.add_argument("--chunk-size", type=int, default=4096, help="gallery rows scored at once")
@@ -46,13 +46,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _open(spec: str) -> tuple[str, ShardedSplit | torch.Tensor]:
     """DIR:SPLIT -> a memory-mapped split (sharded index if there is one, else the split file); DIR:text -> W rows."""
+    from clipadapt.builtin import resolve_dir
     from clipadapt.features.io import load_text, read_meta
     from clipadapt.features.shards import ShardedSplit, index_path
 
     directory, sep, split = spec.rpartition(":")
     if not sep or not directory:
         raise ConfigError(f"'{spec}': expected DIR:SPLIT, e.g. feats/:test or feats/:text")
-    directory = Path(directory)
+    directory = resolve_dir(directory)  # DIR may be builtin:NAME
     if split == "text":
         return spec, load_text(directory, len(read_meta(directory)["classnames"]))
     if index_path(directory, split).is_file():

@@ -2,7 +2,7 @@
 
 - CLIPScore (Hessel et al. 2021): ``CLIP-S(c, v) = w · max(cos(c, v), 0)``, w = 2.5.
 - RefCLIPScore: harmonic mean of CLIP-S and ``max(max_r cos(c, r), 0)`` over the references r.
-- DN-CLIPScore (METHODS.md §2, caption task): ``(norm(v) − λμ_img)·(norm(c) − λμ_txt)``, means over the whole
+- DN-CLIPScore (docs/methods.md §2, caption task): ``(norm(v) − λμ_img)·(norm(c) − λμ_txt)``, means over the whole
   evaluated set by default, **no** 2.5 scale and **no** clamp. DN scores are not on CLIPScore's scale (they can be
   negative); only rank correlations (Kendall τ) are comparable across the two.
 - DN-RefCLIPScore: the harmonic mean is undefined for signed scores, so DN's reference-based score is the

@@ -1,4 +1,4 @@
-"""Selection splits must not be test splits (METHODS.md §3: "a grid search on the validation split, never on test").
+"""Selection splits must not be test splits (docs/methods.md §3: "a grid search on the validation split, never on test").
 
 A split used to choose hyper-parameters or fit a combiner (the *selection* split) is compared with the test split
 before any search: by image paths when both sides record them (`FeatureSplit.paths`, `ImageDataset.paths`), else by
@@ -89,5 +89,5 @@ def check_disjoint(
         how += f" — it IS the '{test_name}' split"
     raise ProtocolError(
         f"{where}the '{selection_name}' split used for {purpose} overlaps the test data: {how}. Choosing or fitting "
-        f"on test images inflates test accuracy (METHODS.md §3: never search on test).{' ' + fix if fix else ''}"
+        f"on test images inflates test accuracy (docs/methods.md §3: never search on test).{' ' + fix if fix else ''}"
     )

@@ -1,4 +1,4 @@
-"""Exact, pruned hyper-parameter search for Tip-Adapter(-F) and Tip-X on a validation split (METHODS.md §3, §4).
+"""Exact, pruned hyper-parameter search for Tip-Adapter(-F) and Tip-X on a validation split (docs/methods.md §3, §4).
 
 The search takes a *fitted* estimator (its cache comes from the training shots) and the validation features
 and labels — nothing else; it has no access path to a test split. Per β the work is one (N × NK) exp and one
@@ -229,7 +229,7 @@ class SearchSpace:
 
 
 def grid_preset(name: str) -> dict[str, SearchSpace]:
-    """{'tip': ..., 'tipx': ...} search spaces of a paper (METHODS.md §3–§5).
+    """{'tip': ..., 'tipx': ...} search spaces of a paper (docs/methods.md §3–§5).
 
     - `tip-adapter`: Tip-Adapter's search (β: 200 values in [0.1, 7), α: 20 in [0.1, 3), the original's grids
       with high excluded), loops **β outermost**, so among ties the smallest β wins. The original's per-dataset

@@ -1,4 +1,4 @@
-"""Backbone synergy analyses (METHODS.md §6): oracle, agreement, complementarity, per-class best backbone,
+"""Backbone synergy analyses (docs/methods.md §6): oracle, agreement, complementarity, per-class best backbone,
 combiners' accuracy, subsets and a confidence cascade, over per-backbone score sets (`ScoreSet`) whose rows are
 the same samples in the same order.
 

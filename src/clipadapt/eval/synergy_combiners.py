@@ -1,4 +1,4 @@
-"""Backbone synergy, the combiners (METHODS.md §6) on per-backbone score sets, streamed by rows.
+"""Backbone synergy, the combiners (docs/methods.md §6) on per-backbone score sets, streamed by rows.
 
 Logits may be memory-mapped `.npy` arrays that do not fit in memory together: everything here reads them
 `chunk_rows` rows at a time, so peak memory is O(B · chunk_rows · C) plus any (N, C) output, never O(B · N · C).

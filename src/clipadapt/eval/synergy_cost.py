@@ -1,4 +1,4 @@
-"""Backbone synergy, the cost axis (METHODS.md §6): parameters, GFLOPs and time per image of an architecture.
+"""Backbone synergy, the cost axis (docs/methods.md §6): parameters, GFLOPs and time per image of an architecture.
 Not pure, unlike the analyses: it builds open_clip models (meta device for shapes, random weights to time them)."""
 
 from __future__ import annotations

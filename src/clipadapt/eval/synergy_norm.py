@@ -1,4 +1,4 @@
-"""Backbone synergy, the normalisation study (METHODS.md §6): top-1 of every backbone × normalisation of the raw
+"""Backbone synergy, the normalisation study (docs/methods.md §6): top-1 of every backbone × normalisation of the raw
 image embeddings (raw, l2, centred_l2, standardised), zero-shot against the prompt-ensembled, L2-normalised text
 classifier and with a linear probe fitted on the training split."""
 

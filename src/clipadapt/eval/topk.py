@@ -285,7 +285,7 @@ def chunked_cache_affinity(
     beta: float = 1.0,
     chunk_size: int = 4096,
 ) -> Tensor:
-    """Tip-Adapter's cache term `exp(−β(1 − f Fᵀ)) L` (METHODS.md §3), summed over key chunks: (Q, C).
+    """Tip-Adapter's cache term `exp(−β(1 − f Fᵀ)) L` (docs/methods.md §3), summed over key chunks: (Q, C).
 
     `queries` (Q, D) and `keys` (M, D) (or an iterable of key chunks / (key, label) pairs) are used as given
     (normalise them first). `values` is (M, C) one-hot, or an iterable of (c, C) chunks aligned with the key

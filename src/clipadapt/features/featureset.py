@@ -80,7 +80,7 @@ class FeatureSet:
         return int(self.text.shape[-1])
 
     def classifier(self) -> Tensor:
-        """W (C, D): prompt-ensembled, L2-normalised class text embeddings (METHODS.md §1)."""
+        """W (C, D): prompt-ensembled, L2-normalised class text embeddings (docs/methods.md §1)."""
         return prompt_ensemble(self.text)
 
     def has_split(self, name: str) -> bool:

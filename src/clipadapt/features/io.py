@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from clipadapt.errors import ClipadaptError, FeatureDirError
+from clipadapt.builtin import resolve_dir
 from clipadapt.features.featureset import SPLIT_NAMES, FeatureSet, FeatureSplit
 from clipadapt.fileio import atomic_path, atomic_write_json, read_json
 
@@ -176,8 +177,8 @@ def available_splits(directory: Path) -> list[str]:
 
 
 def load_feature_dir(directory: str | Path, splits: Iterable[str] | None = None) -> FeatureSet:
-    """Load a feature directory; `splits=None` loads every split present."""
-    directory = Path(directory)
+    """Load a feature directory (or a built-in set, 'builtin:coco500'); `splits=None` loads every split present."""
+    directory = resolve_dir(directory)
     if not directory.is_dir():
         raise FeatureDirError(f"{directory}: feature directory not found")
     meta = read_meta(directory)

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from clipadapt.errors import FeatureDirError
+from clipadapt.builtin import resolve_dir
 from clipadapt.features.io import atomic_save_tensors, check_finite, load_tensors
 from clipadapt.fileio import atomic_write_json, read_json
 
@@ -77,14 +78,16 @@ def _validate(tensors: dict[str, Tensor], path: Path, need_map: bool) -> Retriev
 
 
 def load_retrieval_split(directory: str | Path, split: str = "test") -> RetrievalSet:
-    """Read `DIR/<split>.safetensors` (the 'unlabeled' pool needs no caption→image map)."""
-    directory = Path(directory)
+    """Read `DIR/<split>.safetensors` (the 'unlabeled' pool needs no caption→image map); DIR may be a built-in set
+    ('builtin:coco500'). A feature directory's 'classnames' in meta.json are not retrieval metadata and are dropped."""
+    directory = resolve_dir(directory)
     if not directory.is_dir():
         raise FeatureDirError(f"{directory}: retrieval directory not found")
     path = directory / f"{split}.safetensors"
     rs = _validate(load_tensors(path), path, need_map=split != "unlabeled")
     meta_path = directory / "meta.json"
-    rs.meta = read_json(meta_path, what="meta.json") if meta_path.is_file() else {}
+    meta = read_json(meta_path, what="meta.json") if meta_path.is_file() else {}
+    rs.meta = {k: v for k, v in meta.items() if k != "classnames"} if isinstance(meta, dict) else meta
     skipped_file = _skipped_path(directory, split)
     if skipped_file.is_file():
         rs.meta = {**rs.meta, "skipped": read_json(skipped_file, what="skipped-images list")}
@@ -92,7 +95,7 @@ def load_retrieval_split(directory: str | Path, split: str = "test") -> Retrieva
 
 
 def has_retrieval_split(directory: str | Path, split: str) -> bool:
-    return (Path(directory) / f"{split}.safetensors").is_file()
+    return (resolve_dir(directory) / f"{split}.safetensors").is_file()
 
 
 def save_retrieval_split(directory: str | Path, split: str, rs: RetrievalSet) -> Path:

@@ -18,8 +18,8 @@ torchrun variant (`features.distributed`) and `save_sharded_split` all write sha
 cross shard boundaries) without loading the split; `load()` materialises a FeatureSplit.
 
 Streaming statistics consume such chunks in one pass (or, for pairs, chunk against chunk):
-`streaming_mean` (DN's means, METHODS.md §2) and `streaming_pair_histograms` (the IMO same-/different-class
-cosine-similarity histograms, METHODS.md §5).
+`streaming_mean` (DN's means, docs/methods.md §2) and `streaming_pair_histograms` (the IMO same-/different-class
+cosine-similarity histograms, docs/methods.md §5).
 """
 
 from __future__ import annotations
@@ -497,7 +497,7 @@ def _images(chunks: Iterable[Tensor | tuple]) -> Iterator[Tensor]:
 
 
 def streaming_mean(chunks: Iterable[Tensor | tuple[Tensor, Tensor | None]], *, normalize: bool = False) -> Tensor:
-    """(D,) mean over all rows of the chunks, accumulated in float64 in one pass (DN's μ, METHODS.md §2).
+    """(D,) mean over all rows of the chunks, accumulated in float64 in one pass (DN's μ, docs/methods.md §2).
 
     Chunks are (rows, D) or (rows, V, D) tensors or (image, label) pairs; views are averaged first (raw, like
     `FeatureSplit.pooled`). `normalize=True` L2-normalises each row before averaging.
@@ -521,7 +521,7 @@ def streaming_pair_histograms(
     bins: int | None = None,
     chunk_rows: int = 4096,
 ):
-    """The IMO metric (METHODS.md §5) of a split read chunk by chunk: every pair i<j, exact, no sampling.
+    """The IMO metric (docs/methods.md §5) of a split read chunk by chunk: every pair i<j, exact, no sampling.
 
     Returns the same `clipadapt.adapters.overlap.IMOResult` as the in-memory `imo_overlap(image, label)`:
     the chunk-against-chunk similarities go through the IMO module's own `PairHistogramAccumulator` (same bins,

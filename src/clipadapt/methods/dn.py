@@ -1,4 +1,4 @@
-"""Distribution Normalization (DN) — Zhou et al., NeurIPS 2023 (METHODS.md §2).
+"""Distribution Normalization (DN) — Zhou et al., NeurIPS 2023 (docs/methods.md §2).
 
     S_λ(x, y) = (φ(x) − λ·μ_img)ᵀ (ψ(y) − λ·μ_txt)
 
@@ -8,7 +8,7 @@ differs by task, and is explicit here (`task=`):
 - ``"classification"``: μ_img is the mean of the **raw** image embeddings of the drawn samples. The text side
   follows the same order (subtract from raw, then normalise), with μ_txt chosen by ``text_mean``:
 
-  * ``"prompts"`` (default, METHODS.md §2 "the mean of all class-prompt embeddings"): μ_txt is the mean of the
+  * ``"prompts"`` (default, docs/methods.md §2 "the mean of all class-prompt embeddings"): μ_txt is the mean of the
     **raw** embeddings t_kj of every class × template prompt; each prompt becomes t_kj − λμ_txt, and the class
     row is the usual prompt ensemble of those (normalise each, average over templates, re-normalise):
     ``c_k = norm(mean_j norm(t_kj − λμ_txt))``; with (C, D) text ``c_k = norm(t_k − λμ_txt)``.
@@ -74,7 +74,7 @@ def draw_samples(x: Tensor, n_samples: int | None, generator: torch.Generator, w
 
 
 class DistributionNormalizer(Params):
-    """Test-time Distribution Normalization of CLIP scores (METHODS.md §2); see the module docstring."""
+    """Test-time Distribution Normalization of CLIP scores (docs/methods.md §2); see the module docstring."""
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""Combining the logits of several backbones (METHODS.md §6): static combiners and a stacking baseline.
+"""Combining the logits of several backbones (docs/methods.md §6): static combiners and a stacking baseline.
 
 Every combiner is an estimator over a *list* of per-backbone logits, one (N, C) tensor per backbone, all rows
 in the same sample order:

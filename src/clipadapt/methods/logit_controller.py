@@ -1,4 +1,4 @@
-"""The Neural Logit Controller (METHODS.md §6): per-sample, per-backbone temperatures from an MLP.
+"""The Neural Logit Controller (docs/methods.md §6): per-sample, per-backbone temperatures from an MLP.
 
 An MLP reads the concatenated image embeddings of all B backbones and outputs B positive temperatures
 `τ_b(x) = softplus(h_b(x)) + min_temperature`; the combined logits are `z(x) = Σ_b z_b(x) / τ_b(x)`.

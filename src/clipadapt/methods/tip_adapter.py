@@ -1,4 +1,4 @@
-"""Tip-Adapter and Tip-Adapter-F (METHODS.md §3), with the TA++ variant of §5.
+"""Tip-Adapter and Tip-Adapter-F (docs/methods.md §3), with the TA++ variant of §5.
 
 Cache keys F (NK, D) are the mean of the raw augmented views of each shot, L2-normalised; values L are one-hot.
 For a normalised test feature f:
@@ -52,7 +52,7 @@ def check_adapted_pair(original: Tensor, adapted: Tensor | None, what: str) -> N
 
 
 class TipAdapter(Params):
-    """Training-free few-shot cache classifier (METHODS.md §3); TA++ when fitted with `adapted_keys`."""
+    """Training-free few-shot cache classifier (docs/methods.md §3); TA++ when fitted with `adapted_keys`."""
 
     def __init__(self, *, alpha: float = TIP_ALPHA, beta: float = TIP_BETA, logit_scale: float = CLIP_LOGIT_SCALE):
         self.alpha, self.beta, self.logit_scale = alpha, beta, logit_scale
@@ -112,7 +112,7 @@ class TipAdapter(Params):
 
 
 class TipAdapterF(TipAdapter):
-    """Tip-Adapter-F (METHODS.md §3): the cache keys become a trainable linear layer, fine-tuned with α, β fixed.
+    """Tip-Adapter-F (docs/methods.md §3): the cache keys become a trainable linear layer, fine-tuned with α, β fixed.
 
     The epoch kept is the one with the best *validation* accuracy (the original picked on test); α, β are then
     searched on validation by `clipadapt.eval.search.search_tip_adapter` on the fine-tuned keys. With (NK, V, D)

@@ -1,4 +1,4 @@
-"""Tip-X (SuS-X, METHODS.md §4), with the TX++ variant of §5.
+"""Tip-X (SuS-X, docs/methods.md §4), with the TX++ variant of §5.
 
 Signatures P(f) = softmax(f Wᵀ / τ) of the test feature and of every cache key; M_ij = KL(P(f_i) ‖ P(F_j));
 ψ rescales M min–max over the whole matrix being scored into [min T, max T] of that matrix's cosine
@@ -42,7 +42,7 @@ def minmax_coefficients(m_min: Tensor, m_max: Tensor, t_min: Tensor, t_max: Tens
 
 
 class TipX(TipAdapter):
-    """Tip-X: Tip-Adapter plus an image–image affinity measured through the text space (METHODS.md §4)."""
+    """Tip-X: Tip-Adapter plus an image–image affinity measured through the text space (docs/methods.md §4)."""
 
     def __init__(
         self,

@@ -1,4 +1,4 @@
-"""Zero-shot classification (METHODS.md §1): logits = s · norm(f) · Wᵀ."""
+"""Zero-shot classification (docs/methods.md §1): logits = s · norm(f) · Wᵀ."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`clipadapt eval --method dn`: zero-shot classification with Distribution Normalization (METHODS.md §2)."""
+"""`clipadapt eval --method dn`: zero-shot classification with Distribution Normalization (docs/methods.md §2)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def add_dn_arguments(parser: argparse.ArgumentParser | Any, *, source_default: s
 
 
 def add_text_mean_argument(parser: argparse.ArgumentParser | Any) -> None:
-    """--dn-text-mean: which rows DN's classification text mean averages (METHODS.md §2; docs/dn.md)."""
+    """--dn-text-mean: which rows DN's classification text mean averages (docs/methods.md §2; docs/dn.md)."""
     parser.add_argument("--dn-text-mean", choices=DN_TEXT_MEANS, default=DEFAULT_TEXT_MEAN,
                         help="classification μ_txt: 'prompts' = mean of every raw class×template prompt embedding "
                              f"(the spec; default {DEFAULT_TEXT_MEAN}), 'classes' = mean of the prompt-ensembled class rows")
@@ -60,13 +60,13 @@ class DNOptions(EvalOptions):
     dn_text_mean: str = DEFAULT_TEXT_MEAN
 
 
-def _source_images(features: FeatureSet, options: DNOptions):
-    """Images of --dn-source: from the loaded features, or encoded through the cache (`options.fetch`)."""
+def _source_split(features: FeatureSet, options: DNOptions):
+    """The --dn-source split: from the loaded features, or encoded through the cache (`options.fetch`)."""
     source = options.dn_source
     if not features.has_split(source) and options.fetch is not None:
-        return options.fetch([source]).split(source).image
+        return options.fetch([source]).split(source)
     try:
-        return features.split(source).image
+        return features.split(source)
     except FeatureDirError as e:
         raise FeatureDirError(
             f"{e} — DN's means come from --dn-source {source}; add an 'unlabeled' split or pass "
@@ -74,11 +74,35 @@ def _source_images(features: FeatureSet, options: DNOptions):
         ) from e
 
 
-def dn_source_info(source: str, evaluated: str, n_image: int, n_text: int, asked: int | None) -> dict[str, Any]:
-    """What results.json records about where DN's means came from."""
+def shared_images(pool, evaluated) -> int:
+    """How many evaluated rows are also in the pool of the means: by source path when both record `paths` (an
+    image folder without split subfolders serves the same files as 'unlabeled' and 'test'), else by identical
+    embedding rows (16-byte row digests, so a large pool costs little memory). Any shared row makes DN
+    transductive, whatever the split names say."""
+    pool_paths, eval_paths = getattr(pool, "paths", None), getattr(evaluated, "paths", None)
+    if pool_paths is not None and eval_paths is not None:
+        in_pool = set(pool_paths)
+        return sum(p in in_pool for p in eval_paths)
+    if pool.image is None or evaluated.image is None or pool.image.shape[1:] != evaluated.image.shape[1:]:
+        return 0
+    import hashlib
+
+    def digests(image):
+        rows = image.detach().cpu().float().contiguous().reshape(image.shape[0], -1).numpy()
+        return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in rows]
+
+    in_pool = set(digests(pool.image))
+    return sum(d in in_pool for d in digests(evaluated.image))
+
+
+def dn_source_info(source: str, evaluated: str, n_image: int, n_text: int, asked: int | None,
+                   shared: int = 0) -> dict[str, Any]:
+    """What results.json records about where DN's means came from; `shared` evaluated rows also in the pool make
+    it transductive even when the split names differ."""
     return {
         "source": source,
-        "transductive": source == evaluated,
+        "transductive": source == evaluated or shared > 0,
+        "shared_with_evaluated": shared,
         "n_samples_requested": "all" if asked is None else asked,
         "n_image_samples_used": n_image,
         "n_text_samples_used": n_text,
@@ -96,7 +120,7 @@ def _add_eval_arguments(parser) -> None:
     add_text_mean_argument(parser)
 
 
-@register_eval_method("dn", help="zero-shot + Distribution Normalization (METHODS.md §2)",
+@register_eval_method("dn", help="zero-shot + Distribution Normalization (docs/methods.md §2)",
                       add_arguments=_add_eval_arguments, options=DNOptions)  # --dn-source is fetched on demand
 def run_dn(features: FeatureSet, options: DNOptions) -> MethodResult:
     from clipadapt.eval.metrics import classification_report, mean_std
@@ -105,7 +129,8 @@ def run_dn(features: FeatureSet, options: DNOptions) -> MethodResult:
 
     if options.dn_repeats < 1:
         raise ConfigError(f"--dn-repeats must be >= 1, got {options.dn_repeats}")
-    pool = _source_images(features, options)
+    pool_split = _source_split(features, options)
+    pool = pool_split.image
     test = features.split(options.split)
     labels = test.label
     draws, first_logits = [], None
@@ -121,7 +146,8 @@ def run_dn(features: FeatureSet, options: DNOptions) -> MethodResult:
     notes: list[str] = []
     extra: dict[str, Any] = {
         "dn": dn_source_info(options.dn_source, options.split, model.n_image_samples_, model.n_text_samples_,
-                             options.dn_samples)
+                             options.dn_samples,
+                             shared=test.n if options.dn_source == options.split else shared_images(pool_split, test))
     }
     extra["dn"]["views"] = test.views  # V > 1: test-time augmentation, raw views averaged before DN
     if labels is not None:  # the same split without DN, so one results file shows DN's effect

@@ -10,7 +10,7 @@ if TYPE_CHECKING:  # torch-backed: imported in run_zeroshot, so building the CLI
     from clipadapt.features.featureset import FeatureSet
 
 
-@register_eval_method("zeroshot", help="CLIP zero-shot with prompt ensembling (METHODS.md §1)")
+@register_eval_method("zeroshot", help="CLIP zero-shot with prompt ensembling (docs/methods.md §1)")
 def run_zeroshot(features: FeatureSet, options: EvalOptions) -> MethodResult:
     from clipadapt.methods.zeroshot import ZeroShotClassifier
     from clipadapt.ops import CLIP_LOGIT_SCALE
