@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from _caption_files import pascal_files
 from _imo_images import write_stripes_imagefolder
 from conftest import make_clustered_features
 from safetensors.torch import save_file
@@ -289,7 +290,11 @@ def inputs(tmp_path, featdir):
         w = csv.writer(f)
         w.writerow(["image", "caption", "human"])
         w.writerows([[i, (i * 5) % 12, 1 + i % 4] for i in range(12)])
+    (tmp_path / "suite.toml").write_text(f'[[task]]\ntask = "dn"\ndatasets = ["{featdir}"]\noptions = {{ dn-samples = 4 }}\n')
+    pascal = pascal_files(tmp_path, [(f"{2 * i:03d}.png", f"caption {i}", f"other {i}", 1 + i % 4) for i in range(4)],
+                          [[1] * 30 + [-1] * 18] * 4, [["a ref", "b ref"]] * 4)
     return {"feats": featdir, "feats2": save_feature_dir(fs2, tmp_path / "feats2"), "ret": tmp_path / "ret",
+            "suite": tmp_path / "suite.toml", "pascal": pascal,
             "emb": tmp_path / "emb.safetensors", "judgments": tmp_path / "j.csv",
             "images": write_stripes_imagefolder(tmp_path / "stripes", n=8)}
 
@@ -309,6 +314,13 @@ RUNS = {
     "backbones": (lambda i, o: ["backbones", "--features", i["feats"], i["feats2"], "--cost", "none",
                                 "--nlc-max-epochs", "1", "--no-normalisation-study", "--out", o],
                   "results.json", ["tiny-test@none", "other-test@none"]),
+    "suite": (lambda i, o: ["suite", "run", i["suite"], "--no-plots", "--out", o], "summary.json", None),
+    "robustness": (lambda i, o: ["robustness", "--features", i["feats"], "--variant", f"imagenet_v2={i['feats']}",
+                                 "--shots", "1", "--seeds", "1", "--methods", "zeroshot", "--val-from-train", "1",
+                                 "--out", o], "results.json", "tiny-test@none"),
+    "pascal50s": (lambda i, o: ["pascal50s", "--pairs", i["pascal"][0], "--consensus", i["pascal"][1], "--image-root",
+                                i["images"] / "horizontal_stripes", "--model", "clipadapt-test-tiny-vit", "--out", o],
+                  "results.json", "clipadapt-test-tiny-vit"),
     "search": (lambda i, o: ["search", "--queries", f"{i['feats']}:test", "--gallery", f"{i['feats']}:train", "--k", "3",
                              "--out", o], "results.json", "tiny-test@none"),
     "sample-shots": (lambda i, o: ["sample-shots", "--dataset", f"imagefolder:{i['images']}", "--shots", "1",
@@ -322,7 +334,8 @@ RUNS = {
 
 def test_every_results_writing_command_is_covered():
     """A new command with --out gets a row in RUNS (listings and feature-directory writers excepted)."""
-    writers = {c for c, m in COMMANDS.items() if c not in ("models", "datasets", "extract", "import-features", "adapter")}
+    writers = {c for c, m in COMMANDS.items()
+               if c not in ("models", "datasets", "extract", "import-features", "adapter", "caption-data")}
     assert writers | {"adapter train"} == set(RUNS)
 
 

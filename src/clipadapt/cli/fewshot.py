@@ -134,15 +134,23 @@ def _provenance(args: argparse.Namespace, source) -> dict:
                               splits=["train", "test"] + (["val"] if args.val_from_train is None else []))
 
 
-def run(args: argparse.Namespace) -> int:
-    from clipadapt.eval.fewshot import FewShotConfig, run_fewshot, summary_pivot
-    from clipadapt.report.tables import markdown_table
+def config_from_args(args: argparse.Namespace) -> FewShotConfig:
+    """The FewShotConfig of these arguments (also used by `suite` cells, so a cell runs what `fewshot` runs)."""
+    from clipadapt.eval.fewshot import FewShotConfig
 
     config = FewShotConfig(shots=args.shots, seeds=args.seeds, methods=args.methods, allow_fewer=args.allow_fewer,
                            grids=parse_grid_overrides(args.grid), tipf_epochs=args.tipf_epochs, chunk_size=args.chunk_size,
                            val_from_train=args.val_from_train, grid_preset=args.grid_preset, tie_break=args.tie_break)
     if config.needs_adapted and not (args.adapter or args.adapted_features):
         raise ConfigError("tip++/tipx++ need --adapted-features DIR (with --features) or --adapter CKPT")
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    from clipadapt.eval.fewshot import run_fewshot, summary_pivot
+    from clipadapt.report.tables import markdown_table
+
+    config = config_from_args(args)
     source = build_source(args)
     results = run_fewshot(source, config, index_dir=args.out / "indices", device=args.device)
     write_outputs(args.out, results, config, source.describe(), _provenance(args, source))

@@ -72,20 +72,23 @@ def _provenance(args: argparse.Namespace, sets: dict[str, FeatureSet]) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     from clipadapt.adapters import imo_overlap
+    from clipadapt.adapters.variance import feature_variance
     from clipadapt.fileio import atomic_write_bytes
     from clipadapt.report import markdown_table
     from clipadapt.report.imo_plot import plot_imo_histograms
 
     sets = _feature_sets(args)
     max_pairs = args.max_pairs or None
-    results, rows = {}, []
+    results, rows, variance = {}, [], {}
     for name, fs in sets.items():
         split = fs.split(args.split)
         r = imo_overlap(split.image, split.labels(args.split), bins=args.bins, max_pairs=max_pairs, seed=args.seed,
                         sample=args.sample)
         results[name] = r
+        variance[name] = feature_variance(split.image)
         rows.append({"features": name, "overlap": r.overlap, "same_mean": r.same_mean, "diff_mean": r.diff_mean,
-                     "n_same": r.n_same, "n_diff": r.n_diff, "sampled": r.sampled})
+                     "n_same": r.n_same, "n_diff": r.n_diff, "sampled": r.sampled,
+                     "variance": variance[name]["normalised"]["mean"]})
     args.out.mkdir(parents=True, exist_ok=True)
     report = {
         "split": args.split,
@@ -93,7 +96,10 @@ def run(args: argparse.Namespace) -> int:
         "max_pairs": max_pairs,
         "seed": args.seed,
         "sample": args.sample,
-        "results": {name: {**r.to_dict(), "features": sets[name].describe()} for name, r in results.items()},
+        "results": {name: {**r.to_dict(), "features": sets[name].describe(), "variance": variance[name]}
+                    for name, r in results.items()},
+        "variance_note": "per-dimension variance of the split's image features (adapters/variance.py); "
+                         "'variance' in the table = mean over dimensions of the L2-normalised features",
     }
     if "adapted" in results:
         report["overlap_change"] = results["adapted"].overlap - results["original"].overlap

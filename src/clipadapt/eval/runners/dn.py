@@ -118,6 +118,25 @@ ORDER = {  # what results.json records as the classification formula, per --dn-t
 def _add_eval_arguments(parser) -> None:
     add_dn_arguments(parser, sources=("unlabeled", "train", "val", "test"))
     add_text_mean_argument(parser)
+    parser.add_argument("--views", type=int, default=None, metavar="V",
+                        help="test-time augmentation with --model/--dataset: V seeded augmented views per image, averaged "
+                             "before DN; the results also report the first view alone ('tta'), from the same features")
+
+
+def first_view_results(model_kwargs: dict[str, Any], pool, text, test_image, labels) -> dict[str, Any]:
+    """DN and plain zero-shot on view 0 only (pool and test), for the TTA vs no-TTA comparison of one run.
+
+    View 0 is the first augmented view (a random crop + flip like the others), not the un-augmented image."""
+    from clipadapt.eval.metrics import classification_report
+    from clipadapt.methods.dn import DistributionNormalizer
+    from clipadapt.methods.zeroshot import ZeroShotClassifier
+
+    one_pool = pool[:, 0] if pool.ndim == 3 else pool
+    model = DistributionNormalizer(**model_kwargs).fit(one_pool, text)
+    plain = ZeroShotClassifier(logit_scale=model.logit_scale).fit(text)
+    return {**classification_report(model.predict_logits(test_image[:, 0]), labels),
+            "without_dn": classification_report(plain.predict_logits(test_image[:, 0]), labels),
+            "note": "view 0 of the same features: the first augmented view, not the un-augmented image"}
 
 
 @register_eval_method("dn", help="zero-shot + Distribution Normalization (docs/methods.md §2)",
@@ -152,6 +171,10 @@ def run_dn(features: FeatureSet, options: DNOptions) -> MethodResult:
     extra["dn"]["views"] = test.views  # V > 1: test-time augmentation, raw views averaged before DN
     if labels is not None:  # the same split without DN, so one results file shows DN's effect
         extra["without_dn"] = classification_report(ZeroShotClassifier(logit_scale=model.logit_scale).fit(features.text).predict_logits(test.image), labels)
+    if labels is not None and test.views > 1:  # TTA and no-TTA from one extraction
+        kwargs = {"lam": options.dn_lambda, "n_samples": options.dn_samples, "seed": options.dn_seed,
+                  "text_mean": options.dn_text_mean}
+        extra["tta"] = {"first view": first_view_results(kwargs, pool, features.text, test.image, labels)}
     samples = "all" if options.dn_samples is None else options.dn_samples
     if draws and options.dn_repeats > 1:
         summary = {}
