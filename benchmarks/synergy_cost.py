@@ -1,7 +1,7 @@
 """Cost of the nine OpenAI CLIP image towers: parameters, GFLOPs per image and measured time per image.
 
 Only the architecture matters, so models are built with random weights (no download): this is what
-`clipadapt backbones` reports as the cost axis (`clipadapt.eval.synergy.model_cost`). FLOPs come from
+`clipadapt backbones` reports as the cost axis (`clipadapt.eval.synergy_cost.model_cost`). FLOPs come from
 torch.utils.flop_counter (a multiply-add counts 2 FLOPs; the numbers equal open_clip's docs/model_profile.csv)
 on the meta device: no computation. With --time, each model is
 also timed on --device (slow and noisy on a shared CPU).
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from clipadapt.eval.synergy import model_cost
+from clipadapt.eval.synergy_cost import model_cost
 
 RESULTS = Path(__file__).resolve().parent / "results" / "synergy_cost.json"
 OPENAI = "RN50,RN101,RN50x4,RN50x16,RN50x64,ViT-B-32,ViT-B-16,ViT-L-14,ViT-L-14-336"

@@ -91,13 +91,14 @@ def _per_pass(names, test, fitted, chunk_rows):
     import torch
 
     from clipadapt.eval import synergy as syn
-    from clipadapt.methods.ensembles import predict_streaming, predictions_streaming
+    from clipadapt.eval.synergy_combiners import predict_streaming, predictions_streaming
+    from clipadapt.methods.logit_controller import NeuralLogitController
 
     preds = predictions_streaming(test.logits, chunk_rows=chunk_rows)
     summary = syn.synergy_summary(preds, test.labels, names)
     combined = {}
     for key, est in fitted.combiners.items():
-        if isinstance(est, syn.NeuralLogitController):
+        if isinstance(est, NeuralLogitController):
             out = np.empty((test.n, test.num_classes), dtype=np.float32)
             for start in range(0, test.n, chunk_rows):
                 rows = slice(start, start + chunk_rows)
@@ -122,6 +123,7 @@ def child_evaluate(mode: str, directory: str, chunk_rows: int) -> dict:
     import torch
 
     from clipadapt.eval import synergy as syn
+    from clipadapt.eval.synergy_combiners import fit_combiners
 
     torch.set_num_threads(1)
     files = sorted(Path(directory).glob("b*.npy"))
@@ -133,9 +135,9 @@ def child_evaluate(mode: str, directory: str, chunk_rows: int) -> dict:
     m = 500  # seeded held-out set: logits with the files' signal model, fitted outside the measured region
     yh = torch.randint(0, c, (m,), generator=g)
     held = [torch.randn(m, c, generator=g) + (b + 1) * torch.nn.functional.one_hot(yh, c) for b in range(len(arrays))]
-    fitted = syn.fit_combiners(syn.ScoreSet(held, yh, [torch.randn(m, 32, generator=g) for _ in arrays]),
-                               len(arrays), c, nlc_kwargs={"max_epochs": 3, "seed": 0})
     names = [f.stem for f in files]
+    fitted = fit_combiners(syn.ScoreSet(held, yh, [torch.randn(m, 32, generator=g) for _ in arrays]), names,
+                           nlc_kwargs={"max_epochs": 3, "seed": 0})
     test = syn.ScoreSet(arrays, labels, embeddings)
     with peak_anon_memory() as memory:
         t0 = time.perf_counter()
@@ -157,12 +159,13 @@ def child(mode: str, files: list[str], chunk_rows: int) -> dict:
     """Run one mode and return its peak anonymous memory above the baseline."""
     import torch
 
-    from clipadapt.methods.ensembles import MeanProbs, predict_streaming, predictions_streaming
+    from clipadapt.eval.synergy_combiners import predict_streaming, predictions_streaming
+    from clipadapt.methods.ensembles import MeanProbs
 
     torch.set_num_threads(1)
     arrays = [np.load(f, mmap_mode="r") for f in files]
     n, c = arrays[0].shape
-    combiner = MeanProbs().fit([torch.zeros(1, c)] * len(arrays))
+    combiner = MeanProbs()  # static: nothing to fit
     with peak_anon_memory() as memory:
         t0 = time.perf_counter()
         if mode == "stack":

@@ -8,7 +8,7 @@ import torch
 from _synergy_data import informative_and_noisy, top1
 
 from clipadapt.errors import ConfigError, NotFittedError
-from clipadapt.eval.synergy import ScoreSet, fit_combiners, predict_combiners
+from clipadapt.eval.synergy_combiners import ScoreSet, fit_combiners, predict_combiners
 from clipadapt.methods.ensembles import MeanLogits
 from clipadapt.methods.logit_controller import NeuralLogitController
 
@@ -75,7 +75,7 @@ class _PoisonedScoreSet(ScoreSet):
 def test_nlc_never_reads_test_labels():
     held_z, held_e, held_y = informative_and_noisy(120, seed=0)
     test_z, test_e, test_y = informative_and_noisy(50, seed=1)
-    fitted = fit_combiners(ScoreSet(held_z, held_y, held_e), 2, 10, nlc_kwargs=dict(max_epochs=5, seed=0))
+    fitted = fit_combiners(ScoreSet(held_z, held_y, held_e), ["a", "b"], nlc_kwargs=dict(max_epochs=5, seed=0))
     assert "nlc" in fitted.combiners
     poisoned = _PoisonedScoreSet(test_z, test_y, test_e)
     with pytest.raises(AssertionError, match="test labels were read"):

@@ -7,7 +7,8 @@ import pytest
 import torch
 from _synergy_data import informative_and_noisy, top1
 
-from clipadapt.errors import ConfigError, NotFittedError
+from clipadapt.errors import ConfigError
+from clipadapt.eval.synergy_combiners import predict_streaming, predictions_streaming
 from clipadapt.methods.ensembles import (
     COMBINERS,
     MajorityVote,
@@ -17,9 +18,8 @@ from clipadapt.methods.ensembles import (
     MinEntropy,
     Stacking,
     TemperatureScaledMean,
+    check_logits_list,
     fit_temperature,
-    predict_streaming,
-    predictions_streaming,
 )
 
 
@@ -120,12 +120,6 @@ def test_every_combiner_streams_from_memmap_identically(name, tmp_path):
     assert preds.tolist() == [z.argmax(1).tolist() for z in logits]
 
 
-@pytest.mark.parametrize("name", sorted(COMBINERS))
-def test_every_combiner_predict_before_fit_is_clear_error(name):
-    with pytest.raises(NotFittedError, match="not fitted"):
-        COMBINERS[name]().predict_logits([torch.zeros(2, 3)])
-
-
 def test_mismatched_backbone_shapes_name_the_backbone():
     with pytest.raises(ConfigError, match=r"logits\[1\] has shape \(5, 3\).*same sample count"):
         MeanLogits().fit([torch.zeros(4, 3), torch.zeros(5, 3)])
@@ -150,17 +144,15 @@ SAME = "every backbone must score the same samples in the same order over the sa
     [([(4, 3), (5, 3)], "same sample count N"), ([(4, 3), (4, 2)], "same class count C"), ([(4, 3), (4, 3, 1)], "same shape")],
 )
 def test_tensor_and_array_logit_lists_share_one_checker_and_one_wording(shapes, differs):
-    """check_logits_list (tensors, in-memory combiners) and check_array_list (arrays, streaming / backbones CLI)
-    are one checker: the same literal message, naming the backbone by index or by the name given."""
-    from clipadapt.methods.ensembles import check_array_list, check_logits_list
-
+    """check_logits_list checks tensors (in-memory combiners) and arrays (streaming / backbones CLI) alike: the same
+    literal message, naming the backbone by index or by the name given."""
     (n0, c0), bad = shapes[0], shapes[1]
     tail = f"has shape {bad} but {{first}} has {(n0, c0)}: {SAME} ({differs})"
     with pytest.raises(ConfigError) as tensors:
         check_logits_list([torch.zeros(*s) for s in shapes])
     assert str(tensors.value) == "logits[1] " + tail.format(first="logits[0]")
     with pytest.raises(ConfigError) as arrays:
-        check_array_list([np.zeros(s, dtype=np.float32) for s in shapes], names=["a.npy", "b.npy"])
+        check_logits_list([np.zeros(s, dtype=np.float32) for s in shapes], names=["a.npy", "b.npy"])
     assert str(arrays.value) == "b.npy " + tail.format(first="a.npy")
     with pytest.raises(ConfigError) as streamed:
         predict_streaming(MeanLogits().fit([torch.zeros(n0, c0)] * 2), [np.zeros(s, dtype=np.float32) for s in shapes])
@@ -168,12 +160,9 @@ def test_tensor_and_array_logit_lists_share_one_checker_and_one_wording(shapes, 
 
 
 def test_empty_or_non_matrix_logit_lists_have_one_wording():
-    from clipadapt.methods.ensembles import check_array_list, check_logits_list
-
-    for check in (check_logits_list, check_array_list):
-        with pytest.raises(ConfigError, match=r"^logits: need the logits of at least one backbone, got none$"):
-            check([])
+    with pytest.raises(ConfigError, match=r"^logits: need the logits of at least one backbone, got none$"):
+        check_logits_list([])
     with pytest.raises(ConfigError, match=r"^logits\[0\]: expected \(N, C\) logits, got shape \(4,\)$"):
-        check_array_list([np.zeros(4)])
+        check_logits_list([np.zeros(4)])
     with pytest.raises(ConfigError, match=r"^a\.npy: expected \(N, C\) logits, got shape \(4,\)$"):
         check_logits_list([torch.zeros(4)], names=["a.npy"])

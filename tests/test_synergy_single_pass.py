@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from clipadapt.cli import main
-from clipadapt.eval.synergy import ScoreSet, cascade, evaluate_synergy, fit_combiners, subset_mean_probs
-from clipadapt.methods.ensembles import predict_streaming
+from clipadapt.eval.synergy import ScoreSet, cascade, evaluate_synergy, subset_mean_probs
+from clipadapt.eval.synergy_combiners import fit_combiners, predict_streaming
 from clipadapt.methods.logit_controller import NeuralLogitController
 
 # two backbones, six classes, labels 0..3; the rank of the label in each row is written next to it
@@ -107,7 +107,7 @@ def test_single_pass_equals_one_pass_per_combiner():
     counted by a literal loop, gives exactly the numbers of the single shared pass."""
     test, held = _random_problem(0)
     report = evaluate_synergy(["a", "b", "c"], test, heldout=held, chunk_rows=20, nlc_kwargs=NLC)
-    fitted = fit_combiners(held, 3, 7, nlc_kwargs=NLC)
+    fitted = fit_combiners(held, ["a", "b", "c"], nlc_kwargs=NLC)
     assert set(report.results["combinations"]) == set(fitted.combiners) and "nlc" in fitted.combiners
     n = test.n
     for key, est in fitted.combiners.items():

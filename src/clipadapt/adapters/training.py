@@ -5,7 +5,8 @@ resumable: every `save_every` steps (and at the end) it writes, atomically, a fu
 (`train_state.pt`: step, adapters, head, optimizer, DINO teacher/centre, RNG) and exports the adapter
 checkpoint (`adapter.safetensors` + `adapter.json`, adapter weights only). Re-running with the same output
 directory continues from the saved step; the batch order is a function of (seed, epoch) so a resumed run
-sees the same batches an uninterrupted one would.
+sees the same batches an uninterrupted one would. A mode is an objective object (`Supervised`, `Dino`: head,
+batch transform, loss, after-step update, extra saved state); `_run_steps` is the one step loop for both.
 """
 
 from __future__ import annotations
@@ -261,6 +262,152 @@ def _set_train_modes(model: nn.Module, adapters: list[BottleneckAdapter], traini
         a.train(training)
 
 
+# ----------------------------------------------------------------------------------------- objectives
+class Supervised:
+    """Cross-entropy of a linear head on the image embedding (L2-normalised with `normalize_features`); batches
+    through `preprocess` (default: the encoder's eval transform). Nothing beyond the head and the steps to save."""
+
+    def __init__(self, c: AdapterTrainConfig, dataset: Dataset, num_classes: int | None):
+        self.c, self.num_classes = c, num_classes or _num_classes(dataset)
+
+    def head(self, embed_dim: int) -> nn.Module:
+        return nn.Linear(embed_dim, self.num_classes)
+
+    def transform(self, model: nn.Module, preprocess: Callable | None) -> Callable:
+        return preprocess or eval_transform(model)
+
+    def start(self, state: _Run, adapters: list[BottleneckAdapter], device: torch.device,
+              saved: dict[str, Any] | None) -> None:
+        """Set up (or restore from `saved`) what the objective keeps between steps: nothing here."""
+
+    def loss(self, model: nn.Module, state: _Run, images: Tensor, labels: Tensor,
+             device: torch.device) -> tuple[Tensor, Any]:
+        feats = _embed(model, images.to(device)).float()
+        logits = state.head(l2_normalize(feats) if self.c.normalize_features else feats)
+        return F.cross_entropy(logits, labels.to(device)), None
+
+    def after_step(self, state: _Run, aux: Any) -> None:
+        """Nothing moves after the optimiser step."""
+
+    def state(self) -> dict[str, Tensor]:
+        """Entries of train_state.pt beyond the common ones: none."""
+        return {}
+
+
+class Dino:
+    """DINO self-distillation: projection head, multi-crop views; the teacher (an EMA of adapters and head) sees the
+    two global views, the student every view; after each step the teacher and the centre move (EMA)."""
+
+    def __init__(self, c: AdapterTrainConfig, dataset: Dataset, num_classes: int | None):
+        self.c, self.num_classes = c, num_classes
+
+    def head(self, embed_dim: int) -> nn.Module:
+        return DINOHead(embed_dim, self.c.dino_out_dim, self.c.dino_hidden_dim, self.c.dino_bottleneck_dim)
+
+    def transform(self, model: nn.Module, preprocess: Callable | None) -> Callable:
+        return multicrop_transform(model, self.c)
+
+    def start(self, state: _Run, adapters: list[BottleneckAdapter], device: torch.device,
+              saved: dict[str, Any] | None) -> None:
+        """The teacher starts as a copy of the student, the centre at zero (or both as saved)."""
+        self.adapters = adapters  # switched to eval mode while the teacher runs
+        if saved is not None:
+            self.teacher = {k: v.to(device) for k, v in saved.get("teacher", {}).items()}
+            self.center = saved["center"].to(device) if "center" in saved else None
+        else:
+            self.teacher = {k: v.detach().clone() for k, v in _teacher_source(state.params, state.head).items()}
+            self.center = torch.zeros(self.c.dino_out_dim, device=device)
+
+    def loss(self, model: nn.Module, state: _Run, images: list[Tensor], labels: Tensor,
+             device: torch.device) -> tuple[Tensor, Any]:
+        """DINO loss of the student's views against the teacher's outputs on the 2 global views (returned too)."""
+        from torch.func import functional_call
+
+        views = [v.to(device) for v in images]
+        b = views[0].shape[0]
+        student = state.head(_embed(model, torch.cat(views)).float()).view(len(views), b, -1)
+        with torch.no_grad():
+            for a in self.adapters:
+                a.eval()  # the teacher runs without dropout
+            t_visual = {k[len("visual."):]: v for k, v in self.teacher.items() if k.startswith("visual.")}
+            t_head = {k[len("head."):]: v for k, v in self.teacher.items() if k.startswith("head.")}
+            feats = functional_call(getattr(model, "visual", model), t_visual, (torch.cat(views[:2]),)).float()
+            teacher_out = functional_call(state.head, t_head, (feats,)).view(2, b, -1)
+            for a in self.adapters:
+                a.train()
+        c = self.c
+        loss = dino_loss(student, teacher_out, self.center, student_temp=c.student_temp, teacher_temp=c.teacher_temp)
+        return loss, teacher_out
+
+    @torch.no_grad()
+    def after_step(self, state: _Run, teacher_out: Tensor) -> None:
+        """EMA of the student into the teacher (momentum on DINO's cosine schedule from m0 to 1 over the planned
+        steps), EMA of the teacher outputs' mean into the centre."""
+        c = self.c
+        m = 1 - (1 - c.teacher_momentum) * (math.cos(math.pi * state.step / state.planned) + 1) / 2
+        for k, v in _teacher_source(state.params, state.head).items():
+            self.teacher[k].mul_(m).add_(v.detach(), alpha=1 - m)
+        self.center.mul_(c.center_momentum).add_(teacher_out.float().mean(dim=(0, 1)), alpha=1 - c.center_momentum)
+
+    def state(self) -> dict[str, Tensor]:
+        return {"teacher": {k: v.cpu() for k, v in self.teacher.items()}, "center": self.center.cpu()}
+
+
+OBJECTIVES = {"supervised": Supervised, "selfsup": Dino}
+
+
+# ----------------------------------------------------------------------------------------- a run
+@dataclass
+class _Run:
+    """One call's training: the model and its objective, what the steps change and a resume restores (adapters in
+    the model, head, optimizer, step, losses), and where the checkpoints go."""
+
+    model: nn.Module
+    objective: Supervised | Dino
+    c: AdapterTrainConfig
+    out_dir: Path
+    device: torch.device
+    planned: int  # the schedule's horizon (drives the DINO teacher momentum)
+    total: int  # steps in all (max_steps may stop before `planned`)
+    params: dict[str, nn.Parameter]
+    head: nn.Module
+    optimizer: torch.optim.Optimizer
+    meta: dict[str, Any]  # written into the adapter checkpoint's JSON
+    losses: list[float] = field(default_factory=list)
+    step: int = 0
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Adapters, head, optimizer, step and losses from a saved training state."""
+        with torch.no_grad():
+            for name, p in self.params.items():
+                p.copy_(saved["adapters"][name])
+        self.head.load_state_dict(saved["head"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.step, self.losses = int(saved["step"]), list(saved["losses"])
+
+    def save(self) -> Path:
+        """Write the resumable state at `step` (atomically, RNG states last) and export the adapter checkpoint;
+        returns its weights file."""
+        _atomic_torch_save({"config": _config_dict(self.c), "step": self.step, "losses": self.losses,
+                            "adapters": {k: v.detach().cpu() for k, v in self.params.items()},
+                            "head": {k: v.cpu() for k, v in self.head.state_dict().items()},
+                            "optimizer": self.optimizer.state_dict(), "rng": _rng_state(self.device),
+                            **self.objective.state()}, self.out_dir / STATE_FILE)
+        meta = {**self.meta, "steps": self.step, "complete": self.step >= self.total}
+        return save_adapter_checkpoint(self.out_dir, self.model, meta)
+
+    def train_step(self, images: Tensor | list[Tensor], labels: Tensor, amp: Callable) -> None:
+        """One optimiser step on one batch, then the objective's after-step update (DINO: teacher, centre)."""
+        with amp():
+            loss, aux = self.objective.loss(self.model, self, images, labels, self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        self.objective.after_step(self, aux)
+        self.losses.append(float(loss.detach()))
+
+
 def train_adapters(
     model: nn.Module,
     dataset: Dataset,
@@ -282,42 +429,71 @@ def train_adapters(
     dataset spec, ...) is written into the checkpoint's JSON. Resumes from `out_dir/train_state.pt` if present.
     """
     c = (config or AdapterTrainConfig()).resolved()
-    out_dir = Path(out_dir)
-    state_path = out_dir / STATE_FILE
-    device = next(model.parameters()).device
-    num_classes = _checked_num_classes(dataset, c, num_classes)
-    planned, total = _schedule(len(dataset), c)
-    saved = _saved_state_or_seed(state_path, c)
-    adapters = _ensure_adapters(model, c, model_name)
-    head = _make_head(model, dataset, preprocess, c, num_classes).to(device)
-    state = _initial_state(model, head, c, saved, device)
+    if len(dataset) == 0:
+        raise ConfigError("adapter training: the dataset is empty")
+    objective = OBJECTIVES[c.mode](c, dataset, num_classes)
+    run, adapters, saved = _start_run(model, dataset, Path(out_dir), c, objective, preprocess, model_name, extra_config)
+    loader = DataLoader(_Transformed(dataset, objective.transform(model, preprocess)), num_workers=c.num_workers,
+                        batch_sampler=_ResumableBatches(len(dataset), c.batch_size, c.seed, run.step, run.total),
+                        pin_memory=run.device.type == "cuda")
+    start = run.step
+    weights = run.save() if start == 0 else run.out_dir / "adapter.safetensors"
+    if start >= run.total:
+        log.info("adapter training in %s is already complete (%d steps)", run.out_dir, run.total)
+        return TrainResult(weights, start, run.total, start, run.losses)
+    _set_train_modes(model, adapters, True)
+    batches = iter(loader)  # creating it draws from the global RNG: restore the saved state only after
     if saved is not None:
-        log.info("resuming adapter training from step %d of %d (%s)", state.step, total, state_path)
-    loader = _batch_loader(model, dataset, preprocess, c, state.step, total, device)
+        _set_rng_state(saved["rng"], run.device)
+    try:
+        weights = _run_steps(run, batches, autocast_dtype, progress) or weights
+    finally:
+        _set_train_modes(model, adapters, False)
+    _write_log(run.out_dir, run.losses, c, run.total)
+    return TrainResult(weights, run.step, run.total, start, run.losses)
+
+
+def _start_run(model: nn.Module, dataset: Dataset, out_dir: Path, c: AdapterTrainConfig, objective: Supervised | Dino,
+               preprocess: Callable | None, model_name: str | None, extra_config: dict[str, Any] | None
+               ) -> tuple[_Run, list[BottleneckAdapter], dict[str, Any] | None]:
+    """Seed (fresh run) or load the saved state, insert the adapters, build the head and AdamW over both, restore
+    a saved run; (run, adapters, saved state or None). In this order: the global RNG draws are part of the format."""
+    device = next(model.parameters()).device
+    planned, total = _schedule(len(dataset), c)
+    saved = _saved_state_or_seed(out_dir / STATE_FILE, c)
+    adapters = _ensure_adapters(model, c, model_name)
+    embed_dim = int(getattr(getattr(model, "visual", model), "output_dim", 0)) or _probe_dim(model, dataset, preprocess)
+    head = objective.head(embed_dim).to(device)
+    params = _adapter_params(model)
+    optimizer = torch.optim.AdamW([*params.values(), *head.parameters()], lr=c.lr, weight_decay=c.weight_decay)
     meta = {**(extra_config or {}), "mode": c.mode, "training": _config_dict(c), "total_steps": total,
-            "num_classes": num_classes, "num_train_images": len(dataset)}
-    checkpoints = _Checkpoints(out_dir, model, c, meta, total, device)
-    start = state.step
-    weights = checkpoints.save(state) if start == 0 else out_dir / "adapter.safetensors"
-    if start >= total:
-        log.info("adapter training in %s is already complete (%d steps)", out_dir, total)
-        return TrainResult(weights, start, total, start, state.losses)
-    loop = _Loop(model, adapters, c, device, planned, total, autocast_dtype)
-    weights = loop.run(loader, state, checkpoints, saved, progress) or weights
-    _write_log(out_dir, state.losses, c, total)
-    return TrainResult(weights, state.step, total, start, state.losses)
+            "num_classes": objective.num_classes, "num_train_images": len(dataset)}
+    run = _Run(model, objective, c, out_dir, device, planned, total, params, head, optimizer, meta)
+    if saved is not None:
+        run.restore(saved)
+        log.info("resuming adapter training from step %d of %d (%s)", run.step, total, out_dir / STATE_FILE)
+    objective.start(run, adapters, device, saved)
+    return run, adapters, saved
+
+
+def _run_steps(run: _Run, batches: Iterator, autocast_dtype: torch.dtype | None, progress: bool) -> Path | None:
+    """Every optimiser step of this call, a checkpoint every `save_every` steps and at the end; returns the last
+    adapter weights file written (None: none)."""
+    from tqdm.auto import tqdm
+
+    amp = (lambda: torch.autocast(run.device.type, dtype=autocast_dtype)) if autocast_dtype else contextlib.nullcontext
+    weights = None
+    with tqdm(total=run.total, initial=run.step, desc=f"adapter {run.c.mode}", disable=not progress, unit="step") as bar:
+        for images, labels in batches:
+            run.train_step(images, labels, amp)
+            bar.update(1)
+            bar.set_postfix(loss=f"{run.losses[-1]:.4f}")
+            if run.step % run.c.save_every == 0 or run.step == run.total:
+                weights = run.save()
+    return weights
 
 
 # ----------------------------------------------------------------------------------------- setting up a run
-def _checked_num_classes(dataset: Dataset, c: AdapterTrainConfig, num_classes: int | None) -> int | None:
-    """The supervised head's number of classes (given, or from the dataset); ConfigError on an empty dataset."""
-    if len(dataset) == 0:
-        raise ConfigError("adapter training: the dataset is empty")
-    if c.mode == "supervised":
-        return num_classes or _num_classes(dataset)
-    return num_classes
-
-
 def _schedule(n: int, c: AdapterTrainConfig) -> tuple[int, int]:
     """(planned, total) steps: `planned` is the schedule's horizon (epochs of full batches, it drives the
     teacher momentum); `max_steps` only stops earlier."""
@@ -351,143 +527,6 @@ def _ensure_adapters(model: nn.Module, c: AdapterTrainConfig, model_name: str | 
     return adapters
 
 
-def _make_head(model: nn.Module, dataset: Dataset, preprocess: Callable | None, c: AdapterTrainConfig,
-               num_classes: int | None) -> nn.Module:
-    """The training head on the image embedding: a linear classifier (supervised) or DINO's projection head."""
-    embed_dim = int(getattr(getattr(model, "visual", model), "output_dim", 0)) or _probe_dim(model, dataset, preprocess)
-    if c.mode == "supervised":
-        return nn.Linear(embed_dim, num_classes)
-    return DINOHead(embed_dim, c.dino_out_dim, c.dino_hidden_dim, c.dino_bottleneck_dim)
-
-
-@dataclass
-class _TrainingState:
-    """What the steps change and a resume restores (the adapters themselves live in the model)."""
-
-    params: dict[str, nn.Parameter]
-    head: nn.Module
-    optimizer: torch.optim.Optimizer
-    teacher: dict[str, Tensor]
-    center: Tensor | None
-    losses: list[float]
-    step: int
-
-    def to_dict(self, c: AdapterTrainConfig, device: torch.device) -> dict[str, Any]:
-        """The `train_state.pt` content (CPU tensors, the RNG states last)."""
-        state = {"config": _config_dict(c), "step": self.step, "losses": self.losses,
-                 "adapters": {k: v.detach().cpu() for k, v in self.params.items()},
-                 "head": {k: v.cpu() for k, v in self.head.state_dict().items()},
-                 "optimizer": self.optimizer.state_dict(), "rng": _rng_state(device)}
-        if c.mode == "selfsup":
-            state["teacher"] = {k: v.cpu() for k, v in self.teacher.items()}
-            state["center"] = self.center.cpu()
-        return state
-
-
-def _initial_state(model: nn.Module, head: nn.Module, c: AdapterTrainConfig, saved: dict[str, Any] | None,
-                   device: torch.device) -> _TrainingState:
-    """AdamW over adapters and head, then either the saved state restored or a fresh one (step 0, the DINO
-    teacher a copy of the student, the centre zero)."""
-    params = _adapter_params(model)
-    optimizer = torch.optim.AdamW([*params.values(), *head.parameters()], lr=c.lr, weight_decay=c.weight_decay)
-    if saved is not None:
-        start, losses, teacher, center = _restore(saved, params, head, optimizer, device)
-        return _TrainingState(params, head, optimizer, teacher, center, losses, start)
-    selfsup = c.mode == "selfsup"
-    teacher = {k: v.detach().clone() for k, v in _teacher_source(params, head).items()} if selfsup else {}
-    center = torch.zeros(c.dino_out_dim, device=device) if selfsup else None
-    return _TrainingState(params, head, optimizer, teacher, center, [], 0)
-
-
-def _batch_loader(model: nn.Module, dataset: Dataset, preprocess: Callable | None, c: AdapterTrainConfig,
-                  start: int, total: int, device: torch.device) -> DataLoader:
-    """Batches of steps [start, total): supervised images through `preprocess` (default the encoder's eval
-    transform), selfsup images as DINO multi-crops; the order depends only on (seed, epoch)."""
-    transform = (preprocess or eval_transform(model)) if c.mode == "supervised" else multicrop_transform(model, c)
-    return DataLoader(
-        _Transformed(dataset, transform),
-        batch_sampler=_ResumableBatches(len(dataset), c.batch_size, c.seed, start, total),
-        num_workers=c.num_workers,
-        pin_memory=device.type == "cuda",
-    )
-
-
-class _Checkpoints:
-    """Writes the resumable state (atomically) and exports the adapter checkpoint with the run's metadata."""
-
-    def __init__(self, out_dir: Path, model: nn.Module, c: AdapterTrainConfig, meta: dict[str, Any], total: int,
-                 device: torch.device):
-        self.out_dir, self.model, self.c, self.meta, self.total, self.device = out_dir, model, c, meta, total, device
-
-    def save(self, state: _TrainingState) -> Path:
-        """Save at `state.step`; returns the adapter weights file."""
-        _atomic_torch_save(state.to_dict(self.c, self.device), self.out_dir / STATE_FILE)
-        meta = {**self.meta, "steps": state.step, "complete": state.step >= self.total}
-        return save_adapter_checkpoint(self.out_dir, self.model, meta)
-
-
-# ----------------------------------------------------------------------------------------- the loop
-class _Loop:
-    """The optimisation steps of one call: backbone in eval mode, adapters training, checkpoints on schedule."""
-
-    def __init__(self, model: nn.Module, adapters: list[BottleneckAdapter], c: AdapterTrainConfig,
-                 device: torch.device, planned: int, total: int, autocast_dtype: torch.dtype | None):
-        self.model, self.adapters, self.c, self.device = model, adapters, c, device
-        self.planned, self.total, self.autocast_dtype = planned, total, autocast_dtype
-
-    def run(self, loader: DataLoader, state: _TrainingState, checkpoints: _Checkpoints, saved: dict[str, Any] | None,
-            progress: bool) -> Path | None:
-        """Train until the loader is exhausted; returns the last adapter weights file written (None: none)."""
-        from tqdm.auto import tqdm
-
-        weights = None
-        _set_train_modes(self.model, self.adapters, True)
-        batches = iter(loader)  # creating it draws from the global RNG: restore the saved state only after
-        if saved is not None:
-            _set_rng_state(saved["rng"], self.device)
-        try:
-            with tqdm(total=self.total, initial=state.step, desc=f"adapter {self.c.mode}", disable=not progress,
-                      unit="step") as bar:
-                for images, labels in batches:
-                    self.step(state, images, labels)
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{state.losses[-1]:.4f}")
-                    if state.step % self.c.save_every == 0 or state.step == self.total:
-                        weights = checkpoints.save(state)
-        finally:
-            _set_train_modes(self.model, self.adapters, False)
-        return weights
-
-    def step(self, state: _TrainingState, images: Tensor | list[Tensor], labels: Tensor) -> None:
-        """One optimiser step on one batch; selfsup then moves the teacher and centre; records the loss."""
-        with self._amp():
-            if self.c.mode == "supervised":
-                loss = _supervised_loss(self.model, state.head, images.to(self.device), labels.to(self.device), self.c)
-            else:
-                loss, teacher_out = _dino_student_loss(self.model, state.head, self.adapters, state.params,
-                                                       state.teacher, state.center,
-                                                       [v.to(self.device) for v in images], self.c)
-        state.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        state.optimizer.step()
-        state.step += 1
-        if self.c.mode == "selfsup":
-            self._update_teacher_and_center(state, teacher_out)
-        state.losses.append(float(loss.detach()))
-
-    def _update_teacher_and_center(self, state: _TrainingState, teacher_out: Tensor) -> None:
-        """DINO: EMA of the student into the teacher, EMA of the teacher outputs' mean into the centre."""
-        c = self.c
-        _update_teacher(state.teacher, state.params, state.head, state.step, self.planned, c)
-        state.center.mul_(c.center_momentum).add_(teacher_out.float().mean(dim=(0, 1)), alpha=1 - c.center_momentum)
-
-    def _amp(self):
-        """Autocast to `autocast_dtype` on the model's device type, or nothing."""
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
-
 def _load_state(state_path: Path) -> dict[str, Any]:
     """The saved training state; AdapterError naming the file when torch cannot read it."""
     try:
@@ -500,18 +539,6 @@ def _load_state(state_path: Path) -> dict[str, Any]:
     if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
         raise AdapterError(f"{state_path}: not a clipadapt adapter training state (no 'config'); delete it to start over")
     return saved
-
-
-def _restore(saved: dict[str, Any], params: dict[str, nn.Parameter], head: nn.Module, optimizer, device):
-    """Load a saved training state: (start step, losses so far, teacher, centre)."""
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(saved["adapters"][name])
-    head.load_state_dict(saved["head"])
-    optimizer.load_state_dict(saved["optimizer"])
-    teacher = {k: v.to(device) for k, v in saved.get("teacher", {}).items()}
-    center = saved["center"].to(device) if "center" in saved else None
-    return int(saved["step"]), list(saved["losses"]), teacher, center
 
 
 def _rng_state(device: torch.device) -> dict[str, Tensor]:
@@ -549,42 +576,8 @@ def _embed(model: nn.Module, images: Tensor) -> Tensor:
     return getattr(model, "visual", model)(images)
 
 
-def _supervised_loss(model: nn.Module, head: nn.Module, images: Tensor, labels: Tensor, c: AdapterTrainConfig) -> Tensor:
-    feats = _embed(model, images).float()
-    if c.normalize_features:
-        feats = l2_normalize(feats)
-    return F.cross_entropy(head(feats), labels)
-
-
 def _teacher_source(params: dict[str, nn.Parameter], head: nn.Module) -> dict[str, Tensor]:
     return {**{f"visual.{k}": v for k, v in params.items()}, **{f"head.{k}": v for k, v in head.named_parameters()}}
-
-
-def _dino_student_loss(model, head, adapters, params, teacher, center, views: list[Tensor], c: AdapterTrainConfig):
-    from torch.func import functional_call
-
-    b = views[0].shape[0]
-    student = head(_embed(model, torch.cat(views)).float()).view(len(views), b, -1)
-    visual = getattr(model, "visual", model)
-    with torch.no_grad():
-        for a in adapters:
-            a.eval()  # the teacher runs without dropout
-        t_visual = {k[len("visual."):]: v for k, v in teacher.items() if k.startswith("visual.")}
-        t_head = {k[len("head."):]: v for k, v in teacher.items() if k.startswith("head.")}
-        feats = functional_call(visual, t_visual, (torch.cat(views[:2]),)).float()
-        teacher_out = functional_call(head, t_head, (feats,)).view(2, b, -1)
-        for a in adapters:
-            a.train()
-    loss = dino_loss(student, teacher_out, center, student_temp=c.student_temp, teacher_temp=c.teacher_temp)
-    return loss, teacher_out
-
-
-@torch.no_grad()
-def _update_teacher(teacher: dict[str, Tensor], params, head, step: int, planned: int, c: AdapterTrainConfig) -> None:
-    """EMA of the student into the teacher; momentum follows DINO's cosine schedule from m0 to 1."""
-    m = 1 - (1 - c.teacher_momentum) * (math.cos(math.pi * step / planned) + 1) / 2
-    for k, v in _teacher_source(params, head).items():
-        teacher[k].mul_(m).add_(v.detach(), alpha=1 - m)
 
 
 def _write_log(out_dir: Path, losses: list[float], c: AdapterTrainConfig, total: int) -> None:

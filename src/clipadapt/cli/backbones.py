@@ -17,7 +17,7 @@ from clipadapt.cli._conventions import (
 from clipadapt.errors import ConfigError
 
 if TYPE_CHECKING:  # torch-backed: imported where used, so building the parser stays torch-free
-    from clipadapt.eval import synergy as syn
+    from clipadapt.eval.synergy import SynergyReport
 
 COMMAND = "backbones"
 HELP = "multi-backbone evaluation: oracle, agreement, normalisation study, ensembles, Neural Logit Controller, cost"
@@ -25,10 +25,6 @@ EXAMPLES = """
 clipadapt backbones --features feats-rn50/ feats-vitb32/ feats-vitb16/ --out runs/synergy
 clipadapt backbones --models RN50@openai,ViT-B-32@openai --dataset coop:oxford_pets:/data/pets --shots 16 --out runs/pets
 """
-
-HELDOUT_FIX = ("Fit the combiners on train images instead: --val-from-train K (alias of --shots K: K images per class "
-               "from --train-split), or name a disjoint --heldout-split.")
-TRAIN_FIX = "The training split contains test images: give a dataset whose train and test differ, or --no-normalisation-study."
 
 COST_METRICS = {"gflops": ("gflops_per_image", "GFLOPs per image"), "ms": ("ms_per_image", "ms per image"),
                 "params": ("params_image_M", "image-tower parameters (M)")}
@@ -74,86 +70,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 # ----------------------------------------------------------------------------------------- inputs
-def _from_logits(args: argparse.Namespace) -> tuple[list[str], syn.ScoreSet, syn.ScoreSet | None]:
-    from clipadapt.eval import synergy as syn
-    from clipadapt.eval import synergy_inputs as inputs
-    from clipadapt.eval.protocol import check_disjoint
-
-    if not args.labels:
-        raise ConfigError("--logits needs --labels (the (N,) labels of the evaluated samples)")
-    logits, labels = inputs.load_logit_set(args.logits, args.labels, "evaluated")
-    heldout = None
-    if args.heldout_logits:
-        if len(args.heldout_logits) != len(args.logits):
-            raise ConfigError(f"--heldout-logits lists {len(args.heldout_logits)} files for {len(args.logits)} backbones")
-        if not args.heldout_labels:
-            raise ConfigError("--heldout-logits needs --heldout-labels")
-        h_logits, h_labels = inputs.load_logit_set(args.heldout_logits, args.heldout_labels, "held-out")
-        for path, held, evaluated in zip(args.heldout_logits, h_logits, logits):
-            check_disjoint(held[:], evaluated[:], selection_name=f"held-out ({path})", test_name="evaluated",
-                           purpose="fitting the combiners", fix="Give held-out logits of other images than the evaluated ones.")
-        h_emb = inputs.load_embedding_set(args.heldout_embeddings, len(h_logits), h_logits[0].shape[0], "held-out")
-        heldout = syn.ScoreSet(logits=h_logits, labels=h_labels, embeddings=h_emb)
-    names = args.names or [Path(p).stem for p in args.logits]
-    if len(names) != len(logits):
-        raise ConfigError(f"--names lists {len(names)} names for {len(logits)} logits files")
-    emb = inputs.load_embedding_set(args.embeddings, len(logits), logits[0].shape[0], "evaluated")
-    return names, syn.ScoreSet(logits=logits, labels=labels, embeddings=emb), heldout
-
-
-def _feature_sets(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
+def _feature_sets(args: argparse.Namespace) -> tuple[dict, dict[str, str], list[int] | None]:
+    """(feature sets, unusable backbones, the few-shot training rows drawn before extraction or None)."""
     from clipadapt.eval import synergy_inputs as inputs
 
     if args.features:
-        return inputs.load_feature_dirs(args.features), {}
+        return inputs.load_feature_dirs(args.features), {}, None
     if not args.dataset:
         raise ConfigError("--models needs --dataset")
     splits, indices = inputs.plan_dataset_splits(args.dataset, args.split, heldout_split=args.heldout_split,
                                                  train_split=args.train_split, shots=args.shots, seed=args.seed)
     kwargs = {"cache_dir": args.cache_dir, "device": args.device, "batch_size": args.batch_size}
     if indices:
-        kwargs["indices"] = indices
-        args.heldout_indices = indices[args.train_split]  # the training split below holds exactly these rows
+        kwargs["indices"] = indices  # the training split is extracted as exactly these rows
     loaded = inputs.load_model_backbones(args.models, args.dataset, splits, **kwargs)
-    return loaded.feature_sets, loaded.unavailable
-
-
-def _heldout(args: argparse.Namespace, fsets: dict) -> tuple[syn.ScoreSet | None, str]:
-    from clipadapt.eval import synergy as syn
-    from clipadapt.eval import synergy_inputs as inputs
-
-    first = next(iter(fsets.values()))
-    if args.shots:
-        syn.check_aligned_feature_sets(fsets, args.train_split)
-        _check_split(fsets, args.train_split, args.split, "fitting the combiners (few-shot held-out)", TRAIN_FIX)
-        desc = f"{args.shots} shots per class from '{args.train_split}' (seed {args.seed})"
-        if args.models:  # extracted as the K-shot subset already (plan_dataset_splits)
-            return syn.zero_shot_scores(fsets, args.train_split), desc
-        idx = inputs.few_shot_indices(first.split(args.train_split).labels(args.train_split), args.shots, args.seed,
-                                      first.classnames)
-        subset = {k: _with_split(fs, "heldout", fs.split(args.train_split).subset(idx)) for k, fs in fsets.items()}
-        args.heldout_indices = idx.tolist()  # published in results.json: the exact few-shot draw
-        return syn.zero_shot_scores(subset, "heldout"), desc
-    if all(fs.has_split(args.heldout_split) for fs in fsets.values()) and args.heldout_split != args.split:
-        syn.check_aligned_feature_sets(fsets, args.heldout_split)
-        _check_split(fsets, args.heldout_split, args.split, "fitting the combiners", HELDOUT_FIX)
-        return syn.zero_shot_scores(fsets, args.heldout_split), f"split '{args.heldout_split}'"
-    return None, "none (only the static combiners run)"
-
-
-def _check_split(fsets: dict, selection: str, test: str, purpose: str, fix: str) -> None:
-    """ProtocolError when split `selection` shares images with the evaluated split `test` (any backbone)."""
-    from clipadapt.eval.protocol import check_disjoint
-
-    for name, fs in fsets.items():
-        check_disjoint(fs.split(selection), fs.split(test), selection_name=selection, test_name=test,
-                       dataset=f"{fs.meta.get('dataset') or fs.source or name}", purpose=purpose, fix=fix)
-
-
-def _with_split(fs: Any, name: str, split: Any) -> Any:
-    from clipadapt.features.featureset import FeatureSet
-
-    return FeatureSet(classnames=fs.classnames, text=fs.text, splits={name: split}, meta=fs.meta, source=fs.source)
+    return loaded.feature_sets, loaded.unavailable, indices[args.train_split] if indices else None
 
 
 def _costs(args: argparse.Namespace, names: list[str], model_ids: list[str | None]) -> tuple[dict | None, str, list]:
@@ -163,12 +94,12 @@ def _costs(args: argparse.Namespace, names: list[str], model_ids: list[str | Non
         return dict(zip(names, args.costs)), "given cost", []
     if args.cost == "none" or any(m is None for m in model_ids):
         return None, "backbones run", []
-    from clipadapt.eval import synergy as syn
+    from clipadapt.eval.synergy_cost import model_cost
 
     key, label = COST_METRICS[args.cost]
     device = args.device or "cpu"
     try:
-        measured = [syn.model_cost(m, device=device, measure_time=args.cost == "ms") for m in model_ids]
+        measured = [model_cost(m, device=device, measure_time=args.cost == "ms") for m in model_ids]
     except ConfigError as e:
         print(f"note: cost not measured ({e}); the cost axis counts backbones")
         return None, "backbones run", []
@@ -177,7 +108,9 @@ def _costs(args: argparse.Namespace, names: list[str], model_ids: list[str | Non
 
 # ----------------------------------------------------------------------------------------- run
 def run(args: argparse.Namespace) -> int:
-    from clipadapt.eval import synergy as syn
+    from clipadapt.eval import synergy_inputs as inputs
+    from clipadapt.eval.synergy import evaluate_synergy
+    from clipadapt.eval.synergy_norm import normalisation_study
 
     modes = [bool(args.features), bool(args.models), bool(args.logits)]
     if sum(modes) != 1:
@@ -185,38 +118,42 @@ def run(args: argparse.Namespace) -> int:
     unavailable: dict[str, str] = {}
     extra: dict[str, Any] = {}
     norm_rows: list[dict] = []
-    cost_rows: list[dict] = []
     if args.logits:
-        names, test, heldout = _from_logits(args)
-        classnames, model_ids, heldout_desc = None, [None] * len(names), "given" if heldout else "none"
+        names, test, held = inputs.load_logit_scores(
+            args.logits, args.labels, names=args.names, embeddings=args.embeddings, heldout_logits=args.heldout_logits,
+            heldout_labels=args.heldout_labels, heldout_embeddings=args.heldout_embeddings)
+        heldout = inputs.HeldOut(held, "given" if held else "none")
+        classnames, model_ids = None, [None] * len(names)
     else:
-        fsets, unavailable = _feature_sets(args)
+        fsets, unavailable, drawn = _feature_sets(args)
         if len(fsets) < 2:
             raise ConfigError(f"need at least 2 backbones, got {len(fsets)}")
-        syn.check_aligned_feature_sets(fsets, args.split)
+        inputs.check_aligned_feature_sets(fsets, args.split)
         names = list(fsets)
         classnames = next(iter(fsets.values())).classnames
-        test = syn.zero_shot_scores(fsets, args.split)
-        heldout, heldout_desc = _heldout(args, fsets)
+        test = inputs.zero_shot_scores(fsets, args.split)
+        heldout = inputs.select_heldout(fsets, split=args.split, heldout_split=args.heldout_split,
+                                        train_split=args.train_split, shots=args.shots, seed=args.seed, drawn=drawn)
         model_ids = list(fsets) if args.models else [fs.meta.get("model") for fs in fsets.values()]
         if not args.no_normalisation_study:
             if all(fs.has_split(args.train_split) for fs in fsets.values()):  # same name = same rows: refused too
-                _check_split(fsets, args.train_split, args.split, "training the normalisation study's probes", TRAIN_FIX)
-            norm_rows = syn.normalisation_study(fsets, eval_split=args.split, train_split=args.train_split,
-                                                probe_max_iter=args.probe_max_iter, seed=args.seed)
+                inputs.check_splits_disjoint(fsets, args.train_split, args.split,
+                                             "training the normalisation study's probes", inputs.TRAIN_FIX)
+            norm_rows = normalisation_study(fsets, eval_split=args.split, train_split=args.train_split,
+                                            probe_max_iter=args.probe_max_iter)
         extra["features"] = {k: fs.describe() for k, fs in fsets.items()}
     if unavailable:
         print(f"unusable backbones: {', '.join(unavailable)}; continuing with: {', '.join(names)}")
     costs, cost_label, cost_rows = _costs(args, names, model_ids)
     nlc_kwargs = {"max_epochs": args.nlc_max_epochs, "lr": args.nlc_lr, "batch_size": args.nlc_batch_size,
                   "seed": args.seed}
-    report = syn.evaluate_synergy(names, test, heldout=heldout, classnames=classnames, costs=costs,
-                                  cost_label=cost_label, thresholds=args.thresholds, chunk_rows=args.chunk_rows,
-                                  nlc_kwargs=nlc_kwargs)
+    report = evaluate_synergy(names, test, heldout=heldout.scores, classnames=classnames, costs=costs,
+                              cost_label=cost_label, thresholds=args.thresholds, chunk_rows=args.chunk_rows,
+                              nlc_kwargs=nlc_kwargs)
     report.tables["normalisation"] = norm_rows
     report.tables["cost"] = cost_rows
-    results = {**report.results, "heldout": heldout_desc, "unavailable_backbones": unavailable,
-               "usable_backbones": names, "heldout_indices": getattr(args, "heldout_indices", None),
+    results = {**report.results, "heldout": heldout.description, "unavailable_backbones": unavailable,
+               "usable_backbones": names, "heldout_indices": heldout.indices,
                "normalisation_study": norm_rows, "cost_measurements": cost_rows, **extra}
     _write(args.out, report, results, _provenance(args, names))
     _print_summary(report, results)
@@ -238,7 +175,7 @@ def _feature_models(dirs: list[Path]) -> list[str | None]:
     return [read_meta(Path(d)).get("model") for d in dirs]
 
 
-def _write(out: Path, report: syn.SynergyReport, results: dict, provenance: dict) -> None:
+def _write(out: Path, report: SynergyReport, results: dict, provenance: dict) -> None:
     from clipadapt.fileio import atomic_write_bytes
     from clipadapt.report.synergy_plots import accuracy_vs_cost, heatmap  # matplotlib: only when plotting
     from clipadapt.report.tables import markdown_table, write_table
@@ -271,7 +208,7 @@ def _summary_rows(results: dict) -> list[dict[str, Any]]:
     return rows
 
 
-def _print_summary(report: syn.SynergyReport, results: dict) -> None:
+def _print_summary(report: SynergyReport, results: dict) -> None:
     from clipadapt.report.tables import markdown_table
 
     print(markdown_table(_summary_rows(results)), end="")

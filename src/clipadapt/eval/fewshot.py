@@ -37,9 +37,15 @@ from clipadapt.methods.zeroshot import ZeroShotClassifier
 
 log = logging.getLogger(__name__)
 
-METHODS = ("zeroshot", "tip", "tip-f", "tipx", "tip++", "tipx++")
-ADAPTED_METHODS = ("tip++", "tipx++")
-GRID_FAMILY = {"tip": "tip", "tip-f": "tip", "tip++": "tip", "tipx": "tipx", "tipx++": "tipx"}
+METHOD_TABLE: dict[str, tuple[type, str | None, bool]] = {  # name: (estimator, grid family, on adapted features)
+    "zeroshot": (ZeroShotClassifier, None, False),
+    "tip": (TipAdapter, "tip", False),
+    "tip-f": (TipAdapterF, "tip", False),
+    "tipx": (TipX, "tipx", False),
+    "tip++": (TipAdapter, "tip", True),
+    "tipx++": (TipX, "tipx", True),
+}
+METHODS = tuple(METHOD_TABLE)
 DEFAULT_GRIDS = {"tip": TIP_GRID, "tipx": TIPX_GRID}
 
 
@@ -83,16 +89,16 @@ class FewShotConfig:
 
     @property
     def needs_adapted(self) -> bool:
-        return any(m in ADAPTED_METHODS for m in self.methods)
+        return any(METHOD_TABLE[m][2] for m in self.methods)
 
     def grid(self, method: str) -> dict[str, list[float]]:
-        family = GRID_FAMILY[method]
+        family = METHOD_TABLE[method][1]
         base = grid_preset(self.grid_preset)[family].grid if self.grid_preset else DEFAULT_GRIDS[family]
         return resolve_grid(base, self.grids.get(family, {}))
 
     def search_options(self, method: str) -> dict[str, Any]:
         """`order` (the preset's loop nesting, or the default) and `tie_break` for the search functions."""
-        order = grid_preset(self.grid_preset)[GRID_FAMILY[method]].order if self.grid_preset else None
+        order = grid_preset(self.grid_preset)[METHOD_TABLE[method][1]].order if self.grid_preset else None
         return {"order": order, "tie_break": self.tie_break}
 
 
@@ -278,28 +284,26 @@ def fit_and_predict(
     seed: int,
     adapted: tuple[FeatureSplit, FeatureSplit, Tensor] | None = None,
 ) -> Prediction:
-    """Fit `method` on the cache rows, choose its hyper-parameters on val, predict test. Sees no test labels."""
-    if method == "zeroshot":
-        model = ZeroShotClassifier().fit(text)
+    """Fit `method` (a METHOD_TABLE name) on the cache rows, choose its hyper-parameters on val, predict test.
+    Sees no test labels. `adapted`: (train, val, test features) through the IMO adapter, for TA++/TX++."""
+    estimator, family, _ = METHOD_TABLE[method]
+    if family is None:  # zero-shot: no cache, nothing to search
+        model = estimator().fit(text)
         val_acc = topk_accuracy(model.predict_logits(val.image), val.labels("val"), (1,))["top1"]
-        return Prediction(model.predict_logits(test_features), {"logit_scale": model.logit_scale}, val_acc)
+        return Prediction(model.predict_logits(test_features), model.get_params(), val_acc)
     assert train is not None
     keys, key_labels = train.image, train.labels("train")
     grid = config.grid(method)
     a_train, a_val, a_test = adapted if adapted is not None else (None, None, None)
-    extra: dict[str, Any] = {}
-    if method in ("tip", "tip++"):
-        model = TipAdapter().fit(keys, key_labels, text, adapted_keys=a_train.image if a_train else None)
-    elif method == "tip-f":
+    if estimator is TipAdapterF:  # fine-tunes its keys, the epoch chosen on val
         model = TipAdapterF(epochs=config.tipf_epochs, seed=seed).fit(
             keys, key_labels, text, val_features=val.image, val_labels=val.labels("val")
         )
-        extra = {"best_epoch": model.best_epoch_, "epochs": config.tipf_epochs}
     else:
-        model = TipX().fit(keys, key_labels, text, adapted_keys=a_train.image if a_train else None)
+        model = estimator().fit(keys, key_labels, text, adapted_keys=a_train.image if a_train else None)
     a_val_image = a_val.image if a_val is not None else None
     options = config.search_options(method)
-    if isinstance(model, TipX):
+    if family == "tipx":
         result = search_tip_x(model, val.image, val.labels("val"), alphas=grid["alpha"], betas=grid["beta"],
                               gammas=grid["gamma"], adapted_val_features=a_val_image, chunk_size=config.chunk_size,
                               **options)
@@ -310,7 +314,8 @@ def fit_and_predict(
     logits = best.predict_logits(test_features, a_test)
     found = result.to_dict()
     searched = {key: found[key] for key in ("grid_size", "n_tied", "tie_break", "order")}
-    return Prediction(logits, {**result.best, **extra, **searched}, result.best_accuracy)
+    extra = {"best_epoch": model.best_epoch_} if estimator is TipAdapterF else {}
+    return Prediction(logits, {**best.get_params(), **extra, **searched}, result.best_accuracy)
 
 
 # ------------------------------------------------------------------------------------------------ protocol
@@ -329,10 +334,6 @@ def _to(split: FeatureSplit, device: torch.device | str | None) -> FeatureSplit:
 VAL_FIX = ("Draw validation from train instead: --val-from-train N (library: FewShotConfig(val_from_train=N)) takes N "
            "train images per class per seed, disjoint from that seed's shots.")
 CACHE_FIX = "The train split itself contains test images: give a dataset whose train and test differ."
-
-
-def _guard(selection: FeatureSplit, test: FeatureSplit, name: str, dataset: str | None, purpose: str, fix: str) -> None:
-    check_disjoint(selection, test, selection_name=name, dataset=dataset, purpose=purpose, fix=fix)
 
 
 def validation_indices(train_labels: Tensor, shot_lists: dict[int, list[int]], per_class: int, seed: int, *,
@@ -365,12 +366,14 @@ class _Validation:
                     val = self.source.eval_split("val")
                 except FeatureDirError as e:
                     raise FeatureDirError(f"{e}; or validate on train rows: --val-from-train N") from e
-                _guard(val, self.test, "val", self.dataset, "the hyper-parameter search", VAL_FIX)
+                check_disjoint(val, self.test, selection_name="val", dataset=self.dataset,
+                               purpose="the hyper-parameter search", fix=VAL_FIX)
                 a_val = self.source.eval_split("val", adapted=True) if adapted else None
             else:
                 val = self.source.train_eval_rows(indices)
-                _guard(val, self.test, f"val (--val-from-train {self.config.val_from_train}, from train)",
-                       self.dataset, "the hyper-parameter search", CACHE_FIX)
+                name = f"val (--val-from-train {self.config.val_from_train}, from train)"
+                check_disjoint(val, self.test, selection_name=name, dataset=self.dataset,
+                               purpose="the hyper-parameter search", fix=CACHE_FIX)
                 a_val = self.source.train_eval_rows(indices, adapted=True) if adapted else None
             self._by_seed[key] = (_to(val, self.device), _to(a_val, self.device) if a_val is not None else None)
         return self._by_seed[key]
@@ -492,7 +495,8 @@ class _Jobs:
     def _cache_rows(self, idx: list[int], seed: int) -> tuple[FeatureSplit, FeatureSplit | None]:
         """The cache's train rows (checked against test) and, for TA++/TX++, their adapted twins."""
         train = _to(self.source.train_rows(idx, seed), self.device)
-        _guard(train, self.test, "train", self.validation.dataset, "the Tip-Adapter cache", CACHE_FIX)
+        check_disjoint(train, self.test, selection_name="train", dataset=self.validation.dataset,
+                       purpose="the Tip-Adapter cache", fix=CACHE_FIX)
         adapted = _to(self.source.train_rows(idx, seed, adapted=True), self.device) if self.config.needs_adapted else None
         return train, adapted
 
@@ -504,11 +508,11 @@ class _Jobs:
             if key not in self.zero_shot:
                 self.zero_shot[key] = fit_and_predict(method, self.config, self.text, None, val, self.test.image, seed=seed)
             return self.zero_shot[key]
-        if method in ADAPTED_METHODS:
+        adapted = None
+        if METHOD_TABLE[method][2]:
             assert self.adapted_test is not None and adapted_train is not None and adapted_val is not None
-            return fit_and_predict(method.rstrip("+"), self.config, self.text, train, val, self.test.image, seed=seed,
-                                   adapted=(adapted_train, adapted_val, self.adapted_test.image))
-        return fit_and_predict(method, self.config, self.text, train, val, self.test.image, seed=seed)
+            adapted = (adapted_train, adapted_val, self.adapted_test.image)
+        return fit_and_predict(method, self.config, self.text, train, val, self.test.image, seed=seed, adapted=adapted)
 
 
 def summarize(runs: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:

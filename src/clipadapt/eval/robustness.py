@@ -64,7 +64,7 @@ def run_robustness(source: Any, config: Any, variants: list[Variant], *, progres
     """{'runs': one row per (method, shots, seed, variant) incl. 'imagenet' itself, 'summary'} for a FewShotSource."""
     from tqdm import tqdm
 
-    from clipadapt.eval.fewshot import ADAPTED_METHODS, fit_and_predict, sample_shots, summarize, validation_indices
+    from clipadapt.eval.fewshot import METHOD_TABLE, fit_and_predict, sample_shots, summarize, validation_indices
 
     if config.val_from_train is None:
         raise ConfigError("robustness validates on ImageNet train rows: give val_from_train (--val-from-train N); "
@@ -89,8 +89,8 @@ def run_robustness(source: Any, config: Any, variants: list[Variant], *, progres
         a_train = source.train_rows(shot_lists[shots], seed, adapted=True) if config.needs_adapted else None
         for method in config.methods:
             for v in [imagenet, *variants]:
-                adapted = (a_train, a_val, v.adapted_test.image) if method in ADAPTED_METHODS else None
-                pred = fit_and_predict(method.rstrip("+") if adapted else method, config, source.text,
+                adapted = (a_train, a_val, v.adapted_test.image) if METHOD_TABLE[method][2] else None
+                pred = fit_and_predict(method, config, source.text,
                                        None if method == "zeroshot" else train, val, v.test.image, seed=seed,
                                        adapted=adapted)
                 runs.append({"method": method, "shots": shots, "seed": seed, "dataset": v.name,

@@ -39,6 +39,7 @@ from clipadapt.constants import (  # re-exported; defined there so the CLI parse
     THEORY_LAMBDA,  # noqa: F401
 )
 from clipadapt.errors import ConfigError
+from clipadapt.methods._params import Params
 from clipadapt.ops import CLIP_LOGIT_SCALE, check_is_fitted, check_same_dim, l2_normalize, pool_views, prompt_ensemble
 
 Task = Literal["classification", "retrieval", "caption"]
@@ -72,7 +73,7 @@ def draw_samples(x: Tensor, n_samples: int | None, generator: torch.Generator, w
     return x[torch.randperm(n, generator=generator)[:n_samples].to(x.device)]
 
 
-class DistributionNormalizer:
+class DistributionNormalizer(Params):
     """Test-time Distribution Normalization of CLIP scores (docs/methods.md §2); see the module docstring."""
 
     def __init__(
@@ -186,9 +187,8 @@ class DistributionNormalizer:
 
     def describe(self) -> dict:
         """Hyper-parameters and sample counts for a results file."""
-        out = {"lambda": self.lam, "n_samples": self.n_samples, "seed": self.seed, "task": self.task}
-        if self.task == "classification":
-            out["text_mean"] = self.text_mean
+        shown = {"lam", "n_samples", "seed", "task"} | ({"text_mean"} if self.task == "classification" else set())
+        out = {("lambda" if k == "lam" else k): v for k, v in self.get_params().items() if k in shown}
         if hasattr(self, "n_image_samples_"):
             out.update(n_image_samples=self.n_image_samples_, n_text_samples=self.n_text_samples_)
         return out

@@ -8,23 +8,21 @@ in the same sample order:
 
 What `predict_logits` returns (documented per class) is always a score whose row-wise argmax is the combined
 prediction; where the combination is a probability, the log of that probability is returned so that
-`softmax(predict_logits(...))` is the combined distribution.
-
-`predict_streaming` applies any fitted combiner to logits that do not fit in memory together
-(e.g. memory-mapped `.npy` files), `chunk_rows` rows at a time: peak memory is O(B · chunk_rows · C) plus the
-(N, C) output, never O(B · N · C).
+`softmax(predict_logits(...))` is the combined distribution. Static combiners learn nothing: they predict
+without `fit` (`requires_fit = False`). Streaming memory-mapped logits chunk by chunk is eval/synergy_combiners.py's.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from clipadapt.errors import ConfigError
+from clipadapt.methods._params import Params
 from clipadapt.ops import check_is_fitted
 
 LogitsList = Sequence[Tensor]
@@ -75,11 +73,6 @@ def check_labels(labels: Tensor, n: int, num_classes: int, what: str = "logits")
         )
 
 
-def entropy(log_probs: Tensor) -> Tensor:
-    """Row-wise Shannon entropy (nats) of log-probabilities (..., C) -> (...)."""
-    return -(log_probs.exp() * log_probs).sum(dim=-1)
-
-
 def fit_temperature(logits: Tensor, labels: Tensor, *, max_iter: int = 100) -> float:
     """Temperature T > 0 minimising the NLL of softmax(logits / T) on labelled data (Guo et al. 2017).
 
@@ -100,27 +93,30 @@ def fit_temperature(logits: Tensor, labels: Tensor, *, max_iter: int = 100) -> f
 
 
 # ----------------------------------------------------------------------------------------- base
-class _Combiner:
-    """Shared fit/validation: remembers B and C so predicting on other shapes is a clear error."""
+class _Combiner(Params):
+    """Shared fit/validation: remembers B and C so predicting on other shapes is a clear error. Static combiners
+    (`requires_fit = False`) predict unfitted too; fitting them only pins B and C."""
 
     needs_labels = False
+    requires_fit = False
 
     def fit(self, logits: LogitsList, labels: Tensor | None = None) -> _Combiner:
         if self.needs_labels and labels is None:
             raise ConfigError(f"{type(self).__name__}.fit needs the held-out labels")
         check_logits_list(logits, labels, what="held-out logits")
+        self._fit(list(logits), labels)
         self.num_backbones_ = len(logits)
         self.num_classes_ = int(logits[0].shape[1])
-        self._fit(list(logits), labels)
         return self
 
     def _fit(self, logits: list[Tensor], labels: Tensor | None) -> None:
-        """Learn the parameters (static combiners learn nothing)."""
+        """Validate the hyper-parameters and learn (static combiners learn nothing)."""
 
     def predict_logits(self, logits: LogitsList) -> Tensor:
-        check_is_fitted(self, "num_backbones_")
+        if self.requires_fit:
+            check_is_fitted(self, "num_backbones_")
         check_logits_list(logits)
-        if len(logits) != self.num_backbones_ or logits[0].shape[1] != self.num_classes_:
+        if hasattr(self, "num_backbones_") and (len(logits) != self.num_backbones_ or logits[0].shape[1] != self.num_classes_):
             raise ConfigError(
                 f"{type(self).__name__} was fitted on {self.num_backbones_} backbones × {self.num_classes_} classes "
                 f"but got {len(logits)} backbones × {logits[0].shape[1]} classes"
@@ -179,7 +175,6 @@ class _SelectBackbone(_Combiner):
 
     def selected_backbone(self, logits: LogitsList) -> Tensor:
         """(N,) index of the backbone chosen for each sample."""
-        check_is_fitted(self, "num_backbones_")
         log_p = torch.stack([z.float().log_softmax(-1) for z in logits])
         return self._scores(log_p).argmax(0)
 
@@ -195,7 +190,7 @@ class MinEntropy(_SelectBackbone):
     """Per sample, the backbone whose softmax distribution has the lowest entropy."""
 
     def _scores(self, log_p: Tensor) -> Tensor:
-        return -entropy(log_p)
+        return (log_p.exp() * log_p).sum(dim=-1)  # minus the Shannon entropy
 
 
 # ----------------------------------------------------------------------------------------- fitted
@@ -206,14 +201,14 @@ class TemperatureScaledMean(_Combiner):
     temperatures, so the two are directly comparable. `average="probs"`: `log((1/B) Σ_b softmax(z_b / T_b))`.
     """
 
-    needs_labels = True
+    needs_labels = requires_fit = True
 
     def __init__(self, *, average: str = "logits", max_iter: int = 100):
-        if average not in ("logits", "probs"):
-            raise ConfigError(f"average must be 'logits' or 'probs', got {average!r}")
         self.average, self.max_iter = average, max_iter
 
     def _fit(self, logits: list[Tensor], labels: Tensor | None) -> None:
+        if self.average not in ("logits", "probs"):
+            raise ConfigError(f"average must be 'logits' or 'probs', got {self.average!r}")
         self.temperatures_ = torch.tensor([fit_temperature(z, labels, max_iter=self.max_iter) for z in logits])  # CPU floats
 
     def _combine(self, logits: list[Tensor]) -> Tensor:
@@ -231,7 +226,7 @@ class Stacking(_Combiner):
     Returns `log p`. `weights_` holds w (sums to 1).
     """
 
-    needs_labels = True
+    needs_labels = requires_fit = True
 
     def __init__(self, *, temperature_scale: bool = True, max_iter: int = 200):
         self.temperature_scale, self.max_iter = temperature_scale, max_iter
@@ -275,55 +270,3 @@ COMBINERS: dict[str, type[_Combiner]] = {
     "stacking": Stacking,
 }
 """Every logits-only combiner by name (the Neural Logit Controller also needs embeddings: logit_controller.py)."""
-
-
-# ----------------------------------------------------------------------------------------- streaming
-def iter_row_chunks(n: int, chunk_rows: int) -> Iterator[slice]:
-    """Consecutive row slices of at most `chunk_rows` rows covering [0, n)."""
-    if chunk_rows < 1:
-        raise ConfigError(f"chunk_rows must be >= 1, got {chunk_rows}")
-    for start in range(0, n, chunk_rows):
-        yield slice(start, min(start + chunk_rows, n))
-
-
-def as_float_tensor(block: np.ndarray | Tensor) -> Tensor:
-    if isinstance(block, Tensor):
-        return block.float()
-    return torch.from_numpy(np.array(block, dtype=np.float32))  # a copy: memmap slices are read-only
-
-
-def check_array_list(arrays: Sequence[np.ndarray | Tensor], names: Sequence[str] | None = None) -> tuple[int, int]:
-    """`check_logits_list` under its earlier name (callers in eval/synergy*): same checks, same message."""
-    return check_logits_list(arrays, names=names)
-
-
-def predict_streaming(
-    combiner: _Combiner,
-    logits: Sequence[np.ndarray | Tensor],
-    *,
-    chunk_rows: int = 1024,
-    out: np.ndarray | None = None,
-) -> np.ndarray:
-    """Apply a fitted combiner chunk by chunk; returns (N, C) float32 (written into `out` when given).
-
-    `logits` may be memory-mapped arrays (`np.load(path, mmap_mode="r")`): only `chunk_rows` rows of each
-    backbone are read at a time.
-    """
-    n, c = check_logits_list(logits)
-    if out is None:
-        out = np.empty((n, c), dtype=np.float32)
-    elif tuple(out.shape) != (n, c):
-        raise ConfigError(f"out has shape {tuple(out.shape)}, expected {(n, c)}")
-    for rows in iter_row_chunks(n, chunk_rows):
-        out[rows] = combiner.predict_logits([as_float_tensor(z[rows]) for z in logits]).numpy()
-    return out
-
-
-def predictions_streaming(logits: Sequence[np.ndarray | Tensor], *, chunk_rows: int = 1024) -> Tensor:
-    """(B, N) argmax class of every backbone, read chunk by chunk (what the oracle/agreement analyses need)."""
-    n, _ = check_logits_list(logits)
-    preds = torch.empty(len(logits), n, dtype=torch.long)
-    for rows in iter_row_chunks(n, chunk_rows):
-        for b, z in enumerate(logits):
-            preds[b, rows] = as_float_tensor(z[rows]).argmax(1)
-    return preds

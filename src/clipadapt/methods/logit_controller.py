@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from clipadapt.errors import ConfigError
+from clipadapt.methods._params import Params
 from clipadapt.methods.ensembles import check_logits_list
 from clipadapt.ops import check_is_fitted, l2_normalize
 
@@ -26,7 +27,7 @@ def _inverse_softplus(y: float) -> float:
     return y + math.log(-math.expm1(-y))
 
 
-class NeuralLogitController:
+class NeuralLogitController(Params):
     """MLP on concatenated embeddings -> positive temperature per backbone per sample; `z = Σ_b z_b / τ_b(x)`.
 
     Hyper-parameters (keyword-only): `hidden` width (128), `lr` (2e-4), `weight_decay` (0.01, Adam's L2 term),
@@ -52,8 +53,6 @@ class NeuralLogitController:
         min_temperature: float = 1e-2,
         seed: int = 0,
     ):
-        if not 0.0 < val_fraction < 1.0:
-            raise ConfigError(f"val_fraction must be in (0, 1), got {val_fraction}")
         self.hidden, self.lr, self.weight_decay = hidden, lr, weight_decay
         self.max_epochs, self.batch_size, self.val_fraction, self.patience = max_epochs, batch_size, val_fraction, patience
         self.normalize, self.init_temperature, self.min_temperature, self.seed = (
@@ -61,9 +60,10 @@ class NeuralLogitController:
         )
 
     # ------------------------------------------------------------------------------------- inputs
-    def _inputs(self, embeddings: Sequence[Tensor], logits: Sequence[Tensor], what: str) -> tuple[Tensor, Tensor]:
-        """(N, ΣD) controller input and (B, N, C) logits, with shape checks naming the backbone."""
-        n, _ = check_logits_list(logits, what=f"{what} logits")
+    def _inputs(self, embeddings: Sequence[Tensor], logits: Sequence[Tensor], what: str,
+                labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(N, ΣD) controller input and (B, N, C) logits, with shape (and label) checks naming the backbone."""
+        n, _ = check_logits_list(logits, labels, what=f"{what} logits")
         if len(embeddings) != len(logits):
             raise ConfigError(f"{what}: {len(embeddings)} embedding tensors for {len(logits)} logits tensors")
         return self._embedding_input(embeddings, n, what), torch.stack([z.float() for z in logits])
@@ -114,8 +114,9 @@ class NeuralLogitController:
     # ------------------------------------------------------------------------------------- estimator
     def fit(self, embeddings: Sequence[Tensor], logits: Sequence[Tensor], labels: Tensor) -> NeuralLogitController:
         """Train on the held-out split: per-backbone embeddings (N, D_b), logits (N, C), labels (N,)."""
-        x, z = self._inputs(embeddings, logits, "held-out")
-        check_logits_list(list(z), labels, what="held-out logits")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        x, z = self._inputs(embeddings, logits, "held-out", labels)
         y = labels.long()
         generator = torch.Generator().manual_seed(self.seed)
         with torch.random.fork_rng(devices=[]):

@@ -11,13 +11,13 @@ TA++ (§5): given adapted keys F̃ and adapted test features f̃, only the cache
 
 from __future__ import annotations
 
-import copy
 import math
 
 import torch
 from torch import Tensor
 
 from clipadapt.errors import ConfigError
+from clipadapt.methods._params import Params
 from clipadapt.ops import (
     CLIP_LOGIT_SCALE,
     check_is_fitted,
@@ -51,7 +51,7 @@ def check_adapted_pair(original: Tensor, adapted: Tensor | None, what: str) -> N
         )
 
 
-class TipAdapter:
+class TipAdapter(Params):
     """Training-free few-shot cache classifier (docs/methods.md §3); TA++ when fitted with `adapted_keys`."""
 
     def __init__(self, *, alpha: float = TIP_ALPHA, beta: float = TIP_BETA, logit_scale: float = CLIP_LOGIT_SCALE):
@@ -109,15 +109,6 @@ class TipAdapter:
         zs = self.zero_shot_logits(features)
         affinity = cache_affinity(self.cache_cosine(features, adapted_features), self.beta)
         return zs + self.alpha * (affinity @ self.values_)
-
-    def with_params(self, **params: float) -> TipAdapter:
-        """A shallow copy with other hyper-parameters (alpha, beta, ...) and the same fitted cache."""
-        clone = copy.copy(self)
-        for name, value in params.items():
-            if not hasattr(self, name) or name.endswith("_"):
-                raise ConfigError(f"{type(self).__name__} has no hyper-parameter '{name}'")
-            setattr(clone, name, value)
-        return clone
 
 
 class TipAdapterF(TipAdapter):

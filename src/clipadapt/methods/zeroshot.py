@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from clipadapt.methods._params import Params
 from clipadapt.ops import CLIP_LOGIT_SCALE, check_is_fitted, check_same_dim, l2_normalize, pool_views, prompt_ensemble
 
 
-class ZeroShotClassifier:
+class ZeroShotClassifier(Params):
     """CLIP's zero-shot classifier over prompt-ensembled class text embeddings."""
 
     def __init__(self, *, logit_scale: float = CLIP_LOGIT_SCALE):
