@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from clipadapt.argtypes import COUNT, NON_NEGATIVE_INT
 from clipadapt.errors import ConfigError
 
 if TYPE_CHECKING:  # torch-backed: imported where used, so building the parser stays torch-free
@@ -22,23 +23,6 @@ def comma_strings(text: str) -> list[str]:
     return values
 
 
-def _comma_numbers(text: str, kind: type, what: str) -> list:
-    try:
-        return [kind(v) for v in comma_strings(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
-
-
-def comma_ints(text: str) -> list[int]:
-    """argparse type: '1,2,4' -> [1, 2, 4]."""
-    return _comma_numbers(text, int, "integers")
-
-
-def comma_floats(text: str) -> list[float]:
-    """argparse type: '0.1,0.25' -> [0.1, 0.25]."""
-    return _comma_numbers(text, float, "numbers")
-
-
 def add_feature_source_arguments(parser: argparse.ArgumentParser) -> None:
     """--features DIR, or --model/--dataset to extract through the cache."""
     src = parser.add_argument_group("features")
@@ -48,8 +32,8 @@ def add_feature_source_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--dataset", help="dataset spec, e.g. coop:oxford_pets:/data/pets, imagefolder:/data/x")
     src.add_argument("--cache-dir", type=Path, default=None, help="feature cache root (default: $CLIPADAPT_CACHE or ~/.cache/clipadapt)")
     src.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    src.add_argument("--batch-size", type=int, default=64)
-    src.add_argument("--num-workers", type=int, default=0, help="DataLoader workers when encoding images")
+    src.add_argument("--batch-size", type=COUNT, default=64)
+    src.add_argument("--num-workers", type=NON_NEGATIVE_INT, default=0, help="DataLoader workers when encoding images")
     src.add_argument("--on-error", choices=["fail", "skip"], default="fail", help="unreadable images when encoding: fail, or skip and record")
     add_file_check_argument(src)
 

@@ -7,6 +7,7 @@ import csv
 import io
 from pathlib import Path
 
+from clipadapt.argtypes import COUNT, NON_NEGATIVE_INT
 from clipadapt.cli._conventions import (
     add_out_argument,
     draws_identical,
@@ -40,8 +41,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model id ARCH@TAG: without --embeddings, the encoder of the images and captions; "
                                         "with --embeddings, recorded in the results as the model that computed them")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers when encoding images")
+    parser.add_argument("--batch-size", type=COUNT, default=64)
+    parser.add_argument("--num-workers", type=NON_NEGATIVE_INT, default=0, help="DataLoader workers when encoding images")
     parser.add_argument("--on-error", choices=["fail", "skip"], default="fail",
                         help="unreadable images: fail, or skip them and drop their judgments (listed in the results JSON)")
     parser.add_argument("--dn-pool", type=Path,
@@ -80,9 +81,8 @@ def _int(value: str, path: Path, line: int, column: str, n: int) -> int:
 
 def _from_embeddings(args: argparse.Namespace, rows: list[dict]) -> tuple:
     """(image, caption, references, DN pool, rows, skipped images) from the row indices into --embeddings."""
-    from clipadapt.features.io import _require, load_tensors
-
     from clipadapt.builtin import caption_tensors, is_builtin
+    from clipadapt.features.io import _require, load_tensors
 
     tensors = caption_tensors(args.embeddings) if is_builtin(args.embeddings) else load_tensors(args.embeddings)
     image_all = _require(tensors, "image", args.embeddings).float()
