@@ -100,6 +100,7 @@ def _from_embeddings(args: argparse.Namespace, rows: list[dict]) -> tuple:
 def _from_images(args: argparse.Namespace, rows: list[dict]) -> tuple:
     """(image, caption, references, DN pool, rows, skipped images), encoding the CSV's images and captions.
     With --on-error skip, the judgments of unreadable images are left out of the returned rows."""
+    from clipadapt.data import path_under
     from clipadapt.encoders import load_encoder
     from clipadapt.features.caption_data import encode_captions, encode_image_files
 
@@ -107,7 +108,8 @@ def _from_images(args: argparse.Namespace, rows: list[dict]) -> tuple:
         raise ConfigError("without --embeddings, give --image-root and --model to encode the CSV's images and captions")
     encoder = load_encoder(args.model, device=args.device)
     images = sorted({r["image"] for r in rows})
-    encoded = encode_image_files(encoder, [args.image_root / p for p in images], args.batch_size,
+    files = [path_under(args.image_root, p, f"{args.judgments}: image {p!r}") for p in images]  # inside --image-root
+    encoded = encode_image_files(encoder, files, args.batch_size,
                                  on_error=args.on_error, num_workers=args.num_workers)
     if encoded.skipped:
         unreadable = {images[s["row"]] for s in encoded.skipped}

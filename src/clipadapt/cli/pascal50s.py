@@ -33,6 +33,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from clipadapt.data import path_under
     from clipadapt.data.caption_judgments import read_pascal50s
     from clipadapt.encoders import load_encoder
     from clipadapt.eval.pascal50s import pascal50s_accuracy
@@ -43,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
                            positive_is_a=args.vote_positive == "a")
     encoder = load_encoder(args.model, device=args.device)
     images = sorted({p["image"] for p in pairs})
-    image_emb = encode_image_files(encoder, [args.image_root / i for i in images], args.batch_size).image
+    files = [path_under(args.image_root, i, f"{args.pairs}: image {i!r}") for i in images]  # inside --image-root
+    image_emb = encode_image_files(encoder, files, args.batch_size).image
     texts = sorted({t for p in pairs for t in (p["a"], p["b"], *p["references"])})
     text_emb = encode_captions(encoder, texts, args.batch_size)
     img_id, txt_id = {p: i for i, p in enumerate(images)}, {t: i for i, t in enumerate(texts)}
