@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,11 +45,25 @@ def add_file_check_argument(parser) -> None:
                              "sha256 = hash every file (exact, reads the whole dataset), none = paths only")
 
 
+def refuse_unused(args: argparse.Namespace, source: str, unused: Sequence[str], instead: str = "") -> None:
+    """ConfigError when options that the input `source` (e.g. '--features') makes irrelevant were given: they
+    would be silently ignored (issue 12, item 7). `unused` are option names; an option counts as given when its
+    value is set (these options default to None)."""
+    given = [opt for opt in unused if getattr(args, opt.lstrip("-").replace("-", "_"), None) not in (None, [], "")]
+    if given:
+        raise ConfigError(f"conflicting inputs: {source} is given, so {', '.join(given)} would be ignored; "
+                          f"give {source} or {instead or ', '.join(given)}, not both")
+
+
+FEATURE_DIR_UNUSED = ("--model", "--dataset", "--cache-dir")  # extraction-only inputs, meaningless with --features
+
+
 def load_features_from_args(args: argparse.Namespace, splits: Iterable[str] | None = None) -> FeatureSet:
     """The FeatureSet named by --features, or extracted (through the cache) for --model/--dataset."""
     if getattr(args, "features", None):
         from clipadapt.features.io import load_feature_dir
 
+        refuse_unused(args, "--features", FEATURE_DIR_UNUSED, instead="--model/--dataset (extract through the cache)")
         return load_feature_dir(args.features, splits=splits)
     if getattr(args, "model", None) and getattr(args, "dataset", None):
         from clipadapt.features.pipeline import feature_set_from_args  # heavy imports only when encoding

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clipadapt.argtypes import COUNT, NON_NEGATIVES, POSITIVE, PROBABILITIES, SEED
-from clipadapt.cli._common import comma_strings
+from clipadapt.cli._common import comma_strings, refuse_unused
 from clipadapt.cli._conventions import (
     RESULTS_FILE,
     add_out_argument,
@@ -116,6 +116,13 @@ def run(args: argparse.Namespace) -> int:
     modes = [bool(args.features), bool(args.models), bool(args.logits)]
     if sum(modes) != 1:
         raise ConfigError("give exactly one of --features DIR..., --models LIST --dataset SPEC, --logits FILES --labels FILE")
+    logit_inputs = ("--labels", "--heldout-logits", "--heldout-labels", "--embeddings", "--heldout-embeddings", "--names")
+    if args.features:
+        refuse_unused(args, "--features", ("--dataset", "--cache-dir", *logit_inputs))
+    elif args.models:
+        refuse_unused(args, "--models", logit_inputs)
+    else:
+        refuse_unused(args, "--logits", ("--dataset", "--cache-dir"))
     unavailable: dict[str, str] = {}
     extra: dict[str, Any] = {}
     norm_rows: list[dict] = []

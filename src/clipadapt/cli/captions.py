@@ -8,6 +8,7 @@ import io
 from pathlib import Path
 
 from clipadapt.argtypes import COUNT, NON_NEGATIVE_INT
+from clipadapt.cli._common import refuse_unused
 from clipadapt.cli._conventions import (
     add_out_argument,
     draws_identical,
@@ -143,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
         [float(r["human"]) for r in rows]
     except ValueError as e:
         raise DatasetError(f"{args.judgments}: column 'human' must be numeric ({e})") from e
+    if args.embeddings:
+        refuse_unused(args, "--embeddings", ("--image-root",), instead="--image-root with --model (encode the images)")
     image, caption, refs, pool, rows, skipped = (_from_embeddings if args.embeddings else _from_images)(args, rows)
     human = torch.tensor([float(r["human"]) for r in rows])  # rows of skipped images are gone
     if args.dn_source == "unlabeled":

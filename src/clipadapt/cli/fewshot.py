@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clipadapt.argtypes import COUNT, COUNTS, SEEDS
-from clipadapt.cli._common import add_feature_source_arguments, comma_strings
+from clipadapt.cli._common import FEATURE_DIR_UNUSED, add_feature_source_arguments, comma_strings, refuse_unused
 from clipadapt.cli._conventions import add_out_argument, dataset_provenance, path_provenance, vs_baseline
 from clipadapt.constants import GRID_PRESETS, TIE_BREAKS
 from clipadapt.errors import ConfigError
@@ -82,6 +82,7 @@ def build_source(args: argparse.Namespace):
     if args.features:
         if args.adapter:
             raise ConfigError("--adapter needs --model/--dataset; with --features give --adapted-features DIR")
+        refuse_unused(args, "--features", FEATURE_DIR_UNUSED, instead="--model/--dataset (extract through the cache)")
         adapted = load_feature_dir(args.adapted_features) if args.adapted_features else None
         return DirectorySource(load_feature_dir(args.features), adapted)
     if args.model and args.dataset:

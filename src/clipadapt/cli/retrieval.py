@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clipadapt.argtypes import COUNT, NON_NEGATIVE_INT, SEED
+from clipadapt.cli._common import refuse_unused
 from clipadapt.cli._conventions import (
     add_out_argument,
     draws_identical,
@@ -85,6 +86,8 @@ def _load(args: argparse.Namespace) -> tuple[RetrievalSet, RetrievalSet | None]:
     from clipadapt.features.retrieval_dir import has_retrieval_split, load_retrieval_split
 
     if args.embeddings:
+        refuse_unused(args, "--embeddings", ("--captions-json", "--image-root", "--save-embeddings"),
+                      instead="--captions-json/--image-root (encode the images)")
         test = load_retrieval_split(args.embeddings, args.split)
         pool = None
         if args.dn_source == "unlabeled":
