@@ -1,4 +1,4 @@
-"""Distribution-shift robustness of the few-shot cache methods (METHODS.md §7): a cache built on ImageNet, scored on
+"""Distribution-shift robustness of the few-shot cache methods (docs/methods.md §7): a cache built on ImageNet, scored on
 ImageNet-V2 / -Sketch / -A / -R.
 
 Per (shots, seed, method) the cache is sampled from ImageNet's train split and the hyper-parameters are searched on
