@@ -5,11 +5,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-<<<<<<< HEAD
-import pickle
-=======
 import math
->>>>>>> main
+import pickle
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,12 +29,8 @@ from clipadapt.encoders.weights import (
     weights_dir,
     weights_fingerprint,
 )
-<<<<<<< HEAD
 from clipadapt.errors import ConfigError, WeightsFileError, WeightsUnavailableError
-=======
-from clipadapt.errors import ConfigError, WeightsUnavailableError
 from clipadapt.ops import CLIP_LOGIT_SCALE
->>>>>>> main
 
 log = logging.getLogger(__name__)
 
