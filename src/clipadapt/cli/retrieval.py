@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clipadapt.argtypes import COUNT, NON_NEGATIVE_INT, SEED
-from clipadapt.cli._common import refuse_unused
+from clipadapt.cli._common import add_verify_argument, refuse_unused
 from clipadapt.cli._conventions import (
     add_out_argument,
     draws_identical,
@@ -54,6 +54,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="with --dn-source holdout: images (with their captions) held out of the evaluation for the means")
     parser.add_argument("--holdout-seed", type=SEED, default=0)
     parser.add_argument("--chunk-size", type=COUNT, default=1024, help="queries scored at once")
+    add_verify_argument(parser)
     add_out_argument(parser, writes="recall.md, recall.csv", legacy_json=True)
     parser.add_argument("--table", type=Path, help="also write the recall table here (.md or .csv)")
 
