@@ -87,6 +87,12 @@ def build_csv(spec: Spec, split: str) -> ImageDataset:
         raise DatasetError(f"csv: {target} not found (expected a .csv file or a folder of <split>.csv files)")
     rows = _read_rows(path)
     classnames = _csv_classnames(path, rows, siblings)
+    present = {label for _, label, _ in rows}
+    empty = [f"{k} ({name})" for k, name in enumerate(classnames) if k not in present]
+    if empty:
+        log.warning("csv: %s has no rows for %d of %d classes: %s%s; they stay classes but have no %s images",
+                    path, len(empty), len(classnames), ", ".join(empty[:10]),
+                    f" and {len(empty) - 10} more" if len(empty) > 10 else "", split)
     return ImageDataset(
         kind="csv",
         name=spec.options.get("name", default_name),
