@@ -11,7 +11,7 @@ from clipadapt.errors import ConfigError
 COMMAND = "export"
 HELP = "export a head with its image encoder (preprocessed images -> logits) as ONNX or a torch.export program"
 EXAMPLES = """
-clipadapt export --head pets-tip.safetensors --format onnx --out pets-tip.onnx     # needs: pip install 'clipadapt[onnx]'
+clipadapt export --head pets-tip.safetensors --format onnx --out pets-tip.onnx   # pip install 'clipadapt[onnx]'
 clipadapt export --head pets-tip.safetensors --format torch-export --out pets-tip.pt2
 """
 

@@ -36,10 +36,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     adapted.add_argument("--adapted-features", type=Path,
                          help="features of the same images through the IMO adapter, for tip++/tipx++ with --features "
                               "(the head then predicts from features only)")
-    parser.add_argument("--allow-fewer", action="store_true", help="classes with fewer train images than --shots use all")
+    parser.add_argument("--allow-fewer", action="store_true",
+                        help="classes with fewer train images than --shots use all")
     parser.add_argument("--grid", action="append", default=[], metavar="FAMILY.PARAM=SPEC",
                         help="override a search grid as in `fewshot`, e.g. tip.beta=0.1:7:50; repeatable")
-    parser.add_argument("--grid-preset", choices=GRID_PRESETS, default=None, help="a paper's search grids (as in `fewshot`)")
+    parser.add_argument("--grid-preset", choices=GRID_PRESETS, default=None,
+                        help="a paper's search grids (as in `fewshot`)")
     parser.add_argument("--tie-break", choices=TIE_BREAKS, default="grid-order", help="tied validation grid points")
     parser.add_argument("--tipf-epochs", type=int, default=20, help="Tip-Adapter-F training epochs (default 20)")
     parser.add_argument("--chunk-size", type=int, default=None, help="validation rows per search chunk")
@@ -165,7 +167,9 @@ def run(args: argparse.Namespace) -> int:
         result, base, loaded = _fit_simple(args)
     else:
         result, base, loaded = _fit_cache(args)
-    adapter, adapter_tensors = adapter_block(args.adapter) if args.adapter and args.method.endswith("++") else (None, None)
+    adapter, adapter_tensors = None, None
+    if args.adapter and args.method.endswith("++"):
+        adapter, adapter_tensors = adapter_block(args.adapter)
     data = {"features": str(args.features)} if args.features else {"dataset": args.dataset}
     if args.adapted_features:
         data["adapted_features"] = str(args.adapted_features)
@@ -177,8 +181,10 @@ def run(args: argparse.Namespace) -> int:
     path = save_head(head, args.out)
     sel = head.meta["selection"]
     val = f"val top1 {sel['val_top1']:.2f}" if sel.get("val_top1") is not None else "no validation split"
-    chosen = {k: v for k, v in sel["hyperparameters"].items() if k in ("alpha", "beta", "gamma", "lambda", "best_epoch")}
-    print(f"{args.method}: {head.num_classes} classes, {model or 'unknown model'}; chosen {chosen or 'defaults'} ({val})")
+    shown = ("alpha", "beta", "gamma", "lambda", "best_epoch")
+    chosen = {k: v for k, v in sel["hyperparameters"].items() if k in shown}
+    print(f"{args.method}: {head.num_classes} classes, {model or 'unknown model'}; "
+          f"chosen {chosen or 'defaults'} ({val})")
     if not head.meta["model"]["encodable"]:
         print(f"note: {head.features_only_message()}")
     for note in head.meta["notes"]:

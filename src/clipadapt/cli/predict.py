@@ -37,7 +37,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="predictions: .csv (path, label, probability, top-k columns) or .jsonl (one JSON per row)")
     parser.add_argument("--save-logits", type=Path, metavar="FILE", help="also write the (N, C) float32 logits as .npy")
     enc = parser.add_argument_group("encoding images")
-    enc.add_argument("--cache-dir", type=Path, default=None, help="feature cache root (default: $CLIPADAPT_CACHE or ~/.cache/clipadapt)")
+    enc.add_argument("--cache-dir", type=Path, default=None,
+                     help="feature cache root (default: $CLIPADAPT_CACHE or ~/.cache/clipadapt)")
     enc.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     enc.add_argument("--batch-size", type=int, default=64)
     enc.add_argument("--num-workers", type=int, default=0, help="DataLoader workers when encoding images")
@@ -209,7 +210,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("nothing to predict: give image files, --images DIR, --csv FILE or --features DIR:SPLIT")
     logits = head.predict_logits(features, adapted)  # one call: Tip-X's ψ range is over all rows (docs/heads.md)
     top = head.topk(logits, args.topk)
-    records = [{"path": name, "topk": [{"label": c, "probability": p} for c, p in row]} for name, row in zip(names, top)]
+    records = [{"path": name, "topk": [{"label": c, "probability": p} for c, p in row]}
+               for name, row in zip(names, top)]
     for r in records:
         r["label"], r["probability"] = r["topk"][0]["label"], r["topk"][0]["probability"]
     records += [{"path": p, "label": None, "probability": None, "topk": [], "error": e} for p, e in skipped.items()]

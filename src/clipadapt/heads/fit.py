@@ -186,7 +186,8 @@ def model_block(meta: dict[str, Any], *, encoder_loaded: bool) -> dict[str, Any]
         "id": str(fingerprint.get("model_id") or model_id) if model_id else None,
         "encodable": encodable,
         "weights": fingerprint.get("weights"),
-        "weights_sha256": weights_sha256(str(model_id), fingerprint, look_for_file=encoder_loaded) if encodable else None,
+        "weights_sha256": (weights_sha256(str(model_id), fingerprint, look_for_file=encoder_loaded)
+                           if encodable else None),
         "preprocessing": fingerprint.get("preprocessing"),
         "encoder": fingerprint or None,
         "logit_scale": LOGIT_SCALE_SOURCE,

@@ -255,7 +255,9 @@ class Head:
         items = list(images)
         if not items:
             raise ConfigError("no images given")
-        encoders = [self.encoder(device=device)] + ([self.encoder(device=device, adapted=True)] if self.needs_adapted else [])
+        encoders = [self.encoder(device=device)]
+        if self.needs_adapted:
+            encoders.append(self.encoder(device=device, adapted=True))
         outs: list[list[Tensor]] = [[] for _ in encoders]
         starts = range(0, len(items), batch_size)
         if progress:
@@ -277,7 +279,8 @@ class Head:
 
     def predict(self, images: Iterable[Any], *, device: str | None = None, batch_size: int = 64) -> list[str]:
         """The top-1 class name of each image (PIL image or path)."""
-        return [self.classnames[i] for i in self.image_logits(images, device=device, batch_size=batch_size).argmax(1).tolist()]
+        logits = self.image_logits(images, device=device, batch_size=batch_size)
+        return [self.classnames[i] for i in logits.argmax(1).tolist()]
 
     def topk(self, logits: Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
         """Per row, the k most probable (class name, probability), best first."""
