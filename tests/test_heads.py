@@ -424,3 +424,10 @@ def test_exported_module_equals_predict(method, fmt, tiny_setup, tiny_heads, tmp
         with torch.no_grad():
             exported = torch.export.load(str(out)).module()(pixels)
     assert max_diff(exported, cli) <= 1e-4
+
+
+def test_the_cli_method_list_is_the_estimator_table():
+    from clipadapt.constants import HEAD_METHODS
+    from clipadapt.heads.head import ESTIMATORS
+
+    assert set(HEAD_METHODS) == set(ESTIMATORS) and len(HEAD_METHODS) == len(ESTIMATORS)
