@@ -104,7 +104,8 @@ def _fit_simple(args: argparse.Namespace):
             pool = base.split(args.dn_source)
         val = _split_or_none(args, fetch, features, "val") if args.dn_source != "val" else None
         result = fit_dn(base.text, pool, pool_name=args.dn_source, val=val, lam=args.dn_lambda,
-                        n_samples=args.dn_samples, seed=args.dn_seed, text_mean=args.dn_text_mean)
+                        n_samples=args.dn_samples, seed=args.dn_seed, text_mean=args.dn_text_mean,
+                        logit=base.logit_params())
     else:
         val = _split_or_none(args, fetch, features, "val")
         base = features if features is not None else (fetch(["val"]) if val is not None else None)
@@ -113,7 +114,7 @@ def _fit_simple(args: argparse.Namespace):
 
             test = build_dataset(args.dataset, "test")
             base = fetch(["test"], indices={"test": [0]}) if len(test) else fetch(["test"])
-        result = fit_zeroshot(base.text, val)
+        result = fit_zeroshot(base.text, val, logit=base.logit_params())
     return result, base, bool(base.meta.get("encoder_loaded") or base.meta.get("encoder"))
 
 

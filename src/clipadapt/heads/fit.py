@@ -30,22 +30,10 @@ from clipadapt.eval.fewshot import (
 )
 from clipadapt.eval.metrics import topk_accuracy
 from clipadapt.eval.protocol import check_disjoint
-from clipadapt.features.featureset import FeatureSplit
+from clipadapt.features.featureset import FeatureSplit, LogitParams, logit_params
 from clipadapt.heads.head import ESTIMATORS, Head
 from clipadapt.methods.dn import DistributionNormalizer
 from clipadapt.methods.zeroshot import ZeroShotClassifier
-from clipadapt.ops import CLIP_LOGIT_SCALE
-
-# Where the logit scale comes from. A fixed CLIP scale of 100 today; when feature metadata records a model's own
-# learned scale/bias (meta.json), `logit_scale_for(meta)` is the one place to read it, and the head stores it
-# with the estimator's hyper-parameters (`params.logit_scale`).
-LOGIT_SCALE_SOURCE = "fixed CLIP logit scale 100 (clipadapt.ops.CLIP_LOGIT_SCALE)"
-
-
-def logit_scale_for(meta: dict[str, Any]) -> float:
-    """The logit scale a head uses for features with this metadata (the hook for per-model scales)."""
-    return CLIP_LOGIT_SCALE
-
 
 @dataclass
 class FitResult:
@@ -100,7 +88,9 @@ def fit_fewshot(source: FewShotSource, method: str, config: FewShotConfig, *, sh
                            fix=CACHE_FIX)
         a_train = source.train_rows(idx, seed, adapted=True) if adapted else None
     pair = (a_train, a_val) if adapted else None
-    fitted = fit_method(method, config, source.text, train, val, seed=seed, adapted=pair)  # type: ignore[arg-type]
+    logit = logit_params(source.meta)  # the model's own scale/bias when meta.json records them, as `fewshot`
+    fitted = fit_method(method, config, source.text, train, val, seed=seed, adapted=pair,  # type: ignore[arg-type]
+                        logit=logit)
     validation = ({"source": "split 'val'", "n": val.n} if val_idx is None else
                   {"source": "train", "per_class": config.val_from_train, "n": val.n, "indices": val_idx,
                    "disjoint_from": "the shots"})
@@ -108,32 +98,36 @@ def fit_fewshot(source: FewShotSource, method: str, config: FewShotConfig, *, sh
                  "shots": shots if family is not None else None, "seed": seed if family is not None else None,
                  "cache_size": len(idx) if idx is not None else None, "cache_indices": idx,
                  "grid_preset": config.grid_preset, "tie_break": config.tie_break,
-                 "searched": family is not None}
+                 "searched": family is not None, "logit": logit.describe()}
     return FitResult(fitted.model, selection)
 
 
-def fit_zeroshot(text, val: FeatureSplit | None) -> FitResult:
-    """Zero-shot as `eval --method zeroshot` computes it; the validation accuracy when a labelled val is given."""
-    model = ZeroShotClassifier(logit_scale=CLIP_LOGIT_SCALE).fit(text)
+def fit_zeroshot(text, val: FeatureSplit | None, *, logit: LogitParams | None = None) -> FitResult:
+    """Zero-shot as `eval --method zeroshot` computes it (`logit`: the model's scale and bias, default 100 / 0);
+    the validation accuracy when a labelled val is given."""
+    logit = logit or LogitParams()
+    model = ZeroShotClassifier(**logit.kwargs()).fit(text)
     return FitResult(model, {"hyperparameters": model.get_params(), "val_top1": _val_top1(model, val),
                              "validation": {"source": "split 'val'", "n": val.n} if val is not None else None,
-                             "searched": False})
+                             "searched": False, "logit": logit.describe()})
 
 
 def fit_dn(text, pool: FeatureSplit, *, pool_name: str, val: FeatureSplit | None = None, lam: float = DEFAULT_LAMBDA,
-           n_samples: int | None = 100, seed: int = 0, text_mean: str = DEFAULT_TEXT_MEAN) -> FitResult:
+           n_samples: int | None = 100, seed: int = 0, text_mean: str = DEFAULT_TEXT_MEAN,
+           logit: LogitParams | None = None) -> FitResult:
     """DN as `eval --method dn` computes it: the means drawn from `pool` (the unlabeled/val split given at fit
     time) and stored, so a head scores one image alone (docs/heads.md: stored vs transductive DN)."""
-    model = DistributionNormalizer(lam=lam, n_samples=n_samples, seed=seed, text_mean=text_mean).fit(pool.image, text)
+    logit = logit or LogitParams()
+    model = DistributionNormalizer(lam=lam, n_samples=n_samples, seed=seed, text_mean=text_mean,
+                                   **logit.kwargs()).fit(pool.image, text)
     info = model.describe()
     return FitResult(model, {"hyperparameters": {"lambda": lam, "n_samples": "all" if n_samples is None else n_samples,
-                                                 "seed": seed, "text_mean": text_mean,
-                                                 "logit_scale": model.logit_scale},
+                                                 "seed": seed, "text_mean": text_mean, **logit.kwargs()},
                              "val_top1": _val_top1(model, val),
                              "validation": {"source": "split 'val'", "n": val.n} if val is not None else None,
                              "dn": {"pool": pool_name, "pool_rows": pool.n, **info,
                                     "mean": "stored (fitted on the pool at fit time), not the test batch's"},
-                             "searched": False})
+                             "searched": False, "logit": logit.describe()})
 
 
 def _val_top1(model, val: FeatureSplit | None) -> float | None:
@@ -190,7 +184,6 @@ def model_block(meta: dict[str, Any], *, encoder_loaded: bool) -> dict[str, Any]
                            if encodable else None),
         "preprocessing": fingerprint.get("preprocessing"),
         "encoder": fingerprint or None,
-        "logit_scale": LOGIT_SCALE_SOURCE,
     }
 
 
