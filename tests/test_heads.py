@@ -431,3 +431,21 @@ def test_the_cli_method_list_is_the_estimator_table():
     from clipadapt.heads.head import ESTIMATORS
 
     assert set(HEAD_METHODS) == set(ESTIMATORS) and len(HEAD_METHODS) == len(ESTIMATORS)
+
+
+@pytest.mark.parametrize("method", ["zeroshot", "dn"])
+def test_a_models_own_logit_scale_and_bias_are_stored_and_used_as_eval_does(method, tmp_path):
+    from clipadapt.features.io import load_feature_dir
+
+    fs = load_feature_dir("builtin:coco500")
+    fs.meta.update(logit_scale=30.0, logit_bias=-2.5)
+    feats = save_feature_dir(fs, tmp_path / "f")
+    ref = tmp_path / "eval.npy"
+    assert main(["eval", "--features", str(feats), "--method", method, "--save-logits", str(ref),
+                 "--out", str(tmp_path / "e")]) == 0
+    assert main(["fit", "--features", str(feats), "--method", method, "--out", str(tmp_path / "h.safetensors")]) == 0
+    head = load_head(tmp_path / "h.safetensors")
+    assert (head.estimator.logit_scale, head.estimator.logit_bias) == (30.0, -2.5)
+    assert head.meta["selection"]["logit"]["logit_scale"] == 30.0
+    got = predicted_logits(tmp_path, tmp_path / "h.safetensors", ["--features", f"{feats}:test"], method)
+    assert max_diff(got, np.load(ref)) <= TOL

@@ -35,6 +35,7 @@ from clipadapt.heads.head import ESTIMATORS, Head
 from clipadapt.methods.dn import DistributionNormalizer
 from clipadapt.methods.zeroshot import ZeroShotClassifier
 
+
 @dataclass
 class FitResult:
     """The fitted estimator and how it was chosen: `selection` goes into the head's metadata."""
