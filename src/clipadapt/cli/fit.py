@@ -109,11 +109,8 @@ def _fit_simple(args: argparse.Namespace):
     else:
         val = _split_or_none(args, fetch, features, "val")
         base = features if features is not None else (fetch(["val"]) if val is not None else None)
-        if base is None:  # no val split: the class text alone (encoded through the cache with one test row)
-            from clipadapt.data import build_dataset
-
-            test = build_dataset(args.dataset, "test")
-            base = fetch(["test"], indices={"test": [0]}) if len(test) else fetch(["test"])
+        if base is None:  # no val split: the class text (and meta) come with one train row; test is never encoded
+            base = fetch(["train"], indices={"train": [0]})
         result = fit_zeroshot(base.text, val, logit=base.logit_params())
     return result, base, bool(base.meta.get("encoder_loaded") or base.meta.get("encoder"))
 
