@@ -22,7 +22,7 @@ LAYERS = {
     "eval": 3, "report": 3, "heads": 3,  # heads: a fitted method + its model; uses eval.fewshot (never the reverse)
     "methods": 2, "features": 2,
     "encoders": 1, "data": 1, "adapters": 1,  # adapters: an Encoder may carry an IMO adapter (load_encoder)
-    "ops": 0, "errors": 0, "fileio": 0, "constants": 0, "_lazy": 0, "builtin": 0,
+    "ops": 0, "errors": 0, "fileio": 0, "constants": 0, "_lazy": 0, "builtin": 0, "argtypes": 0,
 }
 
 # (file relative to src/clipadapt, imported package): why the upward import is needed. Delete an entry when it

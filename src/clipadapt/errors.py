@@ -19,6 +19,11 @@ class WeightsUnavailableError(ClipadaptError):
     """Model weights cannot be found locally and cannot be downloaded (offline)."""
 
 
+class WeightsFileError(ClipadaptError):
+    """A checkpoint file is not a weights file: a pickle holding code or objects other than tensors (refused
+    unexecuted by weights-only loading), or bytes that no loader recognises."""
+
+
 class CacheError(ClipadaptError):
     """The feature cache is unreadable or an entry does not match its key."""
 
