@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from clipadapt.argtypes import COUNT
 from clipadapt.constants import HEAD_EXPORT_FORMATS
 from clipadapt.errors import ConfigError
 
@@ -22,7 +23,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="onnx (input 'pixels' (B, 3, H, W), output 'logits' (B, C)) or torch-export (.pt2)")
     parser.add_argument("--out", type=Path, required=True, metavar="FILE", help="the file to write")
     parser.add_argument("--device", default="cpu", help="device the model is traced on (default cpu)")
-    parser.add_argument("--static-batch", type=int, default=None, metavar="B",
+    parser.add_argument("--static-batch", type=COUNT, default=None, metavar="B",
                         help="export for a fixed batch size B instead of a dynamic batch dimension")
 
 

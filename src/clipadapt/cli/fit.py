@@ -6,6 +6,7 @@ import argparse
 import functools
 from pathlib import Path
 
+from clipadapt.argtypes import COUNT, SEED
 from clipadapt.cli._common import add_feature_source_arguments
 from clipadapt.cli._conventions import run_provenance
 from clipadapt.constants import GRID_PRESETS, HEAD_METHODS, TIE_BREAKS
@@ -24,12 +25,12 @@ clipadapt predict --head pets-tip.safetensors --images new_photos/ --topk 3 --ou
 def configure(parser: argparse.ArgumentParser) -> None:
     add_feature_source_arguments(parser)
     parser.add_argument("--method", required=True, choices=HEAD_METHODS, help="the classifier to fit")
-    parser.add_argument("--shots", type=int, default=None, metavar="K",
+    parser.add_argument("--shots", type=COUNT, default=None, metavar="K",
                         help="cache methods: K training images per class drawn with --seed (default: every train row)")
-    parser.add_argument("--seed", type=int, default=1, help="sampling seed of the shots (and Tip-F's training)")
-    parser.add_argument("--val-from-train", type=int, default=None, metavar="N",
+    parser.add_argument("--seed", type=SEED, default=1, help="sampling seed of the shots (and Tip-F's training)")
+    parser.add_argument("--val-from-train", type=COUNT, default=None, metavar="N",
                         help="validate on N train images per class disjoint from the shots, instead of the 'val' split")
-    parser.add_argument("--views", type=int, default=10,
+    parser.add_argument("--views", type=COUNT, default=10,
                         help="augmented views per cache image with --model/--dataset (default 10)")
     adapted = parser.add_mutually_exclusive_group()
     adapted.add_argument("--adapter", type=Path, help="IMO adapter checkpoint for tip++/tipx++ (stored in the head)")
@@ -43,8 +44,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grid-preset", choices=GRID_PRESETS, default=None,
                         help="a paper's search grids (as in `fewshot`)")
     parser.add_argument("--tie-break", choices=TIE_BREAKS, default="grid-order", help="tied validation grid points")
-    parser.add_argument("--tipf-epochs", type=int, default=20, help="Tip-Adapter-F training epochs (default 20)")
-    parser.add_argument("--chunk-size", type=int, default=None, help="validation rows per search chunk")
+    parser.add_argument("--tipf-epochs", type=COUNT, default=20, help="Tip-Adapter-F training epochs (default 20)")
+    parser.add_argument("--chunk-size", type=COUNT, default=None, help="validation rows per search chunk")
     dn = parser.add_argument_group("--method dn")
     from clipadapt.eval.runners.dn import add_dn_arguments, add_text_mean_argument
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from clipadapt.argtypes import COUNT, NON_NEGATIVE_INT
 from clipadapt.cli._common import add_file_check_argument
 from clipadapt.errors import ConfigError
 
@@ -32,7 +33,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="predict from precomputed features of the head's model (split default: test)")
     parser.add_argument("--adapted-features", metavar="DIR:SPLIT",
                         help="with --features, for tip++/tipx++ heads: the same rows through the IMO adapter")
-    parser.add_argument("--topk", type=int, default=5, help="labels (with probabilities) per image (default 5)")
+    parser.add_argument("--topk", type=COUNT, default=5, help="labels (with probabilities) per image (default 5)")
     parser.add_argument("--out", type=Path, required=True, metavar="FILE",
                         help="predictions: .csv (path, label, probability, top-k columns) or .jsonl (one JSON per row)")
     parser.add_argument("--save-logits", type=Path, metavar="FILE", help="also write the (N, C) float32 logits as .npy")
@@ -40,8 +41,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     enc.add_argument("--cache-dir", type=Path, default=None,
                      help="feature cache root (default: $CLIPADAPT_CACHE or ~/.cache/clipadapt)")
     enc.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    enc.add_argument("--batch-size", type=int, default=64)
-    enc.add_argument("--num-workers", type=int, default=0, help="DataLoader workers when encoding images")
+    enc.add_argument("--batch-size", type=COUNT, default=64)
+    enc.add_argument("--num-workers", type=NON_NEGATIVE_INT, default=0, help="DataLoader workers when encoding images")
     enc.add_argument("--on-error", choices=["fail", "skip"], default="fail",
                      help="unreadable images: fail, or skip them (listed in the output with their error)")
     enc.add_argument("--no-progress", action="store_true", help="no progress bar")
