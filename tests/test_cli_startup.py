@@ -43,11 +43,12 @@ PUBLIC = {
     "NeuralLogitController": "clipadapt.methods.logit_controller",
     "load_feature_dir": "clipadapt.features.io",
     "save_feature_dir": "clipadapt.features.io",
+    "load_head": "clipadapt.heads.io",
 }
-COMMANDS = {"adapter", "backbones", "captions", "datasets", "dn-sweep", "eval", "extract", "fewshot", "imo",
-            "import-features", "models", "retrieval", "sample-shots", "search"}
+COMMANDS = {"adapter", "backbones", "captions", "datasets", "dn-sweep", "eval", "export", "extract", "fewshot", "fit",
+            "imo", "import-features", "models", "predict", "retrieval", "sample-shots", "search"}
 LAZY_PACKAGES = ["clipadapt.features", "clipadapt.methods", "clipadapt.eval", "clipadapt.data", "clipadapt.encoders",
-                 "clipadapt.adapters", "clipadapt.report"]
+                 "clipadapt.heads", "clipadapt.adapters", "clipadapt.report"]
 
 
 def _python(*args: str) -> subprocess.CompletedProcess:

@@ -42,3 +42,11 @@ class AdapterError(ClipadaptError):
 
 class ProtocolError(ClipadaptError):
     """An evaluation protocol would select or fit on test data (e.g. a validation split that is the test split)."""
+
+
+class HeadFileError(ClipadaptError):
+    """A head file (`clipadapt fit`) is missing, a pickle, not a clipadapt head, or was altered after it was written."""
+
+
+class HeadMismatchError(ClipadaptError):
+    """A head is applied to features, images or an encoder of another model, dimension or class list."""

@@ -22,9 +22,10 @@ def l2_normalize(x: Tensor, dim: int = -1, eps: float = 1e-12) -> Tensor:
     Overflow-safe: when a norm is not representable (finite embeddings × 1e38 square to inf; tiny ones to 0), the
     vectors are first divided by their max-abs value, so every non-zero finite vector still becomes a unit vector
     instead of silently turning into zeros. Embeddings holding inf or nan are a ConfigError. The fallback costs
-    nothing on ordinary embeddings: one finiteness/size check of the (N, 1) norms."""
+    nothing on ordinary embeddings: one finiteness/size check of the (N, 1) norms. Under torch.export / ONNX export /
+    torch.compile (a graph cannot branch on data) the ordinary formula is traced alone (heads/module.py)."""
     norm = x.norm(dim=dim, keepdim=True)
-    if bool(torch.isfinite(norm).all()) and not bool((norm < _SMALL_NORM).any()):
+    if torch.compiler.is_compiling() or (bool(torch.isfinite(norm).all()) and not bool((norm < _SMALL_NORM).any())):
         return x / norm.clamp_min(eps)
     return _l2_normalize_scaled(x, dim, eps)
 
@@ -45,7 +46,7 @@ def safe_mean(x: Tensor, dim: int = 0) -> Tensor:
     """`x.mean(dim)` that cannot overflow for finite `x` (a sum of N values near 3e38 is inf in float32): when
     the plain mean is not finite, average x / max|x| and scale back. inf/nan inputs are a ConfigError."""
     mean = x.mean(dim=dim)
-    if bool(torch.isfinite(mean).all()):
+    if torch.compiler.is_compiling() or bool(torch.isfinite(mean).all()):  # traced graphs: the plain mean
         return mean
     peak = x.abs().amax()
     if not bool(torch.isfinite(peak)):
