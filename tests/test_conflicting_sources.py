@@ -35,3 +35,16 @@ def test_conflicting_sources_are_refused_naming_the_ignored_options(tmp_path, ca
     assert code == 2, err
     assert "conflicting inputs" in err and named in err and "not both" in err
     assert not (tmp_path / "OUT").exists()
+
+
+@pytest.mark.parametrize(("argv", "named"), [
+    (["--kind", "captions", "--image", "i.npy", "--caption", "c.npy", "--split", "test=x.npy"], "--split"),
+    (["--kind", "captions", "--image", "i.npy", "--caption", "c.npy", "--classnames", "n.txt"], "--classnames"),
+    (["--kind", "retrieval", "--split", "test=i.npy:c.npy", "--text", "t.npy"], "--text"),
+    (["--text", "t.npy", "--split", "test=i.npy:range", "--caption", "c.npy"], "--caption"),
+])
+def test_import_features_refuses_options_its_kind_ignores(tmp_path, capsys, argv, named):
+    code = main(["import-features", "--out", str(tmp_path / "o"), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and "conflicting inputs" in err and named in err
+    assert not (tmp_path / "o").exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from clipadapt.cli._common import refuse_unused
 from clipadapt.errors import ConfigError
 
 COMMAND = "import-features"
@@ -49,8 +50,18 @@ def _need(args: argparse.Namespace, *names: str) -> None:
         raise ConfigError(f"--kind {args.kind} needs {' and '.join(missing)}")
 
 
+# the options each --kind does not read: given with it, they would be silently ignored (issue 12, item 7)
+UNUSED_BY_KIND = {
+    "classification": ("--image", "--caption", "--reference"),
+    "retrieval": ("--classnames", "--text", "--labels", "--image", "--caption", "--reference"),
+    "captions": ("--classnames", "--text", "--split", "--labels", "--model", "--dataset"),
+}
+
+
 def run(args: argparse.Namespace) -> int:
     from clipadapt.features import importing
+
+    refuse_unused(args, f"--kind {args.kind}", UNUSED_BY_KIND[args.kind], instead="the --kind that reads them")
 
     meta = {k: v for k, v in {"model": args.model, "dataset": args.dataset}.items() if v}
     if args.kind == "captions":
