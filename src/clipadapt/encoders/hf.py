@@ -263,19 +263,20 @@ def _features(out: Any) -> Tensor:
     return out if isinstance(out, Tensor) else out.pooler_output
 
 
-class HFDualEncoder(nn.Module):
-    """A transformers dual encoder behind open_clip's interface: `encode_image(pixels)`, `encode_text(tokens)`,
-    `logit_scale` (log-scale parameter) and `logit_bias` (or None), `visual` (the vision tower, with
-    `image_size`)."""
+class HFVisual(nn.Module):
+    """The image side of a transformers dual encoder as open_clip's `visual`: `forward(pixels)` = the model's
+    `get_image_features` (projected image embedding). Its sub-modules are the model's own `vision_model` (and
+    `visual_projection` where there is one), so `named_parameters`, IMO adapters (docs/imo.md) and
+    `functional_call` act on the weights `get_image_features` uses."""
 
     def __init__(self, hf_model: nn.Module, image_size: tuple[int, int], patch_size: int | None = None):
         super().__init__()
-        self.hf = hf_model
+        self.vision_model = hf_model.vision_model
+        if isinstance(getattr(hf_model, "visual_projection", None), nn.Module):
+            self.visual_projection = hf_model.visual_projection
+        self.image_size = tuple(image_size)
         self.patch_size = patch_size  # Siglip2 (NaFlex): images are patchified here
-        self.visual = hf_model.vision_model
-        self.visual.image_size = tuple(image_size)
-        self.logit_scale = hf_model.logit_scale
-        self.logit_bias = getattr(hf_model, "logit_bias", None)
+        self._image_features = hf_model.get_image_features  # a bound method: not registered as a sub-module
 
     def naflex_inputs(self, pixels: Tensor) -> dict[str, Tensor]:
         """(B, 3, H, W) -> Siglip2's (B, N, p·p·3) patches, all-ones attention mask and (nh, nw) shapes, as its
@@ -288,10 +289,25 @@ class HFDualEncoder(nn.Module):
         shapes = torch.tensor([[h // p, w // p]] * b, dtype=torch.long, device=pixels.device)
         return {"pixel_values": patches, "pixel_attention_mask": mask, "spatial_shapes": shapes}
 
-    def encode_image(self, pixels: Tensor) -> Tensor:
+    def forward(self, pixels: Tensor) -> Tensor:
         if self.patch_size is not None:
-            return _features(self.hf.get_image_features(**self.naflex_inputs(pixels)))
-        return _features(self.hf.get_image_features(pixel_values=pixels))
+            return _features(self._image_features(**self.naflex_inputs(pixels)))
+        return _features(self._image_features(pixel_values=pixels))
+
+
+class HFDualEncoder(nn.Module):
+    """A transformers dual encoder behind open_clip's interface: `encode_image(pixels)`, `encode_text(tokens)`,
+    `logit_scale` (log-scale parameter) and `logit_bias` (or None), `visual` (HFVisual, with `image_size`)."""
+
+    def __init__(self, hf_model: nn.Module, image_size: tuple[int, int], patch_size: int | None = None):
+        super().__init__()
+        self.hf = hf_model
+        self.visual = HFVisual(hf_model, image_size, patch_size)
+        self.logit_scale = hf_model.logit_scale
+        self.logit_bias = getattr(hf_model, "logit_bias", None)
+
+    def encode_image(self, pixels: Tensor) -> Tensor:
+        return self.visual(pixels)
 
     def encode_text(self, tokens: dict[str, Tensor]) -> Tensor:
         return _features(self.hf.get_text_features(**tokens))
@@ -369,4 +385,7 @@ def load(model_id: ModelId, preprocess_cfg: dict[str, Any]) -> tuple[HFDualEncod
     context = getattr(text_config, "max_position_embeddings", None) or getattr(tokenizer, "model_max_length", 77)
     patch = preprocess_cfg.get("patch_size") if preprocess_cfg.get("processor", "").startswith("Siglip2") else None
     wrapped = HFDualEncoder(model, tuple(preprocess_cfg["size"]), patch_size=patch).eval()
+    # open_clip's preprocess_cfg fields, read by adapter training (its crops use size, mean, std)
+    wrapped.visual.preprocess_cfg = {k: preprocess_cfg[k] for k in
+                                     ("size", "mode", "mean", "std", "interpolation", "resize_mode", "fill_color")}
     return wrapped, HFTokenizer(tokenizer, context)
