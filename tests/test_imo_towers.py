@@ -8,7 +8,13 @@ import pytest
 import torch
 from _hf_models import build
 
-from clipadapt.adapters import adapters_enabled, find_adapters, insert_adapters, remove_adapters, save_adapter_checkpoint
+from clipadapt.adapters import (
+    adapters_enabled,
+    find_adapters,
+    insert_adapters,
+    remove_adapters,
+    save_adapter_checkpoint,
+)
 from clipadapt.adapters.imo_adapter import _vit_blocks
 from clipadapt.encoders import load_encoder
 from clipadapt.errors import ConfigError
