@@ -1,4 +1,5 @@
-"""Datasets: CoOp split JSON, ImageFolder, CSV, torchvision; class names, prompt templates, few-shot sampling.
+"""Datasets: CoOp split JSON, ImageFolder, CSV, torchvision, WebDataset shards, HF datasets; class names, prompt
+templates, few-shot sampling.
 
     ds = build_dataset("coop:oxford_pets:/data/oxford_pets", "train")
     ds.classnames, ds.templates, ds.paths, ds.labels, ds[i] -> (PIL RGB image, label), ds.fingerprint()

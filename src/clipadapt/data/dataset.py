@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,6 +25,16 @@ def open_rgb(path: str | Path) -> Image.Image:
         raise DatasetError(f"{path}: image file not found") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DatasetError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
+
+
+def decode_rgb(data: bytes, where: str) -> Image.Image:
+    """Decode encoded image bytes (a tar member, a dataset cell) fully as RGB; DatasetError naming `where`."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DatasetError(f"{where}: cannot read image ({type(e).__name__}: {e})") from e
 
 
 class FileLoader:

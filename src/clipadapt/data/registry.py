@@ -12,7 +12,8 @@ def build_dataset(spec: str, split: str, *, download: bool = False) -> ImageData
     """The `split` of the dataset named by `spec` (docs/datasets.md):
 
     `coop:NAME:ROOT[?image_dir=..&split_file=..&templates=..]`, `imagefolder:ROOT`, `csv:FILE` or `csv:DIR`,
-    `torchvision:NAME:ROOT` (downloads only with `download=True`).
+    `torchvision:NAME:ROOT` (downloads only with `download=True`), `wds:PATTERN` (WebDataset tar shards,
+    `[wds]` extra), `hf:NAME_OR_PATH[:SPLIT]` (Hugging Face `datasets`, `[hf-datasets]` extra).
     """
     if not isinstance(split, str) or not split:
         raise DatasetError(f"dataset spec {spec!r}: split must be a non-empty string such as 'train' or 'test'")
@@ -29,6 +30,14 @@ def build_dataset(spec: str, split: str, *, download: bool = False) -> ImageData
         from clipadapt.data._folder import build_csv
 
         ds = build_csv(parsed, split)
+    elif parsed.kind == "wds":
+        from clipadapt.data._wds import build_wds
+
+        ds = build_wds(parsed, split)
+    elif parsed.kind == "hf":
+        from clipadapt.data._hf import build_hf
+
+        ds = build_hf(parsed, split)
     else:
         from clipadapt.data._torchvision import build_torchvision
 

@@ -1,0 +1,253 @@
+"""`wds:PATTERN` — WebDataset tar shards (`/data/shard-{000..009}.tar`), read by offset, never unpacked.
+
+A WebDataset shard is a plain tar in which consecutive members sharing a key (the name up to the first dot of
+its base name) form one sample: `000123.jpg`, `000123.cls`, `000123.txt`. We expand the pattern and group the
+members exactly as the `webdataset` package does (`shardlists.expand_urls`, `tariterators.base_plus_ext`, its
+meta-file rule), but instead of streaming the samples once we index them: one pass over the tar headers (the
+data of image members is skipped by seeking; only the small label members are read) records, per sample, the
+shard, the image member's byte offset and size, and its label. Item j is then one `seek` + `read` + decode.
+
+So the dataset is an ordinary map-style `ImageDataset`: nothing is unpacked or held in memory but the index,
+extraction's row-range shards split it across torchrun ranks and DataLoader workers without duplicates or gaps
+(each rank reads only its rows' members), and few-shot subsets, `--on-error skip` and resume work unchanged.
+The price is that shards must be local, uncompressed tar files (the WebDataset norm for JPEG/PNG/WebP images,
+which do not compress further); `.tar.gz` shards and URLs are refused with a DatasetError saying so.
+
+Row identity (`ds.paths[i]`) is `SHARD#KEY.EXT`; the feature cache's files digest stats (or hashes) each row's
+shard, so rewriting a shard changes the cache key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tarfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from PIL import Image
+
+from clipadapt.data._extras import require
+from clipadapt.data._folder import _sidecar_classnames, read_classnames_file
+from clipadapt.data._spec import Spec
+from clipadapt.data.catalog import get_templates
+from clipadapt.data.dataset import ImageDataset, decode_rgb
+from clipadapt.errors import DatasetError
+
+OPTIONS = ("image", "label", "classnames", "templates", "name")
+DEFAULT_IMAGE_KEYS = "jpg;jpeg;png;webp"
+DEFAULT_LABEL_KEY = "cls"
+SPLIT_PLACEHOLDER = "{split}"
+_SKIP_META = re.compile(r"__[^/]*__($|/)")  # webdataset's tar_file_iterator skips these members
+_INT = re.compile(r"^[+-]?\d+$")
+
+
+class WdsLoader:
+    """Item j: the image member at (shard_of[j], offsets[j], sizes[j]), read with one seek and decoded as RGB.
+    A class holding plain lists (no open file handles), so datasets pickle for DataLoader workers."""
+
+    def __init__(self, shards: Sequence[str], shard_of: Sequence[int], offsets: Sequence[int], sizes: Sequence[int],
+                 names: Sequence[str]):
+        self.shards, self.shard_of, self.offsets, self.sizes, self.names = (
+            list(shards), list(shard_of), list(offsets), list(sizes), list(names))
+
+    @property
+    def files(self) -> list[str]:
+        """The shard file of each item (the feature cache stats/hashes it: a rewritten shard changes the key)."""
+        return [self.shards[s] for s in self.shard_of]
+
+    def __call__(self, j: int) -> Image.Image:
+        where = f"{self.shards[self.shard_of[j]]}#{self.names[j]}"
+        try:
+            with open(self.shards[self.shard_of[j]], "rb") as f:
+                f.seek(self.offsets[j])
+                data = f.read(self.sizes[j])
+        except OSError as e:
+            raise DatasetError(f"{where}: cannot read the shard ({type(e).__name__}: {e})") from e
+        if len(data) != self.sizes[j]:
+            raise DatasetError(f"{where}: the shard is shorter than when it was indexed ({len(data)} of "
+                               f"{self.sizes[j]} bytes); was it rewritten? rebuild the dataset")
+        return decode_rgb(data, where)
+
+
+# ------------------------------------------------------------------------------------------------- pattern
+def expand_pattern(spec: Spec, split: str) -> list[Path]:
+    """The shard files of the pattern (`{split}` replaced by the split), in the order `webdataset` expands it."""
+    wds = require("webdataset", f"dataset spec {spec.text!r}")
+    pattern = spec.root.strip()
+    if not pattern:
+        raise DatasetError(f"dataset spec {spec.text!r}: expected wds:PATTERN, e.g. wds:/data/shard-{{000..009}}.tar")
+    if re.match(r"^[a-z][a-z0-9+.-]*:", pattern, re.I) and not re.match(r"^[a-z]:[\\/]", pattern, re.I):
+        raise DatasetError(
+            f"dataset spec {spec.text!r}: {pattern.split(':', 1)[0]}: URLs are not supported; wds: reads local "
+            "shard files only (download or mount them first)"
+        )
+    try:
+        expanded = wds.shardlists.expand_urls(pattern.replace(SPLIT_PLACEHOLDER, split))
+    except Exception as e:  # braceexpand's errors for unbalanced braces and the like
+        raise DatasetError(
+            f"dataset spec {spec.text!r}: bad shard pattern {pattern!r} ({type(e).__name__}: {e})") from e
+    if any("{" in s or "}" in s for s in expanded):
+        raise DatasetError(
+            f"dataset spec {spec.text!r}: bad shard pattern {pattern!r}: braces left after expansion "
+            f"({expanded[0]!r}); use {{000..009}} ranges or {{a,b}} lists (and {SPLIT_PLACEHOLDER} for the split)"
+        )
+    shards = [Path(s).expanduser().resolve() for s in expanded]
+    shards = list(dict.fromkeys(shards))
+    if not shards:
+        raise DatasetError(f"dataset spec {spec.text!r}: the pattern {pattern!r} names no shard")
+    missing = [s for s in shards if not s.is_file()]
+    if missing:
+        raise DatasetError(
+            f"dataset spec {spec.text!r}: {len(missing)} of {len(shards)} shard file(s) not found, first: {missing[0]}"
+        )
+    return shards
+
+
+# ------------------------------------------------------------------------------------------------- index
+def _scan_shard(path: Path, image_keys: list[str], label_key: str, wds) -> list[tuple[str, str, int, int, str]]:
+    """(sample key, image suffix, data offset, size, label text) of every sample of one shard, in tar order."""
+    with open(path, "rb") as f:
+        if f.read(2) == b"\x1f\x8b":
+            raise DatasetError(f"{path}: a gzip-compressed shard; wds: needs uncompressed .tar shards to read images "
+                               "by offset (gunzip it: image members do not compress anyway)")
+        f.seek(0)
+        try:
+            tar = tarfile.open(fileobj=f, mode="r:")
+        except tarfile.TarError as e:
+            raise DatasetError(f"{path}: not a readable tar file ({e})") from e
+        samples, current = [], None
+
+        def flush(sample: dict | None) -> None:
+            if not sample:
+                return
+            key = sample.pop("__key__")
+            image = next((k for k in image_keys if k in sample), None)
+            if image is None or label_key not in sample:
+                want = f"image key (one of {';'.join(image_keys)})" if image is None else f"label key {label_key!r}"
+                option = "?image=EXT[;EXT...]" if image is None else "?label=EXT"
+                raise DatasetError(f"{path}: sample {key!r} has no {want}; it has {sorted(sample)} "
+                                   f"(choose the member with {option} in the spec)")
+            info = sample[label_key]
+            raw = tar.extractfile(info).read()
+            try:
+                label = raw.decode("utf-8").strip()
+            except UnicodeDecodeError as e:
+                raise DatasetError(f"{path}: {info.name}: the label member is not UTF-8 text ({e})") from e
+            samples.append((key, image, sample[image].offset_data, sample[image].size, label))
+
+        try:
+            while (info := tar.next()) is not None:
+                tar.members = []  # keep memory flat over large shards (as webdataset does)
+                name = info.name
+                if not info.isreg() or ("/" not in name and name.startswith(wds.tariterators.meta_prefix)
+                                        and name.endswith(wds.tariterators.meta_suffix)) or _SKIP_META.match(name):
+                    continue
+                prefix, suffix = wds.tariterators.base_plus_ext(name)
+                if prefix is None:
+                    continue
+                suffix = suffix.lower()
+                if current is None or prefix != current["__key__"]:
+                    flush(current)
+                    current = {"__key__": prefix}
+                if suffix in current:
+                    raise DatasetError(f"{path}: duplicate member {name!r} in sample {prefix!r}")
+                current[suffix] = info
+            flush(current)
+        except tarfile.TarError as e:
+            raise DatasetError(f"{path}: corrupt tar file ({e})") from e
+    return samples
+
+
+def _classnames_file(spec: Spec, first_shard: Path) -> tuple[Path, list[str]] | None:
+    """`?classnames=FILE` (relative: to the first shard's folder), else classnames.txt/.json beside the shards
+    or one folder up (CLIP_benchmark's `wds_<name>/{train,test}/*.tar` + `wds_<name>/classnames.txt`)."""
+    if "classnames" in spec.options:
+        path = Path(spec.options["classnames"]).expanduser()
+        path = path if path.is_absolute() else first_shard.parent / path
+        if not path.is_file():
+            raise DatasetError(f"dataset spec {spec.text!r}: class-name file {path} not found")
+        return path, read_classnames_file(path)
+    for folder in (first_shard.parent, first_shard.parent.parent):
+        found = _sidecar_classnames(folder)
+        if found is not None:
+            return found
+    return None
+
+
+def _labels(spec: Spec, shards: list[Path], raw: list[str], where: list[str]) -> tuple[list[int], list[str]]:
+    """Integer labels and class names: integer label members index the class-name file; name members are mapped
+    through it, or (no file, no `{split}` in the pattern) through their sorted set."""
+    sidecar = _classnames_file(spec, shards[0])
+    numeric = [bool(_INT.match(v)) for v in raw]
+    if all(numeric):
+        labels = [int(v) for v in raw]
+        if sidecar is None:
+            raise DatasetError(
+                f"dataset spec {spec.text!r}: integer labels need class names: put classnames.txt (one per line) "
+                f"beside the shards ({shards[0].parent}) or one folder up, or pass ?classnames=FILE"
+            )
+        source, names = sidecar
+        for label, item in zip(labels, where):
+            if not 0 <= label < len(names):
+                raise DatasetError(f"{item}: label {label} out of range: {source} lists {len(names)} classes")
+        return labels, names
+    if any(numeric):
+        first = numeric.index(True)
+        raise DatasetError(f"{where[first]}: label {raw[first]!r} is an integer but other samples name their class "
+                           f"(e.g. {raw[numeric.index(False)]!r}); use one kind of label")
+    if sidecar is not None:
+        source, names = sidecar
+        index = {n: i for i, n in enumerate(names)}
+        for value, item in zip(raw, where):
+            if value not in index:
+                raise DatasetError(f"{item}: class {value!r} is not listed in {source}")
+        return [index[v] for v in raw], names
+    if SPLIT_PLACEHOLDER in spec.root:
+        raise DatasetError(
+            f"dataset spec {spec.text!r}: labels are class names and the pattern has {SPLIT_PLACEHOLDER}: give "
+            "?classnames=FILE (or a classnames.txt beside the shards) so that every split has the same label order"
+        )
+    names = sorted(set(raw))
+    index = {n: i for i, n in enumerate(names)}
+    return [index[v] for v in raw], names
+
+
+def _default_name(pattern: str) -> str:
+    """The folder the pattern starts in: `/data/cars/{split}/{0..3}.tar` and `/data/cars/shard-{0..9}.tar` -> cars."""
+    fixed = pattern.split("{", 1)[0]
+    folder = fixed if fixed.endswith(("/", os.sep)) else os.path.dirname(fixed)
+    return Path(folder).expanduser().resolve().name or "wds"
+
+
+def build_wds(spec: Spec, split: str) -> ImageDataset:
+    spec.check_options(OPTIONS)
+    wds = require("webdataset", f"dataset spec {spec.text!r}")
+    shards = expand_pattern(spec, split)
+    image_keys = [k.strip().lower() for k in spec.options.get("image", DEFAULT_IMAGE_KEYS).split(";") if k.strip()]
+    label_key = spec.options.get("label", DEFAULT_LABEL_KEY).strip().lower()
+    if not image_keys or not label_key:
+        raise DatasetError(f"dataset spec {spec.text!r}: ?image= and ?label= must name tar member extensions")
+    shard_of, offsets, sizes, names, raw = [], [], [], [], []
+    for s, shard in enumerate(shards):
+        for key, ext, offset, size, label in _scan_shard(shard, image_keys, label_key, wds):
+            shard_of.append(s)
+            offsets.append(offset)
+            sizes.append(size)
+            names.append(f"{key}.{ext}")
+            raw.append(label)
+    if not names:
+        raise DatasetError(f"dataset spec {spec.text!r}: the {len(shards)} shard(s) of split {split!r} hold no "
+                           f"samples (first shard: {shards[0]})")
+    paths = [f"{shards[s]}#{n}" for s, n in zip(shard_of, names)]
+    labels, classnames = _labels(spec, shards, raw, paths)
+    return ImageDataset(
+        kind="wds",
+        name=spec.options.get("name", _default_name(spec.root)),
+        split=split,
+        classnames=classnames,
+        templates=get_templates(spec.options.get("templates")),
+        paths=paths,
+        labels=labels,
+        loader=WdsLoader([str(s) for s in shards], shard_of, offsets, sizes, names),
+    )
