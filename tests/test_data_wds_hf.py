@@ -49,17 +49,22 @@ def _write_shards(folder: Path, images: list[bytes], labels: list, *, image_ext=
         with wds.TarWriter(str(folder / f"shard-{s:03d}.tar")) as sink:
             for _ in range(rows):
                 sink.write({"__key__": f"sample{i:05d}", image_ext: images[i], label_ext: labels[i],
-                            "txt": f"a picture number {i}"})
+                            "txt": "\n".join(_captions(i))})
                 i += 1
+
+
+def _captions(i: int) -> list[str]:
+    return [f"a picture number {i}", f"something {CLASSES[i % 3]}"][: 1 + i % 2]  # one or two captions
 
 
 def _save_hf(folder: Path, images: list[bytes], labels: list[int], names=CLASSES) -> None:
     import datasets
 
     features = datasets.Features({"img": datasets.Image(), "fine_label": datasets.ClassLabel(names=list(names)),
-                                  "note": datasets.Value("string")})
+                                  "note": datasets.Value("string"), "sentences": [datasets.Value("string")]})
     test = datasets.Dataset.from_dict(
-        {"img": [{"bytes": b, "path": None} for b in images], "fine_label": labels, "note": ["x"] * len(images)},
+        {"img": [{"bytes": b, "path": None} for b in images], "fine_label": labels, "note": ["x"] * len(images),
+         "sentences": [_captions(i) for i in range(len(images))]},
         features=features)
     datasets.DatasetDict({"test": test, "train": test.select(range(3))}).save_to_disk(str(folder))
 
@@ -310,3 +315,59 @@ def test_missing_package_names_the_pip_extra(monkeypatch, module, spec, extra):
     monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ImportError
     with pytest.raises(DatasetError, match=rf"needs the '{module}' package.*pip install 'clipadapt\[{extra}\]'"):
         build_dataset(spec, "test")
+
+
+
+# ------------------------------------------------------------------------------------------------- captions
+@pytest.mark.parametrize("kind", ["wds", "hf"])
+def test_caption_sets_give_the_karpathy_json_retrieval_embeddings(enc, data, kind, tmp_path):
+    """The same images + captions from a Karpathy JSON over the PNG files and from a wds:/hf: spec: identical
+    image and caption embeddings and caption -> image map."""
+    import json
+
+    from clipadapt.data import build_caption_dataset
+    from clipadapt.features.caption_data import (
+        read_karpathy_json,
+        retrieval_set_from_dataset,
+        retrieval_set_from_entries,
+    )
+
+    karpathy = {"images": [{"filename": f"{i:02d}.png", "split": "test",
+                            "sentences": [{"raw": c} for c in _captions(i)]} for i in range(N)]}
+    (tmp_path / "k.json").write_text(json.dumps(karpathy))
+    ref = retrieval_set_from_entries(enc, read_karpathy_json(tmp_path / "k.json", ["test"]), data / "files", 4)
+    spec = _specs(data)[kind] + ("?caption=sentences" if kind == "hf" else "")
+    ds = build_caption_dataset(spec, "test")
+    assert ds.captions == [_captions(i) for i in range(N)] and ds[3][1] is None
+    got = retrieval_set_from_dataset(enc, ds, 4, num_workers=1)
+    torch.testing.assert_close(got.image, ref.image, rtol=0, atol=1e-6)
+    torch.testing.assert_close(got.text, ref.text, rtol=0, atol=1e-6)
+    assert torch.equal(got.text_to_image, ref.text_to_image)
+
+
+def test_retrieval_cli_reads_a_wds_caption_set(data, tmp_path):
+    import json
+
+    from clipadapt.cli import main
+
+    spec = _specs(data)["wds"]
+    assert main(["retrieval", "--dataset", spec, "--model", MODEL, "--device", "cpu", "--dn-source", "test",
+                 "--batch-size", "4", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["n_images"] == N and results["n_captions"] == sum(len(_captions(i)) for i in range(N))
+    assert results["provenance"]["data"] == spec
+    assert results["provenance"]["data_fingerprint"].startswith("dataset-sha256:")
+
+
+def test_caption_errors_are_named(data):
+    from clipadapt.data import build_caption_dataset
+
+    with pytest.raises(DatasetError, match=r"has no caption key 'json'.*\?caption=EXT"):
+        build_caption_dataset(_specs(data)["wds"] + "?caption=json", "test")
+    assert build_caption_dataset(_specs(data)["hf"], "test").captions[1] == _captions(1)  # 'sentences' found
+    with pytest.raises(DatasetError, match=r"no column 'nope' \(\?caption=\); columns: \['img', 'fine_label'"):
+        build_caption_dataset(_specs(data)["hf"] + "?caption=nope", "test")
+    with pytest.raises(DatasetError, match=r"column 'fine_label' holds int, expected a string or a list"):
+        build_caption_dataset(_specs(data)["hf"] + "?caption=fine_label", "test")
+    with pytest.raises(DatasetError, match="captions come from wds: or hf: specs"):
+        build_caption_dataset(_specs(data)["csv"], "test")

@@ -12,14 +12,16 @@ from clipadapt._lazy import lazy_exports
 if TYPE_CHECKING:
     from clipadapt.data._torchvision import from_torchvision
     from clipadapt.data.catalog import COOP_DATASETS, DatasetInfo, get_templates
-    from clipadapt.data.dataset import ImageDataset
+    from clipadapt.data.dataset import CaptionedImages, ImageDataset
     from clipadapt.data.fewshot import load_indices, sample_disjoint, sample_few_shot, save_indices
-    from clipadapt.data.registry import build_dataset, get_classnames, list_datasets
+    from clipadapt.data.registry import build_caption_dataset, build_dataset, get_classnames, list_datasets
 
 __all__ = [
     "COOP_DATASETS",
+    "CaptionedImages",
     "DatasetInfo",
     "ImageDataset",
+    "build_caption_dataset",
     "build_dataset",
     "from_torchvision",
     "get_classnames",
@@ -34,7 +36,7 @@ __all__ = [
 __getattr__, __dir__ = lazy_exports(__name__, {
     "clipadapt.data._torchvision": ["from_torchvision"],
     "clipadapt.data.catalog": ["COOP_DATASETS", "DatasetInfo", "get_templates"],
-    "clipadapt.data.dataset": ["ImageDataset"],
+    "clipadapt.data.dataset": ["CaptionedImages", "ImageDataset"],
     "clipadapt.data.fewshot": ["load_indices", "sample_disjoint", "sample_few_shot", "save_indices"],
-    "clipadapt.data.registry": ["build_dataset", "get_classnames", "list_datasets"],
+    "clipadapt.data.registry": ["build_caption_dataset", "build_dataset", "get_classnames", "list_datasets"],
 })

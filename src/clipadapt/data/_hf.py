@@ -26,10 +26,12 @@ from clipadapt.data._extras import require
 from clipadapt.data._folder import _sidecar_classnames, read_classnames_file
 from clipadapt.data._spec import Spec
 from clipadapt.data.catalog import get_templates
-from clipadapt.data.dataset import ImageDataset, decode_rgb, open_rgb
+from clipadapt.data.dataset import CaptionedImages, ImageDataset, decode_rgb, open_rgb
 from clipadapt.errors import DatasetError
 
 OPTIONS = ("image", "label", "classnames", "templates", "name")
+CAPTION_OPTIONS = ("image", "caption", "name")
+DEFAULT_CAPTION_COLUMNS = ("captions", "caption", "sentences", "text")
 DEFAULT_LABEL_COLUMNS = ("label", "labels", "cls")
 DEFAULT_IMAGE_COLUMNS = ("image", "img", "jpg", "png", "webp")
 
@@ -122,7 +124,8 @@ def _column(spec: Spec, option: str, features: dict, prefer: type, fallbacks: tu
     for name in fallbacks:
         if name in features:
             return name
-    raise DatasetError(f"{where}: no {option} column found (no {prefer.__name__} feature, none of {list(fallbacks)}); "
+    feature = "" if prefer is type(None) else f"no {prefer.__name__} feature, "
+    raise DatasetError(f"{where}: no {option} column found ({feature}none of {list(fallbacks)}); "
                        f"columns: {list(features)}; choose one with ?{option}=COLUMN")
 
 
@@ -170,16 +173,39 @@ def _classnames(spec: Spec, root: str, feature: Any, values: list[Any], where: s
     raise DatasetError(f"{where}: labels must be integers (ClassLabel) or class-name strings, found {bad!r}")
 
 
-def build_hf(spec: Spec, split: str) -> ImageDataset:
-    spec.check_options(OPTIONS)
+def _open(spec: Spec, split: str) -> tuple[Any, Any, str, str, str, dict]:
+    """(datasets module, the HF split's Dataset, root, HF split name, where, features)."""
     datasets = require("datasets", f"dataset spec {spec.text!r}")
     target, pinned = split_target(spec.root.strip())
     if not target:
         raise DatasetError(f"dataset spec {spec.text!r}: expected hf:NAME_OR_PATH[:SPLIT]")
     obj, root = _load(spec, target, datasets)
     hfds, hf_split = _pick_split(obj, spec, root, pinned or split, datasets)
-    where = f"hf:{root}/{hf_split}"
-    features = dict(hfds.features)
+    return datasets, hfds, root, hf_split, f"hf:{root}/{hf_split}", dict(hfds.features)
+
+
+def build_hf_captions(spec: Spec, split: str) -> CaptionedImages:
+    """Images and captions: `?caption=COLUMN` (default: the first of captions, caption, sentences, text) holding
+    a string or a list of strings per row."""
+    spec.check_options(CAPTION_OPTIONS)
+    datasets, hfds, root, hf_split, where, features = _open(spec, split)
+    image_col = _column(spec, "image", features, datasets.Image, DEFAULT_IMAGE_COLUMNS, where)
+    caption_col = _column(spec, "caption", features, type(None), DEFAULT_CAPTION_COLUMNS, where)
+    captions = []
+    for i, value in enumerate(hfds[caption_col]):
+        value = [value] if isinstance(value, str) else value
+        if not isinstance(value, list):
+            raise DatasetError(f"{where}/{i}: column {caption_col!r} holds {type(value).__name__}, expected a "
+                               "string or a list of strings")
+        captions.append(value)
+    return CaptionedImages(kind="hf", name=spec.options.get("name", Path(root).name or root), split=split,
+                           paths=[f"{root}/{hf_split}/{i}" for i in range(len(hfds))], captions=captions,
+                           loader=HfLoader(hfds.select_columns([image_col]), image_col, where, _row_files(hfds)))
+
+
+def build_hf(spec: Spec, split: str) -> ImageDataset:
+    spec.check_options(OPTIONS)
+    datasets, hfds, root, hf_split, where, features = _open(spec, split)
     image_col = _column(spec, "image", features, datasets.Image, DEFAULT_IMAGE_COLUMNS, where)
     label_col = _column(spec, "label", features, datasets.ClassLabel, DEFAULT_LABEL_COLUMNS, where)
     if image_col == label_col:

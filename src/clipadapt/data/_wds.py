@@ -19,6 +19,7 @@ shard, so rewriting a shard changes the cache key.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tarfile
@@ -31,12 +32,14 @@ from clipadapt.data._extras import require
 from clipadapt.data._folder import _sidecar_classnames, read_classnames_file
 from clipadapt.data._spec import Spec
 from clipadapt.data.catalog import get_templates
-from clipadapt.data.dataset import ImageDataset, decode_rgb
+from clipadapt.data.dataset import CaptionedImages, ImageDataset, decode_rgb
 from clipadapt.errors import DatasetError
 
 OPTIONS = ("image", "label", "classnames", "templates", "name")
+CAPTION_OPTIONS = ("image", "caption", "name")
 DEFAULT_IMAGE_KEYS = "jpg;jpeg;png;webp"
 DEFAULT_LABEL_KEY = "cls"
+DEFAULT_CAPTION_KEY = "txt"
 SPLIT_PLACEHOLDER = "{split}"
 _SKIP_META = re.compile(r"__[^/]*__($|/)")  # webdataset's tar_file_iterator skips these members
 _INT = re.compile(r"^[+-]?\d+$")
@@ -105,8 +108,10 @@ def expand_pattern(spec: Spec, split: str) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------------------- index
-def _scan_shard(path: Path, image_keys: list[str], label_key: str, wds) -> list[tuple[str, str, int, int, str]]:
-    """(sample key, image suffix, data offset, size, label text) of every sample of one shard, in tar order."""
+def _scan_shard(path: Path, image_keys: list[str], wanted: dict[str, str],
+                wds) -> list[tuple[str, str, int, int, dict[str, str]]]:
+    """(sample key, image suffix, data offset, size, {role: text}) of every sample of one shard, in tar order;
+    `wanted` maps a role ('label', 'caption') to the member extension read (UTF-8 text) for it."""
     with open(path, "rb") as f:
         if f.read(2) == b"\x1f\x8b":
             raise DatasetError(f"{path}: a gzip-compressed shard; wds: needs uncompressed .tar shards to read images "
@@ -123,18 +128,19 @@ def _scan_shard(path: Path, image_keys: list[str], label_key: str, wds) -> list[
                 return
             key = sample.pop("__key__")
             image = next((k for k in image_keys if k in sample), None)
-            if image is None or label_key not in sample:
-                want = f"image key (one of {';'.join(image_keys)})" if image is None else f"label key {label_key!r}"
-                option = "?image=EXT[;EXT...]" if image is None else "?label=EXT"
-                raise DatasetError(f"{path}: sample {key!r} has no {want}; it has {sorted(sample)} "
-                                   f"(choose the member with {option} in the spec)")
-            info = sample[label_key]
-            raw = tar.extractfile(info).read()
-            try:
-                label = raw.decode("utf-8").strip()
-            except UnicodeDecodeError as e:
-                raise DatasetError(f"{path}: {info.name}: the label member is not UTF-8 text ({e})") from e
-            samples.append((key, image, sample[image].offset_data, sample[image].size, label))
+            if image is None:
+                raise DatasetError(f"{path}: sample {key!r} has no image key (one of {';'.join(image_keys)}); it has "
+                                   f"{sorted(sample)} (choose the member with ?image=EXT[;EXT...] in the spec)")
+            texts = {}
+            for role, ext in wanted.items():
+                if ext not in sample:
+                    raise DatasetError(f"{path}: sample {key!r} has no {role} key {ext!r}; it has {sorted(sample)} "
+                                       f"(choose the member with ?{role}=EXT in the spec)")
+                try:
+                    texts[role] = tar.extractfile(sample[ext]).read().decode("utf-8").strip()
+                except UnicodeDecodeError as e:
+                    raise DatasetError(f"{path}: {sample[ext].name}: the {role} member is not UTF-8 text ({e})") from e
+            samples.append((key, image, sample[image].offset_data, sample[image].size, texts))
 
         try:
             while (info := tar.next()) is not None:
@@ -220,27 +226,35 @@ def _default_name(pattern: str) -> str:
     return Path(folder).expanduser().resolve().name or "wds"
 
 
-def build_wds(spec: Spec, split: str) -> ImageDataset:
-    spec.check_options(OPTIONS)
+def _index(spec: Spec, split: str, roles: dict[str, str]) -> tuple[list[Path], WdsLoader, list[str],
+                                                                  list[dict[str, str]]]:
+    """(shards, loader, row paths `SHARD#KEY.EXT`, per-row texts of `roles`) of the split's shards."""
     wds = require("webdataset", f"dataset spec {spec.text!r}")
     shards = expand_pattern(spec, split)
     image_keys = [k.strip().lower() for k in spec.options.get("image", DEFAULT_IMAGE_KEYS).split(";") if k.strip()]
-    label_key = spec.options.get("label", DEFAULT_LABEL_KEY).strip().lower()
-    if not image_keys or not label_key:
-        raise DatasetError(f"dataset spec {spec.text!r}: ?image= and ?label= must name tar member extensions")
-    shard_of, offsets, sizes, names, raw = [], [], [], [], []
+    wanted = {role: spec.options.get(role, default).strip().lower() for role, default in roles.items()}
+    if not image_keys or not all(wanted.values()):
+        raise DatasetError(f"dataset spec {spec.text!r}: ?image= and ?{'= ?'.join(roles)}= must name tar member "
+                           "extensions")
+    shard_of, offsets, sizes, names, texts = [], [], [], [], []
     for s, shard in enumerate(shards):
-        for key, ext, offset, size, label in _scan_shard(shard, image_keys, label_key, wds):
+        for key, ext, offset, size, text in _scan_shard(shard, image_keys, wanted, wds):
             shard_of.append(s)
             offsets.append(offset)
             sizes.append(size)
             names.append(f"{key}.{ext}")
-            raw.append(label)
+            texts.append(text)
     if not names:
         raise DatasetError(f"dataset spec {spec.text!r}: the {len(shards)} shard(s) of split {split!r} hold no "
                            f"samples (first shard: {shards[0]})")
     paths = [f"{shards[s]}#{n}" for s, n in zip(shard_of, names)]
-    labels, classnames = _labels(spec, shards, raw, paths)
+    return shards, WdsLoader([str(s) for s in shards], shard_of, offsets, sizes, names), paths, texts
+
+
+def build_wds(spec: Spec, split: str) -> ImageDataset:
+    spec.check_options(OPTIONS)
+    shards, loader, paths, texts = _index(spec, split, {"label": DEFAULT_LABEL_KEY})
+    labels, classnames = _labels(spec, shards, [t["label"] for t in texts], paths)
     return ImageDataset(
         kind="wds",
         name=spec.options.get("name", _default_name(spec.root)),
@@ -249,5 +263,29 @@ def build_wds(spec: Spec, split: str) -> ImageDataset:
         templates=get_templates(spec.options.get("templates")),
         paths=paths,
         labels=labels,
-        loader=WdsLoader([str(s) for s in shards], shard_of, offsets, sizes, names),
+        loader=loader,
     )
+
+
+def build_wds_captions(spec: Spec, split: str) -> CaptionedImages:
+    """Images and captions: `?caption=txt` (default) names the caption member; its lines are the image's captions
+    (CLIP_benchmark's retrieval shards keep several captions as lines of one `txt`); a `.json` member may hold a
+    string or a list of strings."""
+    spec.check_options(CAPTION_OPTIONS)
+    _, loader, paths, texts = _index(spec, split, {"caption": DEFAULT_CAPTION_KEY})
+    captions = []
+    for path, text in zip(paths, texts):
+        value = text["caption"]
+        if spec.options.get("caption", DEFAULT_CAPTION_KEY).endswith("json"):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{path}: the caption member is not JSON ({e})") from e
+            value = [value] if isinstance(value, str) else value
+            if not isinstance(value, list):
+                raise DatasetError(f"{path}: a JSON caption member must hold a string or a list of strings")
+            captions.append(value)
+        else:
+            captions.append([line.strip() for line in value.splitlines() if line.strip()])
+    return CaptionedImages(kind="wds", name=spec.options.get("name", _default_name(spec.root)), split=split,
+                           paths=paths, captions=captions, loader=loader)
