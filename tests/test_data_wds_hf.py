@@ -371,3 +371,35 @@ def test_caption_errors_are_named(data):
         build_caption_dataset(_specs(data)["hf"] + "?caption=fine_label", "test")
     with pytest.raises(DatasetError, match="captions come from wds: or hf: specs"):
         build_caption_dataset(_specs(data)["csv"], "test")
+
+
+# ------------------------------------------------------------------------------------------------- tar headers
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT])
+def test_header_reader_lists_what_tarfile_lists(tmp_path, fmt):
+    """The offset index's own tar header reader against Python's tarfile: the same regular members, data
+    offsets and sizes, for long names (pax records, GNU long-name members, ustar prefixes), directories,
+    an empty member and a pax-only unicode name."""
+    from clipadapt.data._wds import tar_members
+
+    path = tmp_path / "x.tar"
+    names = ["a.png", "d" * 60 + "/" + "n" * 80 + ".txt", "sub/", "sub/empty.cls", "big.bin"]
+    if fmt != tarfile.USTAR_FORMAT:
+        names += ["ü-" + "long" * 40 + ".jpg"]  # longer than any ustar field: pax path / GNU ././@LongLink
+    with tarfile.open(path, "w", format=fmt) as tar:
+        for i, name in enumerate(names):
+            info = tarfile.TarInfo(name)
+            if name.endswith("/"):
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+                continue
+            blob = b"" if "empty" in name else bytes(range(256)) * (40 if name == "big.bin" else i + 1)
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+    with tarfile.open(path) as tar:
+        expected = [(m.name, m.offset_data, m.size) for m in tar.getmembers() if m.isreg()]
+    with open(path, "rb") as f:
+        assert list(tar_members(f, path)) == expected
+    assert len(expected) == len(names) - 1
+    path.write_bytes(path.read_bytes()[:700] + b"garbage" * 100)  # the second header is now corrupt
+    with open(path, "rb") as f, pytest.raises(DatasetError, match="corrupt|checksum|truncated"):
+        list(tar_members(f, path))

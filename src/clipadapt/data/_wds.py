@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import tarfile
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -108,20 +108,92 @@ def expand_pattern(spec: Spec, split: str) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------------------- index
+_BLOCK = 512
+_REGULAR = (b"0", b"\0", b"7")  # regular file, old-style regular file, contiguous file
+
+
+def _octal(field: bytes, path: Path, at: int) -> int:
+    """A tar numeric field: NUL/space-terminated octal, or GNU base-256 (high bit set)."""
+    if field[:1] and field[0] & 0x80:
+        return int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
+    text = field.split(b"\0", 1)[0].strip()
+    try:
+        return int(text or b"0", 8)
+    except ValueError:
+        raise DatasetError(f"{path}: corrupt tar header at byte {at} (numeric field {field!r})") from None
+
+
+def _pax_records(data: bytes, path: Path, at: int) -> dict[str, str]:
+    """POSIX pax extended-header records `LEN key=value\n`."""
+    out, pos = {}, 0
+    while pos < len(data) and data[pos:pos + 1] not in (b"\0", b""):
+        space = data.find(b" ", pos)
+        try:
+            length = int(data[pos:space])
+            key, _, value = data[space + 1:pos + length - 1].partition(b"=")
+        except ValueError:
+            raise DatasetError(f"{path}: corrupt pax header at byte {at}") from None
+        if length <= 0:
+            raise DatasetError(f"{path}: corrupt pax header at byte {at}")
+        out[key.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
+        pos += length
+    return out
+
+
+def tar_members(f, path: Path):
+    """(name, data offset, size) of each regular-file member of an uncompressed tar, reading only the headers
+    (plus pax / GNU long-name records) and seeking over the data: what `tarfile` reports, ~20x faster (PAX
+    archives, as `webdataset.TarWriter` writes them, cost `tarfile` two full header parses per member)."""
+    offset, pax_global, pax, long_name = 0, {}, {}, None
+    while True:
+        f.seek(offset)
+        header = f.read(_BLOCK)
+        if not header or header == b"\0" * _BLOCK:
+            return  # end of archive (a zero block), or a file that simply stops after its last member
+        if len(header) < _BLOCK:
+            raise DatasetError(f"{path}: truncated tar header at byte {offset}")
+        stored = _octal(header[148:156], path, offset)
+        unsigned = sum(header[:148]) + 8 * 32 + sum(header[156:])
+        if stored != unsigned and stored != sum(struct.unpack_from("148b8x356b", header)) + 8 * 32:
+            raise DatasetError(f"{path}: not a tar file, or corrupt at byte {offset} (header checksum mismatch)")
+        size = _octal(header[124:136], path, offset)
+        kind = header[156:157]
+        data = offset + _BLOCK
+        if kind in (b"x", b"g", b"L"):
+            f.seek(data)
+            payload = f.read(size)
+            if kind == b"L":
+                long_name = payload.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            else:
+                (pax_global if kind == b"g" else pax).update(_pax_records(payload, path, offset))
+            offset = data + -(-size // _BLOCK) * _BLOCK
+            continue
+        fields = {**pax_global, **pax}
+        if "size" in fields:
+            size = int(fields["size"])
+        name = long_name or fields.get("path")
+        if name is None:
+            name = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            prefix = header[345:500].split(b"\0", 1)[0] if header[257:262] == b"ustar" else b""
+            if prefix:
+                name = prefix.decode("utf-8", "surrogateescape") + "/" + name
+        pax, long_name = {}, None
+        if kind in _REGULAR and not (kind == b"\0" and name.endswith("/")):  # old-style directories end in /
+            yield name, data, size
+        offset = data + -(-size // _BLOCK) * _BLOCK
+
+
 def _scan_shard(path: Path, image_keys: list[str], wanted: dict[str, str],
                 wds) -> list[tuple[str, str, int, int, dict[str, str]]]:
     """(sample key, image suffix, data offset, size, {role: text}) of every sample of one shard, in tar order;
-    `wanted` maps a role ('label', 'caption') to the member extension read (UTF-8 text) for it."""
+    `wanted` maps a role ('label', 'caption') to the member extension read (UTF-8 text) for it. Members are
+    grouped into samples as `webdataset` groups them (its `base_plus_ext` and meta-member rules)."""
+    meta_prefix, meta_suffix = wds.tariterators.meta_prefix, wds.tariterators.meta_suffix
+    samples, current = [], None
     with open(path, "rb") as f:
         if f.read(2) == b"\x1f\x8b":
             raise DatasetError(f"{path}: a gzip-compressed shard; wds: needs uncompressed .tar shards to read images "
                                "by offset (gunzip it: image members do not compress anyway)")
-        f.seek(0)
-        try:
-            tar = tarfile.open(fileobj=f, mode="r:")
-        except tarfile.TarError as e:
-            raise DatasetError(f"{path}: not a readable tar file ({e})") from e
-        samples, current = [], None
 
         def flush(sample: dict | None) -> None:
             if not sample:
@@ -136,32 +208,29 @@ def _scan_shard(path: Path, image_keys: list[str], wanted: dict[str, str],
                 if ext not in sample:
                     raise DatasetError(f"{path}: sample {key!r} has no {role} key {ext!r}; it has {sorted(sample)} "
                                        f"(choose the member with ?{role}=EXT in the spec)")
+                offset, size = sample[ext]
+                f.seek(offset)
                 try:
-                    texts[role] = tar.extractfile(sample[ext]).read().decode("utf-8").strip()
+                    texts[role] = f.read(size).decode("utf-8").strip()
                 except UnicodeDecodeError as e:
-                    raise DatasetError(f"{path}: {sample[ext].name}: the {role} member is not UTF-8 text ({e})") from e
-            samples.append((key, image, sample[image].offset_data, sample[image].size, texts))
+                    raise DatasetError(f"{path}: {key}.{ext}: the {role} member is not UTF-8 text ({e})") from e
+            samples.append((key, image, *sample[image], texts))
 
-        try:
-            while (info := tar.next()) is not None:
-                tar.members = []  # keep memory flat over large shards (as webdataset does)
-                name = info.name
-                if not info.isreg() or ("/" not in name and name.startswith(wds.tariterators.meta_prefix)
-                                        and name.endswith(wds.tariterators.meta_suffix)) or _SKIP_META.match(name):
-                    continue
-                prefix, suffix = wds.tariterators.base_plus_ext(name)
-                if prefix is None:
-                    continue
-                suffix = suffix.lower()
-                if current is None or prefix != current["__key__"]:
-                    flush(current)
-                    current = {"__key__": prefix}
-                if suffix in current:
-                    raise DatasetError(f"{path}: duplicate member {name!r} in sample {prefix!r}")
-                current[suffix] = info
-            flush(current)
-        except tarfile.TarError as e:
-            raise DatasetError(f"{path}: corrupt tar file ({e})") from e
+        for name, offset, size in tar_members(f, path):
+            if ("/" not in name and name.startswith(meta_prefix) and name.endswith(meta_suffix)) \
+                    or _SKIP_META.match(name):
+                continue
+            prefix, suffix = wds.tariterators.base_plus_ext(name)
+            if prefix is None:
+                continue
+            suffix = suffix.lower()
+            if current is None or prefix != current["__key__"]:
+                flush(current)
+                current = {"__key__": prefix}
+            if suffix in current:
+                raise DatasetError(f"{path}: duplicate member {name!r} in sample {prefix!r}")
+            current[suffix] = (offset, size)
+        flush(current)
     return samples
 
 
