@@ -403,3 +403,15 @@ def test_header_reader_lists_what_tarfile_lists(tmp_path, fmt):
     path.write_bytes(path.read_bytes()[:700] + b"garbage" * 100)  # the second header is now corrupt
     with open(path, "rb") as f, pytest.raises(DatasetError, match="corrupt|checksum|truncated"):
         list(tar_members(f, path))
+
+
+def test_datasets_help_and_listing_name_both_sources_and_their_extras(capsys):
+    from clipadapt.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["datasets", "--help"])
+    shown = capsys.readouterr().out
+    assert "wds:PATTERN" in shown and "pip install 'clipadapt[wds]'" in shown
+    assert "hf:NAME_OR_PATH[:SPLIT]" in shown and "pip install 'clipadapt[hf-datasets]'" in shown
+    assert main(["datasets", "--kind", "coop"]) == 0
+    assert "wds:PATTERN" in capsys.readouterr().out
