@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,16 +15,56 @@ from clipadapt.errors import DatasetError
 Loader = Callable[[int], Image.Image]
 
 
+# High-bit-depth PIL modes and the value range each is taken to span (docs/datasets.md, "Image modes"). Pillow's
+# own convert("RGB") clips them to 0..255, which saturates a 16-bit image to white.
+SIXTEEN_BIT_MAX = 65535  # I;16* and I: 16-bit samples (PNG stores 12-bit samples scaled up to this range)
+FLOAT_RANGE = (0.0, 1.0)  # F: 32-bit float samples in [0, 1]
+
+
+def to_rgb(image: Image.Image, what: str | Path = "image") -> Image.Image:
+    """An 8-bit RGB copy of `image`. High-bit-depth grey images are scaled, not clipped: I;16/I;16B/I;16L and I
+    (the mode Pillow decodes 16-bit files to) as value / 257 over 0..65535, F as value × 255 over [0, 1]; values
+    outside the range are clipped. Every other mode uses Pillow's conversion."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    import numpy as np  # here: the torch/numpy-free CLI parser imports this package
+
+    if mode == "I" or mode.startswith("I;16"):
+        pixels = np.asarray(image).astype(np.float64) * (255.0 / SIXTEEN_BIT_MAX)
+    elif mode == "F":
+        pixels = np.asarray(image).astype(np.float64)
+        if not np.isfinite(pixels).all():
+            raise DatasetError(f"{what}: 32-bit float image (mode F) holds inf or nan pixels")
+        low, high = FLOAT_RANGE
+        pixels = (pixels - low) * (255.0 / (high - low))
+    else:
+        return image.convert("RGB")
+    grey = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")
+
+
 def open_rgb(path: str | Path) -> Image.Image:
-    """Decode an image file fully as RGB; DatasetError naming the path when missing, unreadable or corrupt."""
+    """Decode an image file fully as 8-bit RGB (`to_rgb`: high bit depths scaled, not clipped); DatasetError
+    naming the path when missing, unreadable or corrupt."""
     try:
         with Image.open(path) as im:
             im.load()
-            return im.convert("RGB")
+            return to_rgb(im, path)
     except FileNotFoundError as e:
         raise DatasetError(f"{path}: image file not found") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DatasetError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
+
+
+def decode_rgb(data: bytes, where: str) -> Image.Image:
+    """Decode encoded image bytes (a tar member, a dataset cell) fully as RGB; DatasetError naming `where`."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DatasetError(f"{where}: cannot read image ({type(e).__name__}: {e})") from e
 
 
 class FileLoader:
@@ -98,7 +139,7 @@ class ImageDataset:
         i = i % len(self)
         image = self._loader(self._source_indices[i])
         if image.mode != "RGB":
-            image = image.convert("RGB")
+            image = to_rgb(image, f"{self.name}/{self.split}[{i}]")
         return image, self.labels[i]
 
     @property
@@ -150,3 +191,54 @@ class ImageDataset:
             source_indices=[self._source_indices[i] for i in idx],
             spec=self.spec,
         )
+
+
+class CaptionedImages:
+    """Images with their captions and no class labels (`wds:`/`hf:` specs with `?caption=`), for retrieval:
+    `ds[i] -> (PIL RGB image, None)`, `ds.captions[i]` the list of image i's captions. Same identity surface as
+    `ImageDataset` (paths, fingerprint, source_files, subset), so extraction and the cache treat it alike."""
+
+    def __init__(self, *, kind: str, name: str, split: str, paths: Sequence[str], captions: Sequence[Sequence[str]],
+                 loader: Loader, source_indices: Sequence[int] | None = None, spec: str | None = None):
+        if len(paths) != len(captions):
+            raise DatasetError(f"{kind}:{name} split '{split}': {len(paths)} images but {len(captions)} caption lists")
+        for path, caps in zip(paths, captions):
+            if not caps or not all(isinstance(c, str) and c.strip() for c in caps):
+                raise DatasetError(f"{path}: no caption (expected one or more non-empty strings, got {list(caps)!r})")
+        self.kind, self.name, self.split, self.spec = kind, name, split, spec
+        self.paths = [str(p) for p in paths]
+        self.captions = [[str(c) for c in caps] for caps in captions]
+        self.classnames: list[str] = []
+        self._loader = loader
+        self._source_indices = list(range(len(self.paths))) if source_indices is None else list(source_indices)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[Image.Image, None]:
+        if not 0 <= i < len(self):
+            raise IndexError(f"{self.name}/{self.split}: index {i} out of range for {len(self)} items")
+        return self._loader(self._source_indices[i]), None
+
+    def __repr__(self) -> str:
+        return (f"CaptionedImages(kind={self.kind!r}, name={self.name!r}, split={self.split!r}, n={len(self)}, "
+                f"captions={sum(map(len, self.captions))})")
+
+    def fingerprint(self) -> str:
+        """sha256 hex over (kind, name, split, paths, captions)."""
+        payload = json.dumps([self.kind, self.name, self.split, self.paths, self.captions], ensure_ascii=False,
+                             separators=(",", ":"))
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+    def source_files(self) -> list[str] | None:
+        files = getattr(self._loader, "files", None)
+        return None if files is None else [str(files[j]) for j in self._source_indices]
+
+    def subset(self, indices: Sequence[int]) -> CaptionedImages:
+        idx = [int(i) for i in indices]
+        for i in idx:
+            if not 0 <= i < len(self):
+                raise DatasetError(f"{self.name}/{self.split}: subset index {i} out of range 0..{len(self) - 1}")
+        return CaptionedImages(kind=self.kind, name=self.name, split=self.split, paths=[self.paths[i] for i in idx],
+                               captions=[self.captions[i] for i in idx], loader=self._loader,
+                               source_indices=[self._source_indices[i] for i in idx], spec=self.spec)
