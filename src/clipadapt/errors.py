@@ -37,3 +37,8 @@ class AdapterError(ClipadaptError):
 
 class ProtocolError(ClipadaptError):
     """An evaluation protocol would select or fit on test data (e.g. a validation split that is the test split)."""
+
+
+class OutputError(ClipadaptError):
+    """An output path cannot be used: it is, lies inside or contains an input, is not writable, is a file where a
+    directory is needed (or the reverse), or is an existing non-empty directory without --overwrite."""

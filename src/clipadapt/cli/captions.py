@@ -17,6 +17,7 @@ from clipadapt.cli._conventions import (
     vs_baseline,
     write_results,
 )
+from clipadapt.cli._outputs import FILE, output_option
 from clipadapt.errors import ConfigError, DatasetError
 from clipadapt.eval.runners.dn import add_dn_arguments
 
@@ -48,8 +49,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="with --dn-source unlabeled: safetensors with 'image' and 'text' raw embeddings for the means")
     add_dn_arguments(parser, source_default="test", sources=("test", "unlabeled"), samples_default=None)
     add_out_argument(parser, writes="correlations.md, correlations.csv, scores.csv (per judgment)", legacy_json=True)
-    parser.add_argument("--table", type=Path, help="also write the correlation table here (.md or .csv)")
-    parser.add_argument("--scores-out", type=Path, help="also write the per-judgment scores CSV here")
+    output_option(parser.add_argument("--table", type=Path,
+                                      help="also write the correlation table here (.md or .csv)"), FILE)
+    output_option(parser.add_argument("--scores-out", type=Path,
+                                      help="also write the per-judgment scores CSV here"), FILE)
 
 
 def read_judgments(path: Path) -> list[dict[str, str]]:
@@ -80,9 +83,8 @@ def _int(value: str, path: Path, line: int, column: str, n: int) -> int:
 
 def _from_embeddings(args: argparse.Namespace, rows: list[dict]) -> tuple:
     """(image, caption, references, DN pool, rows, skipped images) from the row indices into --embeddings."""
-    from clipadapt.features.io import _require, load_tensors
-
     from clipadapt.builtin import caption_tensors, is_builtin
+    from clipadapt.features.io import _require, load_tensors
 
     tensors = caption_tensors(args.embeddings) if is_builtin(args.embeddings) else load_tensors(args.embeddings)
     image_all = _require(tensors, "image", args.embeddings).float()
