@@ -10,6 +10,12 @@ from clipadapt.errors import ConfigError, NotFittedError
 CLIP_LOGIT_SCALE = 100.0
 
 
+def add_bias(logits: Tensor, bias: float) -> Tensor:
+    """`logits + bias` (a model's learned logit bias, e.g. SigLIP's); bias 0 returns `logits` itself, so CLIP's
+    numbers are bit for bit those computed without a bias."""
+    return logits + bias if bias else logits
+
+
 def l2_normalize(x: Tensor, dim: int = -1, eps: float = 1e-12) -> Tensor:
     """Scale vectors along `dim` to unit L2 norm (zero vectors stay zero)."""
     return x / x.norm(dim=dim, keepdim=True).clamp_min(eps)

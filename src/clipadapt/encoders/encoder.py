@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,6 +28,7 @@ from clipadapt.encoders.weights import (
     weights_fingerprint,
 )
 from clipadapt.errors import ConfigError, WeightsUnavailableError
+from clipadapt.ops import CLIP_LOGIT_SCALE
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +139,14 @@ def _quiet_open_clip() -> Iterator[None]:
         logger.setLevel(level)
 
 
+def model_logit_params(model: torch.nn.Module) -> dict[str, float | None]:
+    """The learned logit scale and bias of an open_clip (or wrapped transformers) model; see Encoder.logit_params."""
+    log_scale = getattr(model, "logit_scale", None)
+    bias = getattr(model, "logit_bias", None)
+    scale = float(f"{math.exp(log_scale.item()):.6g}") if isinstance(log_scale, Tensor) else CLIP_LOGIT_SCALE
+    return {"logit_scale": scale, "logit_bias": float(f"{bias.item():.6g}") if isinstance(bias, Tensor) else None}
+
+
 class Encoder:
     """A loaded CLIP backbone: `encode_images` / `encode_texts` return raw float32 embeddings on the CPU."""
 
@@ -172,6 +182,11 @@ class Encoder:
     @property
     def preprocess_cfg(self) -> dict[str, Any]:
         return dict(self._fingerprint["preprocessing"])
+
+    def logit_params(self) -> dict[str, float | None]:
+        """{'logit_scale': s, 'logit_bias': b or None}: the model's learned logit scale (exp of its stored log-scale,
+        to 6 significant digits, so CLIP's float32 ln 100 gives exactly 100) and bias (SigLIP's; None without)."""
+        return model_logit_params(self.model)
 
     def fingerprint(self) -> dict[str, Any]:
         """What determines the embeddings (a copy; see `encoder_fingerprint`)."""

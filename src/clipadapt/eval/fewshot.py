@@ -30,7 +30,7 @@ from clipadapt.errors import ConfigError, FeatureDirError
 from clipadapt.eval.metrics import mean_std, topk_accuracy
 from clipadapt.eval.protocol import check_disjoint
 from clipadapt.eval.search import TIP_GRID, TIPX_GRID, grid_preset, resolve_grid, search_tip_adapter, search_tip_x
-from clipadapt.features.featureset import FeatureSet, FeatureSplit
+from clipadapt.features.featureset import FeatureSet, FeatureSplit, LogitParams, logit_params
 from clipadapt.methods.tip_adapter import TipAdapter, TipAdapterF
 from clipadapt.methods.tip_x import TipX
 from clipadapt.methods.zeroshot import ZeroShotClassifier
@@ -283,12 +283,15 @@ def fit_and_predict(
     *,
     seed: int,
     adapted: tuple[FeatureSplit, FeatureSplit, Tensor] | None = None,
+    logit: LogitParams | None = None,
 ) -> Prediction:
     """Fit `method` (a METHOD_TABLE name) on the cache rows, choose its hyper-parameters on val, predict test.
-    Sees no test labels. `adapted`: (train, val, test features) through the IMO adapter, for TA++/TX++."""
+    Sees no test labels. `adapted`: (train, val, test features) through the IMO adapter, for TA++/TX++.
+    `logit`: the model's logit scale and bias for the zero-shot term (default: 100, no bias)."""
     estimator, family, _ = METHOD_TABLE[method]
+    logit_kwargs = (logit or LogitParams()).kwargs()
     if family is None:  # zero-shot: no cache, nothing to search
-        model = estimator().fit(text)
+        model = estimator(**logit_kwargs).fit(text)
         val_acc = topk_accuracy(model.predict_logits(val.image), val.labels("val"), (1,))["top1"]
         return Prediction(model.predict_logits(test_features), model.get_params(), val_acc)
     assert train is not None
@@ -296,11 +299,11 @@ def fit_and_predict(
     grid = config.grid(method)
     a_train, a_val, a_test = adapted if adapted is not None else (None, None, None)
     if estimator is TipAdapterF:  # fine-tunes its keys, the epoch chosen on val
-        model = TipAdapterF(epochs=config.tipf_epochs, seed=seed).fit(
+        model = TipAdapterF(epochs=config.tipf_epochs, seed=seed, **logit_kwargs).fit(
             keys, key_labels, text, val_features=val.image, val_labels=val.labels("val")
         )
     else:
-        model = estimator().fit(keys, key_labels, text, adapted_keys=a_train.image if a_train else None)
+        model = estimator(**logit_kwargs).fit(keys, key_labels, text, adapted_keys=a_train.image if a_train else None)
     a_val_image = a_val.image if a_val is not None else None
     options = config.search_options(method)
     if family == "tipx":
@@ -409,7 +412,7 @@ def run_fewshot(
     indices = {**{f"shots{k}_seed{s}": idx for (k, s), idx in shot_lists.items()},
                **{f"val_seed{s}": idx for s, idx in jobs.val_lists.items()}}
     return {"runs": runs, "summary": summarize(runs, config.methods), "indices": indices,
-            "validation": _describe_validation(config, jobs.val_lists)}
+            "validation": _describe_validation(config, jobs.val_lists), "logit": jobs.logit.describe()}
 
 
 def _sample_shot_lists(source: FewShotSource, config: FewShotConfig, train_labels: Tensor,
@@ -465,6 +468,7 @@ class _Jobs:
     adapted_test: FeatureSplit | None
     val_lists: dict[int, list[int]] = field(default_factory=dict)
     zero_shot: dict[int | None, Prediction] = field(default_factory=dict)
+    logit: LogitParams = field(default_factory=LogitParams)
 
     @classmethod
     def prepare(cls, source: FewShotSource, config: FewShotConfig, device: torch.device | str | None) -> _Jobs:
@@ -477,7 +481,8 @@ class _Jobs:
         if not validation.indices_needed():
             validation.get(config.seeds[0], None)  # guard before sampling or encoding anything
         adapted_test = _to(source.eval_split("test", adapted=True), device) if config.needs_adapted else None
-        return cls(source, config, device, text, test, test_labels, validation, adapted_test)
+        return cls(source, config, device, text, test, test_labels, validation, adapted_test,
+                   logit=logit_params(source.meta))
 
     def run(self, shots: int, seed: int, idx: list[int]) -> list[dict[str, Any]]:
         """One run record per method on the cache rows `idx` of (shots, seed)."""
@@ -506,13 +511,15 @@ class _Jobs:
         if method == "zeroshot":
             key = seed if self.val_lists else None
             if key not in self.zero_shot:
-                self.zero_shot[key] = fit_and_predict(method, self.config, self.text, None, val, self.test.image, seed=seed)
+                self.zero_shot[key] = fit_and_predict(method, self.config, self.text, None, val, self.test.image, seed=seed,
+                                                      logit=self.logit)
             return self.zero_shot[key]
         adapted = None
         if METHOD_TABLE[method][2]:
             assert self.adapted_test is not None and adapted_train is not None and adapted_val is not None
             adapted = (adapted_train, adapted_val, self.adapted_test.image)
-        return fit_and_predict(method, self.config, self.text, train, val, self.test.image, seed=seed, adapted=adapted)
+        return fit_and_predict(method, self.config, self.text, train, val, self.test.image, seed=seed, adapted=adapted,
+                               logit=self.logit)
 
 
 def summarize(runs: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:

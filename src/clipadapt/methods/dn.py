@@ -15,7 +15,8 @@ differs by task, and is explicit here (`task=`):
   * ``"classes"``: μ_txt is the mean over classes of the prompt-ensembled rows W_k (each template normalised,
     averaged, re-normalised), and ``c_k = norm(W_k − λμ_txt)``.
 
-  Then ``logits = s · norm(f − λμ_img) · c_kᵀ``. The two agree when the text embeddings are already unit
+  Then ``logits = s · norm(f − λμ_img) · c_kᵀ + b`` (s, b: the model's logit scale and bias; CLIP 100, 0).
+  The two agree when the text embeddings are already unit
   vectors and there is one template per class.
 - ``"retrieval"`` and ``"caption"``: normalise first, means of the **normalised** embeddings, subtract,
   dot product, **no** re-normalisation: ``S = (norm(f) − λμ_img)·(norm(t) − λμ_txt)``. Only the query-side
@@ -40,7 +41,15 @@ from clipadapt.constants import (  # re-exported; defined there so the CLI parse
 )
 from clipadapt.errors import ConfigError
 from clipadapt.methods._params import Params
-from clipadapt.ops import CLIP_LOGIT_SCALE, check_is_fitted, check_same_dim, l2_normalize, pool_views, prompt_ensemble
+from clipadapt.ops import (
+    CLIP_LOGIT_SCALE,
+    add_bias,
+    check_is_fitted,
+    check_same_dim,
+    l2_normalize,
+    pool_views,
+    prompt_ensemble,
+)
 
 Task = Literal["classification", "retrieval", "caption"]
 TextMean = Literal["prompts", "classes"]
@@ -85,9 +94,10 @@ class DistributionNormalizer(Params):
         task: Task = "classification",
         logit_scale: float = CLIP_LOGIT_SCALE,
         text_mean: TextMean = DEFAULT_TEXT_MEAN,
+        logit_bias: float = 0.0,
     ):
         self.lam, self.n_samples, self.seed, self.task, self.logit_scale = lam, n_samples, seed, task, logit_scale
-        self.text_mean = text_mean
+        self.text_mean, self.logit_bias = text_mean, logit_bias
 
     def _check_params(self) -> None:
         if self.task not in TASKS:
@@ -183,7 +193,7 @@ class DistributionNormalizer(Params):
         check_is_fitted(self, "classifier_")
         f = pool_views(features)
         check_same_dim(f, self.image_mean_, "image embeddings", "the fitted DN image mean")
-        return self._centre_and_scale(f, self.logit_scale) @ self.classifier_.T
+        return add_bias(self._centre_and_scale(f, self.logit_scale) @ self.classifier_.T, self.logit_bias)
 
     def describe(self) -> dict:
         """Hyper-parameters and sample counts for a results file."""

@@ -133,7 +133,7 @@ def first_view_results(model_kwargs: dict[str, Any], pool, text, test_image, lab
 
     one_pool = pool[:, 0] if pool.ndim == 3 else pool
     model = DistributionNormalizer(**model_kwargs).fit(one_pool, text)
-    plain = ZeroShotClassifier(logit_scale=model.logit_scale).fit(text)
+    plain = ZeroShotClassifier(logit_scale=model.logit_scale, logit_bias=model.logit_bias).fit(text)
     return {**classification_report(model.predict_logits(test_image[:, 0]), labels),
             "without_dn": classification_report(plain.predict_logits(test_image[:, 0]), labels),
             "note": "view 0 of the same features: the first augmented view, not the un-augmented image"}
@@ -153,10 +153,11 @@ def run_dn(features: FeatureSet, options: DNOptions) -> MethodResult:
     test = features.split(options.split)
     labels = test.label
     draws, first_logits = [], None
+    logit = features.logit_params()
     for r in range(options.dn_repeats):
         seed = options.dn_seed + r
         model = DistributionNormalizer(lam=options.dn_lambda, n_samples=options.dn_samples, seed=seed,
-                                       text_mean=options.dn_text_mean).fit(pool, features.text)
+                                       text_mean=options.dn_text_mean, **logit.kwargs()).fit(pool, features.text)
         logits = model.predict_logits(test.image)
         if first_logits is None:
             first_logits = logits
@@ -170,10 +171,10 @@ def run_dn(features: FeatureSet, options: DNOptions) -> MethodResult:
     }
     extra["dn"]["views"] = test.views  # V > 1: test-time augmentation, raw views averaged before DN
     if labels is not None:  # the same split without DN, so one results file shows DN's effect
-        extra["without_dn"] = classification_report(ZeroShotClassifier(logit_scale=model.logit_scale).fit(features.text).predict_logits(test.image), labels)
+        extra["without_dn"] = classification_report(ZeroShotClassifier(**logit.kwargs()).fit(features.text).predict_logits(test.image), labels)
     if labels is not None and test.views > 1:  # TTA and no-TTA from one extraction
         kwargs = {"lam": options.dn_lambda, "n_samples": options.dn_samples, "seed": options.dn_seed,
-                  "text_mean": options.dn_text_mean}
+                  "text_mean": options.dn_text_mean, **logit.kwargs()}
         extra["tta"] = {"first view": first_view_results(kwargs, pool, features.text, test.image, labels)}
     samples = "all" if options.dn_samples is None else options.dn_samples
     if draws and options.dn_repeats > 1:
@@ -193,5 +194,5 @@ def run_dn(features: FeatureSet, options: DNOptions) -> MethodResult:
                          f"top1 {summary['top1_mean']:.2f} ± {summary['top1_std']:.2f}")
     hyper = {"lambda": options.dn_lambda, "n_samples": samples,
              "seed": options.dn_seed, "text_mean": options.dn_text_mean, "order": ORDER[options.dn_text_mean],
-             "logit_scale": model.logit_scale}
+             **logit.describe()}
     return MethodResult(logits=first_logits, hyperparameters=hyper, extra=extra, notes=notes)
