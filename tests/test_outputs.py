@@ -457,3 +457,28 @@ def test_a_failed_command_leaves_no_staging_directory_and_no_parents_it_made(fea
     assert main(["eval", "--features", str(featdir), "--out", str(tmp_path / "a" / "b" / "run")]) == 2
     assert not (tmp_path / "a").exists()
     assert json.dumps(sorted(p.name for p in tmp_path.iterdir())) == '["feats"]'
+
+
+def test_an_out_filled_by_something_else_during_the_run_is_not_replaced(featdir, tmp_path, monkeypatch, capsys):
+    import clipadapt.cli.eval
+
+    out = tmp_path / "run"
+    real = clipadapt.cli.eval.load_features_from_args
+
+    def meanwhile(*args, **kwargs):  # another run writes the same --out while this one computes
+        out.mkdir()
+        (out / "results.json").write_text("theirs")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(clipadapt.cli.eval, "load_features_from_args", meanwhile)
+    assert main(["eval", "--features", str(featdir), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "filled by something else" in err and (out / "results.json").read_text() == "theirs"
+    kept = Path(err.split("the results are in ")[1].split(" — ")[0])
+    assert json.loads((kept / "results.json").read_text())["method"] == "zeroshot"
+
+
+def test_a_cache_directory_to_be_created_inside_out_is_refused(featdir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["eval", "--features", str(featdir), "--cache-dir", str(out / "cache"), "--out", str(out)]) == 2
+    assert "contains the input" in capsys.readouterr().err and not out.exists()

@@ -97,10 +97,10 @@ def _option_name(action: argparse.Action) -> str:
 
 
 def _paths_in(value: Any, spec: bool) -> Iterator[Path]:
-    """The existing paths a value names: a Path, the path-like parts of a spec string, recursively in lists."""
+    """The paths a value names: a Path (existing or not: `--cache-dir` may be created by the run), the existing
+    path-like parts of a spec string, recursively in lists."""
     if isinstance(value, Path):
-        if os.path.lexists(value):
-            yield value
+        yield value
     elif isinstance(value, (list, tuple)):
         for v in value:
             yield from _paths_in(v, spec)
@@ -251,13 +251,23 @@ class Outputs:
         if self._stdout is not None:
             sys.stdout, self._stdout = self._stdout, None
         if exc_type is None and self.keep:
-            self.commit()
+            try:
+                self.commit()
+            except BaseException:
+                self.discard()  # what was not renamed into place
+                raise
         else:
             self.discard()
 
     def commit(self) -> None:
+        overwrite = bool(getattr(self.args, "overwrite", False))
         for out, tmp in self.staged:
+            if not overwrite and out.target.is_dir() and any(out.target.iterdir()):
+                self.staged = [s for s in self.staged if s[1] != tmp]  # keep the results where they are
+                raise OutputError(f"{out.option} {out.given}: the directory was filled by something else while the "
+                                  f"command ran (another run?); the results are in {tmp} — move them yourself")
             _replace_dir(tmp, out.target)
+            self.staged = [s for s in self.staged if s[1] != tmp]
             setattr(self.args, out.dest, out.given)
 
     def discard(self) -> None:
