@@ -482,3 +482,17 @@ def test_a_cache_directory_to_be_created_inside_out_is_refused(featdir, tmp_path
     out = tmp_path / "run"
     assert main(["eval", "--features", str(featdir), "--cache-dir", str(out / "cache"), "--out", str(out)]) == 2
     assert "contains the input" in capsys.readouterr().err and not out.exists()
+
+
+@pytest.mark.parametrize("env", [None, "cache-here"])
+def test_the_default_cache_is_an_input_and_its_root_is_the_caches(tmp_path, monkeypatch, featdir, capsys, env):
+    from clipadapt.features.cache import cache_root
+
+    if env is None:
+        monkeypatch.delenv("CLIPADAPT_CACHE", raising=False)
+    else:
+        monkeypatch.setenv("CLIPADAPT_CACHE", str(tmp_path / env))
+    assert _outputs.default_cache_root() == cache_root()
+    if env is not None:
+        assert main(["eval", "--features", str(featdir), "--out", str(tmp_path / env / "images")]) == 2
+        assert "--cache-dir" in capsys.readouterr().err

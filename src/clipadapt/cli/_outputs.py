@@ -143,9 +143,17 @@ def _inputs(args: argparse.Namespace, actions: list[argparse.Action], output_des
         if (action.dest in output_dests or action.dest.startswith("_") or is_output(action) or action.choices
                 or isinstance(action, (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction))):
             continue
-        for path in _paths_in(getattr(args, action.dest, None), action.dest in SPEC_OPTIONS):
+        value = getattr(args, action.dest, None)
+        if action.dest == "cache_dir" and value is None:
+            value = default_cache_root()
+        for path in _paths_in(value, action.dest in SPEC_OPTIONS):
             inputs.append((_option_name(action), path.resolve()))
     return inputs
+
+
+def default_cache_root() -> Path:
+    """features.cache.cache_root() without --cache-dir (that module imports torch; the parser must not)."""
+    return Path(os.environ.get("CLIPADAPT_CACHE") or Path.home() / ".cache" / "clipadapt").expanduser()
 
 
 def _inside(path: Path, folder: Path) -> bool:
