@@ -496,3 +496,21 @@ def test_the_default_cache_is_an_input_and_its_root_is_the_caches(tmp_path, monk
     if env is not None:
         assert main(["eval", "--features", str(featdir), "--out", str(tmp_path / env / "images")]) == 2
         assert "--cache-dir" in capsys.readouterr().err
+
+
+def test_a_copy_that_hits_a_full_disk_names_its_destination(tmp_path, monkeypatch):
+    src = tmp_path / "a.bin"
+    src.write_bytes(b"x" * 10)
+
+    def no_link(*args):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(clipadapt.fileio.os, "link", no_link)
+    monkeypatch.setattr(clipadapt.fileio.shutil, "copyfile", full)
+    with pytest.raises(OSError) as e:
+        clipadapt.fileio.link_or_copy(src, tmp_path / "out" / "b.bin")
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "out" / "b.bin")
+    assert list((tmp_path / "out").iterdir()) == []

@@ -118,6 +118,9 @@ def link_or_copy(src: str | Path, dst: str | Path) -> None:
         except OSError:
             shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
+    except OSError as e:  # a copy that hit a full disk names no file
+        tmp.unlink(missing_ok=True)
+        raise with_path(e, dst) from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
