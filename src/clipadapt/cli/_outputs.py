@@ -151,9 +151,12 @@ def _inputs(args: argparse.Namespace, actions: list[argparse.Action], output_des
     return inputs
 
 
-def default_cache_root() -> Path:
+def default_cache_root() -> Path | None:
     """features.cache.cache_root() without --cache-dir (that module imports torch; the parser must not)."""
-    return Path(os.environ.get("CLIPADAPT_CACHE") or Path.home() / ".cache" / "clipadapt").expanduser()
+    if os.environ.get("CLIPADAPT_CACHE"):
+        return Path(os.environ["CLIPADAPT_CACHE"]).expanduser()
+    home = _home()
+    return None if home is None else home / ".cache" / "clipadapt"
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -201,7 +204,14 @@ def _check_writable(out: _Output, folder: Path) -> None:
 def _protected(target: Path) -> bool:
     """Directories --overwrite never replaces: the root, the home directory, the working directory and its parents."""
     cwd = Path.cwd().resolve()
-    return target == Path(target.anchor) or target == Path.home().resolve() or _inside(cwd, target)
+    return target == Path(target.anchor) or target == _home() or _inside(cwd, target)
+
+
+def _home() -> Path | None:
+    try:
+        return Path.home().resolve()
+    except (RuntimeError, KeyError):  # no $HOME and no passwd entry
+        return None
 
 
 def _check_place(out: _Output, overwrite: bool) -> None:
