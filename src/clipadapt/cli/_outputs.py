@@ -43,7 +43,8 @@ DIR, FILE, RESUME = "dir", "file", "resume"
 STAGING_SUFFIX = ".clipadapt-tmp"
 _MARK = "clipadapt_output"  # attribute set on an argparse action: (kind or kind(args, path) -> kind, marker)
 # string options whose value is a spec naming input paths even without a '/' or a suffix (`imagefolder:data`)
-SPEC_OPTIONS = {"dataset", "data", "model", "models", "queries", "gallery", "config", "sets"}
+SPEC_OPTIONS = {"dataset", "data", "model", "models", "queries", "gallery", "config", "sets", "features",
+                "adapted_features"}
 _SPEC_SEPARATORS = re.compile(r"[=:,@]")
 
 Kind = str | Callable[[argparse.Namespace, Path], str]

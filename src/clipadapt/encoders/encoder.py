@@ -6,12 +6,14 @@ import contextlib
 import copy
 import logging
 import math
+import pickle
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import Tensor
 
 from clipadapt.adapters.imo_adapter import adapter_checkpoint_sha256, attach_adapter_checkpoint
@@ -27,7 +29,7 @@ from clipadapt.encoders.weights import (
     weights_dir,
     weights_fingerprint,
 )
-from clipadapt.errors import ConfigError, WeightsUnavailableError
+from clipadapt.errors import ConfigError, WeightsFileError, WeightsUnavailableError
 from clipadapt.ops import CLIP_LOGIT_SCALE
 
 log = logging.getLogger(__name__)
@@ -120,6 +122,14 @@ def _create_model(mid: ModelId, device: torch.device, where: dict[str, Any]) -> 
             model = open_clip.create_model(mid.arch, pretrained=mid.tag, require_pretrained=True, **kwargs)
     except WeightsUnavailableError:
         raise
+    except SafetensorError as e:
+        raise WeightsFileError(f"{where['local'] or mid}: not a weights file: safetensors cannot read it ({e}); "
+                               f"give a state-dict checkpoint or a .safetensors file for model '{mid}'") from e
+    except pickle.UnpicklingError as e:  # weights-only loading refused it: it was never executed
+        raise WeightsFileError(
+            f"{where['local'] or mid}: not a weights file: it is a pickle holding code or objects other than tensors "
+            "and plain containers, and clipadapt never executes those (weights-only loading refused it); give a "
+            f"state-dict checkpoint (tensors only) or a .safetensors file for model '{mid}'") from e
     except (RuntimeError, OSError, ValueError, KeyError) as e:
         if where["download"]:
             raise WeightsUnavailableError(f"could not download weights for model '{mid}': {e}") from e

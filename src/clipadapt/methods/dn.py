@@ -27,6 +27,7 @@ differs by task, and is explicit here (`task=`):
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Literal
 
@@ -49,6 +50,7 @@ from clipadapt.ops import (
     l2_normalize,
     pool_views,
     prompt_ensemble,
+    safe_mean,
 )
 
 Task = Literal["classification", "retrieval", "caption"]
@@ -100,6 +102,12 @@ class DistributionNormalizer(Params):
         self.text_mean, self.logit_bias = text_mean, logit_bias
 
     def _check_params(self) -> None:
+        try:
+            lam = float(self.lam)
+        except (TypeError, ValueError):
+            lam = math.nan
+        if not math.isfinite(lam):
+            raise ConfigError(f"DistributionNormalizer: lam must be a finite number, got {self.lam!r}")
         if self.task not in TASKS:
             raise ConfigError(f"DistributionNormalizer: task must be one of {TASKS}, got '{self.task}'")
         if self.n_samples is not None and self.n_samples < 1:
@@ -122,10 +130,10 @@ class DistributionNormalizer(Params):
         image = draw_samples(image, self.n_samples, g, "images")
         self.n_image_samples_ = int(image.shape[0])
         if self.task == "classification":
-            self.image_mean_ = image.mean(dim=0)
+            self.image_mean_ = safe_mean(image, dim=0)  # raw embeddings: a plain float32 sum could overflow
             rows = self._text_mean_rows(text_embeddings)
             self.n_text_samples_ = int(rows.shape[0])
-            self.text_mean_ = rows.mean(dim=0)
+            self.text_mean_ = safe_mean(rows, dim=0)
             self.classifier_ = self._class_rows(text_embeddings)
         else:
             if text_embeddings.ndim != 2:
@@ -166,7 +174,10 @@ class DistributionNormalizer(Params):
         """scale · norm(f − λμ_img): the subtraction makes a fresh buffer, normalised and scaled in place, so DN
         costs no more passes over the (N, D) features than plain zero-shot's normalise-then-scale."""
         out = f - self.lam * self.image_mean_
-        return out.mul_(scale / out.norm(dim=-1, keepdim=True).clamp_min_(1e-12))
+        norm = out.norm(dim=-1, keepdim=True)
+        if not bool(torch.isfinite(norm).all()):  # huge raw embeddings: the overflow-safe normalisation
+            return l2_normalize(out).mul_(scale)
+        return out.mul_(scale / norm.clamp_min_(1e-12))
 
     def transform_text(self, text: Tensor) -> Tensor:
         """Raw text -> DN text side: classification (C, D)|(C, T, D) class text; retrieval/caption (M, D)."""

@@ -6,6 +6,7 @@ import argparse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from clipadapt.argtypes import COUNT, LAMBDA, SAMPLES, SEED
 from clipadapt.constants import DEFAULT_LAMBDA, DEFAULT_TEXT_MEAN, DN_TEXT_MEANS, THEORY_LAMBDA
 from clipadapt.errors import ConfigError, FeatureDirError
 from clipadapt.eval.registry import EvalOptions, MethodResult, register_eval_method
@@ -14,31 +15,21 @@ if TYPE_CHECKING:  # torch-backed: imported in run_dn, so building the CLI parse
     from clipadapt.features.featureset import FeatureSet
 
 
-def parse_samples(value: str) -> int | None:
-    """'all' -> None (every row), else a positive integer."""
-    if str(value).lower() == "all":
-        return None
-    try:
-        n = int(value)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got '{value}'") from e
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {n}")
-    return n
+parse_samples = SAMPLES  # 'all' -> None (every row), else a positive integer (clipadapt.argtypes)
 
 
 def add_dn_arguments(parser: argparse.ArgumentParser | Any, *, source_default: str = "unlabeled", sources=None,
                      samples_default: int | None = 100) -> None:
     """The --dn-* options shared by `eval --method dn`, `retrieval`, `captions` and `dn-sweep`."""
-    parser.add_argument("--dn-lambda", type=float, default=DEFAULT_LAMBDA,
+    parser.add_argument("--dn-lambda", type=LAMBDA, default=DEFAULT_LAMBDA,
                         help=f"λ in S=(φ−λμ_img)·(ψ−λμ_txt); {DEFAULT_LAMBDA} = DN* (default), {THEORY_LAMBDA} = theory's DN, 0 = plain CLIP")
     shown = "all" if samples_default is None else samples_default
     parser.add_argument("--dn-samples", type=parse_samples, default=samples_default,
                         help=f"unlabeled samples drawn for each mean (default {shown}; 'all' = every row)")
     parser.add_argument("--dn-source", default=source_default, choices=sources,
                         help=f"where the means come from (default {source_default}); 'test' is transductive")
-    parser.add_argument("--dn-repeats", type=int, default=1, help="seeded draws of the samples; report mean ± std")
-    parser.add_argument("--dn-seed", type=int, default=0, help="seed of the first draw (draw r uses seed + r)")
+    parser.add_argument("--dn-repeats", type=COUNT, default=1, help="seeded draws of the samples; report mean ± std")
+    parser.add_argument("--dn-seed", type=SEED, default=0, help="seed of the first draw (draw r uses seed + r)")
 
 
 def add_text_mean_argument(parser: argparse.ArgumentParser | Any) -> None:
@@ -118,7 +109,7 @@ ORDER = {  # what results.json records as the classification formula, per --dn-t
 def _add_eval_arguments(parser) -> None:
     add_dn_arguments(parser, sources=("unlabeled", "train", "val", "test"))
     add_text_mean_argument(parser)
-    parser.add_argument("--views", type=int, default=None, metavar="V",
+    parser.add_argument("--views", type=COUNT, default=None, metavar="V",
                         help="test-time augmentation with --model/--dataset: V seeded augmented views per image, averaged "
                              "before DN; the results also report the first view alone ('tta'), from the same features")
 
