@@ -14,7 +14,6 @@ import io
 import json
 import shlex
 import shutil
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
