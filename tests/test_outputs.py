@@ -206,7 +206,8 @@ def test_reimport_into_an_existing_directory_is_refused_and_overwrite_keeps_noth
     assert _digest(out) == first
     assert _import(out, src, ["train"], "--overwrite") == 0
     assert "test: " not in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["checksums.json", "meta.json", "text.safetensors", "train.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["checksums.json", "meta.json", "text.safetensors",
+                                                     "train.safetensors"]
     assert main(["eval", "--features", str(out)]) == 2  # no stale test split to score
     assert "test" in capsys.readouterr().err
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
