@@ -244,7 +244,8 @@ def grid_preset(name: str) -> dict[str, SearchSpace]:
     """
     if name not in PRESET_NAMES:
         raise ConfigError(f"unknown grid preset '{name}'; available: {', '.join(PRESET_NAMES)}")
-    tip_adapter = SearchSpace({"alpha": linear_grid(0.1, 3.0, 20), "beta": linear_grid(0.1, 7.0, 200)}, ("beta", "alpha"))
+    tip_adapter = SearchSpace({"alpha": linear_grid(0.1, 3.0, 20), "beta": linear_grid(0.1, 7.0, 200)},
+                              ("beta", "alpha"))
     sus_x = SearchSpace({"alpha": linear_grid(0.1, 50.0, 20), "beta": linear_grid(1.0, 50.0, 200),
                          "gamma": linear_grid(0.1, 30.0, 50)}, ("alpha", "beta", "gamma"))
     if name == "imo":
@@ -534,11 +535,11 @@ def _interval_wins(z, a, k, labels, alive, rows, width, alpha, gamma, rounding, 
     some undecided point).
 
     In real arithmetic, with ã, the label's lead over survivor j at (α, γ) is c_j(α) − γ·d_j with
-    c_j = (z_y − z_j) + α·(ã_y − ã_j), d_j = k_y − k_j. Every reference logit lies within margin/2 of this real
-    form, to within `rounding` + α·rel·(ã_y + ã_j) (`_bounded_plane`), so a lead > margin over every survivor is a sure win, a lead < −margin over one is a
-    sure loss, anything else (ties included) is undecided. For each α the sure wins are an interval of γ and the
-    not-sure-losses another, found with one division per survivor and counted on the sorted γ grid. Computed in
-    float64, whose rounding is orders of magnitude below the margin's slack.
+    c_j = (z_y − z_j) + α·(ã_y − ã_j), d_j = k_y − k_j. The reference's lead differs from it by at most
+    m = `rounding` + α·rel·(ã_y + ã_j) (`_bounded_plane`), so a lead > m over every survivor is a sure win, a lead
+    < −m over one a sure loss, anything else (ties included) undecided. For each α the sure wins are an interval
+    of γ and the not-sure-losses another, found with one division per survivor and counted on the sorted γ grid.
+    Computed in float64, whose rounding is orders of magnitude below the margins' slack.
     """
     keep = alive[rows]
     cand = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :width]
