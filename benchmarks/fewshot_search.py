@@ -81,7 +81,8 @@ def synthetic(classes: int, n_val: int, n_test: int, shots: int = 16, dim: int =
         return torch.where(flip, torch.randint(classes, (len(labels),), generator=g), labels)
 
     key_labels = torch.arange(classes).repeat_interleave(shots)
-    val_labels, test_labels = torch.randint(classes, (n_val,), generator=g), torch.randint(classes, (n_test,), generator=g)
+    val_labels = torch.randint(classes, (n_val,), generator=g)
+    test_labels = torch.randint(classes, (n_test,), generator=g)
     return (text, images(key_labels), key_labels, images(val_labels), noisy(val_labels), images(test_labels),
             noisy(test_labels))
 
@@ -268,7 +269,8 @@ def tied_test_accuracy(model, result: SearchResult, test: torch.Tensor, test_lab
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="pets,caltech101,imagenet")
-    parser.add_argument("--imagenet-rows", type=int, default=1000, help="validation rows timed for imagenet (scaled to 50,000)")
+    parser.add_argument("--imagenet-rows", type=int, default=1000,
+                        help="validation rows timed for imagenet (scaled to 50,000)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (data, model and searches on it)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fewshot_search.json")
@@ -279,9 +281,11 @@ def main() -> None:
     cuda = DEVICE.type == "cuda"
     record: dict = {"command": "python benchmarks/fewshot_search.py " + " ".join(sys.argv[1:]),
                     "schema": "clipadapt.bench.fewshot_search/3", "shots": 16, "dim": 512, "dtype": "float32",
-                    "device": torch.cuda.get_device_name(DEVICE) if cuda else platform.processor() or platform.machine(),
+                    "device": (torch.cuda.get_device_name(DEVICE) if cuda
+                               else platform.processor() or platform.machine()),
                     "cpu_cores": os.cpu_count(), "torch": torch.__version__, "threads": 1,
-                    "clock": "wall time between CUDA synchronisations" if cuda else "process CPU time (time.process_time)",
+                    "clock": ("wall time between CUDA synchronisations" if cuda
+                              else "process CPU time (time.process_time)"),
                     "data": "synthetic CLIP-like features, 20 % val/test label noise, seed 0 (see synthetic())",
                     "datasets": {}}
     start = time.perf_counter()
@@ -293,8 +297,9 @@ def main() -> None:
         data = tuple(t.to(DEVICE) for t in synthetic(classes, rows, n_test))
         scale = n_val / rows if not args.quick else 1.0
         with torch.no_grad():
-            entry: dict = {"wall_start": time.perf_counter() - start, "classes": classes, "n_val": n_val, "n_val_timed": rows, "n_test": n_test,
-                           "cache": classes * 16, "load_average_before": os.getloadavg()}
+            entry: dict = {"wall_start": time.perf_counter() - start, "classes": classes, "n_val": n_val,
+                           "n_val_timed": rows, "n_test": n_test, "cache": classes * 16,
+                           "load_average_before": os.getloadavg()}
             for method, bench in (("tip", bench_tip), ("tipx", bench_tipx)):
                 out = bench(name, data, scale, args.quick)
                 result = out.pop("result")

@@ -70,7 +70,8 @@ def test_tip_grid_equals_the_full_search_every_cell(seed, dup):
     protos, keys, yk, val, yv = _data(seed, dup=dup)
     grid = dict(alphas=[0.0, 0.05, 0.5, 1.17, 3.0, 20.0], betas=[0.0, 0.1, 1.0, 7.0, 20.0])
     model = TipAdapter().fit(keys, yk, protos)
-    assert torch.equal(search_tip_adapter(model, val, yv, **grid).correct, reference_tip_adapter(model, val, yv, **grid))
+    assert torch.equal(search_tip_adapter(model, val, yv, **grid).correct,
+                       reference_tip_adapter(model, val, yv, **grid))
 
 
 def test_plus_plus_grids_equal_the_full_search():
@@ -249,7 +250,7 @@ def test_relative_slack_covers_every_summation_order(seed):
         padded[:, :kmax] = terms
         ours = search._halving_sum(padded.T.unsqueeze(0).unsqueeze(-1).clone()).flatten()
         rel = search._relative_slack(kmax, torch.float32)
-        for trial in range(20):
+        for _ in range(20):
             perm = torch.randperm(kmax, generator=g)
             acc = torch.zeros(400)
             for j in perm.tolist():
@@ -274,7 +275,7 @@ def test_bounded_plane_decisions_hold_for_any_cache_term_within_the_bound(seed):
     counts, undecided = search._bounded_plane(z, a, k, labels, torch.zeros(rows, dtype=torch.long), 1, al, ga, rel,
                                               2**20)
     decided = ~undecided
-    for trial in range(5):
+    for _ in range(5):
         delta = (torch.rand(rows, c, generator=g) * 2 - 1) * rel / 1.05
         a_ref = (a.double() * (1 + delta.double())).float()
         want = _literal(z[decided], a_ref[decided], k[decided], labels[decided], alphas, gammas)
