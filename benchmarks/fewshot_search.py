@@ -59,7 +59,7 @@ DATASETS = {"pets": (37, 736, 3669), "caltech101": (100, 1649, 2465), "imagenet"
 # the full and (on imagenet) the pruned search are timed at two β counts: time = fixed + per-β·count, fitted
 TIMED = {"pets": {"full_betas": (5, 10), "tip_points": 100, "tipx_pairs": 20},
          "caltech101": {"full_betas": (2, 4), "tip_points": 40, "tipx_pairs": 8},
-         "imagenet": {"full_betas": (1, 2), "tip_points": 2, "tipx_pairs": 1, "pruned_betas": (2, 6)}}
+         "imagenet": {"full_betas": (1, 2), "tip_points": 2, "tipx_pairs": 1, "pruned_betas": (5, 25)}}
 DEVICE = torch.device("cpu")
 
 
