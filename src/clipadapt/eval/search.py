@@ -1,23 +1,26 @@
-"""Exact, pruned hyper-parameter search for Tip-Adapter(-F) and Tip-X on a validation split (docs/methods.md §3, §4).
+"""Exact hyper-parameter search for Tip-Adapter(-F) and Tip-X on a validation split (docs/methods.md §3, §4).
 
 The search takes a *fitted* estimator (its cache comes from the training shots) and the validation features
-and labels — nothing else; it has no access path to a test split. Per β the work is one (N × NK) exp and one
-(N × NK)·(NK × C) product: the cosine matrix f Fᵀ and Tip-X's ψ(M) L are computed once, the affinity
-exp(−β (1 − f Fᵀ)) L once per β. The (α, γ) plane is then scored on each row's *candidate* classes only:
+and labels — nothing else; it has no access path to a test split. The grid is scored as the full search does
+(tests/_search_reference.py): per β the cache term a = exp(−β (1 − f Fᵀ)) L, then at every (α, γ)
 
-    logit_c(α, γ) = (z_c + α·a_c) − γ·k_c,   z = s·f Wᵀ, a = exp(−β(1 − f Fᵀ)) L, k = ψ(M) L (k = 0 for Tip)
+    logit_c(α, γ) = (z_c + α·a_c) − γ·k_c,   z = s·f Wᵀ, k = ψ(M) L (k = 0 for Tip)
 
-Candidate pruning is exact, not an approximation. With α, γ ≥ 0 every float operation above is monotone, so if
-class c is at least as good as class d in all of z, a and −k, then c's *computed* logit is ≥ d's at every grid
-point. Class d is dropped when such a c exists and either comes first (argmax keeps the first maximum, so d can
-never be the first maximum) or leads in z by more than the worst float rounding (then c is strictly ahead
-everywhere). The dominating classes tried are the argmaxes at a few corner grid points. A row whose label is
-dropped scores 0 everywhere; a row where only the label survives scores 1 everywhere; the others compare the
-label's logit with the surviving classes' logits, computed with exactly the reference arithmetic, so equal
-values stay equal and the count grid is identical, cell for cell, to scoring all C classes
-(tests/_search_reference.py, tests/test_search_pruned.py). Negative or non-finite values fall back to
-scoring every class. Rows are processed in chunks chosen by the same rule as before, so every matrix product
-is the same call on the same shapes.
+and the count of rows whose first maximum is the label. The count grid returned is that one, cell for cell.
+
+Matmul-free path (L one-hot, finite data, α, β, γ ≥ 0, no TF32/bf16 products): no (N × NK)·(NK × C) product.
+Each class's cache term ã_c is the sum of its own K exp terms (the reference's exp input, op for op; summed by
+halving), several β and rows at a time. ã differs from the reference's a by at most `rel`·ã (any summation
+order of K non-negative terms, two exp evaluations: `_relative_slack`), and the reference's logits differ from
+the real z + α·a − γ·k by their rounding (≤ 3u·bound). So a decision that holds with that margin holds for the
+reference: classes the label beats at all corners of the (α, γ) box are dropped, rows settle as always or never
+correct, and for the contested rows the label's lead over each survivor, linear in (α, γ), gives per α an
+interval of γ that surely wins and one that is not surely lost (`_interval_wins`). A (row, β) with any grid point
+in between — near-ties, exact ties — is *undecided* and scored with the reference's own product for its chunk
+(the same call on the same shapes as the full search), so ties and rounding come out exactly as there.
+tests/test_search_pruned.py pins the grid against the reference and a literal argmax, and the decisions against
+perturbed cache terms. Other inputs take the product path: per β the product, then the (α, γ) plane on each
+row's candidate classes (`_plane_correct`: classes dominated in z, a and −k, or beaten at the corners, dropped).
 
 Tie-breaking (deterministic): the correct-count grid is indexed (alpha, beta[, gamma]); among points with the
 most correct predictions the first in the search's loop `order` wins (default: alpha outermost, then beta,
