@@ -31,6 +31,8 @@ outermost. `tie_break="centre"` instead keeps the centre of the largest connecte
 
 from __future__ import annotations
 
+import math
+
 import bisect
 from collections import deque
 from collections.abc import Sequence
@@ -203,12 +205,24 @@ def parse_grid(spec: str) -> list[float]:
     try:
         if ":" in spec:
             low, high, n = spec.split(":")
-            return linear_grid(float(low), float(high), int(n))
-        values = [float(v) for v in spec.split(",") if v.strip()]
+            low, high, n = float(low), float(high), int(n)
+        else:
+            values = [float(v) for v in spec.split(",") if v.strip()]
     except ValueError as e:
         raise ConfigError(f"grid '{spec}': expected LOW:HIGH:N or a comma-separated list of numbers") from e
+    if ":" in spec:
+        _finite_grid(spec, [low, high])
+        return linear_grid(low, high, n)
     if not values:
         raise ConfigError(f"grid '{spec}' is empty")
+    return _finite_grid(spec, values)
+
+
+def _finite_grid(spec: str, values: list[float]) -> list[float]:
+    """A grid of finite values, or a ConfigError naming the spec (nan/inf would search nothing and pick anything)."""
+    bad = [v for v in values if not math.isfinite(v)]
+    if bad:
+        raise ConfigError(f"grid '{spec}': every value must be a finite number, got {bad[0]}")
     return values
 
 
@@ -273,6 +287,9 @@ def _chunk_size(chunk_size: int | None, points_per_row: int, n: int) -> int:
 
 
 def _check_val(features: Tensor, labels: Tensor, adapted: Tensor | None) -> None:
+    if features.shape[0] == 0:
+        raise ConfigError("the hyper-parameter search got 0 validation rows: every grid point would tie at 0 "
+                          "and the first would be reported as chosen; give a non-empty validation split")
     if labels.ndim != 1 or labels.shape[0] != features.shape[0]:
         raise ConfigError(f"validation labels must be (N,) with N={features.shape[0]}, got {tuple(labels.shape)}")
     if adapted is not None and adapted.shape[0] != features.shape[0]:

@@ -11,7 +11,7 @@
         text.safetensors, meta.json   the class text embeddings last used with it + feature-dir metadata
         manifest.json                 written last: the key again + sha256 of every data file
     $ROOT/text/<slug>-<digest16>/      one (encoder, classnames, templates)
-        key.json, text.safetensors (C, T, D), manifest.json
+        key.json, text.safetensors (C, T, D), manifest.json (+ the model's "logit": {logit_scale, logit_bias})
 
     $ROOT/locks/{images,text}/<entry name>.lock   one inter-process lock per entry (`FeatureCache.lock`)
 
@@ -308,11 +308,12 @@ class FeatureCache:
         entry.invalidate(reason, remove=bad)
         return None
 
-    def save_text(self, key: dict[str, Any], text: Tensor) -> CacheEntry:
+    def save_text(self, key: dict[str, Any], text: Tensor, extra: dict[str, Any] | None = None) -> CacheEntry:
+        """Store the text embeddings; `extra` (e.g. the model's `logit` scale and bias) goes into the manifest."""
         entry = self.text_entry(key)
         entry.begin()
         atomic_save_tensors(entry.path / TEXT_FILE, {"text": text.float()})
-        entry.commit([TEXT_FILE])
+        entry.commit([TEXT_FILE], extra=extra)
         return entry
 
     # ------------------------------------------------------------------------------- image splits

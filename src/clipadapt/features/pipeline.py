@@ -189,6 +189,7 @@ class _Request:
     encoder_given: bool
     text: Tensor | None = None
     text_entry: CacheEntry | None = None
+    logit: dict[str, Any] | None = None  # the model's {'logit_scale', 'logit_bias'}, recorded with the text entry
 
 
 @dataclass
@@ -241,9 +242,13 @@ def _class_text(request: _Request, progress: bool) -> tuple[Tensor, CacheEntry]:
     entry = request.cache.text_entry(key)
     with request.cache.lock(entry):
         text = request.cache.load_text(key)
-        if text is None:
-            text = extract_text(request.lazy.get(), request.classnames, request.templates, progress=progress)
-            request.cache.save_text(key, text)
+        request.logit = entry.manifest().get("logit") if text is not None else None
+        if request.logit is None:  # an entry from before logit scales were recorded is re-encoded once
+            encoder = request.lazy.get()
+            text = extract_text(encoder, request.classnames, request.templates, progress=progress)
+            params = getattr(encoder, "logit_params", None)  # an Encoder-like object without it: the default
+            request.logit = params() if params is not None else {}
+            request.cache.save_text(key, text, extra={"logit": request.logit})
     return text, entry
 
 
@@ -279,6 +284,7 @@ def _entry_meta(request: _Request, split: str, views: int, seed: int, entry: Cac
         "seed": seed if views > 1 else None,
         "cache_key": entry.digest,
         "text_cache_key": request.text_entry.digest,
+        **(request.logit or {}),
     }
 
 
@@ -295,6 +301,7 @@ def _feature_set_meta(request: _Request, fetched: _Fetched, *, views, seed: int)
         "text_cache": str(request.text_entry.path),
         "skipped": fetched.skipped,
         "encoder_loaded": request.lazy.encoder is not None and not request.encoder_given,  # True: something was encoded
+        **(request.logit or {}),
     }
 
 
