@@ -356,6 +356,10 @@ def test_python_api_predicts_images_lazily_and_matches_the_cli(tiny_setup, tiny_
     logits = head.image_logits(paths)
     assert max_diff(logits, cli) <= TOL
     assert head.predict(paths) == [head.classnames[i] for i in cli.argmax(1)]
+    from PIL import Image
+
+    pil = [Image.open(p).convert("RGB") for p in paths]
+    assert max_diff(head.image_logits(pil), cli) <= TOL  # PIL images as well as paths
     assert _by_path(tmp_path, "c") == [str(p) for p in paths]
 
 
