@@ -294,7 +294,8 @@ def tiny_heads(tiny_setup):
         assert main(["fit", *s["common"], "--method", method, "--shots", "2", "--seed", "1", "--views", "2",
                      *extra, *SMALL_GRIDS, "--out", str(heads[method])]) == 0
     heads["dn"] = s["root"] / "heads" / "dn.safetensors"
-    assert main(["fit", *s["common"], "--method", "dn", "--dn-source", "train", "--out", str(heads["dn"])]) == 0
+    assert main(["fit", *s["common"], "--method", "dn", "--dn-source", "train", "--dn-samples", "all",
+                 "--out", str(heads["dn"])]) == 0
     return heads
 
 
