@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from clipadapt.cli._common import add_feature_source_arguments, load_features_from_args, options_given, save_logits
 from clipadapt.cli._conventions import add_out_argument, featureset_provenance, results_path, vs_baseline, write_results
+from clipadapt.cli._outputs import FILE, output_option
 from clipadapt.errors import ConfigError
 from clipadapt.eval.registry import EvalMethod, EvalOptions, get_eval_method, list_eval_methods
 
@@ -31,7 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="zeroshot", choices=methods, help="method to evaluate")
     parser.add_argument("--split", default="test", help="split to evaluate")
     add_out_argument(parser, legacy_json=True)
-    parser.add_argument("--save-logits", type=Path, help="write the (N, C) float32 logits as .npy")
+    output_option(parser.add_argument("--save-logits", type=Path, help="write the (N, C) float32 logits as .npy"), FILE)
     for name in methods:
         method = get_eval_method(name)
         if method.add_arguments is not None:

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from clipadapt.cli._common import refuse_unused
+from clipadapt.cli._outputs import DIR, FILE, output_option
 from clipadapt.errors import ConfigError
 
 COMMAND = "import-features"
@@ -20,12 +21,18 @@ clipadapt import-features --kind retrieval --out ret/ --split 'test=features.npy
 """
 
 
+def _out_kind(args: argparse.Namespace, out: Path) -> str:
+    """--out is a directory, written whole (cli/_outputs.py), except for --kind captions: one .safetensors file."""
+    return FILE if args.kind == "captions" else DIR
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", choices=KINDS, default="classification",
                         help="what to build: classification = feature directory for eval/fewshot/dn-sweep/imo/search "
                              "(default); retrieval = directory for `retrieval` / `dn-sweep --embeddings`; captions = "
                              "safetensors file for `captions --embeddings`")
-    parser.add_argument("--out", type=Path, required=True, help="directory to create (captions: a .safetensors file)")
+    output_option(parser.add_argument("--out", type=Path, required=True,
+                                      help="directory to create (captions: a .safetensors file)"), _out_kind)
     parser.add_argument("--classnames", type=Path,
                         help="classification: JSON list or text file, one class per line (default: 'class 0', 'class 1', ...)")
     parser.add_argument("--text", help=f"classification: class text embeddings (C, D) or (C, T, D); {ARRAY}")
