@@ -62,7 +62,8 @@ def time_mode(model_name: str, mode: str, args: argparse.Namespace) -> dict:
             train_adapters(model, data, out, config=config, progress=False)
             times.append(time.perf_counter() - t)
     per_step = (times[1] - times[0]) / args.steps
-    return {"model": model_name, "mode": mode, "batch": args.batch, "views": 2 + args.local_crops if mode == "selfsup" else 1,
+    return {"model": model_name, "mode": mode, "batch": args.batch,
+            "views": 2 + args.local_crops if mode == "selfsup" else 1,
             "image_size": size, "adapter_params": count_adapter_parameters(model), "timed_steps": args.steps,
             "s_per_step": per_step, "images_per_s": args.batch / per_step,
             "s_one_step_run_with_setup_and_saving": times[0]}
@@ -84,7 +85,8 @@ def main() -> None:
             rows.append(time_mode(model_name, mode, args))
             print(markdown_table(rows[-1:], digits=3), flush=True)
     write_json(args.out, {"benchmark": "adapter_train", "device": args.device, "torch_threads": torch.get_num_threads(),
-                          "note": "s_per_step = (T(1 + steps) - T(1)) / steps over fresh runs: excludes setup and checkpoint writes", "rows": rows})
+                          "note": "s_per_step = (T(1 + steps) - T(1)) / steps over fresh runs: excludes setup and "
+                                  "checkpoint writes", "rows": rows})
     print(markdown_table(rows, digits=3))
     print(f"wrote {args.out}")
 

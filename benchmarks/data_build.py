@@ -41,7 +41,8 @@ def main() -> None:
     parser.add_argument("--classes", type=int, default=20)
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--side", type=int, default=64)
-    parser.add_argument("--labels", type=int, default=1_281_167, help="size of the synthetic label list for the sampler")
+    parser.add_argument("--labels", type=int, default=1_281_167,
+                        help="size of the synthetic label list for the sampler")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/data_build.json"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -70,9 +70,11 @@ def main() -> None:
         for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
             times[name].append(_time(fns[name]))
     # correctness of what was timed: λ = 0 equals plain, and DN's argmax differs from plain's only through the mean
-    assert torch.allclose(DistributionNormalizer(lam=0.0, n_samples=100).fit(unlabeled, text).predict_logits(images[:100]),
+    assert torch.allclose(DistributionNormalizer(lam=0.0,
+                                                 n_samples=100).fit(unlabeled, text).predict_logits(images[:100]),
                           ZeroShotClassifier().fit(text).predict_logits(images[:100]), atol=1e-4)
-    med = {(name, kind): statistics.median(t[i] for t in times[name]) for name in times for i, kind in enumerate(("wall", "cpu"))}
+    med = {(name, kind): statistics.median(t[i] for t in times[name]) for name in times
+           for i, kind in enumerate(("wall", "cpu"))}
     result = {
         "benchmark": "dn_cost",
         "n": args.n, "classes": args.classes, "dim": args.dim, "repeats": args.repeats, "device": str(dev),

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from clipadapt.cli import main as cli
 from clipadapt.builtin import load_pairs
+from clipadapt.cli import main as cli
 from clipadapt.features.retrieval_dir import RetrievalSet, save_retrieval_split
 
 ROOT = Path(__file__).resolve().parents[1]

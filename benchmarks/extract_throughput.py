@@ -97,7 +97,8 @@ def single_thread_costs(enc, ds, pixels: torch.Tensor, batch_size: int) -> dict[
         forward = seconds_per_image(lambda i: enc.encode_images(batches[i]), len(batches)) * len(batches) / len(pixels)
     finally:
         torch.set_num_threads(threads)
-    return {"forward": forward, "decode": seconds_per_image(decode, len(ds)), "data_path": seconds_per_image(rows.__getitem__, len(ds))}
+    return {"forward": forward, "decode": seconds_per_image(decode, len(ds)),
+            "data_path": seconds_per_image(rows.__getitem__, len(ds))}
 
 
 def ceilings(costs: list[dict[str, float]], bare: float) -> dict[str, float]:
@@ -144,7 +145,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1], help="DataLoader worker counts to time")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repetitions; the best of each is reported")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
-    parser.add_argument("--arch", default=MODEL, help="open_clip architecture (random weights); default: the tiny test ViT")
+    parser.add_argument("--arch", default=MODEL, help="open_clip architecture (random weights); default: the tiny "
+                                                      "test ViT")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if args.threads:
@@ -173,7 +175,8 @@ def main() -> int:
         median_ratio = {w: statistics.median(p / b for p, b in zip(v, bare_runs)) for w, v in pipe_runs.items()}
 
         start = time.perf_counter()
-        get_feature_set(model_id, {"test": ds}, ["test"], cache_dir=root / "cache", batch_size=args.batch_size, progress=False)
+        get_feature_set(model_id, {"test": ds}, ["test"], cache_dir=root / "cache", batch_size=args.batch_size,
+                        progress=False)
         cold = time.perf_counter() - start
         start = time.perf_counter()
         cached_fs = get_feature_set(model_id, {"test": ds}, ["test"], cache_dir=root / "cache", progress=False)
@@ -185,7 +188,8 @@ def main() -> int:
     script = max(script_runs)
     rows += [{"measure": "a paper script's loop (PIL open + preprocess + forward, no cache)", "images/s": script,
               "ratio": script / bare}]
-    rows += [{"measure": f"extract pipeline, {w} workers", "images/s": v, "ratio": v / bare, "median ratio": median_ratio[w]}
+    rows += [{"measure": f"extract pipeline, {w} workers", "images/s": v, "ratio": v / bare,
+              "median ratio": median_ratio[w]}
              for w, v in pipe.items()]
     rows += [
         {"measure": "ceiling if decoding were free of overhead (forward + decode CPU over cores)",
@@ -195,10 +199,13 @@ def main() -> int:
         {"measure": "get_feature_set cold (load + extract + write)", "seconds": cold},
         {"measure": "get_feature_set cached re-run", "seconds": warm, "speed-up": cold / warm},
     ]
-    print(f"best of {args.repeats} interleaved runs; n={args.n} images {args.image_size}px, batch {args.batch_size}, model {args.arch}, CPU threads {torch.get_num_threads()}")
-    print(f"CPU per image: forward (1 thread) {bounds['forward_cpu_ms']:.3f} ms, decode {bounds['decode_cpu_ms']:.3f} ms, "
+    print(f"best of {args.repeats} interleaved runs; n={args.n} images {args.image_size}px, batch {args.batch_size}, "
+          f"model {args.arch}, CPU threads {torch.get_num_threads()}")
+    print(f"CPU per image: forward (1 thread) {bounds['forward_cpu_ms']:.3f} ms, decode "
+          f"{bounds['decode_cpu_ms']:.3f} ms, "
           f"data path {bounds['data_path_cpu_ms']:.3f} ms; {bounds['cores']} cores")
-    print(markdown_table(rows, columns=["measure", "images/s", "ratio", "median ratio", "seconds", "speed-up"], digits=3))
+    print(markdown_table(rows, columns=["measure", "images/s", "ratio", "median ratio", "seconds",
+                                        "speed-up"], digits=3))
     result = {
         "benchmark": "extract_throughput",
         "model": args.arch,

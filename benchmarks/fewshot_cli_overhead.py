@@ -113,7 +113,8 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     with tempfile.TemporaryDirectory() as tmp:
         make_features(Path(tmp) / "feats")
-        runs = [run_once(Path(tmp) / "feats", Path(tmp) / f"out{i}", Path(tmp) / "t.json", env) for i in range(args.repeats)]
+        runs = [run_once(Path(tmp) / "feats", Path(tmp) / f"out{i}", Path(tmp) / "t.json", env)
+                for i in range(args.repeats)]
     keys = [k for k, v in runs[0].items() if isinstance(v, float)]
     median = {k: statistics.median(r[k] for r in runs) for k in keys}
     record = {"command": "python benchmarks/fewshot_cli_overhead.py " + " ".join(sys.argv[1:]),

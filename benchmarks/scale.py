@@ -95,7 +95,8 @@ def bench_extraction(images: int, shard: int, batch: int) -> dict:
     return {
         "images": images, "shard_size": shard, "batch_size": batch, "model": "clipadapt-test-tiny-vit (random)",
         "cpu_cores": os.cpu_count(), "load_average": os.getloadavg(), "runs": runs,
-        "ratio_2proc_vs_1proc_same_cores": runs["2proc_x1thread"]["images_per_s"] / runs["1proc_x2thread"]["images_per_s"],
+        "ratio_2proc_vs_1proc_same_cores": runs["2proc_x1thread"]["images_per_s"]
+        / runs["1proc_x2thread"]["images_per_s"],
         "note": "2 CPU cores shared with other jobs (see load_average); OpenMP threads spin under oversubscription, "
                 "so 1 proc x 2 threads can be far slower than 1 thread",
         "ratio_2proc_vs_1proc_1thread": runs["2proc_x1thread"]["images_per_s"] / runs["1proc_x1thread"]["images_per_s"],
@@ -111,7 +112,8 @@ def bench_extraction_cli(images: int, shard: int, batch: int) -> dict:
     for i in range(images):
         folder = root / "test" / f"c{i % 4}"
         folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i:06d}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(
+            folder / f"{i:06d}.png")
     runs = {}
     for procs in (1, 2):
         work = Path(tempfile.mkdtemp(prefix="clipadapt-scale-cli-"))
@@ -163,7 +165,8 @@ def _rss_worker(cfg: dict) -> None:
                       "seconds": elapsed}))
 
 
-def bench_memory(workdir: Path, queries: int, chunk: int, chunks: int, dim: int, k: int) -> tuple[dict, torch.Tensor, Path]:
+def bench_memory(workdir: Path, queries: int, chunk: int, chunks: int, dim: int,
+                 k: int) -> tuple[dict, torch.Tensor, Path]:
     from clipadapt.features import FeatureSplit
     from clipadapt.features.shards import save_sharded_split
     from clipadapt.ops import l2_normalize

@@ -50,7 +50,8 @@ def main() -> None:
     for _ in range(args.runs):
         for name, cmd in COMMANDS.items():
             samples[name].append(_run(cmd))
-    result = {name: {"wall_median_s": statistics.median(w for w, _ in s), "cpu_median_s": statistics.median(c for _, c in s),
+    result = {name: {"wall_median_s": statistics.median(w for w, _ in s),
+                     "cpu_median_s": statistics.median(c for _, c in s),
                      "wall_s": [w for w, _ in s], "cpu_s": [c for _, c in s]} for name, s in samples.items()}
     cli, torch_only = (result[name] for name in COMMANDS)
     summary = {"wall_ratio": cli["wall_median_s"] / torch_only["wall_median_s"],
@@ -59,7 +60,8 @@ def main() -> None:
                "python": platform.python_version()}
     for name, r in result.items():
         print(f"{name}: median wall {r['wall_median_s']:.2f} s, CPU {r['cpu_median_s']:.2f} s")
-    print(f"ratio: wall {summary['wall_ratio']:.2f}x, CPU {summary['cpu_ratio']:.2f}x (load {summary['load_avg_1min']:.1f})")
+    print(f"ratio: wall {summary['wall_ratio']:.2f}x, CPU {summary['cpu_ratio']:.2f}x (load "
+          f"{summary['load_avg_1min']:.1f})")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"commands": result, **summary}, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -64,7 +64,8 @@ def grid_option(family: str, param: str, values: list[float]) -> str:
 def config_text(dirs: list[Path], shots: list[int], seeds: list[int], grids: list[str]) -> str:
     datasets = ", ".join(f'"{d}"' for d in dirs)
     grid = ", ".join(f'"{g}"' for g in grids)
-    return (f'name = "bench"\n[[task]]\ntask = "fewshot"\ndatasets = [{datasets}]\nmethods = ["zeroshot", "tip", "tipx"]\n'
+    return (f'name = "bench"\n[[task]]\ntask = "fewshot"\ndatasets = [{datasets}]\nmethods = ["zeroshot", "tip", '
+            '"tipx"]\n'
             f'shots = {shots}\nseeds = {seeds}\noptions = {{ grid = [{grid}] }}\n')
 
 
@@ -85,7 +86,8 @@ def main_bench() -> None:
     seeds = [1, 2, 3] if args.full else [int(s) for s in args.seeds.split(",")]
     strides = {"tip.beta": 1, "tipx.beta": 1, "tipx.gamma": 1} if args.full else {
         "tip.beta": args.tip_beta_stride, "tipx.beta": args.tipx_beta_stride, "tipx.gamma": args.tipx_gamma_stride}
-    full = {"tip": {k: linear_grid(*v) for k, v in TIP_GRID.items()}, "tipx": {k: linear_grid(*v) for k, v in TIPX_GRID.items()}}
+    full = {"tip": {k: linear_grid(*v) for k, v in TIP_GRID.items()},
+            "tipx": {k: linear_grid(*v) for k, v in TIPX_GRID.items()}}
     used = {fam: {p: vals[:: strides.get(f"{fam}.{p}", 1)] for p, vals in g.items()} for fam, g in full.items()}
     points = {fam: {"full": _count(full[fam]), "run": _count(used[fam])} for fam in full}
     grids = [grid_option(fam, p, vals) for fam, g in used.items() for p, vals in g.items()]
@@ -131,7 +133,8 @@ def main_bench() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("cells_run", "wall_seconds", "projected_full_seconds", "grid_points")}, indent=1))
+    print(json.dumps({k: result[k] for k in ("cells_run", "wall_seconds", "projected_full_seconds", "grid_points")},
+                     indent=1))
     print(f"wrote {args.out}")
 
 

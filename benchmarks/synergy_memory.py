@@ -187,12 +187,14 @@ def main() -> None:
     parser.add_argument("--chunk-rows", type=int, nargs="+", default=[256, 1024, 4096])
     parser.add_argument("--repeats", type=int, default=3, help="evaluate suite: alternating runs of each mode")
     parser.add_argument("--suite", choices=["combine", "evaluate"], default="combine",
-                        help="combine: one combiner, stack vs streaming; evaluate: evaluate_synergy per-pass vs one pass")
+                        help="combine: one combiner, stack vs streaming; evaluate: evaluate_synergy per-pass vs "
+                             "one pass")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         mode, chunk, *files = args.child
-        result = child_evaluate(mode, files[0], int(chunk)) if mode in ("per_pass", "one_pass") else child(mode, files, int(chunk))
+        result = (child_evaluate(mode, files[0], int(chunk)) if mode in ("per_pass", "one_pass")
+                  else child(mode, files, int(chunk)))
         print(json.dumps(result))
         return
     if args.suite == "evaluate":
@@ -203,7 +205,8 @@ def main() -> None:
         runs = [("stack", args.chunk_rows[0])] + [(m, k) for m in ("stream", "stream_preds") for k in args.chunk_rows]
         for mode, chunk in runs:
             cmd = [sys.executable, __file__, "--child", mode, str(chunk), *files]
-            res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+            res = json.loads(subprocess.run(cmd, check=True, capture_output=True,
+                                            text=True).stdout.strip().splitlines()[-1])
             rows.append(res)
             print(f"{mode:>13} chunk={str(res['chunk_rows']):>5}: peak +{res['peak_extra_mb']:8.1f} MB  "
                   f"({res['seconds']:.2f} s, output {res['output_mb']:.1f} MB)")
@@ -243,12 +246,14 @@ def evaluate_suite(args: argparse.Namespace) -> None:
         write_logits(Path(tmp), args.backbones, args.n, args.classes, labels)
         for mode in ("per_pass", "one_pass") * args.repeats:  # alternating: box noise hits both modes alike
             cmd = [sys.executable, __file__, "--child", mode, str(chunk), tmp]
-            res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+            res = json.loads(subprocess.run(cmd, check=True, capture_output=True,
+                                            text=True).stdout.strip().splitlines()[-1])
             rows.append(res)
             print(f"{mode:>9} chunk={chunk}: {res['seconds']:6.1f} s, peak +{res['peak_extra_mb']:7.1f} MB, "
                   f"{res['passes_over_logits']:.0f} passes over the logits")
     same = all(r["top1"] == rows[0]["top1"] for r in rows)
-    median = {mode: {key: float(np.median([r[key] for r in rows if r["mode"] == mode])) for key in ("seconds", "peak_extra_mb")}
+    median = {mode: {key: float(np.median([r[key] for r in rows if r["mode"] == mode]))
+                     for key in ("seconds", "peak_extra_mb")}
               for mode in ("per_pass", "one_pass")}
     print(f"identical top-1 numbers: {same}; medians over {args.repeats} runs: {median}")
     result = {"backbones": args.backbones, "n": args.n, "classes": args.classes, "chunk_rows": chunk,

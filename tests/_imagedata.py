@@ -56,7 +56,8 @@ def make_images(root: Path, n: int = 12, *, num_classes: int = 3, size=(40, 48),
         Image.fromarray(pixels.astype(np.uint8)).save(path)
         paths.append(path)
         labels.append(label)
-    classnames = ["red", "green", "blue", "other"][:num_classes] if num_classes <= 4 else [f"c{c}" for c in range(num_classes)]
+    classnames = (["red", "green", "blue", "other"][:num_classes] if num_classes <= 4
+                  else [f"c{c}" for c in range(num_classes)])
     return TinyImageDataset(paths, labels, name=name, split=split, classnames=classnames)
 
 
@@ -65,7 +66,8 @@ def corrupt(path: Path) -> None:
     Path(path).write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
 
 
-def make_imagefolder(root: Path, splits=("train", "test"), per_class: int = 2, classes=("red", "green", "blue")) -> Path:
+def make_imagefolder(root: Path, splits=("train", "test"), per_class: int = 2,
+                     classes=("red", "green", "blue")) -> Path:
     """ROOT/<split>/<class>/*.png for the `imagefolder:ROOT` dataset spec."""
     rng = np.random.default_rng(0)
     for split in splits:

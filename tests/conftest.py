@@ -41,7 +41,8 @@ def tiny(name: str = "clipadapt-test-tiny-vit", seed: int = 0) -> torch.nn.Modul
 
 
 def make_clustered_features(
-    num_classes: int = 5, per_class: int = 20, dim: int = 16, views: int | None = None, seed: int = 0, noise: float = 0.6
+    num_classes: int = 5, per_class: int = 20, dim: int = 16, views: int | None = None, seed: int = 0,
+    noise: float = 0.6
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Synthetic raw embeddings: class prototypes (the 'text'), noisy image embeddings around them, labels."""
     g = torch.Generator().manual_seed(seed)

@@ -134,7 +134,8 @@ def test_checkpoint_round_trip_and_hash(tmp_path, images):
     weights = save_adapter_checkpoint(tmp_path / "ckpt", model, {"arch": "clipadapt-test-tiny-vit", "steps": 7})
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["adapter.json", "adapter.safetensors"]
     tensors, config = load_adapter_checkpoint(tmp_path / "ckpt")
-    assert set(tensors) == {f"blocks.{i}.{k}" for i in range(2) for k in ("down.weight", "down.bias", "up.weight", "up.bias")}
+    assert set(tensors) == {f"blocks.{i}.{k}" for i in range(2)
+                            for k in ("down.weight", "down.bias", "up.weight", "up.bias")}
     assert (config["width"], config["scale"], config["num_blocks"], config["steps"]) == (8, 0.1, 2, 7)
     # only adapter weights are stored
     assert sum(t.numel() for t in tensors.values()) == count_adapter_parameters(model)

@@ -77,7 +77,8 @@ def _resume_matches_uninterrupted(tmp_path, mode: str, extra: dict) -> None:
     full = tiny()
     r_full = train_adapters(full, ds, tmp_path / "full", config=AdapterTrainConfig(**config), progress=False)
     part = tiny()
-    r_part = train_adapters(part, ds, tmp_path / "split", config=AdapterTrainConfig(**config, max_steps=3), progress=False)
+    r_part = train_adapters(part, ds, tmp_path / "split", config=AdapterTrainConfig(**config, max_steps=3),
+                            progress=False)
     resumed = tiny()
     r_rest = train_adapters(resumed, ds, tmp_path / "split", config=AdapterTrainConfig(**config), progress=False)
     assert (r_full.step, r_part.step, r_rest.start_step, r_rest.step) == (6, 3, 3, 6)
@@ -130,7 +131,8 @@ def test_finished_run_is_not_repeated_and_other_settings_are_refused(tmp_path):
     again = train_adapters(tiny(), ds, tmp_path, config=config, progress=False)
     assert again.start_step == again.step == 2 and again.complete
     with pytest.raises(AdapterError, match="lr: saved 0.008 vs now 0.001"):
-        train_adapters(tiny(), ds, tmp_path, config=AdapterTrainConfig(batch_size=4, max_steps=2, lr=1e-3), progress=False)
+        train_adapters(tiny(), ds, tmp_path, config=AdapterTrainConfig(batch_size=4, max_steps=2, lr=1e-3),
+                       progress=False)
 
 
 def test_selfsup_trains_adapters_only(tmp_path):
@@ -146,7 +148,8 @@ def test_selfsup_trains_adapters_only(tmp_path):
 
 def test_dino_loss_is_the_literal_cross_entropy_over_view_pairs():
     g = torch.Generator().manual_seed(0)
-    student, teacher, center = torch.randn(4, 3, 5, generator=g), torch.randn(2, 3, 5, generator=g), torch.randn(5, generator=g)
+    student, teacher, center = (torch.randn(4, 3, 5, generator=g), torch.randn(2, 3, 5, generator=g),
+                                torch.randn(5, generator=g))
     total, pairs = 0.0, 0
     for t in range(2):
         for v in range(4):

@@ -5,15 +5,15 @@ from __future__ import annotations
 import csv
 import fnmatch
 import json
-import tomllib
 
 import pytest
+import tomllib
 import torch
 from conftest import PROJECT_ROOT
 
+from clipadapt.builtin import BUILTIN_ROOT, BUILTINS, HOLDOUT, builtin_dir, load_pairs
 from clipadapt.cli import main
 from clipadapt.eval.retrieval import evaluate_retrieval
-from clipadapt.builtin import BUILTIN_ROOT, BUILTINS, HOLDOUT, builtin_dir, load_pairs
 from clipadapt.features.io import load_feature_dir, load_tensors
 from clipadapt.features.retrieval_dir import load_retrieval_split
 from clipadapt.methods.dn import DistributionNormalizer
@@ -41,7 +41,8 @@ def test_each_builtin_is_a_feature_dir_and_a_retrieval_dir_of_the_same_pairs(coc
     assert image.shape == caption.shape == (500, 512) and image.dtype == torch.float32
     fs = load_feature_dir("builtin:coco500")
     assert fs.num_classes == 400 and set(fs.splits) == {"test", "unlabeled"}
-    assert torch.equal(fs.split("test").image, image[HOLDOUT:]) and torch.equal(fs.split("unlabeled").image, image[:HOLDOUT])
+    assert (torch.equal(fs.split("test").image, image[HOLDOUT:])
+            and torch.equal(fs.split("unlabeled").image, image[:HOLDOUT]))
     assert torch.equal(fs.text, caption[HOLDOUT:]) and torch.equal(fs.split("test").label, torch.arange(400))
     rs = load_retrieval_split("builtin:coco500", "test")
     assert torch.equal(rs.text, caption[HOLDOUT:]) and torch.equal(rs.text_to_image, torch.arange(400))
@@ -83,7 +84,8 @@ def test_eval_zeroshot_on_builtin_is_image_to_text_recall(tmp_path, literal_r1):
     out = tmp_path / "r" / "results.json"
     assert main(["eval", "--features", "builtin:coco500", "--out", str(out.parent)]) == 0
     assert json.loads(out.read_text())["top1"] == pytest.approx(literal_r1)
-    assert main(["eval", "--features", "builtin:coco500", "--method", "dn", "--out", str(out.parent), "--overwrite"]) == 0
+    assert main(["eval", "--features", "builtin:coco500", "--method", "dn", "--out", str(out.parent),
+                 "--overwrite"]) == 0
     res = json.loads(out.read_text())
     assert res["dn"]["source"] == "unlabeled" and res["dn"]["n_image_samples_used"] == HOLDOUT
 
@@ -106,7 +108,8 @@ def test_captions_accepts_builtin_rows(tmp_path, coco500):
             w.writerow({"image": i, "caption": i, "human": 4})
             w.writerow({"image": i, "caption": (i + 7) % 30, "human": 1})
     out = tmp_path / "c" / "results.json"
-    assert main(["captions", "--judgments", str(tmp_path / "j.csv"), "--embeddings", "builtin:coco500", "--out", str(out.parent)]) == 0
+    assert main(["captions", "--judgments", str(tmp_path / "j.csv"), "--embeddings", "builtin:coco500", "--out",
+                 str(out.parent)]) == 0
     assert json.loads(out.read_text())["correlations"]["CLIP-S"]["tau_b"] > 0.5
 
 
@@ -118,7 +121,8 @@ def test_datasets_lists_the_builtins(capsys):
 
 def test_package_data_patterns_ship_every_builtin_file():
     """A non-editable install carries only what pyproject's package-data names: every data file must match."""
-    patterns = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["clipadapt"]
+    patterns = tomllib.loads(
+        (PROJECT_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["clipadapt"]
     package = PROJECT_ROOT / "src" / "clipadapt"
     files = [p.relative_to(package).as_posix() for p in BUILTIN_ROOT.rglob("*") if p.is_file()]
     assert {"builtin_data/LICENSE", "builtin_data/README.md"} <= set(files)

@@ -5,15 +5,14 @@ from __future__ import annotations
 import csv
 import json
 
-import numpy as np
 import pytest
 import torch
+from _caption_files import pascal_files as _pascal_files
 
 from clipadapt.cli import main
 from clipadapt.data.caption_judgments import read_flickr8k_cf, read_flickr8k_expert, read_pascal50s
 from clipadapt.errors import DatasetError
 from clipadapt.eval.pascal50s import pairwise_accuracy, pascal50s_accuracy
-from _caption_files import pascal_files as _pascal_files
 
 TOKENS = "a.jpg#0\tA dog runs.\na.jpg#1\tA brown dog.\nb.jpg#0\tA cat sleeps.\nb.jpg#1\tA cat on a bed.\n"
 
@@ -28,7 +27,8 @@ def test_flickr8k_expert_gives_one_row_per_expert_score_with_the_images_other_ca
     assert main(["caption-data", "flickr8k-expert", "--annotations", str(tmp_path / "exp.txt"), "--tokens",
                  str(tmp_path / "tok.txt"), "--out", str(tmp_path / "j.csv")]) == 0
     written = list(csv.DictReader(open(tmp_path / "j.csv", encoding="utf-8")))
-    assert [float(r["human"]) for r in written] == [4, 3, 4, 1, 1, 2] and list(written[0]) == ["image", "caption", "human", "references"]
+    assert ([float(r["human"]) for r in written] == [4, 3, 4, 1, 1, 2]
+            and list(written[0]) == ["image", "caption", "human", "references"])
 
 
 def test_flickr8k_cf_human_is_the_yes_fraction_and_unknown_ids_are_named(tmp_path):
@@ -82,7 +82,8 @@ def test_pascal50s_command_encodes_the_pairs_with_the_tiny_model(tmp_path):
     files = _pascal_files(tmp_path, pairs, votes, [["a ref", "b ref", "c ref"]] * 4)
     out = tmp_path / "p"
     assert main(["pascal50s", "--pairs", str(files[0]), "--consensus", str(files[1]), "--image-root",
-                 str(ds.paths[0].parent), "--model", "clipadapt-test-tiny-vit", "--references", "2", "--out", str(out)]) == 0
+                 str(ds.paths[0].parent), "--model", "clipadapt-test-tiny-vit", "--references", "2", "--out",
+                 str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["n_pairs"] == 4 and res["accuracy"]["CLIP-S"]["n"] == 4
     assert set(res["accuracy"]) == {"CLIP-S", "DN-CLIP-S", "RefCLIP-S", "DN-RefCLIP-S"}

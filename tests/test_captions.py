@@ -97,7 +97,8 @@ def test_lambda_zero_dn_score_is_cosine():
     g = torch.Generator().manual_seed(3)
     img, cap = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
     dn = DistributionNormalizer(lam=0.0, n_samples=None, task="caption").fit(img, cap)
-    assert torch.allclose(dn_clip_score(img, cap, dn), torch.tensor([_cos(img[i], cap[i]) for i in range(5)]), atol=1e-6)
+    assert torch.allclose(dn_clip_score(img, cap, dn),
+                          torch.tensor([_cos(img[i], cap[i]) for i in range(5)]), atol=1e-6)
 
 
 def test_evaluate_caption_scores_means_over_distinct_evaluated_rows():
@@ -150,7 +151,8 @@ def test_captions_cli_from_embeddings_and_csv(tmp_path, coco500):
 def test_captions_cli_bad_csv_is_clear_error(tmp_path, capsys):
     (tmp_path / "j.csv").write_text("img,text,score\n0,0,1\n")
     save_file({"image": torch.randn(2, 3), "caption": torch.randn(2, 3)}, str(tmp_path / "e.safetensors"))
-    assert main(["captions", "--judgments", str(tmp_path / "j.csv"), "--embeddings", str(tmp_path / "e.safetensors")]) == 2
+    assert main(["captions", "--judgments", str(tmp_path / "j.csv"), "--embeddings",
+                 str(tmp_path / "e.safetensors")]) == 2
     assert "missing column(s) ['image', 'caption', 'human']" in capsys.readouterr().err
 
 

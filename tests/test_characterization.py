@@ -188,7 +188,8 @@ def test_fewshot_output_records_and_index_files_are_unchanged(tmp_path):
                                     "hyperparameters"]
     assert [(r["shots"], r["seed"], r["method"]) for r in out["runs"]] == [
         (k, s, m) for k in (2, 1) for s in (4, 3) for m in ("tip", "zeroshot", "tipx++")]
-    assert list(out["indices"]) == ["shots2_seed4", "shots2_seed3", "shots1_seed4", "shots1_seed3", "val_seed4", "val_seed3"]
+    assert list(out["indices"]) == ["shots2_seed4", "shots2_seed3", "shots1_seed4", "shots1_seed3", "val_seed4",
+                                    "val_seed3"]
     assert out["validation"] == {"source": "train", "per_class": 1, "disjoint_from": "the seed's shots",
                                  "indices": {"seed4": "val_seed4", "seed3": "val_seed3"}}
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(f"{k}.json" for k in out["indices"])

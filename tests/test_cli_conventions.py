@@ -68,12 +68,14 @@ def test_help_shows_defaults_and_never_a_none_default(command):
         text = " ".join(_help(argv).split())  # argparse wraps lines
         assert "default: None" not in text and "default: False" not in text, argv
     parsers = [next(a for a in build_parser()._actions if a.dest == "command").choices[command]]
-    parsers += [c for a in parsers[0]._actions if a.__class__.__name__ == "_SubParsersAction" for c in a.choices.values()]
+    parsers += [c for a in parsers[0]._actions if a.__class__.__name__ == "_SubParsersAction"
+                for c in a.choices.values()]
     for parser in parsers:  # every option whose default means something says it (numbers 0 included)
         formatter = parser._get_formatter()
         for action in parser._actions:
             if action.option_strings and action.help != "==SUPPRESS==" and not (
-                    action.default is None or action.default is False or action.default == [] or action.default == "==SUPPRESS=="):
+                    action.default is None or action.default is False or action.default == []
+                    or action.default == "==SUPPRESS=="):
                 assert "default" in formatter._get_help_string(action).lower(), (parser.prog, action.option_strings)
 
 
@@ -132,7 +134,8 @@ def featdir(tmp_path):
     rows = torch.arange(image.shape[0])
     splits = {name: FeatureSplit(image[rows % 4 == k], labels[rows % 4 == k])
               for k, name in enumerate(("train", "val", "test", "unlabeled"))}
-    fs = FeatureSet([f"class {i}" for i in range(3)], protos, splits, {"model": "tiny-test@none", "dataset": "clusters"})
+    fs = FeatureSet([f"class {i}" for i in range(3)], protos, splits,
+                    {"model": "tiny-test@none", "dataset": "clusters"})
     return save_feature_dir(fs, tmp_path / "feats")
 
 
@@ -284,13 +287,15 @@ def inputs(tmp_path, featdir):
     g = torch.Generator().manual_seed(0)
     image = torch.randn(12, 8, generator=g)
     caption = image + 0.5 * torch.randn(12, 8, generator=g)
-    save_retrieval_split(tmp_path / "ret", "test", RetrievalSet(image, caption, torch.arange(12), meta={"model": "m@t"}))
+    save_retrieval_split(tmp_path / "ret", "test",
+                         RetrievalSet(image, caption, torch.arange(12), meta={"model": "m@t"}))
     save_file({"image": image, "caption": caption}, str(tmp_path / "emb.safetensors"))
     with open(tmp_path / "j.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["image", "caption", "human"])
         w.writerows([[i, (i * 5) % 12, 1 + i % 4] for i in range(12)])
-    (tmp_path / "suite.toml").write_text(f'[[task]]\ntask = "dn"\ndatasets = ["{featdir}"]\noptions = {{ dn-samples = 4 }}\n')
+    (tmp_path / "suite.toml").write_text(f'[[task]]\ntask = "dn"\ndatasets = ["{featdir}"]\noptions = {{ dn-samples '
+                                         f'= 4 }}\n')
     pascal = pascal_files(tmp_path, [(f"{2 * i:03d}.png", f"caption {i}", f"other {i}", 1 + i % 4) for i in range(4)],
                           [[1] * 30 + [-1] * 18] * 4, [["a ref", "b ref"]] * 4)
     return {"feats": featdir, "feats2": save_feature_dir(fs2, tmp_path / "feats2"), "ret": tmp_path / "ret",
@@ -301,7 +306,8 @@ def inputs(tmp_path, featdir):
 
 # command -> (argv builder, results file under --out, expected model in the provenance)
 RUNS = {
-    "eval": (lambda i, o: ["eval", "--features", i["feats"], "--method", "dn", "--out", o], "results.json", "tiny-test@none"),
+    "eval": (lambda i, o: ["eval", "--features", i["feats"], "--method", "dn", "--out", o], "results.json",
+             "tiny-test@none"),
     "fewshot": (lambda i, o: ["fewshot", "--features", i["feats"], "--shots", "1", "--seeds", "1", "--methods",
                               "zeroshot,tip", "--out", o], "results.json", "tiny-test@none"),
     "retrieval": (lambda i, o: ["retrieval", "--embeddings", i["ret"], "--dn-source", "test", "--out", o],
@@ -321,7 +327,8 @@ RUNS = {
     "pascal50s": (lambda i, o: ["pascal50s", "--pairs", i["pascal"][0], "--consensus", i["pascal"][1], "--image-root",
                                 i["images"] / "horizontal_stripes", "--model", "clipadapt-test-tiny-vit", "--out", o],
                   "results.json", "clipadapt-test-tiny-vit"),
-    "search": (lambda i, o: ["search", "--queries", f"{i['feats']}:test", "--gallery", f"{i['feats']}:train", "--k", "3",
+    "search": (lambda i, o: ["search", "--queries", f"{i['feats']}:test", "--gallery",
+                             f"{i['feats']}:train", "--k", "3",
                              "--out", o], "results.json", "tiny-test@none"),
     "sample-shots": (lambda i, o: ["sample-shots", "--dataset", f"imagefolder:{i['images']}", "--shots", "1",
                                    "--seeds", "1", "--out", o], "shots1_seed1.json", None),

@@ -25,7 +25,8 @@ def _import_coco(tmp_path, coco500):
 def test_import_then_eval_zeroshot_writes_results_and_logits(tmp_path, coco500):
     fd = _import_coco(tmp_path, coco500)
     out, logits_path = tmp_path / "results.json", tmp_path / "logits.npy"
-    assert main(["eval", "--features", str(fd), "--method", "zeroshot", "--out", str(out), "--save-logits", str(logits_path)]) == 0
+    assert main(["eval", "--features", str(fd), "--method", "zeroshot", "--out", str(out), "--save-logits",
+                 str(logits_path)]) == 0
     results = json.loads(out.read_text())
     assert results["method"] == "zeroshot" and results["n"] == 500
     assert 50 < results["top1"] < 60 and results["top5"] > results["top1"]
@@ -43,7 +44,8 @@ def test_import_features_accepts_indexed_npy(tmp_path):
     # text: first 3 rows of entry 1 are not selectable, so use a separate file for text
     np.save(tmp_path / "text.npy", arr[1][:3])
     assert main(["import-features", "--out", str(tmp_path / "fd"), "--classnames", str(tmp_path / "n.json"),
-                 "--text", str(tmp_path / "text.npy"), "--split", f"val={tmp_path / 'both.npy'}[0]:{tmp_path / 'lab.npy'}"]) == 0
+                 "--text", str(tmp_path / "text.npy"), "--split",
+                 f"val={tmp_path / 'both.npy'}[0]:{tmp_path / 'lab.npy'}"]) == 0
     from clipadapt import load_feature_dir
 
     fs = load_feature_dir(tmp_path / "fd")

@@ -63,7 +63,8 @@ def _caption_json(tmp: Path):
     from clipadapt.features.caption_data import read_karpathy_json
 
     bad = tmp / "captions.json"
-    bad.write_bytes(b'{"images": [{"filename": "a.jpg", "split": "test", "sentences": [{"raw": "' + LATIN1_NAME + b'"}]}]}')
+    bad.write_bytes(b'{"images": [{"filename": "a.jpg", "split": "test", "sentences": [{"raw": "' + LATIN1_NAME
+                    + b'"}]}]}')
     return bad, lambda: read_karpathy_json(bad, ["test"])
 
 

@@ -64,7 +64,8 @@ def test_coop_per_dataset_templates_match_coop():
         assert get_templates(name) == [template]
 
 
-@pytest.mark.parametrize("name, count", [("imagenet_v2", 1000), ("imagenet_sketch", 1000), ("imagenet_a", 200), ("imagenet_r", 200)])
+@pytest.mark.parametrize("name, count", [("imagenet_v2", 1000), ("imagenet_sketch", 1000), ("imagenet_a", 200),
+                                         ("imagenet_r", 200)])
 def test_imagenet_variants_are_test_only_with_shipped_names(name: str, count: int):
     info = coop_registry()[name]
     assert info.splits == ("test",) and info.num_classes == count

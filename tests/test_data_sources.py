@@ -416,14 +416,16 @@ def test_dataset_subset_of_torchvision_reads_source_items():
 
 
 def test_datasets_pickle_for_dataloader_workers(pets_root: Path):
-    for ds in (build_dataset(f"coop:oxford_pets:{pets_root}", "train").subset([2]), build_dataset("torchvision:fakedata:?size=3", "train")):
+    for ds in (build_dataset(f"coop:oxford_pets:{pets_root}", "train").subset([2]),
+               build_dataset("torchvision:fakedata:?size=3", "train")):
         copy = pickle.loads(pickle.dumps(ds))
         assert copy.paths == ds.paths and copy[0][0].tobytes() == ds[0][0].tobytes()
 
 
 def test_label_out_of_range_is_rejected():
     with pytest.raises(DatasetError, match=r"label 3, expected 0..1"):
-        ImageDataset(kind="csv", name="x", split="train", classnames=["a", "b"], templates=["{}"], paths=["p"], labels=[3])
+        ImageDataset(kind="csv", name="x", split="train", classnames=["a", "b"], templates=["{}"],
+                     paths=["p"], labels=[3])
 
 
 def test_coop_imagenet_accepts_plain_train_val_folders(tmp_path: Path):
@@ -448,4 +450,5 @@ def test_torchvision_eurosat_uses_coop_class_names(tmp_path: Path):
 
 def test_templates_without_placeholder_are_rejected():
     with pytest.raises(DatasetError, match="templates must be"):
-        ImageDataset(kind="csv", name="x", split="train", classnames=["a"], templates=["a photo"], paths=["p"], labels=[0])
+        ImageDataset(kind="csv", name="x", split="train", classnames=["a"], templates=["a photo"],
+                     paths=["p"], labels=[0])

@@ -105,7 +105,8 @@ def test_rank_killed_mid_write_leaves_no_partial_shard_and_rerun_is_identical(im
 def test_ranks_use_rank0s_cache_key_when_their_file_stats_differ(image_root, reference, tmp_path):
     """Rank 1 sees other mtimes (a node with its own copy of the images): it must still write its shards into
     rank 0's entry, not a second one that rank 0 never reads (rank 0 would then encode them again alone)."""
-    run = _torchrun(_args(image_root, tmp_path / "cache", tmp_path / "out"), script=[str(HERE / "_dist_cli_skew.py"), "1"])
+    run = _torchrun(_args(image_root, tmp_path / "cache", tmp_path / "out"),
+                    script=[str(HERE / "_dist_cli_skew.py"), "1"])
     assert run.returncode == 0, run.stderr[-4000:]
     _assert_same_features(tmp_path / "out", reference)
     assert len([p for p in (tmp_path / "cache" / "images").iterdir() if p.is_dir()]) == 1

@@ -49,7 +49,8 @@ def test_classification_prompts_text_mean_with_templates_subtracts_before_ensemb
     mu_txt = sum(text[k, t] for k in range(3) for t in range(5)) / 15
     mu_img = sum(pool[i] for i in range(20)) / 20
     rows = [_unit(sum(_unit(text[k, t] - lam * mu_txt) for t in range(5)) / 5) for k in range(3)]
-    expected = torch.tensor([[100 * float(_unit(test[i] - lam * mu_img) @ rows[k]) for k in range(3)] for i in range(4)])
+    expected = torch.tensor([[100 * float(_unit(test[i] - lam * mu_img) @ rows[k]) for k in range(3)]
+                             for i in range(4)])
     assert dn.n_text_samples_ == 15
     assert torch.allclose(dn.text_mean_, mu_txt, atol=1e-5)
     assert torch.allclose(dn.predict_logits(test), expected, atol=1e-4)
@@ -119,9 +120,12 @@ def test_lambda_zero_reproduces_plain_clip_exactly():
     pool, text, captions = _data(3)
     test = torch.randn(9, 8)
     plain = ZeroShotClassifier().fit(text).predict_logits(test)
-    assert torch.allclose(DistributionNormalizer(lam=0.0, n_samples=None).fit(pool, text).predict_logits(test), plain, atol=1e-5)
+    assert torch.allclose(DistributionNormalizer(lam=0.0, n_samples=None).fit(pool, text).predict_logits(test),
+                          plain, atol=1e-5)
     cos = torch.stack([torch.stack([torch.dot(_unit(a), _unit(b)) for b in captions]) for a in test])
-    assert torch.allclose(DistributionNormalizer(lam=0.0, task="retrieval", n_samples=None).fit(pool, captions).score(test, captions), cos, atol=1e-5)
+    assert torch.allclose(DistributionNormalizer(lam=0.0, task="retrieval",
+                                                 n_samples=None).fit(pool, captions).score(test, captions),
+                          cos, atol=1e-5)
 
 
 def test_candidate_mean_does_not_change_ranking():
@@ -140,8 +144,10 @@ def test_query_mean_can_change_ranking():
     g = torch.Generator().manual_seed(5)
     queries, gallery = torch.randn(20, 16, generator=g), torch.randn(50, 16, generator=g)
     pool_g = torch.randn(40, 16, generator=g)
-    a = DistributionNormalizer(lam=0.5, n_samples=None, task="retrieval").fit(torch.randn(40, 16, generator=g) + 2, pool_g)
-    b = DistributionNormalizer(lam=0.5, n_samples=None, task="retrieval").fit(torch.randn(40, 16, generator=g) - 2, pool_g)
+    a = DistributionNormalizer(lam=0.5, n_samples=None,
+                               task="retrieval").fit(torch.randn(40, 16, generator=g) + 2, pool_g)
+    b = DistributionNormalizer(lam=0.5, n_samples=None,
+                               task="retrieval").fit(torch.randn(40, 16, generator=g) - 2, pool_g)
     assert not torch.equal(a.score(queries, gallery).argmax(1), b.score(queries, gallery).argmax(1))
 
 
@@ -217,7 +223,8 @@ def test_coco500_captions_as_classes_dn_effect_reported(coco500, coco500_random_
         labels = torch.arange(400)
         plain = topk_accuracy(ZeroShotClassifier().fit(caption[100:]).predict_logits(image[100:]), labels)["top1"]
         dn, dn_classes = ({lam: topk_accuracy(DistributionNormalizer(lam=lam, n_samples=None, text_mean=mean)
-                                              .fit(image[:100], caption[100:]).predict_logits(image[100:]), labels)["top1"]
+                                              .fit(image[:100], caption[100:]).predict_logits(image[100:]),
+                                              labels)["top1"]
                            for lam in (0.25, 0.5)} for mean in ("prompts", "classes"))
         assert dn == dn_classes  # unit-norm rows, one caption per class: both μ_txt readings give the same figures
         out[name] = (plain, dn)

@@ -55,7 +55,8 @@ def dn_featdir(tmp_path):
 def test_eval_dn_all_samples_matches_literal_top1(tmp_path, dn_featdir):
     fd, fs = dn_featdir
     out = tmp_path / "r.json"
-    assert main(["eval", "--features", str(fd), "--method", "dn", "--dn-samples", "all", "--dn-lambda", "0.5", "--out", str(out)]) == 0
+    assert main(["eval", "--features", str(fd), "--method", "dn", "--dn-samples", "all", "--dn-lambda", "0.5", "--out",
+                 str(out)]) == 0
     res = json.loads(out.read_text())
     expected = _literal_top1(fs.split("unlabeled").image, fs.text, fs.split("test").image, fs.split("test").label, 0.5)
     assert res["top1"] == pytest.approx(expected)
@@ -69,17 +70,20 @@ def test_eval_dn_text_mean_flag_selects_the_classes_reading(tmp_path):
     g = torch.Generator().manual_seed(5)
     protos, test, labels = make_clustered_features(seed=7, noise=1.2)
     _, unl, _ = make_clustered_features(seed=8, per_class=10)
-    text = protos.unsqueeze(1) * (1 + 4 * torch.rand(5, 3, 1, generator=g)) + 0.8 * torch.randn(5, 3, 16, generator=g) + 1.5
+    text = (protos.unsqueeze(1) * (1 + 4 * torch.rand(5, 3, 1, generator=g))
+            + 0.8 * torch.randn(5, 3, 16, generator=g) + 1.5)
     fs = FeatureSet(classnames=[f"c{i}" for i in range(5)], text=text,
                     splits={"test": FeatureSplit(test + 1.0, labels), "unlabeled": FeatureSplit(unl + 1.0)})
     fd = save_feature_dir(fs, tmp_path / "fd")
     got = {}
     for mean in ("prompts", "classes"):
         out = tmp_path / f"{mean}.json"
-        args = ["eval", "--features", str(fd), "--method", "dn", "--dn-samples", "all", "--dn-lambda", "1.0", "--out", str(out)]
+        args = ["eval", "--features", str(fd), "--method", "dn", "--dn-samples", "all", "--dn-lambda", "1.0",
+                "--out", str(out)]
         assert main(args + (["--dn-text-mean", mean] if mean == "classes" else [])) == 0
         res = json.loads(out.read_text())
-        assert res["hyperparameters"]["text_mean"] == mean and res["dn"]["n_text_samples_used"] == (15 if mean == "prompts" else 5)
+        assert (res["hyperparameters"]["text_mean"] == mean
+                and res["dn"]["n_text_samples_used"] == (15 if mean == "prompts" else 5))
         got[mean] = res["top1"]
         assert res["top1"] == pytest.approx(_literal_top1(unl + 1.0, text, test + 1.0, labels, 1.0, mean))
     assert got["prompts"] != got["classes"]  # the data separates the two readings (46 vs 43 when written)
@@ -88,7 +92,8 @@ def test_eval_dn_text_mean_flag_selects_the_classes_reading(tmp_path):
 def test_eval_dn_repeats_report_mean_std_and_each_draw(tmp_path, dn_featdir):
     fd, fs = dn_featdir
     out = tmp_path / "r.json"
-    assert main(["eval", "--features", str(fd), "--method", "dn", "--dn-samples", "5", "--dn-repeats", "4", "--out", str(out)]) == 0
+    assert main(["eval", "--features", str(fd), "--method", "dn", "--dn-samples", "5", "--dn-repeats", "4", "--out",
+                 str(out)]) == 0
     rep = json.loads(out.read_text())["dn_repeats"]
     top1 = [d["top1"] for d in rep["draws"]]
     assert [d["seed"] for d in rep["draws"]] == [0, 1, 2, 3]
@@ -97,7 +102,8 @@ def test_eval_dn_repeats_report_mean_std_and_each_draw(tmp_path, dn_featdir):
     assert rep["top1_mean"] == pytest.approx(mean, abs=JSON_ABS) and rep["top1_std"] == pytest.approx(std, abs=JSON_ABS)
     # each draw's value is what a single run with that seed gives
     single = tmp_path / "s.json"
-    assert main(["eval", "--features", str(fd), "--method", "dn", "--dn-samples", "5", "--dn-seed", "2", "--out", str(single)]) == 0
+    assert main(["eval", "--features", str(fd), "--method", "dn", "--dn-samples", "5", "--dn-seed", "2", "--out",
+                 str(single)]) == 0
     assert json.loads(single.read_text())["top1"] == pytest.approx(top1[2])
 
 
@@ -201,13 +207,15 @@ def test_eval_dn_through_model_and_dataset_fetches_the_source_split(tmp_path):
 
     spec = f"imagefolder:{make_imagefolder(tmp_path / 'folder')}"
     model, out = "clipadapt-test-tiny-vit", tmp_path / "r.json"
-    assert main(["eval", "--model", model, "--dataset", spec, "--method", "dn", "--dn-source", "train", "--dn-samples", "all",
+    assert main(["eval", "--model", model, "--dataset", spec, "--method", "dn", "--dn-source", "train",
+                 "--dn-samples", "all",
                  "--dn-lambda", "0.5", "--cache-dir", str(tmp_path / "c"), "--device", "cpu", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     fs = get_feature_set(model, spec, ["train", "test"], cache_dir=tmp_path / "c", progress=False)
     clear_encoder_memo()
     test = fs.split("test")
-    assert res["top1"] == pytest.approx(_literal_top1(fs.split("train").image, fs.text, test.image, test.label, 0.5), abs=JSON_ABS)
+    assert res["top1"] == pytest.approx(_literal_top1(fs.split("train").image, fs.text, test.image, test.label, 0.5),
+                                        abs=JSON_ABS)
     assert res["dn"]["n_image_samples_used"] == 6 and res["dn"]["transductive"] is False
 
 
@@ -222,7 +230,8 @@ def test_eval_dn_on_a_folder_without_split_subfolders_is_transductive(tmp_path):
     assert not (root / "test").exists() and (root / "red").is_dir()
     out = tmp_path / "r" / "results.json"
     assert main(["eval", "--model", "clipadapt-test-tiny-vit", "--dataset", f"imagefolder:{root}", "--method", "dn",
-                 "--dn-samples", "all", "--cache-dir", str(tmp_path / "c"), "--device", "cpu", "--out", str(out.parent)]) == 0
+                 "--dn-samples", "all", "--cache-dir", str(tmp_path / "c"), "--device", "cpu", "--out",
+                 str(out.parent)]) == 0
     clear_encoder_memo()
     dn = json.loads(out.read_text())["dn"]
     assert dn["source"] == "unlabeled" and dn["shared_with_evaluated"] == 6 and dn["transductive"] is True
@@ -233,7 +242,8 @@ def test_eval_dn_pool_with_the_test_rows_under_another_name_is_transductive(tmp_
     _, fs = dn_featdir
     test = fs.split("test")
     copy = FeatureSet(classnames=fs.classnames, text=fs.text,
-                      splits={"test": test, "unlabeled": FeatureSplit(torch.cat([test.image[:3], fs.split("unlabeled").image]))})
+                      splits={"test": test, "unlabeled": FeatureSplit(
+                          torch.cat([test.image[:3], fs.split("unlabeled").image]))})
     fd, out = save_feature_dir(copy, tmp_path / "dup"), tmp_path / "r" / "results.json"
     assert main(["eval", "--features", str(fd), "--method", "dn", "--out", str(out.parent)]) == 0
     dn = json.loads(out.read_text())["dn"]

@@ -76,7 +76,8 @@ def test_retrieval_sweep_cli_against_library(tmp_path):
                  "--dn-samples", "all", "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
     plain = evaluate_retrieval(image[10:], text[10:], torch.arange(20), ks=(1,))
-    assert res["plain"] == pytest.approx({"i2t R@1": plain["i2t"]["R@1"], "t2i R@1": plain["t2i"]["R@1"]}, abs=1e-4)  # JSON: 4 decimals
+    # JSON: 4 decimals
+    assert res["plain"] == pytest.approx({"i2t R@1": plain["i2t"]["R@1"], "t2i R@1": plain["t2i"]["R@1"]}, abs=1e-4)
     half = next(r for r in res["rows"] if r["sweep"] == "lambda" and r["lambda"] == 0.5)
     dn = DistributionNormalizer(lam=0.5, n_samples=None, task="retrieval").fit(image[:10], text[:10])
     lib = evaluate_retrieval(image[10:], text[10:], torch.arange(20), normalizer=dn, ks=(1,))

@@ -77,7 +77,8 @@ def test_preprocess_gives_model_input(enc):
 @pytest.mark.parametrize(
     "given, canonical",
     [("ViT-B-32@openai", "ViT-B-32@openai"), ("ViT-B/32@OpenAI", "ViT-B-32@openai"),
-     ("ViT-B-32@laion2b-s34b-b79k", "ViT-B-32@laion2b_s34b_b79k"), ("hf-hub:timm/ViT-B-16-SigLIP", "hf-hub:timm/ViT-B-16-SigLIP"),
+     ("ViT-B-32@laion2b-s34b-b79k", "ViT-B-32@laion2b_s34b_b79k"),
+     ("hf-hub:timm/ViT-B-16-SigLIP", "hf-hub:timm/ViT-B-16-SigLIP"),
      ("clipadapt-test-tiny-rn", "clipadapt-test-tiny-rn")],
 )
 def test_parse_model_id_canonical_form(given, canonical):
@@ -107,12 +108,14 @@ def test_tag_fingerprint_carries_the_tags_preprocessing():
 # ----------------------------------------------------------------------------------------- local checkpoints
 def test_local_checkpoint_loads_and_is_hashed(tmp_path):
     base = load_encoder("clipadapt-test-tiny-vit", device="cpu")
-    state = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v for k, v in base.model.state_dict().items()}
+    state = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v
+             for k, v in base.model.state_dict().items()}
     path = tmp_path / "x.pt"
     torch.save(state, path)
     enc = load_encoder(f"clipadapt-test-tiny-vit@{path}", device="cpu")
     assert enc.model_id == f"clipadapt-test-tiny-vit@{path}"
-    assert enc.fingerprint()["weights"] == {"kind": "checkpoint", "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    assert enc.fingerprint()["weights"] == {"kind": "checkpoint",
+                                            "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
     reference = base.model
     reference.load_state_dict(state)
     x = _images(3, seed=4)

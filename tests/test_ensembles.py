@@ -141,7 +141,8 @@ SAME = "every backbone must score the same samples in the same order over the sa
 
 @pytest.mark.parametrize(
     "shapes, differs",
-    [([(4, 3), (5, 3)], "same sample count N"), ([(4, 3), (4, 2)], "same class count C"), ([(4, 3), (4, 3, 1)], "same shape")],
+    [([(4, 3), (5, 3)], "same sample count N"), ([(4, 3), (4, 2)], "same class count C"),
+     ([(4, 3), (4, 3, 1)], "same shape")],
 )
 def test_tensor_and_array_logit_lists_share_one_checker_and_one_wording(shapes, differs):
     """check_logits_list checks tensors (in-memory combiners) and arrays (streaming / backbones CLI) alike: the same

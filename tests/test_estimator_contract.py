@@ -76,7 +76,8 @@ def test_with_params_copies_the_fitted_state_and_refuses_unknown_names():
     model = methods.TipAdapter(alpha=1.0).fit(*fit_args)
     other = model.with_params(alpha=0.0)  # alpha 0: the cache term vanishes, zero-shot remains
     assert model.alpha == 1.0 and other.keys_ is model.keys_
-    assert torch.allclose(other.predict_logits(feats), methods.ZeroShotClassifier().fit(fit_args[2]).predict_logits(feats))
+    assert torch.allclose(other.predict_logits(feats),
+                          methods.ZeroShotClassifier().fit(fit_args[2]).predict_logits(feats))
     with pytest.raises(ConfigError, match="TipAdapter has no hyper-parameter 'keys_'"):
         model.with_params(keys_=None)
 

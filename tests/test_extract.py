@@ -42,14 +42,16 @@ def test_extract_split_equals_per_image_loop(enc, tmp_path):
 
 def test_views_are_seeded_per_row(enc, tmp_path):
     ds = make_images(tmp_path, 5)
-    split = extract_split(enc, ds, views=3, seed=11, shard_dir=tmp_path / "a", batch_size=2, shard_size=3, progress=False)
+    split = extract_split(enc, ds, views=3, seed=11, shard_dir=tmp_path / "a", batch_size=2, shard_size=3,
+                          progress=False)
     assert split.image.shape == (5, 3, enc.embed_dim)
     aug = enc.train_transform()
     for i in range(5):
         views = aug.views(ds[i][0], 3, row_generator(11, i))
         assert torch.allclose(split.image[i], enc.encode_images(views), atol=1e-5)
     assert not torch.allclose(split.image[:, 0], split.image[:, 1])
-    other_batching = extract_split(enc, ds, views=3, seed=11, shard_dir=tmp_path / "b", batch_size=5, shard_size=5, progress=False)
+    other_batching = extract_split(enc, ds, views=3, seed=11, shard_dir=tmp_path / "b", batch_size=5, shard_size=5,
+                                   progress=False)
     assert torch.allclose(split.image, other_batching.image, atol=1e-5)
     other_seed = extract_split(enc, ds, views=3, seed=12, shard_dir=tmp_path / "c", batch_size=5, progress=False)
     assert not torch.allclose(split.image, other_seed.image)
@@ -88,7 +90,8 @@ def test_shards_of_another_key_are_discarded(enc, tmp_path):
 def test_skip_drops_corrupt_image_and_records_it(enc, tmp_path):
     ds = make_images(tmp_path, 6)
     corrupt(ds.paths[2])
-    split = extract_split(enc, ds, on_error="skip", shard_dir=tmp_path / "s", batch_size=4, shard_size=3, progress=False)
+    split = extract_split(enc, ds, on_error="skip", shard_dir=tmp_path / "s", batch_size=4, shard_size=3,
+                          progress=False)
     keep = [0, 1, 3, 4, 5]
     assert split.n == 5
     assert split.label.tolist() == [ds.labels[i] for i in keep]

@@ -40,19 +40,23 @@ def _write_dir(path, *, classnames, text, image, label=None, split="test"):
 
 
 def test_dimension_mismatch_names_files_and_model(tmp_path):
-    _write_dir(tmp_path, classnames=["a", "b"], text=torch.randn(2, 512), image=torch.randn(4, 768), label=torch.zeros(4, dtype=torch.long))
-    with pytest.raises(FeatureDirError, match=r"test.safetensors: tensor 'image' has shape \(4, 768\).*D=512.*ViT-B-32@openai"):
+    _write_dir(tmp_path, classnames=["a", "b"], text=torch.randn(2, 512), image=torch.randn(4, 768),
+               label=torch.zeros(4, dtype=torch.long))
+    with pytest.raises(FeatureDirError, match=r"test.safetensors: tensor 'image' has shape \(4, "
+                                              r"768\).*D=512.*ViT-B-32@openai"):
         load_feature_dir(tmp_path)
 
 
 def test_class_count_mismatch_between_meta_and_text(tmp_path):
-    _write_dir(tmp_path, classnames=["a", "b", "c"], text=torch.randn(2, 8), image=torch.randn(4, 8), label=torch.zeros(4, dtype=torch.long))
+    _write_dir(tmp_path, classnames=["a", "b", "c"], text=torch.randn(2, 8), image=torch.randn(4, 8),
+               label=torch.zeros(4, dtype=torch.long))
     with pytest.raises(FeatureDirError, match="text.safetensors: tensor 'text' has 2 classes but meta.json lists 3"):
         load_feature_dir(tmp_path)
 
 
 def test_label_out_of_range_is_reported(tmp_path):
-    _write_dir(tmp_path, classnames=["a", "b"], text=torch.randn(2, 8), image=torch.randn(3, 8), label=torch.tensor([0, 1, 2]))
+    _write_dir(tmp_path, classnames=["a", "b"], text=torch.randn(2, 8), image=torch.randn(3, 8),
+               label=torch.tensor([0, 1, 2]))
     with pytest.raises(FeatureDirError, match=r"'label' has values in \[0, 2\] but there are 2 classes"):
         load_feature_dir(tmp_path)
 
@@ -75,7 +79,8 @@ def test_missing_labels_required_except_unlabeled(tmp_path):
 
 
 def test_float_labels_rejected(tmp_path):
-    _write_dir(tmp_path, classnames=["a", "b"], text=torch.randn(2, 8), image=torch.randn(3, 8), label=torch.tensor([0.0, 1.0, 0.0]))
+    _write_dir(tmp_path, classnames=["a", "b"], text=torch.randn(2, 8), image=torch.randn(3, 8),
+               label=torch.tensor([0.0, 1.0, 0.0]))
     with pytest.raises(FeatureDirError, match="must be integer"):
         load_feature_dir(tmp_path)
 

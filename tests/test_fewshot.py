@@ -36,7 +36,8 @@ def _featureset(seed=0, train_per_class=5, views=2, model="synthetic"):
 
 
 def _config(methods, shots=(1, 2), seeds=(1, 2), **kw):
-    return FewShotConfig(shots=list(shots), seeds=list(seeds), methods=list(methods), grids=SMALL_GRIDS, tipf_epochs=2, **kw)
+    return FewShotConfig(shots=list(shots), seeds=list(seeds), methods=list(methods), grids=SMALL_GRIDS,
+                         tipf_epochs=2, **kw)
 
 
 def _hp(run):
@@ -128,16 +129,19 @@ class FakePipeline:
 
 def test_pipeline_source_encodes_only_the_sampled_rows_with_views(tmp_path):
     fake = FakePipeline(_featureset(5))
-    out = run_fewshot(PipelineSource(fake, views=3), _config(["tip"], shots=[2], seeds=[7]), index_dir=tmp_path, progress=False)
+    out = run_fewshot(PipelineSource(fake, views=3), _config(["tip"], shots=[2], seeds=[7]), index_dir=tmp_path,
+                      progress=False)
     train_calls = [c for c in fake.calls if c["indices"]]
     written = json.loads((tmp_path / "shots2_seed7.json").read_text())["indices"]
-    assert train_calls == [{"splits": ["train"], "views": {"train": 3}, "seed": 7, "indices": {"train": written}, "adapter": None}]
+    assert train_calls == [{"splits": ["train"], "views": {"train": 3}, "seed": 7, "indices": {"train": written},
+                            "adapter": None}]
     assert out["runs"][0]["cache_size"] == len(written) == 2 * C
 
 
 def test_pipeline_cache_from_a_different_model_is_a_clear_error():
     with pytest.raises(FeatureDirError, match="different models"):
-        run_fewshot(PipelineSource(FakePipeline(_featureset(), train_dim=6)), _config(["tip"], shots=[1], seeds=[1]), progress=False)
+        run_fewshot(PipelineSource(FakePipeline(_featureset(), train_dim=6)), _config(["tip"], shots=[1], seeds=[1]),
+                    progress=False)
 
 
 def test_cli_writes_tables_plot_and_index_lists(tmp_path, capsys):
@@ -154,13 +158,15 @@ def test_cli_writes_tables_plot_and_index_lists(tmp_path, capsys):
     assert results["runs"][1]["hyperparameters"]["grid_size"] == {"alpha": 2, "beta": 3}
     assert (out / "summary.md").read_text().startswith("| method | 1-shot | 2-shot |")
     assert (out / "accuracy_vs_shots.png").read_bytes()[:4] == b"\x89PNG"
-    assert sorted(p.name for p in (out / "indices").iterdir()) == [f"shots{k}_seed{s}.json" for k in (1, 2) for s in (1, 2)]
+    assert (sorted(p.name for p in (out / "indices").iterdir())
+            == [f"shots{k}_seed{s}.json" for k in (1, 2) for s in (1, 2)])
     assert "tipx++" in capsys.readouterr().out
 
 
 def test_cli_plus_plus_without_adapted_features_is_a_clear_error(tmp_path, capsys):
     save_feature_dir(_featureset(), tmp_path / "feats")
-    assert main(["fewshot", "--features", str(tmp_path / "feats"), "--methods", "tip++", "--out", str(tmp_path / "o")]) == 2
+    assert main(["fewshot", "--features", str(tmp_path / "feats"), "--methods", "tip++", "--out",
+                 str(tmp_path / "o")]) == 2
     assert "--adapted-features" in capsys.readouterr().err
 
 

@@ -51,7 +51,8 @@ def test_val_rows_identical_to_test_rows_stop_the_cli_and_name_the_fix(tmp_path,
     assert "'val' split" in err and "'test' split" in err and "clusters" in err and "--val-from-train N" in err
     assert not (tmp_path / "out" / "results.json").exists()
     with pytest.raises(ProtocolError, match="IS the 'test' split"):
-        run_fewshot(DirectorySource(_featureset(val_is_test=True)), FewShotConfig(shots=[1], seeds=[1], methods=["tip"]),
+        run_fewshot(DirectorySource(_featureset(val_is_test=True)),
+                    FewShotConfig(shots=[1], seeds=[1], methods=["tip"]),
                     progress=False)
 
 
@@ -62,7 +63,8 @@ def test_partial_path_overlap_is_counted_row_by_row():
     val = FeatureSplit(torch.zeros(10, D), torch.zeros(10, dtype=torch.long), val_paths)
     test = FeatureSplit(torch.ones(14, D), torch.zeros(14, dtype=torch.long), test_paths)
     assert split_overlap(val, test).shared == shared == 4
-    with pytest.raises(ProtocolError, match=r"'val' split .* 4 of its 10 images are also in the 'test' split \(14 images"):
+    with pytest.raises(ProtocolError, match=r"'val' split .* 4 of its 10 images are also in the 'test' split "
+                                            r"\(14 images"):
         check_disjoint(val, test, selection_name="val", dataset="mine", fix="do X")
     # paths decide when both sides have them: identical embeddings of distinct files are no overlap
     assert split_overlap(FeatureSplit(test.image, test.label, [f"v{i}" for i in range(14)]), test) is None

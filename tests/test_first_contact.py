@@ -15,7 +15,8 @@ from conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 
-COCO500_TESTS = ["tests/test_builtin.py", "tests/test_retrieval.py", "tests/test_zeroshot.py"]  # -k: their coco500 tests
+# -k: their coco500 tests
+COCO500_TESTS = ["tests/test_builtin.py", "tests/test_retrieval.py", "tests/test_zeroshot.py"]
 
 
 def _git(*args: str, cwd=None) -> str:
@@ -51,7 +52,8 @@ def test_fresh_clone_runs_the_quickstart_from_its_own_package_data(clone):
 
 
 def test_fresh_clone_passes_its_real_embedding_tests(clone):
-    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k", "coco500 or builtin",
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", "-k",
+                          "coco500 or builtin",
                           *COCO500_TESTS], cwd=clone, env=_env(clone), capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert " passed" in run.stdout and "error" not in run.stdout.splitlines()[-1]

@@ -73,7 +73,8 @@ def test_tip_adapter_order_keeps_the_smallest_beta_where_alpha_major_keeps_the_s
     correct = torch.tensor([[0, 5, 1], [5, 0, 0]])  # (alpha, beta): ties at (0, 1) and (1, 0)
     grid = {"alpha": [1.0, 2.0], "beta": [1.0, 2.0, 3.0]}
     assert SearchResult(("alpha", "beta"), grid, correct, 10).best == {"alpha": 1.0, "beta": 2.0}
-    assert SearchResult(("alpha", "beta"), grid, correct, 10, order=("beta", "alpha")).best == {"alpha": 2.0, "beta": 1.0}
+    assert SearchResult(("alpha", "beta"), grid, correct, 10,
+                        order=("beta", "alpha")).best == {"alpha": 2.0, "beta": 1.0}
 
 
 def test_centre_tie_break_keeps_the_middle_of_the_largest_tied_region():

@@ -29,7 +29,8 @@ def brute_force_overlap(x: torch.Tensor, y: torch.Tensor, bins: int) -> tuple[fl
 
 def test_overlap_matches_brute_force_double_loop():
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(60, 8, generator=g, dtype=torch.float64) + torch.randn(3, 8, generator=g, dtype=torch.float64).repeat(20, 1)
+    x = (torch.randn(60, 8, generator=g, dtype=torch.float64)
+         + torch.randn(3, 8, generator=g, dtype=torch.float64).repeat(20, 1))
     y = torch.arange(3).repeat(20)
     expected, p, u = brute_force_overlap(x, y, bins=40)
     r = imo_overlap(x, y, bins=40, chunk_size=7)  # chunks that do not divide N

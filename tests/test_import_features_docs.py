@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import shlex
 
@@ -12,8 +11,8 @@ import torch
 from conftest import PROJECT_ROOT
 from safetensors.numpy import load_file, save_file
 
-from clipadapt.cli import main
 from clipadapt.builtin import HOLDOUT
+from clipadapt.cli import main
 from clipadapt.features.io import load_feature_dir
 from clipadapt.features.retrieval_dir import load_retrieval_split
 
@@ -36,8 +35,9 @@ def _write_inputs(folder, coco500) -> None:
     protos = rng.normal(size=(3, 64)).astype(np.float32)
     np.save(folder / "text.npy", protos[:, None, :] + 0.1 * rng.normal(size=(3, 7, 64)).astype(np.float32))
     labels = {"train": np.arange(12) % 3, "test": np.arange(9) % 3, "unlabeled": np.arange(20) % 3}
-    np.savez(folder / "embeddings.npz", **{f"{s}_image": (protos[y] + 0.5 * rng.normal(size=(len(y), 64))).astype(np.float32)
-                                          for s, y in labels.items()})
+    np.savez(folder / "embeddings.npz",
+             **{f"{s}_image": (protos[y] + 0.5 * rng.normal(size=(len(y), 64))).astype(np.float32)
+                for s, y in labels.items()})
     np.save(folder / "train_labels.npy", labels["train"].astype(np.int64))
     (folder / "test_labels.txt").write_text("\n".join(["cat", "dog", "bird"][y] for y in labels["test"]) + "\n")
     save_file({"image": rng.normal(size=(40, 64)).astype(np.float32)}, str(folder / "images.safetensors"))
@@ -104,7 +104,8 @@ def test_spec_errors_name_the_spec_and_file(tmp_path, monkeypatch, coco500, caps
 
 
 def test_retrieval_and_captions_kinds_say_what_they_need(tmp_path, capsys):
-    assert main(["import-features", "--kind", "captions", "--out", str(tmp_path / "e.safetensors"), "--image", "x.npy"]) == 2
+    assert main(["import-features", "--kind", "captions", "--out", str(tmp_path / "e.safetensors"), "--image",
+                 "x.npy"]) == 2
     assert "--caption" in capsys.readouterr().err
     assert main(["import-features", "--out", str(tmp_path / "fd"), "--split", "test=x.npy"]) == 2
     assert "needs --text" in capsys.readouterr().err

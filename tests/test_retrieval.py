@@ -58,7 +58,8 @@ def test_tied_scores_rank_by_lower_gallery_index_like_chunked_topk():
     for k in (1, 2, 5):
         expected = 100.0 * sum(r < k for r in literal) / 9
         for chunk_size in (1, 4, 1024):
-            assert retrieval_recall(query, gallery, correct, ks=(k,), chunk_size=chunk_size)[f"R@{k}"] == pytest.approx(expected)
+            assert retrieval_recall(query, gallery, correct, ks=(k,),
+                                    chunk_size=chunk_size)[f"R@{k}"] == pytest.approx(expected)
     assert retrieval_recall(query, gallery, correct, ks=(20,))["R@20"] == 100.0  # k beyond the gallery
 
 
@@ -134,7 +135,8 @@ def test_coco500_dn_effect_is_reported(coco500, capsys):
 def test_coco500_random_init_control_stays_at_chance(coco500_random_init):
     (img, cap, gt), (pool_i, pool_t) = _coco_holdout(coco500_random_init)
     dn = DistributionNormalizer(n_samples=None, task="retrieval").fit(pool_i, pool_t)
-    for res in (evaluate_retrieval(img, cap, gt, ks=(1, 10)), evaluate_retrieval(img, cap, gt, normalizer=dn, ks=(1, 10))):
+    for res in (evaluate_retrieval(img, cap, gt, ks=(1, 10)),
+                evaluate_retrieval(img, cap, gt, normalizer=dn, ks=(1, 10))):
         # chance: R@1 = 0.25 %, R@10 = 2.5 % (400-way)
         assert res["i2t"]["R@1"] < 1.5 and res["t2i"]["R@1"] < 1.5
         assert res["i2t"]["R@10"] < 6.0 and res["t2i"]["R@10"] < 6.0
@@ -142,7 +144,8 @@ def test_coco500_random_init_control_stays_at_chance(coco500_random_init):
 
 def test_retrieval_cli_on_directory_with_holdout(tmp_path, coco500):
     image, caption = coco500
-    save_retrieval_split(tmp_path / "ret", "test", RetrievalSet(image, caption, torch.arange(500), meta={"model": "ViT-B-16@openai"}))
+    save_retrieval_split(tmp_path / "ret", "test",
+                         RetrievalSet(image, caption, torch.arange(500), meta={"model": "ViT-B-16@openai"}))
     out, table = tmp_path / "r.json", tmp_path / "r.md"
     assert main(["retrieval", "--embeddings", str(tmp_path / "ret"), "--dn-source", "holdout", "--holdout", "100",
                  "--dn-samples", "all", "--out", str(out), "--table", str(table)]) == 0
@@ -151,7 +154,8 @@ def test_retrieval_cli_on_directory_with_holdout(tmp_path, coco500):
     assert res["dn"]["n_image_samples_used"] == 100
     # plain numbers are those of the library on the same 400 evaluated pairs
     ev, _ = holdout_split(RetrievalSet(image, caption, torch.arange(500)), 100, seed=0)
-    assert res["plain"]["i2t"]["R@1"] == pytest.approx(evaluate_retrieval(ev.image, ev.text, ev.text_to_image)["i2t"]["R@1"])
+    assert res["plain"]["i2t"]["R@1"] == pytest.approx(
+        evaluate_retrieval(ev.image, ev.text, ev.text_to_image)["i2t"]["R@1"])
     assert "DN (λ=0.25)" in table.read_text()
 
 

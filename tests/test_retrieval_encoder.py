@@ -132,7 +132,8 @@ def test_retrieval_and_captions_with_tiny_open_clip_model(tmp_path, karpathy):
 
     path, root = karpathy
     emb, out = tmp_path / "emb", tmp_path / "r.json"
-    assert main(["retrieval", "--captions-json", str(path), "--image-root", str(root), "--model", "clipadapt-test-tiny-vit",
+    assert main(["retrieval", "--captions-json", str(path), "--image-root", str(root), "--model",
+                 "clipadapt-test-tiny-vit",
                  "--device", "cpu", "--dn-source", "test", "--dn-samples", "all", "--save-embeddings", str(emb),
                  "--out", str(out)]) == 0
     enc = load_encoder("clipadapt-test-tiny-vit", device="cpu")
@@ -225,7 +226,8 @@ def test_captions_skip_drops_the_judgments_of_unreadable_images(tmp_path, karpat
     for r in got:
         with Image.open(root / r["image"]) as im:
             img = enc.encode_images(enc.preprocess(im.convert("RGB")).unsqueeze(0))
-        assert float(r["CLIP-S"]) == pytest.approx(float(clip_score(img, enc.encode_texts([r["caption"]]))[0]), abs=1e-5)
+        assert float(r["CLIP-S"]) == pytest.approx(float(clip_score(img, enc.encode_texts([r["caption"]]))[0]),
+                                                   abs=1e-5)
 
 
 def test_saved_embeddings_keep_each_splits_skipped_images_and_the_dataset(tmp_path, karpathy, color_encoder):

@@ -48,7 +48,8 @@ def test_robustness_scores_variant_logits_over_its_200_classes_with_the_imagenet
     runs = json.loads((tmp_path / "out" / "results.json").read_text())["runs"]
     by = {(r["method"], r["dataset"]): r for r in runs}
     # the ImageNet rows equal `fewshot` on the same features (same sampling, validation and search)
-    assert main(["fewshot", "--features", str(tmp_path / "in"), "--shots", "1", "--seeds", "1", "--methods", "zeroshot,tip",
+    assert main(["fewshot", "--features", str(tmp_path / "in"), "--shots", "1", "--seeds", "1", "--methods",
+                 "zeroshot,tip",
                  "--val-from-train", "1", *grid, "--out", str(tmp_path / "fs")]) == 0
     single = {r["method"]: r for r in json.loads((tmp_path / "fs" / "results.json").read_text())["runs"]}
     for m in ("zeroshot", "tip"):

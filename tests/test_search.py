@@ -81,7 +81,8 @@ def test_plus_plus_search_equals_brute_force_loop():
     assert result.best == _brute_force(tx, val, yv, grid, adapted_val)[0]
     ta = TipAdapter().fit(keys, yk, protos, adapted_keys=adapted_keys)
     tip_grid = {"alpha": grid["alpha"], "beta": grid["beta"]}
-    ta_result = search_tip_adapter(ta, val, yv, alphas=tip_grid["alpha"], betas=tip_grid["beta"], adapted_val_features=adapted_val)
+    ta_result = search_tip_adapter(ta, val, yv, alphas=tip_grid["alpha"], betas=tip_grid["beta"],
+                                   adapted_val_features=adapted_val)
     assert ta_result.best == _brute_force(ta, val, yv, tip_grid, adapted_val)[0]
 
 

@@ -73,7 +73,8 @@ def test_index_listing_wrong_rows_is_a_readable_error(tmp_path):
         ShardedSplit.open(index)
 
 
-@pytest.mark.parametrize("entry", ["rows-0.safetensors", {"file": "x.safetensors", "start": 0}, {"start": 0, "stop": 4}])
+@pytest.mark.parametrize("entry", ["rows-0.safetensors", {"file": "x.safetensors", "start": 0},
+                                   {"start": 0, "stop": 4}])
 def test_index_with_malformed_shard_entry_is_a_readable_error(tmp_path, entry):
     split = _split(n=4)
     index = write_shard_index(tmp_path, "test", [write_shard(tmp_path / "s", 0, split.image)])
@@ -143,7 +144,8 @@ def test_streaming_imo_equals_in_memory_imo_overlap_on_real_embeddings(tmp_path,
     assert torch.equal(streamed.same_hist, in_memory.same_hist)
     assert torch.equal(streamed.diff_hist, in_memory.diff_hist)
     assert torch.equal(streamed.bin_edges, in_memory.bin_edges)
-    assert (streamed.n_same, streamed.n_diff, streamed.total_pairs) == (in_memory.n_same, in_memory.n_diff, in_memory.total_pairs)
+    assert ((streamed.n_same, streamed.n_diff, streamed.total_pairs)
+            == (in_memory.n_same, in_memory.n_diff, in_memory.total_pairs))
     assert streamed.overlap == pytest.approx(in_memory.overlap, abs=1e-12)
     assert streamed.same_mean == pytest.approx(in_memory.same_mean, abs=1e-6)
 

@@ -27,7 +27,8 @@ def test_dn_defaults_lambda_samples_seeded_and_text_mean():  # §2
     from clipadapt.methods.dn import DistributionNormalizer
 
     d = _defaults(DistributionNormalizer)
-    assert (d["lam"], d["n_samples"], d["task"], d["logit_scale"], d["text_mean"]) == (0.25, 100, "classification", 100.0,
+    assert (d["lam"], d["n_samples"], d["task"], d["logit_scale"],
+            d["text_mean"]) == (0.25, 100, "classification", 100.0,
                                                                                          "prompts")
     assert isinstance(d["seed"], int)  # the draw is seeded by default
 
@@ -35,7 +36,8 @@ def test_dn_defaults_lambda_samples_seeded_and_text_mean():  # §2
 def test_tip_adapter_defaults_alpha_1_17_beta_1():  # §3
     from clipadapt.methods.tip_adapter import TipAdapter, TipAdapterF
 
-    assert (_defaults(TipAdapter)["alpha"], _defaults(TipAdapter)["beta"], _defaults(TipAdapter)["logit_scale"]) == (1.17, 1.0, 100.0)
+    assert (_defaults(TipAdapter)["alpha"], _defaults(TipAdapter)["beta"],
+            _defaults(TipAdapter)["logit_scale"]) == (1.17, 1.0, 100.0)
     f = _defaults(TipAdapterF)
     assert (f["alpha"], f["beta"], f["lr"], f["eps"], f["batch_size"], f["epochs"]) == (1.17, 1.0, 1e-3, 1e-4, 256, 20)
 

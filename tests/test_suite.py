@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from clipadapt.cli import build_parser, main
-from clipadapt.eval.suite import SuiteStore, expand_cells, load_config, shipped_configs
+from clipadapt.eval.suite import expand_cells, load_config, shipped_configs
 from clipadapt.features import FeatureSet, FeatureSplit, save_feature_dir
 from clipadapt.report.suite_report import aggregate, compare_expected
 
@@ -85,13 +85,15 @@ def _cells(out: Path) -> list[dict]:
 def test_feature_suite_cells_equal_single_commands_and_summary_is_literal_aggregation(tmp_path, feature_dirs):
     out = tmp_path / "run"
     config = _feature_config(tmp_path)
-    assert main(["suite", "run", str(config), "--out", str(out), "--set", f"FEATS={tmp_path / 'feats'}", "--no-plots"]) == 0
+    assert main(["suite", "run", str(config), "--out", str(out), "--set", f"FEATS={tmp_path / 'feats'}",
+                 "--no-plots"]) == 0
     cells = _cells(out)
     assert len(cells) == 3 * 3 * 2 + 3 * 2 and all(c["status"] == "done" for c in cells)
     single_fewshot, single_dn = {}, {}
     for d in feature_dirs:  # the single commands a user would type
         assert main(["fewshot", "--features", str(d), "--shots", "1,2", "--seeds", "1,2", "--methods",
-                     "zeroshot,tip,tipx", *[a for g in GRID for a in ("--grid", g)], "--out", str(tmp_path / d.name)]) == 0
+                     "zeroshot,tip,tipx", *[a for g in GRID for a in ("--grid", g)], "--out",
+                     str(tmp_path / d.name)]) == 0
         single_fewshot[d.name] = json.loads((tmp_path / d.name / "results.json").read_text())["runs"]
         for seed in (0, 1):
             path = tmp_path / f"{d.name}_dn{seed}"
@@ -101,7 +103,8 @@ def test_feature_suite_cells_equal_single_commands_and_summary_is_literal_aggreg
     for c in cells:
         cell, output = c["cell"], c["result"]["output"]
         if cell["task"] == "fewshot":
-            expected = [r for r in single_fewshot[cell["dataset"]] if r["method"] == cell["method"] and r["seed"] == cell["seed"]]
+            expected = [r for r in single_fewshot[cell["dataset"]] if r["method"] == cell["method"]
+                        and r["seed"] == cell["seed"]]
             assert output["runs"] == expected
             assert c["result"]["command"].startswith("clipadapt fewshot --features")
         else:
@@ -119,7 +122,8 @@ def test_feature_suite_cells_equal_single_commands_and_summary_is_literal_aggreg
                 assert row["mean"] == pytest.approx(statistics.mean(values), abs=1e-3)  # summary.json: 4 decimals
                 assert row["std"] == pytest.approx(statistics.stdev(values), abs=1e-3)
                 per_dataset.append(statistics.mean(values))
-            assert rows[("fewshot", method, shots, "mean")]["mean"] == pytest.approx(statistics.mean(per_dataset), abs=1e-3)
+            assert rows[("fewshot", method, shots,
+                         "mean")]["mean"] == pytest.approx(statistics.mean(per_dataset), abs=1e-3)
     dn_mean = statistics.mean(statistics.mean(single_dn[(d.name, s)]["top1"] for s in (0, 1)) for d in feature_dirs)
     assert rows[("dn", "dn", None, "mean")]["mean"] == pytest.approx(dn_mean, abs=1e-3)
     (exp,) = summary["expected"]
@@ -200,7 +204,8 @@ datasets = ["{feature_dirs[1]}"]
 
 def test_aggregate_against_a_literal_computation():
     records = [{"task": "t", "dataset": d, "backbone": "b", "method": "m", "shots": 1, "seed": s, "metric": "top1",
-                "value": v} for d, s, v in [("x", 1, 10.0), ("x", 2, 20.0), ("y", 1, 40.0), ("y", 2, 60.0), ("z", 1, 5.0)]]
+                "value": v} for d, s, v in [("x", 1, 10.0), ("x", 2, 20.0), ("y", 1, 40.0), ("y", 2, 60.0),
+                                            ("z", 1, 5.0)]]
     rows = {r["dataset"]: r for r in aggregate(records, ["x", "y", "z"])}
     assert rows["x"]["mean"] == 15.0 and rows["x"]["std"] == pytest.approx(statistics.stdev([10, 20]))
     assert rows["z"]["std"] == 0.0 and rows["z"]["seeds"] == 1
@@ -209,7 +214,8 @@ def test_aggregate_against_a_literal_computation():
     assert rows["mean"]["mean"] == pytest.approx((seed1 + seed2) / 2)
     assert rows["mean"]["std"] == pytest.approx(statistics.stdev([seed1, seed2]))
     assert rows["mean"]["datasets"] == "3/3"
-    exp = compare_expected(list(rows.values()), [{"dataset": "y", "method": "m", "value": 45.0}, {"dataset": "q", "value": 1.0}])
+    exp = compare_expected(list(rows.values()), [{"dataset": "y", "method": "m", "value": 45.0},
+                                                 {"dataset": "q", "value": 1.0}])
     assert exp[0]["delta"] == pytest.approx(5.0) and exp[1]["ours"] is None and exp[1]["delta"] is None
 
 
@@ -282,4 +288,5 @@ options = {{ dn-source = "val", cache-dir = "{cache}" }}
             assert main(["eval", "--model", "clipadapt-test-tiny-vit", "--dataset", spec, "--method", "dn",
                          "--dn-source", "val", "--cache-dir", str(cache), "--out", str(path)]) == 0
             one = json.loads((path / "results.json").read_text())
-            assert (c["result"]["output"]["top1"], c["result"]["output"]["without_dn"]) == (one["top1"], one["without_dn"])
+            assert (c["result"]["output"]["top1"],
+                    c["result"]["output"]["without_dn"]) == (one["top1"], one["without_dn"])

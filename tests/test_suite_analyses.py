@@ -47,11 +47,14 @@ def test_correlation_matches_the_literal_formulas():
 def test_overlap_gain_rows_pairs_overlaps_with_tip_plus_plus_gains():
     rows = []
     for d, (orig, adap, tip, tpp) in {"a": (0.5, 0.3, 60.0, 65.0), "b": (0.4, 0.35, 50.0, 51.0)}.items():
-        rows += [{"backbone": "m", "dataset": d, "method": "original", "metric": "overlap", "shots": None, "mean": orig},
+        rows += [{"backbone": "m", "dataset": d, "method": "original", "metric": "overlap", "shots": None,
+                  "mean": orig},
                  {"backbone": "m", "dataset": d, "method": "adapted", "metric": "overlap", "shots": None, "mean": adap}]
         for k, bonus in ((1, 0.0), (2, 2.0)):
-            rows += [{"backbone": "m", "dataset": d, "method": "tip", "metric": "top1", "shots": k, "mean": tip + bonus},
-                     {"backbone": "m", "dataset": d, "method": "tip++", "metric": "top1", "shots": k, "mean": tpp + 2 * bonus}]
+            rows += [{"backbone": "m", "dataset": d, "method": "tip", "metric": "top1", "shots": k,
+                      "mean": tip + bonus},
+                     {"backbone": "m", "dataset": d, "method": "tip++", "metric": "top1", "shots": k,
+                      "mean": tpp + 2 * bonus}]
     out = {r["dataset"]: r for r in overlap_gain_rows(rows)}
     assert out["a"]["overlap_reduction"] == pytest.approx(0.2)
     assert (out["a"]["gain_1shot"], out["a"]["gain_2shot"], out["a"]["gain_mean"]) == pytest.approx((5.0, 7.0, 6.0))
@@ -77,7 +80,8 @@ def test_suite_writes_the_imo_correlation_from_imo_and_fewshot_cells(tmp_path):
     for i in range(3):
         save_feature_dir(_featureset(i), tmp_path / f"d{i}")
         save_feature_dir(_featureset(10 + i, shift=0.5 * i), tmp_path / f"d{i}-adapted")
-        datasets.append(f'{{ name = "d{i}", features = "{tmp_path / f"d{i}"}", adapted_features = "{tmp_path / f"d{i}-adapted"}" }}')
+        datasets.append(f'{{ name = "d{i}", features = "{tmp_path / f"d{i}"}", adapted_features = '
+                        f'"{tmp_path / f"d{i}-adapted"}" }}')
     grid = '["tip.alpha=50,100", "tip.beta=1,5"]'  # the cache dominates: adapted keys change accuracy
     (tmp_path / "s.toml").write_text(f"""
 [[task]]
@@ -98,7 +102,8 @@ datasets = [{", ".join(datasets)}]
     for row in report["per_dataset"]:
         by = {(r["method"], r["metric"], r["shots"]): r["mean"] for r in summary if r["dataset"] == row["dataset"]}
         # both files are rounded by write_json (4 decimals / 5 significant digits)
-        assert row["overlap_reduction"] == pytest.approx(by[("original", "overlap", None)] - by[("adapted", "overlap", None)], abs=1e-4)
+        assert row["overlap_reduction"] == pytest.approx(by[("original", "overlap", None)]
+                                                         - by[("adapted", "overlap", None)], abs=1e-4)
         assert row["gain_1shot"] == pytest.approx(by[("tip++", "top1", 1)] - by[("tip", "top1", 1)], abs=1e-3)
         assert ("adapted", "variance", None) in by
     x = [r["overlap_reduction"] for r in report["per_dataset"]]
@@ -111,8 +116,9 @@ datasets = [{", ".join(datasets)}]
 def test_dn_with_views_reports_tta_and_the_first_view_from_one_run(tmp_path):
     fs = _featureset(0, views=3)
     save_feature_dir(fs, tmp_path / "tta")
-    first = FeatureSet(fs.classnames, fs.text, {name: FeatureSplit(s.image[:, 0] if s.image.ndim == 3 else s.image, s.label)
-                                                 for name, s in fs.splits.items()}, fs.meta)
+    first = FeatureSet(fs.classnames, fs.text,
+                       {name: FeatureSplit(s.image[:, 0] if s.image.ndim == 3 else s.image, s.label)
+                        for name, s in fs.splits.items()}, fs.meta)
     save_feature_dir(first, tmp_path / "one")
     common = ["--method", "dn", "--dn-samples", "8", "--dn-seed", "3"]
     assert main(["eval", "--features", str(tmp_path / "tta"), *common, "--out", str(tmp_path / "tta-run")]) == 0
@@ -130,27 +136,36 @@ def test_report_reads_retrieval_captions_and_backbones_cells_and_draws_oracle_ba
     outputs = {
         ("retrieval", "coco"): {"plain": {"i2t": {"R@1": 50.0}, "t2i": {"R@1": 30.0}},
                                 "dn": {"mean": {"i2t": {"R@1": 52.0}, "t2i": {"R@1": 33.0}}}},
-        ("captions", "f8k"): {"correlations": {"CLIP-S": {"tau_b": 0.4, "tau_c": 0.5}, "DN-CLIP-S": {"tau_b": 0.45, "tau_c": 0.55}}},
-        ("backbones", "pets"): {"accuracy": {"RN50": 80.0, "ViT-B-32": 85.0}, "best_single": {"backbone": "ViT-B-32", "top1": 85.0},
+        ("captions", "f8k"): {"correlations": {"CLIP-S": {"tau_b": 0.4, "tau_c": 0.5},
+                                               "DN-CLIP-S": {"tau_b": 0.45, "tau_c": 0.55}}},
+        ("backbones", "pets"): {"accuracy": {"RN50": 80.0, "ViT-B-32": 85.0},
+                                "best_single": {"backbone": "ViT-B-32", "top1": 85.0},
                                 "oracle_top1": 93.0, "synergy": 8.0, "combinations": {"nlc": {"top1": 88.0}}},
-        ("backbones", "dtd"): {"accuracy": {"RN50": 40.0, "ViT-B-32": 45.0}, "best_single": {"backbone": "ViT-B-32", "top1": 45.0},
+        ("backbones", "dtd"): {"accuracy": {"RN50": 40.0, "ViT-B-32": 45.0},
+                               "best_single": {"backbone": "ViT-B-32", "top1": 45.0},
                                "oracle_top1": 60.0, "synergy": 15.0, "combinations": {"nlc": {"top1": 50.0}}},
     }
     cells = []
     for i, ((task, dataset), output) in enumerate(outputs.items()):
-        cell = {"task": task, "label": task, "dataset": dataset, "backbone": "RN50,ViT-B-32" if task == "backbones" else "m",
-                "method": "dn" if task == "retrieval" else None, "seed": None, "shots": None, "source": {}, "options": {}}
+        cell = {"task": task, "label": task, "dataset": dataset,
+                "backbone": "RN50,ViT-B-32" if task == "backbones" else "m",
+                "method": "dn" if task == "retrieval" else None, "seed": None, "shots": None, "source": {},
+                "options": {}}
         cells.append({"key": f"k{i}", **cell})
         (tmp_path / "cells").mkdir(exist_ok=True)
-        (tmp_path / "cells" / f"k{i}.json").write_text(json.dumps({"status": "done", "cell": cell, "result": {"output": output}}))
+        (tmp_path / "cells" / f"k{i}.json").write_text(
+            json.dumps({"status": "done", "cell": cell, "result": {"output": output}}))
     expected = [{"task": "backbones", "dataset": "mean", "method": "oracle", "metric": "synergy", "value": 20.0}]
     (tmp_path / "suite.json").write_text(json.dumps({"config": {"name": "t", "expected": expected}, "cells": cells}))
     write_suite_report(tmp_path)
-    rows = {(r["task"], r["dataset"], r["method"], r["metric"]): r["mean"] for r in json.loads((tmp_path / "summary.json").read_text())["rows"]}
-    assert rows[("retrieval", "coco", "clip", "t2i R@1")] == 30.0 and rows[("retrieval", "coco", "dn", "i2t R@1")] == 52.0
+    rows = {(r["task"], r["dataset"], r["method"], r["metric"]): r["mean"]
+            for r in json.loads((tmp_path / "summary.json").read_text())["rows"]}
+    assert (rows[("retrieval", "coco", "clip", "t2i R@1")] == 30.0
+            and rows[("retrieval", "coco", "dn", "i2t R@1")] == 52.0)
     assert rows[("captions", "f8k", "DN-CLIP-S", "tau_c")] == 0.55
     assert rows[("backbones", "mean", "oracle", "synergy")] == pytest.approx(11.5, abs=1e-3)
-    assert rows[("backbones", "pets", "nlc", "top1")] == 88.0 and rows[("backbones", "dtd", "best single", "top1")] == 45.0
+    assert (rows[("backbones", "pets", "nlc", "top1")] == 88.0
+            and rows[("backbones", "dtd", "best single", "top1")] == 45.0)
     (exp,) = json.loads((tmp_path / "summary.json").read_text())["expected"]
     assert exp["delta"] == pytest.approx(11.5 - 20.0)
     assert (tmp_path / "plots" / "backbones_oracle_nlc.png").read_bytes()[:4] == b"\x89PNG"

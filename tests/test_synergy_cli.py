@@ -43,7 +43,8 @@ def test_feature_directories_end_to_end(tmp_path, capsys):
         assert (out / name).is_file(), name
     r = json.loads((out / "results.json").read_text())
     literal = [_literal_zero_shot_top1(fs) for fs in sets]
-    assert r["accuracy"]["net0"] == pytest.approx(literal[0][0]) and r["accuracy"]["net1"] == pytest.approx(literal[1][0])
+    assert r["accuracy"]["net0"] == pytest.approx(literal[0][0]) and r["accuracy"]["net1"] == pytest.approx(
+        literal[1][0])
     oracle = 100 * sum(a or b for a, b in zip(literal[0][1], literal[1][1])) / len(literal[0][1])
     assert r["oracle_top1"] == pytest.approx(oracle)
     assert {"stacking", "temperature_mean", "nlc", "mean_logits"} <= set(r["combinations"])

@@ -83,7 +83,8 @@ def test_fewer_than_five_classes_omit_top5_everywhere():
     assert "top5" not in r["best_single"] and all("top5" not in v for v in r["combinations"].values())
     for name in ("per_backbone", "combinations", "subsets", "cascade"):
         assert report.tables[name] and all("top5" not in row for row in report.tables[name]), name
-    assert all("top5" not in row for row in cascade(logits, y, [1, 1, 1], [0.5]) + subset_mean_probs(logits, y, [1, 1, 1], "abc"))
+    assert all("top5" not in row for row in cascade(logits, y, [1, 1, 1],
+                                                    [0.5]) + subset_mean_probs(logits, y, [1, 1, 1], "abc"))
 
 
 def _random_problem(seed, n=83, m=60, c=7, d=5, backbones=3):
@@ -112,7 +113,8 @@ def test_single_pass_equals_one_pass_per_combiner():
     n = test.n
     for key, est in fitted.combiners.items():
         if isinstance(est, NeuralLogitController):
-            combined = torch.cat([est.predict_logits([e[i:i + 20] for e in test.embeddings], [z[i:i + 20] for z in test.logits])
+            combined = torch.cat([est.predict_logits([e[i:i + 20] for e in test.embeddings],
+                                                     [z[i:i + 20] for z in test.logits])
                                   for i in range(0, n, 20)]).tolist()
         else:
             combined = predict_streaming(est, test.logits, chunk_rows=20).tolist()

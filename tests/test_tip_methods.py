@@ -39,7 +39,8 @@ def _literal_classifier(text):
 
 
 def _literal_keys(keys):
-    return [_norm([sum(keys[j, v, d].item() for v in range(keys.shape[1])) / keys.shape[1] for d in range(keys.shape[2])])
+    return [_norm([sum(keys[j, v, d].item() for v in range(keys.shape[1])) / keys.shape[1]
+                   for d in range(keys.shape[2])])
             for j in range(keys.shape[0])]
 
 
@@ -132,7 +133,8 @@ def test_tx_plus_plus_takes_psi_range_from_adapted_affinities_and_kl_from_origin
     torch.testing.assert_close(model.predict_logits(test, adapted_test), expected, rtol=1e-9, atol=1e-9)
 
 
-@pytest.mark.parametrize("make", [lambda: TipAdapter(alpha=0.0, beta=3.0), lambda: TipX(alpha=0.0, beta=3.0, gamma=0.0)])
+@pytest.mark.parametrize("make", [lambda: TipAdapter(alpha=0.0, beta=3.0),
+                                  lambda: TipX(alpha=0.0, beta=3.0, gamma=0.0)])
 def test_alpha_zero_is_zero_shot_exactly(make):
     text, keys, labels, test = _data(3)
     text, keys, test = text.float(), keys.float(), test.float()

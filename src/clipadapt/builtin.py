@@ -65,7 +65,8 @@ def resolve_dir(spec: str | Path) -> Path:
 
 def list_builtins() -> list[dict[str, Any]]:
     """One row per built-in, for `clipadapt datasets`."""
-    return [{"spec": PREFIX + name, "model": info["model"], "splits": ", ".join(f"{k}: {v}" for k, v in info["splits"].items()),
+    return [{"spec": PREFIX + name, "model": info["model"],
+             "splits": ", ".join(f"{k}: {v}" for k, v in info["splits"].items()),
              "what": info["what"]} for name, info in BUILTINS.items()]
 
 

@@ -322,7 +322,8 @@ def load_adapter_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[s
             "missing or malformed)"
         ) from e
     if structure["format"] != CHECKPOINT_FORMAT:
-        raise AdapterError(f"{weights_path}: metadata format is {structure['format']!r}, expected {CHECKPOINT_FORMAT!r}")
+        raise AdapterError(
+            f"{weights_path}: metadata format is {structure['format']!r}, expected {CHECKPOINT_FORMAT!r}")
     config: dict[str, Any] = {}
     if config_path.is_file():
         config = read_json(config_path, what="adapter config", error=AdapterError)
@@ -336,7 +337,8 @@ def load_adapter_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[s
                 for p in ("down.weight", "down.bias", "up.weight", "up.bias")}
     if set(tensors) != expected:
         missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-        raise AdapterError(f"{weights_path}: adapter tensors do not match its config (missing {missing[:4]}, unexpected {extra[:4]})")
+        raise AdapterError(f"{weights_path}: adapter tensors do not match its config (missing {missing[:4]}, "
+                           f"unexpected {extra[:4]})")
     d, w = structure["dim"], structure["width"]
     shapes = {"down.weight": (w, d), "down.bias": (w,), "up.weight": (d, w), "up.bias": (d,)}
     for key, t in sorted(tensors.items()):

@@ -188,7 +188,8 @@ def imo_overlap(
                        sample=sample if sampled else None, seed=seed if sampled else None)
 
 
-def _normalised_inputs(embeddings: Tensor, labels: Tensor, *, max_pairs: int | None, sample: str) -> tuple[Tensor, Tensor]:
+def _normalised_inputs(embeddings: Tensor, labels: Tensor, *, max_pairs: int | None,
+                       sample: str) -> tuple[Tensor, Tensor]:
     """Validated arguments: L2-normalised pooled embeddings (N, D) (float64 kept, else float32) and labels on
     their device; ConfigError naming the argument otherwise."""
     x = pool_views(embeddings)

@@ -156,7 +156,8 @@ def eval_transform(model: nn.Module) -> Callable:
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
     cfg = _preprocess_cfg(model)
-    return image_transform_v2(PreprocessCfg(**{k: v for k, v in cfg.items() if k in PreprocessCfg.__dataclass_fields__}), is_train=False)
+    return image_transform_v2(PreprocessCfg(**{k: v for k, v in cfg.items()
+                                               if k in PreprocessCfg.__dataclass_fields__}), is_train=False)
 
 
 class MultiCrop:
@@ -507,7 +508,8 @@ def _run_steps(run: _Run, batches: Iterator, autocast_dtype: torch.dtype | None,
 
     amp = (lambda: torch.autocast(run.device.type, dtype=autocast_dtype)) if autocast_dtype else contextlib.nullcontext
     weights = None
-    with tqdm(total=run.total, initial=run.step, desc=f"adapter {run.c.mode}", disable=not progress, unit="step") as bar:
+    with tqdm(total=run.total, initial=run.step, desc=f"adapter {run.c.mode}", disable=not progress,
+              unit="step") as bar:
         for images, labels in batches:
             run.train_step(images, labels, amp)
             bar.update(1)
@@ -561,7 +563,8 @@ def _load_state(state_path: Path) -> dict[str, Any]:
             "delete it to start over, or choose a new output directory"
         ) from e
     if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
-        raise AdapterError(f"{state_path}: not a clipadapt adapter training state (no 'config'); delete it to start over")
+        raise AdapterError(f"{state_path}: not a clipadapt adapter training state (no 'config'); delete it to "
+                           "start over")
     return saved
 
 

@@ -63,7 +63,8 @@ def show_defaults_without_help(parser: argparse.ArgumentParser) -> None:
 
 def _has_default(value: Any) -> bool:
     """A default worth printing: not None ('unset'), not a flag's False, not an empty list, not SUPPRESS."""
-    return not (value is None or value is False or value is argparse.SUPPRESS or (isinstance(value, list) and not value))
+    return not (value is None or value is False or value is argparse.SUPPRESS
+                or (isinstance(value, list) and not value))
 
 
 def _show(value: Any) -> str:
@@ -79,7 +80,8 @@ def epilog(examples: str) -> str:
     return "examples:\n" + "\n".join(f"  {line.rstrip()}" if line.strip() else "" for line in lines)
 
 
-def add_parser(sub: Any, name: str, *, help: str, examples: str, description: str | None = None) -> argparse.ArgumentParser:
+def add_parser(sub: Any, name: str, *, help: str, examples: str,
+               description: str | None = None) -> argparse.ArgumentParser:
     """A (sub)command parser with the house help format and its examples at the end."""
     return sub.add_parser(name, help=help, description=description or help, epilog=epilog(examples),
                           formatter_class=HelpFormatter)
@@ -197,7 +199,8 @@ def dataset_provenance(args: argparse.Namespace, *, model: Any, spec: str, split
     for split in splits:
         try:
             prints[split] = f"dataset-sha256:{build_dataset(spec, split).fingerprint()}"
-        except (ClipadaptError, OSError):  # provenance never fails a finished run; a split that cannot be built has no print
+        # provenance never fails a finished run; a split that cannot be built has no print
+        except (ClipadaptError, OSError):
             prints[split] = None
     return run_provenance(args, model=model, data=spec, fingerprint=prints)
 

@@ -34,21 +34,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--split", default="train", help="split of --data to train on (default: train)")
     train.add_argument("--mode", choices=["supervised", "selfsup"], default="supervised")
     out = train.add_argument("--out", type=Path, required=True,
-                             help="checkpoint directory (adapter.safetensors, adapter.json, train_state.pt for resuming, "
+                             help="checkpoint directory (adapter.safetensors, adapter.json, train_state.pt for "
+                                  "resuming, "
                                   "train_log.json); an existing one is resumed, so a non-empty directory must hold "
                                   "train_state.pt")
     output_option(out, RESUME, marker=STATE_FILE)
     g = train.add_argument_group("hyper-parameters (defaults: docs/methods.md §5)")
     g.add_argument("--width", type=COUNT, default=64, help="bottleneck width (default: 64)")
-    g.add_argument("--scale", type=NON_NEGATIVE, default=None, help="residual scale s (default: 0.03 supervised, 0.1 selfsup)")
+    g.add_argument("--scale", type=NON_NEGATIVE, default=None,
+                   help="residual scale s (default: 0.03 supervised, 0.1 selfsup)")
     g.add_argument("--dropout", type=DROPOUT, default=0.1)
-    g.add_argument("--lr", type=POSITIVE, default=None, help="AdamW lr (default: 8e-3 supervised; 5e-4*batch/256 selfsup)")
+    g.add_argument("--lr", type=POSITIVE, default=None,
+                   help="AdamW lr (default: 8e-3 supervised; 5e-4*batch/256 selfsup)")
     g.add_argument("--weight-decay", type=NON_NEGATIVE, default=0.01)
     g.add_argument("--batch-size", type=COUNT, default=128)
     g.add_argument("--epochs", type=COUNT, default=None, help="default: 1 supervised, 10 selfsup")
     g.add_argument("--max-steps", type=COUNT, default=None, help="stop after this many steps in total")
     g.add_argument("--seed", type=SEED, default=0)
-    g.add_argument("--local-crops", type=NON_NEGATIVE_INT, default=10, help="selfsup: local crops per image (default: 10)")
+    g.add_argument("--local-crops", type=NON_NEGATIVE_INT, default=10,
+                   help="selfsup: local crops per image (default: 10)")
     g.add_argument("--dino-out-dim", type=COUNT, default=65536, help="selfsup: DINO head output dimension")
     r = train.add_argument_group("running")
     r.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
@@ -112,6 +116,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"resumed at step {result.start_step}")
     tail = result.losses[-min(20, len(result.losses)):] if result.losses else []
     if tail:
-        print(f"step {result.step}/{result.total_steps}: mean loss of the last {len(tail)} steps {sum(tail) / len(tail):.4f}")
+        print(f"step {result.step}/{result.total_steps}: mean loss of the last {len(tail)} steps "
+              f"{sum(tail) / len(tail):.4f}")
     print(f"wrote {result.checkpoint} (+ adapter.json)")
     return 0

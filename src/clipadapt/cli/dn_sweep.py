@@ -29,7 +29,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="pool of the means (default: unlabeled; holdout = retrieval only; test = transductive)")
     parser.add_argument("--holdout", type=COUNT, default=100, help="retrieval --dn-source holdout: images held out")
     parser.add_argument("--lambdas", type=LAMBDAS, default=list(DEFAULT_LAMBDAS), help="comma-separated λ values")
-    parser.add_argument("--samples", type=COUNTS, default=list(DEFAULT_SAMPLES), help="comma-separated sample counts; counts from the pool size up become one 'all' row "
+    parser.add_argument("--samples", type=COUNTS, default=list(DEFAULT_SAMPLES),
+                        help="comma-separated sample counts; counts from the pool size up become one 'all' row "
                              "(every pool image and caption, evaluated once)")
     parser.add_argument("--dn-lambda", type=LAMBDA, default=0.25, help="λ of the sample sweep (default 0.25)")
     parser.add_argument("--dn-samples", type=parse_samples, default=100, help="samples of the λ sweep (default 100)")
@@ -50,7 +51,8 @@ def _classification(args: argparse.Namespace):
     fs = load_feature_dir(args.features)
     pool, test = fs.split(args.dn_source).image, fs.split(args.split)
     labels = test.labels(args.split)
-    plain = {"top1": topk_accuracy(ZeroShotClassifier().fit(fs.text).predict_logits(test.image), labels, ks=(1,))["top1"]}
+    plain = {"top1": topk_accuracy(ZeroShotClassifier().fit(fs.text).predict_logits(test.image), labels,
+                                   ks=(1,))["top1"]}
     evaluate = classification_evaluator(pool, fs.text, test.image, labels, text_mean=args.dn_text_mean)
     return evaluate, pool.shape[0], plain, ["top1"], fs.meta.get("model")
 
@@ -100,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     extra = {"text_mean": args.dn_text_mean} if args.features else {}
     results = {"plain": plain, "pool_size": pool_size, "dn_source": args.dn_source,
                "transductive": args.dn_source == args.split, **extra, "rows": rows}
-    write_results(out / RESULTS_FILE, results, path_provenance(args, {"features": args.features, "embeddings": args.embeddings},
-                                                                model=model))
+    write_results(out / RESULTS_FILE, results,
+                  path_provenance(args, {"features": args.features, "embeddings": args.embeddings}, model=model))
     print(f"wrote {plot_dn_sweep(rows, metrics, out / 'sweep.png', baseline=plain)}")
     return 0

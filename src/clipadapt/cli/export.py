@@ -22,7 +22,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head", type=Path, required=True, help="a head file written by `clipadapt fit`")
     parser.add_argument("--format", required=True, choices=HEAD_EXPORT_FORMATS,
                         help="onnx (input 'pixels' (B, 3, H, W), output 'logits' (B, C)) or torch-export (.pt2)")
-    output_option(parser.add_argument("--out", type=Path, required=True, metavar="FILE", help="the file to write"), FILE)
+    output_option(parser.add_argument("--out", type=Path, required=True, metavar="FILE",
+                                      help="the file to write"), FILE)
     parser.add_argument("--device", default="cpu", help="device the model is traced on (default cpu)")
     parser.add_argument("--static-batch", type=COUNT, default=None, metavar="B",
                         help="export for a fixed batch size B instead of a dynamic batch dimension")

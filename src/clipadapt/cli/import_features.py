@@ -34,7 +34,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     output_option(parser.add_argument("--out", type=Path, required=True,
                                       help="directory to create (captions: a .safetensors file)"), _out_kind)
     parser.add_argument("--classnames", type=Path,
-                        help="classification: JSON list or text file, one class per line (default: 'class 0', 'class 1', ...)")
+                        help="classification: JSON list or text file, one class per line (default: 'class 0', 'class "
+                             "1', ...)")
     parser.add_argument("--text", help=f"classification: class text embeddings (C, D) or (C, T, D); {ARRAY}")
     parser.add_argument(
         "--split", action="append", default=[], metavar="NAME=IMAGES[:LABELS]",
@@ -43,7 +44,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
              "MAP = caption j's image row (array or 'range', the default). Repeat for several",
     )
     parser.add_argument("--labels", metavar="SPEC",
-                        help="classification: labels of every split that names none, e.g. 'range' for one item per class")
+                        help="classification: labels of every split that names none, e.g. 'range' for one item "
+                             "per class")
     parser.add_argument("--image", help=f"captions: image embeddings (N, D); {ARRAY}")
     parser.add_argument("--caption", help="captions: caption embeddings (M, D)")
     parser.add_argument("--reference", help="captions: reference caption embeddings (K, D), optional")
@@ -80,12 +82,14 @@ def run(args: argparse.Namespace) -> int:
     _need(args, "split")
     if args.kind == "retrieval":
         sets = importing.import_retrieval(args.out, splits=args.split, meta=meta)
-        summary = "; ".join(f"{name}: {tuple(rs.image.shape)} images, {tuple(rs.text.shape)} captions" for name, rs in sets.items())
+        summary = "; ".join(f"{name}: {tuple(rs.image.shape)} images, {tuple(rs.text.shape)} captions"
+                            for name, rs in sets.items())
         print(f"wrote {args.out} ({summary})")
         return 0
     _need(args, "text")
     names = importing.read_classnames(args.classnames) if args.classnames else None
-    fs = importing.import_features(args.out, classnames=names, text=args.text, splits=args.split, labels=args.labels, meta=meta)
+    fs = importing.import_features(args.out, classnames=names, text=args.text, splits=args.split,
+                                   labels=args.labels, meta=meta)
     summary = ", ".join(f"{name}: {s.n}×{s.dim}" for name, s in fs.splits.items())
     print(f"wrote {args.out} ({fs.num_classes} classes; {summary})")
     return 0

@@ -17,7 +17,8 @@ clipadapt models 'RN*' --out models.csv
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("pattern", nargs="?", default="*", help="glob on the architecture name, e.g. 'ViT-B*'; without * ? [ a case-insensitive substring")
+    parser.add_argument("pattern", nargs="?", default="*",
+                        help="glob on the architecture name, e.g. 'ViT-B*'; without * ? [ a case-insensitive substring")
     output_option(parser.add_argument("--out", type=Path, help="write the table (.json, .csv or .md)"), FILE)
 
 

@@ -29,8 +29,10 @@ def _named_dir(text: str) -> tuple[str, Path]:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--features", type=Path, required=True, help="ImageNet feature directory (train and test splits)")
-    parser.add_argument("--adapted-features", type=Path, help="the same ImageNet images through the IMO adapter (tip++/tipx++)")
+    parser.add_argument("--features", type=Path, required=True,
+                        help="ImageNet feature directory (train and test splits)")
+    parser.add_argument("--adapted-features", type=Path,
+                        help="the same ImageNet images through the IMO adapter (tip++/tipx++)")
     parser.add_argument("--variant", type=_named_dir, action="append", default=[], metavar="NAME=DIR",
                         help="a variant's feature directory (test split), NAME one of " + ", ".join(VARIANT_NAMES))
     parser.add_argument("--adapted-variant", type=_named_dir, action="append", default=[], metavar="NAME=DIR",
@@ -41,7 +43,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-from-train", type=COUNT, default=4, metavar="N",
                         help="validate on N ImageNet train images per class (default 4; CoOp's ImageNet val is test)")
     parser.add_argument("--grid", action="append", default=[], metavar="FAMILY.PARAM=SPEC", help="as in `fewshot`")
-    parser.add_argument("--grid-preset", choices=GRID_PRESETS, default=None, help="a paper's grids and tie order, as in `fewshot`")
+    parser.add_argument("--grid-preset", choices=GRID_PRESETS, default=None,
+                        help="a paper's grids and tie order, as in `fewshot`")
     parser.add_argument("--tie-break", choices=TIE_BREAKS, default="grid-order", help="as in `fewshot`")
     parser.add_argument("--tipf-epochs", type=COUNT, default=20)
     parser.add_argument("--allow-fewer", action="store_true")
@@ -69,15 +72,18 @@ def run(args: argparse.Namespace) -> int:
     adapted_variants = dict(args.adapted_variant)
     variants = []
     for name, path in args.variant:
-        a = load_feature_dir(adapted_variants[name], splits=["test"]).split("test") if name in adapted_variants else None
-        variants.append(Variant(name, load_feature_dir(path, splits=["test"]).split("test"), variant_class_indices(name), a))
+        a = load_feature_dir(adapted_variants[name],
+                             splits=["test"]).split("test") if name in adapted_variants else None
+        variants.append(Variant(name, load_feature_dir(path, splits=["test"]).split("test"),
+                                variant_class_indices(name), a))
     results = run_robustness(source, config, variants)
     inputs = {"features": args.features, "adapted_features": args.adapted_features,
               **{n: p for n, p in args.variant}, **{f"{n} (adapted)": p for n, p in args.adapted_variant}}
     write_results(args.out / "results.json", {"config": vars(config), "features": source.describe(),
                                               "variants": {n: str(p) for n, p in args.variant}, **results},
                   path_provenance(args, inputs, model=source.meta.get("model")))
-    write_table(args.out / "runs.csv", [{**r, "hyperparameters": json.dumps(r["hyperparameters"])} for r in results["runs"]])
+    write_table(args.out / "runs.csv", [{**r, "hyperparameters": json.dumps(r["hyperparameters"])}
+                                        for r in results["runs"]])
     write_table(args.out / "summary.csv", results["summary"])
     write_table(args.out / "summary.md", results["summary"])
     print(markdown_table(results["summary"]), end="")

@@ -37,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--shots must be positive, got {args.shots}")
     ds = build_dataset(args.dataset, args.split, download=args.download)
     fingerprint = ds.fingerprint()
-    provenance = run_provenance(args, data=f"{args.dataset} ({args.split})", fingerprint=f"dataset-sha256:{fingerprint}")
+    provenance = run_provenance(args, data=f"{args.dataset} ({args.split})",
+                                fingerprint=f"dataset-sha256:{fingerprint}")
     for shots in args.shots:
         for seed in args.seeds:
             indices = sample_few_shot(ds.labels, shots, seed, classnames=ds.classnames, allow_fewer=args.allow_fewer)

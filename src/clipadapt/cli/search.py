@@ -31,7 +31,8 @@ clipadapt search --queries coco/:text --gallery coco/:test --paired --k 10 --bac
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queries", required=True, metavar="DIR:SPLIT",
-                        help="query embeddings: a feature directory (or builtin:coco500) and a split name, or DIR:text for the class texts")
+                        help="query embeddings: a feature directory (or builtin:coco500) and a split name, or DIR:text "
+                             "for the class texts")
     parser.add_argument("--gallery", required=True, metavar="DIR:SPLIT", help="gallery embeddings, same form")
     parser.add_argument("--k", type=COUNT, default=10, help="neighbours per query")
     parser.add_argument("--chunk-size", type=COUNT, default=4096, help="gallery rows scored at once")
@@ -68,7 +69,8 @@ def _open(spec: str) -> tuple[str, ShardedSplit | torch.Tensor]:
         return spec, ShardedSplit.open(index_path(directory, split))
     path = directory / f"{split}.safetensors"
     if not path.is_file():
-        raise FeatureDirError(f"{path}: split '{split}' not found (no {path.name} and no {index_path(directory, split).name})")
+        raise FeatureDirError(f"{path}: split '{split}' not found (no {path.name} and no "
+                              f"{index_path(directory, split).name})")
     return spec, ShardedSplit([path], name=split)  # one file, still read memory-mapped chunk by chunk
 
 
@@ -128,7 +130,8 @@ def run(args: argparse.Namespace) -> int:
         if queries.shape[0] > n_gallery:
             raise ConfigError(f"--paired needs as many gallery rows as queries ({n_gallery} < {queries.shape[0]})")
         hit = index == torch.arange(queries.shape[0])[:, None]
-        results["recall"] = {f"R@{k}": 100.0 * hit[:, :k].any(1).float().mean().item() for k in (1, 5, 10) if k <= args.k}
+        results["recall"] = {f"R@{k}": 100.0 * hit[:, :k].any(1).float().mean().item() for k in (1, 5, 10)
+                             if k <= args.k}
         print("  ".join(f"{name} {value:.2f}" for name, value in results["recall"].items()))
     print(f"top-{args.k} of {n_gallery} gallery rows for {queries.shape[0]} queries in {results['seconds']:.2f} s "
           f"({args.backend})")

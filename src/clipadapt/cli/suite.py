@@ -61,7 +61,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                                         "so a non-empty directory must hold suite.json"), RESUME, marker="suite.json")
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="VAR=VALUE",
                      help="set a ${VAR} of the config, e.g. --set DATA=/data (repeatable)")
-    run.add_argument("--no-retry-failed", action="store_true", help="skip cells that failed before instead of retrying them")
+    run.add_argument("--no-retry-failed", action="store_true",
+                     help="skip cells that failed before instead of retrying them")
     run.add_argument("--no-plots", action="store_true", help="write the summary tables without plots")
     run.add_argument("--dry-run", action="store_true", help="list the cells and their commands; run nothing")
     status = add_parser(sub, "status", help="list the cells of a run directory: done / pending / failed",
@@ -197,7 +198,8 @@ def _run(args: argparse.Namespace) -> int:
     store = SuiteStore(args.out)
     if args.dry_run:
         for cell in cells:
-            print(f"{cell.key}  {store.state(cell.key):8s}  clipadapt {shlex.join(cell_argv(cell, store.work_dir(cell)))}")
+            print(f"{cell.key}  {store.state(cell.key):8s}  clipadapt "
+                  f"{shlex.join(cell_argv(cell, store.work_dir(cell)))}")
         return 0
     provenance = _provenance(args, path, cells)
     store.save_suite(config, cells, provenance)
@@ -233,7 +235,8 @@ def _list(args: argparse.Namespace) -> int:
     from clipadapt.eval.suite import shipped_configs
 
     for name, path in shipped_configs().items():
-        first = next((line[1:].strip() for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("#")), "")
+        first = next((line[1:].strip() for line in path.read_text(encoding="utf-8").splitlines()
+                      if line.startswith("#")), "")
         print(f"{name:24s} {first}")
     return 0
 

@@ -116,7 +116,8 @@ def _read_split_json(spec: Spec, info: DatasetInfo, root: Path, split: str) -> t
     data = read_json(path, what="split file", error=DatasetError)
     if not isinstance(data, dict) or split not in data:
         keys = sorted(data) if isinstance(data, dict) else type(data).__name__
-        raise DatasetError(f"{path}: expected an object with key {split!r} (lists of [relpath, label, classname]); found {keys}")
+        raise DatasetError(f"{path}: expected an object with key {split!r} (lists of [relpath, label, classname]); "
+                           f"found {keys}")
     names: dict[int, str] = {}
     for key, entries in data.items():
         for i, entry in enumerate(_entries(path, key, entries)):
@@ -138,7 +139,8 @@ def _entries(path: Path, key: str, entries: Any) -> list[tuple[str, int, str]]:
     for i, e in enumerate(entries):
         ok = isinstance(e, (list, tuple)) and len(e) == 3 and isinstance(e[0], str) and isinstance(e[2], str)
         if not ok or isinstance(e[1], bool) or not isinstance(e[1], int) or e[1] < 0:
-            raise DatasetError(f"{path}: '{key}'[{i}] = {e!r}; expected [relpath (str), label (int >= 0), classname (str)]")
+            raise DatasetError(f"{path}: '{key}'[{i}] = {e!r}; expected [relpath (str), label (int >= 0), "
+                               "classname (str)]")
         out.append((e[0], e[1], e[2]))
     return out
 
@@ -159,7 +161,8 @@ def _read_fgvc(spec: Spec, info: DatasetInfo, root: Path, split: str) -> tuple[l
     if "split_file" in spec.options:  # a CoOp-style split JSON made by the user
         return _read_split_json(spec, info, root, split)
     variants = root / "variants.txt"
-    classnames = [line.strip() for line in read_text(variants, what="FGVC variant list", error=DatasetError).splitlines()
+    classnames = [line.strip() for line in read_text(variants, what="FGVC variant list",
+                                                     error=DatasetError).splitlines()
                   if line.strip()]
     index = {c: i for i, c in enumerate(classnames)}
     listing = root / f"images_variant_{split}.txt"
@@ -192,7 +195,8 @@ def _read_imagenet(spec: Spec, info: DatasetInfo, root: Path, split: str) -> tup
     base = _imagenet_root(spec, info, root)
     folder = base / ("train" if split == "train" else "val")
     if split == "val":
-        log.warning("coop:imagenet: the 'val' split is ImageNet's val/ folder, which is also the 'test' split (as in CoOp)")
+        log.warning("coop:imagenet: the 'val' split is ImageNet's val/ folder, which is also the 'test' split (as "
+                    "in CoOp)")
     if not folder.is_dir():
         raise DatasetError(f"coop:imagenet: {folder} not found; expected <root>/images/{{train,val}}/<wnid>/*.JPEG")
     return _wnid_folders(info, folder, label_of=_wnid_labels(info))

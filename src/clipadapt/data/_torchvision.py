@@ -83,7 +83,8 @@ def torchvision_registry() -> dict[str, TorchvisionEntry]:
         ),
         TorchvisionEntry(
             "eurosat", "EuroSAT", {"all": {}}, _coop_template("eurosat"), 10,
-            description="EuroSAT RGB; no splits in torchvision (split 'all'; coop:eurosat has CoOp's); CoOp's class names",
+            description="EuroSAT RGB; no splits in torchvision (split 'all'; coop:eurosat has CoOp's); CoOp's "
+                        "class names",
         ),
         TorchvisionEntry(
             "fakedata", "FakeData", {"train": {"random_offset": 0}, "val": {"random_offset": 10**6},
@@ -193,12 +194,14 @@ def build_torchvision(spec: Spec, split: str, download: bool) -> ImageDataset:
     spec.check_options(OPTIONS if entry.name == "fakedata" else ("templates", "download"))
     download = download or _truthy(spec.options.get("download", ""))
     if split not in entry.splits:
-        raise DatasetError(f"torchvision:{entry.name}: no split {split!r}; it has {list(entry.splits)} (docs/datasets.md)")
+        raise DatasetError(f"torchvision:{entry.name}: no split {split!r}; it has {list(entry.splits)} "
+                           "(docs/datasets.md)")
     import torchvision.datasets as tvd
 
     cls = getattr(tvd, entry.cls, None)
     if cls is None:
-        raise DatasetError(f"torchvision:{entry.name}: this torchvision has no datasets.{entry.cls}; upgrade torchvision")
+        raise DatasetError(f"torchvision:{entry.name}: this torchvision has no datasets.{entry.cls}; upgrade "
+                           "torchvision")
     kwargs = {**entry.extra_kwargs, **entry.splits[split]}
     templates = get_templates(spec.options["templates"]) if "templates" in spec.options else list(entry.templates)
     if entry.name == "fakedata":
@@ -250,5 +253,6 @@ def _build_fakedata(spec: Spec, split: str, cls: Any, kwargs: dict[str, Any], te
         raise DatasetError(f"dataset spec {spec.text!r}: size, classes and image_size must be >= 1")
     dataset = cls(size=size, image_size=(3, side, side), num_classes=num_classes, **kwargs)
     return from_torchvision(
-        dataset, name="fakedata", split=split, classnames=[f"class {i}" for i in range(num_classes)], templates=templates
+        dataset, name="fakedata", split=split, classnames=[f"class {i}" for i in range(num_classes)],
+        templates=templates
     )

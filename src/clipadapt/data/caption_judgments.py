@@ -20,8 +20,9 @@ from __future__ import annotations
 import csv
 import io
 import random
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from clipadapt.errors import DatasetError
 
@@ -57,7 +58,8 @@ def _judged(path: str | Path, tokens: dict[str, str], n_scores: int) -> list[tup
     rows = []
     for i, parts in enumerate(_lines(path), 1):
         if len(parts) < 2 + n_scores:
-            raise DatasetError(f"{path}: line {i}: expected image, caption id and {n_scores} score column(s), got {parts!r}")
+            raise DatasetError(f"{path}: line {i}: expected image, caption id and {n_scores} score column(s), got "
+                               f"{parts!r}")
         image, cap_id = parts[0].strip(), parts[1].strip()
         if cap_id not in tokens:
             raise DatasetError(f"{path}: line {i}: caption id {cap_id} is not in the token file")
@@ -72,7 +74,8 @@ def read_flickr8k_expert(annotations: str | Path, tokens_file: str | Path) -> li
     for line, image, cap_id, scores in _judged(annotations, tokens, 3):
         refs = REF_SEP.join(_references(tokens, image, cap_id))
         for s in scores:
-            out.append({"image": image, "caption": tokens[cap_id], "human": _float(s, annotations, line), "references": refs})
+            out.append({"image": image, "caption": tokens[cap_id], "human": _float(s, annotations, line),
+                        "references": refs})
     return out
 
 
@@ -141,7 +144,8 @@ def _load_mat(path: str | Path, key: str):
     except (OSError, ValueError) as e:
         raise DatasetError(f"{path}: cannot read as a MATLAB file ({e})") from e
     if key not in mat:
-        raise DatasetError(f"{path}: no variable '{key}' (found: {', '.join(k for k in mat if not k.startswith('__'))})")
+        raise DatasetError(
+            f"{path}: no variable '{key}' (found: {', '.join(k for k in mat if not k.startswith('__'))})")
     return mat
 
 

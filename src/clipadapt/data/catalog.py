@@ -81,7 +81,8 @@ def _package_json(filename: str) -> dict[str, Any]:
 def template_sets() -> dict[str, tuple[str, ...]]:
     """Named template sets: imagenet7 (CLIP's selected 7), imagenet80 (CLIP's 80), default."""
     data = _package_json("templates.json")
-    return {"default": DEFAULT_TEMPLATES, "imagenet7": tuple(data["imagenet7"]), "imagenet80": tuple(data["imagenet80"])}
+    return {"default": DEFAULT_TEMPLATES, "imagenet7": tuple(data["imagenet7"]),
+            "imagenet80": tuple(data["imagenet80"])}
 
 
 def imagenet_meta() -> dict[str, Any]:
@@ -95,7 +96,8 @@ def _imagenet_rows() -> list[DatasetInfo]:
     return [
         DatasetInfo(
             name="imagenet", num_classes=1000, layout=IMAGENET_FOLDERS, dataset_dir="imagenet", image_dir="images",
-            label_space="wnid", description="ImageNet-1k; <image_dir>/train and <image_dir>/val (val is the test split)",
+            label_space="wnid",
+            description="ImageNet-1k; <image_dir>/train and <image_dir>/val (val is the test split)",
             **common,
         ),
         DatasetInfo(
@@ -125,10 +127,14 @@ def _imagenet_rows() -> list[DatasetInfo]:
 def coop_registry() -> dict[str, DatasetInfo]:
     """CoOp's 11 few-shot datasets plus the ImageNet variants, by name."""
     rows = [
-        _coop("caltech101", "caltech-101", "101_ObjectCategories", "Caltech101", 100, "a photo of a {}.", "Caltech-101 (no background class)"),
-        _coop("oxford_pets", "oxford_pets", "images", "OxfordPets", 37, "a photo of a {}, a type of pet.", "Oxford-IIIT Pets"),
-        _coop("stanford_cars", "stanford_cars", "", "StanfordCars", 196, "a photo of a {}.", "Stanford Cars; split paths start with cars_train/ or cars_test/"),
-        _coop("oxford_flowers", "oxford_flowers", "jpg", "OxfordFlowers", 102, "a photo of a {}, a type of flower.", "Oxford Flowers-102"),
+        _coop("caltech101", "caltech-101", "101_ObjectCategories", "Caltech101", 100, "a photo of a {}.",
+              "Caltech-101 (no background class)"),
+        _coop("oxford_pets", "oxford_pets", "images", "OxfordPets", 37, "a photo of a {}, a type of pet.",
+              "Oxford-IIIT Pets"),
+        _coop("stanford_cars", "stanford_cars", "", "StanfordCars", 196, "a photo of a {}.",
+              "Stanford Cars; split paths start with cars_train/ or cars_test/"),
+        _coop("oxford_flowers", "oxford_flowers", "jpg", "OxfordFlowers", 102, "a photo of a {}, a type of flower.",
+              "Oxford Flowers-102"),
         _coop("food101", "food-101", "images", "Food101", 101, "a photo of {}, a type of food.", "Food-101"),
         DatasetInfo(
             name="fgvc_aircraft", kind="coop", num_classes=100, templates=("a photo of a {}, a type of aircraft.",),
@@ -138,7 +144,8 @@ def coop_registry() -> dict[str, DatasetInfo]:
         _coop("sun397", "sun397", "SUN397", "SUN397", 397, "a photo of a {}.", "SUN397"),
         _coop("dtd", "dtd", "images", "DescribableTextures", 47, "{} texture.", "Describable Textures"),
         _coop("eurosat", "eurosat", "2750", "EuroSAT", 10, "a centered satellite photo of {}.", "EuroSAT RGB"),
-        _coop("ucf101", "ucf101", "UCF-101-midframes", "UCF101", 101, "a photo of a person doing {}.", "UCF101 middle frames"),
+        _coop("ucf101", "ucf101", "UCF-101-midframes", "UCF101", 101, "a photo of a person doing {}.",
+              "UCF101 middle frames"),
         *_imagenet_rows(),
     ]
     return {r.name: r for r in rows}

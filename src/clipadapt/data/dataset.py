@@ -114,7 +114,8 @@ class ImageDataset:
         self.templates = [str(t) for t in templates]
         bad = [t for t in self.templates if "{}" not in t]
         if not self.templates or bad:
-            raise DatasetError(f"{kind}:{name}: prompt templates must be a non-empty list of strings with '{{}}'; got {bad or 'none'}")
+            raise DatasetError(f"{kind}:{name}: prompt templates must be a non-empty list of strings with '{{}}'; got "
+                               f"{bad or 'none'}")
         self.paths = [str(p) for p in paths]
         self.labels = [int(v) for v in labels]
         num = len(self.classnames)

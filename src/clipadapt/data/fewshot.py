@@ -121,7 +121,8 @@ def sample_disjoint(
     excluded_idx = np.asarray(list(exclude), dtype=np.int64)
     bad = excluded_idx[(excluded_idx < 0) | (excluded_idx >= arr.size)]
     if bad.size:
-        raise DatasetError(f"{what}: exclude holds index {int(bad[0])}, outside the {arr.size} items (0..{arr.size - 1})")
+        raise DatasetError(f"{what}: exclude holds index {int(bad[0])}, outside the {arr.size} items "
+                           f"(0..{arr.size - 1})")
     excluded = np.zeros(arr.size, dtype=bool)
     excluded[excluded_idx] = True
     by_class = _indices_by_class(arr)

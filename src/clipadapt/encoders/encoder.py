@@ -131,7 +131,8 @@ def _create_model(mid: ModelId, device: torch.device, where: dict[str, Any]) -> 
             preprocess = {k: tag_cfg[k] for k in ("mean", "std", "interpolation", "resize_mode") if k in tag_cfg}
             with hub_offline():
                 model = open_clip.create_model(
-                    mid.arch, pretrained=str(where["local"]), force_preprocess_cfg=preprocess, require_pretrained=True, **kwargs
+                    mid.arch, pretrained=str(where["local"]), force_preprocess_cfg=preprocess,
+                    require_pretrained=True, **kwargs
                 )
         else:
             model = open_clip.create_model(mid.arch, pretrained=mid.tag, require_pretrained=True, **kwargs)
@@ -283,7 +284,8 @@ def load_encoder(
         actual = canonical_preprocess(open_clip.get_model_preprocess_cfg(model))
         expected = {k: fingerprint["preprocessing"].get(k) for k in actual}
         if actual != expected:  # the static computation mirrors open_clip's factory; trust the model if they differ
-            log.warning("model %s: preprocessing %s differs from the expected %s; using the model's", mid, actual, expected)
+            log.warning("model %s: preprocessing %s differs from the expected %s; using the model's", mid,
+                        actual, expected)
             fingerprint["preprocessing"] = actual
         preprocess = image_transform_v2(PreprocessCfg(**actual), is_train=False)
         tokenizer = _tokenizer(mid, where)

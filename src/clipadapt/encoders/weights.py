@@ -165,7 +165,8 @@ def _describe(sources: list[tuple[str, str, str]]) -> str:
     parts = []
     for kind, where, filename in sources:
         if kind == "hf":
-            parts.append(f"HF hub cache ({os.environ.get('HF_HUB_CACHE') or os.environ.get('HF_HOME') or '~/.cache/huggingface'}) for {where}/{filename}")
+            parts.append("HF hub cache "
+                         f"({os.environ.get('HF_HUB_CACHE') or os.environ.get('HF_HOME') or '~/.cache/huggingface'}) for {where}/{filename}")
         elif kind == "url":
             parts.append(f"{weights_dir() or '~/.cache/clip'}/{filename}")
         else:
@@ -190,7 +191,8 @@ def _download_check(model_id: ModelId, sources: list[tuple[str, str, str]]) -> N
         raise _unavailable(model_id, _describe(sources), reason)
     if os.environ.get("CLIPADAPT_ALLOW_DOWNLOAD", "").strip().lower() in _TRUE:
         return  # the user insists: skip the probe
-    hosts = {HF_HOST if kind == "hf" else (urlparse(where).hostname or "", 443) for kind, where, _ in sources if kind != "file"}
+    hosts = {HF_HOST if kind == "hf" else (urlparse(where).hostname or "", 443) for kind, where, _ in sources
+             if kind != "file"}
     if not any(host_reachable(h, p) for h, p in hosts if h):
         names = ", ".join(sorted(h for h, _ in hosts if h)) or "the download host"
         raise _unavailable(model_id, _describe(sources), f"{names} cannot be reached (no network?)")
@@ -210,7 +212,8 @@ def resolve_weights(model_id: ModelId) -> dict[str, Any]:
         weights = next((p for n in _hf_weight_candidates(None) if (p := _hf_cached(model_id.hf_hub, n))), None)
         if config is not None and weights is not None:
             return {"local": weights.parent, "tag_cfg": {}, "download": False}
-        sources = [("hf", model_id.hf_hub, HF_CONFIG_NAME)] + [("hf", model_id.hf_hub, n) for n in _hf_weight_candidates(None)]
+        sources = [("hf", model_id.hf_hub, HF_CONFIG_NAME)] + [
+            ("hf", model_id.hf_hub, n) for n in _hf_weight_candidates(None)]
         _download_check(model_id, sources)
         return {"local": None, "tag_cfg": {}, "download": True}
     cfg, sources = _tag_sources(model_id.arch, model_id.tag)
@@ -267,7 +270,8 @@ def needs_quick_gelu(model_id: ModelId) -> bool:
     if model_id.kind != "tag":
         return False
     model_cfg = open_clip.get_model_config(model_id.arch) or {}
-    return bool(open_clip.get_pretrained_cfg(model_id.arch, model_id.tag).get("quick_gelu")) and not model_cfg.get("quick_gelu")
+    return bool(open_clip.get_pretrained_cfg(model_id.arch,
+                                             model_id.tag).get("quick_gelu")) and not model_cfg.get("quick_gelu")
 
 
 def weights_fingerprint(model_id: ModelId) -> dict[str, Any]:

@@ -47,9 +47,11 @@ def reference_similarity(caption: Tensor, references: Tensor | Sequence[Tensor])
     if not isinstance(references, Tensor):
         if len(references) != caption.shape[0]:
             raise ConfigError(f"{len(references)} reference lists for {caption.shape[0]} captions")
-        return torch.stack([reference_similarity(caption[i : i + 1], r.unsqueeze(0))[0] for i, r in enumerate(references)])
+        return torch.stack([reference_similarity(caption[i : i + 1], r.unsqueeze(0))[0]
+                            for i, r in enumerate(references)])
     if references.ndim != 3 or references.shape[0] != caption.shape[0] or references.shape[-1] != caption.shape[-1]:
-        raise ConfigError(f"references must be (N={caption.shape[0]}, R, D={caption.shape[-1]}), got {tuple(references.shape)}")
+        raise ConfigError(f"references must be (N={caption.shape[0]}, R, D={caption.shape[-1]}), got "
+                          f"{tuple(references.shape)}")
     valid = references.norm(dim=-1) > 0
     if not valid.any(dim=1).all():
         raise ConfigError("every caption needs at least one (non-zero) reference embedding")
@@ -57,7 +59,8 @@ def reference_similarity(caption: Tensor, references: Tensor | Sequence[Tensor])
     return sims.masked_fill(~valid, float("-inf")).max(dim=1).values
 
 
-def ref_clip_score(image: Tensor, caption: Tensor, references: Tensor | Sequence[Tensor], *, w: float = CLIPSCORE_W) -> Tensor:
+def ref_clip_score(image: Tensor, caption: Tensor, references: Tensor | Sequence[Tensor], *,
+                   w: float = CLIPSCORE_W) -> Tensor:
     """(N,) RefCLIPScore: harmonic mean of CLIP-S and the clamped best reference similarity."""
     a = clip_score(image, caption, w=w)
     b = reference_similarity(caption, references).clamp_min(0)
@@ -78,7 +81,8 @@ def dn_ref_clip_score(image: Tensor, caption: Tensor, references: Tensor | Seque
     return 0.5 * (dn_clip_score(image, caption, normalizer) + reference_similarity(caption, references))
 
 
-def kendall_tau(scores: Tensor | Sequence[float], human: Tensor | Sequence[float], variant: Literal["b", "c"] = "c") -> dict:
+def kendall_tau(scores: Tensor | Sequence[float], human: Tensor | Sequence[float],
+                variant: Literal["b", "c"] = "c") -> dict:
     """Kendall τ-b or τ-c between metric scores and human judgments: {'tau', 'pvalue', 'variant', 'n'}.
 
     τ is NaN (null in JSON) when either side is constant — e.g. CLIP-S clamped to 0 for every pair of an
@@ -132,7 +136,8 @@ def evaluate_caption_scores(
         if r == 0:
             scores.update(draw)
             used = {"n_image_samples": dn.n_image_samples_, "n_text_samples": dn.n_text_samples_}
-        draws.append({"seed": seed, **{m: {v: kendall_tau(s, human, v)["tau"] for v in ("b", "c")} for m, s in draw.items()}})
+        draws.append({"seed": seed, **{m: {v: kendall_tau(s, human, v)["tau"] for v in ("b", "c")}
+                                       for m, s in draw.items()}})
     correlations = {m: {f"tau_{v}": kendall_tau(s, human, v)["tau"] for v in ("b", "c")} for m, s in scores.items()}
     for m in correlations:
         if m.startswith("DN") and len(draws) > 1:

@@ -36,12 +36,14 @@ def classification_evaluator(pool: Tensor, text: Tensor, test: Tensor, labels: T
 
     def evaluate(lam: float, n: int | None, seed: int) -> tuple[dict[str, float], dict[str, int]]:
         dn = DistributionNormalizer(lam=lam, n_samples=n, seed=seed, text_mean=text_mean).fit(pool, text)  # type: ignore[arg-type]
-        return {"top1": topk_accuracy(dn.predict_logits(test), labels, ks=(1,))["top1"]}, {"n_used": dn.n_image_samples_}
+        return {"top1": topk_accuracy(dn.predict_logits(test), labels,
+                                      ks=(1,))["top1"]}, {"n_used": dn.n_image_samples_}
 
     return evaluate
 
 
-def retrieval_evaluator(image: Tensor, text: Tensor, text_to_image: Tensor, pool_image: Tensor, pool_text: Tensor) -> Evaluate:
+def retrieval_evaluator(image: Tensor, text: Tensor, text_to_image: Tensor, pool_image: Tensor,
+                        pool_text: Tensor) -> Evaluate:
     """Image→text and text→image R@1 with DN (retrieval task), means from the pool (images and captions used are
     counted separately: `n_used`, `n_text_used`)."""
 

@@ -78,7 +78,8 @@ class FewShotConfig:
         if not self.seeds or not self.methods:
             raise ConfigError("give at least one seed and one method")
         if self.val_from_train is not None and self.val_from_train < 1:
-            raise ConfigError(f"val_from_train (--val-from-train) must be >= 1 images per class, got {self.val_from_train}")
+            raise ConfigError("val_from_train (--val-from-train) must be >= 1 images per class, got "
+                              f"{self.val_from_train}")
         if self.grid_preset is not None and self.grid_preset not in GRID_PRESETS:
             raise ConfigError(f"unknown grid preset '{self.grid_preset}'; available: {', '.join(GRID_PRESETS)}")
         if self.tie_break not in TIE_BREAKS:
@@ -123,7 +124,8 @@ def check_paired(original: FeatureSet, adapted: FeatureSet, splits: tuple[str, .
     where = f" ({adapted.source})" if adapted.source else ""
     if adapted.classnames != original.classnames:
         raise FeatureDirError(f"adapted features{where}: meta.json classnames differ from the original features'")
-    check_same_model(original.meta, adapted.meta, original.dim, adapted.dim, "original features", f"adapted features{where}")
+    check_same_model(original.meta, adapted.meta, original.dim, adapted.dim, "original features",
+                     f"adapted features{where}")
     for name in splits:
         a, b = original.split(name), adapted.split(name)
         if a.n != b.n or (a.label is not None and b.label is not None and not torch.equal(a.label, b.label)):
@@ -265,7 +267,8 @@ class PipelineSource:
         return rows
 
     def describe(self) -> dict[str, Any]:
-        return {**self.base.describe(), "train_views": self.views, "adapter": str(self.adapter) if self.adapter else None}
+        return {**self.base.describe(), "train_views": self.views,
+                "adapter": str(self.adapter) if self.adapter else None}
 
 
 # ------------------------------------------------------------------------------------------------ sampling
@@ -548,7 +551,8 @@ class _Jobs:
         train = _to(self.source.train_rows(idx, seed), self.device)
         check_disjoint(train, self.test, selection_name="train", dataset=self.validation.dataset,
                        purpose="the Tip-Adapter cache", fix=CACHE_FIX)
-        adapted = _to(self.source.train_rows(idx, seed, adapted=True), self.device) if self.config.needs_adapted else None
+        adapted = _to(self.source.train_rows(idx, seed, adapted=True),
+                      self.device) if self.config.needs_adapted else None
         return train, adapted
 
     def _predict(self, method: str, seed: int, train: FeatureSplit, val: FeatureSplit,
@@ -557,7 +561,8 @@ class _Jobs:
         if method == "zeroshot":
             key = seed if self.val_lists else None
             if key not in self.zero_shot:
-                self.zero_shot[key] = fit_and_predict(method, self.config, self.text, None, val, self.test.image, seed=seed,
+                self.zero_shot[key] = fit_and_predict(method, self.config, self.text, None, val,
+                                                      self.test.image, seed=seed,
                                                       logit=self.logit)
             return self.zero_shot[key]
         adapted = None

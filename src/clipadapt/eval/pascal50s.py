@@ -9,7 +9,8 @@ DistributionNormalizer whose means come from the distinct images and candidate c
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor
 

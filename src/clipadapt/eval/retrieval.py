@@ -141,7 +141,9 @@ def retrieval_with_dn(
     plain = evaluate_retrieval(image, text, text_to_image, ks=ks, chunk_size=chunk_size)
     draws = []
     for seed in seeds:
-        dn = DistributionNormalizer(lam=lam, n_samples=n_samples, seed=seed, task="retrieval").fit(pool_image, pool_text)
+        dn = DistributionNormalizer(lam=lam, n_samples=n_samples, seed=seed,
+                                    task="retrieval").fit(pool_image, pool_text)
         result = evaluate_retrieval(image, text, text_to_image, normalizer=dn, ks=ks, chunk_size=chunk_size)
-        draws.append({"seed": seed, **result, "n_image_samples": dn.n_image_samples_, "n_text_samples": dn.n_text_samples_})
+        draws.append({"seed": seed, **result, "n_image_samples": dn.n_image_samples_,
+                      "n_text_samples": dn.n_text_samples_})
     return {"plain": plain, "dn": {"lambda": lam, **summarize_draws(draws), "draws": draws}}

@@ -49,7 +49,8 @@ class Variant:
         labels = self.test.labels(f"{self.name} test")
         expected = len(self.class_indices) if self.class_indices is not None else num_classes
         if int(labels.max()) >= expected:
-            raise FeatureDirError(f"{self.name}: labels reach {int(labels.max())} but the variant has {expected} classes")
+            raise FeatureDirError(f"{self.name}: labels reach {int(labels.max())} but the variant has "
+                                  f"{expected} classes")
 
     def top1(self, logits: Tensor) -> float:
         """Top-1 (%) over the variant's classes only."""
@@ -101,5 +102,6 @@ def run_robustness(source: Any, config: Any, variants: list[Variant], *, progres
                              "classes": len(v.class_indices) if v.class_indices else len(source.classnames)})
     summary = []
     for name in ["imagenet", *[v.name for v in variants]]:
-        summary += [{"dataset": name, **row} for row in summarize([r for r in runs if r["dataset"] == name], config.methods)]
+        summary += [{"dataset": name, **row} for row
+                    in summarize([r for r in runs if r["dataset"] == name], config.methods)]
     return {"runs": runs, "summary": summary, "logit": logit.describe()}

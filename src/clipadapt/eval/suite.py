@@ -19,9 +19,10 @@ import re
 import sys
 import time
 import traceback
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from clipadapt.errors import ConfigError
 
@@ -153,7 +154,8 @@ def dataset_entry(entry: str | dict[str, Any]) -> tuple[str, dict[str, Any]]:
         raise ConfigError(f"a datasets entry must be a string or a table, got {entry!r}")
     source = {k: v for k, v in entry.items() if k not in _DATASET_META}
     if not source:
-        raise ConfigError(f"datasets entry {entry} names no data (spec, features, embeddings, captions_json, judgments)")
+        raise ConfigError(
+            f"datasets entry {entry} names no data (spec, features, embeddings, captions_json, judgments)")
     name = entry.get("name") or dataset_entry(next(iter(source.values())))[0]
     return str(name), source
 
@@ -182,7 +184,8 @@ def expand_cells(config: dict[str, Any]) -> list[Cell]:
                                               shots=[int(k) for k in task["shots"]], options=options))
                 else:
                     for seed in seeds:
-                        cells.append(Cell(kind, label, name, source, backbone, task.get("method"), seed, options=options))
+                        cells.append(Cell(kind, label, name, source, backbone, task.get("method"), seed,
+                                          options=options))
     keys = [c.key for c in cells]
     if len(set(keys)) != len(keys):
         dup = next(c for c in cells if keys.count(c.key) > 1)
@@ -211,7 +214,8 @@ class SuiteStore:
     def load_suite(self) -> dict[str, Any]:
         path = self.root / "suite.json"
         if not path.is_file():
-            raise ConfigError(f"{self.root}: no suite.json — not a suite run directory (clipadapt suite run CONFIG --out DIR)")
+            raise ConfigError(f"{self.root}: no suite.json — not a suite run directory (clipadapt suite run CONFIG "
+                              "--out DIR)")
         return json.loads(path.read_text(encoding="utf-8"))
 
     def read(self, key: str) -> dict[str, Any] | None:

@@ -192,14 +192,16 @@ class CascadeCounts:
 
     def rows(self) -> list[dict[str, Any]]:
         return [{"threshold": t, **{f"top{k}": _percent(c, self.n) for k, c in s["correct"].items()},
-                 "mean_cost": s["cost"] / self.n, "stopped_after": {f"{k + 1}": c / self.n for k, c in enumerate(s["stops"])}}
+                 "mean_cost": s["cost"] / self.n,
+                 "stopped_after": {f"{k + 1}": c / self.n for k, c in enumerate(s["stops"])}}
                 for t, s in self.stats.items()]
 
 
 class SubsetCounts:
     """Mean of probabilities over every subset of >= 2 backbones (see `subset_mean_probs`), chunk by chunk."""
 
-    def __init__(self, costs: Sequence[float], names: Sequence[str], *, ks: Sequence[int] = (1,), max_backbones: int = 8):
+    def __init__(self, costs: Sequence[float], names: Sequence[str], *, ks: Sequence[int] = (1,),
+                 max_backbones: int = 8):
         b_count = len(costs)
         self.costs, self.names, self.ks, self.n = list(costs), list(names), tuple(ks), 0
         self.subsets = ([] if b_count > max_backbones else
@@ -249,7 +251,8 @@ def cascade(
 
 
 def subset_mean_probs(logits: Sequence[Any], labels: Tensor, costs: Sequence[float], names: Sequence[str], *,
-                      max_backbones: int = 8, chunk_rows: int = 1024, ks: Sequence[int] | None = None) -> list[dict[str, Any]]:
+                      max_backbones: int = 8, chunk_rows: int = 1024,
+                      ks: Sequence[int] | None = None) -> list[dict[str, Any]]:
     """Top-k (k in `ks`, default `topk_levels(C)`) and cost of mean-of-probabilities over every subset of ≥ 2
     backbones (none when B > max_backbones). Each chunk's B probability tables are computed once for every subset.
     """
@@ -369,7 +372,8 @@ def _count_in_one_pass(names: list[str], test: ScoreSet, fitted: FittedCombiners
     combiners = CombinerCounts(fitted, test.embeddings, ks)  # sees logits/embeddings only, never the labels
     cascade_counts = CascadeCounts(cost, thresholds, temperatures=temps, ks=ks)
     subset_counts = SubsetCounts(cost, names, ks=ks)
-    stream_chunks(test.logits, test.labels, [backbones, combiners, cascade_counts, subset_counts], chunk_rows=chunk_rows)
+    stream_chunks(test.logits, test.labels, [backbones, combiners, cascade_counts, subset_counts],
+                  chunk_rows=chunk_rows)
     return backbones, combiners, cascade_counts, subset_counts
 
 
@@ -386,7 +390,8 @@ def _backbone_summary(backbones: BackboneHits, labels: Tensor, names: list[str],
 
 def _synergy_tables(names: list[str], classnames: list[str], cost: list[float], ks: tuple[int, ...],
                     summary: dict[str, Any], comb_acc: dict[str, dict[str, float]], subsets: list[dict[str, Any]],
-                    cascade_rows: list[dict[str, Any]], preds: Tensor, labels: Tensor) -> dict[str, list[dict[str, Any]]]:
+                    cascade_rows: list[dict[str, Any]], preds: Tensor,
+                    labels: Tensor) -> dict[str, list[dict[str, Any]]]:
     """The report's tables (name -> rows), in the order they are written: per backbone top-1 (top-5) and cost,
     each combiner's accuracy and gain over the best single backbone, subsets, matrices, per class, cascade."""
     return {

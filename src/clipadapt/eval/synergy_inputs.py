@@ -55,7 +55,8 @@ def load_labels_file(path: str | Path, n: int, num_classes: int, what: str) -> T
     return torch.from_numpy(arr.astype(np.int64))
 
 
-def load_logit_set(paths: Sequence[str | Path], labels: str | Path | None, what: str) -> tuple[list[np.ndarray], Tensor | None]:
+def load_logit_set(paths: Sequence[str | Path], labels: str | Path | None,
+                   what: str) -> tuple[list[np.ndarray], Tensor | None]:
     """Per-backbone logits files (same N, C; the error names the file that differs) and their labels."""
     arrays = [load_logits_file(p) for p in paths]
     n, c = check_logits_list(arrays, names=[str(p) for p in paths])
@@ -63,7 +64,8 @@ def load_logit_set(paths: Sequence[str | Path], labels: str | Path | None, what:
     return arrays, y
 
 
-def load_embedding_set(paths: Sequence[str | Path] | None, num_backbones: int, n: int, what: str) -> list[Tensor] | None:
+def load_embedding_set(paths: Sequence[str | Path] | None, num_backbones: int, n: int,
+                       what: str) -> list[Tensor] | None:
     """Per-backbone (N, D_b) embeddings .npy (for the Neural Logit Controller), or None when not given."""
     if not paths:
         return None
@@ -222,7 +224,8 @@ class HeldOut(NamedTuple):
     indices: list[int] | None = None
 
 
-def check_splits_disjoint(feature_sets: dict[str, FeatureSet], selection: str, test: str, purpose: str, fix: str) -> None:
+def check_splits_disjoint(feature_sets: dict[str, FeatureSet], selection: str, test: str, purpose: str,
+                          fix: str) -> None:
     """ProtocolError when split `selection` shares images with the evaluated split `test` (any backbone)."""
     for name, fs in feature_sets.items():
         check_disjoint(fs.split(selection), fs.split(test), selection_name=selection, test_name=test,
@@ -243,7 +246,8 @@ def select_heldout(feature_sets: dict[str, FeatureSet], *, split: str, heldout_s
         first = next(iter(feature_sets.values()))
         idx = sample_few_shot(first.split(train_split).labels(train_split), shots, seed, classnames=first.classnames)
         subset = {k: FeatureSet(classnames=fs.classnames, text=fs.text, meta=fs.meta, source=fs.source,
-                                splits={"heldout": fs.split(train_split).subset(torch.as_tensor(idx, dtype=torch.long))})
+                                splits={"heldout": fs.split(train_split).subset(
+                                    torch.as_tensor(idx, dtype=torch.long))})
                   for k, fs in feature_sets.items()}
         return HeldOut(zero_shot_scores(subset, "heldout"), desc, list(idx))
     if heldout_split != split and all(fs.has_split(heldout_split) for fs in feature_sets.values()):
@@ -271,7 +275,8 @@ def load_logit_scores(logits: Sequence[str], labels: str | Path | None, *, names
         h_arrays, h_y = load_logit_set(heldout_logits, heldout_labels, "held-out")
         for path, held, evaluated in zip(heldout_logits, h_arrays, arrays):
             check_disjoint(held[:], evaluated[:], selection_name=f"held-out ({path})", test_name="evaluated",
-                           purpose="fitting the combiners", fix="Give held-out logits of other images than the evaluated ones.")
+                           purpose="fitting the combiners",
+                           fix="Give held-out logits of other images than the evaluated ones.")
         heldout = ScoreSet(h_arrays, h_y, load_embedding_set(heldout_embeddings, len(h_arrays), len(h_y), "held-out"))
     names = list(names or [Path(p).stem for p in logits])
     if len(names) != len(arrays):

@@ -196,7 +196,8 @@ def _gt_matrix(gt: Tensor | Sequence[Sequence[int]] | Sequence[int], num_queries
         for i, r in enumerate(rows):
             gt_t[i, : len(r)] = torch.tensor(r, dtype=torch.long)
     if gt_t.ndim != 2:
-        raise ConfigError(f"ground truth must be (Q,), (Q, G) padded with -1, or lists of indices; got {tuple(gt_t.shape)}")
+        raise ConfigError("ground truth must be (Q,), (Q, G) padded with -1, or lists of indices; got "
+                          f"{tuple(gt_t.shape)}")
     if gt_t.shape[0] != num_queries:
         raise ConfigError(f"ground truth lists {gt_t.shape[0]} queries but there are {num_queries} queries")
     if ((gt_t >= 0).sum(1) == 0).any():

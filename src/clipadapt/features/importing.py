@@ -113,7 +113,8 @@ def _read_keyed(path: str, key: str | None, spec: str) -> np.ndarray:
                 arrays = {k: archive[k] for k in archive.files} if key is None else None
                 if key is not None:
                     if key not in archive.files:
-                        raise FeatureDirError(f"'{spec}': {path} has no array '{key}' (it has: {', '.join(archive.files)})")
+                        raise FeatureDirError(f"'{spec}': {path} has no array '{key}' (it has: "
+                                              f"{', '.join(archive.files)})")
                     return archive[key]
         else:
             from safetensors.numpy import load_file
@@ -121,7 +122,8 @@ def _read_keyed(path: str, key: str | None, spec: str) -> np.ndarray:
             arrays = load_file(path)
             if key is not None:
                 if key not in arrays:
-                    raise FeatureDirError(f"'{spec}': {path} has no tensor '{key}' (it has: {', '.join(sorted(arrays))})")
+                    raise FeatureDirError(f"'{spec}': {path} has no tensor '{key}' (it has: "
+                                          f"{', '.join(sorted(arrays))})")
                 return arrays[key]
     except FeatureDirError:
         raise
@@ -289,7 +291,8 @@ def import_retrieval(out: Path, *, splits: list[str], meta: dict[str, Any] | Non
     return {name: load_retrieval_split(out, name) for name in written}  # re-read: validated, file-named errors
 
 
-def import_caption_embeddings(out: Path, *, image: str, caption: str, reference: str | None = None) -> dict[str, torch.Tensor]:
+def import_caption_embeddings(out: Path, *, image: str, caption: str,
+                              reference: str | None = None) -> dict[str, torch.Tensor]:
     """The `captions --embeddings` file: safetensors with 'image' (N, D), 'caption' (M, D)[, 'reference' (K, D)]."""
     specs = {"image": image, "caption": caption, **({"reference": reference} if reference else {})}
     tensors = {name: _embeddings(spec) for name, spec in specs.items()}

@@ -24,8 +24,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from clipadapt.errors import ClipadaptError, FeatureDirError
 from clipadapt.builtin import resolve_dir
+from clipadapt.errors import ClipadaptError, FeatureDirError
 from clipadapt.features.checksums import check_checksums, write_checksums
 from clipadapt.features.featureset import SPLIT_NAMES, FeatureSet, FeatureSplit
 from clipadapt.fileio import atomic_path, atomic_write_json, read_json
@@ -48,7 +48,8 @@ def atomic_save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[s
             raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from e
 
 
-def load_npy(path: str | Path, *, what: str, mmap: bool = True, error: type[ClipadaptError] = FeatureDirError) -> np.ndarray:
+def load_npy(path: str | Path, *, what: str, mmap: bool = True,
+             error: type[ClipadaptError] = FeatureDirError) -> np.ndarray:
     """A .npy array (memory-mapped read-only with `mmap`, so big arrays are read lazily); `error` naming the file
     when it is missing ("<path>: <what> file not found") or not a readable .npy file. Pickles are refused."""
     path = Path(path)

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from clipadapt.errors import FeatureDirError
 from clipadapt.builtin import resolve_dir
+from clipadapt.errors import FeatureDirError
 from clipadapt.features.checksums import check_checksums, write_checksums
 from clipadapt.features.io import atomic_save_tensors, check_finite, load_tensors
 from clipadapt.fileio import atomic_write_json, read_json
@@ -107,7 +107,8 @@ def save_retrieval_split(directory: str | Path, split: str, rs: RetrievalSet) ->
     pool after the test split must not drop the test's 'dataset'); the per-split 'skipped' list goes to the
     split's own file, never to meta.json, where the next split's save would replace it."""
     directory = Path(directory)
-    tensors = {k: v for k, v in (("image", rs.image), ("text", rs.text), ("text_to_image", rs.text_to_image)) if v is not None}
+    tensors = {k: v for k, v in (("image", rs.image), ("text", rs.text), ("text_to_image", rs.text_to_image))
+               if v is not None}
     atomic_save_tensors(directory / f"{split}.safetensors", tensors)
     skipped_file = _skipped_path(directory, split)
     if rs.meta.get("skipped"):

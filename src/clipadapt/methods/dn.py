@@ -113,7 +113,8 @@ class DistributionNormalizer(Params):
         if self.n_samples is not None and self.n_samples < 1:
             raise ConfigError(f"DistributionNormalizer: n_samples must be >= 1 or None (all), got {self.n_samples}")
         if self.text_mean not in DN_TEXT_MEANS:
-            raise ConfigError(f"DistributionNormalizer: text_mean must be one of {DN_TEXT_MEANS}, got '{self.text_mean}'")
+            raise ConfigError(f"DistributionNormalizer: text_mean must be one of {DN_TEXT_MEANS}, got "
+                              f"'{self.text_mean}'")
 
     def fit(self, image_embeddings: Tensor, text_embeddings: Tensor) -> DistributionNormalizer:
         """Estimate μ_img and μ_txt from unlabeled raw embeddings.

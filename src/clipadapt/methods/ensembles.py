@@ -116,7 +116,8 @@ class _Combiner(Params):
         if self.requires_fit:
             check_is_fitted(self, "num_backbones_")
         check_logits_list(logits)
-        if hasattr(self, "num_backbones_") and (len(logits) != self.num_backbones_ or logits[0].shape[1] != self.num_classes_):
+        if hasattr(self, "num_backbones_") and (len(logits) != self.num_backbones_
+                                                or logits[0].shape[1] != self.num_classes_):
             raise ConfigError(
                 f"{type(self).__name__} was fitted on {self.num_backbones_} backbones × {self.num_classes_} classes "
                 f"but got {len(logits)} backbones × {logits[0].shape[1]} classes"
@@ -209,7 +210,8 @@ class TemperatureScaledMean(_Combiner):
     def _fit(self, logits: list[Tensor], labels: Tensor | None) -> None:
         if self.average not in ("logits", "probs"):
             raise ConfigError(f"average must be 'logits' or 'probs', got {self.average!r}")
-        self.temperatures_ = torch.tensor([fit_temperature(z, labels, max_iter=self.max_iter) for z in logits])  # CPU floats
+        # CPU floats
+        self.temperatures_ = torch.tensor([fit_temperature(z, labels, max_iter=self.max_iter) for z in logits])
 
     def _combine(self, logits: list[Tensor]) -> Tensor:
         scaled = [z / t for z, t in zip(logits, self.temperatures_.tolist())]

@@ -79,7 +79,8 @@ class NeuralLogitController(Params):
         """The input matches what the controller was fitted on: same number of backbones, same total width."""
         check_is_fitted(self, "model_")
         if num_backbones != self.num_backbones_:
-            raise ConfigError(f"NeuralLogitController was fitted on {self.num_backbones_} backbones, got {num_backbones}")
+            raise ConfigError(f"NeuralLogitController was fitted on {self.num_backbones_} backbones, got "
+                              f"{num_backbones}")
         if x.shape[1] != self.model_[0].in_features:
             raise ConfigError(
                 f"concatenated embeddings have {x.shape[1]} dimensions but the controller was fitted on "

@@ -159,7 +159,8 @@ class TipAdapterF(TipAdapter):
         if adapted_keys is not None:
             raise ConfigError("TipAdapterF does not support adapted keys (TA++ is training-free)")
         if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError(f"TipAdapterF needs epochs >= 1 and batch_size >= 1, got {self.epochs}, {self.batch_size}")
+            raise ConfigError(
+                f"TipAdapterF needs epochs >= 1 and batch_size >= 1, got {self.epochs}, {self.batch_size}")
         if (val_features is None) != (val_labels is None):
             raise ConfigError("give both val_features and val_labels, or neither")
         super().fit(keys, key_labels, text)

@@ -66,7 +66,8 @@ class TipX(TipAdapter):
     def kl_to_keys(self, features: Tensor) -> Tensor:
         """M (N, NK): KL divergence of each feature's signature to each cache key's (original features)."""
         check_is_fitted(self, "key_log_signatures_")
-        return kl_matrix(log_signatures(prepare_features(features), self.classifier_, self.tau), self.key_log_signatures_)
+        return kl_matrix(log_signatures(prepare_features(features), self.classifier_, self.tau),
+                         self.key_log_signatures_)
 
     def predict_logits(self, features: Tensor, adapted_features: Tensor | None = None) -> Tensor:
         """(N, D) or (N, V, D) raw test embeddings -> (N, C) logits; ψ's range is taken over these N rows."""

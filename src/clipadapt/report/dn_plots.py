@@ -12,7 +12,8 @@ def plot_dn_sweep(rows: Sequence[dict], metrics: Sequence[str], path: str | Path
     from clipadapt.report.plots import pyplot, save_figure
 
     fig, axes = pyplot().subplots(1, 2, figsize=(10, 4))
-    for ax, sweep, xkey, xlabel in ((axes[0], "lambda", "lambda", "λ"), (axes[1], "samples", "n_used", "unlabeled samples")):
+    for ax, sweep, xkey, xlabel in ((axes[0], "lambda", "lambda", "λ"),
+                                    (axes[1], "samples", "n_used", "unlabeled samples")):
         part = [r for r in rows if r["sweep"] == sweep]
         for i, m in enumerate(metrics):
             x = [r[xkey] for r in part]

@@ -83,7 +83,8 @@ def write_imo_correlation(root: Path, rows: list[dict[str, Any]], *, plots: bool
     if not report:
         return []
     written.insert(0, write_json(root / "imo_correlation.json", report))
-    atomic_write_bytes(root / "imo_correlation.md", ("# IMO overlap reduction vs accuracy gain\n\n" + "\n".join(sections)).encode())
+    atomic_write_bytes(root / "imo_correlation.md",
+                       ("# IMO overlap reduction vs accuracy gain\n\n" + "\n".join(sections)).encode())
     written.insert(1, root / "imo_correlation.md")
     return written
 

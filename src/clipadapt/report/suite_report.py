@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 MEAN = "mean"
 SUMMARY_SCHEMA = "clipadapt.suite.summary/1"
@@ -198,10 +199,12 @@ def write_suite_report(root: str | Path, *, plots: bool = True, argv: list[str] 
                "provenance": provenance(argv, model=run_prov.get("model"), data=str(root / "cells"),
                                         data_fingerprint=path_fingerprint(root / "cells"))}
     written = [write_json(root / "summary.json", summary), write_table(root / "summary.csv", rows)]
-    sections = [f"# Suite {name}\n\ncells: {counts['done']} done, {counts['pending']} pending, {counts['failed']} failed "
+    sections = [f"# Suite {name}\n\ncells: {counts['done']} done, {counts['pending']} pending, "
+                f"{counts['failed']} failed "
                 f"(`clipadapt suite status {root}`)\n"]
     if rows:
-        sections.append("## Results (mean ± std over seeds; 'mean' = mean over datasets)\n\n" + markdown_table(pivot(rows)))
+        sections.append("## Results (mean ± std over seeds; 'mean' = mean over datasets)\n\n"
+                        + markdown_table(pivot(rows)))
     if expected:
         written.append(write_table(root / "expected.csv", expected))
         sections.append("## Published numbers side by side (Δ = ours − published)\n\n" + markdown_table(expected))

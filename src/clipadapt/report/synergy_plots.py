@@ -38,7 +38,8 @@ def accuracy_vs_cost(points: Sequence[dict[str, Any]], path: str | Path, *, cost
     if subsets:
         ax.scatter([p["cost"] for p in subsets], [p["top1"] for p in subsets], marker=".", color="0.6", alpha=0.6,
                    label="mean of probs, backbone subsets")
-    ax.scatter([p["cost"] for p in singles], [p["top1"] for p in singles], marker="o", color="C0", label="single backbone")
+    ax.scatter([p["cost"] for p in singles], [p["top1"] for p in singles], marker="o", color="C0",
+               label="single backbone")
     for p in singles:
         ax.annotate(p["label"], (p["cost"], p["top1"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
     markers = "sD^vP*Xhp<>"

@@ -22,7 +22,8 @@ def add_dn_arguments(parser: argparse.ArgumentParser | Any, *, source_default: s
                      samples_default: int | None = 100) -> None:
     """The --dn-* options shared by `eval --method dn`, `retrieval`, `captions` and `dn-sweep`."""
     parser.add_argument("--dn-lambda", type=LAMBDA, default=DEFAULT_LAMBDA,
-                        help=f"λ in S=(φ−λμ_img)·(ψ−λμ_txt); {DEFAULT_LAMBDA} = DN* (default), {THEORY_LAMBDA} = theory's DN, 0 = plain CLIP")
+                        help=f"λ in S=(φ−λμ_img)·(ψ−λμ_txt); {DEFAULT_LAMBDA} = DN* (default), {THEORY_LAMBDA} = "
+                             "theory's DN, 0 = plain CLIP")
     shown = "all" if samples_default is None else samples_default
     parser.add_argument("--dn-samples", type=parse_samples, default=samples_default,
                         help=f"unlabeled samples drawn for each mean (default {shown}; 'all' = every row)")
@@ -110,7 +111,8 @@ def _add_eval_arguments(parser) -> None:
     add_dn_arguments(parser, sources=("unlabeled", "train", "val", "test"))
     add_text_mean_argument(parser)
     parser.add_argument("--views", type=COUNT, default=None, metavar="V",
-                        help="test-time augmentation with --model/--dataset: V seeded augmented views per image, averaged "
+                        help="test-time augmentation with --model/--dataset: V seeded augmented views per image, "
+                             "averaged "
                              "before DN; the results also report the first view alone ('tta'), from the same features")
 
 
@@ -162,7 +164,8 @@ def run_dn(features: FeatureSet, options: DNOptions) -> MethodResult:
     }
     extra["dn"]["views"] = test.views  # V > 1: test-time augmentation, raw views averaged before DN
     if labels is not None:  # the same split without DN, so one results file shows DN's effect
-        extra["without_dn"] = classification_report(ZeroShotClassifier(**logit.kwargs()).fit(features.text).predict_logits(test.image), labels)
+        extra["without_dn"] = classification_report(
+            ZeroShotClassifier(**logit.kwargs()).fit(features.text).predict_logits(test.image), labels)
     if labels is not None and test.views > 1:  # TTA and no-TTA from one extraction
         kwargs = {"lam": options.dn_lambda, "n_samples": options.dn_samples, "seed": options.dn_seed,
                   "text_mean": options.dn_text_mean, **logit.kwargs()}
