@@ -4,8 +4,8 @@
         [--steps 3] [--local-crops 10] [--device cpu]
 
 Random-init models (no weights needed: the cost does not depend on the weights), generated images, the real
-training loop (`train_adapters`) with its data pipeline. Per-step time = (time of a (1+steps)-step run - time of a 1-step run) / steps. Writes
-benchmarks/results/adapter_train.json.
+training loop (`train_adapters`) with its data pipeline. Per-step time = (time of a (1+steps)-step run - time of a
+1-step run) / steps. Writes benchmarks/results/adapter_train.json.
 """
 
 from __future__ import annotations

@@ -87,7 +87,8 @@ def main() -> None:
         "extra_cpu_percent_vs_fused_plain": 100.0 * (med["dn", "cpu"] / med["plain_fused", "cpu"] - 1.0),
         "wall_cpu_s": times,
         "note": "plain = ZeroShotClassifier.predict_logits (normalise, then scale: two (N, D) passes); "
-                "plain_fused = normalise and scale in one pass; dn = DistributionNormalizer fit (100 samples) + predict",
+                "plain_fused = normalise and scale in one pass; dn = DistributionNormalizer fit (100 samples) "
+                "+ predict",
         "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
         "loadavg": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "machine": platform.machine(), "torch": torch.__version__,

@@ -1,4 +1,4 @@
-"""DN recall vs λ and vs unlabeled samples on the real coco500 CLIP ViT-B/16 embeddings (builtin:coco500, shipped in the package).
+"""DN recall vs λ and vs unlabeled samples on the real coco500 CLIP ViT-B/16 embeddings (packaged builtin:coco500).
 
 100 random pairs are held out for the means, 400 evaluated; writes benchmarks/results/dn_sweep_coco500/
 (results.json, sweep.csv, sweep.md, sweep.png) through `clipadapt dn-sweep`.

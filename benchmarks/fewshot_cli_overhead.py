@@ -2,9 +2,10 @@
 
 Builds a Pets-shaped feature directory (37 classes, D = 512, train 16/class, val 736, test 3669) in a temp folder,
 then runs `clipadapt fewshot --shots 1 --seeds 1 --methods zeroshot,tip` in a fresh interpreter that times its
-phases in CPU seconds (the shared box's wall clock mostly measures other processes): interpreter start, `import torch`, the rest of the imports and argument parsing,
-loading the features, the searches (excluded from the overhead), everything else in the protocol, and writing
-results.json / CSV / markdown / the plot. A second fresh interpreter times `import torch` alone. Median of --repeats.
+phases in CPU seconds (the shared box's wall clock mostly measures other processes): interpreter start,
+`import torch`, the rest of the imports and argument parsing, loading the features, the searches (excluded from the
+overhead), everything else in the protocol, and writing results.json / CSV / markdown / the plot. A second fresh
+interpreter times `import torch` alone. Median of --repeats.
 
     python benchmarks/fewshot_cli_overhead.py [--repeats 3]
 """
@@ -119,7 +120,8 @@ def main() -> None:
     median = {k: statistics.median(r[k] for r in runs) for k in keys}
     record = {"command": "python benchmarks/fewshot_cli_overhead.py " + " ".join(sys.argv[1:]),
               "schema": "clipadapt.bench.fewshot_cli_overhead/1",
-              "what": "clipadapt fewshot --features DIR --shots 1 --seeds 1 --methods zeroshot,tip (Pets-shaped, D=512)",
+              "what": "clipadapt fewshot --features DIR --shots 1 --seeds 1 --methods zeroshot,tip "
+                      "(Pets-shaped, D=512)",
               "overhead_definition": "process CPU time - searches - (fresh `import torch` - bare interpreter start); "
                                      "phases in the child are CPU seconds (time.process_time); overhead_wall alongside",
               "load_average": os.getloadavg(), "median": median, "runs": runs,

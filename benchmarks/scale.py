@@ -4,7 +4,8 @@
 
 1. Extraction throughput of 1 vs 2 torchrun processes on CPU (gloo), tiny ViT (random init, seeded) on generated
    32×32 images: (a) each rank's block of shards through the extraction pipeline's `encode_shards` (as
-   `extract_distributed` runs it), encode time measured inside the ranks (after start-up); (b) the real `torchrun -m clipadapt extract` on PNG files, wall time including start-up.
+   `extract_distributed` runs it), encode time measured inside the ranks (after start-up); (b) the real
+   `torchrun -m clipadapt extract` on PNG files, wall time including start-up.
    Two CPU processes share the box's cores: read the ratios with that.
 2. Peak RSS while scoring a memory-mapped sharded gallery of 10× the chunk size with `chunked_topk`, each
    measured in a fresh process (peak reset via /proc/self/clear_refs), against the full (Q, M) matrix path.

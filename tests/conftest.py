@@ -1,4 +1,5 @@
-"""Shared fixtures: real CLIP embeddings shipped with the package (builtin:coco500), small random feature directories."""
+"""Shared fixtures: real CLIP embeddings shipped with the package (builtin:coco500), small random feature
+directories."""
 
 from __future__ import annotations
 

@@ -147,7 +147,8 @@ def test_synergy_report_keys_and_table_columns_are_unchanged():
     assert list(t["combinations"][0]) == ["method", "top1", "top5", "gain_over_best", "cost"]
     assert list(t["cascade"][0]) == ["threshold", "top1", "top5", "mean_cost", "stopped_after_1", "stopped_after_2"]
     assert t["agreement"][0] == {"backbone": "g", "g": r["agreement"][0][0], "n": r["agreement"][0][1]}
-    assert r["combinations"]["nlc"]["hyperparameters"]["max_epochs"] == 2 and "temperatures" in r["combinations"]["temperature_mean"]
+    assert (r["combinations"]["nlc"]["hyperparameters"]["max_epochs"] == 2
+            and "temperatures" in r["combinations"]["temperature_mean"])
     kinds = [p["kind"] for p in report.points]
     assert kinds == ["single"] * 2 + ["subset"] * len(t["subsets"]) + ["combiner"] * len(t["combinations"])
     assert report.names == ["g", "n"] and report.cost_label == "ms" and report.agreement == r["agreement"]

@@ -22,7 +22,8 @@ def _data(seed=0, n=30, c=4, d=8, m=12):
 
 
 def test_classification_default_text_mean_is_mean_of_raw_prompt_embeddings():
-    """docs/methods.md §2: μ_txt = mean of all class-prompt embeddings, subtracted from the RAW text, then normalised."""
+    """docs/methods.md §2: μ_txt = mean of all class-prompt embeddings, subtracted from the RAW text, then
+    normalised."""
     pool, text, _ = _data()
     test = torch.randn(7, 8) * 2 + 1
     lam = 0.3

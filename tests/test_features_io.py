@@ -157,7 +157,8 @@ def test_corrupt_or_malformed_paths_file_is_reported(tmp_path, synthetic_feature
 
 
 def test_check_finite_counts_every_bad_value_across_chunks(tmp_path, monkeypatch):
-    """The check runs in chunks (bounded temporaries); a NaN/Inf anywhere, chunk edges included, is found and counted."""
+    """The check runs in chunks (bounded temporaries); a NaN/Inf anywhere, chunk edges included, is found and
+    counted."""
     import clipadapt.features.io as io
 
     monkeypatch.setattr(io, "FINITE_CHECK_CHUNK", 7)  # 5 x 6 = 30 values: chunks of 7, the last one of 2

@@ -1,4 +1,5 @@
-"""The few-shot protocol runner and `clipadapt fewshot` (docs/methods.md §7): sampling, pairing, isolation of test labels."""
+"""The few-shot protocol runner and `clipadapt fewshot` (docs/methods.md §7): sampling, pairing, isolation of test
+labels."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Grid presets reproduce each paper's grid and tie order; tie counting and the 'centre' tie-break (docs/methods.md §5)."""
+"""Grid presets reproduce each paper's grid and tie order; tie counting and the 'centre' tie-break
+(docs/methods.md §5)."""
 
 from __future__ import annotations
 

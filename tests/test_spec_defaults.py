@@ -1,4 +1,5 @@
-"""Every default value docs/methods.md fixes, pinned against the spec's literal numbers (the spec audit, docs/spec-audit.md).
+"""Every default value docs/methods.md fixes, pinned against the spec's literal numbers (the spec audit,
+docs/spec-audit.md).
 
 Each test names the docs/methods.md section; the expected values are typed from the spec, not read from the code.
 """

@@ -163,7 +163,8 @@ def test_unavailable_backbone_is_named_and_the_run_continues(tmp_path, monkeypat
     models = "RN50@openai,clipadapt-test-tiny-vit,clipadapt-test-tiny-rn"
     assert main(["backbones", "--models", models, "--dataset", spec, "--out", str(out), *FAST]) == 0
     printed = capsys.readouterr().out
-    assert "unusable backbones: RN50@openai; continuing with: clipadapt-test-tiny-vit, clipadapt-test-tiny-rn" in printed
+    assert ("unusable backbones: RN50@openai; continuing with: clipadapt-test-tiny-vit, clipadapt-test-tiny-rn"
+            in printed)
     r = json.loads((out / "results.json").read_text())
     assert list(r["unavailable_backbones"]) == ["RN50@openai"]
     assert r["usable_backbones"] == ["clipadapt-test-tiny-vit", "clipadapt-test-tiny-rn"]

@@ -180,7 +180,8 @@ def test_cli_reports_top5_in_json_tables_and_printed_table(tmp_path, capsys):
     assert r["accuracy_top5"] == pytest.approx(literal, abs=1e-4)  # results.json: 4 decimals
     assert "| backbone / combiner | top1 | top5 |" in printed
     assert f"| P | {r['accuracy']['P']:.2f} | {literal['P']:.2f} |" in printed
-    assert f"| stacking | {r['combinations']['stacking']['top1']:.2f} | {r['combinations']['stacking']['top5']:.2f} |" in printed
+    assert (f"| stacking | {r['combinations']['stacking']['top1']:.2f} | "
+            f"{r['combinations']['stacking']['top5']:.2f} |" in printed)
     for table in ("per_backbone", "combinations", "subsets", "cascade"):
         with open(out / f"{table}.csv") as f:
             assert "top5" in next(csv.reader(f)), table

@@ -196,7 +196,8 @@ def _normalised_inputs(embeddings: Tensor, labels: Tensor, *, max_pairs: int | N
     labels = torch.as_tensor(labels)
     if x.ndim != 2 or labels.ndim != 1 or labels.shape[0] != x.shape[0]:
         raise ConfigError(
-            f"imo_overlap needs embeddings (N, D) and labels (N,), got {tuple(embeddings.shape)} and {tuple(labels.shape)}"
+            f"imo_overlap needs embeddings (N, D) and labels (N,), got {tuple(embeddings.shape)} and "
+            f"{tuple(labels.shape)}"
         )
     if max_pairs is not None and max_pairs < 1:
         raise ConfigError(f"max_pairs must be >= 1 or None, got {max_pairs}")

@@ -1,4 +1,5 @@
-"""`clipadapt caption-data`: convert the original Flickr8k-Expert / Flickr8k-CF files into a `captions` judgments CSV."""
+"""`clipadapt caption-data`: convert the original Flickr8k-Expert / Flickr8k-CF files into a `captions` judgments
+CSV."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from clipadapt.cli._outputs import FILE, output_option
 COMMAND = "caption-data"
 HELP = "convert Flickr8k-Expert / Flickr8k-CF annotation files into the `clipadapt captions --judgments` CSV"
 EXAMPLES = """
-clipadapt caption-data flickr8k-expert --annotations ExpertAnnotations.txt --tokens Flickr8k.token.txt --out flickr8k_expert.csv
-clipadapt caption-data flickr8k-cf --annotations CrowdFlowerAnnotations.txt --tokens Flickr8k.token.txt --out flickr8k_cf.csv
+clipadapt caption-data flickr8k-expert --annotations ExpertAnnotations.txt --tokens Flickr8k.token.txt \
+--out flickr8k_expert.csv
+clipadapt caption-data flickr8k-cf --annotations CrowdFlowerAnnotations.txt --tokens Flickr8k.token.txt \
+--out flickr8k_cf.csv
 """
 
 

@@ -15,8 +15,10 @@ from clipadapt.errors import ConfigError
 COMMAND = "robustness"
 HELP = "few-shot cache on ImageNet, tested on ImageNet-V2/-Sketch/-A/-R (feature directories)"
 EXAMPLES = """
-clipadapt robustness --features feats/imagenet --variant imagenet_a=feats/imagenet-a --variant imagenet_r=feats/imagenet-r --out runs/robust
-clipadapt robustness --features feats/imagenet --adapted-features feats/imagenet-adapted --variant imagenet_v2=feats/v2 --adapted-variant imagenet_v2=feats/v2-adapted --methods tip,tip++ --out runs/robust++
+clipadapt robustness --features feats/imagenet --variant imagenet_a=feats/imagenet-a \
+--variant imagenet_r=feats/imagenet-r --out runs/robust
+clipadapt robustness --features feats/imagenet --adapted-features feats/imagenet-adapted \
+--variant imagenet_v2=feats/v2 --adapted-variant imagenet_v2=feats/v2-adapted --methods tip,tip++ --out runs/robust++
 """
 VARIANT_NAMES = ("imagenet_v2", "imagenet_sketch", "imagenet_a", "imagenet_r")
 

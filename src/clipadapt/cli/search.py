@@ -38,7 +38,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk-size", type=COUNT, default=4096, help="gallery rows scored at once")
     parser.add_argument("--query-chunk-size", type=COUNT, default=1024, help="query rows scored at once")
     parser.add_argument("--backend", choices=BACKENDS, default="torch",
-                        help="torch: exact chunked running top-k; faiss: a faiss index (pip install 'clipadapt[faiss]')")
+                        help="torch: exact chunked running top-k; faiss: a faiss index (pip install "
+                             "'clipadapt[faiss]')")
     parser.add_argument("--faiss-index", default="Flat",
                         help="faiss index factory string (default Flat = exact inner product; e.g. IVF4096,Flat)")
     parser.add_argument("--no-normalize", action="store_true", help="score raw inner products instead of cosines")

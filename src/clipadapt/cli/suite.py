@@ -24,7 +24,8 @@ if TYPE_CHECKING:  # imported where used, so building the parser stays cheap
     from clipadapt.eval.suite import Cell
 
 COMMAND = "suite"
-HELP = "run a declared grid (datasets × backbones × methods × shots × seeds) resumably; status; summary with published numbers"
+HELP = ("run a declared grid (datasets × backbones × methods × shots × seeds) resumably; status; summary with "
+        "published numbers")
 EXAMPLES = """
 clipadapt suite run imo-coop-vitb16 --out runs/imo --set DATA=/data --set ADAPTER=adapters/vitb16
 clipadapt suite status runs/imo
@@ -81,7 +82,8 @@ def _flag(key: str) -> str:
 
 
 def _option_args(options: dict[str, Any]) -> list[str]:
-    """{'views': 10, 'grid': ['tip.alpha=1'], 'allow_fewer': true} -> ['--views', '10', '--grid', ..., '--allow-fewer']."""
+    """{'views': 10, 'grid': ['tip.alpha=1'], 'allow_fewer': true}
+    -> ['--views', '10', '--grid', ..., '--allow-fewer']."""
     out: list[str] = []
     for key, value in options.items():
         if value is False or value is None:

@@ -125,7 +125,8 @@ def _read_split_json(spec: Spec, info: DatasetInfo, root: Path, split: str) -> t
             path_under(image_dir, rel, f"{path}: '{key}'[{i}]")
             if names.setdefault(label, name) != name:
                 raise DatasetError(
-                    f"{path}: '{key}'[{i}] gives label {label} the class name {name!r} but earlier entries say {names[label]!r}"
+                    f"{path}: '{key}'[{i}] gives label {label} the class name {name!r} but earlier entries say "
+                    f"{names[label]!r}"
                 )
     classnames = _contiguous_classnames(path, names)
     items = _entries(path, split, data[split])
@@ -224,7 +225,8 @@ def _wnid_folders(info: DatasetInfo, folder: Path, label_of) -> tuple[list[str],
     for name in subdirectories(folder):
         label = label_of(name)
         if label is None:
-            expected = "0..999" if info.label_space == "index" else f"a WordNet id of {info.name}'s {info.num_classes} classes"
+            expected = ("0..999" if info.label_space == "index"
+                        else f"a WordNet id of {info.name}'s {info.num_classes} classes")
             raise DatasetError(f"coop:{info.name}: folder {folder / name} is not a class folder (expected {expected})")
         files = scan_images(folder / name)
         paths.extend(files)

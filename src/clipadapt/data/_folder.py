@@ -111,7 +111,8 @@ def _read_rows(path: Path) -> list[tuple[str, int, str | None]]:
     columns = [c.strip() for c in (reader.fieldnames or [])]
     if "path" not in columns or "label" not in columns:
         raise DatasetError(
-            f"{path}: header must name columns 'path' and 'label' (optional 'classname'); found {columns or 'no header'}"
+            f"{path}: header must name columns 'path' and 'label' (optional 'classname'); found "
+            f"{columns or 'no header'}"
         )
     rows = []
     for n, raw in enumerate(reader, 2):

@@ -28,7 +28,8 @@ class Spec:
         unknown = sorted(set(self.options) - set(allowed))
         if unknown:
             raise DatasetError(
-                f"dataset spec {self.text!r}: unknown option(s) {unknown}; {self.kind}: accepts {list(allowed) or 'none'}"
+                f"dataset spec {self.text!r}: unknown option(s) {unknown}; {self.kind}: accepts "
+                f"{list(allowed) or 'none'}"
             )
 
 

@@ -166,7 +166,8 @@ def _describe(sources: list[tuple[str, str, str]]) -> str:
     for kind, where, filename in sources:
         if kind == "hf":
             parts.append("HF hub cache "
-                         f"({os.environ.get('HF_HUB_CACHE') or os.environ.get('HF_HOME') or '~/.cache/huggingface'}) for {where}/{filename}")
+                         f"({os.environ.get('HF_HUB_CACHE') or os.environ.get('HF_HOME') or '~/.cache/huggingface'}) "
+                         f"for {where}/{filename}")
         elif kind == "url":
             parts.append(f"{weights_dir() or '~/.cache/clip'}/{filename}")
         else:

@@ -29,7 +29,8 @@ CLIPSCORE_W = 2.5
 def _check_pairs(image: Tensor, caption: Tensor) -> None:
     if image.ndim != 2 or caption.ndim != 2 or image.shape != caption.shape:
         raise ConfigError(
-            f"caption scoring needs one image row per caption: image {tuple(image.shape)}, caption {tuple(caption.shape)}"
+            f"caption scoring needs one image row per caption: image {tuple(image.shape)}, caption "
+            f"{tuple(caption.shape)}"
         )
 
 

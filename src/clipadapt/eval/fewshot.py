@@ -1,4 +1,5 @@
-"""The few-shot protocol (docs/methods.md §7) for cache methods: shots × seeds × methods, searched on val, scored on test.
+"""The few-shot protocol (docs/methods.md §7) for cache methods: shots × seeds × methods, searched on val, scored on
+test.
 
 For each (shots K, seed): K training images per class are sampled (the index list is written out), the cache is
 built from those rows (with V augmented views when the train features have them), α/β(/γ) are searched on the

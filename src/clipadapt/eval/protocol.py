@@ -1,4 +1,5 @@
-"""Selection splits must not be test splits (docs/methods.md §3: "a grid search on the validation split, never on test").
+"""Selection splits must not be test splits (docs/methods.md §3: "a grid search on the validation split, never on
+test").
 
 A split used to choose hyper-parameters or fit a combiner (the *selection* split) is compared with the test split
 before any search: by image paths when both sides record them (`FeatureSplit.paths`, `ImageDataset.paths`), else by

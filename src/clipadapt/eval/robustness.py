@@ -1,5 +1,5 @@
-"""Distribution-shift robustness of the few-shot cache methods (docs/methods.md §7): a cache built on ImageNet, scored on
-ImageNet-V2 / -Sketch / -A / -R.
+"""Distribution-shift robustness of the few-shot cache methods (docs/methods.md §7): a cache built on ImageNet, scored
+on ImageNet-V2 / -Sketch / -A / -R.
 
 Per (shots, seed, method) the cache is sampled from ImageNet's train split and the hyper-parameters are searched on
 ImageNet validation rows (clipadapt.eval.fewshot: the same sampling, validation and `fit_and_predict` as `fewshot`);

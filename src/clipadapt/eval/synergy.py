@@ -367,7 +367,8 @@ def _count_in_one_pass(names: list[str], test: ScoreSet, fitted: FittedCombiners
                        ) -> tuple[BackboneHits, CombinerCounts, CascadeCounts, SubsetCounts]:
     """Every analysis fed by one read of the test logits (`stream_chunks`); the cascade uses the fitted
     temperatures when the temperature combiner was fitted."""
-    temps = fitted.combiners["temperature_mean"].temperatures_.tolist() if "temperature_mean" in fitted.combiners else None
+    temps = (fitted.combiners["temperature_mean"].temperatures_.tolist() if "temperature_mean" in fitted.combiners
+             else None)
     backbones = BackboneHits(len(names), test.n, ks)
     combiners = CombinerCounts(fitted, test.embeddings, ks)  # sees logits/embeddings only, never the labels
     cascade_counts = CascadeCounts(cost, thresholds, temperatures=temps, ks=ks)

@@ -212,7 +212,8 @@ def zero_shot_scores(feature_sets: dict[str, FeatureSet], split: str) -> ScoreSe
 # ----------------------------------------------------------------------------------------- held-out selection
 HELDOUT_FIX = ("Fit the combiners on train images instead: --val-from-train K (alias of --shots K: K images per class "
                "from --train-split), or name a disjoint --heldout-split.")
-TRAIN_FIX = "The training split contains test images: give a dataset whose train and test differ, or --no-normalisation-study."
+TRAIN_FIX = ("The training split contains test images: give a dataset whose train and test differ, or "
+             "--no-normalisation-study.")
 
 
 class HeldOut(NamedTuple):

@@ -1,4 +1,5 @@
-"""Build every input the CLI reads from arrays computed elsewhere (`clipadapt import-features`, docs/import-features.md).
+"""Build every input the CLI reads from arrays computed elsewhere (`clipadapt import-features`,
+docs/import-features.md).
 
 Array specs (`load_array`): `FILE.npy`, `FILE.npz:KEY`, `FILE.safetensors:KEY` (the key may be left out when the
 file holds one array), each followed by any number of first-axis selections `[i]` or `[start:stop]`, applied left

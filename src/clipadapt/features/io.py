@@ -164,7 +164,8 @@ def check_split(image: Tensor, label: Tensor | None, paths: list[str] | None, *,
     if label is not None:
         if label.ndim != 1 or label.shape[0] != image.shape[0]:
             raise FeatureDirError(
-                f"{path.name}: tensor 'label' must be (N,) with N={image.shape[0]} like 'image', got {tuple(label.shape)}"
+                f"{path.name}: tensor 'label' must be (N,) with N={image.shape[0]} like 'image', got "
+                f"{tuple(label.shape)}"
             )
         if label.dtype.is_floating_point:
             raise FeatureDirError(f"{path.name}: tensor 'label' must be integer (int64), got {label.dtype}")

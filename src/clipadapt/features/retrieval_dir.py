@@ -72,7 +72,8 @@ def _validate(tensors: dict[str, Tensor], path: Path, need_map: bool) -> Retriev
         n = image.shape[0] if image is not None else 0
         if t2i.numel() and (int(t2i.min()) < 0 or int(t2i.max()) >= n):
             raise FeatureDirError(
-                f"{path.name}: 'text_to_image' values lie in [{int(t2i.min())}, {int(t2i.max())}] but there are {n} images"
+                f"{path.name}: 'text_to_image' values lie in [{int(t2i.min())}, {int(t2i.max())}] but there are "
+                f"{n} images"
             )
     as_float = lambda t: None if t is None else t.float()  # noqa: E731
     return RetrievalSet(as_float(image), as_float(text), t2i)

@@ -13,7 +13,8 @@ E = TypeVar("E", bound="Params")
 
 
 class Params:
-    """`get_params()` and `with_params(**changes)` from the `__init__` signature; no validation here (that is `fit`'s)."""
+    """`get_params()` and `with_params(**changes)` from the `__init__` signature; no validation here (that is
+    `fit`'s)."""
 
     @classmethod
     def param_names(cls) -> list[str]:

@@ -54,7 +54,8 @@ class NeuralLogitController(Params):
         seed: int = 0,
     ):
         self.hidden, self.lr, self.weight_decay = hidden, lr, weight_decay
-        self.max_epochs, self.batch_size, self.val_fraction, self.patience = max_epochs, batch_size, val_fraction, patience
+        self.max_epochs, self.batch_size, self.val_fraction, self.patience = (max_epochs, batch_size, val_fraction,
+                                                                              patience)
         self.normalize, self.init_temperature, self.min_temperature, self.seed = (
             normalize, init_temperature, min_temperature, seed
         )

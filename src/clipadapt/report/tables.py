@@ -1,8 +1,8 @@
 """Results as files: JSON, CSV and markdown tables, written atomically.
 
-JSON floats are written rounded (`round_float`; CSV cells keep every digit): 4 decimals, or 5 significant digits for magnitudes below 1, so a
-percentage computed in float32 reads 56.75, not 56.74999952316284, while a small p-value or learning rate keeps
-its digits. NaN and infinities are written as null."""
+JSON floats are written rounded (`round_float`; CSV cells keep every digit): 4 decimals, or 5 significant digits for
+magnitudes below 1, so a percentage computed in float32 reads 56.75, not 56.74999952316284, while a small p-value or
+learning rate keeps its digits. NaN and infinities are written as null."""
 
 from __future__ import annotations
 

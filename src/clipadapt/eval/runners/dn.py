@@ -37,7 +37,8 @@ def add_text_mean_argument(parser: argparse.ArgumentParser | Any) -> None:
     """--dn-text-mean: which rows DN's classification text mean averages (docs/methods.md §2; docs/dn.md)."""
     parser.add_argument("--dn-text-mean", choices=DN_TEXT_MEANS, default=DEFAULT_TEXT_MEAN,
                         help="classification μ_txt: 'prompts' = mean of every raw class×template prompt embedding "
-                             f"(the spec; default {DEFAULT_TEXT_MEAN}), 'classes' = mean of the prompt-ensembled class rows")
+                             f"(the spec; default {DEFAULT_TEXT_MEAN}), 'classes' = mean of the prompt-ensembled "
+                             "class rows")
 
 
 @dataclass
