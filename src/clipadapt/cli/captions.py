@@ -17,6 +17,7 @@ from clipadapt.cli._conventions import (
     vs_baseline,
     write_results,
 )
+from clipadapt.constants import DEFAULT_BATCH_SIZE
 from clipadapt.errors import ConfigError, DatasetError
 from clipadapt.eval.runners.dn import add_dn_arguments
 
@@ -40,7 +41,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model id ARCH@TAG: without --embeddings, the encoder of the images and captions; "
                                         "with --embeddings, recorded in the results as the model that computed them")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers when encoding images")
     parser.add_argument("--on-error", choices=["fail", "skip"], default="fail",
                         help="unreadable images: fail, or skip them and drop their judgments (listed in the results JSON)")

@@ -16,6 +16,7 @@ from clipadapt.cli._conventions import (
     vs_baseline,
     write_results,
 )
+from clipadapt.constants import DEFAULT_BATCH_SIZE
 from clipadapt.errors import ConfigError
 from clipadapt.eval.runners.dn import add_dn_arguments, dn_source_info, shared_images
 
@@ -41,7 +42,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                      help="JSON split(s) (comma-separated) used as the unlabeled pool for DN's means (default: restval)")
     src.add_argument("--model", help="model id ARCH@TAG for the encoder path")
     src.add_argument("--device", default=None)
-    src.add_argument("--batch-size", type=int, default=64)
+    src.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     src.add_argument("--num-workers", type=int, default=0, help="DataLoader workers when encoding images")
     src.add_argument("--on-error", choices=["fail", "skip"], default="fail",
                      help="unreadable images: fail, or skip them with their captions (listed in the results' meta.skipped)")

@@ -21,6 +21,7 @@ from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
+from clipadapt.constants import DEFAULT_BATCH_SIZE
 from clipadapt.data.dataset import open_rgb
 from clipadapt.errors import DatasetError
 from clipadapt.features.extract import extract_split, read_skipped
@@ -80,7 +81,7 @@ class EncodedImages:
     skipped: list[dict[str, Any]] = field(default_factory=list)  # {row, path, error}
 
 
-def encode_image_files(encoder, paths: Sequence[str | Path], batch_size: int = 64, *, on_error: str = "fail",
+def encode_image_files(encoder, paths: Sequence[str | Path], batch_size: int = DEFAULT_BATCH_SIZE, *, on_error: str = "fail",
                        num_workers: int = 0, progress: bool = True) -> EncodedImages:
     """Raw image embeddings of image files through `extract_split` (shards in a temporary directory).
 
@@ -107,7 +108,8 @@ def encode_captions(encoder, texts: Sequence[str], batch_size: int = 256) -> Ten
     return torch.cat(chunks)
 
 
-def retrieval_set_from_entries(encoder, entries: Sequence[dict], image_root: str | Path, batch_size: int = 64, *,
+def retrieval_set_from_entries(encoder, entries: Sequence[dict], image_root: str | Path,
+                               batch_size: int = DEFAULT_BATCH_SIZE, *,
                                on_error: str = "fail", num_workers: int = 0) -> RetrievalSet:
     """Encode the images and every caption of `entries` (from read_karpathy_json).
 
