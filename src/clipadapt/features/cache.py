@@ -52,7 +52,6 @@ from clipadapt.errors import CacheError, ConfigError, FeatureDirError
 from clipadapt.features.featureset import FeatureSplit
 from clipadapt.features.io import META_FILE, TEXT_FILE, atomic_save_tensors, load_split, load_tensors
 from clipadapt.features.shards import (
-    SHARD_KEY_FILE,
     ShardedSplit,
     check_shard_key,
     index_path,
@@ -68,7 +67,6 @@ log = logging.getLogger(__name__)
 
 CACHE_VERSION = 2  # 2: every image entry is shards + index (1: an assembled <split>.safetensors, or shards)
 CACHE_ENV = "CLIPADAPT_CACHE"
-KEY_FILE = SHARD_KEY_FILE  # key.json: one file name for both ties
 MANIFEST_FILE = "manifest.json"
 SHARDS_DIR = "shards"
 LOCKS_DIR = "locks"
@@ -240,10 +238,6 @@ class CacheEntry:
 
     def is_complete(self) -> bool:
         return (self.path / MANIFEST_FILE).is_file()
-
-    def problem(self) -> str | None:
-        """Why this complete-looking entry must not be used (None when it verifies)."""
-        return self.verify()[0]
 
     def verify(self) -> tuple[str | None, list[str]]:
         """(why the entry must not be used or None, the data files that fail their size/sha256 check).
