@@ -49,7 +49,14 @@ from clipadapt.adapters.overlap import (
 from clipadapt.constants import DEFAULT_SHARD_SIZE  # re-exported; defined there so the CLI parser is torch-free
 from clipadapt.errors import CacheError, ConfigError, FeatureDirError
 from clipadapt.features.featureset import FeatureSplit
-from clipadapt.features.io import META_FILE, SHARD_INDEX_SUFFIX, TEXT_FILE, atomic_save_tensors, read_paths
+from clipadapt.features.io import (
+    META_FILE,
+    SHARD_INDEX_SUFFIX,
+    TEXT_FILE,
+    atomic_save_tensors,
+    load_tensors,
+    read_paths,
+)
 from clipadapt.fileio import atomic_write_json, link_or_copy, read_json
 from clipadapt.ops import l2_normalize, pool_views
 
@@ -331,6 +338,12 @@ class ShardedSplit:
         shard by shard into one preallocated tensor (peak: the rows plus one shard's slice)."""
         if not 0 <= start <= stop <= self.n:
             raise ConfigError(f"rows [{start}, {stop}) outside split '{self.name}' of {self.n} rows")
+        inside = [s for s in self.shards if s.start <= start and stop <= s.stop and start < stop]
+        if inside:  # within one shard (a streaming chunk, usually): its slice as it is, no second copy
+            with safe_open(str(inside[0].path), framework="pt") as f:
+                rows = slice(start - inside[0].start, stop - inside[0].start)
+                label = f.get_slice("label")[rows].long() if self.has_labels else None
+                return f.get_slice("image")[rows].float(), label
         image = torch.empty((stop - start, *self._image_shape), dtype=torch.float32)
         label = torch.empty(stop - start, dtype=torch.long) if self.has_labels else None
         for shard in self.shards:
@@ -363,8 +376,13 @@ class ShardedSplit:
         return Chunks(self, chunk_rows)
 
     def load(self) -> FeatureSplit:
-        """The whole split in memory (for small data), with the source paths when `paths_file` is known."""
-        image, label = self.read_rows(0, self.n)
+        """The whole split in memory (for small data), with the source paths when `paths_file` is known: the shards
+        copied into one preallocated tensor, or a split of one shard memory-mapped as it is (no copy)."""
+        if len(self.shards) == 1:
+            tensors = load_tensors(self.shards[0].path)
+            image, label = tensors["image"].float(), (tensors["label"].long() if self.has_labels else None)
+        else:
+            image, label = self.read_rows(0, self.n)
         paths = read_paths(self.paths_file) if self.paths_file is not None else None
         if paths is not None and len(paths) != self.n:
             raise FeatureDirError(f"{self.paths_file.name}: lists {len(paths)} paths for {self.n} rows")
