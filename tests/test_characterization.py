@@ -183,7 +183,7 @@ def test_fewshot_output_records_and_index_files_are_unchanged(tmp_path):
                            grids={"tip": {"alpha": [1.0], "beta": [1.0]},
                                   "tipx": {"alpha": [1.0], "beta": [1.0], "gamma": [0.5]}})
     out = run_fewshot(DirectorySource(_clusters(), _clusters()), config, index_dir=tmp_path, progress=False)
-    assert list(out) == ["runs", "summary", "indices", "validation"]
+    assert list(out) == ["runs", "summary", "indices", "validation", "logit"]  # logit: issue 16 (the scale used)
     assert list(out["runs"][0]) == ["method", "shots", "seed", "cache_size", "val_size", "test_top1", "val_top1",
                                     "hyperparameters"]
     assert [(r["shots"], r["seed"], r["method"]) for r in out["runs"]] == [

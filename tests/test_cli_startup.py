@@ -43,11 +43,12 @@ PUBLIC = {
     "NeuralLogitController": "clipadapt.methods.logit_controller",
     "load_feature_dir": "clipadapt.features.io",
     "save_feature_dir": "clipadapt.features.io",
+    "load_head": "clipadapt.heads.io",
 }
-COMMANDS = {"adapter", "backbones", "captions", "datasets", "dn-sweep", "eval", "extract", "fewshot", "imo",
-            "import-features", "models", "retrieval", "sample-shots", "search"}
+COMMANDS = {"adapter", "backbones", "captions", "datasets", "dn-sweep", "eval", "export", "extract", "fewshot", "fit",
+            "imo", "import-features", "models", "predict", "retrieval", "sample-shots", "search"}
 LAZY_PACKAGES = ["clipadapt.features", "clipadapt.methods", "clipadapt.eval", "clipadapt.data", "clipadapt.encoders",
-                 "clipadapt.adapters", "clipadapt.report"]
+                 "clipadapt.heads", "clipadapt.adapters", "clipadapt.report"]
 
 
 def _python(*args: str) -> subprocess.CompletedProcess:
@@ -104,8 +105,8 @@ def test_help_of_every_subcommand_exits_0_without_torch():
     (["eval", "--method", "nope"], "invalid choice: 'nope'"),
     (["extract", "--dataset", "imagefolder:/x"], "the following arguments are required: --model"),
     (["search", "--queries", "a:test", "--gallery", "a:test", "--backend", "annoy"], "invalid choice: 'annoy'"),
-    (["fewshot", "--features", "fd", "--out", "o", "--shots", "1,two"], "expected comma-separated integers"),
-    (["retrieval", "--dn-samples", "0"], "expected a positive integer or 'all'"),
+    (["fewshot", "--features", "fd", "--out", "o", "--shots", "1,two"], "expected an integer >= 1, got 'two'"),
+    (["retrieval", "--dn-samples", "0"], "expected an integer >= 1 or 'all', got '0'"),
     (["nope"], "invalid choice: 'nope'"),
 ])
 def test_argument_errors_exit_2_without_torch(argv, message):

@@ -1,6 +1,6 @@
 """Imports between clipadapt's packages point downward only (docs/architecture.md, "Layers"):
 
-    cli, the root package  ->  eval, report  ->  methods, features  ->  encoders, data, adapters
+    cli, the root package  ->  eval, report, heads  ->  methods, features  ->  encoders, data, adapters
                            ->  ops, errors, fileio, constants, _lazy, builtin
 
 An `ast` scan of every module, module-level and function-level imports alike (an import inside a function is
@@ -19,10 +19,10 @@ SRC = Path(clipadapt.__file__).parent
 
 LAYERS = {
     "clipadapt": 4, "cli": 4,
-    "eval": 3, "report": 3,
+    "eval": 3, "report": 3, "heads": 3,  # heads: a fitted method + its model; uses eval.fewshot (never the reverse)
     "methods": 2, "features": 2,
     "encoders": 1, "data": 1, "adapters": 1,  # adapters: an Encoder may carry an IMO adapter (load_encoder)
-    "ops": 0, "errors": 0, "fileio": 0, "constants": 0, "_lazy": 0, "builtin": 0,
+    "ops": 0, "errors": 0, "fileio": 0, "constants": 0, "_lazy": 0, "builtin": 0, "argtypes": 0,
 }
 
 # (file relative to src/clipadapt, imported package): why the upward import is needed. Delete an entry when it

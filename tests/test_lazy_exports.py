@@ -31,7 +31,7 @@ def _type_checking_names(init: Path) -> set[str]:
     return names
 
 
-PLAIN = ["clipadapt.adapters", "clipadapt.encoders", "clipadapt.features", "clipadapt.methods"]
+PLAIN = ["clipadapt.adapters", "clipadapt.encoders", "clipadapt.features", "clipadapt.heads", "clipadapt.methods"]
 
 
 def test_only_the_packages_the_parser_needs_export_lazily():

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
         WeightsUnavailableError,
     )
     from clipadapt.features import FeatureSet, FeatureSplit, load_feature_dir, save_feature_dir
+    from clipadapt.heads import load_head
     from clipadapt.methods import (
         DistributionNormalizer,
         MajorityVote,
@@ -62,6 +63,7 @@ __all__ = [
     "NeuralLogitController",
     "load_feature_dir",
     "save_feature_dir",
+    "load_head",
 ]
 
 __getattr__, __dir__ = lazy_exports(__name__, {
@@ -71,4 +73,5 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "clipadapt.methods": ["DistributionNormalizer", "MajorityVote", "MaxConfidence", "MeanLogits", "MeanProbs",
                           "MinEntropy", "NeuralLogitController", "Stacking", "TemperatureScaledMean", "TipAdapter",
                           "TipAdapterF", "TipX", "ZeroShotClassifier"],
+    "clipadapt.heads": ["load_head"],
 })

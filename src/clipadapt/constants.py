@@ -18,3 +18,5 @@ DEFAULT_BATCH_SIZE = 64  # images per forward when encoding (`--batch-size`, `Ex
 TOPK_BACKENDS = ("torch", "faiss")  # `search --backend`
 GRID_PRESETS = ("tip-adapter", "sus-x", "imo")  # `fewshot --grid-preset`: a paper's search grids and tie order
 TIE_BREAKS = ("grid-order", "centre")  # `fewshot --tie-break`: which of equally good validation grid points is kept
+HEAD_METHODS = ("zeroshot", "dn", "tip", "tip-f", "tipx", "tip++", "tipx++")  # `clipadapt fit --method`
+HEAD_EXPORT_FORMATS = ("onnx", "torch-export")  # `clipadapt export --format`

@@ -19,6 +19,11 @@ class WeightsUnavailableError(ClipadaptError):
     """Model weights cannot be found locally and cannot be downloaded (offline)."""
 
 
+class WeightsFileError(ClipadaptError):
+    """A checkpoint file is not a weights file: a pickle holding code or objects other than tensors (refused
+    unexecuted by weights-only loading), or bytes that no loader recognises."""
+
+
 class CacheError(ClipadaptError):
     """The feature cache is unreadable or an entry does not match its key."""
 
@@ -37,3 +42,11 @@ class AdapterError(ClipadaptError):
 
 class ProtocolError(ClipadaptError):
     """An evaluation protocol would select or fit on test data (e.g. a validation split that is the test split)."""
+
+
+class HeadFileError(ClipadaptError):
+    """A head file (`clipadapt fit`) is missing, a pickle, not a clipadapt head, or was altered after it was written."""
+
+
+class HeadMismatchError(ClipadaptError):
+    """A head is applied to features, images or an encoder of another model, dimension or class list."""

@@ -1,4 +1,4 @@
-"""Per-dimension variance of image features (METHODS.md §5: the IMO paper argues its adapter increases it).
+"""Per-dimension variance of image features (docs/methods.md §5: the IMO paper argues its adapter increases it).
 
 For features X (N, D): var_d = (1/(N−1)) Σ_i (x_id − mean_d)², on the L2-normalised features (the space the cache
 affinities use) and on the raw ones. Reported as the mean over dimensions, their sum, and the per-dimension vector.

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import io
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from clipadapt.argtypes import COUNT, NON_NEGATIVE_INT
 from clipadapt.constants import DEFAULT_BATCH_SIZE
 from clipadapt.errors import ConfigError
 
@@ -24,23 +25,6 @@ def comma_strings(text: str) -> list[str]:
     return values
 
 
-def _comma_numbers(text: str, kind: type, what: str) -> list:
-    try:
-        return [kind(v) for v in comma_strings(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated {what}, got {text!r}") from None
-
-
-def comma_ints(text: str) -> list[int]:
-    """argparse type: '1,2,4' -> [1, 2, 4]."""
-    return _comma_numbers(text, int, "integers")
-
-
-def comma_floats(text: str) -> list[float]:
-    """argparse type: '0.1,0.25' -> [0.1, 0.25]."""
-    return _comma_numbers(text, float, "numbers")
-
-
 def add_feature_source_arguments(parser: argparse.ArgumentParser) -> None:
     """--features DIR, or --model/--dataset to extract through the cache."""
     src = parser.add_argument_group("features")
@@ -50,8 +34,8 @@ def add_feature_source_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--dataset", help="dataset spec, e.g. coop:oxford_pets:/data/pets, imagefolder:/data/x")
     src.add_argument("--cache-dir", type=Path, default=None, help="feature cache root (default: $CLIPADAPT_CACHE or ~/.cache/clipadapt)")
     src.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    src.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    src.add_argument("--num-workers", type=int, default=0, help="DataLoader workers when encoding images")
+    src.add_argument("--batch-size", type=COUNT, default=DEFAULT_BATCH_SIZE)
+    src.add_argument("--num-workers", type=NON_NEGATIVE_INT, default=0, help="DataLoader workers when encoding images")
     src.add_argument("--on-error", choices=["fail", "skip"], default="fail", help="unreadable images when encoding: fail, or skip and record")
     add_file_check_argument(src)
 
@@ -63,11 +47,25 @@ def add_file_check_argument(parser) -> None:
                              "sha256 = hash every file (exact, reads the whole dataset), none = paths only")
 
 
+def refuse_unused(args: argparse.Namespace, source: str, unused: Sequence[str], instead: str = "") -> None:
+    """ConfigError when options that the input `source` (e.g. '--features') makes irrelevant were given: they
+    would be silently ignored (issue 12, item 7). `unused` are option names; an option counts as given when its
+    value is set (these options default to None)."""
+    given = [opt for opt in unused if getattr(args, opt.lstrip("-").replace("-", "_"), None) not in (None, [], "")]
+    if given:
+        raise ConfigError(f"conflicting inputs: {source} is given, so {', '.join(given)} would be ignored; "
+                          f"give {source} or {instead or ', '.join(given)}, not both")
+
+
+FEATURE_DIR_UNUSED = ("--model", "--dataset", "--cache-dir")  # extraction-only inputs, meaningless with --features
+
+
 def load_features_from_args(args: argparse.Namespace, splits: Iterable[str] | None = None) -> FeatureSet:
     """The FeatureSet named by --features, or extracted (through the cache) for --model/--dataset."""
     if getattr(args, "features", None):
         from clipadapt.features.io import load_feature_dir
 
+        refuse_unused(args, "--features", FEATURE_DIR_UNUSED, instead="--model/--dataset (extract through the cache)")
         return load_feature_dir(args.features, splits=splits)
     if getattr(args, "model", None) and getattr(args, "dataset", None):
         return feature_set_from_args(args, splits=splits)

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from clipadapt.argtypes import range_text
+
 RESULTS_FILE = "results.json"
 
 
@@ -24,6 +26,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
     and keeps the epilog's examples as written."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
+        return _with_range(action, self._help_with_default(action))
+
+    def _help_with_default(self, action: argparse.Action) -> str:
         text = action.help or ""
         default = action.default
         if (not _has_default(default) or "default" in text.lower()
@@ -31,6 +36,15 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
                 or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
             return text
         return f"{text} (default: {_show(default)})" if text else f"default: {_show(default)}"
+
+
+def _with_range(action: argparse.Action, text: str) -> str:
+    """A checked numeric option's help ends with its allowed range (clipadapt.argtypes), e.g. '[range: >= 1]'."""
+    allowed = range_text(action.type)
+    if allowed is None or "range:" in text:
+        return text
+    shown = f"[range: {allowed}]".replace("%", "%%")
+    return f"{text} {shown}" if text else shown
 
 
 def show_defaults_without_help(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +56,8 @@ def show_defaults_without_help(parser: argparse.ArgumentParser) -> None:
                 show_defaults_without_help(child)
         elif action.help is None and action.option_strings and _has_default(action.default):
             action.help = f"default: {_show(action.default)}"
+        elif action.help is None and action.option_strings and range_text(action.type) is not None:
+            action.help = f"[range: {range_text(action.type)}]"
 
 
 def _has_default(value: Any) -> bool:

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from clipadapt.argtypes import COUNT, DROPOUT, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, SEED
 from clipadapt.cli._conventions import add_parser, run_provenance
 
 COMMAND = "adapter"
@@ -33,23 +34,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--out", type=Path, required=True, help="checkpoint directory (adapter.safetensors, "
                        "adapter.json, train_state.pt for resuming, train_log.json)")
     g = train.add_argument_group("hyper-parameters (defaults: docs/methods.md §5)")
-    g.add_argument("--width", type=int, default=64, help="bottleneck width (default: 64)")
-    g.add_argument("--scale", type=float, default=None, help="residual scale s (default: 0.03 supervised, 0.1 selfsup)")
-    g.add_argument("--dropout", type=float, default=0.1)
-    g.add_argument("--lr", type=float, default=None, help="AdamW lr (default: 8e-3 supervised; 5e-4*batch/256 selfsup)")
-    g.add_argument("--weight-decay", type=float, default=0.01)
-    g.add_argument("--batch-size", type=int, default=128)
-    g.add_argument("--epochs", type=int, default=None, help="default: 1 supervised, 10 selfsup")
-    g.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in total")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--local-crops", type=int, default=10, help="selfsup: local crops per image (default: 10)")
-    g.add_argument("--dino-out-dim", type=int, default=65536, help="selfsup: DINO head output dimension")
+    g.add_argument("--width", type=COUNT, default=64, help="bottleneck width (default: 64)")
+    g.add_argument("--scale", type=NON_NEGATIVE, default=None, help="residual scale s (default: 0.03 supervised, 0.1 selfsup)")
+    g.add_argument("--dropout", type=DROPOUT, default=0.1)
+    g.add_argument("--lr", type=POSITIVE, default=None, help="AdamW lr (default: 8e-3 supervised; 5e-4*batch/256 selfsup)")
+    g.add_argument("--weight-decay", type=NON_NEGATIVE, default=0.01)
+    g.add_argument("--batch-size", type=COUNT, default=128)
+    g.add_argument("--epochs", type=COUNT, default=None, help="default: 1 supervised, 10 selfsup")
+    g.add_argument("--max-steps", type=COUNT, default=None, help="stop after this many steps in total")
+    g.add_argument("--seed", type=SEED, default=0)
+    g.add_argument("--local-crops", type=NON_NEGATIVE_INT, default=10, help="selfsup: local crops per image (default: 10)")
+    g.add_argument("--dino-out-dim", type=COUNT, default=65536, help="selfsup: DINO head output dimension")
     r = train.add_argument_group("running")
     r.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     r.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto = bf16 autocast on cuda, fp32 on cpu")
-    r.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
-    r.add_argument("--save-every", type=int, default=200, help="write a resumable checkpoint every k steps")
+    r.add_argument("--num-workers", type=NON_NEGATIVE_INT, default=0, help="DataLoader workers")
+    r.add_argument("--save-every", type=COUNT, default=200, help="write a resumable checkpoint every k steps")
     r.add_argument("--no-progress", action="store_true", help="no progress bar")
     info = add_parser(sub, "info", help="print an adapter checkpoint's config and weights sha256",
                       examples="clipadapt adapter info adapters/vitb16")

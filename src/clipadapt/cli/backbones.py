@@ -6,7 +6,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from clipadapt.cli._common import comma_floats, comma_strings, extract_options
+from clipadapt.argtypes import COUNT, NON_NEGATIVES, POSITIVE, PROBABILITIES, SEED
+from clipadapt.cli._common import comma_strings, extract_options, refuse_unused
 from clipadapt.cli._conventions import (
     RESULTS_FILE,
     add_out_argument,
@@ -45,27 +46,27 @@ def configure(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--names", type=comma_strings, help="backbone names for --logits (default: file names)")
     src.add_argument("--cache-dir", type=Path, default=None, help="feature cache root for --models")
     src.add_argument("--device", default=None, help="torch device for extraction and timing (default: auto)")
-    src.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    src.add_argument("--batch-size", type=COUNT, default=DEFAULT_BATCH_SIZE)
     ev = parser.add_argument_group("evaluation")
     ev.add_argument("--split", default="test", help="evaluated split (default: test)")
     ev.add_argument("--heldout-split", default="val", help="labelled split the combiners are fitted on (default: val)")
-    ev.add_argument("--shots", "--val-from-train", dest="shots", type=int, default=None, metavar="K",
+    ev.add_argument("--shots", "--val-from-train", dest="shots", type=COUNT, default=None, metavar="K",
                     help="few-shot mode: held-out = K images per class from --train-split (seeded by --seed) instead of "
                          "--heldout-split; use it when the held-out split is the test set (CoOp's ImageNet val)")
     ev.add_argument("--train-split", default="train", help="training split (few-shot pool, linear probe)")
-    ev.add_argument("--seed", type=int, default=1, help="seed of the few-shot draw and the controller")
-    ev.add_argument("--thresholds", type=comma_floats, default=[0.5, 0.7, 0.8, 0.9, 0.95, 0.99],
+    ev.add_argument("--seed", type=SEED, default=1, help="seed of the few-shot draw and the controller")
+    ev.add_argument("--thresholds", type=PROBABILITIES, default=[0.5, 0.7, 0.8, 0.9, 0.95, 0.99],
                     help="cascade confidence thresholds")
     ev.add_argument("--cost", choices=["gflops", "ms", "params", "none"], default="gflops",
                     help="cost axis from each backbone's architecture: gflops (default) and params are counted, ms is timed "
                          "on --device; none = every backbone costs 1")
-    ev.add_argument("--costs", type=comma_floats, help="explicit per-backbone costs")
+    ev.add_argument("--costs", type=NON_NEGATIVES, help="explicit per-backbone costs")
     ev.add_argument("--no-normalisation-study", action="store_true", help="skip the normalisation study")
-    ev.add_argument("--probe-max-iter", type=int, default=100, help="L-BFGS iterations of each linear probe")
-    ev.add_argument("--chunk-rows", type=int, default=1024, help="rows combined at a time (memory bound)")
-    ev.add_argument("--nlc-max-epochs", type=int, default=300)
-    ev.add_argument("--nlc-lr", type=float, default=2e-4)
-    ev.add_argument("--nlc-batch-size", type=int, default=32)
+    ev.add_argument("--probe-max-iter", type=COUNT, default=100, help="L-BFGS iterations of each linear probe")
+    ev.add_argument("--chunk-rows", type=COUNT, default=1024, help="rows combined at a time (memory bound)")
+    ev.add_argument("--nlc-max-epochs", type=COUNT, default=300)
+    ev.add_argument("--nlc-lr", type=POSITIVE, default=2e-4)
+    ev.add_argument("--nlc-batch-size", type=COUNT, default=32)
     add_out_argument(parser, required=True, writes="summary.md, <table>.csv/.md, agreement.png, complementarity.png, "
                                                    "accuracy_vs_cost.png")
 
@@ -116,6 +117,13 @@ def run(args: argparse.Namespace) -> int:
     modes = [bool(args.features), bool(args.models), bool(args.logits)]
     if sum(modes) != 1:
         raise ConfigError("give exactly one of --features DIR..., --models LIST --dataset SPEC, --logits FILES --labels FILE")
+    logit_inputs = ("--labels", "--heldout-logits", "--heldout-labels", "--embeddings", "--heldout-embeddings", "--names")
+    if args.features:
+        refuse_unused(args, "--features", ("--dataset", "--cache-dir", *logit_inputs))
+    elif args.models:
+        refuse_unused(args, "--models", logit_inputs)
+    else:
+        refuse_unused(args, "--logits", ("--dataset", "--cache-dir"))
     unavailable: dict[str, str] = {}
     extra: dict[str, Any] = {}
     norm_rows: list[dict] = []

@@ -7,6 +7,8 @@ import csv
 import io
 from pathlib import Path
 
+from clipadapt.argtypes import COUNT, NON_NEGATIVE_INT
+from clipadapt.cli._common import refuse_unused
 from clipadapt.cli._conventions import (
     add_out_argument,
     draws_identical,
@@ -41,8 +43,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model id ARCH@TAG: without --embeddings, the encoder of the images and captions; "
                                         "with --embeddings, recorded in the results as the model that computed them")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers when encoding images")
+    parser.add_argument("--batch-size", type=COUNT, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--num-workers", type=NON_NEGATIVE_INT, default=0, help="DataLoader workers when encoding images")
     parser.add_argument("--on-error", choices=["fail", "skip"], default="fail",
                         help="unreadable images: fail, or skip them and drop their judgments (listed in the results JSON)")
     parser.add_argument("--dn-pool", type=Path,
@@ -81,9 +83,8 @@ def _int(value: str, path: Path, line: int, column: str, n: int) -> int:
 
 def _from_embeddings(args: argparse.Namespace, rows: list[dict]) -> tuple:
     """(image, caption, references, DN pool, rows, skipped images) from the row indices into --embeddings."""
-    from clipadapt.features.io import _require, load_tensors
-
     from clipadapt.builtin import caption_tensors, is_builtin
+    from clipadapt.features.io import _require, load_tensors
 
     tensors = caption_tensors(args.embeddings) if is_builtin(args.embeddings) else load_tensors(args.embeddings)
     image_all = _require(tensors, "image", args.embeddings).float()
@@ -101,6 +102,7 @@ def _from_embeddings(args: argparse.Namespace, rows: list[dict]) -> tuple:
 def _from_images(args: argparse.Namespace, rows: list[dict]) -> tuple:
     """(image, caption, references, DN pool, rows, skipped images), encoding the CSV's images and captions.
     With --on-error skip, the judgments of unreadable images are left out of the returned rows."""
+    from clipadapt.data import path_under
     from clipadapt.encoders import load_encoder
     from clipadapt.features.caption_data import encode_captions, encode_image_files
 
@@ -108,7 +110,8 @@ def _from_images(args: argparse.Namespace, rows: list[dict]) -> tuple:
         raise ConfigError("without --embeddings, give --image-root and --model to encode the CSV's images and captions")
     encoder = load_encoder(args.model, device=args.device)
     images = sorted({r["image"] for r in rows})
-    encoded = encode_image_files(encoder, [args.image_root / p for p in images], args.batch_size,
+    files = [path_under(args.image_root, p, f"{args.judgments}: image {p!r}") for p in images]  # inside --image-root
+    encoded = encode_image_files(encoder, files, args.batch_size,
                                  on_error=args.on_error, num_workers=args.num_workers)
     if encoded.skipped:
         unreadable = {images[s["row"]] for s in encoded.skipped}
@@ -142,6 +145,8 @@ def run(args: argparse.Namespace) -> int:
         [float(r["human"]) for r in rows]
     except ValueError as e:
         raise DatasetError(f"{args.judgments}: column 'human' must be numeric ({e})") from e
+    if args.embeddings:
+        refuse_unused(args, "--embeddings", ("--image-root",), instead="--image-root with --model (encode the images)")
     image, caption, refs, pool, rows, skipped = (_from_embeddings if args.embeddings else _from_images)(args, rows)
     human = torch.tensor([float(r["human"]) for r in rows])  # rows of skipped images are gone
     if args.dn_source == "unlabeled":

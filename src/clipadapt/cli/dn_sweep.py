@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from clipadapt.cli._common import comma_floats, comma_ints
+from clipadapt.argtypes import COUNT, COUNTS, LAMBDA, LAMBDAS
 from clipadapt.cli._conventions import RESULTS_FILE, add_out_argument, path_provenance, write_results
 from clipadapt.constants import DEFAULT_LAMBDAS, DEFAULT_SAMPLES
 from clipadapt.errors import ConfigError
@@ -26,13 +26,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="test", help="evaluated split (default: test)")
     parser.add_argument("--dn-source", default="unlabeled", choices=("unlabeled", "train", "val", "test", "holdout"),
                         help="pool of the means (default: unlabeled; holdout = retrieval only; test = transductive)")
-    parser.add_argument("--holdout", type=int, default=100, help="retrieval --dn-source holdout: images held out")
-    parser.add_argument("--lambdas", type=comma_floats, default=list(DEFAULT_LAMBDAS), help="comma-separated λ values")
-    parser.add_argument("--samples", type=comma_ints, default=list(DEFAULT_SAMPLES), help="comma-separated sample counts; counts from the pool size up become one 'all' row "
+    parser.add_argument("--holdout", type=COUNT, default=100, help="retrieval --dn-source holdout: images held out")
+    parser.add_argument("--lambdas", type=LAMBDAS, default=list(DEFAULT_LAMBDAS), help="comma-separated λ values")
+    parser.add_argument("--samples", type=COUNTS, default=list(DEFAULT_SAMPLES), help="comma-separated sample counts; counts from the pool size up become one 'all' row "
                              "(every pool image and caption, evaluated once)")
-    parser.add_argument("--dn-lambda", type=float, default=0.25, help="λ of the sample sweep (default 0.25)")
+    parser.add_argument("--dn-lambda", type=LAMBDA, default=0.25, help="λ of the sample sweep (default 0.25)")
     parser.add_argument("--dn-samples", type=parse_samples, default=100, help="samples of the λ sweep (default 100)")
-    parser.add_argument("--seeds", type=int, default=5, help="seeded draws per point (default 5)")
+    parser.add_argument("--seeds", type=COUNT, default=5, help="seeded draws per point (default 5)")
     add_text_mean_argument(parser)  # --features (classification) only
     add_out_argument(parser, required=True, writes="sweep.csv, sweep.md, sweep.png", aliases=["--out-dir"])
 

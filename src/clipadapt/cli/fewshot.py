@@ -8,7 +8,14 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clipadapt.cli._common import add_feature_source_arguments, comma_ints, comma_strings, extract_options
+from clipadapt.argtypes import COUNT, COUNTS, SEEDS
+from clipadapt.cli._common import (
+    FEATURE_DIR_UNUSED,
+    add_feature_source_arguments,
+    comma_strings,
+    extract_options,
+    refuse_unused,
+)
 from clipadapt.cli._conventions import add_out_argument, dataset_provenance, path_provenance, vs_baseline
 from clipadapt.constants import GRID_PRESETS, TIE_BREAKS
 from clipadapt.errors import ConfigError
@@ -27,17 +34,17 @@ clipadapt fewshot --model ViT-B-16@openai --dataset coop:eurosat:/data/eurosat -
 
 def configure(parser: argparse.ArgumentParser) -> None:
     add_feature_source_arguments(parser)
-    parser.add_argument("--shots", type=comma_ints, default=[1, 2, 4, 8, 16], help="shots per class (default 1,2,4,8,16)")
-    parser.add_argument("--seeds", type=comma_ints, default=[1, 2, 3], help="sampling seeds (default 1,2,3)")
+    parser.add_argument("--shots", type=COUNTS, default=[1, 2, 4, 8, 16], help="shots per class (default 1,2,4,8,16)")
+    parser.add_argument("--seeds", type=SEEDS, default=[1, 2, 3], help="sampling seeds (default 1,2,3)")
     parser.add_argument("--methods", type=comma_strings, default=["zeroshot", "tip", "tip-f", "tipx"],
                         help="comma list of zeroshot, tip, tip-f, tipx, tip++, tipx++ (default zeroshot,tip,tip-f,tipx)")
-    parser.add_argument("--views", type=int, default=10,
+    parser.add_argument("--views", type=COUNT, default=10,
                         help="augmented views per cache image with --model/--dataset (default 10); --features uses its train split as is")
     adapted = parser.add_mutually_exclusive_group()
     adapted.add_argument("--adapter", type=Path, help="IMO adapter checkpoint for tip++/tipx++ (with --model/--dataset)")
     adapted.add_argument("--adapted-features", type=Path,
                          help="feature directory of the same images through the IMO adapter, for tip++/tipx++ (with --features)")
-    parser.add_argument("--val-from-train", type=int, default=None, metavar="N",
+    parser.add_argument("--val-from-train", type=COUNT, default=None, metavar="N",
                         help="validate on N train images per class (per seed, disjoint from that seed's shots; listed in "
                              "indices/val_seed<S>.json) instead of the 'val' split — needed when val is the test set "
                              "(CoOp's ImageNet) or absent")
@@ -52,8 +59,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tie-break", choices=TIE_BREAKS, default="grid-order",
                         help="which of equally good validation grid points is kept: grid-order (first in loop order, "
                              "the papers' rule; default) or centre (centre of the largest tied region)")
-    parser.add_argument("--tipf-epochs", type=int, default=20, help="Tip-Adapter-F training epochs (default 20)")
-    parser.add_argument("--chunk-size", type=int, default=None, help="validation rows per search chunk (default: fit ~128 MiB)")
+    parser.add_argument("--tipf-epochs", type=COUNT, default=20, help="Tip-Adapter-F training epochs (default 20)")
+    parser.add_argument("--chunk-size", type=COUNT, default=None, help="validation rows per search chunk (default: fit ~128 MiB)")
     add_out_argument(parser, required=True,
                      writes="runs.csv, summary.csv, summary.md, accuracy_vs_shots.png, indices/")
 
@@ -81,6 +88,7 @@ def build_source(args: argparse.Namespace):
     if args.features:
         if args.adapter:
             raise ConfigError("--adapter needs --model/--dataset; with --features give --adapted-features DIR")
+        refuse_unused(args, "--features", FEATURE_DIR_UNUSED, instead="--model/--dataset (extract through the cache)")
         adapted = load_feature_dir(args.adapted_features) if args.adapted_features else None
         return DirectorySource(load_feature_dir(args.features), adapted)
     if args.model and args.dataset:

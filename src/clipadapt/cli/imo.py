@@ -6,7 +6,13 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clipadapt.cli._common import add_feature_source_arguments, load_features_from_args
+from clipadapt.argtypes import COUNT, SEED
+from clipadapt.cli._common import (
+    FEATURE_DIR_UNUSED,
+    add_feature_source_arguments,
+    load_features_from_args,
+    refuse_unused,
+)
 from clipadapt.cli._conventions import RESULTS_FILE, add_out_argument, featureset_inputs, run_provenance, write_results
 from clipadapt.errors import ConfigError
 
@@ -28,14 +34,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapted-features", type=Path, help="with --features: a second feature directory "
                         "(e.g. extracted with an adapter) to compare against")
     parser.add_argument("--split", default="test", help="split to measure (default: test)")
-    parser.add_argument("--bins", type=int, default=100, help="histogram bins over [-1, 1] (default: 100)")
-    parser.add_argument("--max-pairs", type=int, default=20_000_000,
+    parser.add_argument("--bins", type=COUNT, default=100, help="histogram bins over [-1, 1] (default: 100)")
+    parser.add_argument("--max-pairs", type=COUNT, default=20_000_000,
                         help="sample this many pairs (seeded) when the split has more; 0 = always exact "
                         "(default: 20,000,000)")
     parser.add_argument("--sample", choices=["items", "pairs"], default="items",
                         help="how to sample when over --max-pairs: all pairs among a random subset of items "
                         "(fast, default) or independent uniform pairs")
-    parser.add_argument("--seed", type=int, default=0, help="pair-sampling seed (default: 0)")
+    parser.add_argument("--seed", type=SEED, default=0, help="pair-sampling seed (default: 0)")
     add_out_argument(parser, required=True, writes="imo.md, imo_hist.png")
 
 
@@ -47,6 +53,7 @@ def _feature_sets(args: argparse.Namespace) -> dict[str, FeatureSet]:
         if args.adapter:
             raise ConfigError("--adapter needs --model/--dataset (features are extracted with it); "
                               "with --features give --adapted-features DIR")
+        refuse_unused(args, "--features", FEATURE_DIR_UNUSED, instead="--model/--dataset (extract through the cache)")
         sets = {"original": load_feature_dir(args.features, splits=[args.split])}
         if args.adapted_features:
             sets["adapted"] = load_feature_dir(args.adapted_features, splits=[args.split])

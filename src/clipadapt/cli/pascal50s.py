@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from clipadapt.argtypes import COUNT, LAMBDA, SEED
 from clipadapt.cli._conventions import add_out_argument, out_dir, results_path, run_provenance, write_results
 from clipadapt.constants import DEFAULT_BATCH_SIZE, DEFAULT_LAMBDA
 
@@ -20,18 +21,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--consensus", type=Path, required=True, help="consensus_pascal.mat (48 votes + references per pair)")
     parser.add_argument("--image-root", type=Path, required=True, help="folder of the Pascal images (VOC JPEGImages)")
     parser.add_argument("--model", required=True, help="model id ARCH@TAG")
-    parser.add_argument("--references", type=int, default=5, help="reference sentences per pair (seeded sample; default 5)")
+    parser.add_argument("--references", type=COUNT, default=5, help="reference sentences per pair (seeded sample; default 5)")
     parser.add_argument("--vote-positive", choices=["a", "b"], default="a",
                         help="which candidate a +1 consensus vote prefers (default a; see docs/dn.md)")
-    parser.add_argument("--dn-lambda", type=float, default=DEFAULT_LAMBDA)
-    parser.add_argument("--dn-seed", type=int, default=0, help="seed of the DN sample draw and of the reference sample")
+    parser.add_argument("--dn-lambda", type=LAMBDA, default=DEFAULT_LAMBDA)
+    parser.add_argument("--dn-seed", type=SEED, default=0, help="seed of the DN sample draw and of the reference sample")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--batch-size", type=COUNT, default=DEFAULT_BATCH_SIZE)
     add_out_argument(parser, writes="accuracy.md")
     parser.add_argument("--table", type=Path, help="accuracy table (.md or .csv)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from clipadapt.data import path_under
     from clipadapt.data.caption_judgments import read_pascal50s
     from clipadapt.encoders import load_encoder
     from clipadapt.eval.pascal50s import pascal50s_accuracy
@@ -42,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
                            positive_is_a=args.vote_positive == "a")
     encoder = load_encoder(args.model, device=args.device)
     images = sorted({p["image"] for p in pairs})
-    image_emb = encode_image_files(encoder, [args.image_root / i for i in images], args.batch_size).image
+    files = [path_under(args.image_root, i, f"{args.pairs}: image {i!r}") for i in images]  # inside --image-root
+    image_emb = encode_image_files(encoder, files, args.batch_size).image
     texts = sorted({t for p in pairs for t in (p["a"], p["b"], *p["references"])})
     text_emb = encode_captions(encoder, texts, args.batch_size)
     img_id, txt_id = {p: i for i, p in enumerate(images)}, {t: i for i, t in enumerate(texts)}

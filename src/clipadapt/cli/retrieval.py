@@ -6,6 +6,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from clipadapt.argtypes import COUNT, NON_NEGATIVE_INT, SEED
+from clipadapt.cli._common import refuse_unused
 from clipadapt.cli._conventions import (
     add_out_argument,
     draws_identical,
@@ -42,17 +44,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
                      help="JSON split(s) (comma-separated) used as the unlabeled pool for DN's means (default: restval)")
     src.add_argument("--model", help="model id ARCH@TAG for the encoder path")
     src.add_argument("--device", default=None)
-    src.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
-    src.add_argument("--num-workers", type=int, default=0, help="DataLoader workers when encoding images")
+    src.add_argument("--batch-size", type=COUNT, default=DEFAULT_BATCH_SIZE)
+    src.add_argument("--num-workers", type=NON_NEGATIVE_INT, default=0, help="DataLoader workers when encoding images")
     src.add_argument("--on-error", choices=["fail", "skip"], default="fail",
                      help="unreadable images: fail, or skip them with their captions (listed in the results' meta.skipped)")
-    src.add_argument("--max-pool", type=int, default=1000, help="encode at most this many pool images (default 1000)")
+    src.add_argument("--max-pool", type=COUNT, default=1000, help="encode at most this many pool images (default 1000)")
     src.add_argument("--save-embeddings", type=Path, help="write the encoded embeddings as a retrieval directory")
     add_dn_arguments(parser, sources=("unlabeled", "holdout", "test"))
-    parser.add_argument("--holdout", type=int, default=100,
+    parser.add_argument("--holdout", type=COUNT, default=100,
                         help="with --dn-source holdout: images (with their captions) held out of the evaluation for the means")
-    parser.add_argument("--holdout-seed", type=int, default=0)
-    parser.add_argument("--chunk-size", type=int, default=1024, help="queries scored at once")
+    parser.add_argument("--holdout-seed", type=SEED, default=0)
+    parser.add_argument("--chunk-size", type=COUNT, default=1024, help="queries scored at once")
     add_out_argument(parser, writes="recall.md, recall.csv", legacy_json=True)
     parser.add_argument("--table", type=Path, help="also write the recall table here (.md or .csv)")
 
@@ -85,6 +87,8 @@ def _load(args: argparse.Namespace) -> tuple[RetrievalSet, RetrievalSet | None]:
     from clipadapt.features.retrieval_dir import has_retrieval_split, load_retrieval_split
 
     if args.embeddings:
+        refuse_unused(args, "--embeddings", ("--captions-json", "--image-root", "--save-embeddings"),
+                      instead="--captions-json/--image-root (encode the images)")
         test = load_retrieval_split(args.embeddings, args.split)
         pool = None
         if args.dn_source == "unlabeled":

@@ -7,7 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
-from clipadapt.cli._common import comma_ints, comma_strings
+from clipadapt.argtypes import COUNT, COUNTS, SEEDS
+from clipadapt.cli._common import comma_strings
 from clipadapt.constants import GRID_PRESETS, TIE_BREAKS
 from clipadapt.errors import ConfigError
 
@@ -34,15 +35,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="a variant's feature directory (test split), NAME one of " + ", ".join(VARIANT_NAMES))
     parser.add_argument("--adapted-variant", type=_named_dir, action="append", default=[], metavar="NAME=DIR",
                         help="a variant's adapted feature directory (for tip++/tipx++)")
-    parser.add_argument("--shots", type=comma_ints, default=[1, 2, 4, 8, 16])
-    parser.add_argument("--seeds", type=comma_ints, default=[1, 2, 3])
+    parser.add_argument("--shots", type=COUNTS, default=[1, 2, 4, 8, 16])
+    parser.add_argument("--seeds", type=SEEDS, default=[1, 2, 3])
     parser.add_argument("--methods", type=comma_strings, default=["zeroshot", "tip", "tipx"])
-    parser.add_argument("--val-from-train", type=int, default=4, metavar="N",
+    parser.add_argument("--val-from-train", type=COUNT, default=4, metavar="N",
                         help="validate on N ImageNet train images per class (default 4; CoOp's ImageNet val is test)")
     parser.add_argument("--grid", action="append", default=[], metavar="FAMILY.PARAM=SPEC", help="as in `fewshot`")
     parser.add_argument("--grid-preset", choices=GRID_PRESETS, default=None, help="a paper's grids and tie order, as in `fewshot`")
     parser.add_argument("--tie-break", choices=TIE_BREAKS, default="grid-order", help="as in `fewshot`")
-    parser.add_argument("--tipf-epochs", type=int, default=20)
+    parser.add_argument("--tipf-epochs", type=COUNT, default=20)
     parser.add_argument("--allow-fewer", action="store_true")
     from clipadapt.cli._conventions import add_out_argument
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from clipadapt.cli._common import comma_ints
+from clipadapt.argtypes import COUNTS, SEEDS
 from clipadapt.cli._conventions import run_provenance
 from clipadapt.errors import ConfigError
 
@@ -19,8 +19,8 @@ clipadapt sample-shots --dataset coop:oxford_pets:/data/pets --shots 1,2,4,8,16 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="dataset spec, e.g. coop:oxford_pets:/data/oxford_pets")
     parser.add_argument("--split", default="train", help="split to sample from (default: train)")
-    parser.add_argument("--shots", type=comma_ints, default=[1, 2, 4, 8, 16], help="comma-separated K (default 1,2,4,8,16)")
-    parser.add_argument("--seeds", type=comma_ints, default=[1, 2, 3], help="comma-separated seeds (default 1,2,3)")
+    parser.add_argument("--shots", type=COUNTS, default=[1, 2, 4, 8, 16], help="comma-separated K (default 1,2,4,8,16)")
+    parser.add_argument("--seeds", type=SEEDS, default=[1, 2, 3], help="comma-separated seeds (default 1,2,3)")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR",
                         help="output directory: shots<K>_seed<S>.json per (K, seed), each with its provenance")
     parser.add_argument("--allow-fewer", action="store_true", help="take all items of classes with fewer than K")

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from clipadapt.argtypes import COUNT
 from clipadapt.cli._conventions import add_out_argument, path_provenance, results_path, write_results
 from clipadapt.constants import TOPK_BACKENDS as BACKENDS
 from clipadapt.errors import ClipadaptError, ConfigError, FeatureDirError
@@ -30,9 +31,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queries", required=True, metavar="DIR:SPLIT",
                         help="query embeddings: a feature directory (or builtin:coco500) and a split name, or DIR:text for the class texts")
     parser.add_argument("--gallery", required=True, metavar="DIR:SPLIT", help="gallery embeddings, same form")
-    parser.add_argument("--k", type=int, default=10, help="neighbours per query")
-    parser.add_argument("--chunk-size", type=int, default=4096, help="gallery rows scored at once")
-    parser.add_argument("--query-chunk-size", type=int, default=1024, help="query rows scored at once")
+    parser.add_argument("--k", type=COUNT, default=10, help="neighbours per query")
+    parser.add_argument("--chunk-size", type=COUNT, default=4096, help="gallery rows scored at once")
+    parser.add_argument("--query-chunk-size", type=COUNT, default=1024, help="query rows scored at once")
     parser.add_argument("--backend", choices=BACKENDS, default="torch",
                         help="torch: exact chunked running top-k; faiss: a faiss index (pip install 'clipadapt[faiss]')")
     parser.add_argument("--faiss-index", default="Flat",

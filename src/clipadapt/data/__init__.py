@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from clipadapt._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from clipadapt.data._files import path_under
     from clipadapt.data._torchvision import from_torchvision
     from clipadapt.data.catalog import COOP_DATASETS, DatasetInfo, get_templates
     from clipadapt.data.dataset import ImageDataset
@@ -25,12 +26,14 @@ __all__ = [
     "get_templates",
     "list_datasets",
     "load_indices",
+    "path_under",
     "sample_disjoint",
     "sample_few_shot",
     "save_indices",
 ]
 
 __getattr__, __dir__ = lazy_exports(__name__, {
+    "clipadapt.data._files": ["path_under"],
     "clipadapt.data._torchvision": ["from_torchvision"],
     "clipadapt.data.catalog": ["COOP_DATASETS", "DatasetInfo", "get_templates"],
     "clipadapt.data.dataset": ["ImageDataset"],

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from clipadapt.data._files import scan_images, subdirectories
+from clipadapt.data._files import path_under, scan_images, subdirectories
 from clipadapt.data._spec import Spec
 from clipadapt.data.catalog import (
     FGVC_VARIANTS,
@@ -121,6 +121,7 @@ def _read_split_json(spec: Spec, info: DatasetInfo, root: Path, split: str) -> t
     for key, entries in data.items():
         for i, entry in enumerate(_entries(path, key, entries)):
             rel, label, name = entry
+            path_under(image_dir, rel, f"{path}: '{key}'[{i}]")
             if names.setdefault(label, name) != name:
                 raise DatasetError(
                     f"{path}: '{key}'[{i}] gives label {label} the class name {name!r} but earlier entries say {names[label]!r}"
@@ -172,7 +173,7 @@ def _read_fgvc(spec: Spec, info: DatasetInfo, root: Path, split: str) -> tuple[l
         image_id, _, variant = line.strip().partition(" ")
         if variant not in index:
             raise DatasetError(f"{listing}:{n}: variant {variant!r} is not listed in {variants}")
-        paths.append(str(image_dir / f"{image_id}.jpg"))
+        paths.append(str(path_under(image_dir, f"{image_id}.jpg", f"{listing}:{n}")))
         labels.append(index[variant])
     return paths, labels, classnames
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 from pathlib import Path
 
 from clipadapt.data._files import scan_images, subdirectories
@@ -12,6 +13,8 @@ from clipadapt.data.catalog import get_templates
 from clipadapt.data.dataset import ImageDataset
 from clipadapt.errors import DatasetError
 from clipadapt.fileio import read_json, read_text
+
+log = logging.getLogger(__name__)
 
 OPTIONS = ("templates", "name")
 SPLIT_DIRS = ("train", "val", "test")
@@ -40,12 +43,19 @@ def build_imagefolder(spec: Spec, split: str) -> ImageDataset:
         base = root
     if not classes:
         raise DatasetError(f"imagefolder: no class folders in {base}; expected {base}/<class>/<image files>")
-    paths, labels = [], []
+    paths, labels, empty = [], [], []
     for label, cls in enumerate(classes):
-        if (base / cls).is_dir():
-            files = scan_images(base / cls)
-            paths.extend(files)
-            labels.extend([label] * len(files))
+        files = scan_images(base / cls) if (base / cls).is_dir() else []
+        if not files:
+            empty.append(cls)
+        paths.extend(files)
+        labels.extend([label] * len(files))
+    if empty and paths:
+        shown = ", ".join(f"{base / c}{'' if (base / c).is_dir() else ' (no folder)'}" for c in empty[:10])
+        more = f" and {len(empty) - 10} more" if len(empty) > 10 else ""
+        log.warning("imagefolder: %d of %d classes have no image files in split '%s': %s%s; they stay classes "
+                    "(labels agree across splits) but have no %s images", len(empty), len(classes), split, shown,
+                    more, split)
     if not paths:
         raise DatasetError(f"imagefolder: no image files under {base}/<class>/")
     return ImageDataset(

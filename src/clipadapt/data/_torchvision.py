@@ -11,7 +11,7 @@ from PIL import Image
 
 from clipadapt.data._spec import Spec
 from clipadapt.data.catalog import DEFAULT_TEMPLATES, DatasetInfo, coop_registry, get_templates
-from clipadapt.data.dataset import ImageDataset
+from clipadapt.data.dataset import ImageDataset, to_rgb
 from clipadapt.errors import DatasetError
 
 OPTIONS = ("templates", "size", "classes", "image_size")  # the last three: fakedata only
@@ -114,7 +114,7 @@ class TorchvisionLoader:
             raise DatasetError(f"{self.ident(j)}: cannot read image ({type(e).__name__}: {e})") from e
         if not isinstance(image, Image.Image):
             raise DatasetError(f"{self.ident(j)}: the dataset returned {type(image).__name__}, expected a PIL image")
-        return image.convert("RGB")
+        return to_rgb(image, self.ident(j))
 
 
 class _Ident:

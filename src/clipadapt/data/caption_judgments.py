@@ -1,4 +1,4 @@
-"""Readers for the original files of the caption-scoring benchmarks the DN paper uses (METHODS.md §2).
+"""Readers for the original files of the caption-scoring benchmarks the DN paper uses (docs/methods.md §2).
 
 - Flickr8k-Expert (Hodosh et al. 2013): `ExpertAnnotations.txt`, tab-separated
   `image<TAB>caption_id<TAB>s1<TAB>s2<TAB>s3`, caption_id = `<image>.jpg#<k>` of `Flickr8k.token.txt`

@@ -14,12 +14,42 @@ from clipadapt.errors import DatasetError
 Loader = Callable[[int], Image.Image]
 
 
+# High-bit-depth PIL modes and the value range each is taken to span (docs/datasets.md, "Image modes"). Pillow's
+# own convert("RGB") clips them to 0..255, which saturates a 16-bit image to white.
+SIXTEEN_BIT_MAX = 65535  # I;16* and I: 16-bit samples (PNG stores 12-bit samples scaled up to this range)
+FLOAT_RANGE = (0.0, 1.0)  # F: 32-bit float samples in [0, 1]
+
+
+def to_rgb(image: Image.Image, what: str | Path = "image") -> Image.Image:
+    """An 8-bit RGB copy of `image`. High-bit-depth grey images are scaled, not clipped: I;16/I;16B/I;16L and I
+    (the mode Pillow decodes 16-bit files to) as value / 257 over 0..65535, F as value × 255 over [0, 1]; values
+    outside the range are clipped. Every other mode uses Pillow's conversion."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    import numpy as np  # here: the torch/numpy-free CLI parser imports this package
+
+    if mode == "I" or mode.startswith("I;16"):
+        pixels = np.asarray(image).astype(np.float64) * (255.0 / SIXTEEN_BIT_MAX)
+    elif mode == "F":
+        pixels = np.asarray(image).astype(np.float64)
+        if not np.isfinite(pixels).all():
+            raise DatasetError(f"{what}: 32-bit float image (mode F) holds inf or nan pixels")
+        low, high = FLOAT_RANGE
+        pixels = (pixels - low) * (255.0 / (high - low))
+    else:
+        return image.convert("RGB")
+    grey = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, mode="L").convert("RGB")
+
+
 def open_rgb(path: str | Path) -> Image.Image:
-    """Decode an image file fully as RGB; DatasetError naming the path when missing, unreadable or corrupt."""
+    """Decode an image file fully as 8-bit RGB (`to_rgb`: high bit depths scaled, not clipped); DatasetError
+    naming the path when missing, unreadable or corrupt."""
     try:
         with Image.open(path) as im:
             im.load()
-            return im.convert("RGB")
+            return to_rgb(im, path)
     except FileNotFoundError as e:
         raise DatasetError(f"{path}: image file not found") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -98,7 +128,7 @@ class ImageDataset:
         i = i % len(self)
         image = self._loader(self._source_indices[i])
         if image.mode != "RGB":
-            image = image.convert("RGB")
+            image = to_rgb(image, f"{self.name}/{self.split}[{i}]")
         return image, self.labels[i]
 
     @property

@@ -5,12 +5,15 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
+import pickle
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import Tensor
 
 from clipadapt.adapters.imo_adapter import adapter_checkpoint_sha256, attach_adapter_checkpoint
@@ -26,7 +29,8 @@ from clipadapt.encoders.weights import (
     weights_dir,
     weights_fingerprint,
 )
-from clipadapt.errors import ConfigError, WeightsUnavailableError
+from clipadapt.errors import ConfigError, WeightsFileError, WeightsUnavailableError
+from clipadapt.ops import CLIP_LOGIT_SCALE
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +122,14 @@ def _create_model(mid: ModelId, device: torch.device, where: dict[str, Any]) -> 
             model = open_clip.create_model(mid.arch, pretrained=mid.tag, require_pretrained=True, **kwargs)
     except WeightsUnavailableError:
         raise
+    except SafetensorError as e:
+        raise WeightsFileError(f"{where['local'] or mid}: not a weights file: safetensors cannot read it ({e}); "
+                               f"give a state-dict checkpoint or a .safetensors file for model '{mid}'") from e
+    except pickle.UnpicklingError as e:  # weights-only loading refused it: it was never executed
+        raise WeightsFileError(
+            f"{where['local'] or mid}: not a weights file: it is a pickle holding code or objects other than tensors "
+            "and plain containers, and clipadapt never executes those (weights-only loading refused it); give a "
+            f"state-dict checkpoint (tensors only) or a .safetensors file for model '{mid}'") from e
     except (RuntimeError, OSError, ValueError, KeyError) as e:
         if where["download"]:
             raise WeightsUnavailableError(f"could not download weights for model '{mid}': {e}") from e
@@ -135,6 +147,14 @@ def _quiet_open_clip() -> Iterator[None]:
         yield
     finally:
         logger.setLevel(level)
+
+
+def model_logit_params(model: torch.nn.Module) -> dict[str, float | None]:
+    """The learned logit scale and bias of an open_clip (or wrapped transformers) model; see Encoder.logit_params."""
+    log_scale = getattr(model, "logit_scale", None)
+    bias = getattr(model, "logit_bias", None)
+    scale = float(f"{math.exp(log_scale.item()):.6g}") if isinstance(log_scale, Tensor) else CLIP_LOGIT_SCALE
+    return {"logit_scale": scale, "logit_bias": float(f"{bias.item():.6g}") if isinstance(bias, Tensor) else None}
 
 
 class Encoder:
@@ -172,6 +192,11 @@ class Encoder:
     @property
     def preprocess_cfg(self) -> dict[str, Any]:
         return dict(self._fingerprint["preprocessing"])
+
+    def logit_params(self) -> dict[str, float | None]:
+        """{'logit_scale': s, 'logit_bias': b or None}: the model's learned logit scale (exp of its stored log-scale,
+        to 6 significant digits, so CLIP's float32 ln 100 gives exactly 100) and bias (SigLIP's; None without)."""
+        return model_logit_params(self.model)
 
     def fingerprint(self) -> dict[str, Any]:
         """What determines the embeddings (a copy; see `encoder_fingerprint`)."""

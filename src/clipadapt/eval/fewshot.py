@@ -30,7 +30,7 @@ from clipadapt.errors import ConfigError, FeatureDirError
 from clipadapt.eval.metrics import mean_std, topk_accuracy
 from clipadapt.eval.protocol import check_disjoint
 from clipadapt.eval.search import TIP_GRID, TIPX_GRID, grid_preset, resolve_grid, search_tip_adapter, search_tip_x
-from clipadapt.features.featureset import FeatureSet, FeatureSplit
+from clipadapt.features.featureset import FeatureSet, FeatureSplit, LogitParams, logit_params
 from clipadapt.methods.tip_adapter import TipAdapter, TipAdapterF
 from clipadapt.methods.tip_x import TipX
 from clipadapt.methods.zeroshot import ZeroShotClassifier
@@ -144,12 +144,17 @@ def check_same_model(meta_a: dict, meta_b: dict, dim_a: int, dim_b: int, what_a:
 
 
 class DirectorySource:
-    """A loaded feature directory (its train split used as is), plus optional adapted features (same rows)."""
+    """A loaded feature directory (its train split used as is), plus optional adapted features (same rows).
 
-    def __init__(self, features: FeatureSet, adapted: FeatureSet | None = None):
+    `splits`: the labelled splits it must have (default train, test and val when present; `clipadapt fit` needs
+    no test split)."""
+
+    def __init__(self, features: FeatureSet, adapted: FeatureSet | None = None, *,
+                 splits: tuple[str, ...] | None = None):
         self.features, self.adapted = features, adapted
         self.classnames, self.text, self.meta = features.classnames, features.text, features.meta
-        splits = ("train", "val", "test") if features.has_split("val") else ("train", "test")  # val may come from train
+        if splits is None:  # val may come from train
+            splits = ("train", "val", "test") if features.has_split("val") else ("train", "test")
         for name in splits:
             features.split(name).labels(name)
         if adapted is not None:
@@ -197,16 +202,22 @@ class PipelineSource:
     model and dataset bound. Only the sampled train images are encoded with `views` augmented views.
     `train_dataset` (a clipadapt.data.ImageDataset of the train split) gives the labels to sample from without
     encoding anything; without it one un-augmented pass over train is fetched for its labels.
-    `use_val=False` (validation drawn from train) never fetches the dataset's 'val' split.
+    `use_val=False` (validation drawn from train) never fetches the dataset's 'val' split. `base`: features
+    already fetched that give the class names, text and meta, and whose 'val'/'test' splits are the evaluated
+    ones (`clipadapt fit` passes its validation features, so 'test' is never encoded).
     """
 
     def __init__(self, fetch: Fetch, *, views: int = 10, adapter: str | Path | None = None, train_dataset: Any = None,
-                 use_val: bool = True):
+                 use_val: bool = True, base: FeatureSet | None = None):
         if views < 1:
             raise ConfigError(f"--views must be >= 1, got {views}")
         self.fetch, self.views, self.adapter, self.train_dataset = fetch, views, adapter, train_dataset
-        self.eval_splits = ["val", "test"] if use_val else ["test"]
-        self.base = fetch(list(self.eval_splits))
+        if base is None:
+            self.eval_splits = ["val", "test"] if use_val else ["test"]
+            self.base = fetch(list(self.eval_splits))
+        else:
+            self.eval_splits = [s for s in ("val", "test") if base.has_split(s) and (use_val or s != "val")]
+            self.base = base
         self.classnames, self.text, self.meta = self.base.classnames, self.base.text, self.base.meta
         self._adapted_eval: FeatureSet | None = None
         self._labels: Tensor | None = None
@@ -239,7 +250,7 @@ class PipelineSource:
         fs = self.fetch(["train"], views={"train": self.views}, seed=seed, indices={"train": indices},
                         adapter=self._adapter(adapted))
         rows = fs.split("train")
-        check_same_model(self.base.meta, fs.meta, self.base.split("test").dim, rows.dim, "val/test features",
+        check_same_model(self.base.meta, fs.meta, self.base.dim, rows.dim, "val/test features",
                          "train (cache) features")
         if rows.n != len(indices):
             raise FeatureDirError(f"the pipeline returned {rows.n} train rows for {len(indices)} sampled indices")
@@ -273,34 +284,46 @@ class Prediction:
     val_top1: float | None
 
 
-def fit_and_predict(
+@dataclass
+class FittedMethod:
+    """A method fitted on the cache rows with its validation-chosen hyper-parameters (`model` is the estimator,
+    ready for `predict_logits`); what `clipadapt fit` stores in a head file."""
+
+    model: Any
+    hyperparameters: dict[str, Any]
+    val_top1: float | None
+
+
+def fit_method(
     method: str,
     config: FewShotConfig,
     text: Tensor,
     train: FeatureSplit | None,
     val: FeatureSplit,
-    test_features: Tensor,
     *,
     seed: int,
-    adapted: tuple[FeatureSplit, FeatureSplit, Tensor] | None = None,
-) -> Prediction:
-    """Fit `method` (a METHOD_TABLE name) on the cache rows, choose its hyper-parameters on val, predict test.
-    Sees no test labels. `adapted`: (train, val, test features) through the IMO adapter, for TA++/TX++."""
+    adapted: tuple[FeatureSplit, FeatureSplit] | None = None,
+    logit: LogitParams | None = None,
+) -> FittedMethod:
+    """Fit `method` (a METHOD_TABLE name) on the cache rows and choose its hyper-parameters on val.
+    Sees no test split at all. `adapted`: (train, val) through the IMO adapter, for TA++/TX++.
+    `logit`: the model's logit scale and bias for the zero-shot term (default: 100, no bias)."""
     estimator, family, _ = METHOD_TABLE[method]
+    logit_kwargs = (logit or LogitParams()).kwargs()
     if family is None:  # zero-shot: no cache, nothing to search
-        model = estimator().fit(text)
+        model = estimator(**logit_kwargs).fit(text)
         val_acc = topk_accuracy(model.predict_logits(val.image), val.labels("val"), (1,))["top1"]
-        return Prediction(model.predict_logits(test_features), model.get_params(), val_acc)
+        return FittedMethod(model, model.get_params(), val_acc)
     assert train is not None
     keys, key_labels = train.image, train.labels("train")
     grid = config.grid(method)
-    a_train, a_val, a_test = adapted if adapted is not None else (None, None, None)
+    a_train, a_val = adapted if adapted is not None else (None, None)
     if estimator is TipAdapterF:  # fine-tunes its keys, the epoch chosen on val
-        model = TipAdapterF(epochs=config.tipf_epochs, seed=seed).fit(
+        model = TipAdapterF(epochs=config.tipf_epochs, seed=seed, **logit_kwargs).fit(
             keys, key_labels, text, val_features=val.image, val_labels=val.labels("val")
         )
     else:
-        model = estimator().fit(keys, key_labels, text, adapted_keys=a_train.image if a_train else None)
+        model = estimator(**logit_kwargs).fit(keys, key_labels, text, adapted_keys=a_train.image if a_train else None)
     a_val_image = a_val.image if a_val is not None else None
     options = config.search_options(method)
     if family == "tipx":
@@ -311,11 +334,34 @@ def fit_and_predict(
         result = search_tip_adapter(model, val.image, val.labels("val"), alphas=grid["alpha"], betas=grid["beta"],
                                     adapted_val_features=a_val_image, chunk_size=config.chunk_size, **options)
     best = model.with_params(**result.best)
-    logits = best.predict_logits(test_features, a_test)
     found = result.to_dict()
     searched = {key: found[key] for key in ("grid_size", "n_tied", "tie_break", "order")}
     extra = {"best_epoch": model.best_epoch_} if estimator is TipAdapterF else {}
-    return Prediction(logits, {**best.get_params(), **extra, **searched}, result.best_accuracy)
+    return FittedMethod(best, {**best.get_params(), **extra, **searched}, result.best_accuracy)
+
+
+def fit_and_predict(
+    method: str,
+    config: FewShotConfig,
+    text: Tensor,
+    train: FeatureSplit | None,
+    val: FeatureSplit,
+    test_features: Tensor,
+    *,
+    seed: int,
+    adapted: tuple[FeatureSplit, FeatureSplit, Tensor] | None = None,
+    logit: LogitParams | None = None,
+) -> Prediction:
+    """Fit `method` (a METHOD_TABLE name) on the cache rows, choose its hyper-parameters on val, predict test.
+    Sees no test labels. `adapted`: (train, val, test features) through the IMO adapter, for TA++/TX++.
+    `logit`: the model's logit scale and bias for the zero-shot term (default: 100, no bias)."""
+    fitted = fit_method(method, config, text, train, val, seed=seed,
+                        adapted=(adapted[0], adapted[1]) if adapted is not None else None, logit=logit)
+    if METHOD_TABLE[method][1] is None:
+        logits = fitted.model.predict_logits(test_features)
+    else:
+        logits = fitted.model.predict_logits(test_features, adapted[2] if adapted is not None else None)
+    return Prediction(logits, fitted.hyperparameters, fitted.val_top1)
 
 
 # ------------------------------------------------------------------------------------------------ protocol
@@ -409,7 +455,7 @@ def run_fewshot(
     indices = {**{f"shots{k}_seed{s}": idx for (k, s), idx in shot_lists.items()},
                **{f"val_seed{s}": idx for s, idx in jobs.val_lists.items()}}
     return {"runs": runs, "summary": summarize(runs, config.methods), "indices": indices,
-            "validation": _describe_validation(config, jobs.val_lists)}
+            "validation": _describe_validation(config, jobs.val_lists), "logit": jobs.logit.describe()}
 
 
 def _sample_shot_lists(source: FewShotSource, config: FewShotConfig, train_labels: Tensor,
@@ -465,6 +511,7 @@ class _Jobs:
     adapted_test: FeatureSplit | None
     val_lists: dict[int, list[int]] = field(default_factory=dict)
     zero_shot: dict[int | None, Prediction] = field(default_factory=dict)
+    logit: LogitParams = field(default_factory=LogitParams)
 
     @classmethod
     def prepare(cls, source: FewShotSource, config: FewShotConfig, device: torch.device | str | None) -> _Jobs:
@@ -477,7 +524,8 @@ class _Jobs:
         if not validation.indices_needed():
             validation.get(config.seeds[0], None)  # guard before sampling or encoding anything
         adapted_test = _to(source.eval_split("test", adapted=True), device) if config.needs_adapted else None
-        return cls(source, config, device, text, test, test_labels, validation, adapted_test)
+        return cls(source, config, device, text, test, test_labels, validation, adapted_test,
+                   logit=logit_params(source.meta))
 
     def run(self, shots: int, seed: int, idx: list[int]) -> list[dict[str, Any]]:
         """One run record per method on the cache rows `idx` of (shots, seed)."""
@@ -506,13 +554,15 @@ class _Jobs:
         if method == "zeroshot":
             key = seed if self.val_lists else None
             if key not in self.zero_shot:
-                self.zero_shot[key] = fit_and_predict(method, self.config, self.text, None, val, self.test.image, seed=seed)
+                self.zero_shot[key] = fit_and_predict(method, self.config, self.text, None, val, self.test.image, seed=seed,
+                                                      logit=self.logit)
             return self.zero_shot[key]
         adapted = None
         if METHOD_TABLE[method][2]:
             assert self.adapted_test is not None and adapted_train is not None and adapted_val is not None
             adapted = (adapted_train, adapted_val, self.adapted_test.image)
-        return fit_and_predict(method, self.config, self.text, train, val, self.test.image, seed=seed, adapted=adapted)
+        return fit_and_predict(method, self.config, self.text, train, val, self.test.image, seed=seed, adapted=adapted,
+                               logit=self.logit)
 
 
 def summarize(runs: list[dict[str, Any]], methods: list[str]) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Pascal-50S pairwise accuracy (HC / HI / HM / MM) of caption scores, with and without DN (METHODS.md §2).
+"""Pascal-50S pairwise accuracy (HC / HI / HM / MM) of caption scores, with and without DN (docs/methods.md §2).
 
 For each pair (image, candidate A, candidate B) a metric prefers A when score(A) > score(B); the pair counts as
 correct when that matches the human majority, and a score tie counts one half. Pairs whose human vote is tied are

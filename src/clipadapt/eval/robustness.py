@@ -1,4 +1,4 @@
-"""Distribution-shift robustness of the few-shot cache methods (METHODS.md §7): a cache built on ImageNet, scored on
+"""Distribution-shift robustness of the few-shot cache methods (docs/methods.md §7): a cache built on ImageNet, scored on
 ImageNet-V2 / -Sketch / -A / -R.
 
 Per (shots, seed, method) the cache is sampled from ImageNet's train split and the hyper-parameters are searched on
@@ -65,6 +65,7 @@ def run_robustness(source: Any, config: Any, variants: list[Variant], *, progres
     from tqdm import tqdm
 
     from clipadapt.eval.fewshot import METHOD_TABLE, fit_and_predict, sample_shots, summarize, validation_indices
+    from clipadapt.features.featureset import logit_params
 
     if config.val_from_train is None:
         raise ConfigError("robustness validates on ImageNet train rows: give val_from_train (--val-from-train N); "
@@ -76,6 +77,7 @@ def run_robustness(source: Any, config: Any, variants: list[Variant], *, progres
     imagenet = Variant("imagenet", source.eval_split("test"), None,
                        source.eval_split("test", adapted=True) if config.needs_adapted else None)
     labels = source.train_labels()
+    logit = logit_params(source.meta)
     runs = []
     pairs = [(k, s) for k in config.shots for s in config.seeds]
     for shots, seed in tqdm(pairs, desc="robustness (shots, seed)", disable=not progress):
@@ -92,7 +94,7 @@ def run_robustness(source: Any, config: Any, variants: list[Variant], *, progres
                 adapted = (a_train, a_val, v.adapted_test.image) if METHOD_TABLE[method][2] else None
                 pred = fit_and_predict(method, config, source.text,
                                        None if method == "zeroshot" else train, val, v.test.image, seed=seed,
-                                       adapted=adapted)
+                                       adapted=adapted, logit=logit)
                 runs.append({"method": method, "shots": shots, "seed": seed, "dataset": v.name,
                              "test_top1": v.top1(pred.test_logits), "val_top1": pred.val_top1,
                              "hyperparameters": pred.hyperparameters,
@@ -100,4 +102,4 @@ def run_robustness(source: Any, config: Any, variants: list[Variant], *, progres
     summary = []
     for name in ["imagenet", *[v.name for v in variants]]:
         summary += [{"dataset": name, **row} for row in summarize([r for r in runs if r["dataset"] == name], config.methods)]
-    return {"runs": runs, "summary": summary}
+    return {"runs": runs, "summary": summary, "logit": logit.describe()}

@@ -28,6 +28,8 @@ outermost. `tie_break="centre"` instead keeps the centre of the largest connecte
 
 from __future__ import annotations
 
+import math
+
 import bisect
 from collections import deque
 from collections.abc import Sequence
@@ -198,12 +200,24 @@ def parse_grid(spec: str) -> list[float]:
     try:
         if ":" in spec:
             low, high, n = spec.split(":")
-            return linear_grid(float(low), float(high), int(n))
-        values = [float(v) for v in spec.split(",") if v.strip()]
+            low, high, n = float(low), float(high), int(n)
+        else:
+            values = [float(v) for v in spec.split(",") if v.strip()]
     except ValueError as e:
         raise ConfigError(f"grid '{spec}': expected LOW:HIGH:N or a comma-separated list of numbers") from e
+    if ":" in spec:
+        _finite_grid(spec, [low, high])
+        return linear_grid(low, high, n)
     if not values:
         raise ConfigError(f"grid '{spec}' is empty")
+    return _finite_grid(spec, values)
+
+
+def _finite_grid(spec: str, values: list[float]) -> list[float]:
+    """A grid of finite values, or a ConfigError naming the spec (nan/inf would search nothing and pick anything)."""
+    bad = [v for v in values if not math.isfinite(v)]
+    if bad:
+        raise ConfigError(f"grid '{spec}': every value must be a finite number, got {bad[0]}")
     return values
 
 

@@ -201,7 +201,7 @@ def zero_shot_scores(feature_sets: dict[str, FeatureSet], split: str) -> ScoreSe
     logits, embeddings = [], []
     for fs in feature_sets.values():
         s = fs.split(split)
-        logits.append(ZeroShotClassifier().fit(fs.text).predict_logits(s.image))
+        logits.append(ZeroShotClassifier(**fs.logit_params().kwargs()).fit(fs.text).predict_logits(s.image))
         embeddings.append(s.pooled())
     labels = next(iter(feature_sets.values())).split(split).labels(split)
     return ScoreSet(logits=logits, labels=labels, embeddings=embeddings)

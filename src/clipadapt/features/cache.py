@@ -11,7 +11,7 @@
         text.safetensors, meta.json   the class text embeddings last used with it + feature-dir metadata
         manifest.json                 written last: the key again + sha256 of every data file
     $ROOT/text/<slug>-<digest16>/      one (encoder, classnames, templates)
-        key.json, text.safetensors (C, T, D), manifest.json
+        key.json, text.safetensors (C, T, D), manifest.json (+ the model's "logit": {logit_scale, logit_bias})
 
     $ROOT/locks/{images,text}/<entry name>.lock   one inter-process lock per entry (`FeatureCache.lock`)
 
@@ -366,7 +366,7 @@ class FeatureCache:
     # ------------------------------------------------------------------------------- text
     def load_text(self, key: dict[str, Any]) -> Tensor | None:
         """The cached (C, T, D) text embeddings, or None (missing, or logged as invalid). A valid entry of cache
-        version 1 is copied into the current one (once)."""
+        version 1 is copied into the current one (once), with the logit scale and bias its manifest records."""
 
         def read(entry: CacheEntry) -> Tensor:
             text = load_tensors(entry.path / TEXT_FILE)["text"]
@@ -379,15 +379,17 @@ class FeatureCache:
         if text is None and (text := self._verified(old, read)) is not None:
             log.warning("cache entry %s was written by an older clipadapt (cache version 1): copied into the "
                         "current format", old.path)
-            self.save_text(key, text)
+            logit = old.manifest().get("logit")
+            self.save_text(key, text, extra=None if logit is None else {"logit": logit})
             shutil.rmtree(old.path, ignore_errors=True)
         return text
 
-    def save_text(self, key: dict[str, Any], text: Tensor) -> CacheEntry:
+    def save_text(self, key: dict[str, Any], text: Tensor, extra: dict[str, Any] | None = None) -> CacheEntry:
+        """Store the text embeddings; `extra` (e.g. the model's `logit` scale and bias) goes into the manifest."""
         entry = self.text_entry(key)
         entry.begin()
         atomic_save_tensors(entry.path / TEXT_FILE, {"text": text.float()})
-        entry.commit([TEXT_FILE])
+        entry.commit([TEXT_FILE], extra=extra)
         return entry
 
     # ------------------------------------------------------------------------------- image splits

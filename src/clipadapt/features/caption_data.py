@@ -22,6 +22,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from clipadapt.constants import DEFAULT_BATCH_SIZE
+from clipadapt.data import path_under
 from clipadapt.data.dataset import open_rgb
 from clipadapt.errors import DatasetError
 from clipadapt.features.extract import extract_split, read_skipped
@@ -51,7 +52,7 @@ def read_karpathy_json(path: str | Path, splits: Sequence[str]) -> list[dict[str
         if not captions:
             raise DatasetError(f"{path}: images[{i}] ({entry['filename']}) has no sentences")
         rel = Path(entry.get("filepath", "")) / entry["filename"]
-        out.append({"path": str(rel), "captions": captions})
+        out.append({"path": str(rel), "captions": captions, "source": f"{path}: images[{i}]"})
     if not out:
         found = sorted({str(e.get("split")) for e in data["images"]})
         raise DatasetError(f"{path}: no images in split(s) {list(splits)}; splits present: {found}")
@@ -116,8 +117,8 @@ def retrieval_set_from_entries(encoder, entries: Sequence[dict], image_root: str
     With on_error='skip' an unreadable image is dropped together with its captions; the dropped files are in
     `meta['skipped']` ({row, path, error}, row = index in `entries`)."""
     root = Path(image_root)
-    encoded = encode_image_files(encoder, [root / e["path"] for e in entries], batch_size, on_error=on_error,
-                                 num_workers=num_workers)
+    files = [path_under(root, e["path"], e.get("source", f"caption entry {i}")) for i, e in enumerate(entries)]
+    encoded = encode_image_files(encoder, files, batch_size, on_error=on_error, num_workers=num_workers)
     kept = [entries[r] for r in encoded.rows]
     captions = [c for e in kept for c in e["captions"]]
     t2i = torch.tensor([i for i, e in enumerate(kept) for _ in e["captions"]], dtype=torch.long)

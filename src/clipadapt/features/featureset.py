@@ -6,13 +6,51 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import math
+
 import torch
 from torch import Tensor
 
 from clipadapt.errors import FeatureDirError
-from clipadapt.ops import pool_views, prompt_ensemble
+from clipadapt.ops import CLIP_LOGIT_SCALE, pool_views, prompt_ensemble
 
 SPLIT_NAMES = ("train", "val", "test", "unlabeled")
+LOGIT_DEFAULT_SOURCE = "default: meta.json records no logit_scale (CLIP's 100, no bias)"
+
+
+@dataclass(frozen=True)
+class LogitParams:
+    """The scale s and bias b of a model's logits `s · cos + b` (docs/feature-format.md): the model's learned
+    values when the feature directory's meta.json records them, else CLIP's 100 and no bias."""
+
+    scale: float = CLIP_LOGIT_SCALE
+    bias: float = 0.0
+    source: str = LOGIT_DEFAULT_SOURCE
+
+    def kwargs(self) -> dict[str, float]:
+        """`logit_scale` / `logit_bias` keyword arguments for the methods' estimators."""
+        return {"logit_scale": self.scale, "logit_bias": self.bias}
+
+    def describe(self) -> dict[str, Any]:
+        """What results files record: the values used and where they came from."""
+        return {"logit_scale": self.scale, "logit_bias": self.bias, "logit_source": self.source}
+
+
+def logit_params(meta: dict[str, Any] | None, where: str = "meta.json") -> LogitParams:
+    """LogitParams from a meta dict's `logit_scale` (a positive number) and `logit_bias` (a number or null);
+    without `logit_scale` the default (100, no bias). Malformed values are a FeatureDirError naming the field."""
+    meta = meta or {}
+    scale, bias = meta.get("logit_scale"), meta.get("logit_bias")
+    if scale is None:
+        if bias not in (None, 0, 0.0):
+            raise FeatureDirError(f"{where}: 'logit_bias' is {bias!r} but 'logit_scale' is missing; record both")
+        return LogitParams()
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise FeatureDirError(f"{where}: field 'logit_scale' must be a positive finite number, got {scale!r}")
+    if bias is not None and (isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias)):
+        raise FeatureDirError(f"{where}: field 'logit_bias' must be a finite number or null, got {bias!r}")
+    model = f" of {meta['model']}" if meta.get("model") else ""
+    return LogitParams(float(scale), float(bias or 0.0), f"{where}: the learned values{model}")
 
 
 @dataclass
@@ -86,6 +124,11 @@ class FeatureSet:
     def has_split(self, name: str) -> bool:
         return name in self.splits
 
+    def logit_params(self) -> LogitParams:
+        """The model's logit scale and bias recorded in `meta` (or the default 100, no bias)."""
+        where = f"{self.source}/meta.json" if self.source else "meta"
+        return logit_params(self.meta, where)
+
     def split(self, name: str) -> FeatureSplit:
         """The split `name`, or an error that lists the splits present."""
         if name not in self.splits:
@@ -104,4 +147,5 @@ class FeatureSet:
             "num_classes": self.num_classes,
             "dim": self.dim,
             "splits": {name: {"n": s.n, "views": s.views} for name, s in self.splits.items()},
+            **self.logit_params().describe(),
         }

@@ -147,6 +147,7 @@ class _Request:
     encoder_given: bool
     text: Tensor | None = None
     text_entry: CacheEntry | None = None
+    logit: dict[str, Any] | None = None  # the model's {'logit_scale', 'logit_bias'}, recorded with the text entry
 
 
 @dataclass
@@ -204,10 +205,13 @@ def _class_text(request: _Request) -> tuple[Tensor, CacheEntry]:
     entry = request.cache.text_entry(key)
     with request.cache.lock(entry), cache_writes(entry.path):
         text = request.cache.load_text(key)
-        if text is None:
-            text = extract_text(request.lazy.get(), request.classnames, request.templates,
-                                progress=request.options.progress)
-            request.cache.save_text(key, text)
+        request.logit = entry.manifest().get("logit") if text is not None else None
+        if request.logit is None:  # an entry from before logit scales were recorded is re-encoded once
+            encoder = request.lazy.get()
+            text = extract_text(encoder, request.classnames, request.templates, progress=request.options.progress)
+            params = getattr(encoder, "logit_params", None)  # an Encoder-like object without it: the default
+            request.logit = params() if params is not None else {}
+            request.cache.save_text(key, text, extra={"logit": request.logit})
     return text, entry
 
 
@@ -277,6 +281,7 @@ def _entry_meta(request: _Request, split: str, opts: ExtractOptions, entry: Cach
         "seed": opts.seed if opts.views > 1 else None,
         "cache_key": entry.digest,
         "text_cache_key": request.text_entry.digest,
+        **(request.logit or {}),
     }
 
 
@@ -293,4 +298,5 @@ def _feature_set_meta(request: _Request, fetched: _Fetched) -> dict[str, Any]:
         "text_cache": str(request.text_entry.path),
         "skipped": fetched.skipped,
         "encoder_loaded": request.lazy.encoder is not None and not request.encoder_given,  # True: something was encoded
+        **(request.logit or {}),
     }

@@ -15,7 +15,8 @@ differs by task, and is explicit here (`task=`):
   * ``"classes"``: μ_txt is the mean over classes of the prompt-ensembled rows W_k (each template normalised,
     averaged, re-normalised), and ``c_k = norm(W_k − λμ_txt)``.
 
-  Then ``logits = s · norm(f − λμ_img) · c_kᵀ``. The two agree when the text embeddings are already unit
+  Then ``logits = s · norm(f − λμ_img) · c_kᵀ + b`` (s, b: the model's logit scale and bias; CLIP 100, 0).
+  The two agree when the text embeddings are already unit
   vectors and there is one template per class.
 - ``"retrieval"`` and ``"caption"``: normalise first, means of the **normalised** embeddings, subtract,
   dot product, **no** re-normalisation: ``S = (norm(f) − λμ_img)·(norm(t) − λμ_txt)``. Only the query-side
@@ -26,6 +27,7 @@ differs by task, and is explicit here (`task=`):
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Literal
 
@@ -40,7 +42,16 @@ from clipadapt.constants import (  # re-exported; defined there so the CLI parse
 )
 from clipadapt.errors import ConfigError
 from clipadapt.methods._params import Params
-from clipadapt.ops import CLIP_LOGIT_SCALE, check_is_fitted, check_same_dim, l2_normalize, pool_views, prompt_ensemble
+from clipadapt.ops import (
+    CLIP_LOGIT_SCALE,
+    add_bias,
+    check_is_fitted,
+    check_same_dim,
+    l2_normalize,
+    pool_views,
+    prompt_ensemble,
+    safe_mean,
+)
 
 Task = Literal["classification", "retrieval", "caption"]
 TextMean = Literal["prompts", "classes"]
@@ -85,11 +96,18 @@ class DistributionNormalizer(Params):
         task: Task = "classification",
         logit_scale: float = CLIP_LOGIT_SCALE,
         text_mean: TextMean = DEFAULT_TEXT_MEAN,
+        logit_bias: float = 0.0,
     ):
         self.lam, self.n_samples, self.seed, self.task, self.logit_scale = lam, n_samples, seed, task, logit_scale
-        self.text_mean = text_mean
+        self.text_mean, self.logit_bias = text_mean, logit_bias
 
     def _check_params(self) -> None:
+        try:
+            lam = float(self.lam)
+        except (TypeError, ValueError):
+            lam = math.nan
+        if not math.isfinite(lam):
+            raise ConfigError(f"DistributionNormalizer: lam must be a finite number, got {self.lam!r}")
         if self.task not in TASKS:
             raise ConfigError(f"DistributionNormalizer: task must be one of {TASKS}, got '{self.task}'")
         if self.n_samples is not None and self.n_samples < 1:
@@ -112,10 +130,10 @@ class DistributionNormalizer(Params):
         image = draw_samples(image, self.n_samples, g, "images")
         self.n_image_samples_ = int(image.shape[0])
         if self.task == "classification":
-            self.image_mean_ = image.mean(dim=0)
+            self.image_mean_ = safe_mean(image, dim=0)  # raw embeddings: a plain float32 sum could overflow
             rows = self._text_mean_rows(text_embeddings)
             self.n_text_samples_ = int(rows.shape[0])
-            self.text_mean_ = rows.mean(dim=0)
+            self.text_mean_ = safe_mean(rows, dim=0)
             self.classifier_ = self._class_rows(text_embeddings)
         else:
             if text_embeddings.ndim != 2:
@@ -156,7 +174,10 @@ class DistributionNormalizer(Params):
         """scale · norm(f − λμ_img): the subtraction makes a fresh buffer, normalised and scaled in place, so DN
         costs no more passes over the (N, D) features than plain zero-shot's normalise-then-scale."""
         out = f - self.lam * self.image_mean_
-        return out.mul_(scale / out.norm(dim=-1, keepdim=True).clamp_min_(1e-12))
+        norm = out.norm(dim=-1, keepdim=True)
+        if not bool(torch.isfinite(norm).all()):  # huge raw embeddings: the overflow-safe normalisation
+            return l2_normalize(out).mul_(scale)
+        return out.mul_(scale / norm.clamp_min_(1e-12))
 
     def transform_text(self, text: Tensor) -> Tensor:
         """Raw text -> DN text side: classification (C, D)|(C, T, D) class text; retrieval/caption (M, D)."""
@@ -183,7 +204,7 @@ class DistributionNormalizer(Params):
         check_is_fitted(self, "classifier_")
         f = pool_views(features)
         check_same_dim(f, self.image_mean_, "image embeddings", "the fitted DN image mean")
-        return self._centre_and_scale(f, self.logit_scale) @ self.classifier_.T
+        return add_bias(self._centre_and_scale(f, self.logit_scale) @ self.classifier_.T, self.logit_bias)
 
     def describe(self) -> dict:
         """Hyper-parameters and sample counts for a results file."""

@@ -3,7 +3,9 @@
 Cache keys F (NK, D) are the mean of the raw augmented views of each shot, L2-normalised; values L are one-hot.
 For a normalised test feature f:
 
-    logits = s · f Wᵀ + α · exp(−β (1 − f Fᵀ)) L
+    logits = s · f Wᵀ + b + α · exp(−β (1 − f Fᵀ)) L
+
+s, b: the model's logit scale and bias (CLIP: 100, 0); α is relative to s (docs/methods.md §3).
 
 TA++ (§5): given adapted keys F̃ and adapted test features f̃, only the cache affinity changes:
 `exp(−β (1 − f̃ F̃ᵀ))`; the zero-shot term keeps the original f.
@@ -20,6 +22,7 @@ from clipadapt.errors import ConfigError
 from clipadapt.methods._params import Params
 from clipadapt.ops import (
     CLIP_LOGIT_SCALE,
+    add_bias,
     check_is_fitted,
     check_same_dim,
     l2_normalize,
@@ -54,8 +57,9 @@ def check_adapted_pair(original: Tensor, adapted: Tensor | None, what: str) -> N
 class TipAdapter(Params):
     """Training-free few-shot cache classifier (docs/methods.md §3); TA++ when fitted with `adapted_keys`."""
 
-    def __init__(self, *, alpha: float = TIP_ALPHA, beta: float = TIP_BETA, logit_scale: float = CLIP_LOGIT_SCALE):
-        self.alpha, self.beta, self.logit_scale = alpha, beta, logit_scale
+    def __init__(self, *, alpha: float = TIP_ALPHA, beta: float = TIP_BETA, logit_scale: float = CLIP_LOGIT_SCALE,
+                 logit_bias: float = 0.0):
+        self.alpha, self.beta, self.logit_scale, self.logit_bias = alpha, beta, logit_scale, logit_bias
 
     def fit(self, keys: Tensor, key_labels: Tensor, text: Tensor, *, adapted_keys: Tensor | None = None) -> TipAdapter:
         """Build the cache.
@@ -76,11 +80,11 @@ class TipAdapter(Params):
 
     # -- pieces shared with the vectorised search (clipadapt.eval.search) ------------------------------------
     def zero_shot_logits(self, features: Tensor) -> Tensor:
-        """s · f Wᵀ on the original features."""
+        """s · f Wᵀ + b on the original features."""
         check_is_fitted(self, "classifier_")
         f = prepare_features(features)
         check_same_dim(f, self.classifier_, "image features", "class text embeddings")
-        return self.logit_scale * f @ self.classifier_.T
+        return add_bias(self.logit_scale * f @ self.classifier_.T, self.logit_bias)
 
     def cache_cosine(self, features: Tensor, adapted_features: Tensor | None = None) -> Tensor:
         """f Fᵀ (N, NK), or f̃ F̃ᵀ for a TA++ cache: the cosine matrix the affinity is built from."""
@@ -126,6 +130,7 @@ class TipAdapterF(TipAdapter):
         alpha: float = TIP_ALPHA,
         beta: float = TIP_BETA,
         logit_scale: float = CLIP_LOGIT_SCALE,
+        logit_bias: float = 0.0,
         epochs: int = 20,
         lr: float = 1e-3,
         eps: float = 1e-4,
@@ -133,7 +138,7 @@ class TipAdapterF(TipAdapter):
         batch_size: int = 256,
         seed: int = 0,
     ):
-        super().__init__(alpha=alpha, beta=beta, logit_scale=logit_scale)
+        super().__init__(alpha=alpha, beta=beta, logit_scale=logit_scale, logit_bias=logit_bias)
         self.epochs, self.lr, self.eps, self.weight_decay = epochs, lr, eps, weight_decay
         self.batch_size, self.seed = batch_size, seed
 
@@ -180,7 +185,7 @@ class TipAdapterF(TipAdapter):
         n, v = views.shape[0], views.shape[1]
         pick = torch.randint(v, (n,), generator=generator).to(views.device)
         feats = l2_normalize(views[torch.arange(n, device=views.device), pick])
-        zs = self.logit_scale * feats @ self.classifier_.T
+        zs = add_bias(self.logit_scale * feats @ self.classifier_.T, self.logit_bias)
         order = torch.randperm(n, generator=generator).to(views.device)
         with torch.enable_grad():
             self._train_steps(weight, feats, zs, labels, order, optimizer, schedule)

@@ -4,7 +4,7 @@ Signatures P(f) = softmax(f Wᵀ / τ) of the test feature and of every cache ke
 ψ rescales M min–max over the whole matrix being scored into [min T, max T] of that matrix's cosine
 affinities T = f Fᵀ; the term enters negated:
 
-    logits = s · f Wᵀ + α · exp(−β (1 − f Fᵀ)) L − γ · ψ(M) L
+    logits = s · f Wᵀ + b + α · exp(−β (1 − f Fᵀ)) L − γ · ψ(M) L    (s, b: the model's logit scale and bias)
 
 TX++: the affinity uses adapted features (f̃ F̃ᵀ) and ψ's range comes from those adapted affinities; the KL
 term keeps the original features. Because ψ's range is taken over the matrix being scored, the logits of a
@@ -52,8 +52,9 @@ class TipX(TipAdapter):
         gamma: float = 0.1,
         tau: float = TIPX_TAU,
         logit_scale: float = CLIP_LOGIT_SCALE,
+        logit_bias: float = 0.0,
     ):
-        super().__init__(alpha=alpha, beta=beta, logit_scale=logit_scale)
+        super().__init__(alpha=alpha, beta=beta, logit_scale=logit_scale, logit_bias=logit_bias)
         self.gamma, self.tau = gamma, tau
 
     def fit(self, keys: Tensor, key_labels: Tensor, text: Tensor, *, adapted_keys: Tensor | None = None) -> TipX:

@@ -6,6 +6,7 @@ import argparse
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from clipadapt.argtypes import COUNT, LAMBDA, SAMPLES, SEED
 from clipadapt.constants import DEFAULT_LAMBDA, DEFAULT_TEXT_MEAN, DN_TEXT_MEANS, THEORY_LAMBDA
 from clipadapt.errors import ConfigError, FeatureDirError
 from clipadapt.eval.registry import EvalOptions, MethodResult, register_eval_method
@@ -14,31 +15,21 @@ if TYPE_CHECKING:  # torch-backed: imported in run_dn, so building the CLI parse
     from clipadapt.features.featureset import FeatureSet
 
 
-def parse_samples(value: str) -> int | None:
-    """'all' -> None (every row), else a positive integer."""
-    if str(value).lower() == "all":
-        return None
-    try:
-        n = int(value)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got '{value}'") from e
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {n}")
-    return n
+parse_samples = SAMPLES  # 'all' -> None (every row), else a positive integer (clipadapt.argtypes)
 
 
 def add_dn_arguments(parser: argparse.ArgumentParser | Any, *, source_default: str = "unlabeled", sources=None,
                      samples_default: int | None = 100) -> None:
     """The --dn-* options shared by `eval --method dn`, `retrieval`, `captions` and `dn-sweep`."""
-    parser.add_argument("--dn-lambda", type=float, default=DEFAULT_LAMBDA,
+    parser.add_argument("--dn-lambda", type=LAMBDA, default=DEFAULT_LAMBDA,
                         help=f"λ in S=(φ−λμ_img)·(ψ−λμ_txt); {DEFAULT_LAMBDA} = DN* (default), {THEORY_LAMBDA} = theory's DN, 0 = plain CLIP")
     shown = "all" if samples_default is None else samples_default
     parser.add_argument("--dn-samples", type=parse_samples, default=samples_default,
                         help=f"unlabeled samples drawn for each mean (default {shown}; 'all' = every row)")
     parser.add_argument("--dn-source", default=source_default, choices=sources,
                         help=f"where the means come from (default {source_default}); 'test' is transductive")
-    parser.add_argument("--dn-repeats", type=int, default=1, help="seeded draws of the samples; report mean ± std")
-    parser.add_argument("--dn-seed", type=int, default=0, help="seed of the first draw (draw r uses seed + r)")
+    parser.add_argument("--dn-repeats", type=COUNT, default=1, help="seeded draws of the samples; report mean ± std")
+    parser.add_argument("--dn-seed", type=SEED, default=0, help="seed of the first draw (draw r uses seed + r)")
 
 
 def add_text_mean_argument(parser: argparse.ArgumentParser | Any) -> None:
@@ -118,7 +109,7 @@ ORDER = {  # what results.json records as the classification formula, per --dn-t
 def _add_eval_arguments(parser) -> None:
     add_dn_arguments(parser, sources=("unlabeled", "train", "val", "test"))
     add_text_mean_argument(parser)
-    parser.add_argument("--views", type=int, default=None, metavar="V",
+    parser.add_argument("--views", type=COUNT, default=None, metavar="V",
                         help="test-time augmentation with --model/--dataset: V seeded augmented views per image, averaged "
                              "before DN; the results also report the first view alone ('tta'), from the same features")
 
@@ -133,7 +124,7 @@ def first_view_results(model_kwargs: dict[str, Any], pool, text, test_image, lab
 
     one_pool = pool[:, 0] if pool.ndim == 3 else pool
     model = DistributionNormalizer(**model_kwargs).fit(one_pool, text)
-    plain = ZeroShotClassifier(logit_scale=model.logit_scale).fit(text)
+    plain = ZeroShotClassifier(logit_scale=model.logit_scale, logit_bias=model.logit_bias).fit(text)
     return {**classification_report(model.predict_logits(test_image[:, 0]), labels),
             "without_dn": classification_report(plain.predict_logits(test_image[:, 0]), labels),
             "note": "view 0 of the same features: the first augmented view, not the un-augmented image"}
@@ -153,10 +144,11 @@ def run_dn(features: FeatureSet, options: DNOptions) -> MethodResult:
     test = features.split(options.split)
     labels = test.label
     draws, first_logits = [], None
+    logit = features.logit_params()
     for r in range(options.dn_repeats):
         seed = options.dn_seed + r
         model = DistributionNormalizer(lam=options.dn_lambda, n_samples=options.dn_samples, seed=seed,
-                                       text_mean=options.dn_text_mean).fit(pool, features.text)
+                                       text_mean=options.dn_text_mean, **logit.kwargs()).fit(pool, features.text)
         logits = model.predict_logits(test.image)
         if first_logits is None:
             first_logits = logits
@@ -170,10 +162,10 @@ def run_dn(features: FeatureSet, options: DNOptions) -> MethodResult:
     }
     extra["dn"]["views"] = test.views  # V > 1: test-time augmentation, raw views averaged before DN
     if labels is not None:  # the same split without DN, so one results file shows DN's effect
-        extra["without_dn"] = classification_report(ZeroShotClassifier(logit_scale=model.logit_scale).fit(features.text).predict_logits(test.image), labels)
+        extra["without_dn"] = classification_report(ZeroShotClassifier(**logit.kwargs()).fit(features.text).predict_logits(test.image), labels)
     if labels is not None and test.views > 1:  # TTA and no-TTA from one extraction
         kwargs = {"lam": options.dn_lambda, "n_samples": options.dn_samples, "seed": options.dn_seed,
-                  "text_mean": options.dn_text_mean}
+                  "text_mean": options.dn_text_mean, **logit.kwargs()}
         extra["tta"] = {"first view": first_view_results(kwargs, pool, features.text, test.image, labels)}
     samples = "all" if options.dn_samples is None else options.dn_samples
     if draws and options.dn_repeats > 1:
@@ -193,5 +185,5 @@ def run_dn(features: FeatureSet, options: DNOptions) -> MethodResult:
                          f"top1 {summary['top1_mean']:.2f} ± {summary['top1_std']:.2f}")
     hyper = {"lambda": options.dn_lambda, "n_samples": samples,
              "seed": options.dn_seed, "text_mean": options.dn_text_mean, "order": ORDER[options.dn_text_mean],
-             "logit_scale": model.logit_scale}
+             **logit.describe()}
     return MethodResult(logits=first_logits, hyperparameters=hyper, extra=extra, notes=notes)

@@ -13,8 +13,8 @@ if TYPE_CHECKING:  # torch-backed: imported in run_zeroshot, so building the CLI
 @register_eval_method("zeroshot", help="CLIP zero-shot with prompt ensembling (docs/methods.md §1)")
 def run_zeroshot(features: FeatureSet, options: EvalOptions) -> MethodResult:
     from clipadapt.methods.zeroshot import ZeroShotClassifier
-    from clipadapt.ops import CLIP_LOGIT_SCALE
 
-    model = ZeroShotClassifier(logit_scale=CLIP_LOGIT_SCALE).fit(features.text)
+    logit = features.logit_params()  # the model's own scale and bias, or 100 / none (said in logit_source)
+    model = ZeroShotClassifier(**logit.kwargs()).fit(features.text)
     logits = model.predict_logits(features.split(options.split).image)
-    return MethodResult(logits=logits, hyperparameters={"logit_scale": CLIP_LOGIT_SCALE})
+    return MethodResult(logits=logits, hyperparameters=logit.describe())
