@@ -52,7 +52,8 @@ def _loop(enc, ds, rows):
 def _write_v1_entries(cache: FeatureCache, ds, form: str, image: torch.Tensor, skipped_row: int) -> None:
     """The image and text entries an older clipadapt (cache version 1) left for `ds`, written file by file as it
     wrote them: key.json, the split assembled in one file or as shards + index, paths, skipped rows, the text
-    link, meta.json, and the manifest (last) with its "storage"."""
+    link, meta.json, and the manifest (last) with its "storage"; the text entry with the model's logit scale and
+    bias in its manifest."""
     fp = encoder_fingerprint(MODEL, device="cpu")
     key = {**image_key(fp, dataset_fingerprint(ds), views=1, seed=0), "version": 1}
     entry = cache.image_entry(key)
@@ -78,7 +79,7 @@ def _write_v1_entries(cache: FeatureCache, ds, form: str, image: torch.Tensor, s
     text_entry.path.mkdir(parents=True)
     atomic_write_json(text_entry.path / "key.json", tkey)
     atomic_save_tensors(text_entry.path / "text.safetensors", {"text": torch.ones(3, 2, image.shape[1])})
-    text_entry.commit(["text.safetensors"])
+    text_entry.commit(["text.safetensors"], extra={"logit": {"logit_scale": 42.0, "logit_bias": -1.0}})
 
 
 @pytest.mark.parametrize("form", ["assembled", "sharded"])
@@ -97,6 +98,7 @@ def test_version_1_entry_is_migrated_once_into_shards_without_the_encoder(tmp_pa
     assert torch.equal(split.image, image) and split.label.tolist() == [ds.labels[r] for r in range(N) if r != 2]
     assert split.paths == [str(ds.paths[r]) for r in range(N) if r != 2]
     assert torch.equal(fs.text, torch.ones(3, 2, 32))
+    assert (fs.meta["logit_scale"], fs.meta["logit_bias"]) == (42.0, -1.0)  # carried over, not re-encoded
     (entry,) = (tmp_path / "c" / "images").iterdir()  # the old entry is gone: one way
     assert len(list((tmp_path / "c" / "text").iterdir())) == 1
     manifest = json.loads((entry / "manifest.json").read_text())

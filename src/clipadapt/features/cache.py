@@ -462,7 +462,7 @@ class FeatureCache:
         plan, at = plan_shards(int(entry.key["dataset"]["n"]), shard_size), 0
         for start, stop in plan:
             kept = [r for r in range(start, stop) if r not in dropped]
-            image, label = rows.read_rows(at, at + len(kept))
+            image, label = rows.read_rows(at, at + len(kept), mapped=True)
             write_shard(entry.shard_dir, start, image, label, stop=stop, rows=torch.tensor(kept, dtype=torch.long),
                         skipped=[dropped[r] for r in range(start, stop) if r in dropped])
             at += len(kept)

@@ -49,14 +49,7 @@ from clipadapt.adapters.overlap import (
 from clipadapt.constants import DEFAULT_SHARD_SIZE  # re-exported; defined there so the CLI parser is torch-free
 from clipadapt.errors import CacheError, ConfigError, FeatureDirError
 from clipadapt.features.featureset import FeatureSplit
-from clipadapt.features.io import (
-    META_FILE,
-    SHARD_INDEX_SUFFIX,
-    TEXT_FILE,
-    atomic_save_tensors,
-    load_tensors,
-    read_paths,
-)
+from clipadapt.features.io import META_FILE, SHARD_INDEX_SUFFIX, TEXT_FILE, atomic_save_tensors, read_paths
 from clipadapt.fileio import atomic_write_json, link_or_copy, read_json
 from clipadapt.ops import l2_normalize, pool_views
 
@@ -333,13 +326,14 @@ class ShardedSplit:
         return f"ShardedSplit({self.name!r}, n={self.n}, dim={self.dim}, views={self.views}, shards={len(self.shards)})"
 
     # ------------------------------------------------------------------ reading
-    def read_rows(self, start: int, stop: int) -> tuple[Tensor, Tensor | None]:
+    def read_rows(self, start: int, stop: int, *, mapped: bool = False) -> tuple[Tensor, Tensor | None]:
         """Rows [start, stop) as (image, label|None), reading only those rows from the memory-mapped shards, copied
-        shard by shard into one preallocated tensor (peak: the rows plus one shard's slice)."""
+        shard by shard into one preallocated tensor. `mapped=True` (streaming chunks): rows within one shard come
+        back as a view of its memory-mapped file, not copied (valid while the file is not rewritten in place)."""
         if not 0 <= start <= stop <= self.n:
             raise ConfigError(f"rows [{start}, {stop}) outside split '{self.name}' of {self.n} rows")
-        inside = [s for s in self.shards if s.start <= start and stop <= s.stop and start < stop]
-        if inside:  # within one shard (a streaming chunk, usually): its slice as it is, no second copy
+        inside = [s for s in self.shards if s.start <= start and stop <= s.stop and start < stop] if mapped else []
+        if inside:
             with safe_open(str(inside[0].path), framework="pt") as f:
                 rows = slice(start - inside[0].start, stop - inside[0].start)
                 label = f.get_slice("label")[rows].long() if self.has_labels else None
@@ -369,7 +363,7 @@ class ShardedSplit:
         if chunk_rows < 1:
             raise ConfigError(f"chunk_rows must be >= 1, got {chunk_rows}")
         for lo in range(start, self.n, chunk_rows):
-            yield self.read_rows(lo, min(lo + chunk_rows, self.n))
+            yield self.read_rows(lo, min(lo + chunk_rows, self.n), mapped=True)
 
     def chunks(self, chunk_rows: int) -> Chunks:
         """A re-iterable view over `iter_chunks(chunk_rows)` (for functions that scan twice)."""
@@ -377,12 +371,8 @@ class ShardedSplit:
 
     def load(self) -> FeatureSplit:
         """The whole split in memory (for small data), with the source paths when `paths_file` is known: the shards
-        copied into one preallocated tensor, or a split of one shard memory-mapped as it is (no copy)."""
-        if len(self.shards) == 1:
-            tensors = load_tensors(self.shards[0].path)
-            image, label = tensors["image"].float(), (tensors["label"].long() if self.has_labels else None)
-        else:
-            image, label = self.read_rows(0, self.n)
+        copied into one preallocated tensor (peak: the split plus one shard's slice)."""
+        image, label = self.read_rows(0, self.n)
         paths = read_paths(self.paths_file) if self.paths_file is not None else None
         if paths is not None and len(paths) != self.n:
             raise FeatureDirError(f"{self.paths_file.name}: lists {len(paths)} paths for {self.n} rows")
