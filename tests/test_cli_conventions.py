@@ -333,12 +333,12 @@ RUNS = {
 
 
 def test_every_results_writing_command_is_covered():
-    """A new command with --out gets a row in RUNS (listings, feature-directory writers and the head commands
-    excepted: `fit` writes one head file, its provenance in the file's metadata (tests/test_heads.py); `predict`
+    """A new command with --out gets a row in RUNS (listings, feature-directory writers, `verify` and the head
+    commands excepted: `fit` writes one head file, its provenance in the file's metadata (tests/test_heads.py); `predict`
     and `export` write predictions and a model file)."""
     writers = {c for c, m in COMMANDS.items()
                if c not in ("models", "datasets", "extract", "import-features", "adapter", "caption-data", "fit",
-                            "predict", "export")}
+                            "predict", "export", "verify")}
     assert writers | {"adapter train"} == set(RUNS)
 
 

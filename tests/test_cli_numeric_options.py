@@ -121,3 +121,15 @@ def test_a_valid_lambda_still_runs_and_is_recorded(tmp_path):
                  "--out", str(tmp_path / "r")]) == 0
     results = json.loads((tmp_path / "r" / "results.json").read_text())
     assert '"lambda": 0.5' in json.dumps(results)
+
+
+def test_library_samplers_refuse_negative_seeds():
+    from clipadapt.data import sample_disjoint, sample_few_shot
+    from clipadapt.errors import DatasetError
+
+    labels = [0, 0, 1, 1, 0, 1]
+    assert sample_few_shot(labels, 1, 0) == sample_few_shot(labels, 1, 0)
+    with pytest.raises(DatasetError, match="seed must be a non-negative integer"):
+        sample_few_shot(labels, 1, -1)
+    with pytest.raises(DatasetError, match="seed must be a non-negative integer"):
+        sample_disjoint(labels, 1, -1)

@@ -364,8 +364,8 @@ def test_torchvision_unknown_name_and_split(tmp_path: Path):
 
 # ------------------------------------------------------------------------------------------------- ImageDataset
 def test_unknown_spec_kind_is_an_error():
-    with pytest.raises(DatasetError, match="unknown kind 'hf'"):
-        build_dataset("hf:foo", "train")
+    with pytest.raises(DatasetError, match="unknown kind 'parquet'"):
+        build_dataset("parquet:foo", "train")
     with pytest.raises(DatasetError, match="expected KIND"):
         build_dataset("/data/pets", "train")
 

@@ -104,3 +104,14 @@ def test_class_missing_from_one_split_is_warned(tmp_path, caplog):
         build_dataset(f"imagefolder:{root}", "test")
     warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warned) == 1 and str(root / "test" / "dog") + " (no folder)" in warned[0]
+
+
+def test_csv_class_without_rows_is_warned_by_name(tmp_path, caplog):
+    _png(tmp_path / "a.png")
+    (tmp_path / "classnames.txt").write_text("cat\ndog\nbird\n")
+    (tmp_path / "test.csv").write_text("path,label\na.png,0\na.png,2\n")
+    with caplog.at_level(logging.WARNING, logger="clipadapt"):
+        ds = build_dataset(f"csv:{tmp_path}", "test")
+    assert ds.classnames == ["cat", "dog", "bird"]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "1 (dog)" in warned[0] and "test.csv" in warned[0]

@@ -55,8 +55,23 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = add_parser(sub, module.COMMAND, help=module.HELP, examples=module.EXAMPLES)
         module.configure(cmd)
         show_defaults_without_help(cmd)
-        cmd.set_defaults(_run=module.run)
+        cmd.set_defaults(_run=_checking_hashes(module.run))
     return parser
+
+
+def _checking_hashes(run):
+    """`run`, inside `features.checksums.verifying()` when the command was given --verify (every directory read
+    is then hash-checked against its checksums.json); imported only then, so the parser stays torch-free."""
+    def wrapped(args: argparse.Namespace) -> int:
+        if not getattr(args, "verify", False):
+            return run(args)
+        from clipadapt.features.checksums import verifying
+
+        with verifying():
+            return run(args)
+
+    wrapped.__wrapped__ = run
+    return wrapped
 
 
 def _configure_logging(verbose: bool) -> None:

@@ -38,6 +38,14 @@ def add_feature_source_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--num-workers", type=NON_NEGATIVE_INT, default=0, help="DataLoader workers when encoding images")
     src.add_argument("--on-error", choices=["fail", "skip"], default="fail", help="unreadable images when encoding: fail, or skip and record")
     add_file_check_argument(src)
+    add_verify_argument(src)
+
+
+def add_verify_argument(parser) -> None:
+    """--verify: hash-check the directories read against their checksums.json (features.checksums)."""
+    parser.add_argument("--verify", action="store_true",
+                        help="also compare every file of the feature/retrieval directories read with the sha256 in "
+                             "their checksums.json (reads every byte once; sizes are always checked)")
 
 
 def add_file_check_argument(parser) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clipadapt.argtypes import COUNT, NON_NEGATIVES, POSITIVE, PROBABILITIES, SEED
-from clipadapt.cli._common import comma_strings, extract_options, refuse_unused
+from clipadapt.cli._common import add_verify_argument, comma_strings, extract_options, refuse_unused
 from clipadapt.cli._conventions import (
     RESULTS_FILE,
     add_out_argument,
@@ -67,6 +67,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     ev.add_argument("--nlc-max-epochs", type=COUNT, default=300)
     ev.add_argument("--nlc-lr", type=POSITIVE, default=2e-4)
     ev.add_argument("--nlc-batch-size", type=COUNT, default=32)
+    add_verify_argument(parser)
     add_out_argument(parser, required=True, writes="summary.md, <table>.csv/.md, agreement.png, complementarity.png, "
                                                    "accuracy_vs_cost.png")
 

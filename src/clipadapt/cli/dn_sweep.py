@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from clipadapt.argtypes import COUNT, COUNTS, LAMBDA, LAMBDAS
+from clipadapt.cli._common import add_verify_argument
 from clipadapt.cli._conventions import RESULTS_FILE, add_out_argument, path_provenance, write_results
 from clipadapt.constants import DEFAULT_LAMBDAS, DEFAULT_SAMPLES
 from clipadapt.errors import ConfigError
@@ -34,6 +35,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dn-samples", type=parse_samples, default=100, help="samples of the λ sweep (default 100)")
     parser.add_argument("--seeds", type=COUNT, default=5, help="seeded draws per point (default 5)")
     add_text_mean_argument(parser)  # --features (classification) only
+    add_verify_argument(parser)
     add_out_argument(parser, required=True, writes="sweep.csv, sweep.md, sweep.png", aliases=["--out-dir"])
 
 

@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
     method = get_eval_method(args.method)
     features = load_features_from_args(args)
+    features.split(args.split).require_rows(args.split, f"eval --method {method.name}")
     output = method.run(features, method_options(method, args))
     for line in output.notes:
         print(line)

@@ -69,13 +69,17 @@ def _extract(args: argparse.Namespace, options, encoder=None) -> int:
 
 
 def _write_out(out: Path, fs, *, sharded: bool) -> None:
-    """The --out feature directory (sharded: index + shard files linked from the cache) and each split's
-    skipped-rows file."""
+    """Each split's skipped-rows file, then the --out feature directory (sharded: index + shard files linked from
+    the cache), whose writer records checksums.json last, over every file."""
     from clipadapt.errors import CacheError
     from clipadapt.features.io import save_feature_dir
     from clipadapt.features.shards import save_sharded_feature_dir
     from clipadapt.fileio import atomic_write_json, read_json
 
+    for name in fs.splits:
+        skipped_file = Path(fs.meta["cache"][name]) / f"{name}.skipped.json"
+        skipped = read_json(skipped_file, what="skipped-rows file") if skipped_file.is_file() else []
+        atomic_write_json(out / f"{name}.skipped.json", skipped)
     if sharded:
         try:
             save_sharded_feature_dir(fs, out)
@@ -84,7 +88,3 @@ def _write_out(out: Path, fs, *, sharded: bool) -> None:
                              f"process is repairing that entry — run the command again") from e
     else:
         save_feature_dir(fs, out)
-    for name in fs.splits:
-        skipped_file = Path(fs.meta["cache"][name]) / f"{name}.skipped.json"
-        skipped = read_json(skipped_file, what="skipped-rows file") if skipped_file.is_file() else []
-        atomic_write_json(out / f"{name}.skipped.json", skipped)

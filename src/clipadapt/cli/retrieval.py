@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clipadapt.argtypes import COUNT, NON_NEGATIVE_INT, SEED
-from clipadapt.cli._common import refuse_unused
+from clipadapt.cli._common import add_verify_argument, refuse_unused
 from clipadapt.cli._conventions import (
     add_out_argument,
     draws_identical,
@@ -15,6 +15,7 @@ from clipadapt.cli._conventions import (
     out_dir,
     path_provenance,
     results_path,
+    run_provenance,
     vs_baseline,
     write_results,
 )
@@ -30,6 +31,7 @@ HELP = "image↔text retrieval recall (R@1/5/10) with and without Distribution N
 EXAMPLES = """
 clipadapt retrieval --embeddings coco/ --dn-source holdout --holdout 100 --dn-samples all --out runs/coco
 clipadapt retrieval --captions-json dataset_coco.json --image-root /data/coco --model ViT-B-16@openai --out runs/coco
+clipadapt retrieval --dataset 'wds:/data/f30k/{split}/{0..4}.tar' --model ViT-B-16@openai --dn-source holdout
 """
 
 
@@ -40,8 +42,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--split", default="test", help="split to evaluate (default: test)")
     src.add_argument("--captions-json", type=Path, help="Karpathy-style caption JSON (Flickr30k / MSCOCO)")
     src.add_argument("--image-root", type=Path, help="folder the JSON's image paths are relative to")
+    src.add_argument("--dataset", metavar="SPEC",
+                     help="image-caption set instead of --captions-json: wds:PATTERN[?caption=txt] (the caption "
+                          "member's lines) or hf:NAME_OR_PATH[?caption=COLUMN] (docs/datasets.md); with --model")
     src.add_argument("--pool-split", default="restval",
-                     help="JSON split(s) (comma-separated) used as the unlabeled pool for DN's means (default: restval)")
+                     help="JSON split(s) (comma-separated), or one --dataset split, used as the unlabeled pool for "
+                          "DN's means (default: restval)")
     src.add_argument("--model", help="model id ARCH@TAG for the encoder path")
     src.add_argument("--device", default=None)
     src.add_argument("--batch-size", type=COUNT, default=DEFAULT_BATCH_SIZE)
@@ -55,6 +61,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="with --dn-source holdout: images (with their captions) held out of the evaluation for the means")
     parser.add_argument("--holdout-seed", type=SEED, default=0)
     parser.add_argument("--chunk-size", type=COUNT, default=1024, help="queries scored at once")
+    add_verify_argument(parser)
     add_out_argument(parser, writes="recall.md, recall.csv", legacy_json=True)
     parser.add_argument("--table", type=Path, help="also write the recall table here (.md or .csv)")
 
@@ -101,7 +108,39 @@ def _load(args: argparse.Namespace) -> tuple[RetrievalSet, RetrievalSet | None]:
         return test, pool
     if args.captions_json:
         return _load_from_json(args)
-    raise ConfigError("give --embeddings DIR (or builtin:coco500), or --captions-json FILE with --image-root and --model")
+    if args.dataset:
+        return _load_from_dataset(args)
+    raise ConfigError("give --embeddings DIR (or builtin:coco500), --captions-json FILE with --image-root and --model, "
+                      "or --dataset wds:/hf: SPEC with --model")
+
+
+def _load_from_dataset(args: argparse.Namespace) -> tuple[RetrievalSet, RetrievalSet | None]:
+    """--dataset SPEC: the split's images and captions through the encoder; --pool-split for DN's unlabeled pool."""
+    from clipadapt.data import build_caption_dataset
+    from clipadapt.encoders import load_encoder
+    from clipadapt.features.caption_data import retrieval_set_from_dataset
+    from clipadapt.features.retrieval_dir import save_retrieval_split
+
+    if not args.model:
+        raise ConfigError("--dataset needs --model")
+    data = build_caption_dataset(args.dataset, args.split)
+    pool_data = None
+    if args.dn_source == "unlabeled":
+        if "," in args.pool_split:
+            raise ConfigError(f"--pool-split {args.pool_split}: with --dataset, give one split")
+        pool_data = build_caption_dataset(args.dataset, args.pool_split)
+        pool_data = pool_data.subset(range(min(len(pool_data), args.max_pool)))
+    encoder = load_encoder(args.model, device=args.device)
+    opts = {"on_error": args.on_error, "num_workers": args.num_workers}
+    test = retrieval_set_from_dataset(encoder, data, args.batch_size, **opts)
+    test.meta.update(dataset=args.dataset, dataset_fingerprint=f"dataset-sha256:{data.fingerprint()}")
+    pool = None if pool_data is None else retrieval_set_from_dataset(encoder, pool_data, args.batch_size, **opts)
+    if args.save_embeddings:
+        save_retrieval_split(args.save_embeddings, args.split, test)
+        if pool is not None:
+            save_retrieval_split(args.save_embeddings, "unlabeled", pool)
+        print(f"wrote {args.save_embeddings}")
+    return test, pool
 
 
 def _pool(args: argparse.Namespace, test: RetrievalSet, pool: RetrievalSet | None) -> tuple[RetrievalSet, RetrievalSet]:
@@ -161,6 +200,8 @@ def _provenance(args: argparse.Namespace, test: RetrievalSet) -> dict:
     model = test.meta.get("model") or args.model
     if args.embeddings:
         return path_provenance(args, {"embeddings": args.embeddings}, model=model)
+    if args.dataset and not args.captions_json:
+        return run_provenance(args, model=model, data=args.dataset, fingerprint=test.meta.get("dataset_fingerprint"))
     return path_provenance(args, {"captions_json": args.captions_json, "image_root": args.image_root}, model=model,
                            unhashed=["image_root"])
 

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from clipadapt.argtypes import COUNT, COUNTS, SEEDS
-from clipadapt.cli._common import comma_strings
+from clipadapt.cli._common import add_verify_argument, comma_strings
 from clipadapt.constants import GRID_PRESETS, TIE_BREAKS
 from clipadapt.errors import ConfigError
 
@@ -47,6 +47,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-fewer", action="store_true")
     from clipadapt.cli._conventions import add_out_argument
 
+    add_verify_argument(parser)
     add_out_argument(parser, writes="runs.csv, summary.csv, summary.md", required=True)
 
 

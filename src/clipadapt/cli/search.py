@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clipadapt.argtypes import COUNT
+from clipadapt.cli._common import add_verify_argument
 from clipadapt.cli._conventions import add_out_argument, path_provenance, results_path, write_results
 from clipadapt.constants import TOPK_BACKENDS as BACKENDS
 from clipadapt.errors import ClipadaptError, ConfigError, FeatureDirError
@@ -41,6 +42,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-normalize", action="store_true", help="score raw inner products instead of cosines")
     parser.add_argument("--paired", action="store_true",
                         help="query row i matches gallery row i: report recall@1/5/10")
+    add_verify_argument(parser)
     add_out_argument(parser, legacy_json=True)
     parser.add_argument("--save-topk", type=Path, help="write indices (Q, k) and scores (Q, k) as .npz")
 
@@ -48,6 +50,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def _open(spec: str) -> tuple[str, ShardedSplit | torch.Tensor]:
     """DIR:SPLIT -> a memory-mapped split (sharded index if there is one, else the split file); DIR:text -> W rows."""
     from clipadapt.builtin import resolve_dir
+    from clipadapt.features.checksums import check_checksums
     from clipadapt.features.io import load_text, read_meta
     from clipadapt.features.shards import ShardedSplit, index_path
 
@@ -55,10 +58,12 @@ def _open(spec: str) -> tuple[str, ShardedSplit | torch.Tensor]:
     if not sep or not directory:
         raise ConfigError(f"'{spec}': expected DIR:SPLIT, e.g. feats/:test or feats/:text")
     directory = resolve_dir(directory)  # DIR may be builtin:NAME
+    if directory.is_dir():
+        check_checksums(directory)  # sizes; sha256 too with --verify
     if split == "text":
         return spec, load_text(directory, len(read_meta(directory)["classnames"]))
     if index_path(directory, split).is_file():
-        return spec, ShardedSplit.open(directory, split)
+        return spec, ShardedSplit.open(index_path(directory, split))
     path = directory / f"{split}.safetensors"
     if not path.is_file():
         raise FeatureDirError(f"{path}: split '{split}' not found (no {path.name} and no {index_path(directory, split).name})")

@@ -87,6 +87,12 @@ def build_csv(spec: Spec, split: str) -> ImageDataset:
         raise DatasetError(f"csv: {target} not found (expected a .csv file or a folder of <split>.csv files)")
     rows = _read_rows(path)
     classnames = _csv_classnames(path, rows, siblings)
+    present = {label for _, label, _ in rows}
+    empty = [f"{k} ({name})" for k, name in enumerate(classnames) if k not in present]
+    if empty:
+        log.warning("csv: %s has no rows for %d of %d classes: %s%s; they stay classes but have no %s images",
+                    path, len(empty), len(classnames), ", ".join(empty[:10]),
+                    f" and {len(empty) - 10} more" if len(empty) > 10 else "", split)
     return ImageDataset(
         kind="csv",
         name=spec.options.get("name", default_name),
@@ -124,16 +130,25 @@ def _read_rows(path: Path) -> list[tuple[str, int, str | None]]:
     return rows
 
 
-def _sidecar_classnames(folder: Path) -> tuple[Path, list[str]] | None:
-    txt, js = folder / "classnames.txt", folder / "classnames.json"
-    if txt.is_file():
-        return txt, [line.strip() for line in read_text(txt, what="class-name file", error=DatasetError).splitlines()
-                     if line.strip()]
-    if js.is_file():
-        names = read_json(js, what="class-name file", error=DatasetError)
+def read_classnames_file(path: Path) -> list[str]:
+    """Class names from a .json list or a text file with one name per line (blank lines skipped)."""
+    if path.suffix.lower() == ".json":
+        names = read_json(path, what="class-name file", error=DatasetError)
         if not isinstance(names, list) or not names or not all(isinstance(c, str) for c in names):
-            raise DatasetError(f"{js}: expected a non-empty JSON list of class-name strings")
-        return js, names
+            raise DatasetError(f"{path}: expected a non-empty JSON list of class-name strings")
+        return names
+    names = [line.strip() for line in read_text(path, what="class-name file", error=DatasetError).splitlines()
+             if line.strip()]
+    if not names:
+        raise DatasetError(f"{path}: no class names (expected one per line)")
+    return names
+
+
+def _sidecar_classnames(folder: Path) -> tuple[Path, list[str]] | None:
+    """classnames.txt or classnames.json in `folder`, with its names, or None."""
+    for path in (folder / "classnames.txt", folder / "classnames.json"):
+        if path.is_file():
+            return path, read_classnames_file(path)
     return None
 
 

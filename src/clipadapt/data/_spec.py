@@ -7,7 +7,7 @@ from pathlib import Path
 
 from clipadapt.errors import DatasetError
 
-KINDS = ("coop", "imagefolder", "csv", "torchvision")
+KINDS = ("coop", "imagefolder", "csv", "torchvision", "wds", "hf")
 _NAMED_KINDS = ("coop", "torchvision")  # KIND:NAME:ROOT; the others are KIND:ROOT
 
 
@@ -33,7 +33,8 @@ class Spec:
 
 
 def parse_spec(spec: str) -> Spec:
-    """`coop:NAME:ROOT`, `torchvision:NAME:ROOT`, `imagefolder:ROOT`, `csv:FILE_OR_DIR`, each with optional `?k=v&...`."""
+    """`coop:NAME:ROOT`, `torchvision:NAME:ROOT`, `imagefolder:ROOT`, `csv:FILE_OR_DIR`, `wds:PATTERN`,
+    `hf:NAME_OR_PATH[:SPLIT]`, each with optional `?k=v&...`."""
     if not isinstance(spec, str) or ":" not in spec:
         raise DatasetError(
             f"dataset spec {spec!r}: expected KIND:..., KIND one of {', '.join(KINDS)} "

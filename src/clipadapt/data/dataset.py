@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -54,6 +55,16 @@ def open_rgb(path: str | Path) -> Image.Image:
         raise DatasetError(f"{path}: image file not found") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DatasetError(f"{path}: cannot read image ({type(e).__name__}: {e})") from e
+
+
+def decode_rgb(data: bytes, where: str) -> Image.Image:
+    """Decode encoded image bytes (a tar member, a dataset cell) fully as RGB; DatasetError naming `where`."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DatasetError(f"{where}: cannot read image ({type(e).__name__}: {e})") from e
 
 
 class FileLoader:
@@ -180,3 +191,54 @@ class ImageDataset:
             source_indices=[self._source_indices[i] for i in idx],
             spec=self.spec,
         )
+
+
+class CaptionedImages:
+    """Images with their captions and no class labels (`wds:`/`hf:` specs with `?caption=`), for retrieval:
+    `ds[i] -> (PIL RGB image, None)`, `ds.captions[i]` the list of image i's captions. Same identity surface as
+    `ImageDataset` (paths, fingerprint, source_files, subset), so extraction and the cache treat it alike."""
+
+    def __init__(self, *, kind: str, name: str, split: str, paths: Sequence[str], captions: Sequence[Sequence[str]],
+                 loader: Loader, source_indices: Sequence[int] | None = None, spec: str | None = None):
+        if len(paths) != len(captions):
+            raise DatasetError(f"{kind}:{name} split '{split}': {len(paths)} images but {len(captions)} caption lists")
+        for path, caps in zip(paths, captions):
+            if not caps or not all(isinstance(c, str) and c.strip() for c in caps):
+                raise DatasetError(f"{path}: no caption (expected one or more non-empty strings, got {list(caps)!r})")
+        self.kind, self.name, self.split, self.spec = kind, name, split, spec
+        self.paths = [str(p) for p in paths]
+        self.captions = [[str(c) for c in caps] for caps in captions]
+        self.classnames: list[str] = []
+        self._loader = loader
+        self._source_indices = list(range(len(self.paths))) if source_indices is None else list(source_indices)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[Image.Image, None]:
+        if not 0 <= i < len(self):
+            raise IndexError(f"{self.name}/{self.split}: index {i} out of range for {len(self)} items")
+        return self._loader(self._source_indices[i]), None
+
+    def __repr__(self) -> str:
+        return (f"CaptionedImages(kind={self.kind!r}, name={self.name!r}, split={self.split!r}, n={len(self)}, "
+                f"captions={sum(map(len, self.captions))})")
+
+    def fingerprint(self) -> str:
+        """sha256 hex over (kind, name, split, paths, captions)."""
+        payload = json.dumps([self.kind, self.name, self.split, self.paths, self.captions], ensure_ascii=False,
+                             separators=(",", ":"))
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+    def source_files(self) -> list[str] | None:
+        files = getattr(self._loader, "files", None)
+        return None if files is None else [str(files[j]) for j in self._source_indices]
+
+    def subset(self, indices: Sequence[int]) -> CaptionedImages:
+        idx = [int(i) for i in indices]
+        for i in idx:
+            if not 0 <= i < len(self):
+                raise DatasetError(f"{self.name}/{self.split}: subset index {i} out of range 0..{len(self) - 1}")
+        return CaptionedImages(kind=self.kind, name=self.name, split=self.split, paths=[self.paths[i] for i in idx],
+                               captions=[self.captions[i] for i in idx], loader=self._loader,
+                               source_indices=[self._source_indices[i] for i in idx], spec=self.spec)

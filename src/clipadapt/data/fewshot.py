@@ -47,6 +47,12 @@ def _listed_classes(short: list[tuple[int, str]], classnames: Sequence[str] | No
     return listed + (f" (and {len(short) - 10} more classes)" if len(short) > 10 else "")
 
 
+def _check_seed(seed: int) -> None:
+    """numpy's SeedSequence takes non-negative integers only (a negative seed was a numpy traceback)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise DatasetError(f"seed must be a non-negative integer, got {seed!r}")
+
+
 def sample_few_shot(
     labels: Sequence[int],
     shots: int,
@@ -63,6 +69,7 @@ def sample_few_shot(
     """
     if isinstance(shots, bool) or not isinstance(shots, (int, np.integer)) or shots < 1:
         raise DatasetError(f"shots must be a positive integer, got {shots!r}")
+    _check_seed(seed)
     arr = _as_label_array(labels)
     by_class = _indices_by_class(arr)
     if classnames is not None:
@@ -109,6 +116,7 @@ def sample_disjoint(
     """
     if isinstance(per_class, bool) or not isinstance(per_class, (int, np.integer)) or per_class < 1:
         raise DatasetError(f"{what} images per class must be a positive integer, got {per_class!r}")
+    _check_seed(seed)
     arr = _as_label_array(labels)
     excluded_idx = np.asarray(list(exclude), dtype=np.int64)
     bad = excluded_idx[(excluded_idx < 0) | (excluded_idx >= arr.size)]

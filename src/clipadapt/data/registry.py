@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from clipadapt.data._spec import parse_spec
 from clipadapt.data.catalog import DatasetInfo, coop_registry, shipped_classnames
-from clipadapt.data.dataset import ImageDataset
+from clipadapt.data.dataset import CaptionedImages, ImageDataset
 from clipadapt.errors import DatasetError
 
 
@@ -12,7 +12,8 @@ def build_dataset(spec: str, split: str, *, download: bool = False) -> ImageData
     """The `split` of the dataset named by `spec` (docs/datasets.md):
 
     `coop:NAME:ROOT[?image_dir=..&split_file=..&templates=..]`, `imagefolder:ROOT`, `csv:FILE` or `csv:DIR`,
-    `torchvision:NAME:ROOT` (downloads only with `download=True`).
+    `torchvision:NAME:ROOT` (downloads only with `download=True`), `wds:PATTERN` (WebDataset tar shards,
+    `[wds]` extra), `hf:NAME_OR_PATH[:SPLIT]` (Hugging Face `datasets`, `[hf-datasets]` extra).
     """
     if not isinstance(split, str) or not split:
         raise DatasetError(f"dataset spec {spec!r}: split must be a non-empty string such as 'train' or 'test'")
@@ -29,10 +30,37 @@ def build_dataset(spec: str, split: str, *, download: bool = False) -> ImageData
         from clipadapt.data._folder import build_csv
 
         ds = build_csv(parsed, split)
+    elif parsed.kind == "wds":
+        from clipadapt.data._wds import build_wds
+
+        ds = build_wds(parsed, split)
+    elif parsed.kind == "hf":
+        from clipadapt.data._hf import build_hf
+
+        ds = build_hf(parsed, split)
     else:
         from clipadapt.data._torchvision import build_torchvision
 
         ds = build_torchvision(parsed, split, download)
+    ds.spec = spec
+    return ds
+
+
+def build_caption_dataset(spec: str, split: str) -> CaptionedImages:
+    """The `split` of an image–caption set for retrieval: `wds:PATTERN[?caption=txt]` (each caption member's lines
+    are its image's captions) or `hf:NAME_OR_PATH[:SPLIT][?caption=COLUMN]` (a string or list-of-strings column)."""
+    parsed = parse_spec(spec)
+    if parsed.kind == "wds":
+        from clipadapt.data._wds import build_wds_captions
+
+        ds = build_wds_captions(parsed, split)
+    elif parsed.kind == "hf":
+        from clipadapt.data._hf import build_hf_captions
+
+        ds = build_hf_captions(parsed, split)
+    else:
+        raise DatasetError(f"dataset spec {spec!r}: captions come from wds: or hf: specs; for image files use a "
+                           "Karpathy-style caption JSON (--captions-json with --image-root)")
     ds.spec = spec
     return ds
 

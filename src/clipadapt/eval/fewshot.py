@@ -412,6 +412,7 @@ class _Validation:
                     val = self.source.eval_split("val")
                 except FeatureDirError as e:
                     raise FeatureDirError(f"{e}; or validate on train rows: --val-from-train N") from e
+                val.require_rows("val", "the hyper-parameter search (or validate on train rows: --val-from-train N)")
                 check_disjoint(val, self.test, selection_name="val", dataset=self.dataset,
                                purpose="the hyper-parameter search", fix=VAL_FIX)
                 a_val = self.source.eval_split("val", adapted=True) if adapted else None
@@ -445,6 +446,8 @@ def run_fewshot(
     """
     jobs = _Jobs.prepare(source, config, device)
     train_labels = source.train_labels()
+    if train_labels.numel() == 0:
+        raise FeatureDirError("split 'train' has 0 rows, but few-shot sampling needs training images")
     shot_lists = _sample_shot_lists(source, config, train_labels, index_dir)
     if jobs.validation.indices_needed():
         jobs.val_lists = _sample_val_lists(source, config, train_labels, shot_lists, index_dir)
@@ -518,7 +521,7 @@ class _Jobs:
         """Load test (and the 'val' split, checked against test, unless validating on train) before sampling or
         encoding anything."""
         text = source.text.to(device) if device is not None else source.text
-        test = _to(source.eval_split("test"), device)
+        test = _to(source.eval_split("test").require_rows("test", "the few-shot test score"), device)
         test_labels = test.labels("test")
         validation = _Validation(source, config, test, device)
         if not validation.indices_needed():

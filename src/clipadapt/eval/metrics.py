@@ -21,6 +21,8 @@ def topk_correct(logits: Tensor, labels: Tensor, k: int) -> Tensor:
 
 def topk_accuracy(logits: Tensor, labels: Tensor, ks: Iterable[int] = (1, 5)) -> dict[str, float]:
     """Top-k accuracies in percent, keyed 'top1', 'top5', ..."""
+    if logits.shape[0] == 0:
+        raise ConfigError("accuracy over 0 rows is undefined: the evaluated split is empty")
     labels = labels.to(logits.device)
     return {f"top{k}": 100.0 * topk_correct(logits, labels, k).float().mean().item() for k in ks}
 

@@ -75,6 +75,9 @@ def retrieval_recall(
     """Recall@k (percent) of `query` against `gallery` with dot-product scores (see module docstring):
     `chunked_recall_at_k` with `chunk_size` queries at a time against the whole gallery."""
     check_same_dim(query, gallery, "queries", "gallery")
+    if query.shape[0] == 0 or gallery.shape[0] == 0:
+        raise ConfigError(f"recall needs queries and a gallery; got {query.shape[0]} queries and "
+                          f"{gallery.shape[0]} gallery items (an empty split)")
     gt = _as_padded(gt, query.shape[0], gallery.shape[0]).to(query.device)
     ks = tuple(ks)
     n_gallery = gallery.shape[0]

@@ -281,6 +281,9 @@ def _chunk_size(chunk_size: int | None, points_per_row: int, n: int) -> int:
 
 
 def _check_val(features: Tensor, labels: Tensor, adapted: Tensor | None) -> None:
+    if features.shape[0] == 0:
+        raise ConfigError("the hyper-parameter search got 0 validation rows: every grid point would tie at 0 "
+                          "and the first would be reported as chosen; give a non-empty validation split")
     if labels.ndim != 1 or labels.shape[0] != features.shape[0]:
         raise ConfigError(f"validation labels must be (N,) with N={features.shape[0]}, got {tuple(labels.shape)}")
     if adapted is not None and adapted.shape[0] != features.shape[0]:

@@ -88,15 +88,23 @@ def encode_image_files(encoder, paths: Sequence[str | Path], batch_size: int = D
 
     on_error='fail' raises DatasetError naming the first unreadable file; 'skip' drops it (logged, listed in
     `skipped`) and `rows` says which file each embedding is."""
-    files = ImageFiles(paths)
+    return encode_dataset_images(encoder, ImageFiles(paths), batch_size, on_error=on_error, num_workers=num_workers,
+                                 progress=progress)
+
+
+def encode_dataset_images(encoder, dataset, batch_size: int = DEFAULT_BATCH_SIZE, *, on_error: str = "fail", num_workers: int = 0,
+                          progress: bool = True) -> EncodedImages:
+    """`encode_image_files` for any dataset whose rows are `(image, label or None)` (e.g. a `CaptionedImages`
+    from a wds:/hf: spec): `extract_split` into a temporary directory."""
     with tempfile.TemporaryDirectory(prefix="clipadapt-images-") as tmp:
-        split = extract_split(encoder, files, batch_size=batch_size, num_workers=num_workers, on_error=on_error,
+        split = extract_split(encoder, dataset, batch_size=batch_size, num_workers=num_workers, on_error=on_error,
                               shard_dir=Path(tmp), progress=progress)
         skipped = read_skipped(Path(tmp))
     dropped = {int(r["row"]) for r in skipped}
-    rows = [i for i in range(len(files)) if i not in dropped]
+    rows = [i for i in range(len(dataset)) if i not in dropped]
     if skipped:
-        log.warning("%d of %d images unreadable and skipped (first: %s)", len(skipped), len(files), skipped[0]["path"])
+        log.warning("%d of %d images unreadable and skipped (first: %s)", len(skipped), len(dataset),
+                    skipped[0]["path"])
     return EncodedImages(image=split.image, rows=rows, skipped=skipped)
 
 
@@ -119,10 +127,22 @@ def retrieval_set_from_entries(encoder, entries: Sequence[dict], image_root: str
     root = Path(image_root)
     files = [path_under(root, e["path"], e.get("source", f"caption entry {i}")) for i, e in enumerate(entries)]
     encoded = encode_image_files(encoder, files, batch_size, on_error=on_error, num_workers=num_workers)
-    kept = [entries[r] for r in encoded.rows]
-    captions = [c for e in kept for c in e["captions"]]
-    t2i = torch.tensor([i for i, e in enumerate(kept) for _ in e["captions"]], dtype=torch.long)
-    text = encode_captions(encoder, captions, batch_size)
+    return _retrieval_set(encoder, encoded, [e["captions"] for e in entries], batch_size)
+
+
+def retrieval_set_from_dataset(encoder, dataset, batch_size: int = DEFAULT_BATCH_SIZE, *, on_error: str = "fail",
+                               num_workers: int = 0) -> RetrievalSet:
+    """Encode the images and captions of a `CaptionedImages` (`clipadapt.data.build_caption_dataset`: wds:/hf:
+    specs); unreadable images are dropped with their captions under on_error='skip', as above."""
+    encoded = encode_dataset_images(encoder, dataset, batch_size, on_error=on_error, num_workers=num_workers)
+    return _retrieval_set(encoder, encoded, dataset.captions, batch_size)
+
+
+def _retrieval_set(encoder, encoded: EncodedImages, captions: Sequence[Sequence[str]], batch_size: int) -> RetrievalSet:
+    """The kept images' embeddings, every caption of theirs encoded, and text_to_image (kept-image index)."""
+    kept = [captions[r] for r in encoded.rows]
+    t2i = torch.tensor([i for i, caps in enumerate(kept) for _ in caps], dtype=torch.long)
+    text = encode_captions(encoder, [c for caps in kept for c in caps], batch_size)
     meta = {"model": getattr(encoder, "model_id", None)}
     if encoded.skipped:
         meta["skipped"] = encoded.skipped

@@ -87,6 +87,13 @@ class FeatureSplit:
             raise FeatureDirError(f"split '{split_name}' has no labels (tensor 'label' is missing)")
         return self.label
 
+    def require_rows(self, split_name: str, purpose: str) -> FeatureSplit:
+        """This split, or a FeatureDirError when it has 0 rows and `purpose` needs some (a score over no rows is
+        undefined, a search over no rows picks its first grid point)."""
+        if self.n == 0:
+            raise FeatureDirError(f"split '{split_name}' has 0 rows, but {purpose} needs at least one")
+        return self
+
     def subset(self, index: Tensor | list[int]) -> FeatureSplit:
         """Rows `index` of this split (paths follow)."""
         index = torch.as_tensor(index, dtype=torch.long)

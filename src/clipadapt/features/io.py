@@ -24,6 +24,7 @@ from torch import Tensor
 
 from clipadapt.errors import ClipadaptError, FeatureDirError
 from clipadapt.builtin import resolve_dir
+from clipadapt.features.checksums import check_checksums, write_checksums
 from clipadapt.features.featureset import SPLIT_NAMES, FeatureSet, FeatureSplit
 from clipadapt.fileio import atomic_path, atomic_write_json, read_json
 
@@ -181,6 +182,7 @@ def load_feature_dir(directory: str | Path, splits: Iterable[str] | None = None)
     directory = resolve_dir(directory)
     if not directory.is_dir():
         raise FeatureDirError(f"{directory}: feature directory not found")
+    check_checksums(directory)  # sizes always; sha256 too under --verify (features.checksums)
     meta = read_meta(directory)
     classnames = meta["classnames"]
     text = load_text(directory, len(classnames))
@@ -211,8 +213,9 @@ def save_split(directory: Path, name: str, split: FeatureSplit) -> None:
     shutil.rmtree(directory / f"{name}.shards", ignore_errors=True)
 
 
-def save_feature_dir(features: FeatureSet, directory: str | Path) -> Path:
-    """Write `features` in the feature-directory format (atomically, file by file)."""
+def save_feature_dir(features: FeatureSet, directory: str | Path, *, checksums: bool = True) -> Path:
+    """Write `features` in the feature-directory format (atomically, file by file), then its checksums.json
+    (features.checksums; `checksums=False` for a caller that adds files and writes it itself)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     atomic_save_tensors(directory / TEXT_FILE, {"text": features.text.float()})
@@ -220,5 +223,7 @@ def save_feature_dir(features: FeatureSet, directory: str | Path) -> Path:
         save_split(directory, name, split)
     meta = dict(features.meta)
     meta["classnames"] = list(features.classnames)
-    atomic_write_json(directory / META_FILE, meta)  # last: its presence marks a complete directory
+    atomic_write_json(directory / META_FILE, meta)  # its presence marks a complete directory
+    if checksums:
+        write_checksums(directory)
     return directory

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from clipadapt.errors import FeatureDirError
 from clipadapt.builtin import resolve_dir
+from clipadapt.features.checksums import check_checksums, write_checksums
 from clipadapt.features.io import atomic_save_tensors, check_finite, load_tensors
 from clipadapt.fileio import atomic_write_json, read_json
 
@@ -83,6 +84,7 @@ def load_retrieval_split(directory: str | Path, split: str = "test") -> Retrieva
     directory = resolve_dir(directory)
     if not directory.is_dir():
         raise FeatureDirError(f"{directory}: retrieval directory not found")
+    check_checksums(directory)
     path = directory / f"{split}.safetensors"
     rs = _validate(load_tensors(path), path, need_map=split != "unlabeled")
     meta_path = directory / "meta.json"
@@ -117,6 +119,7 @@ def save_retrieval_split(directory: str | Path, split: str, rs: RetrievalSet) ->
         meta_path = directory / "meta.json"
         old = read_json(meta_path, what="meta.json") if meta_path.is_file() else {}
         atomic_write_json(meta_path, {**(old if isinstance(old, dict) else {}), **meta})
+    write_checksums(directory)  # over every split written so far
     return directory
 
 

@@ -48,6 +48,7 @@ from clipadapt.adapters.overlap import (
 )
 from clipadapt.constants import DEFAULT_SHARD_SIZE  # re-exported; defined there so the CLI parser is torch-free
 from clipadapt.errors import CacheError, ConfigError, FeatureDirError
+from clipadapt.features.checksums import check_checksums, write_checksums
 from clipadapt.features.featureset import FeatureSplit
 from clipadapt.features.io import META_FILE, SHARD_INDEX_SUFFIX, TEXT_FILE, atomic_save_tensors, read_paths
 from clipadapt.fileio import atomic_write_json, link_or_copy, read_json
@@ -264,6 +265,7 @@ class ShardedSplit:
         """Open from an index JSON file, or from a feature directory + split name (DIR/<split>.shards.json)."""
         path = Path(path)
         if split is not None:
+            check_checksums(path)  # a directory: its checksums.json sizes (sha256 under --verify)
             path = index_path(path, split)
         index = read_json(path, what="shard index")
         entries = index.get("shards") if isinstance(index, dict) else None
@@ -470,7 +472,7 @@ class ShardedFeatureSet:
         return self.splits[name]
 
 
-def save_sharded_feature_dir(features: ShardedFeatureSet, directory: str | Path) -> Path:
+def save_sharded_feature_dir(features: ShardedFeatureSet, directory: str | Path, *, checksums: bool = True) -> Path:
     """Write a feature directory whose splits are sharded: per split `<split>.shards.json` and the shard files in
     `<split>.shards/` (hard links to the source files, copies across file systems; nothing is read into memory),
     `<split>.paths.json` when the split has one; then text.safetensors and meta.json (last).
@@ -483,6 +485,8 @@ def save_sharded_feature_dir(features: ShardedFeatureSet, directory: str | Path)
         _link_sharded_split(directory, name, split)
     atomic_save_tensors(directory / TEXT_FILE, {"text": features.text.float()})
     atomic_write_json(directory / META_FILE, {**features.meta, "classnames": list(features.classnames)})
+    if checksums:  # hashes the linked shards once, so later byte corruption (here or in the cache) is detectable
+        write_checksums(directory)
     return directory
 
 
