@@ -203,7 +203,7 @@ def test_cli_models_pattern_is_a_glob_or_else_a_substring(tmp_path):
     assert substring == {a for a in open_clip.list_models() if "vit-b-1" in a.lower()} and "ViT-B-16" in substring
     assert glob == {a for a in open_clip.list_models() if a.lower().startswith("vit-b-1")}
     assert {r["arch"] for r in json.loads((tmp_path / "ours.json").read_text())} == {
-        "clipadapt-test-tiny-rn", "clipadapt-test-tiny-vit"}
+        "clipadapt-test-tiny-rn", "clipadapt-test-tiny-vit", "clipadapt-test-tiny-siglip"}
 
 
 def test_cli_with_a_real_imagefolder_spec(tmp_path, no_encoder):

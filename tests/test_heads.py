@@ -293,6 +293,9 @@ def tiny_heads(tiny_setup):
         heads[method] = s["root"] / "heads" / f"{method}.safetensors"
         assert main(["fit", *s["common"], "--method", method, "--shots", "2", "--seed", "1", "--views", "2",
                      *extra, *SMALL_GRIDS, "--out", str(heads[method])]) == 0
+    heads["dn"] = s["root"] / "heads" / "dn.safetensors"
+    assert main(["fit", *s["common"], "--method", "dn", "--dn-source", "train", "--dn-samples", "all",
+                 "--out", str(heads["dn"])]) == 0
     return heads
 
 
@@ -354,6 +357,10 @@ def test_python_api_predicts_images_lazily_and_matches_the_cli(tiny_setup, tiny_
     logits = head.image_logits(paths)
     assert max_diff(logits, cli) <= TOL
     assert head.predict(paths) == [head.classnames[i] for i in cli.argmax(1)]
+    from PIL import Image
+
+    pil = [Image.open(p).convert("RGB") for p in paths]
+    assert max_diff(head.image_logits(pil), cli) <= TOL  # PIL images as well as paths
     assert _by_path(tmp_path, "c") == [str(p) for p in paths]
 
 
@@ -400,7 +407,17 @@ def _pixels(head, paths):
     return torch.stack([enc.preprocess(open_rgb(p)) for p in paths])
 
 
-@pytest.mark.parametrize("method, fmt", [("tipx", "onnx"), ("tip++", "torch-export")])
+def test_the_module_of_every_head_gives_predict_logits(tiny_setup, tiny_heads, tmp_path):
+    s = tiny_setup
+    paths = sorted((s["images"] / "test").rglob("*.png"))
+    for method, path in tiny_heads.items():
+        cli = predicted_logits(tmp_path, path, [*map(str, paths), "--cache-dir", str(s["root"] / "cache")], method)
+        head = load_head(path)
+        with torch.no_grad():
+            assert max_diff(head.as_module()(_pixels(head, paths)), cli) <= 1e-4, method
+
+
+@pytest.mark.parametrize("method, fmt", [("tipx", "onnx"), ("tip++", "torch-export"), ("dn", "torch-export")])
 def test_exported_module_equals_predict(method, fmt, tiny_setup, tiny_heads, tmp_path):
     if fmt == "onnx":
         pytest.importorskip("onnxruntime", reason="the onnx extra is not installed (pip install 'clipadapt[onnx]')")

@@ -32,6 +32,10 @@ class NotFittedError(ClipadaptError, AttributeError):
     """An estimator was used before `fit`."""
 
 
+class MissingDependencyError(ClipadaptError, ImportError):
+    """An optional dependency is not installed; the message names the extra that installs it."""
+
+
 class ConfigError(ClipadaptError, ValueError):
     """An argument or hyper-parameter is out of its valid range."""
 

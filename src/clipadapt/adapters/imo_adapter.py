@@ -1,14 +1,23 @@
-"""The IMO bottleneck adapter (docs/methods.md §5): insertion into an open_clip ViT, the on/off switch, checkpoints.
+"""The IMO bottleneck adapter (docs/methods.md §5): insertion into a ViT-style tower, the on/off switch, checkpoints.
 
 Each residual block of the visual transformer computes, after insertion,
 
     x <- x + MLP(LN2(x)) + s * Adapter(x),   Adapter = Linear(d->w) -> ReLU -> Dropout -> Linear(w->d)
 
 where `x` is the block's input to its MLP sub-layer (after the attention residual). The adapter is attached
-with two forward hooks on the block's own sub-modules, so open_clip's block code runs unchanged: a hook on
-`ln_2` sees `x` (its input) and computes `s * Adapter(x)`; a hook on `ls_2` (the layer-scale after the MLP,
-an `nn.Identity` in CLIP) adds it to the MLP branch, which the block then adds to `x`. The up-projection and
-both biases start at zero, so an untrained adapter adds exactly 0 and the embeddings are bit-for-bit CLIP's.
+with two forward hooks on the block's own sub-modules, so the block code runs unchanged: a hook on the pre-MLP
+norm sees `x` (its input) and computes `s * Adapter(x)`; a hook on the module that ends the MLP branch adds it
+there, and the block then adds the branch to `x`. The up-projection and both biases start at zero, so an
+untrained adapter adds exactly 0 and the embeddings are bit-for-bit the backbone's.
+
+Supported towers (`BLOCK_LAYOUTS`; any other is a ConfigError that lists them and says why):
+- open_clip VisionTransformer (CLIP ViTs): `visual.transformer.resblocks`, hooks on `ln_2` and `ls_2`;
+- timm VisionTransformer trunks reached through open_clip (SigLIP, `timm/...` towers): `visual.trunk.blocks`
+  of timm's pre-norm `Block`, hooks on `norm2` and `ls2`;
+- transformers CLIP / SigLIP / SigLIP 2 vision encoders (`hf:` models, whose `visual` is
+  clipadapt.encoders.hf.HFVisual): `visual.vision_model.encoder.layers`, hooks on `layer_norm2` and `mlp`.
+Convolutional towers (ModifiedResNet, timm ConvNeXt/ResNet) have no such block, and post-norm or parallel
+blocks put the MLP elsewhere: the adapter's definition does not apply to them.
 
 Checkpoints hold only the adapter weights (safetensors, with the structural config in its metadata so the
 file's sha256 covers width/scale) plus a JSON config (training hyper-parameters, steps, ...).
@@ -19,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,29 +90,74 @@ def _visual(model: nn.Module) -> nn.Module:
     return getattr(model, "visual", model)
 
 
-def _vit_blocks(model: nn.Module, model_name: str | None = None) -> list[nn.Module]:
-    """The residual blocks of an open_clip ViT visual tower, or a ConfigError naming what the tower is."""
+def _path(module: nn.Module, dotted: str) -> Any:
+    for part in dotted.split("."):
+        module = getattr(module, part, None)
+        if module is None:
+            return None
+    return module
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    """Where a tower keeps its transformer blocks and, in each, the pre-MLP norm (its input is `x`), the module
+    ending the MLP branch (its output gets `s·Adapter(x)` added) and the MLP's first linear layer (its input
+    width is d)."""
+
+    name: str
+    blocks: str  # dotted path from the visual tower
+    norm: str
+    branch_end: str
+    first_linear: str
+
+
+BLOCK_LAYOUTS = (
+    BlockLayout("open_clip VisionTransformer", "transformer.resblocks", "ln_2", "ls_2", "mlp.c_fc"),
+    BlockLayout("timm VisionTransformer (open_clip TimmModel trunk)", "trunk.blocks", "norm2", "ls2", "mlp.fc1"),
+    BlockLayout("transformers CLIP/SigLIP/SigLIP 2 vision encoder (hf: models)", "vision_model.encoder.layers",
+                "layer_norm2", "mlp", "mlp.fc1"),
+)
+SUPPORTED = "; ".join(layout.name for layout in BLOCK_LAYOUTS)
+
+
+def _layout(visual: nn.Module) -> tuple[BlockLayout, list[nn.Module]] | None:
+    """The layout whose blocks `visual` has (every block with the layout's sub-modules), or None."""
+    for layout in BLOCK_LAYOUTS:
+        blocks = _path(visual, layout.blocks)
+        if isinstance(blocks, (nn.ModuleList, nn.Sequential)) and len(blocks) and all(
+                all(_path(b, p) is not None for p in (layout.norm, layout.branch_end, layout.first_linear))
+                for b in blocks):
+            return layout, list(blocks)
+    return None
+
+
+def _vit_blocks(model: nn.Module, model_name: str | None = None) -> tuple[BlockLayout, list[nn.Module]]:
+    """(layout, residual blocks) of a supported ViT-style visual tower, or a ConfigError that names the tower,
+    the supported architectures and why."""
     visual = _visual(model)
-    name = model_name or type(model).__name__
-    blocks = getattr(getattr(visual, "transformer", None), "resblocks", None)
-    if blocks is None:
+    found = _layout(visual)
+    if found is None:
+        name = model_name or type(model).__name__
+        inner = _path(visual, "trunk")
+        what = type(visual).__name__ + (f" (trunk {type(inner).__name__})" if inner is not None else "")
         raise ConfigError(
-            f"insert_adapters: the visual tower of {name} is {type(visual).__name__}, not an open_clip "
-            "VisionTransformer; the IMO adapter is defined for ViT backbones only (docs/methods.md §5, docs/imo.md): "
-            "ResNet (ModifiedResNet) and timm towers are not supported — use a ViT model such as ViT-B-16@openai"
+            f"insert_adapters: the visual tower of {name} is {what}, which has no supported pre-norm transformer "
+            f"blocks. The IMO adapter (docs/methods.md §5, docs/imo.md) runs parallel to each ViT block's MLP, "
+            f"x + MLP(LN2(x)) + s·Adapter(x), so it needs blocks with a pre-MLP norm and an MLP branch; supported: "
+            f"{SUPPORTED}. Convolutional towers (ResNet, ConvNeXt) have no such block — use a ViT model such as "
+            "ViT-B-16@openai, ViT-B-16-SigLIP@webli or hf:openai/clip-vit-base-patch16"
         )
-    for i, block in enumerate(blocks):
-        if not all(hasattr(block, a) for a in ("ln_2", "mlp", "ls_2")):
-            raise ConfigError(
-                f"insert_adapters: block {i} of {name}'s visual transformer ({type(block).__name__}) has no "
-                "ln_2/mlp/ls_2 sub-modules; this block type is not supported"
-            )
-    return list(blocks)
+    return found
+
+
+def _blocks_if_any(model: nn.Module) -> list[nn.Module]:
+    found = _layout(_visual(model))
+    return found[1] if found is not None else []
 
 
 def find_adapters(model: nn.Module) -> list[BottleneckAdapter]:
     """The adapters inserted in `model`'s visual blocks, in block order (empty when none)."""
-    blocks = getattr(getattr(_visual(model), "transformer", None), "resblocks", None) or []
+    blocks = _blocks_if_any(model)
     return [b.imo_adapter for b in blocks if isinstance(getattr(b, "imo_adapter", None), BottleneckAdapter)]
 
 
@@ -114,13 +169,14 @@ def insert_adapters(
     dropout: float = 0.1,
     model_name: str | None = None,
 ) -> list[BottleneckAdapter]:
-    """Put a BottleneckAdapter parallel to the MLP of every block of `model`'s ViT visual tower.
+    """Put a BottleneckAdapter parallel to the MLP of every block of `model`'s ViT-style visual tower (open_clip
+    ViT, timm ViT trunk, transformers CLIP/SigLIP vision encoder: `BLOCK_LAYOUTS`).
 
     Freezes everything but the adapters (`requires_grad=False`). The adapters are created on the device and
-    dtype of each block's MLP. Raises ConfigError for non-ViT towers (e.g. ResNet) or when adapters are
-    already present.
+    dtype of each block's MLP. Raises ConfigError for other towers (e.g. ResNet), naming the supported ones, or
+    when adapters are already present.
     """
-    blocks = _vit_blocks(model, model_name)
+    layout, blocks = _vit_blocks(model, model_name)
     if find_adapters(model):
         raise ConfigError(
             f"insert_adapters: {model_name or type(model).__name__} already has IMO adapters; "
@@ -130,14 +186,14 @@ def insert_adapters(
         p.requires_grad_(False)
     adapters = []
     for block in blocks:
-        ref = block.mlp.c_fc.weight  # (hidden, d): the MLP's input width is the residual stream's width d
+        ref = _path(block, layout.first_linear).weight  # (hidden, d): the MLP's input width is the stream's width d
         dim = ref.shape[1]
         adapter = BottleneckAdapter(dim, width=width, scale=scale, dropout=dropout).to(ref.device, ref.dtype)
         adapter.train(block.training)
         block.imo_adapter = adapter
         adapter._handles = (
-            block.ln_2.register_forward_hook(adapter._capture),
-            block.ls_2.register_forward_hook(adapter._add),
+            _path(block, layout.norm).register_forward_hook(adapter._capture),
+            _path(block, layout.branch_end).register_forward_hook(adapter._add),
         )
         adapters.append(adapter)
     return adapters
@@ -145,8 +201,7 @@ def insert_adapters(
 
 def remove_adapters(model: nn.Module) -> None:
     """Take the adapters out again (hooks and sub-modules); parameters stay frozen."""
-    blocks = getattr(getattr(_visual(model), "transformer", None), "resblocks", None) or []
-    for block in blocks:
+    for block in _blocks_if_any(model):
         adapter = getattr(block, "imo_adapter", None)
         if isinstance(adapter, BottleneckAdapter):
             for handle in getattr(adapter, "_handles", ()):
@@ -303,7 +358,7 @@ def attach_adapter_checkpoint(model: nn.Module, path: str | Path, *, model_name:
     tensors, config = load_adapter_checkpoint(path)
     weights_path, _ = checkpoint_paths(path)
     name = model_name or type(model).__name__
-    blocks = _vit_blocks(model, model_name)
+    _, blocks = _vit_blocks(model, model_name)
     if len(blocks) != config["num_blocks"]:
         raise AdapterError(
             f"adapter checkpoint {weights_path} has {config['num_blocks']} blocks but {name}'s visual transformer "

@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
 
     rows = [r for r in model_table() if arch_matches(r["arch"], args.pattern)]
     print(markdown_table(rows, columns=["arch", "tags", "example"]))
-    print(f"\n{len(rows)} architectures; model ids: ARCH@TAG, ARCH@/path/to/checkpoint.pt, hf-hub:ORG/REPO")
+    print(f"\n{len(rows)} architectures; model ids: ARCH@TAG, ARCH@/path/to/checkpoint.pt, hf-hub:ORG/REPO (open_clip "
+          "format); transformers models: hf:ORG/REPO[@REVISION] or hf:/path/to/dir (pip install 'clipadapt[hf]')")
     if args.out:
         write_table(args.out, rows)
         print(f"wrote {args.out}")

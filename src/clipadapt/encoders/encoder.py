@@ -6,6 +6,7 @@ import contextlib
 import copy
 import logging
 import math
+import os
 import pickle
 import warnings
 from collections.abc import Callable, Iterator
@@ -29,7 +30,7 @@ from clipadapt.encoders.weights import (
     weights_dir,
     weights_fingerprint,
 )
-from clipadapt.errors import ConfigError, WeightsFileError, WeightsUnavailableError
+from clipadapt.errors import ConfigError, MissingDependencyError, WeightsFileError, WeightsUnavailableError
 from clipadapt.ops import CLIP_LOGIT_SCALE
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,20 @@ def encoder_fingerprint(
     mid = model_id if isinstance(model_id, ModelId) else parse_model_id(model_id)
     prec = resolve_precision(precision, resolve_device(device))
     adapter_hash = adapter_checkpoint_sha256(adapter) if adapter is not None else None
+    if mid.is_transformers:  # hf:: repo + commit (or a local directory's file hashes), the processor's preprocessing
+        from clipadapt.encoders import hf
+
+        version = hf.require_transformers().__version__
+        return {
+            "model_id": str(mid),
+            "arch": hf.architecture(mid),
+            "weights": hf.weights_fingerprint(mid),
+            "preprocessing": hf.static_preprocess(mid),
+            "quick_gelu_forced": False,
+            "precision": prec,
+            "adapter": adapter_hash,
+            "transformers": version,
+        }
     return {
         "model_id": str(mid),
         "arch": mid.arch or mid.open_clip_name,
@@ -242,7 +257,8 @@ def load_encoder(
     precision: str = "auto",
     adapter: str | Path | None = None,
 ) -> Encoder:
-    """Load an open_clip backbone by id (see `parse_model_id`), optionally with an IMO adapter checkpoint.
+    """Load a backbone by id (see `parse_model_id`): open_clip, or transformers for `hf:` ids (the `[hf]` extra),
+    optionally with an IMO adapter checkpoint.
 
     Raises WeightsUnavailableError within seconds when the weights are neither local nor downloadable.
     """
@@ -252,15 +268,25 @@ def load_encoder(
     register_model_configs()
     mid = parse_model_id(model_id)
     dev = resolve_device(device)
+    if mid.is_transformers:
+        from clipadapt.encoders import hf
+
+        hf.require_transformers()  # before any file lookup: the named install hint first
     fingerprint = encoder_fingerprint(mid, device=dev, precision=precision, adapter=adapter)
-    where = resolve_weights(mid)  # fails fast when offline with nothing local
-    model = _create_model(mid, dev, where)
-    actual = canonical_preprocess(open_clip.get_model_preprocess_cfg(model))
-    expected = {k: fingerprint["preprocessing"].get(k) for k in actual}
-    if actual != expected:  # the static computation mirrors open_clip's factory; trust the model if they differ
-        log.warning("model %s: preprocessing %s differs from the expected %s; using the model's", mid, actual, expected)
-        fingerprint["preprocessing"] = actual
-    preprocess = image_transform_v2(PreprocessCfg(**actual), is_train=False)
+    if mid.is_transformers:  # model_dir was resolved (or failed fast) by the fingerprint
+        model, tokenizer = hf.load(mid, fingerprint["preprocessing"])
+        model = model.to(dev).eval()
+        preprocess = hf.eval_transform(fingerprint["preprocessing"])
+    else:
+        where = resolve_weights(mid)  # fails fast when offline with nothing local
+        model = _create_model(mid, dev, where)
+        actual = canonical_preprocess(open_clip.get_model_preprocess_cfg(model))
+        expected = {k: fingerprint["preprocessing"].get(k) for k in actual}
+        if actual != expected:  # the static computation mirrors open_clip's factory; trust the model if they differ
+            log.warning("model %s: preprocessing %s differs from the expected %s; using the model's", mid, actual, expected)
+            fingerprint["preprocessing"] = actual
+        preprocess = image_transform_v2(PreprocessCfg(**actual), is_train=False)
+        tokenizer = _tokenizer(mid, where)
     adapter_id = None
     if adapter is not None:
         adapter_id = attach_adapter_checkpoint(model, Path(adapter))
@@ -268,7 +294,6 @@ def load_encoder(
         if adapter_id != fingerprint["adapter"]:  # the hash the adapter package reports is the one that counts
             log.warning("adapter %s: attach returned hash %s, expected %s", adapter, adapter_id, fingerprint["adapter"])
             fingerprint["adapter"] = adapter_id
-    tokenizer = _tokenizer(mid, where)
     return Encoder(
         model, preprocess, tokenizer, device=dev, model_id=str(mid), precision=fingerprint["precision"],
         fingerprint=fingerprint, adapter_id=adapter_id,
@@ -276,6 +301,30 @@ def load_encoder(
 
 
 def _tokenizer(mid: ModelId, where: dict[str, Any]) -> Callable:
+    """open_clip's tokenizer (`_open_clip_tokenizer`); a Hugging Face text tokenizer (SigLIP's, …) without
+    `transformers` installed is a MissingDependencyError naming the extra, one missing offline a
+    WeightsUnavailableError naming the HF cache."""
+    import open_clip
+
+    try:
+        return _open_clip_tokenizer(mid, where)
+    except ImportError as e:
+        raise MissingDependencyError(
+            f"model '{mid}': its text tokenizer is a Hugging Face tokenizer, which needs the 'transformers' package "
+            f"(not installed): pip install 'clipadapt[hf]'"
+        ) from e
+    except OSError as e:
+        name = (open_clip.get_model_config(mid.arch) or {}).get("text_cfg", {}).get("hf_tokenizer_name", "?") \
+            if mid.arch else mid.open_clip_name
+        home = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+        raise WeightsUnavailableError(
+            f"model '{mid}': its Hugging Face tokenizer '{name}' is not in the HF hub cache (HF_HOME: {home}) and "
+            f"cannot be downloaded here ({e}); download it once with network (`hf download {name}`) and copy the "
+            "cache here or point HF_HOME at it"
+        ) from e
+
+
+def _open_clip_tokenizer(mid: ModelId, where: dict[str, Any]) -> Callable:
     """open_clip's tokenizer for the model; from the local snapshot / hub cache when the weights are local."""
     import open_clip
 

@@ -153,6 +153,9 @@ class Head:
         """(N, C) logits of raw embeddings (N, D) or (N, V, D); `adapted_features`: the same images through the
         IMO adapter (TA++/TX++ heads only). Tip-X heads: score a whole set in one call (module docstring)."""
         self.check_features(features)
+        device = self.estimator.classifier_.device  # features encoded on a GPU meet the head's (CPU) tensors
+        features = features.to(device)
+        adapted_features = adapted_features.to(device) if adapted_features is not None else None
         if self.needs_adapted:
             if adapted_features is None:
                 raise ConfigError(f"this {self.method} head needs adapted_features too: the same images encoded "
@@ -308,4 +311,5 @@ class Head:
                 adapted_model.eval()
             else:
                 adapted_model = adapted_encoder.model
-        return HeadModule(encoder.model, self.estimator, adapted_model=adapted_model).eval()
+        module = HeadModule(encoder.model, self.estimator, adapted_model=adapted_model)
+        return module.to(next(encoder.model.parameters()).device).eval()

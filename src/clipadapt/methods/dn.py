@@ -175,7 +175,8 @@ class DistributionNormalizer(Params):
         costs no more passes over the (N, D) features than plain zero-shot's normalise-then-scale."""
         out = f - self.lam * self.image_mean_
         norm = out.norm(dim=-1, keepdim=True)
-        if not bool(torch.isfinite(norm).all()):  # huge raw embeddings: the overflow-safe normalisation
+        # huge raw embeddings: the overflow-safe normalisation (not while torch.export traces: no data branch)
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(norm).all()):
             return l2_normalize(out).mul_(scale)
         return out.mul_(scale / norm.clamp_min_(1e-12))
 
