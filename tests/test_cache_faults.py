@@ -248,3 +248,12 @@ def test_safetensors_disk_full_message_is_recognised(tmp_path):
     with pytest.raises(ValueError):  # any other error passes unchanged
         with cache_writes(tmp_path):
             raise ValueError("not an I/O error")
+
+
+def test_a_text_entry_is_its_key_text_and_manifest_only(tmp_path):
+    """Only image entries have shards: the one begin-entry function leaves a text entry without a shards/ folder."""
+    cache = FeatureCache(tmp_path)
+    key = text_key({"model_id": "m", "arch": "a", "weights": {"kind": "tag", "tag": "t"}}, ["a", "b"], ["{}"])
+    cache.save_text(key, torch.randn(2, 1, 4))
+    assert sorted(p.name for p in cache.text_entry(key).path.iterdir()) == ["key.json", "manifest.json",
+                                                                              "text.safetensors"]

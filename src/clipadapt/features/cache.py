@@ -268,9 +268,10 @@ class CacheEntry:
     def begin(self) -> None:
         """Start or resume filling the entry (call holding its lock): create it and its key.json — a directory
         holding another key (a digest clash or an old layout) is emptied first, `shards.check_shard_key` — tie
-        its shards/ to the key, and delete the temp files a process that died mid-write left in both."""
+        an image entry's shards/ to the key, and delete the temp files a process that died mid-write left."""
         check_shard_key(self.path, self.key)
-        check_shard_key(self.shard_dir, self.key)
+        if self.key.get("kind") != "text":
+            check_shard_key(self.shard_dir, self.key)
         for directory in (self.shard_dir, self.path):
             remove_stale_temp_files(directory)
 
