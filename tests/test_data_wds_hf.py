@@ -415,3 +415,15 @@ def test_datasets_help_and_listing_name_both_sources_and_their_extras(capsys):
     assert "hf:NAME_OR_PATH[:SPLIT]" in shown and "pip install 'clipadapt[hf-datasets]'" in shown
     assert main(["datasets", "--kind", "coop"]) == 0
     assert "wds:PATTERN" in capsys.readouterr().out
+
+
+def test_hf_dataset_name_that_cannot_load_offline_says_where_the_cache_is(monkeypatch):
+    import datasets
+
+    def offline(name, *args, **kwargs):
+        raise ConnectionError(f"Couldn't reach '{name}' on the Hub (OfflineModeIsEnabled)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DatasetError, match=r"hf:someone/cars: cannot load it .*OfflineModeIsEnabled.*HF_HOME.*"
+                                           r"HF_HUB_OFFLINE=1.*save_to_disk"):
+        build_dataset("hf:someone/cars:test", "test")
