@@ -24,7 +24,11 @@ all of them (min / max / mean / std), with the point kept by grid order and by t
 
     python benchmarks/fewshot_search.py [--quick] [--datasets pets,caltech101,imagenet]
 
-Results merge into benchmarks/results/fewshot_search.json under "cpu" (or "cpu_quick").
+    python benchmarks/fewshot_search.py --device cuda     # on a GPU: wall time between synchronisations
+
+Results merge into benchmarks/results/fewshot_search.json under "cpu" or "cuda" (or "*_quick"). The full and the
+pruned search have a fixed cost (f Fᵀ, ψ(M) L once) besides their per-β cost: where they are timed on a subset of
+β they are timed at two β counts and extrapolated as fixed + per-β·200 (`*_fit`).
 """
 
 from __future__ import annotations
@@ -52,9 +56,11 @@ from clipadapt.methods.tip_x import TipX, minmax_coefficients  # noqa: E402
 TIED_SAMPLE = 1000  # tied points whose test accuracy is computed (a seeded sample when more are tied)
 DATASETS = {"pets": (37, 736, 3669), "caltech101": (100, 1649, 2465), "imagenet": (1000, 50000, 50000)}
 # what each implementation is timed on, per dataset: β values (full search), (β, α) points / (α, β) pairs (original)
-TIMED = {"pets": {"full_betas": 10, "tip_points": 100, "tipx_pairs": 20},
-         "caltech101": {"full_betas": 4, "tip_points": 40, "tipx_pairs": 8},
-         "imagenet": {"full_betas": 1, "tip_points": 2, "tipx_pairs": 1, "pruned_betas": 2}}
+# the full and (on imagenet) the pruned search are timed at two β counts: time = fixed + per-β·count, fitted
+TIMED = {"pets": {"full_betas": (5, 10), "tip_points": 100, "tipx_pairs": 20},
+         "caltech101": {"full_betas": (2, 4), "tip_points": 40, "tipx_pairs": 8},
+         "imagenet": {"full_betas": (1, 2), "tip_points": 2, "tipx_pairs": 1, "pruned_betas": (5, 25)}}
+DEVICE = torch.device("cpu")
 
 
 def synthetic(classes: int, n_val: int, n_test: int, shots: int = 16, dim: int = 512, seed: int = 0):
@@ -75,17 +81,43 @@ def synthetic(classes: int, n_val: int, n_test: int, shots: int = 16, dim: int =
         return torch.where(flip, torch.randint(classes, (len(labels),), generator=g), labels)
 
     key_labels = torch.arange(classes).repeat_interleave(shots)
-    val_labels, test_labels = torch.randint(classes, (n_val,), generator=g), torch.randint(classes, (n_test,), generator=g)
+    val_labels = torch.randint(classes, (n_val,), generator=g)
+    test_labels = torch.randint(classes, (n_test,), generator=g)
     return (text, images(key_labels), key_labels, images(val_labels), noisy(val_labels), images(test_labels),
             noisy(test_labels))
 
 
 def timed(fn):
-    """(result, CPU seconds of this process). One torch thread: on an idle machine CPU time = wall time, and on
-    this shared 2-core box CPU time is far less disturbed by the other processes than wall time is."""
+    """(result, seconds). CPU: CPU seconds of this process (one torch thread: on an idle machine CPU time = wall
+    time, and on a shared box CPU time is far less disturbed by the other processes than wall time is). CUDA:
+    wall seconds between two synchronisations."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+        start = time.perf_counter()
+        out = fn()
+        torch.cuda.synchronize(DEVICE)
+        return out, time.perf_counter() - start
     start = time.process_time()
     out = fn()
     return out, time.process_time() - start
+
+
+def fitted(fn, grid_betas: list, counts: tuple[int, int], total: int):
+    """Time fn on `counts` β values (spread over grid_betas); (last result, its betas, seconds for `total` β
+    extrapolated as fixed + per-β·total, the fit {fixed, per_beta}). One count ≥ total: measured, not fitted."""
+    if counts[-1] >= len(grid_betas):
+        out, seconds = timed(lambda: fn(list(grid_betas)))
+        return out, list(grid_betas), seconds, {"fixed": None, "per_beta": seconds / len(grid_betas)}
+    times = []
+    for count in counts:
+        betas = spread(grid_betas, count)
+        out, seconds = timed(lambda b=betas: fn(b))
+        times.append(seconds)
+    per_beta = (times[1] - times[0]) / (counts[1] - counts[0])
+    if per_beta <= 0:  # timing noise larger than the β cost (tiny --quick sizes): no fixed part
+        per_beta = times[1] / counts[1]
+    fixed = max(times[0] - counts[0] * per_beta, 0.0)
+    return out, betas, fixed + per_beta * total, {"fixed": fixed, "per_beta": per_beta, "timed": times}
 
 
 # ------------------------------------------------------------------------------------------------ original loops
@@ -137,14 +169,13 @@ def bench_tip(name: str, data, scale: float, quick: bool) -> dict:
     text, keys, yk, val, yv = data[:5]
     model = TipAdapter().fit(keys, yk, text)
     grid = resolve_grid(TIP_GRID, {})
-    points = len(grid["alpha"]) * len(grid["beta"])
+    nb = len(grid["beta"])
+    points = len(grid["alpha"]) * nb
     plan = TIMED[name]
-    pruned_betas = spread(grid["beta"], plan.get("pruned_betas", len(grid["beta"])))
-    pruned, t_pruned = timed(lambda: search_tip_adapter(model, val, yv, betas=pruned_betas))
-    pruned_full_s = t_pruned / len(pruned_betas) * len(grid["beta"])
-    full_betas = spread(pruned_betas, plan["full_betas"])
-    full, t_full = timed(lambda: reference_tip_adapter(model, val, yv, betas=full_betas))
-    full_s = t_full / len(full_betas) * len(grid["beta"])
+    pruned, pruned_betas, pruned_full_s, pruned_fit = fitted(
+        lambda b: search_tip_adapter(model, val, yv, betas=b), grid["beta"], plan.get("pruned_betas", (nb,)), nb)
+    full, full_betas, full_s, full_fit = fitted(
+        lambda b: reference_tip_adapter(model, val, yv, betas=b), pruned_betas, plan["full_betas"], nb)
     cols = [pruned_betas.index(b) for b in full_betas]
     loop_points = [(b, a) for b in full_betas for a in grid["alpha"]][: plan["tip_points"]]
     (_, loop_cells), t_loop = timed(lambda: original_tip_loop(model, val, yv, loop_points))
@@ -154,13 +185,14 @@ def bench_tip(name: str, data, scale: float, quick: bool) -> dict:
         "grid": {k: len(v) for k, v in grid.items()},
         "original_points_timed": len(loop_points), "original_seconds_per_point": t_loop / len(loop_points) * scale,
         "original_seconds_full_grid": loop_s * scale,
-        "full_betas_timed": len(full_betas), "full_seconds_full_grid": full_s * scale,
-        "pruned_betas_timed": len(pruned_betas), "pruned_seconds_full_grid": pruned_full_s * scale,
+        "full_betas_timed": plan["full_betas"], "full_fit": full_fit, "full_seconds_full_grid": full_s * scale,
+        "pruned_betas_timed": plan.get("pruned_betas", nb), "pruned_fit": pruned_fit,
+        "pruned_seconds_full_grid": pruned_full_s * scale,
         "speedup_vs_original": loop_s / pruned_full_s, "speedup_vs_full": full_s / pruned_full_s,
         "identical_cells": bool(torch.equal(full, pruned.correct[:, cols])),
         "original_cells_differing": sum(x != y for x, y in zip(loop_cells, pruned_cells)),
-        "extrapolated": {"original": len(loop_points) < points, "full": len(full_betas) < len(grid["beta"]),
-                         "pruned": len(pruned_betas) < len(grid["beta"]), "rows_scale": scale},
+        "extrapolated": {"original": len(loop_points) < points, "full": len(full_betas) < nb,
+                         "pruned": len(pruned_betas) < nb, "rows_scale": scale},
         "result": pruned,
     }
 
@@ -169,14 +201,13 @@ def bench_tipx(name: str, data, scale: float, quick: bool) -> dict:
     text, keys, yk, val, yv = data[:5]
     model = TipX().fit(keys, yk, text)
     grid = resolve_grid(TIPX_GRID, {})
-    pairs_total = len(grid["alpha"]) * len(grid["beta"])
+    nb = len(grid["beta"])
+    pairs_total = len(grid["alpha"]) * nb
     plan = TIMED[name]
-    pruned_betas = spread(grid["beta"], plan.get("pruned_betas", len(grid["beta"])))
-    pruned, t_pruned = timed(lambda: search_tip_x(model, val, yv, betas=pruned_betas))
-    pruned_full_s = t_pruned / len(pruned_betas) * len(grid["beta"])
-    full_betas = spread(pruned_betas, plan["full_betas"])
-    full, t_full = timed(lambda: reference_tip_x(model, val, yv, betas=full_betas))
-    full_s = t_full / len(full_betas) * len(grid["beta"])
+    pruned, pruned_betas, pruned_full_s, pruned_fit = fitted(
+        lambda b: search_tip_x(model, val, yv, betas=b), grid["beta"], plan.get("pruned_betas", (nb,)), nb)
+    full, full_betas, full_s, full_fit = fitted(
+        lambda b: reference_tip_x(model, val, yv, betas=b), pruned_betas, plan["full_betas"], nb)
     cols = [pruned_betas.index(b) for b in full_betas]
     pairs = [(a, b) for b in full_betas for a in spread(grid["alpha"], plan["tipx_pairs"])][: plan["tipx_pairs"]]
     (_, loop_cells), t_loop = timed(lambda: original_tipx_loop(model, val, yv, pairs, grid["gamma"]))
@@ -188,13 +219,14 @@ def bench_tipx(name: str, data, scale: float, quick: bool) -> dict:
         "original_points_timed": len(pairs) * len(grid["gamma"]),
         "original_seconds_per_point": t_loop / (len(pairs) * len(grid["gamma"])) * scale,
         "original_seconds_full_grid": loop_s * scale,
-        "full_betas_timed": len(full_betas), "full_seconds_full_grid": full_s * scale,
-        "pruned_betas_timed": len(pruned_betas), "pruned_seconds_full_grid": pruned_full_s * scale,
+        "full_betas_timed": plan["full_betas"], "full_fit": full_fit, "full_seconds_full_grid": full_s * scale,
+        "pruned_betas_timed": plan.get("pruned_betas", nb), "pruned_fit": pruned_fit,
+        "pruned_seconds_full_grid": pruned_full_s * scale,
         "speedup_vs_original": loop_s / pruned_full_s, "speedup_vs_full": full_s / pruned_full_s,
         "identical_cells": bool(torch.equal(full, pruned.correct[:, cols, :])),
         "original_cells_differing": sum(x != y for x, y in zip(loop_cells, pruned_cells)),
-        "extrapolated": {"original": len(pairs) < pairs_total, "full": len(full_betas) < len(grid["beta"]),
-                         "pruned": len(pruned_betas) < len(grid["beta"]), "rows_scale": scale},
+        "extrapolated": {"original": len(pairs) < pairs_total, "full": len(full_betas) < nb,
+                         "pruned": len(pruned_betas) < nb, "rows_scale": scale},
         "result": pruned,
     }
 
@@ -237,26 +269,37 @@ def tied_test_accuracy(model, result: SearchResult, test: torch.Tensor, test_lab
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="pets,caltech101,imagenet")
-    parser.add_argument("--imagenet-rows", type=int, default=1000, help="validation rows timed for imagenet (scaled to 50,000)")
+    parser.add_argument("--imagenet-rows", type=int, default=1000,
+                        help="validation rows timed for imagenet (scaled to 50,000)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (data, model and searches on it)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fewshot_search.json")
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(1)
+    cuda = DEVICE.type == "cuda"
     record: dict = {"command": "python benchmarks/fewshot_search.py " + " ".join(sys.argv[1:]),
-                    "schema": "clipadapt.bench.fewshot_search/2", "shots": 16, "dim": 512, "dtype": "float32",
-                    "device": platform.processor() or platform.machine(), "torch": torch.__version__,
-                    "threads": 1, "clock": "process CPU time (time.process_time)", "data": "synthetic CLIP-like features, 20 % val/test label noise, seed 0 (see synthetic())", "datasets": {}}
+                    "schema": "clipadapt.bench.fewshot_search/3", "shots": 16, "dim": 512, "dtype": "float32",
+                    "device": (torch.cuda.get_device_name(DEVICE) if cuda
+                               else platform.processor() or platform.machine()),
+                    "cpu_cores": os.cpu_count(), "torch": torch.__version__, "threads": 1,
+                    "clock": ("wall time between CUDA synchronisations" if cuda
+                              else "process CPU time (time.process_time)"),
+                    "data": "synthetic CLIP-like features, 20 % val/test label noise, seed 0 (see synthetic())",
+                    "datasets": {}}
     start = time.perf_counter()
     for name in args.datasets.split(","):
         classes, n_val, n_test = DATASETS[name]
         rows = min(n_val, args.imagenet_rows) if name == "imagenet" else n_val
         if args.quick:
             classes, rows, n_test = min(classes, 20), min(rows, 200), 300
-        data = synthetic(classes, rows, n_test)
+        data = tuple(t.to(DEVICE) for t in synthetic(classes, rows, n_test))
         scale = n_val / rows if not args.quick else 1.0
         with torch.no_grad():
-            entry: dict = {"wall_start": time.perf_counter() - start, "classes": classes, "n_val": n_val, "n_val_timed": rows, "n_test": n_test,
-                           "cache": classes * 16, "load_average_before": os.getloadavg()}
+            entry: dict = {"wall_start": time.perf_counter() - start, "classes": classes, "n_val": n_val,
+                           "n_val_timed": rows, "n_test": n_test, "cache": classes * 16,
+                           "load_average_before": os.getloadavg()}
             for method, bench in (("tip", bench_tip), ("tipx", bench_tipx)):
                 out = bench(name, data, scale, args.quick)
                 result = out.pop("result")
@@ -268,8 +311,9 @@ def main() -> None:
         record["datasets"][name] = entry
     record["wall_seconds"] = time.perf_counter() - start
     results = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    results = {k: v for k, v in results.items() if k.startswith("cuda")}  # schema 2 replaces the CPU records
-    results["cpu" + ("_quick" if args.quick else "")] = record
+    key = ("cuda" if cuda else "cpu") + ("_quick" if args.quick else "")
+    results = {k: v for k, v in results.items() if k != key and v.get("schema", "").endswith("/3")}  # older: replaced
+    results[key] = record
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {args.out} ({record['wall_seconds']:.0f} s)")

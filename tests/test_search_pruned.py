@@ -70,7 +70,8 @@ def test_tip_grid_equals_the_full_search_every_cell(seed, dup):
     protos, keys, yk, val, yv = _data(seed, dup=dup)
     grid = dict(alphas=[0.0, 0.05, 0.5, 1.17, 3.0, 20.0], betas=[0.0, 0.1, 1.0, 7.0, 20.0])
     model = TipAdapter().fit(keys, yk, protos)
-    assert torch.equal(search_tip_adapter(model, val, yv, **grid).correct, reference_tip_adapter(model, val, yv, **grid))
+    assert torch.equal(search_tip_adapter(model, val, yv, **grid).correct,
+                       reference_tip_adapter(model, val, yv, **grid))
 
 
 def test_plus_plus_grids_equal_the_full_search():
@@ -137,3 +138,145 @@ def test_plane_equals_literal_argmax_on_random_float64_and_fallbacks():
     a_inf = a.clone()
     a_inf[3, 4] = float("inf")
     assert torch.equal(_plane(z, a_inf, k, labels, [0.5, 2.0], [1.0]), _literal(z, a_inf, k, labels, [0.5, 2.0], [1.0]))
+
+
+# ------------------------------------------------------------------------------------------------ matmul-free path
+def _uneven(seed, shots=(1, 5, 2, 7, 3, 5, 4), n_val=150, d=12, noise=1.0):
+    """Classes with different shot counts (not powers of two), one class without shots at the end."""
+    g = torch.Generator().manual_seed(seed)
+    c = len(shots) + 1
+    protos = torch.randn(c, d, generator=g)
+    yk = torch.cat([torch.full((s,), i) for i, s in enumerate(shots)])
+    yk = yk[torch.randperm(len(yk), generator=g)]  # keys not sorted by class
+    keys = protos[yk] + noise * torch.randn(len(yk), d, generator=g)
+    yv = torch.randint(c, (n_val,), generator=g)
+    val = protos[yv] + noise * torch.randn(n_val, d, generator=g)
+    return protos, keys, yk, val, yv
+
+
+@pytest.fixture
+def exact_calls(monkeypatch):
+    """Counts the reference-product fallbacks: (calls, rows) of `_score_exact`."""
+    seen = {"calls": 0, "rows": 0}
+    original = search._score_exact
+
+    def counting(*args, rows=None, **kwargs):
+        seen["calls"] += 1
+        seen["rows"] += args[4].shape[0] if rows is None else rows.numel()
+        return original(*args, rows=rows, **kwargs)
+
+    monkeypatch.setattr(search, "_score_exact", counting)
+    return seen
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_uneven_shot_counts_and_an_empty_class_equal_the_full_search(seed, exact_calls):
+    protos, keys, yk, val, yv = _uneven(seed)
+    grid = dict(alphas=[0.0, 0.3, 2.0, 40.0], betas=[0.0, 0.5, 3.0, 45.0], gammas=[0.0, 0.2, 7.0, 30.0])
+    tx = TipX().fit(keys, yk, protos)
+    assert search._class_layout(tx.values_) is not None  # the matmul-free path is the one tested
+    assert torch.equal(search_tip_x(tx, val, yv, **grid).correct, reference_tip_x(tx, val, yv, **grid))
+    tip = dict(alphas=grid["alphas"], betas=grid["betas"])
+    ta = TipAdapter().fit(keys, yk, protos)
+    assert torch.equal(search_tip_adapter(ta, val, yv, **tip).correct, reference_tip_adapter(ta, val, yv, **tip))
+    assert exact_calls["rows"] < 2 * len(yv) * len(grid["betas"])  # most (row, β) decided without the product
+
+
+def test_zero_only_axes_equal_the_full_search():
+    """α = 0 (zero-shot only), β = 0 (every exp term 1), γ = 0 (no ψ term), alone and together."""
+    protos, keys, yk, val, yv = _uneven(7)
+    tx, ta = TipX().fit(keys, yk, protos), TipAdapter().fit(keys, yk, protos)
+    for alphas, betas, gammas in (([0.0], [0.0], [0.0]), ([0.0], [2.0, 9.0], [0.0, 3.0]), ([1.0, 5.0], [0.0], [0.0]),
+                                  ([0.0, 4.0], [0.0, 1.0], [0.0])):
+        grid = dict(alphas=alphas, betas=betas, gammas=gammas)
+        assert torch.equal(search_tip_x(tx, val, yv, **grid).correct, reference_tip_x(tx, val, yv, **grid))
+        tip = dict(alphas=alphas, betas=betas)
+        assert torch.equal(search_tip_adapter(ta, val, yv, **tip).correct, reference_tip_adapter(ta, val, yv, **tip))
+
+
+def test_exact_ties_are_left_to_the_reference_product(exact_calls):
+    """Duplicated classes tie exactly at every point: those rows must go to the fallback, and still match."""
+    protos, keys, yk, val, yv = _data(2, dup=True)
+    grid = dict(alphas=[0.0, 1.0, 5.0], betas=[1.0, 5.5], gammas=[0.0, 3.0])
+    model = TipX().fit(keys, yk, protos)
+    assert torch.equal(search_tip_x(model, val, yv, **grid).correct, reference_tip_x(model, val, yv, **grid))
+    assert exact_calls["rows"] > 0
+
+
+def test_everything_undecided_still_equals_the_full_search(monkeypatch, exact_calls):
+    """A huge error bound leaves every contested row to the fallback: the fallback alone is exact."""
+    monkeypatch.setattr(search, "_relative_slack", lambda kmax, dtype: 1e3)
+    protos, keys, yk, val, yv = _uneven(3)
+    grid = dict(alphas=[0.0, 0.5, 9.0], betas=[0.5, 6.0], gammas=[0.0, 1.0, 20.0])
+    model = TipX().fit(keys, yk, protos)
+    assert torch.equal(search_tip_x(model, val, yv, chunk_size=40, **grid).correct,
+                       reference_tip_x(model, val, yv, chunk_size=40, **grid))
+    assert exact_calls["rows"] > len(yv)
+
+
+def test_soft_labels_and_negative_grids_take_the_product_path(exact_calls):
+    protos, keys, yk, val, yv = _data(4)
+    soft = TipAdapter().fit(keys, yk, protos)
+    soft.values_ = 0.9 * soft.values_ + 0.1 / soft.values_.shape[1]  # label smoothing: not one-hot
+    assert search._class_layout(soft.values_) is None
+    grid = dict(alphas=[0.0, 1.0, 3.0], betas=[1.0, 5.0])
+    assert torch.equal(search_tip_adapter(soft, val, yv, **grid).correct, reference_tip_adapter(soft, val, yv, **grid))
+    tx = TipX().fit(keys, yk, protos)
+    neg = dict(alphas=[-1.0, 2.0], betas=[1.0, 4.0], gammas=[0.5, -2.0])
+    assert torch.equal(search_tip_x(tx, val, yv, **neg).correct, reference_tip_x(tx, val, yv, **neg))
+
+
+def test_class_layout_and_halving_sum_literally():
+    values = torch.zeros(6, 3)
+    for row, cls in enumerate([2, 0, 2, 2, 0, 1]):
+        values[row, cls] = 1.0
+    index, pad, kmax = search._class_layout(values)
+    assert kmax == 3 and index.shape == (3, 4)  # padded to a power of two
+    assert index[0, :2].tolist() == [1, 4] and index[1, :1].tolist() == [5] and index[2, :3].tolist() == [0, 2, 3]
+    assert pad.tolist() == [[True, True, False, False], [True, False, False, False], [True, True, True, False]]
+    terms = torch.tensor([1.0, 2.0**-24, 2.0**-24, 0.0]).view(1, 4, 1, 1)
+    # halving: (1 + 2^-24) rounds to 1, (2^-24 + 0) stays: 1 + 2^-24 again rounds to 1 — in that order
+    assert float(search._halving_sum(terms.clone()).flatten()[0]) == 1.0
+    assert float(1.0 + torch.tensor(2.0**-24) * 2) > 1.0  # (a different order would give more)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_relative_slack_covers_every_summation_order(seed):
+    """Sums of the same K non-negative float32 terms in many orders stay within the bound of the halving sum."""
+    g = torch.Generator().manual_seed(seed)
+    for kmax in (2, 5, 16):
+        terms = torch.exp(-30 * torch.rand(400, kmax, generator=g))  # spread over many binades
+        padded = torch.zeros(400, 1 << (kmax - 1).bit_length())
+        padded[:, :kmax] = terms
+        ours = search._halving_sum(padded.T.unsqueeze(0).unsqueeze(-1).clone()).flatten()
+        rel = search._relative_slack(kmax, torch.float32)
+        for _ in range(20):
+            perm = torch.randperm(kmax, generator=g)
+            acc = torch.zeros(400)
+            for j in perm.tolist():
+                acc = acc + terms[:, j]
+            assert bool(((acc.double() - ours.double()).abs() <= rel * ours.double()).all())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_bounded_plane_decisions_hold_for_any_cache_term_within_the_bound(seed):
+    """Rows the bounded plane decides are counted exactly as the literal argmax with a perturbed cache term
+    a_ref = ã·(1 + δ), |δ| ≤ rel/1.05; undecided rows are counted nowhere."""
+    g = torch.Generator().manual_seed(seed)
+    rows, c = 300, 6
+    z = torch.randn(rows, c, generator=g) * 3
+    a = torch.rand(rows, c, generator=g) * 4
+    k = torch.randn(rows, c, generator=g)
+    labels = torch.randint(c, (rows,), generator=g)
+    alphas, gammas = [0.0, 0.5, 1.0, 2.0, 4.0], [0.0, 0.5, 1.0, 3.0]
+    rel = search._relative_slack(16, torch.float32)
+    al = torch.tensor(alphas).view(-1, 1, 1, 1)
+    ga = torch.tensor(gammas).view(1, -1, 1, 1)
+    counts, undecided = search._bounded_plane(z, a, k, labels, torch.zeros(rows, dtype=torch.long), 1, al, ga, rel,
+                                              2**20)
+    decided = ~undecided
+    for _ in range(5):
+        delta = (torch.rand(rows, c, generator=g) * 2 - 1) * rel / 1.05
+        a_ref = (a.double() * (1 + delta.double())).float()
+        want = _literal(z[decided], a_ref[decided], k[decided], labels[decided], alphas, gammas)
+        assert torch.equal(counts[0], want)

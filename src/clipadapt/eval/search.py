@@ -1,23 +1,26 @@
-"""Exact, pruned hyper-parameter search for Tip-Adapter(-F) and Tip-X on a validation split (docs/methods.md §3, §4).
+"""Exact hyper-parameter search for Tip-Adapter(-F) and Tip-X on a validation split (docs/methods.md §3, §4).
 
 The search takes a *fitted* estimator (its cache comes from the training shots) and the validation features
-and labels — nothing else; it has no access path to a test split. Per β the work is one (N × NK) exp and one
-(N × NK)·(NK × C) product: the cosine matrix f Fᵀ and Tip-X's ψ(M) L are computed once, the affinity
-exp(−β (1 − f Fᵀ)) L once per β. The (α, γ) plane is then scored on each row's *candidate* classes only:
+and labels — nothing else; it has no access path to a test split. The grid is scored as the full search does
+(tests/_search_reference.py): per β the cache term a = exp(−β (1 − f Fᵀ)) L, then at every (α, γ)
 
-    logit_c(α, γ) = (z_c + α·a_c) − γ·k_c,   z = s·f Wᵀ, a = exp(−β(1 − f Fᵀ)) L, k = ψ(M) L (k = 0 for Tip)
+    logit_c(α, γ) = (z_c + α·a_c) − γ·k_c,   z = s·f Wᵀ, k = ψ(M) L (k = 0 for Tip)
 
-Candidate pruning is exact, not an approximation. With α, γ ≥ 0 every float operation above is monotone, so if
-class c is at least as good as class d in all of z, a and −k, then c's *computed* logit is ≥ d's at every grid
-point. Class d is dropped when such a c exists and either comes first (argmax keeps the first maximum, so d can
-never be the first maximum) or leads in z by more than the worst float rounding (then c is strictly ahead
-everywhere). The dominating classes tried are the argmaxes at a few corner grid points. A row whose label is
-dropped scores 0 everywhere; a row where only the label survives scores 1 everywhere; the others compare the
-label's logit with the surviving classes' logits, computed with exactly the reference arithmetic, so equal
-values stay equal and the count grid is identical, cell for cell, to scoring all C classes
-(tests/_search_reference.py, tests/test_search_pruned.py). Negative or non-finite values fall back to
-scoring every class. Rows are processed in chunks chosen by the same rule as before, so every matrix product
-is the same call on the same shapes.
+and the count of rows whose first maximum is the label. The count grid returned is that one, cell for cell.
+
+Matmul-free path (L one-hot, finite data, α, β, γ ≥ 0, no TF32/bf16 products): no (N × NK)·(NK × C) product.
+Each class's cache term ã_c is the sum of its own K exp terms (the reference's exp input, op for op; summed by
+halving), several β and rows at a time. ã differs from the reference's a by at most `rel`·ã (any summation
+order of K non-negative terms, two exp evaluations: `_relative_slack`), and the reference's logits differ from
+the real z + α·a − γ·k by their rounding (≤ 3u·bound). So a decision that holds with that margin holds for the
+reference: classes the label beats at all corners of the (α, γ) box are dropped, rows settle as always or never
+correct, and for the contested rows the label's lead over each survivor, linear in (α, γ), gives per α an
+interval of γ that surely wins and one that is not surely lost (`_interval_wins`). A (row, β) with any grid point
+in between — near-ties, exact ties — is *undecided* and scored with the reference's own product for its chunk
+(the same call on the same shapes as the full search), so ties and rounding come out exactly as there.
+tests/test_search_pruned.py pins the grid against the reference and a literal argmax, and the decisions against
+perturbed cache terms. Other inputs take the product path: per β the product, then the (α, γ) plane on each
+row's candidate classes (`_plane_correct`: classes dominated in z, a and −k, or beaten at the corners, dropped).
 
 Tie-breaking (deterministic): the correct-count grid is indexed (alpha, beta[, gamma]); among points with the
 most correct predictions the first in the search's loop `order` wins (default: alpha outermost, then beta,
@@ -50,6 +53,8 @@ TIP_GRID = {"alpha": (0.1, 3.0, 20), "beta": (0.1, 7.0, 200)}
 TIPX_GRID = {"alpha": (0.1, 50.0, 20), "beta": (1.0, 50.0, 200), "gamma": (0.1, 30.0, 50)}
 DEFAULT_BUDGET = 2**25  # elements per chunk: the (α, γ, rows, C) logits block plus (rows, NK) matrices (128 MiB f32)
 PRUNE_MIN_POINTS = 100  # smaller (α, γ) planes (Tip's 20 α) are cheaper to score on every class than to prune
+BLOCK_ELEMENTS = 2**23  # exp terms per step of the matmul-free path (β batch × rows × NK): 32 MiB in float32
+SCORE_BUDGET = 2**21  # (α, γ, rows) elements per scoring step of the matmul-free path
 
 
 @dataclass
@@ -256,7 +261,8 @@ def grid_preset(name: str) -> dict[str, SearchSpace]:
     """
     if name not in PRESET_NAMES:
         raise ConfigError(f"unknown grid preset '{name}'; available: {', '.join(PRESET_NAMES)}")
-    tip_adapter = SearchSpace({"alpha": linear_grid(0.1, 3.0, 20), "beta": linear_grid(0.1, 7.0, 200)}, ("beta", "alpha"))
+    tip_adapter = SearchSpace({"alpha": linear_grid(0.1, 3.0, 20), "beta": linear_grid(0.1, 7.0, 200)},
+                              ("beta", "alpha"))
     sus_x = SearchSpace({"alpha": linear_grid(0.1, 50.0, 20), "beta": linear_grid(1.0, 50.0, 200),
                          "gamma": linear_grid(0.1, 30.0, 50)}, ("alpha", "beta", "gamma"))
     if name == "imo":
@@ -414,6 +420,279 @@ def _space(order: Sequence[str] | None, params: tuple[str, ...]) -> tuple[str, .
     return check_order(order, params) if order else params
 
 
+# ------------------------------------------------------------------------------------------------ matmul-free path
+def _class_layout(values: Tensor) -> tuple[Tensor, Tensor | None, int] | None:
+    """For a one-hot label matrix L (every key row a single 1, the rest 0): the key columns of each class as a
+    (C, Kmax) index (padded with column 0), the padding mask (None when every class has Kmax shots) and Kmax.
+    None when L is anything else (the search then multiplies by L as the reference does)."""
+    if values.ndim != 2 or values.shape[0] == 0 or values.dtype not in (torch.float32, torch.float64):
+        return None
+    ones = values == 1
+    if not bool(((values == 0) | ones).all()) or not bool((ones.sum(dim=1) == 1).all()):
+        return None
+    cls = ones.to(torch.int8).argmax(dim=1)
+    counts = torch.bincount(cls, minlength=values.shape[1])
+    kmax = int(counts.max())
+    perm = torch.argsort(cls, stable=True)
+    j = torch.arange(1 << (kmax - 1).bit_length(), device=values.device)  # padded to a power of two (`_halving_sum`)
+    mask = j < counts.view(-1, 1)
+    pos = ((torch.cumsum(counts, 0) - counts).view(-1, 1) + j).clamp(max=len(perm) - 1)
+    index = torch.where(mask, perm[pos], torch.zeros_like(pos))
+    return index, (None if bool(mask.all()) else mask), kmax
+
+
+def _halving_sum(terms: Tensor) -> Tensor:
+    """Sum over axis 1 (a power of two long) by halving: each term goes through log2(K) roundings."""
+    width = terms.shape[1]
+    while width > 1:
+        width //= 2
+        terms[:, :width] += terms[:, width:2 * width]
+    return terms[:, 0]
+
+
+def _matmul_is_plain(dtype: torch.dtype, device: torch.device) -> bool:
+    """The reference's products are plain float sums (no TF32/bf16 reduced precision), on CPU or CUDA."""
+    if device.type not in ("cpu", "cuda"):
+        return False
+    if dtype == torch.float32 and torch.get_float32_matmul_precision() != "highest":
+        return False
+    return not (device.type == "cuda" and dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32)
+
+
+def _relative_slack(kmax: int, dtype: torch.dtype) -> float:
+    """A bound, 5 % over, on |a_ref − ã| / ã, where ã is `_halving_sum` of a class's K ≤ kmax non-negative exp
+    terms and a_ref the reference's cache term for that class.
+
+    The reference's (N × NK)·(NK × C) product adds each class's K terms (its other products are exact zeros, and
+    x·1 is exact) in an order of the BLAS's choosing: any order is within γ_{K−1} = (K−1)u/(1−(K−1)u) of the exact
+    sum of its terms; the halving sum is within γ_{log2 K'} (K' = K rounded up to a power of two). Two evaluations
+    of exp of the same float input (vectorised and scalar code, or two libraries) are each within 2 ulp of e^x
+    (ATen's SLEEF u10 and glibc: 1 ulp; CUDA expf: 2 ulp), so within 8u relative of each other.
+    """
+    u = torch.finfo(dtype).eps / 2
+
+    def gamma_n(n: int) -> float:
+        return n * u / (1 - n * u)
+
+    g_ref, g_ours = gamma_n(kmax - 1), gamma_n((kmax - 1).bit_length())
+    true = (1 + g_ref) * (1 + g_ours) * (1 + 8 * u) / ((1 - g_ref) * (1 - g_ours) * (1 - 8 * u)) - 1 + 1e-12
+    return 1.05 * true
+
+
+def _bounded_plane(z: Tensor, a: Tensor, k: Tensor | None, labels: Tensor, group: Tensor, n_groups: int,
+                   alpha: Tensor, gamma: Tensor, rel: float, budget: int) -> tuple[Tensor, Tensor]:
+    """(n_groups, na, ng) counts of rows whose label is surely the reference's first maximum at each (α, γ), and
+    the (rows,) mask of rows left undecided somewhere (counted nowhere: the caller scores them exactly).
+
+    `a` is ã, within `rel` (relative) of the reference's cache term a_ref. The reference computes
+    ℓ = fl(fl(z + fl(α·a_ref)) − fl(γ·k)), within 3u·(|z| + α·a_ref + γ|k|) of the real z + α·a_ref − γ·k, so the
+    difference of two of its logits is within 6u·bound + α·(|a_ref,y − ã_y| + |a_ref,j − ã_j|) of the real
+    difference with ã. Margins here take 7u·bound (bound: the row's largest |z|, α·a and γ|k|) plus
+    α·rel·(ã_y + ã_j) (or 2·α·rel·max ã), evaluated in float64.
+    """
+    na, ng = alpha.shape[0], gamma.shape[1]
+    u7 = 3.5 * torch.finfo(z.dtype).eps
+    s_abs = 8 * torch.finfo(z.dtype).tiny * a.shape[1]  # subnormal exp terms: an absolute slack, far above need
+    kk = k if k is not None else torch.zeros_like(z)
+    al_max, ga_max = float(alpha.max()), float(gamma.max())
+    big_a = a.amax(dim=1).double()
+    big_z, big_k = z.abs().amax(dim=1).double(), kk.abs().amax(dim=1).double()
+    margin = (u7 * (big_z + al_max * big_a * (1 + rel) + ga_max * big_k) + 2 * al_max * (rel * big_a + s_abs)
+              + torch.finfo(torch.float64).tiny)
+    alive, label_alive = _settle_corners(z, a, k, labels, alpha, gamma, margin)
+    n_alive = alive.sum(dim=1)
+    counts = torch.zeros(n_groups, na, ng, dtype=torch.long, device=z.device)
+    settled = label_alive & (n_alive == 1)
+    counts += torch.bincount(group[settled], minlength=n_groups).view(-1, 1, 1)
+    undecided = torch.zeros(z.shape[0], dtype=torch.bool, device=z.device)
+    contested = (label_alive & (n_alive > 1)).nonzero().squeeze(1)
+    if contested.numel() == 0:
+        return counts, undecided
+    contested = contested[torch.argsort(n_alive[contested], stable=True)]
+    sizes = n_alive[contested].tolist()
+    al64 = alpha.double().view(1, -1)
+    start = 0
+    while start < len(sizes):
+        width = 1 << (sizes[start] - 1).bit_length()  # groups of widths up to a power of two (few calls)
+        end = bisect.bisect_right(sizes, width, lo=start)
+        end = start + max(1, min(end - start, budget // (na * sizes[end - 1])))
+        rows = contested[start:end]
+        rounding = u7 * (big_z[rows].view(-1, 1) + al64 * big_a[rows].view(-1, 1) * (1 + rel)
+                         + ga_max * big_k[rows].view(-1, 1))  # (R, na)
+        wins, amb = _interval_wins(z, a, kk, labels, alive, rows, sizes[end - 1], alpha, gamma, rounding,
+                                   rel, s_abs, group[rows], n_groups)
+        undecided[rows] = amb
+        counts += wins
+        start = end
+    return counts, undecided
+
+
+def _settle_corners(z: Tensor, a: Tensor, k: Tensor | None, labels: Tensor, alpha: Tensor, gamma: Tensor,
+                    margin: Tensor) -> tuple[Tensor, Tensor]:
+    """(alive, label_alive) as `_settle` (every class alive before), on the distinct corners of the (α, γ) box
+    only, without the γ·k terms when k is None. `margin` (rows,) bounds how far the reference's logit difference
+    can be from the real one computed here."""
+    y = labels.view(-1, 1)
+    al = sorted({float(alpha.min()), float(alpha.max())})
+    ga = sorted({float(gamma.min()), float(gamma.max())}) if k is not None else [0.0]
+    dz, da = ((t.gather(1, y) - t).double() for t in (z, a))
+    dk = (k.gather(1, y) - k).double() if k is not None else None
+    low = high = None
+    for x in al:
+        base = dz + x * da
+        for g in ga:
+            corner = base if dk is None or g == 0.0 else base - g * dk
+            low = corner if low is None else torch.minimum(low, corner)
+            high = corner if high is None else torch.maximum(high, corner)
+    m = margin.double().view(-1, 1)
+    alive = ~(low > m)  # the label's own column has lead 0 and stays
+    label_alive = ~(alive & (high < -m)).any(dim=1)
+    return alive, label_alive
+
+
+def _interval_wins(z, a, k, labels, alive, rows, width, alpha, gamma, rounding, rel, s_abs, group, n_groups):
+    """((n_groups, na, ng) counts of `rows` whose label is surely the reference's first maximum, (rows,) rows with
+    some undecided point).
+
+    In real arithmetic, with ã, the label's lead over survivor j at (α, γ) is c_j(α) − γ·d_j with
+    c_j = (z_y − z_j) + α·(ã_y − ã_j), d_j = k_y − k_j. The reference's lead differs from it by at most
+    m = `rounding` + α·rel·(ã_y + ã_j) (`_bounded_plane`), so a lead > m over every survivor is a sure win, a lead
+    < −m over one a sure loss, anything else (ties included) undecided. For each α the sure wins are an interval
+    of γ and the not-sure-losses another, found with one division per survivor and counted on the sorted γ grid.
+    Computed in float64, whose rounding is orders of magnitude below the margins' slack.
+    """
+    keep = alive[rows]
+    cand = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :width]
+    y = labels[rows].view(-1, 1)
+    cand = torch.where(torch.arange(width, device=z.device) < keep.sum(1, keepdim=True), cand, y)
+    valid = (cand != y).unsqueeze(1)  # (R, 1, W)
+    lead = [(t[rows].gather(1, y) - t[rows].gather(1, cand)).double().unsqueeze(1) for t in (z, a, k)]
+    pair = a[rows].gather(1, y).double() + a[rows].gather(1, cand).double() + 2 * s_abs  # (R, W): ã_y + ã_j
+    alpha64 = alpha.double().view(1, -1, 1)
+    m = rounding.unsqueeze(-1) + alpha64 * rel * pair.unsqueeze(1) + torch.finfo(torch.float64).tiny  # (R, na, W)
+    c = lead[0] + alpha64 * lead[1]  # (R, na, W)
+    d = lead[2].expand_as(c)
+    pos, neg = valid & (d > 0), valid & (d < 0)
+    flat = valid & (d == 0)
+    inf = torch.tensor(float("inf"), dtype=torch.float64, device=z.device)
+    up_win, low_win = (c - m) / d, (c + m) / d  # thresholds: sure win below/above, not a sure loss up to/from
+    win_hi = torch.where(pos, up_win, inf).amin(-1)  # win needs γ < win_hi
+    win_lo = torch.where(neg, up_win, -inf).amax(-1)  # and γ > win_lo
+    nl_hi = torch.where(pos, low_win, inf).amin(-1)  # not lost needs γ ≤ nl_hi
+    nl_lo = torch.where(neg, low_win, -inf).amax(-1)  # and γ ≥ nl_lo
+    no_win = (flat & (c <= m)).any(-1)
+    no_nl = (flat & (c < -m)).any(-1)
+    order = torch.argsort(gamma.flatten())
+    gs = gamma.flatten()[order].double().contiguous()
+    w0 = torch.searchsorted(gs, win_lo.contiguous(), right=True)
+    w1 = torch.searchsorted(gs, win_hi.contiguous(), right=False)
+    n0 = torch.searchsorted(gs, nl_lo.contiguous(), right=False)
+    n1 = torch.searchsorted(gs, nl_hi.contiguous(), right=True)
+    n_win = torch.where(no_win, 0, (w1 - w0).clamp(min=0))
+    n_nl = torch.where(no_nl, 0, (n1 - n0).clamp(min=0))
+    undecided = (n_win != n_nl).any(dim=1)  # (R,)
+    na, ng = c.shape[1], gs.numel()
+    use = (n_win > 0) & ~undecided.view(-1, 1)
+    base = (group.view(-1, 1) * na + torch.arange(na, device=z.device)) * (ng + 1)
+    size = n_groups * na * (ng + 1)
+    diff = torch.bincount((base + w0)[use], minlength=size) - torch.bincount((base + w1)[use], minlength=size)
+    counts_sorted = diff.view(n_groups, na, ng + 1)[:, :, :ng].cumsum(dim=-1)
+    counts = torch.empty_like(counts_sorted)
+    counts[:, :, order] = counts_sorted
+    return counts, undecided
+
+
+def _score_exact(model: TipAdapter, z: Tensor, k: Tensor | None, labels: Tensor, distance: Tensor, beta: float,
+                 alpha: Tensor, gamma: Tensor, buffer: Tensor, rows: Tensor | None = None) -> Tensor:
+    """(na, ng) counts of a reference chunk (or of `rows` of it) at one β with the reference's own cache term."""
+    cache = _affinity(distance, beta, buffer[: distance.shape[0]]) @ model.values_
+    if rows is None:
+        return _plane_correct(z, cache, k, labels, alpha, gamma)
+    return _all_classes(z[rows], cache[rows], None if k is None else k[rows], labels[rows], alpha, gamma)
+
+
+def _search_betas(model: TipAdapter, parts, labels: Tensor, betas: Sequence[float], alpha: Tensor, gamma: Tensor,
+                  correct: Tensor) -> None:
+    """Add every β's (na, ng) counts into correct[:, j, :]. `parts` yields (rows, z, k | None, 1 − f Fᵀ) per
+    reference chunk (the reference's chunks, so that its products can be repeated exactly where needed).
+
+    One-hot L, finite data and non-negative grids: the matmul-free path. Each class's cache term is the sum of its
+    own K exp terms (no (N × NK)·(NK × C) product), several β at a time over blocks of chunks; rows it cannot
+    decide at some point are scored with the reference's product of their chunk. Otherwise: the product per β.
+    """
+    values = model.values_
+    layout = _class_layout(values) if _matmul_is_plain(values.dtype, values.device) else None
+    if layout is not None:
+        grids_ok = all(bool(torch.isfinite(t).all()) and bool((t >= 0).all()) for t in (alpha, gamma))
+        layout = layout if grids_ok and all(b >= 0 and b < float("inf") for b in betas) else None
+    if layout is None:
+        for rows, z, k, distance in parts:
+            buffer = torch.empty_like(distance)
+            for j, beta in enumerate(betas):
+                correct[:, j, :] += _score_exact(model, z, k, labels[rows], distance, beta, alpha, gamma, buffer)
+        return
+    block: list = []
+    size = 0
+    for part in parts:
+        block.append(part)
+        size += part[3].numel()
+        if size >= BLOCK_ELEMENTS:
+            _bounded_block(model, block, labels, betas, alpha, gamma, correct, layout)
+            block, size = [], 0
+    if block:
+        _bounded_block(model, block, labels, betas, alpha, gamma, correct, layout)
+
+
+def _bounded_block(model, block, labels, betas, alpha, gamma, correct, layout) -> None:
+    index, pad, kmax = layout
+    first, last = block[0][0], block[-1][0]
+    y = labels[first.start:last.stop]
+    z = torch.cat([p[1] for p in block])
+    k = None if block[0][2] is None else torch.cat([p[2] for p in block])
+    finite = all(bool(torch.isfinite(t).all()) for t in [z] + [p[3] for p in block] + ([k] if k is not None else []))
+    buffer = torch.empty_like(max((p[3] for p in block), key=lambda d: d.shape[0]))
+    if not finite:
+        for rows, zp, kp, distance in block:
+            for j, beta in enumerate(betas):
+                correct[:, j, :] += _score_exact(model, zp, kp, labels[rows], distance, beta, alpha, gamma, buffer)
+        return
+    d3 = torch.cat([p[3] for p in block])[:, index].permute(2, 0, 1).contiguous()  # (K, R, C): shot j of each class
+    n_rows, c = z.shape
+    pad = None if pad is None else pad.T.unsqueeze(1)  # (K, 1, C)
+    rel = _relative_slack(kmax, z.dtype)
+    step = max(1, BLOCK_ELEMENTS // d3.numel())
+    offsets = [p[0].start - first.start for p in block] + [n_rows]
+    for j0 in range(0, len(betas), step):
+        bs = betas[j0:j0 + step]
+        terms = torch.empty((len(bs),) + tuple(d3.shape), dtype=d3.dtype, device=d3.device)
+        for i, beta in enumerate(bs):
+            torch.mul(d3, -beta, out=terms[i])  # the reference's exp input, element for element
+        terms.exp_()
+        if pad is not None:
+            terms.masked_fill_(~pad, 0.0)
+        a = _halving_sum(terms).reshape(-1, c)
+        nb = len(bs)
+        group = torch.arange(nb, device=z.device).repeat_interleave(n_rows)
+        if not bool(torch.isfinite(a).all()):  # exp overflow: the reference's products for this batch
+            for i, beta in enumerate(bs):
+                for rows, zp, kp, distance in block:
+                    correct[:, j0 + i, :] += _score_exact(model, zp, kp, labels[rows], distance, beta, alpha, gamma,
+                                                          buffer)
+            continue
+        zf = z.repeat(nb, 1)
+        kf = None if k is None else k.repeat(nb, 1)
+        counts, undecided = _bounded_plane(zf, a, kf, y.repeat(nb), group, nb, alpha, gamma, rel, SCORE_BUDGET)
+        correct[:, j0:j0 + nb, :] += counts.permute(1, 0, 2)
+        flat = undecided.nonzero().squeeze(1).tolist()
+        for i in sorted({f // n_rows for f in flat}):
+            todo = torch.tensor([f % n_rows for f in flat if f // n_rows == i], device=z.device)
+            for p, (rows, zp, kp, distance) in enumerate(block):
+                sel = todo[(todo >= offsets[p]) & (todo < offsets[p + 1])] - offsets[p]
+                if sel.numel():
+                    correct[:, j0 + i, :] += _score_exact(model, zp, kp, labels[rows], distance, bs[i], alpha,
+                                                          gamma, buffer, rows=sel)
+
+
 def search_tip_adapter(
     model: TipAdapter,
     val_features: Tensor,
@@ -440,13 +719,10 @@ def search_tip_adapter(
     labels = val_labels.to(device)
     correct = torch.zeros(len(grid["alpha"]), len(grid["beta"]), dtype=torch.long, device=device)
     per_row = len(grid["alpha"]) * c + 2 * model.values_.shape[0]  # the chunking rule of the full search
-    for rows in _chunks(n, _chunk_size(chunk_size, per_row, n)):
-        zs = model.zero_shot_logits(val_features[rows])
-        distance = 1.0 - model.cache_cosine(val_features[rows], _rows(adapted_val_features, rows))
-        buffer = torch.empty_like(distance)
-        for j, beta in enumerate(grid["beta"]):
-            cache = _affinity(distance, beta, buffer) @ model.values_
-            correct[:, j] += _plane_correct(zs, cache, None, labels[rows], alpha_t, gamma_t)[:, 0]
+    parts = ((rows, model.zero_shot_logits(val_features[rows]), None,
+              1.0 - model.cache_cosine(val_features[rows], _rows(adapted_val_features, rows)))
+             for rows in _chunks(n, _chunk_size(chunk_size, per_row, n)))
+    _search_betas(model, parts, labels, grid["beta"], alpha_t, gamma_t, correct.unsqueeze(-1))
     return SearchResult(params=params, grid=grid, correct=correct.cpu(), n=n, order=_space(order, params),
                         tie_break=tie_break)
 
@@ -493,13 +769,9 @@ def search_tip_x(
     labels = val_labels.to(device)
     correct = torch.zeros(na, len(grid["beta"]), ng, dtype=torch.long, device=device)
     # pass 2: per β the affinity term, then the (α, γ) plane on the candidate classes
-    for part, rows in enumerate(_chunks(n, size)):
-        zs = zs_parts[part]
-        kl_term = a * kl_parts[part] + b * counts
-        distance = 1.0 - model.cache_cosine(val_features[rows], _rows(adapted_val_features, rows))
-        buffer = torch.empty_like(distance)
-        for j, beta in enumerate(grid["beta"]):
-            cache = _affinity(distance, beta, buffer) @ model.values_
-            correct[:, j, :] += _plane_correct(zs, cache, kl_term, labels[rows], alpha_t, gamma_t)
+    parts = ((rows, zs_parts[part], a * kl_parts[part] + b * counts,
+              1.0 - model.cache_cosine(val_features[rows], _rows(adapted_val_features, rows)))
+             for part, rows in enumerate(_chunks(n, size)))
+    _search_betas(model, parts, labels, grid["beta"], alpha_t, gamma_t, correct)
     return SearchResult(params=params, grid=grid, correct=correct.cpu(), n=n, order=_space(order, params),
                         tie_break=tie_break)
