@@ -9,6 +9,7 @@ from pathlib import Path
 from clipadapt.argtypes import COUNT, SEED
 from clipadapt.cli._common import add_feature_source_arguments
 from clipadapt.cli._conventions import run_provenance
+from clipadapt.cli._outputs import FILE, output_option
 from clipadapt.constants import GRID_PRESETS, HEAD_METHODS, TIE_BREAKS
 from clipadapt.errors import ConfigError
 
@@ -53,8 +54,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     add_dn_arguments(dn, sources=None)
     add_text_mean_argument(dn)
-    parser.add_argument("--out", type=Path, required=True, metavar="FILE",
-                        help="the head file to write (one safetensors file, e.g. head.safetensors)")
+    output_option(parser.add_argument("--out", type=Path, required=True, metavar="FILE",
+                                      help="the head file to write (one safetensors file, e.g. head.safetensors)"),
+                  FILE)
 
 
 def _fewshot_config(args: argparse.Namespace):
