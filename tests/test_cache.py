@@ -81,10 +81,12 @@ def test_every_key_component_changes_the_key(tmp_path, data):
 
 # ----------------------------------------------------------------------------------------- hits and misses
 def test_second_run_is_served_without_the_encoder(tmp_path, data, no_encoder):
-    first = get_feature_set(MODEL, data, ["train", "test"], views={"train": 2}, cache_dir=tmp_path / "c", progress=False)
+    first = get_feature_set(MODEL, data, ["train", "test"], views={"train": 2}, cache_dir=tmp_path / "c",
+                            progress=False)
     assert first.meta["encoder_loaded"] is True
     no_encoder()
-    second = get_feature_set(MODEL, data, ["train", "test"], views={"train": 2}, cache_dir=tmp_path / "c", progress=False)
+    second = get_feature_set(MODEL, data, ["train", "test"], views={"train": 2}, cache_dir=tmp_path / "c",
+                             progress=False)
     assert second.meta["encoder_loaded"] is False
     for name in ("train", "test"):
         assert torch.equal(first.split(name).image, second.split(name).image)
@@ -131,7 +133,8 @@ def test_recent_encoder_is_reused_across_calls(tmp_path, data, monkeypatch):
 
 def test_indices_select_rows(tmp_path, data, enc):
     full = get_feature_set(MODEL, data, ["train"], cache_dir=tmp_path / "c", encoder=enc, progress=False)
-    part = get_feature_set(MODEL, data, ["train"], indices={"train": [1, 4]}, cache_dir=tmp_path / "c", encoder=enc, progress=False)
+    part = get_feature_set(MODEL, data, ["train"], indices={"train": [1, 4]}, cache_dir=tmp_path / "c", encoder=enc,
+                           progress=False)
     assert torch.allclose(part.split("train").image, full.split("train").image[[1, 4]], atol=1e-6)
 
 
@@ -176,7 +179,8 @@ def test_cli_extract_writes_cache_and_feature_dir(tmp_path, dataset_spec, capsys
 
 
 def test_cli_eval_second_run_does_not_touch_the_encoder(tmp_path, dataset_spec, no_encoder):
-    args = ["eval", "--model", MODEL, "--dataset", dataset_spec, "--method", "zeroshot", "--cache-dir", str(tmp_path / "c")]
+    args = ["eval", "--model", MODEL, "--dataset", dataset_spec, "--method", "zeroshot", "--cache-dir",
+            str(tmp_path / "c")]
     assert main(args + ["--out", str(tmp_path / "r1.json")]) == 0
     no_encoder()
     assert main(args + ["--out", str(tmp_path / "r2.json")]) == 0

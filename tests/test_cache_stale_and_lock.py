@@ -106,7 +106,8 @@ def test_same_size_same_mtime_edit_is_caught_only_by_sha256(tmp_path, loads):
     n = loads["n"]
     stale = get_feature_set(MODEL, {"test": ds}, ["test"], cache_dir=cache, device="cpu", progress=False)
     assert loads["n"] == n and stale.meta["encoder_loaded"] is False
-    exact = get_feature_set(MODEL, {"test": ds}, ["test"], cache_dir=cache, device="cpu", progress=False, file_check="sha256")
+    exact = get_feature_set(MODEL, {"test": ds}, ["test"], cache_dir=cache, device="cpu", progress=False,
+                            file_check="sha256")
     assert loads["n"] == n + 1
     assert torch.allclose(exact.split("test").image[1], _direct(load_encoder(MODEL, device="cpu"), bmp[1]), atol=1e-4)
 

@@ -32,11 +32,13 @@ def add_feature_source_arguments(parser: argparse.ArgumentParser) -> None:
                      "such as builtin:coco500 (`clipadapt datasets`)")
     src.add_argument("--model", help="model id ARCH@TAG, e.g. ViT-B-32@openai (extract through the cache)")
     src.add_argument("--dataset", help="dataset spec, e.g. coop:oxford_pets:/data/pets, imagefolder:/data/x")
-    src.add_argument("--cache-dir", type=Path, default=None, help="feature cache root (default: $CLIPADAPT_CACHE or ~/.cache/clipadapt)")
+    src.add_argument("--cache-dir", type=Path, default=None,
+                     help="feature cache root (default: $CLIPADAPT_CACHE or ~/.cache/clipadapt)")
     src.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     src.add_argument("--batch-size", type=COUNT, default=DEFAULT_BATCH_SIZE)
     src.add_argument("--num-workers", type=NON_NEGATIVE_INT, default=0, help="DataLoader workers when encoding images")
-    src.add_argument("--on-error", choices=["fail", "skip"], default="fail", help="unreadable images when encoding: fail, or skip and record")
+    src.add_argument("--on-error", choices=["fail", "skip"], default="fail",
+                     help="unreadable images when encoding: fail, or skip and record")
     add_file_check_argument(src)
     add_verify_argument(src)
 

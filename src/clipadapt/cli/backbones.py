@@ -25,7 +25,8 @@ COMMAND = "backbones"
 HELP = "multi-backbone evaluation: oracle, agreement, normalisation study, ensembles, Neural Logit Controller, cost"
 EXAMPLES = """
 clipadapt backbones --features feats-rn50/ feats-vitb32/ feats-vitb16/ --out runs/synergy
-clipadapt backbones --models RN50@openai,ViT-B-32@openai --dataset coop:oxford_pets:/data/pets --shots 16 --out runs/pets
+clipadapt backbones --models RN50@openai,ViT-B-32@openai --dataset coop:oxford_pets:/data/pets --shots 16 \
+--out runs/pets
 """
 
 COST_METRICS = {"gflops": ("gflops_per_image", "GFLOPs per image"), "ms": ("ms_per_image", "ms per image"),
@@ -41,7 +42,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--labels", type=Path, help="(N,) .npy labels of --logits")
     src.add_argument("--heldout-logits", type=comma_strings, help="held-out logits for fitting, same backbone order")
     src.add_argument("--heldout-labels", type=Path, help="(M,) .npy labels of --heldout-logits")
-    src.add_argument("--embeddings", type=comma_strings, help="(N, D_b) image embeddings .npy per backbone (enables the NLC)")
+    src.add_argument("--embeddings", type=comma_strings,
+                     help="(N, D_b) image embeddings .npy per backbone (enables the NLC)")
     src.add_argument("--heldout-embeddings", type=comma_strings, help="held-out embeddings .npy per backbone")
     src.add_argument("--names", type=comma_strings, help="backbone names for --logits (default: file names)")
     src.add_argument("--cache-dir", type=Path, default=None, help="feature cache root for --models")
@@ -51,14 +53,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
     ev.add_argument("--split", default="test", help="evaluated split (default: test)")
     ev.add_argument("--heldout-split", default="val", help="labelled split the combiners are fitted on (default: val)")
     ev.add_argument("--shots", "--val-from-train", dest="shots", type=COUNT, default=None, metavar="K",
-                    help="few-shot mode: held-out = K images per class from --train-split (seeded by --seed) instead of "
+                    help="few-shot mode: held-out = K images per class from --train-split (seeded by --seed) "
+                         "instead of "
                          "--heldout-split; use it when the held-out split is the test set (CoOp's ImageNet val)")
     ev.add_argument("--train-split", default="train", help="training split (few-shot pool, linear probe)")
     ev.add_argument("--seed", type=SEED, default=1, help="seed of the few-shot draw and the controller")
     ev.add_argument("--thresholds", type=PROBABILITIES, default=[0.5, 0.7, 0.8, 0.9, 0.95, 0.99],
                     help="cascade confidence thresholds")
     ev.add_argument("--cost", choices=["gflops", "ms", "params", "none"], default="gflops",
-                    help="cost axis from each backbone's architecture: gflops (default) and params are counted, ms is timed "
+                    help="cost axis from each backbone's architecture: gflops (default) and params are counted, ms "
+                         "is timed "
                          "on --device; none = every backbone costs 1")
     ev.add_argument("--costs", type=NON_NEGATIVES, help="explicit per-backbone costs")
     ev.add_argument("--no-normalisation-study", action="store_true", help="skip the normalisation study")
@@ -117,8 +121,10 @@ def run(args: argparse.Namespace) -> int:
 
     modes = [bool(args.features), bool(args.models), bool(args.logits)]
     if sum(modes) != 1:
-        raise ConfigError("give exactly one of --features DIR..., --models LIST --dataset SPEC, --logits FILES --labels FILE")
-    logit_inputs = ("--labels", "--heldout-logits", "--heldout-labels", "--embeddings", "--heldout-embeddings", "--names")
+        raise ConfigError("give exactly one of --features DIR..., --models LIST --dataset SPEC, --logits FILES "
+                          "--labels FILE")
+    logit_inputs = ("--labels", "--heldout-logits", "--heldout-labels", "--embeddings",
+                    "--heldout-embeddings", "--names")
     if args.features:
         refuse_unused(args, "--features", ("--dataset", "--cache-dir", *logit_inputs))
     elif args.models:
@@ -201,7 +207,8 @@ def _write(out: Path, report: SynergyReport, results: dict, provenance: dict) ->
     atomic_write_bytes(out / "summary.md", ("# Backbone synergy\n\n" + "\n".join(sections)).encode())
     heatmap(report.agreement, report.names, out / "agreement.png", title="Agreement (% same prediction)")
     heatmap(report.complementarity, report.names, out / "complementarity.png",
-            title="Complementarity (%):\nrow backbone right, column backbone wrong", row_label="right", col_label="wrong")
+            title="Complementarity (%):\nrow backbone right, column backbone wrong", row_label="right",
+            col_label="wrong")
     accuracy_vs_cost(report.points, out / "accuracy_vs_cost.png", cost_label=report.cost_label,
                      cascade=report.results["cascade"])
 

@@ -40,16 +40,21 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="safetensors with 'image' (N, D), 'caption' (M, D)[, 'reference' (K, D)]: the CSV's "
                              "image/caption/references columns are then row indices (references ';'-separated); "
                              "or builtin:coco500 (500 images and their 500 captions, row i a matched pair)")
-    parser.add_argument("--image-root", type=Path, help="without --embeddings: folder the CSV's image paths are relative to")
-    parser.add_argument("--model", help="model id ARCH@TAG: without --embeddings, the encoder of the images and captions; "
+    parser.add_argument("--image-root", type=Path,
+                        help="without --embeddings: folder the CSV's image paths are relative to")
+    parser.add_argument("--model", help="model id ARCH@TAG: without --embeddings, the encoder of the images and "
+                                        "captions; "
                                         "with --embeddings, recorded in the results as the model that computed them")
     parser.add_argument("--device", default=None)
     parser.add_argument("--batch-size", type=COUNT, default=DEFAULT_BATCH_SIZE)
-    parser.add_argument("--num-workers", type=NON_NEGATIVE_INT, default=0, help="DataLoader workers when encoding images")
+    parser.add_argument("--num-workers", type=NON_NEGATIVE_INT, default=0,
+                        help="DataLoader workers when encoding images")
     parser.add_argument("--on-error", choices=["fail", "skip"], default="fail",
-                        help="unreadable images: fail, or skip them and drop their judgments (listed in the results JSON)")
+                        help="unreadable images: fail, or skip them and drop their judgments (listed in the "
+                             "results JSON)")
     parser.add_argument("--dn-pool", type=Path,
-                        help="with --dn-source unlabeled: safetensors with 'image' and 'text' raw embeddings for the means")
+                        help="with --dn-source unlabeled: safetensors with 'image' and 'text' raw embeddings for "
+                             "the means")
     add_dn_arguments(parser, source_default="test", sources=("test", "unlabeled"), samples_default=None)
     add_out_argument(parser, writes="correlations.md, correlations.csv, scores.csv (per judgment)", legacy_json=True)
     output_option(parser.add_argument("--table", type=Path,
@@ -78,7 +83,8 @@ def _int(value: str, path: Path, line: int, column: str, n: int) -> int:
     try:
         i = int(value)
     except ValueError as e:
-        raise DatasetError(f"{path}: line {line}: column '{column}' must be a row index with --embeddings, got '{value}'") from e
+        raise DatasetError(f"{path}: line {line}: column '{column}' must be a row index with --embeddings, got "
+                           f"'{value}'") from e
     if not 0 <= i < n:
         raise DatasetError(f"{path}: line {line}: {column} index {i} outside [0, {n})")
     return i
@@ -96,7 +102,8 @@ def _from_embeddings(args: argparse.Namespace, rows: list[dict]) -> tuple:
     cap_idx = [_int(r["caption"], args.judgments, i + 2, "caption", caption_all.shape[0]) for i, r in enumerate(rows)]
     refs = None
     if "references" in rows[0] and ref_all is not None:
-        refs = [ref_all.float()[[_int(x, args.judgments, i + 2, "references", ref_all.shape[0]) for x in r["references"].split(";") if x.strip()]]
+        refs = [ref_all.float()[[_int(x, args.judgments, i + 2, "references", ref_all.shape[0])
+                                 for x in r["references"].split(";") if x.strip()]]
                 for i, r in enumerate(rows)]
     pool = (image_all[sorted(set(img_idx))], caption_all[sorted(set(cap_idx))])
     return image_all[img_idx], caption_all[cap_idx], refs, pool, rows, []
@@ -120,10 +127,12 @@ def _from_images(args: argparse.Namespace, rows: list[dict]) -> tuple:
         unreadable = {images[s["row"]] for s in encoded.skipped}
         rows = [r for r in rows if r["image"] not in unreadable]
         if not rows:
-            raise DatasetError(f"{args.judgments}: every judged image is unreadable (first: {encoded.skipped[0]['error']})")
+            raise DatasetError(f"{args.judgments}: every judged image is unreadable (first: "
+                               f"{encoded.skipped[0]['error']})")
         images = [images[i] for i in encoded.rows]
     image_emb = encoded.image
-    texts = sorted({r["caption"] for r in rows} | {x.strip() for r in rows for x in (r.get("references") or "").split(REF_SEP) if x.strip()})
+    texts = sorted({r["caption"] for r in rows} | {x.strip() for r in rows
+                                                   for x in (r.get("references") or "").split(REF_SEP) if x.strip()})
     text_emb = encode_captions(encoder, texts, args.batch_size)
     img_id, txt_id = {p: i for i, p in enumerate(images)}, {t: i for i, t in enumerate(texts)}
     refs = None
@@ -161,12 +170,15 @@ def run(args: argparse.Namespace) -> int:
     res = evaluate_caption_scores(image, caption, human, refs, lam=args.dn_lambda, n_samples=args.dn_samples,
                                   seeds=seeds, pool_image=pool[0], pool_text=pool[1])
     res["dn"].update(source=args.dn_source, transductive=args.dn_source == "test",
-                     note="DN scores are not on CLIPScore's scale (no 2.5x, no clamp, can be negative); compare correlations only")
-    res["dn"]["draws_identical"] = draws_identical(args.dn_repeats, (res["dn"]["n_image_samples"], res["dn"]["n_text_samples"]),
+                     note="DN scores are not on CLIPScore's scale (no 2.5x, no clamp, can be negative); compare "
+                          "correlations only")
+    res["dn"]["draws_identical"] = draws_identical(args.dn_repeats,
+                                                   (res["dn"]["n_image_samples"], res["dn"]["n_text_samples"]),
                                                    (pool[0].shape[0], pool[1].shape[0]))
     res["model"] = args.model
     res["data"] = {"judgments": str(args.judgments), "n_judgments": len(rows),
-                   **({"embeddings": str(args.embeddings)} if args.embeddings else {"image_root": str(args.image_root)}),
+                   **({"embeddings": str(args.embeddings)} if args.embeddings
+                      else {"image_root": str(args.image_root)}),
                    **({"dn_pool": str(args.dn_pool)} if args.dn_source == "unlabeled" else {})}
     table = [{"metric": m, **c} for m, c in res["correlations"].items()]
     print(markdown_table(table, digits=4), end="")
@@ -204,6 +216,7 @@ def summary_lines(correlations: dict) -> list[str]:
 
 
 def _provenance(args: argparse.Namespace) -> dict:
-    paths = {"judgments": args.judgments, "embeddings": args.embeddings, "image_root": None if args.embeddings else args.image_root,
+    paths = {"judgments": args.judgments, "embeddings": args.embeddings,
+             "image_root": None if args.embeddings else args.image_root,
              "dn_pool": args.dn_pool if args.dn_source == "unlabeled" else None}
     return path_provenance(args, paths, model=args.model, unhashed=["image_root"])

@@ -19,20 +19,27 @@ clipadapt extract --model ViT-B-16@openai --dataset imagefolder:/data/pool --spl
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model id: ARCH@TAG (ViT-B-32@openai), ARCH@/path/ckpt.pt, hf-hub:ORG/REPO")
-    parser.add_argument("--dataset", required=True, help="dataset spec, e.g. coop:oxford_pets:/data/pets, imagefolder:/data/x")
+    parser.add_argument("--model", required=True, help="model id: ARCH@TAG (ViT-B-32@openai), ARCH@/path/ckpt.pt, "
+                                                       "hf-hub:ORG/REPO")
+    parser.add_argument("--dataset", required=True,
+                        help="dataset spec, e.g. coop:oxford_pets:/data/pets, imagefolder:/data/x")
     parser.add_argument("--split", action="append", default=None, help="split to encode (repeatable; default: test)")
     parser.add_argument("--views", type=COUNT, default=1, help="V > 1: V augmented views per image (crop 0.5-1 + flip)")
     parser.add_argument("--seed", type=SEED, default=0, help="seed of the augmented views (used when --views > 1)")
     output_option(parser.add_argument("--out", type=Path,
                                       help="also write a feature directory here (docs/feature-format.md)"), DIR)
-    parser.add_argument("--cache-dir", type=Path, default=None, help="cache root (default: $CLIPADAPT_CACHE or ~/.cache/clipadapt)")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="cache root (default: $CLIPADAPT_CACHE or ~/.cache/clipadapt)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="auto: AMP on cuda, fp32 on cpu")
+    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="auto: AMP on cuda, fp32 on cpu")
     parser.add_argument("--batch-size", type=COUNT, default=DEFAULT_BATCH_SIZE)
-    parser.add_argument("--num-workers", type=NON_NEGATIVE_INT, default=0, help="DataLoader worker processes for image decoding")
-    parser.add_argument("--on-error", choices=["fail", "skip"], default="fail", help="unreadable images: fail, or skip and record them")
-    parser.add_argument("--adapter", type=Path, default=None, help="IMO adapter checkpoint to attach to the image tower")
+    parser.add_argument("--num-workers", type=NON_NEGATIVE_INT, default=0,
+                        help="DataLoader worker processes for image decoding")
+    parser.add_argument("--on-error", choices=["fail", "skip"], default="fail",
+                        help="unreadable images: fail, or skip and record them")
+    parser.add_argument("--adapter", type=Path, default=None,
+                        help="IMO adapter checkpoint to attach to the image tower")
     parser.add_argument("--shard-size", type=COUNT, default=DEFAULT_SHARD_SIZE, help="rows per resumable shard")
     parser.add_argument("--sharded", action="store_true",
                         help="keep each split as its shards + a <split>.shards.json index, never assembled in memory "
@@ -57,7 +64,8 @@ def _extract(args: argparse.Namespace, options, encoder=None) -> int:
     get = get_sharded_feature_set if args.sharded else get_feature_set
     fs = get(args.model, args.dataset, args.split or ["test"], options, cache_dir=args.cache_dir, device=args.device,
              adapter=args.adapter, encoder=encoder)
-    print(f"model {fs.meta['model']}  dataset {fs.meta['dataset']}  classes {len(fs.classnames)}  text {tuple(fs.text.shape)}")
+    print(f"model {fs.meta['model']}  dataset {fs.meta['dataset']}  classes {len(fs.classnames)}  text "
+          f"{tuple(fs.text.shape)}")
     for name, split in fs.splits.items():
         skipped = fs.meta["skipped"].get(name, 0)
         note = f"  ({skipped} unreadable images skipped, see {name}.skipped.json)" if skipped else ""

@@ -24,7 +24,8 @@ if TYPE_CHECKING:  # torch-backed: imported where used, so building the parser s
     from clipadapt.eval.fewshot import FewShotConfig
 
 COMMAND = "fewshot"
-HELP = "few-shot protocol: sample K shots per class × seeds, search on val, report test accuracy (Tip-Adapter, Tip-X, ...)"
+HELP = ("few-shot protocol: sample K shots per class × seeds, search on val, report test accuracy (Tip-Adapter, "
+        "Tip-X, ...)")
 EXAMPLES = """
 clipadapt fewshot --features feats/ --shots 1,2,4,8,16 --seeds 1,2,3 --methods zeroshot,tip,tip-f,tipx --out runs/pets
 clipadapt fewshot --model ViT-B-16@openai --dataset coop:eurosat:/data/eurosat --methods tip,tip++ \\
@@ -37,30 +38,39 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shots", type=COUNTS, default=[1, 2, 4, 8, 16], help="shots per class (default 1,2,4,8,16)")
     parser.add_argument("--seeds", type=SEEDS, default=[1, 2, 3], help="sampling seeds (default 1,2,3)")
     parser.add_argument("--methods", type=comma_strings, default=["zeroshot", "tip", "tip-f", "tipx"],
-                        help="comma list of zeroshot, tip, tip-f, tipx, tip++, tipx++ (default zeroshot,tip,tip-f,tipx)")
+                        help="comma list of zeroshot, tip, tip-f, tipx, tip++, tipx++ (default "
+                             "zeroshot,tip,tip-f,tipx)")
     parser.add_argument("--views", type=COUNT, default=10,
-                        help="augmented views per cache image with --model/--dataset (default 10); --features uses its train split as is")
+                        help="augmented views per cache image with --model/--dataset (default 10); --features uses its "
+                             "train split as is")
     adapted = parser.add_mutually_exclusive_group()
-    adapted.add_argument("--adapter", type=Path, help="IMO adapter checkpoint for tip++/tipx++ (with --model/--dataset)")
+    adapted.add_argument("--adapter", type=Path, help="IMO adapter checkpoint for tip++/tipx++ (with "
+                                                      "--model/--dataset)")
     adapted.add_argument("--adapted-features", type=Path,
-                         help="feature directory of the same images through the IMO adapter, for tip++/tipx++ (with --features)")
+                         help="feature directory of the same images through the IMO adapter, for tip++/tipx++ (with "
+                              "--features)")
     parser.add_argument("--val-from-train", type=COUNT, default=None, metavar="N",
-                        help="validate on N train images per class (per seed, disjoint from that seed's shots; listed in "
+                        help="validate on N train images per class (per seed, disjoint from that seed's shots; "
+                             "listed in "
                              "indices/val_seed<S>.json) instead of the 'val' split — needed when val is the test set "
                              "(CoOp's ImageNet) or absent")
-    parser.add_argument("--allow-fewer", action="store_true", help="classes with fewer training images than --shots use all they have")
+    parser.add_argument("--allow-fewer", action="store_true",
+                        help="classes with fewer training images than --shots use all they have")
     parser.add_argument("--grid", action="append", default=[], metavar="FAMILY.PARAM=SPEC",
                         help="override a search grid, e.g. tip.beta=0.1:7:50 or tipx.gamma=0.5,1,2 "
-                             "(FAMILY tip = tip/tip-f/tip++, tipx = tipx/tipx++; SPEC LOW:HIGH:N or a list); repeatable")
+                             "(FAMILY tip = tip/tip-f/tip++, tipx = tipx/tipx++; SPEC LOW:HIGH:N or a list); "
+                             "repeatable")
     parser.add_argument("--grid-preset", choices=GRID_PRESETS, default=None,
-                        help="a paper's search grids and tie order: tip-adapter (β loop outermost: ties keep the smallest "
+                        help="a paper's search grids and tie order: tip-adapter (β loop outermost: ties keep the "
+                             "smallest "
                              "β), sus-x, imo (linspace grids with 0, α outermost); --grid then overrides single axes. "
                              "Default: clipadapt's grids, α outermost")
     parser.add_argument("--tie-break", choices=TIE_BREAKS, default="grid-order",
                         help="which of equally good validation grid points is kept: grid-order (first in loop order, "
                              "the papers' rule; default) or centre (centre of the largest tied region)")
     parser.add_argument("--tipf-epochs", type=COUNT, default=20, help="Tip-Adapter-F training epochs (default 20)")
-    parser.add_argument("--chunk-size", type=COUNT, default=None, help="validation rows per search chunk (default: fit ~128 MiB)")
+    parser.add_argument("--chunk-size", type=COUNT, default=None,
+                        help="validation rows per search chunk (default: fit ~128 MiB)")
     add_out_argument(parser, required=True,
                      writes="runs.csv, summary.csv, summary.md, accuracy_vs_shots.png, indices/")
 
@@ -99,7 +109,8 @@ def build_source(args: argparse.Namespace):
 
         use_val = args.val_from_train is None
         if use_val:  # fail before encoding anything when 'val' shares images with 'test'
-            check_disjoint(build_dataset(args.dataset, "val"), build_dataset(args.dataset, "test"), selection_name="val",
+            check_disjoint(build_dataset(args.dataset, "val"), build_dataset(args.dataset, "test"),
+                           selection_name="val",
                            dataset=args.dataset, purpose="the hyper-parameter search", fix=VAL_FIX)
         fetch = functools.partial(get_feature_set, args.model, args.dataset, options=extract_options(args),
                                   cache_dir=args.cache_dir, device=args.device)
@@ -114,7 +125,8 @@ def write_outputs(out: Path, results: dict, config: FewShotConfig, source_info: 
     from clipadapt.report.plots import line_plot
     from clipadapt.report.tables import write_json, write_table
 
-    write_json(out / "results.json", {"config": vars(config), "features": source_info, **results, "provenance": provenance})
+    write_json(out / "results.json", {"config": vars(config), "features": source_info, **results,
+                                      "provenance": provenance})
     write_table(out / "runs.csv", [{**r, "hyperparameters": json.dumps(r["hyperparameters"])} for r in results["runs"]])
     write_table(out / "summary.csv", results["summary"])
     write_table(out / "summary.md", summary_pivot(results["summary"]))
@@ -146,7 +158,8 @@ def config_from_args(args: argparse.Namespace) -> FewShotConfig:
     from clipadapt.eval.fewshot import FewShotConfig
 
     config = FewShotConfig(shots=args.shots, seeds=args.seeds, methods=args.methods, allow_fewer=args.allow_fewer,
-                           grids=parse_grid_overrides(args.grid), tipf_epochs=args.tipf_epochs, chunk_size=args.chunk_size,
+                           grids=parse_grid_overrides(args.grid), tipf_epochs=args.tipf_epochs,
+                           chunk_size=args.chunk_size,
                            val_from_train=args.val_from_train, grid_preset=args.grid_preset, tie_break=args.tie_break)
     if config.needs_adapted and not (args.adapter or args.adapted_features):
         raise ConfigError("tip++/tipx++ need --adapted-features DIR (with --features) or --adapter CKPT")

@@ -13,20 +13,24 @@ from clipadapt.constants import DEFAULT_BATCH_SIZE, DEFAULT_LAMBDA
 COMMAND = "pascal50s"
 HELP = "Pascal-50S pairwise accuracy (HC/HI/HM/MM) of caption scores with and without DN, from the original .mat files"
 EXAMPLES = """
-clipadapt pascal50s --pairs pair_pascal.mat --consensus consensus_pascal.mat --image-root VOC2010/JPEGImages --model ViT-B-32@openai --out runs/pascal50s
+clipadapt pascal50s --pairs pair_pascal.mat --consensus consensus_pascal.mat --image-root VOC2010/JPEGImages \
+--model ViT-B-32@openai --out runs/pascal50s
 """
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pairs", type=Path, required=True, help="pair_pascal.mat (candidate pairs and categories)")
-    parser.add_argument("--consensus", type=Path, required=True, help="consensus_pascal.mat (48 votes + references per pair)")
+    parser.add_argument("--consensus", type=Path, required=True,
+                        help="consensus_pascal.mat (48 votes + references per pair)")
     parser.add_argument("--image-root", type=Path, required=True, help="folder of the Pascal images (VOC JPEGImages)")
     parser.add_argument("--model", required=True, help="model id ARCH@TAG")
-    parser.add_argument("--references", type=COUNT, default=5, help="reference sentences per pair (seeded sample; default 5)")
+    parser.add_argument("--references", type=COUNT, default=5,
+                        help="reference sentences per pair (seeded sample; default 5)")
     parser.add_argument("--vote-positive", choices=["a", "b"], default="a",
                         help="which candidate a +1 consensus vote prefers (default a; see docs/dn.md)")
     parser.add_argument("--dn-lambda", type=LAMBDA, default=DEFAULT_LAMBDA)
-    parser.add_argument("--dn-seed", type=SEED, default=0, help="seed of the DN sample draw and of the reference sample")
+    parser.add_argument("--dn-seed", type=SEED, default=0,
+                        help="seed of the DN sample draw and of the reference sample")
     parser.add_argument("--device", default=None)
     parser.add_argument("--batch-size", type=COUNT, default=DEFAULT_BATCH_SIZE)
     add_out_argument(parser, writes="accuracy.md")
@@ -50,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
     texts = sorted({t for p in pairs for t in (p["a"], p["b"], *p["references"])})
     text_emb = encode_captions(encoder, texts, args.batch_size)
     img_id, txt_id = {p: i for i, p in enumerate(images)}, {t: i for i, t in enumerate(texts)}
-    refs = [text_emb[[txt_id[r] for r in p["references"]]] for p in pairs] if all(p["references"] for p in pairs) else None
+    refs = ([text_emb[[txt_id[r] for r in p["references"]]] for p in pairs] if all(p["references"] for p in pairs)
+            else None)
     res = pascal50s_accuracy(image_emb[[img_id[p["image"]] for p in pairs]], text_emb[[txt_id[p["a"]] for p in pairs]],
                              text_emb[[txt_id[p["b"]] for p in pairs]], refs, [p["winner"] for p in pairs],
                              [p["category"] for p in pairs], lam=args.dn_lambda, seed=args.dn_seed)
@@ -61,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     from clipadapt.report.provenance import path_fingerprint
 
     data = {"pairs": str(args.pairs), "consensus": str(args.consensus), "image_root": str(args.image_root)}
-    prints = {"pairs": path_fingerprint(args.pairs), "consensus": path_fingerprint(args.consensus)}  # images: not hashed
+    # images: not hashed
+    prints = {"pairs": path_fingerprint(args.pairs), "consensus": path_fingerprint(args.consensus)}
     write_results(results_path(args.out), res, run_provenance(args, model=args.model, data=data, fingerprint=prints))
     if out_dir(args.out) is not None:
         write_table(out_dir(args.out) / "accuracy.md", table)

@@ -39,7 +39,8 @@ clipadapt retrieval --dataset 'wds:/data/f30k/{split}/{0..4}.tar' --model ViT-B-
 def configure(parser: argparse.ArgumentParser) -> None:
     src = parser.add_argument_group("input (embeddings, or caption JSON + images through an encoder)")
     src.add_argument("--embeddings", "--features", type=Path,
-                     help="retrieval directory: <split>.safetensors with image, text, text_to_image; or builtin:coco500")
+                     help="retrieval directory: <split>.safetensors with image, text, text_to_image; or "
+                          "builtin:coco500")
     src.add_argument("--split", default="test", help="split to evaluate (default: test)")
     src.add_argument("--captions-json", type=Path, help="Karpathy-style caption JSON (Flickr30k / MSCOCO)")
     src.add_argument("--image-root", type=Path, help="folder the JSON's image paths are relative to")
@@ -54,13 +55,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--batch-size", type=COUNT, default=DEFAULT_BATCH_SIZE)
     src.add_argument("--num-workers", type=NON_NEGATIVE_INT, default=0, help="DataLoader workers when encoding images")
     src.add_argument("--on-error", choices=["fail", "skip"], default="fail",
-                     help="unreadable images: fail, or skip them with their captions (listed in the results' meta.skipped)")
+                     help="unreadable images: fail, or skip them with their captions (listed in the results' "
+                          "meta.skipped)")
     src.add_argument("--max-pool", type=COUNT, default=1000, help="encode at most this many pool images (default 1000)")
     output_option(src.add_argument("--save-embeddings", type=Path,
                                    help="write the encoded embeddings as a retrieval directory"), DIR)
     add_dn_arguments(parser, sources=("unlabeled", "holdout", "test"))
     parser.add_argument("--holdout", type=COUNT, default=100,
-                        help="with --dn-source holdout: images (with their captions) held out of the evaluation for the means")
+                        help="with --dn-source holdout: images (with their captions) held out of the evaluation for "
+                             "the means")
     parser.add_argument("--holdout-seed", type=SEED, default=0)
     parser.add_argument("--chunk-size", type=COUNT, default=1024, help="queries scored at once")
     add_verify_argument(parser)

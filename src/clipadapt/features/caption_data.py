@@ -47,7 +47,8 @@ def read_karpathy_json(path: str | Path, splits: Sequence[str]) -> list[dict[str
         if "filename" not in entry or not isinstance(entry.get("sentences"), list):
             raise DatasetError(f"{path}: images[{i}] needs 'filename' and a list 'sentences'")
         if any(isinstance(s, dict) and "raw" not in s for s in entry["sentences"]):
-            raise DatasetError(f"{path}: images[{i}] ({entry['filename']}): every sentence object needs a 'raw' caption")
+            raise DatasetError(f"{path}: images[{i}] ({entry['filename']}): every sentence object needs a "
+                               "'raw' caption")
         captions = [s["raw"] if isinstance(s, dict) else str(s) for s in entry["sentences"]]
         if not captions:
             raise DatasetError(f"{path}: images[{i}] ({entry['filename']}) has no sentences")
@@ -82,7 +83,8 @@ class EncodedImages:
     skipped: list[dict[str, Any]] = field(default_factory=list)  # {row, path, error}
 
 
-def encode_image_files(encoder, paths: Sequence[str | Path], batch_size: int = DEFAULT_BATCH_SIZE, *, on_error: str = "fail",
+def encode_image_files(encoder, paths: Sequence[str | Path], batch_size: int = DEFAULT_BATCH_SIZE, *,
+                       on_error: str = "fail",
                        num_workers: int = 0, progress: bool = True) -> EncodedImages:
     """Raw image embeddings of image files through `extract_split` (shards in a temporary directory).
 
@@ -92,7 +94,8 @@ def encode_image_files(encoder, paths: Sequence[str | Path], batch_size: int = D
                                  progress=progress)
 
 
-def encode_dataset_images(encoder, dataset, batch_size: int = DEFAULT_BATCH_SIZE, *, on_error: str = "fail", num_workers: int = 0,
+def encode_dataset_images(encoder, dataset, batch_size: int = DEFAULT_BATCH_SIZE, *, on_error: str = "fail",
+                          num_workers: int = 0,
                           progress: bool = True) -> EncodedImages:
     """`encode_image_files` for any dataset whose rows are `(image, label or None)` (e.g. a `CaptionedImages`
     from a wds:/hf: spec): `extract_split` into a temporary directory."""

@@ -66,7 +66,8 @@ def detect_env(environ: dict[str, str] | None = None) -> DistEnv:
             local_rank=int(environ.get("LOCAL_RANK", 0)),
         )
     except ValueError as e:
-        raise ConfigError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers ({e}); are you running under torchrun?") from e
+        raise ConfigError(f"RANK / WORLD_SIZE / LOCAL_RANK must be integers ({e}); are you running under "
+                          "torchrun?") from e
     if not 0 <= env.rank < env.world_size:
         raise ConfigError(f"RANK={env.rank} is outside WORLD_SIZE={env.world_size}")
     return env

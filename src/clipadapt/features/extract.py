@@ -236,7 +236,8 @@ def encode_shards(enc, dataset: DatasetLike, shards: Sequence[tuple[int, int]], 
                 current = {"start": start, "end": bounds[start], "image": [], "label": [], "row": [], "skipped": []}
             for item in batch.errors:
                 if on_error == "fail":
-                    raise DatasetError(f"{item.error} (use on_error='skip' / --on-error skip to drop unreadable images)")
+                    raise DatasetError(f"{item.error} (use on_error='skip' / --on-error skip to drop "
+                                       "unreadable images)")
                 log.warning("skipping unreadable image: %s", item.error)
                 current["skipped"].append({"row": item.row, "path": rows_ds._path(item.row), "error": item.error})
             if batch.pixels is not None:

@@ -78,7 +78,8 @@ def _build_datasets(dataset: Any, splits: Iterable[str], indices: Mapping[str, l
             raise DatasetError(f"dataset has no split {missing[0]!r}; available: {sorted(dataset)}")
         built = {s: dataset[s] for s in splits}
     else:
-        raise ConfigError(f"dataset must be a spec string or a {{split: dataset}} mapping, got {type(dataset).__name__}")
+        raise ConfigError(f"dataset must be a spec string or a {{split: dataset}} mapping, got "
+                          f"{type(dataset).__name__}")
     for split, idx in (indices or {}).items():
         if split in built:
             built[split] = built[split].subset(list(idx))

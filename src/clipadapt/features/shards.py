@@ -207,7 +207,8 @@ def remove_stale_temp_files(shard_dir: Path) -> int:
     ('.<name>.<random>.tmp', `features.io.atomic_path`) and safetensors' own ('.tmp<random>', which its save_file
     writes beside our temp file before renaming it over). Only call it when no other process writes into `shard_dir`."""
     directory = Path(shard_dir)
-    stale = sorted(p for p in {*directory.glob(".*.tmp"), *directory.glob(".tmp*")} if p.is_file()) if directory.is_dir() else []
+    stale = (sorted(p for p in {*directory.glob(".*.tmp"), *directory.glob(".tmp*")} if p.is_file())
+             if directory.is_dir() else [])
     for p in stale:
         p.unlink(missing_ok=True)
     return len(stale)
@@ -278,7 +279,8 @@ class ShardedSplit:
                 raise FeatureDirError(f"{path}: shards[{i}] must be {{\"file\": str, \"start\": int, \"stop\": int}}, "
                                       f"got {e!r}")
             if e["start"] != expected:
-                raise FeatureDirError(f"{path}: shard {e.get('file')} starts at row {e.get('start')}, expected {expected}")
+                raise FeatureDirError(f"{path}: shard {e.get('file')} starts at row {e.get('start')}, expected "
+                                      f"{expected}")
             expected = e["stop"]
         out = cls([path.parent / e["file"] for e in entries], name=index.get("split", split or path.stem))
         for e, shard in zip(entries, out.shards):
@@ -299,7 +301,8 @@ class ShardedSplit:
         must follow each other without a gap (an unfinished extraction is an error naming the missing rows)."""
         directory = Path(directory)
         files = sorted(
-            (int(m.group(1)), int(m.group(2)), p) for p in directory.glob("*.safetensors") if (m := SHARD_NAME.search(p.name))
+            (int(m.group(1)), int(m.group(2)), p) for p in directory.glob("*.safetensors")
+            if (m := SHARD_NAME.search(p.name))
         )
         expected = 0
         for start, stop, path in files:
@@ -408,7 +411,8 @@ def iter_split_chunks(
         yield image[lo : lo + chunk_rows], (label[lo : lo + chunk_rows] if label is not None else None)
 
 
-def predict_chunked(predict: Callable[[Tensor], Tensor], source: ShardedSplit | FeatureSplit, chunk_rows: int) -> Tensor:
+def predict_chunked(predict: Callable[[Tensor], Tensor], source: ShardedSplit | FeatureSplit,
+                    chunk_rows: int) -> Tensor:
     """`predict` (e.g. an estimator's `predict_logits`) applied chunk by chunk, outputs concatenated in row order:
     the (N, C) logits of a split whose (N, D) features need not fit in memory."""
     outputs = [predict(image) for image, _ in iter_split_chunks(source, chunk_rows)]
@@ -439,7 +443,8 @@ def write_shard_index(directory: str | Path, split: str, shard_paths: Sequence[s
     return path
 
 
-def save_sharded_split(directory: str | Path, split: str, features: FeatureSplit, *, shard_size: int = DEFAULT_SHARD_SIZE) -> ShardedSplit:
+def save_sharded_split(directory: str | Path, split: str, features: FeatureSplit, *,
+                       shard_size: int = DEFAULT_SHARD_SIZE) -> ShardedSplit:
     """Write an in-memory split as row-range shards under DIR/<split>.shards/ plus its index; returns it opened."""
     if shard_size < 1:
         raise ConfigError(f"shard_size must be >= 1, got {shard_size}")
@@ -553,7 +558,8 @@ def streaming_pair_histograms(
     n = 0
     for image_a, label_a in iter_split_chunks(source, chunk_rows):
         if label_a is None:
-            raise FeatureDirError(f"split '{getattr(source, 'name', 'split')}' has no labels: the IMO metric needs them")
+            raise FeatureDirError(f"split '{getattr(source, 'name', 'split')}' has no labels: the IMO metric "
+                                  "needs them")
         a = l2_normalize(pool_views(image_a).float())
         # chunks b start at chunk a with the same boundaries, so the first b is the diagonal block
         for j, (image_b, label_b) in enumerate(iter_split_chunks(source, chunk_rows, start=n)):
