@@ -83,7 +83,7 @@ def test_eval_zeroshot_on_builtin_is_image_to_text_recall(tmp_path, literal_r1):
     out = tmp_path / "r" / "results.json"
     assert main(["eval", "--features", "builtin:coco500", "--out", str(out.parent)]) == 0
     assert json.loads(out.read_text())["top1"] == pytest.approx(literal_r1)
-    assert main(["eval", "--features", "builtin:coco500", "--method", "dn", "--out", str(out.parent)]) == 0
+    assert main(["eval", "--features", "builtin:coco500", "--method", "dn", "--out", str(out.parent), "--overwrite"]) == 0
     res = json.loads(out.read_text())
     assert res["dn"]["source"] == "unlabeled" and res["dn"]["n_image_samples_used"] == HOLDOUT
 

@@ -35,3 +35,28 @@ def test_conflicting_sources_are_refused_naming_the_ignored_options(tmp_path, ca
     assert code == 2, err
     assert "conflicting inputs" in err and named in err and "not both" in err
     assert not (tmp_path / "OUT").exists()
+
+
+@pytest.mark.parametrize(("argv", "named"), [
+    (["--kind", "captions", "--image", "i.npy", "--caption", "c.npy", "--split", "test=x.npy"], "--split"),
+    (["--kind", "captions", "--image", "i.npy", "--caption", "c.npy", "--classnames", "n.txt"], "--classnames"),
+    (["--kind", "retrieval", "--split", "test=i.npy:c.npy", "--text", "t.npy"], "--text"),
+    (["--text", "t.npy", "--split", "test=i.npy:range", "--caption", "c.npy"], "--caption"),
+])
+def test_import_features_refuses_options_its_kind_ignores(tmp_path, capsys, argv, named):
+    code = main(["import-features", "--out", str(tmp_path / "o"), *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and "conflicting inputs" in err and named in err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(("argv", "named"), [
+    (["eval", "--features", "builtin:coco500", "--method", "zeroshot", "--dn-lambda", "0.5"], "--dn-lambda"),
+    (["eval", "--features", "builtin:coco500", "--dn-samples=all", "--dn-seed", "3"], "--dn-samples, --dn-seed"),
+    (["dn-sweep", "--features", "builtin:coco500", "--holdout", "50", "--out", "OUT"], "--holdout"),
+    (["dn-sweep", "--embeddings", "builtin:coco500", "--dn-text-mean", "classes", "--out", "OUT"], "--dn-text-mean"),
+])
+def test_options_of_another_mode_are_refused(tmp_path, capsys, argv, named):
+    code = main([str(tmp_path / "OUT") if a == "OUT" else a for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2 and "conflicting inputs" in err and named in err

@@ -131,10 +131,13 @@ def test_cli_sample_shots_writes_one_file_per_shots_and_seed(folder_dataset: Pat
     assert indices == sample_few_shot(ds.labels, 3, 2)
     assert (meta["split"], meta["shots"], meta["seed"], meta["dataset"]) == ("train", 3, 2, "data")
     assert meta["labels"] == [ds.labels[i] for i in indices]
-    assert main(["sample-shots", "--dataset", spec, "--shots", "4", "--seeds", "1", "--out", str(out)]) == 2
+    again = ["sample-shots", "--dataset", spec, "--shots", "4", "--seeds", "1", "--out", str(out), "--overwrite"]
+    assert main(again) == 2
     assert "'bee' has 3" in capsys.readouterr().err
-    assert main(["sample-shots", "--dataset", spec, "--shots", "4", "--seeds", "1", "--out", str(out), "--allow-fewer"]) == 0
+    assert (out / "shots3_seed2.json").is_file()  # the failed run replaced nothing
+    assert main(again + ["--allow-fewer"]) == 0
     assert len(load_indices(out / "shots4_seed1.json")[0]) == 7
+    assert sorted(p.name for p in out.iterdir()) == ["shots4_seed1.json"]  # --overwrite: nothing of the earlier run
 
 
 def test_cli_datasets_lists_registry(tmp_path: Path, capsys):

@@ -466,3 +466,21 @@ def test_a_models_own_logit_scale_and_bias_are_stored_and_used_as_eval_does(meth
     assert head.meta["selection"]["logit"]["logit_scale"] == 30.0
     got = predicted_logits(tmp_path, tmp_path / "h.safetensors", ["--features", f"{feats}:test"], method)
     assert max_diff(got, np.load(ref)) <= TOL
+
+
+def test_val_names_the_selection_split_and_test_is_refused_for_selection(coco_dirs, coco_heads, tmp_path, capsys):
+    from clipadapt.features.io import load_feature_dir
+
+    feats, _ = coco_dirs
+    fs = load_feature_dir(feats)
+    fs.splits["unlabeled"] = fs.splits.pop("val")  # feature directories name their splits; any labelled one will do
+    renamed = save_feature_dir(fs, tmp_path / "renamed")
+    out = tmp_path / "tip.safetensors"
+    assert main(["fit", "--features", str(renamed), "--method", "tip", "--shots", "2", "--seed", "1",
+                 "--val", "unlabeled", *SMALL_GRIDS, "--out", str(out)]) == 0
+    head, same = load_head(out), load_head(coco_heads["tip"])  # the same rows under another name: the same head
+    assert head.meta["selection"]["validation"]["source"] == "split 'unlabeled'"
+    assert head.meta["tensors_sha256"] == same.meta["tensors_sha256"] and head.hyperparameters == same.hyperparameters
+    assert main(["fit", "--features", str(feats), "--method", "tip", "--shots", "2", "--val", "test",
+                 "--out", str(tmp_path / "bad.safetensors")]) == 2
+    assert "overlaps the test data" in capsys.readouterr().err

@@ -127,7 +127,8 @@ def test_adapters_train_on_the_other_towers(models, name, mode, tmp_path):
     from clipadapt.adapters.training import AdapterTrainConfig, train_adapters
 
     enc = load_encoder(models[name], device="cpu")
-    config = AdapterTrainConfig(mode=mode, batch_size=4, max_steps=2, local_crops=2)
+    config = AdapterTrainConfig(mode=mode, batch_size=4, max_steps=2, local_crops=2, dino_out_dim=256, dino_hidden_dim=64,
+                                dino_bottleneck_dim=32)
     result = train_adapters(enc.model, StripesDataset(8), tmp_path, config=config, progress=False,
                             preprocess=enc.preprocess if mode == "supervised" else None)
     assert result.step == 2 and result.checkpoint.is_file()

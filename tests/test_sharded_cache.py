@@ -238,10 +238,11 @@ def test_cli_sharded_out_replaces_an_assembled_out_dir(tmp_path):
             "--cache-dir", str(tmp_path / "c"), "--out", str(tmp_path / "out")]
     assert main(base) == 0 and (tmp_path / "out" / "test.safetensors").is_file()
     first = load_feature_dir(tmp_path / "out").split("test")
-    assert main(base + ["--sharded"]) == 0  # reuses the assembled entry as a one-shard split
+    assert main(base + ["--sharded"]) == 2  # an existing --out directory is replaced only with --overwrite
+    assert main(base + ["--sharded", "--overwrite"]) == 0  # reuses the assembled entry as a one-shard split
     assert not (tmp_path / "out" / "test.safetensors").exists() and (tmp_path / "out" / "test.shards.json").is_file()
     assert torch.equal(load_feature_dir(tmp_path / "out").split("test").image, first.image)
-    assert main(base) == 0  # and back: the assembled write drops the index readers would prefer
+    assert main(base + ["--overwrite"]) == 0  # and back: the assembled write drops the index readers would prefer
     assert not (tmp_path / "out" / "test.shards.json").exists()
     assert torch.equal(load_feature_dir(tmp_path / "out").split("test").image, first.image)
 

@@ -142,8 +142,7 @@ def test_kill_and_resume_runs_only_the_remaining_cells(tmp_path, feature_dirs, m
 
     monkeypatch.setattr(suite_cli, "execute_cell", interrupted)
     argv = ["suite", "run", str(config), "--out", str(out), "--set", f"FEATS={tmp_path / 'feats'}", "--no-plots"]
-    with pytest.raises(KeyboardInterrupt):
-        main(argv)
+    assert main(argv) == 130  # Ctrl-C: "clipadapt suite: interrupted", the finished cells kept
     done_before = {c["key"] for c in _cells(out)}
     assert len(done_before) == 3
     calls.clear()

@@ -115,9 +115,9 @@ def test_dn_with_views_reports_tta_and_the_first_view_from_one_run(tmp_path):
                                                  for name, s in fs.splits.items()}, fs.meta)
     save_feature_dir(first, tmp_path / "one")
     common = ["--method", "dn", "--dn-samples", "8", "--dn-seed", "3"]
-    assert main(["eval", "--features", str(tmp_path / "tta"), *common, "--out", str(tmp_path / "tta")]) == 0
-    assert main(["eval", "--features", str(tmp_path / "one"), *common, "--out", str(tmp_path / "one")]) == 0
-    tta, one = (json.loads((tmp_path / n / "results.json").read_text()) for n in ("tta", "one"))
+    assert main(["eval", "--features", str(tmp_path / "tta"), *common, "--out", str(tmp_path / "tta-run")]) == 0
+    assert main(["eval", "--features", str(tmp_path / "one"), *common, "--out", str(tmp_path / "one-run")]) == 0
+    tta, one = (json.loads((tmp_path / n / "results.json").read_text()) for n in ("tta-run", "one-run"))
     assert tta["dn"]["views"] == 3
     assert tta["tta"]["first view"]["top1"] == one["top1"]
     assert tta["tta"]["first view"]["without_dn"] == one["without_dn"]

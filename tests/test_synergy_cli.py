@@ -106,7 +106,7 @@ def test_saved_logits_with_held_out(tmp_path):
     assert main(["backbones", "--logits", ",".join(test), "--labels", str(tmp_path / "y.npy"),
                  "--heldout-logits", ",".join(held), "--heldout-labels", str(tmp_path / "yh.npy"),
                  "--embeddings", ",".join(emb), "--heldout-embeddings", ",".join(hemb), "--nlc-max-epochs", "2",
-                 "--out", str(out)]) == 0
+                 "--out", str(out), "--overwrite"]) == 0
     assert "nlc" in json.loads((out / "results.json").read_text())["combinations"]
 
 
@@ -168,14 +168,15 @@ def test_unavailable_backbone_is_named_and_the_run_continues(tmp_path, monkeypat
     assert r["usable_backbones"] == ["clipadapt-test-tiny-vit", "clipadapt-test-tiny-rn"]
     assert calls[0] == ("RN50@openai", spec, ("test", "val"), None)  # the dataset has a val split: held-out
     calls.clear()
-    assert main(["backbones", "--models", models, "--dataset", spec, "--shots", "1", "--out", str(out), *FAST]) == 0
+    assert main(["backbones", "--models", models, "--dataset", spec, "--shots", "1", "--out", str(out), "--overwrite",
+                 *FAST]) == 0
     from clipadapt.data import build_dataset, sample_few_shot
 
     expected = sample_few_shot(build_dataset(spec, "train").labels, 1, 1)
     assert calls[0] == ("RN50@openai", spec, ("test", "train"), {"train": expected})  # only the K shots are encoded
     assert json.loads((out / "results.json").read_text())["heldout_indices"] == expected
     assert main(["backbones", "--models", "RN50@openai,clipadapt-test-tiny-vit", "--dataset", spec,
-                 "--out", str(out), *FAST]) == 2
+                 "--out", str(out), "--overwrite", *FAST]) == 2
     err = capsys.readouterr().err
     assert "only 1 of 2 backbones are usable (clipadapt-test-tiny-vit)" in err and "RN50@openai: pretrained" in err
 

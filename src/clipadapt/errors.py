@@ -54,3 +54,8 @@ class HeadFileError(ClipadaptError):
 
 class HeadMismatchError(ClipadaptError):
     """A head is applied to features, images or an encoder of another model, dimension or class list."""
+
+
+class OutputError(ClipadaptError):
+    """An output path cannot be used: it is, lies inside or contains an input, is not writable, is a file where a
+    directory is needed (or the reverse), or is an existing non-empty directory without --overwrite."""

@@ -61,10 +61,21 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         with open(tmp, "r+b") as f:  # fsync applies to the file, whichever descriptor wrote it
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise with_path(e, path) from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_directory(path.parent)
+
+
+def with_path(error: OSError, path: str | Path) -> OSError:
+    """`error` naming `path` when it names no file (a write() that hit ENOSPC names none), so the CLI's message
+    says which output failed; the same exception when it already names one."""
+    if error.filename is not None or error.errno is None:
+        return error
+    return OSError(error.errno, error.strerror or os.strerror(error.errno), str(path))
 
 
 @contextlib.contextmanager
@@ -107,6 +118,9 @@ def link_or_copy(src: str | Path, dst: str | Path) -> None:
         except OSError:
             shutil.copyfile(src, tmp)
         os.replace(tmp, dst)
+    except OSError as e:  # a copy that hit a full disk names no file
+        tmp.unlink(missing_ok=True)
+        raise with_path(e, dst) from e
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

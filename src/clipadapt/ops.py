@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -25,7 +27,8 @@ def l2_normalize(x: Tensor, dim: int = -1, eps: float = 1e-12) -> Tensor:
     nothing on ordinary embeddings: one finiteness/size check of the (N, 1) norms. Under torch.export / ONNX export /
     torch.compile (a graph cannot branch on data) the ordinary formula is traced alone (heads/module.py)."""
     norm = x.norm(dim=dim, keepdim=True)
-    if torch.compiler.is_compiling() or (bool(torch.isfinite(norm).all()) and not bool((norm < _SMALL_NORM).any())):
+    # one reduction and one host sync on the happy path; nan norms compare False, so they take the checked path
+    if torch.compiler.is_compiling() or bool(((norm >= _SMALL_NORM) & (norm < math.inf)).all()):
         return x / norm.clamp_min(eps)
     return _l2_normalize_scaled(x, dim, eps)
 

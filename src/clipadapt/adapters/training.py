@@ -231,7 +231,31 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
     """torch.save streamed into a temp file that is fsynced and renamed over `path` (the ~270 MB training state
     is never held as one bytes object); a failure leaves the previous state file as it was."""
     with atomic_open(path) as f:
-        torch.save(obj, f)
+        writer = _WriteErrors(f)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError as e:  # torch reports a failed write ("unexpected pos ...") without its OSError
+            if writer.error is None:
+                raise
+            raise writer.error from e
+
+
+class _WriteErrors:
+    """A file for torch.save that remembers the OSError of a failed write (ENOSPC), which torch replaces by a
+    RuntimeError."""
+
+    def __init__(self, f: Any):
+        self.f, self.error = f, None
+
+    def write(self, data: Any) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.f, name)
 
 
 def _config_dict(config: AdapterTrainConfig) -> dict[str, Any]:

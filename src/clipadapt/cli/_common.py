@@ -63,6 +63,13 @@ def refuse_unused(args: argparse.Namespace, source: str, unused: Sequence[str], 
                           f"give {source} or {instead or ', '.join(given)}, not both")
 
 
+def options_given(args: argparse.Namespace, options: Sequence[str]) -> list[str]:
+    """Those of `options` written on the command line (`--opt V` or `--opt=V`; the argv `main` recorded), for
+    options whose default cannot be told apart from a value the user typed."""
+    argv = getattr(args, "_argv", None) or []
+    return [opt for opt in options if any(t == opt or t.startswith(opt + "=") for t in argv)]
+
+
 FEATURE_DIR_UNUSED = ("--model", "--dataset", "--cache-dir")  # extraction-only inputs, meaningless with --features
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from clipadapt.argtypes import range_text
+from clipadapt.cli._outputs import DIR, FILE, output_option
 
 RESULTS_FILE = "results.json"
 
@@ -110,9 +111,14 @@ def add_out_argument(parser: argparse.ArgumentParser, *, writes: str = "", requi
     text = f"output directory: {RESULTS_FILE}{', ' + writes if writes else ''}"
     if legacy_json:
         text += " (the old form --out FILE.json still writes that one file)"
-    group.add_argument("--out", type=Path, required=required and not aliases, metavar="DIR", help=text)
+    action = group.add_argument("--out", type=Path, required=required and not aliases, metavar="DIR", help=text)
+    output_option(action, _dir_or_legacy_json if legacy_json else DIR)
     for alias in aliases:
         group.add_argument(alias, dest="out", type=Path, action=DeprecatedAlias, new="--out", help=argparse.SUPPRESS)
+
+
+def _dir_or_legacy_json(args: argparse.Namespace, out: Path) -> str:
+    return FILE if is_legacy_json(out) else DIR
 
 
 def results_path(out: Path | None) -> Path | None:

@@ -8,7 +8,9 @@ from pathlib import Path
 
 from clipadapt.argtypes import COUNT, DROPOUT, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, SEED
 from clipadapt.cli._conventions import add_parser, run_provenance
+from clipadapt.cli._outputs import RESUME, output_option
 
+STATE_FILE = "train_state.pt"  # adapters.training.STATE_FILE (torch-free here: the parser imports this)
 COMMAND = "adapter"
 HELP = "train IMO adapters (supervised or DINO self-supervised) or show an adapter checkpoint"
 EXAMPLES = """
@@ -31,8 +33,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--data", required=True, help="generic labelled image set spec, e.g. imagefolder:/data/oi")
     train.add_argument("--split", default="train", help="split of --data to train on (default: train)")
     train.add_argument("--mode", choices=["supervised", "selfsup"], default="supervised")
-    train.add_argument("--out", type=Path, required=True, help="checkpoint directory (adapter.safetensors, "
-                       "adapter.json, train_state.pt for resuming, train_log.json)")
+    out = train.add_argument("--out", type=Path, required=True,
+                             help="checkpoint directory (adapter.safetensors, adapter.json, train_state.pt for resuming, "
+                                  "train_log.json); an existing one is resumed, so a non-empty directory must hold "
+                                  "train_state.pt")
+    output_option(out, RESUME, marker=STATE_FILE)
     g = train.add_argument_group("hyper-parameters (defaults: docs/methods.md §5)")
     g.add_argument("--width", type=COUNT, default=64, help="bottleneck width (default: 64)")
     g.add_argument("--scale", type=NON_NEGATIVE, default=None, help="residual scale s (default: 0.03 supervised, 0.1 selfsup)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from clipadapt.cli._outputs import FILE, output_option
+
 COMMAND = "caption-data"
 HELP = "convert Flickr8k-Expert / Flickr8k-CF annotation files into the `clipadapt captions --judgments` CSV"
 EXAMPLES = """
@@ -18,7 +20,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--annotations", type=Path, required=True,
                         help="ExpertAnnotations.txt (flickr8k-expert) or CrowdFlowerAnnotations.txt (flickr8k-cf)")
     parser.add_argument("--tokens", type=Path, required=True, help="Flickr8k.token.txt (the captions by id)")
-    parser.add_argument("--out", type=Path, required=True, help="judgments CSV to write")
+    output_option(parser.add_argument("--out", type=Path, required=True, help="judgments CSV to write"), FILE)
 
 
 def run(args: argparse.Namespace) -> int:

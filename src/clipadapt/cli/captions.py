@@ -19,6 +19,7 @@ from clipadapt.cli._conventions import (
     vs_baseline,
     write_results,
 )
+from clipadapt.cli._outputs import FILE, output_option
 from clipadapt.errors import ConfigError, DatasetError
 from clipadapt.eval.runners.dn import add_dn_arguments
 
@@ -50,8 +51,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="with --dn-source unlabeled: safetensors with 'image' and 'text' raw embeddings for the means")
     add_dn_arguments(parser, source_default="test", sources=("test", "unlabeled"), samples_default=None)
     add_out_argument(parser, writes="correlations.md, correlations.csv, scores.csv (per judgment)", legacy_json=True)
-    parser.add_argument("--table", type=Path, help="also write the correlation table here (.md or .csv)")
-    parser.add_argument("--scores-out", type=Path, help="also write the per-judgment scores CSV here")
+    output_option(parser.add_argument("--table", type=Path,
+                                      help="also write the correlation table here (.md or .csv)"), FILE)
+    output_option(parser.add_argument("--scores-out", type=Path,
+                                      help="also write the per-judgment scores CSV here"), FILE)
 
 
 def read_judgments(path: Path) -> list[dict[str, str]]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from clipadapt.cli._outputs import FILE, output_option
+
 COMMAND = "datasets"
 HELP = ("list the dataset registry (spec, kind, number of classes, splits, templates; docs/datasets.md) and the "
         "built-in feature sets usable as --features builtin:NAME")
@@ -33,7 +35,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = f"{HELP}\n\n{SPEC_KINDS}"
     parser.add_argument("--kind", choices=["coop", "torchvision", "builtin"], help="only this spec kind")
     parser.add_argument("--templates", metavar="NAME", help="print the prompt templates of a dataset or template set")
-    parser.add_argument("--out", type=Path, help="also write the table (.csv, .md or .json)")
+    output_option(parser.add_argument("--out", type=Path, help="also write the table (.csv, .md or .json)"), FILE)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from clipadapt.argtypes import COUNT, COUNTS, LAMBDA, LAMBDAS
-from clipadapt.cli._common import add_verify_argument
+from clipadapt.cli._common import add_verify_argument, options_given
 from clipadapt.cli._conventions import RESULTS_FILE, add_out_argument, path_provenance, write_results
 from clipadapt.constants import DEFAULT_LAMBDAS, DEFAULT_SAMPLES
 from clipadapt.errors import ConfigError
@@ -82,6 +82,11 @@ def run(args: argparse.Namespace) -> int:
     from clipadapt.report.dn_plots import plot_dn_sweep
     from clipadapt.report.tables import markdown_table, write_table
 
+    given = options_given(args, ["--dn-text-mean"] if args.embeddings else ["--holdout"])
+    if given:
+        raise ConfigError(f"conflicting inputs: {given[0]} is for "
+                          f"{'--features (classification)' if args.embeddings else '--embeddings (retrieval)'}; "
+                          f"with {'--embeddings' if args.embeddings else '--features'} it would be ignored")
     evaluate, pool_size, plain, metrics, model = (_classification if args.features else _retrieval)(args)
     rows = sweep_dn(evaluate, pool_size=pool_size, lambdas=args.lambdas, samples=args.samples,
                     seeds=list(range(args.seeds)), fixed_lambda=args.dn_lambda, fixed_samples=args.dn_samples)

@@ -8,8 +8,10 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clipadapt.cli._common import add_feature_source_arguments, load_features_from_args, save_logits
+from clipadapt.cli._common import add_feature_source_arguments, load_features_from_args, options_given, save_logits
 from clipadapt.cli._conventions import add_out_argument, featureset_provenance, results_path, vs_baseline, write_results
+from clipadapt.cli._outputs import FILE, output_option
+from clipadapt.errors import ConfigError
 from clipadapt.eval.registry import EvalMethod, EvalOptions, get_eval_method, list_eval_methods
 
 if TYPE_CHECKING:
@@ -30,7 +32,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="zeroshot", choices=methods, help="method to evaluate")
     parser.add_argument("--split", default="test", help="split to evaluate")
     add_out_argument(parser, legacy_json=True)
-    parser.add_argument("--save-logits", type=Path, help="write the (N, C) float32 logits as .npy")
+    output_option(parser.add_argument("--save-logits", type=Path, help="write the (N, C) float32 logits as .npy"), FILE)
     for name in methods:
         method = get_eval_method(name)
         if method.add_arguments is not None:
@@ -65,10 +67,22 @@ def summary_line(name: str, results: dict) -> str:
     return f"{name}: {'  '.join(cells)}  (n={results['n']})"
 
 
+def _refuse_other_methods_options(method: EvalMethod, args: argparse.Namespace) -> None:
+    """ConfigError for options of another `--method` (e.g. --dn-lambda with --method zeroshot): silently
+    ignored otherwise (issue 12, item 7)."""
+    mine = {f.name for f in fields(method.options)}
+    others = {f.name for name in list_eval_methods() for f in fields(get_eval_method(name).options)} - mine
+    given = options_given(args, [f"--{dest.replace('_', '-')}" for dest in sorted(others)])
+    if given:
+        raise ConfigError(f"conflicting inputs: {', '.join(given)} belong to another --method; --method "
+                          f"{method.name} would ignore them")
+
+
 def run(args: argparse.Namespace) -> int:
     from clipadapt.eval.metrics import classification_report
 
     method = get_eval_method(args.method)
+    _refuse_other_methods_options(method, args)
     features = load_features_from_args(args)
     features.split(args.split).require_rows(args.split, f"eval --method {method.name}")
     output = method.run(features, method_options(method, args))

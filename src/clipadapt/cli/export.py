@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from clipadapt.argtypes import COUNT
+from clipadapt.cli._outputs import FILE, output_option
 from clipadapt.constants import HEAD_EXPORT_FORMATS
 from clipadapt.errors import ConfigError
 
@@ -21,7 +22,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head", type=Path, required=True, help="a head file written by `clipadapt fit`")
     parser.add_argument("--format", required=True, choices=HEAD_EXPORT_FORMATS,
                         help="onnx (input 'pixels' (B, 3, H, W), output 'logits' (B, C)) or torch-export (.pt2)")
-    parser.add_argument("--out", type=Path, required=True, metavar="FILE", help="the file to write")
+    output_option(parser.add_argument("--out", type=Path, required=True, metavar="FILE", help="the file to write"), FILE)
     parser.add_argument("--device", default="cpu", help="device the model is traced on (default cpu)")
     parser.add_argument("--static-batch", type=COUNT, default=None, metavar="B",
                         help="export for a fixed batch size B instead of a dynamic batch dimension")

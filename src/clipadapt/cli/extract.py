@@ -7,6 +7,7 @@ from pathlib import Path
 
 from clipadapt.argtypes import COUNT, NON_NEGATIVE_INT, SEED
 from clipadapt.cli._common import add_file_check_argument
+from clipadapt.cli._outputs import DIR, output_option
 from clipadapt.constants import DEFAULT_SHARD_SIZE
 
 COMMAND = "extract"
@@ -23,7 +24,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", action="append", default=None, help="split to encode (repeatable; default: test)")
     parser.add_argument("--views", type=COUNT, default=1, help="V > 1: V augmented views per image (crop 0.5-1 + flip)")
     parser.add_argument("--seed", type=SEED, default=0, help="seed of the augmented views (used when --views > 1)")
-    parser.add_argument("--out", type=Path, help="also write a feature directory here (docs/feature-format.md)")
+    output_option(parser.add_argument("--out", type=Path,
+                                      help="also write a feature directory here (docs/feature-format.md)"), DIR)
     parser.add_argument("--cache-dir", type=Path, default=None, help="cache root (default: $CLIPADAPT_CACHE or ~/.cache/clipadapt)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="auto: AMP on cuda, fp32 on cpu")

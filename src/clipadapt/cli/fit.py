@@ -9,6 +9,7 @@ from pathlib import Path
 from clipadapt.argtypes import COUNT, SEED
 from clipadapt.cli._common import add_feature_source_arguments
 from clipadapt.cli._conventions import run_provenance
+from clipadapt.cli._outputs import FILE, output_option
 from clipadapt.constants import GRID_PRESETS, HEAD_METHODS, TIE_BREAKS
 from clipadapt.errors import ConfigError
 
@@ -28,6 +29,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shots", type=COUNT, default=None, metavar="K",
                         help="cache methods: K training images per class drawn with --seed (default: every train row)")
     parser.add_argument("--seed", type=SEED, default=1, help="sampling seed of the shots (and Tip-F's training)")
+    parser.add_argument("--val", default="val", metavar="SPLIT",
+                        help="the labelled split the hyper-parameters are chosen on (and val top-1 reported on)")
     parser.add_argument("--val-from-train", type=COUNT, default=None, metavar="N",
                         help="validate on N train images per class disjoint from the shots, instead of the 'val' split")
     parser.add_argument("--views", type=COUNT, default=10,
@@ -51,8 +54,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     add_dn_arguments(dn, sources=None)
     add_text_mean_argument(dn)
-    parser.add_argument("--out", type=Path, required=True, metavar="FILE",
-                        help="the head file to write (one safetensors file, e.g. head.safetensors)")
+    output_option(parser.add_argument("--out", type=Path, required=True, metavar="FILE",
+                                      help="the head file to write (one safetensors file, e.g. head.safetensors)"),
+                  FILE)
 
 
 def _fewshot_config(args: argparse.Namespace):
@@ -103,16 +107,16 @@ def _fit_simple(args: argparse.Namespace):
         else:
             base = fetch([args.dn_source])
             pool = base.split(args.dn_source)
-        val = _split_or_none(args, fetch, features, "val") if args.dn_source != "val" else None
+        val = _split_or_none(args, fetch, features, args.val) if args.dn_source != args.val else None
         result = fit_dn(base.text, pool, pool_name=args.dn_source, val=val, lam=args.dn_lambda,
                         n_samples=args.dn_samples, seed=args.dn_seed, text_mean=args.dn_text_mean,
-                        logit=base.logit_params())
+                        logit=base.logit_params(), val_split=args.val)
     else:
-        val = _split_or_none(args, fetch, features, "val")
-        base = features if features is not None else (fetch(["val"]) if val is not None else None)
+        val = _split_or_none(args, fetch, features, args.val)
+        base = features if features is not None else (fetch([args.val]) if val is not None else None)
         if base is None:  # no val split: the class text (and meta) come with one train row; test is never encoded
             base = fetch(["train"], indices={"train": [0]})
-        result = fit_zeroshot(base.text, val, logit=base.logit_params())
+        result = fit_zeroshot(base.text, val, logit=base.logit_params(), val_split=args.val)
     return result, base, bool(base.meta.get("encoder_loaded") or base.meta.get("encoder"))
 
 
@@ -131,9 +135,10 @@ def _fit_cache(args: argparse.Namespace):
             raise ConfigError("--adapter needs --model/--dataset; with --features give --adapted-features DIR")
         features = load_feature_dir(args.features)
         adapted = load_feature_dir(args.adapted_features) if args.adapted_features else None
-        splits = ("train",) + (("val",) if features.has_split("val") and not args.val_from_train else ())
+        splits = ("train",) + ((args.val,) if not args.val_from_train else ())
         source = DirectorySource(features, adapted, splits=splits + (("test",) if features.has_split("test") else ()))
-        return fit_fewshot(source, args.method, config, shots=args.shots, seed=args.seed), features, False
+        fitted = fit_fewshot(source, args.method, config, shots=args.shots, seed=args.seed, val_split=args.val)
+        return fitted, features, False
     if args.adapted_features:
         raise ConfigError("--adapted-features goes with --features; with --model/--dataset give --adapter CKPT")
     fetch = _fetch(args)
@@ -148,10 +153,11 @@ def _fit_cache(args: argparse.Namespace):
                                   classnames=train.classnames, allow_fewer=args.allow_fewer)
         base = fetch(["train"], views={"train": 1}, indices={"train": vidx})
     else:
-        base = fetch(["val"])
+        base = fetch([args.val])
     source = PipelineSource(fetch, views=args.views, adapter=args.adapter, train_dataset=train,
                             use_val=not args.val_from_train, base=base)
-    return fit_fewshot(source, args.method, config, shots=args.shots, seed=args.seed), base, True
+    fitted = fit_fewshot(source, args.method, config, shots=args.shots, seed=args.seed, val_split=args.val)
+    return fitted, base, True
 
 
 def run(args: argparse.Namespace) -> int:

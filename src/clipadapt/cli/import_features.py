@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from clipadapt.cli._common import refuse_unused
+from clipadapt.cli._outputs import DIR, FILE, output_option
 from clipadapt.errors import ConfigError
 
 COMMAND = "import-features"
@@ -19,12 +21,18 @@ clipadapt import-features --kind retrieval --out ret/ --split 'test=features.npy
 """
 
 
+def _out_kind(args: argparse.Namespace, out: Path) -> str:
+    """--out is a directory, written whole (cli/_outputs.py), except for --kind captions: one .safetensors file."""
+    return FILE if args.kind == "captions" else DIR
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kind", choices=KINDS, default="classification",
                         help="what to build: classification = feature directory for eval/fewshot/dn-sweep/imo/search "
                              "(default); retrieval = directory for `retrieval` / `dn-sweep --embeddings`; captions = "
                              "safetensors file for `captions --embeddings`")
-    parser.add_argument("--out", type=Path, required=True, help="directory to create (captions: a .safetensors file)")
+    output_option(parser.add_argument("--out", type=Path, required=True,
+                                      help="directory to create (captions: a .safetensors file)"), _out_kind)
     parser.add_argument("--classnames", type=Path,
                         help="classification: JSON list or text file, one class per line (default: 'class 0', 'class 1', ...)")
     parser.add_argument("--text", help=f"classification: class text embeddings (C, D) or (C, T, D); {ARRAY}")
@@ -49,8 +57,18 @@ def _need(args: argparse.Namespace, *names: str) -> None:
         raise ConfigError(f"--kind {args.kind} needs {' and '.join(missing)}")
 
 
+# the options each --kind does not read: given with it, they would be silently ignored (issue 12, item 7)
+UNUSED_BY_KIND = {
+    "classification": ("--image", "--caption", "--reference"),
+    "retrieval": ("--classnames", "--text", "--labels", "--image", "--caption", "--reference"),
+    "captions": ("--classnames", "--text", "--split", "--labels", "--model", "--dataset"),
+}
+
+
 def run(args: argparse.Namespace) -> int:
     from clipadapt.features import importing
+
+    refuse_unused(args, f"--kind {args.kind}", UNUSED_BY_KIND[args.kind], instead="the --kind that reads them")
 
     meta = {k: v for k, v in {"model": args.model, "dataset": args.dataset}.items() if v}
     if args.kind == "captions":

@@ -6,6 +6,8 @@ import argparse
 import fnmatch
 from pathlib import Path
 
+from clipadapt.cli._outputs import FILE, output_option
+
 COMMAND = "models"
 HELP = "list model architectures and pretrained tags (use as --model ARCH@TAG)"
 EXAMPLES = """
@@ -16,7 +18,7 @@ clipadapt models 'RN*' --out models.csv
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pattern", nargs="?", default="*", help="glob on the architecture name, e.g. 'ViT-B*'; without * ? [ a case-insensitive substring")
-    parser.add_argument("--out", type=Path, help="write the table (.json, .csv or .md)")
+    output_option(parser.add_argument("--out", type=Path, help="write the table (.json, .csv or .md)"), FILE)
 
 
 def arch_matches(arch: str, pattern: str) -> bool:

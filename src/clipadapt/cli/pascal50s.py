@@ -7,6 +7,7 @@ from pathlib import Path
 
 from clipadapt.argtypes import COUNT, LAMBDA, SEED
 from clipadapt.cli._conventions import add_out_argument, out_dir, results_path, run_provenance, write_results
+from clipadapt.cli._outputs import FILE, output_option
 from clipadapt.constants import DEFAULT_LAMBDA
 
 COMMAND = "pascal50s"
@@ -29,7 +30,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--batch-size", type=COUNT, default=64)
     add_out_argument(parser, writes="accuracy.md")
-    parser.add_argument("--table", type=Path, help="accuracy table (.md or .csv)")
+    output_option(parser.add_argument("--table", type=Path, help="accuracy table (.md or .csv)"), FILE)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from typing import Any
 
 from clipadapt.argtypes import COUNT, NON_NEGATIVE_INT
 from clipadapt.cli._common import add_file_check_argument
+from clipadapt.cli._outputs import FILE, output_option
 from clipadapt.errors import ConfigError
 
 COMMAND = "predict"
@@ -34,9 +35,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapted-features", metavar="DIR:SPLIT",
                         help="with --features, for tip++/tipx++ heads: the same rows through the IMO adapter")
     parser.add_argument("--topk", type=COUNT, default=5, help="labels (with probabilities) per image (default 5)")
-    parser.add_argument("--out", type=Path, required=True, metavar="FILE",
-                        help="predictions: .csv (path, label, probability, top-k columns) or .jsonl (one JSON per row)")
-    parser.add_argument("--save-logits", type=Path, metavar="FILE", help="also write the (N, C) float32 logits as .npy")
+    output_option(parser.add_argument("--out", type=Path, required=True, metavar="FILE",
+                                      help="predictions: .csv (path, label, probability, top-k columns) or .jsonl "
+                                           "(one JSON per row)"), FILE)
+    output_option(parser.add_argument("--save-logits", type=Path, metavar="FILE",
+                                      help="also write the (N, C) float32 logits as .npy"), FILE)
     enc = parser.add_argument_group("encoding images")
     enc.add_argument("--cache-dir", type=Path, default=None,
                      help="feature cache root (default: $CLIPADAPT_CACHE or ~/.cache/clipadapt)")

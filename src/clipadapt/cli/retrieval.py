@@ -19,6 +19,7 @@ from clipadapt.cli._conventions import (
     vs_baseline,
     write_results,
 )
+from clipadapt.cli._outputs import DIR, FILE, output_option
 from clipadapt.errors import ConfigError
 from clipadapt.eval.runners.dn import add_dn_arguments, dn_source_info, shared_images
 
@@ -54,7 +55,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--on-error", choices=["fail", "skip"], default="fail",
                      help="unreadable images: fail, or skip them with their captions (listed in the results' meta.skipped)")
     src.add_argument("--max-pool", type=COUNT, default=1000, help="encode at most this many pool images (default 1000)")
-    src.add_argument("--save-embeddings", type=Path, help="write the encoded embeddings as a retrieval directory")
+    output_option(src.add_argument("--save-embeddings", type=Path,
+                                   help="write the encoded embeddings as a retrieval directory"), DIR)
     add_dn_arguments(parser, sources=("unlabeled", "holdout", "test"))
     parser.add_argument("--holdout", type=COUNT, default=100,
                         help="with --dn-source holdout: images (with their captions) held out of the evaluation for the means")
@@ -62,7 +64,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chunk-size", type=COUNT, default=1024, help="queries scored at once")
     add_verify_argument(parser)
     add_out_argument(parser, writes="recall.md, recall.csv", legacy_json=True)
-    parser.add_argument("--table", type=Path, help="also write the recall table here (.md or .csv)")
+    output_option(parser.add_argument("--table", type=Path, help="also write the recall table here (.md or .csv)"),
+                  FILE)
 
 
 def _load_from_json(args: argparse.Namespace) -> tuple[RetrievalSet, RetrievalSet | None]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from clipadapt.argtypes import COUNTS, SEEDS
 from clipadapt.cli._conventions import run_provenance
+from clipadapt.cli._outputs import DIR, output_option
 from clipadapt.errors import ConfigError
 
 COMMAND = "sample-shots"
@@ -21,8 +22,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="train", help="split to sample from (default: train)")
     parser.add_argument("--shots", type=COUNTS, default=[1, 2, 4, 8, 16], help="comma-separated K (default 1,2,4,8,16)")
     parser.add_argument("--seeds", type=SEEDS, default=[1, 2, 3], help="comma-separated seeds (default 1,2,3)")
-    parser.add_argument("--out", type=Path, required=True, metavar="DIR",
-                        help="output directory: shots<K>_seed<S>.json per (K, seed), each with its provenance")
+    output_option(parser.add_argument("--out", type=Path, required=True, metavar="DIR",
+                                      help="output directory: shots<K>_seed<S>.json per (K, seed), each with its "
+                                           "provenance"), DIR)
     parser.add_argument("--allow-fewer", action="store_true", help="take all items of classes with fewer than K")
     parser.add_argument("--download", action="store_true", help="let torchvision datasets download")
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from clipadapt.argtypes import COUNT
 from clipadapt.cli._common import add_verify_argument
 from clipadapt.cli._conventions import add_out_argument, path_provenance, results_path, write_results
+from clipadapt.cli._outputs import FILE, output_option
 from clipadapt.constants import TOPK_BACKENDS as BACKENDS
 from clipadapt.errors import ClipadaptError, ConfigError, FeatureDirError
 
@@ -44,7 +45,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="query row i matches gallery row i: report recall@1/5/10")
     add_verify_argument(parser)
     add_out_argument(parser, legacy_json=True)
-    parser.add_argument("--save-topk", type=Path, help="write indices (Q, k) and scores (Q, k) as .npz")
+    output_option(parser.add_argument("--save-topk", type=Path,
+                                      help="write indices (Q, k) and scores (Q, k) as .npz"), FILE)
 
 
 def _open(spec: str) -> tuple[str, ShardedSplit | torch.Tensor]:

@@ -13,10 +13,11 @@ import contextlib
 import io
 import json
 import shlex
-import sys
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from clipadapt.cli._outputs import RESUME, output_option, prepare_outputs
 from clipadapt.errors import ConfigError
 
 if TYPE_CHECKING:  # imported where used, so building the parser stays cheap
@@ -55,7 +56,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                      examples="clipadapt suite run dn-vitb32 --out runs/dn --set DATA=/data\n"
                               "clipadapt suite run my-suite.toml --out runs/mine --dry-run\n")
     run.add_argument("config", help="suite TOML file, or the name of a shipped config (clipadapt suite list)")
-    run.add_argument("--out", type=Path, required=True, help="run directory (cells/, suite.json, summary.*)")
+    output_option(run.add_argument("--out", type=Path, required=True,
+                                   help="run directory (cells/, suite.json, summary.*); an existing one is resumed, "
+                                        "so a non-empty directory must hold suite.json"), RESUME, marker="suite.json")
     run.add_argument("--set", dest="sets", action="append", default=[], metavar="VAR=VALUE",
                      help="set a ${VAR} of the config, e.g. --set DATA=/data (repeatable)")
     run.add_argument("--no-retry-failed", action="store_true", help="skip cells that failed before instead of retrying them")
@@ -134,6 +137,12 @@ def execute_cell(cell: Cell, out: Path) -> dict[str, Any]:
     except SystemExit:  # argparse exits on a bad option: a failed cell, not the end of the suite
         raise ConfigError(f"clipadapt {shlex.join(argv)}: {errors.getvalue().strip().splitlines()[-1:]}") from None
     args._argv = argv  # the provenance of the cell's results names the cell's own command line
+    # the cell's directory belongs to the run: an earlier, unfinished attempt's files are replaced whole, after
+    # the command's own output checks (not inside or around its inputs, writable)
+    args.overwrite = True
+    prepare_outputs(args, stage=False)
+    if out.exists():
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "log.txt", "w", encoding="utf-8") as log, contextlib.redirect_stdout(log):
         output = _run_fewshot(args) if cell.task == "fewshot" else _run_command(args, cell, out)

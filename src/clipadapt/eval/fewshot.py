@@ -203,7 +203,7 @@ class PipelineSource:
     `train_dataset` (a clipadapt.data.ImageDataset of the train split) gives the labels to sample from without
     encoding anything; without it one un-augmented pass over train is fetched for its labels.
     `use_val=False` (validation drawn from train) never fetches the dataset's 'val' split. `base`: features
-    already fetched that give the class names, text and meta, and whose 'val'/'test' splits are the evaluated
+    already fetched that give the class names, text and meta, and whose splits other than 'train' are the evaluated
     ones (`clipadapt fit` passes its validation features, so 'test' is never encoded).
     """
 
@@ -216,7 +216,7 @@ class PipelineSource:
             self.eval_splits = ["val", "test"] if use_val else ["test"]
             self.base = fetch(list(self.eval_splits))
         else:
-            self.eval_splits = [s for s in ("val", "test") if base.has_split(s) and (use_val or s != "val")]
+            self.eval_splits = [s for s in base.splits if s != "train" and (use_val or s != "val")]
             self.base = base
         self.classnames, self.text, self.meta = self.base.classnames, self.base.text, self.base.meta
         self._adapted_eval: FeatureSet | None = None

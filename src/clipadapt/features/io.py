@@ -11,6 +11,8 @@ Every write is atomic and durable (`clipadapt.fileio.atomic_path`): a reader nev
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -37,7 +39,13 @@ SHARD_INDEX_SUFFIX = ".shards.json"  # DIR/<split>.shards.json: a sharded split 
 def atomic_save_tensors(path: Path, tensors: dict[str, Tensor], metadata: dict[str, str] | None = None) -> None:
     """safetensors save through a temp file + fsync + rename."""
     with atomic_path(path) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        try:
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+        except SafetensorError as e:  # its I/O errors ("... No space left on device (os error 28)") as OSError
+            code = re.search(r"\(os error (\d+)\)", str(e))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from e
 
 
 def load_npy(path: str | Path, *, what: str, mmap: bool = True, error: type[ClipadaptError] = FeatureDirError) -> np.ndarray:

@@ -52,9 +52,10 @@ def _test_split(source: FewShotSource) -> FeatureSplit | None:
 
 
 def fit_fewshot(source: FewShotSource, method: str, config: FewShotConfig, *, shots: int | None,
-                seed: int) -> FitResult:
+                seed: int, val_split: str = "val") -> FitResult:
     """`method` (a clipadapt.eval.fewshot.METHOD_TABLE name) fitted on `shots` per class (None: all train rows)
-    drawn with `seed`, its hyper-parameters searched on validation exactly as `fewshot` does."""
+    drawn with `seed`, its hyper-parameters searched on validation exactly as `fewshot` does (on the split
+    `val_split`, or on train rows with `config.val_from_train`)."""
     if method not in METHOD_TABLE:
         raise ConfigError(f"fit_fewshot: unknown method {method!r}; available: {', '.join(METHOD_TABLE)}")
     _, family, adapted = METHOD_TABLE[method]
@@ -75,9 +76,9 @@ def fit_fewshot(source: FewShotSource, method: str, config: FewShotConfig, *, sh
         a_val = source.train_eval_rows(val_idx, adapted=True) if adapted else None
         val_name, fix = f"val (--val-from-train {config.val_from_train}, from train)", CACHE_FIX
     else:
-        val = source.eval_split("val")
-        a_val = source.eval_split("val", adapted=True) if adapted else None
-        val_name, fix = "val", VAL_FIX
+        val = source.eval_split(val_split)
+        a_val = source.eval_split(val_split, adapted=True) if adapted else None
+        val_name, fix = val_split, VAL_FIX
     if test is not None:
         check_disjoint(val, test, selection_name=val_name, dataset=dataset, purpose="the hyper-parameter search",
                        fix=fix)
@@ -92,7 +93,7 @@ def fit_fewshot(source: FewShotSource, method: str, config: FewShotConfig, *, sh
     logit = logit_params(source.meta)  # the model's own scale/bias when meta.json records them, as `fewshot`
     fitted = fit_method(method, config, source.text, train, val, seed=seed, adapted=pair,  # type: ignore[arg-type]
                         logit=logit)
-    validation = ({"source": "split 'val'", "n": val.n} if val_idx is None else
+    validation = ({"source": f"split '{val_split}'", "n": val.n} if val_idx is None else
                   {"source": "train", "per_class": config.val_from_train, "n": val.n, "indices": val_idx,
                    "disjoint_from": "the shots"})
     selection = {"hyperparameters": fitted.hyperparameters, "val_top1": fitted.val_top1, "validation": validation,
@@ -103,19 +104,20 @@ def fit_fewshot(source: FewShotSource, method: str, config: FewShotConfig, *, sh
     return FitResult(fitted.model, selection)
 
 
-def fit_zeroshot(text, val: FeatureSplit | None, *, logit: LogitParams | None = None) -> FitResult:
+def fit_zeroshot(text, val: FeatureSplit | None, *, logit: LogitParams | None = None,
+                 val_split: str = "val") -> FitResult:
     """Zero-shot as `eval --method zeroshot` computes it (`logit`: the model's scale and bias, default 100 / 0);
     the validation accuracy when a labelled val is given."""
     logit = logit or LogitParams()
     model = ZeroShotClassifier(**logit.kwargs()).fit(text)
     return FitResult(model, {"hyperparameters": model.get_params(), "val_top1": _val_top1(model, val),
-                             "validation": {"source": "split 'val'", "n": val.n} if val is not None else None,
+                             "validation": {"source": f"split '{val_split}'", "n": val.n} if val is not None else None,
                              "searched": False, "logit": logit.describe()})
 
 
 def fit_dn(text, pool: FeatureSplit, *, pool_name: str, val: FeatureSplit | None = None, lam: float = DEFAULT_LAMBDA,
            n_samples: int | None = 100, seed: int = 0, text_mean: str = DEFAULT_TEXT_MEAN,
-           logit: LogitParams | None = None) -> FitResult:
+           logit: LogitParams | None = None, val_split: str = "val") -> FitResult:
     """DN as `eval --method dn` computes it: the means drawn from `pool` (the unlabeled/val split given at fit
     time) and stored, so a head scores one image alone (docs/heads.md: stored vs transductive DN)."""
     logit = logit or LogitParams()
@@ -125,7 +127,7 @@ def fit_dn(text, pool: FeatureSplit, *, pool_name: str, val: FeatureSplit | None
     return FitResult(model, {"hyperparameters": {"lambda": lam, "n_samples": "all" if n_samples is None else n_samples,
                                                  "seed": seed, "text_mean": text_mean, **logit.kwargs()},
                              "val_top1": _val_top1(model, val),
-                             "validation": {"source": "split 'val'", "n": val.n} if val is not None else None,
+                             "validation": {"source": f"split '{val_split}'", "n": val.n} if val is not None else None,
                              "dn": {"pool": pool_name, "pool_rows": pool.n, **info,
                                     "mean": "stored (fitted on the pool at fit time), not the test batch's"},
                              "searched": False, "logit": logit.describe()})
