@@ -1,5 +1,6 @@
-"""Peak memory of assembling a split from its shards: copy into one preallocated tensor (what extraction does)
-vs concatenating the loaded shards (what it did before), each in a fresh process, on the same shard files.
+"""Peak memory of assembling a split from its shards: `ShardedSplit.load`, the one assembler (copies each shard's
+rows into one preallocated tensor; what `get_feature_set` does with a cache entry), vs concatenating the loaded
+shards (what extraction did before), each in a fresh process, on the same shard files.
 
     PYTHONPATH=src python benchmarks/assemble_memory.py [--rows 200000] [--dim 512] [--shard 8192]
 
@@ -23,8 +24,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "assemble_memory.json"
 CHILD = r"""
 import sys, json, torch
 from pathlib import Path
-from clipadapt.features.extract import assemble_shards
-from clipadapt.features.shards import plan_shards, read_shard, shard_path
+from clipadapt.features.shards import ShardedSplit, plan_shards, read_shard, shard_path
 
 def vm(field):
     for line in open("/proc/self/status"):
@@ -37,8 +37,7 @@ shards = plan_shards(rows, shard)
 open("/proc/self/clear_refs", "w").write("5")  # reset the high-water mark
 base = vm("VmRSS")
 if mode == "preallocated":
-    split, _ = assemble_shards(directory, shards)
-    image = split.image
+    image = ShardedSplit([shard_path(directory, a, b) for a, b in shards]).load().image
 else:  # the earlier code: every shard loaded, then concatenated
     image = torch.cat([read_shard(shard_path(directory, a, b))[0]["image"] for a, b in shards]).float()
 print(json.dumps({"peak_extra_mb": (vm("VmHWM") - base) / 2**20, "checksum": float(image.double().sum())}))

@@ -44,11 +44,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
+    image = torch.randn(args.rows, args.dim, generator=g)
+    labels = torch.randint(0, 100, (args.rows,), generator=g)
     fs = FeatureSet(classnames=[f"c{i}" for i in range(100)], text=torch.randn(100, args.dim, generator=g),
-                    splits={"test": FeatureSplit(torch.randn(args.rows, args.dim, generator=g),
-                                                 torch.randint(0, 100, (args.rows,), generator=g))},
+                    splits={"test": FeatureSplit(image, labels)},
                     meta={"model": "synthetic"})
-    times: dict[str, list[float]] = {k: [] for k in ("size_check", "load", "load_plain", "load_verify", "write", "write_plain")}
+    cases = ("size_check", "load", "load_plain", "load_verify", "write", "write_plain")
+    times: dict[str, list[float]] = {k: [] for k in cases}
     with tempfile.TemporaryDirectory() as tmp:
         checked, plain = Path(tmp) / "checked", Path(tmp) / "plain"
         save_feature_dir(fs, checked)
@@ -63,7 +65,7 @@ def main() -> None:
             for name, kwargs in (("write", {}), ("write_plain", {"checksums": False})):
                 target = Path(tmp) / f"w-{name}"
                 shutil.rmtree(target, ignore_errors=True)
-                times[name].append(_timed(lambda: save_feature_dir(fs, target, **kwargs)))
+                times[name].append(_timed(lambda t=target, kw=kwargs: save_feature_dir(fs, t, **kw)))
         assert (checked / CHECKSUMS_FILE).is_file() and not (plain / CHECKSUMS_FILE).exists()
     rows = [{"case": k, "median_s": round(statistics.median(v), 6), "runs": [round(x, 6) for x in v]}
             for k, v in times.items()]

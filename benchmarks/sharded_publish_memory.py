@@ -1,7 +1,7 @@
-"""Peak memory of publishing a cache entry from its finished shards, assembled (`FeatureCache.save_split` after
-`assemble_shards`, what `extract` does) vs sharded (`FeatureCache.publish_shards`, what `extract --sharded`
-does), and of reading the entry back (in-memory `load_split` vs `open_sharded` + one streaming pass over every
-row). Each step runs in a fresh process on the same synthetic shards.
+"""Peak memory of publishing a cache entry from its finished shards (`FeatureCache.publish_shards`: index, paths,
+manifest — every entry's one storage form since cache version 2) and of reading the entry back: into memory
+(`FeatureCache.load_split`, what `get_feature_set` does) vs memory-mapped (`open_split` + one streaming pass over
+every row, what `--sharded` does). Each step runs in a fresh process on the same synthetic shards.
 
     PYTHONPATH=src python benchmarks/sharded_publish_memory.py [--rows 200000] [--dim 512] [--shard 8192]
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,6 @@ CHILD = r"""
 import sys, json, time
 from pathlib import Path
 from clipadapt.features.cache import CacheEntry, FeatureCache
-from clipadapt.features.extract import assemble_shards
 from clipadapt.features.shards import plan_shards
 
 def vm(field):
@@ -43,18 +41,14 @@ cache, entry = FeatureCache(directory.parent), CacheEntry(directory, {"kind": "b
 shards, paths = plan_shards(rows, shard), [f"/data/images/{i:09d}.jpg" for i in range(rows)]
 open("/proc/self/clear_refs", "w").write("5")  # reset the high-water mark
 base, t0 = vm("VmRSS"), time.perf_counter()
-if step == "publish-assembled":
-    split, skipped = assemble_shards(entry.shard_dir, shards, paths)
-    cache.save_split(entry, "train", split, skipped)
-    checksum = sum(float(c.double().sum()) for c in split.image.split(shard))  # chunked: no float64 copy
-elif step == "publish-sharded":
+if step == "publish":
     split = cache.publish_shards(entry, "train", shards, paths, [])
     checksum = float(split.n)
-elif step == "read-assembled":
+elif step == "read-memory":
     split, _ = cache.load_split(entry, "train", num_classes=10)
-    checksum = sum(float(c.double().sum()) for c in split.image.split(shard))
+    checksum = sum(float(c.double().sum()) for c in split.image.split(shard))  # chunked: no float64 copy
 else:  # read-sharded: verify + open memory-mapped, then one streaming pass over every row
-    split, _ = cache.open_sharded(entry, "train")
+    split, _ = cache.open_split(entry, "train")
     checksum = sum(float(image.double().sum()) for image, _ in split.iter_chunks(shard))
 seconds = time.perf_counter() - t0
 print(json.dumps({"peak_extra_mb": (vm("VmHWM") - base) / 2**20, "seconds": seconds, "checksum": checksum}))
@@ -89,15 +83,12 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     split_mb = args.rows * args.dim * 4 / 2**20
-    runs = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for storage in ("assembled", "sharded"):
-            entry = Path(tmp) / storage
-            write_shards(entry, args.rows, args.dim, args.shard)
-            runs[f"publish-{storage}"] = run_child(f"publish-{storage}", entry, args.rows, args.shard)
-            runs[f"read-{storage}"] = run_child(f"read-{storage}", entry, args.rows, args.shard)
-            shutil.rmtree(entry)
-    assert abs(runs["read-assembled"]["checksum"] - runs["read-sharded"]["checksum"]) < 1e-2 * split_mb, runs
+        entry = Path(tmp) / "entry"
+        write_shards(entry, args.rows, args.dim, args.shard)
+        steps = ("publish", "read-memory", "read-sharded")
+        runs = {step: run_child(step, entry, args.rows, args.shard) for step in steps}
+    assert abs(runs["read-memory"]["checksum"] - runs["read-sharded"]["checksum"]) < 1e-2 * split_mb, runs
     rows = [{"step": step, "peak extra MB": r["peak_extra_mb"], "× split size": r["peak_extra_mb"] / split_mb,
              "seconds": r["seconds"]} for step, r in runs.items()]
     print(f"{args.rows} rows × {args.dim} float32 = {split_mb:.0f} MB in shards of {args.shard} rows")

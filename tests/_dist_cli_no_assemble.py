@@ -1,5 +1,6 @@
-"""`clipadapt` CLI entry for the sharded torchrun test: any assembly of a whole split (`assemble_shards`) or
-in-memory load of a split kills the process, on every rank; the rest of argv is the clipadapt command line."""
+"""`clipadapt` CLI entry for the sharded torchrun test: any assembly of a whole split (`ShardedSplit.load`, the
+one assembler) or in-memory load of a split kills the process, on every rank; the rest of argv is the clipadapt
+command line."""
 
 from __future__ import annotations
 
@@ -8,13 +9,11 @@ import sys
 
 def forbid_assembly() -> None:
     import clipadapt.features.cache as cache
-    import clipadapt.features.extract as extract
     from clipadapt.features.shards import ShardedSplit
 
     def refuse(*args, **kwargs):
         raise SystemExit("a whole split was assembled or loaded in memory")
 
-    extract.assemble_shards = refuse
     cache.load_split = refuse
     ShardedSplit.load = refuse
 

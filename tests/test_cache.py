@@ -102,7 +102,7 @@ def test_cache_entry_is_a_feature_directory(tmp_path, data, enc):
 
 def test_corrupt_cache_file_is_recomputed(tmp_path, data, monkeypatch, caplog):
     first = get_feature_set(MODEL, data, ["test"], cache_dir=tmp_path / "c", progress=False)
-    split_file = next((tmp_path / "c" / "images").glob("*/test.safetensors"))
+    split_file = next((tmp_path / "c" / "images").glob("*/shards/rows-*.safetensors"))  # the entry's one shard
     raw = bytearray(split_file.read_bytes())
     raw[-5] ^= 0xFF  # flip a bit inside the tensor data: the file still parses
     split_file.write_bytes(bytes(raw))
@@ -221,14 +221,17 @@ def test_feature_set_from_args_fetches_the_splits_the_method_reads(monkeypatch):
     import argparse
 
     import clipadapt.eval.registry as registry
+    from clipadapt.cli import _common
     from clipadapt.features import pipeline
 
     method = registry.EvalMethod(name="needs-train", run=None, add_arguments=None, help="", splits=("train", "val"))
     monkeypatch.setattr(registry, "get_eval_method", lambda name: method)
     seen = {}
-    monkeypatch.setattr(pipeline, "get_feature_set", lambda model, dataset, splits, **kw: seen.update(splits=splits, **kw))
+    monkeypatch.setattr(pipeline, "get_feature_set",
+                        lambda model, dataset, splits, options, **kw: seen.update(splits=splits, options=options, **kw))
     args = argparse.Namespace(model=MODEL, dataset="x", method="needs-train", split="test", cache_dir=None, device=None,
                               batch_size=8, train_views=4)
-    pipeline.feature_set_from_args(args, splits=None)
+    _common.feature_set_from_args(args, splits=None)
     assert seen["splits"] == ["test", "train", "val"]
-    assert seen["views"] == {"test": 1, "train": 4, "val": 1} and seen["batch_size"] == 8 and seen["on_error"] == "fail"
+    options = seen["options"]  # one ExtractOptions, built from the arguments (the library never sees the Namespace)
+    assert options.views == {"test": 1, "train": 4, "val": 1} and options.batch_size == 8 and options.on_error == "fail"

@@ -9,13 +9,13 @@ import json
 
 import pytest
 import torch
+from tests._imagedata import make_imagefolder
+from tests.conftest import make_clustered_features
 
 from clipadapt.cli import main
 from clipadapt.errors import FeatureDirError
 from clipadapt.features import FeatureSet, FeatureSplit, load_feature_dir, save_feature_dir
 from clipadapt.features.checksums import CHECKSUMS_FILE, check_checksums, verifying
-from tests._imagedata import make_imagefolder
-from tests.conftest import make_clustered_features
 
 MODEL = "clipadapt-test-tiny-vit"
 

@@ -21,7 +21,7 @@ from clipadapt.encoders import load_encoder
 from clipadapt.errors import DatasetError
 from clipadapt.features.cache import dataset_fingerprint
 from clipadapt.features.distributed import assign_shards
-from clipadapt.features.extract import assemble_shards, encode_shards, extract_split
+from clipadapt.features.extract import encode_shards, extract_split, read_skipped
 from clipadapt.features.pipeline import get_feature_set
 from clipadapt.features.shards import plan_shards
 
@@ -141,8 +141,8 @@ def test_two_ranks_each_encode_their_block_and_together_every_row_once(enc, data
         seen += [r for a, b in block for r in range(a, b)]
         encode_shards(enc, ds, block, tmp_path, batch_size=2, num_workers=2 if rank else 0, progress=False)
     assert seen == list(range(N))  # no duplicate, no gap
-    split, skipped = assemble_shards(tmp_path, plan, ds.paths)
-    assert not skipped
+    split = extract_split(enc, ds, shard_dir=tmp_path, shard_size=PLAN, progress=False)  # every shard done: loaded
+    assert not read_skipped(tmp_path)
     torch.testing.assert_close(split.image, reference[1].image, rtol=0, atol=1e-6)
     assert torch.equal(split.label, reference[1].label)
 

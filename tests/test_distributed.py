@@ -111,7 +111,6 @@ def test_interrupted_run_leaves_whole_shards_and_resumes_identically(enc, images
 def test_torchrun_rank0_takes_every_entry_lock_up_front_in_one_global_order(tmp_path, monkeypatch, order):
     """Two jobs listing the same splits in different orders lock the entries in the same (sorted) order, all
     before encoding: neither can hold one entry while waiting for the other's (no deadlock)."""
-    import argparse
     from contextlib import contextmanager
 
     from _imagedata import make_imagefolder
@@ -119,6 +118,7 @@ def test_torchrun_rank0_takes_every_entry_lock_up_front_in_one_global_order(tmp_
     from clipadapt.encoders.configs import register_model_configs
     from clipadapt.features.cache import FeatureCache
     from clipadapt.features.distributed import DistEnv, extract_distributed
+    from clipadapt.features.extract import ExtractOptions
 
     register_model_configs()
     root = make_imagefolder(tmp_path / "data", per_class=1)
@@ -133,12 +133,9 @@ def test_torchrun_rank0_takes_every_entry_lock_up_front_in_one_global_order(tmp_
 
     monkeypatch.setattr(FeatureCache, "lock", recording_lock)
     monkeypatch.setattr("clipadapt.features.extract.encode_shards", lambda *a, **k: events.append("encode"))
-    args = argparse.Namespace(
-        model="clipadapt-test-tiny-vit", device="cpu", precision="fp32", adapter=None, cache_dir=tmp_path / "cache",
-        split=order, dataset=f"imagefolder:{root}", file_check="stat", views=1, seed=0, shard_size=4, batch_size=4,
-        num_workers=0, on_error="fail",
-    )
-    assert extract_distributed(args, finish=lambda encoder: 0, env=DistEnv()) == 0
+    options = ExtractOptions(precision="fp32", shard_size=4, batch_size=4)
+    assert extract_distributed("clipadapt-test-tiny-vit", f"imagefolder:{root}", order, options, device="cpu",
+                               cache_dir=tmp_path / "cache", finish=lambda encoder: 0, env=DistEnv()) == 0
     locks = [e for e in events if e.startswith("lock")]
     assert len(locks) == 2 and locks == sorted(locks)
     assert events[:2] == locks and events[2:] == ["encode", "encode"]  # every lock before any encoding

@@ -7,12 +7,12 @@ import json
 
 import pytest
 import torch
+from tests.conftest import make_clustered_features
 
 from clipadapt.cli import main
 from clipadapt.errors import ClipadaptError
 from clipadapt.features import FeatureSet, FeatureSplit
 from clipadapt.features.io import save_feature_dir
-from tests.conftest import make_clustered_features
 
 
 def _featdir(tmp_path, empty: str):

@@ -27,10 +27,7 @@ LAYERS = {
 
 # (file relative to src/clipadapt, imported package): why the upward import is needed. Delete an entry when it
 # is no longer used (the test says so).
-EXCEPTIONS = {
-    ("features/pipeline.py", "eval"): "feature_set_from_args(args) asks the eval registry which splits an "
-    "`eval --method` reads; it is CLI glue that moves to cli/ with the ExtractOptions refactor (issue 10, item 2)",
-}
+EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 
 def _package(module: str) -> str:

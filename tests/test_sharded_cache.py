@@ -12,7 +12,6 @@ import pytest
 import torch
 from _imagedata import CountingEncoder, corrupt, make_imagefolder, make_images
 
-import clipadapt.features.extract as extract_module
 from clipadapt.cli import main
 from clipadapt.encoders import load_encoder
 from clipadapt.errors import DatasetError, FeatureDirError
@@ -48,8 +47,7 @@ def never_assemble(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the whole split was assembled / loaded in memory")
 
-    monkeypatch.setattr(extract_module, "assemble_shards", refuse)
-    monkeypatch.setattr(ShardedSplit, "load", refuse)
+    monkeypatch.setattr(ShardedSplit, "load", refuse)  # the one assembler
     monkeypatch.setattr("clipadapt.features.cache.load_split", refuse)
 
 
@@ -115,22 +113,6 @@ def test_sharded_entry_serves_get_feature_set_without_the_encoder(tmp_path, data
     assert fs.split("test").paths == [str(p) for p in data["test"].paths]
     again = _sharded(data, tmp_path / "c")  # and the sharded hit itself
     assert again.meta["encoder_loaded"] is False and torch.equal(_rows(again.split("test"))[0], image)
-
-
-def test_assembled_entry_is_reused_as_a_one_shard_split_without_the_encoder(tmp_path, data, enc, no_encoder):
-    fs = get_feature_set(MODEL, data, ["test"], cache_dir=tmp_path / "c", encoder=enc, progress=False)
-    no_encoder()
-    sfs = _sharded(data, tmp_path / "c")
-    split = sfs.split("test")
-    entry = next((tmp_path / "c" / "images").iterdir())
-    assert sfs.meta["encoder_loaded"] is False
-    assert [s.path for s in split.shards] == [entry / "test.safetensors"]  # the one file, not a copy
-    image, label = _rows(split)
-    assert torch.equal(image, fs.split("test").image) and torch.equal(label, fs.split("test").label)
-    manifest = json.loads((entry / "manifest.json").read_text())
-    assert "test.shards.json" in manifest["files"] and "test.safetensors" in manifest["files"]
-    again = get_feature_set(MODEL, data, ["test"], cache_dir=tmp_path / "c", progress=False)  # still verifies
-    assert again.meta["encoder_loaded"] is False and torch.equal(again.split("test").image, fs.split("test").image)
 
 
 # ----------------------------------------------------------------------------------------- skipped, resume, corrupt
@@ -203,7 +185,7 @@ def test_cli_extract_sharded_out_dir_is_read_by_search_and_load_feature_dir(tmp_
 
     assert extract("a", "--out", str(tmp_path / "ref")) == 0  # the assembled reference, in its own cache
     reference = load_feature_dir(tmp_path / "ref").split("test")
-    monkeypatch.setattr(extract_module, "assemble_shards", lambda *a, **k: pytest.fail("assembled"))
+    monkeypatch.setattr(ShardedSplit, "load", lambda *a, **k: pytest.fail("assembled"))
     assert extract("c2", "--sharded", "--out", str(out)) == 0
     assert "test: (9, 32) in 3 shards" in capsys.readouterr().out
     index = json.loads((out / "test.shards.json").read_text())

@@ -14,6 +14,7 @@ DEFAULT_TEXT_MEAN = "prompts"  # docs/methods.md §2: "the mean of all class-pro
 DEFAULT_LAMBDAS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0)  # `dn-sweep` λ axis
 DEFAULT_SAMPLES = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)  # `dn-sweep` sample-count axis
 DEFAULT_SHARD_SIZE = 1024  # rows per resumable extraction shard
+DEFAULT_BATCH_SIZE = 64  # images per forward when encoding (`--batch-size`, `ExtractOptions.batch_size`)
 TOPK_BACKENDS = ("torch", "faiss")  # `search --backend`
 GRID_PRESETS = ("tip-adapter", "sus-x", "imo")  # `fewshot --grid-preset`: a paper's search grids and tie order
 TIE_BREAKS = ("grid-order", "centre")  # `fewshot --tie-break`: which of equally good validation grid points is kept

@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clipadapt.argtypes import COUNT, NON_NEGATIVE_INT
+from clipadapt.constants import DEFAULT_BATCH_SIZE
 from clipadapt.errors import ConfigError
 
 if TYPE_CHECKING:  # torch-backed: imported where used, so building the parser stays torch-free
+    from clipadapt.features.extract import ExtractOptions
     from clipadapt.features.featureset import FeatureSet
 
 
@@ -32,7 +34,7 @@ def add_feature_source_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--dataset", help="dataset spec, e.g. coop:oxford_pets:/data/pets, imagefolder:/data/x")
     src.add_argument("--cache-dir", type=Path, default=None, help="feature cache root (default: $CLIPADAPT_CACHE or ~/.cache/clipadapt)")
     src.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    src.add_argument("--batch-size", type=COUNT, default=64)
+    src.add_argument("--batch-size", type=COUNT, default=DEFAULT_BATCH_SIZE)
     src.add_argument("--num-workers", type=NON_NEGATIVE_INT, default=0, help="DataLoader workers when encoding images")
     src.add_argument("--on-error", choices=["fail", "skip"], default="fail", help="unreadable images when encoding: fail, or skip and record")
     add_file_check_argument(src)
@@ -81,10 +83,44 @@ def load_features_from_args(args: argparse.Namespace, splits: Iterable[str] | No
         refuse_unused(args, "--features", FEATURE_DIR_UNUSED, instead="--model/--dataset (extract through the cache)")
         return load_feature_dir(args.features, splits=splits)
     if getattr(args, "model", None) and getattr(args, "dataset", None):
-        from clipadapt.features.pipeline import feature_set_from_args  # heavy imports only when encoding
-
         return feature_set_from_args(args, splits=splits)
     raise ConfigError("give --features DIR, or both --model and --dataset")
+
+
+def extract_options(args: argparse.Namespace, **values: Any) -> ExtractOptions:
+    """The one `ExtractOptions` of a command's arguments: --batch-size, --num-workers, --on-error, --shard-size,
+    --precision, --file-check where the command has them (the defaults otherwise); `values` sets other fields
+    (views, seed, progress)."""
+    from dataclasses import fields
+
+    from clipadapt.features.extract import ExtractOptions
+
+    names = {f.name for f in fields(ExtractOptions)} - {"views", "seed", "progress"}
+    given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    return ExtractOptions(**given, **values)
+
+
+def feature_set_from_args(args: argparse.Namespace, splits: Iterable[str] | None = None) -> FeatureSet:
+    """get_feature_set for --model/--dataset with this command's options (`extract_options`; --views or
+    --train-views and --seed where the command has them, --cache-dir, --device, --adapter, --indices).
+    `splits=None`: the evaluated --split plus the splits the chosen `eval --method` reads."""
+    from clipadapt.features.pipeline import get_feature_set  # heavy imports only when encoding
+
+    if splits is None:
+        splits = [getattr(args, "split", None) or "test"]
+        if getattr(args, "method", None):
+            from clipadapt.eval.registry import get_eval_method
+
+            splits += list(get_eval_method(args.method).splits)
+    splits = list(dict.fromkeys(splits))
+    views: int | dict[str, int] = getattr(args, "views", None) or 1
+    train_views = getattr(args, "train_views", None)
+    if train_views:
+        views = {s: (train_views if s == "train" else (views if isinstance(views, int) else 1)) for s in splits}
+    options = extract_options(args, views=views, seed=getattr(args, "seed", None) or 0)
+    return get_feature_set(args.model, args.dataset, splits, options, indices=getattr(args, "indices", None),
+                           cache_dir=getattr(args, "cache_dir", None), device=getattr(args, "device", None),
+                           adapter=getattr(args, "adapter", None))
 
 
 def save_logits(path: Path, logits: Any) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clipadapt.argtypes import COUNT, NON_NEGATIVES, POSITIVE, PROBABILITIES, SEED
-from clipadapt.cli._common import add_verify_argument, comma_strings, refuse_unused
+from clipadapt.cli._common import add_verify_argument, comma_strings, extract_options, refuse_unused
 from clipadapt.cli._conventions import (
     RESULTS_FILE,
     add_out_argument,
@@ -15,6 +15,7 @@ from clipadapt.cli._conventions import (
     path_provenance,
     write_results,
 )
+from clipadapt.constants import DEFAULT_BATCH_SIZE
 from clipadapt.errors import ConfigError
 
 if TYPE_CHECKING:  # torch-backed: imported where used, so building the parser stays torch-free
@@ -45,7 +46,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--names", type=comma_strings, help="backbone names for --logits (default: file names)")
     src.add_argument("--cache-dir", type=Path, default=None, help="feature cache root for --models")
     src.add_argument("--device", default=None, help="torch device for extraction and timing (default: auto)")
-    src.add_argument("--batch-size", type=COUNT, default=64)
+    src.add_argument("--batch-size", type=COUNT, default=DEFAULT_BATCH_SIZE)
     ev = parser.add_argument_group("evaluation")
     ev.add_argument("--split", default="test", help="evaluated split (default: test)")
     ev.add_argument("--heldout-split", default="val", help="labelled split the combiners are fitted on (default: val)")
@@ -82,7 +83,7 @@ def _feature_sets(args: argparse.Namespace) -> tuple[dict, dict[str, str], list[
         raise ConfigError("--models needs --dataset")
     splits, indices = inputs.plan_dataset_splits(args.dataset, args.split, heldout_split=args.heldout_split,
                                                  train_split=args.train_split, shots=args.shots, seed=args.seed)
-    kwargs = {"cache_dir": args.cache_dir, "device": args.device, "batch_size": args.batch_size}
+    kwargs = {"cache_dir": args.cache_dir, "device": args.device, "options": extract_options(args)}
     if indices:
         kwargs["indices"] = indices  # the training split is extracted as exactly these rows
     loaded = inputs.load_model_backbones(args.models, args.dataset, splits, **kwargs)

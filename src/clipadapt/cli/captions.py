@@ -20,6 +20,7 @@ from clipadapt.cli._conventions import (
     write_results,
 )
 from clipadapt.cli._outputs import FILE, output_option
+from clipadapt.constants import DEFAULT_BATCH_SIZE
 from clipadapt.errors import ConfigError, DatasetError
 from clipadapt.eval.runners.dn import add_dn_arguments
 
@@ -43,7 +44,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model id ARCH@TAG: without --embeddings, the encoder of the images and captions; "
                                         "with --embeddings, recorded in the results as the model that computed them")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--batch-size", type=COUNT, default=64)
+    parser.add_argument("--batch-size", type=COUNT, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--num-workers", type=NON_NEGATIVE_INT, default=0, help="DataLoader workers when encoding images")
     parser.add_argument("--on-error", choices=["fail", "skip"], default="fail",
                         help="unreadable images: fail, or skip them and drop their judgments (listed in the results JSON)")

@@ -8,7 +8,13 @@ from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clipadapt.cli._common import add_feature_source_arguments, load_features_from_args, options_given, save_logits
+from clipadapt.cli._common import (
+    add_feature_source_arguments,
+    feature_set_from_args,
+    load_features_from_args,
+    options_given,
+    save_logits,
+)
 from clipadapt.cli._conventions import add_out_argument, featureset_provenance, results_path, vs_baseline, write_results
 from clipadapt.cli._outputs import FILE, output_option
 from clipadapt.errors import ConfigError
@@ -52,9 +58,7 @@ def _fetcher(args: argparse.Namespace) -> Callable[[list[str]], FeatureSet]:
     """`EvalOptions.fetch`: encode splits through the cache with this command's --model/--dataset options."""
 
     def fetch(splits: list[str]) -> FeatureSet:
-        from clipadapt.features.pipeline import feature_set_from_args  # heavy imports only when encoding
-
-        return feature_set_from_args(args, splits=splits)
+        return feature_set_from_args(args, splits=splits)  # heavy imports only when encoding
 
     return fetch
 

@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 
 from clipadapt.argtypes import COUNT, NON_NEGATIVE_INT, SEED
-from clipadapt.cli._common import add_file_check_argument
+from clipadapt.cli._common import add_file_check_argument, extract_options
 from clipadapt.cli._outputs import DIR, output_option
-from clipadapt.constants import DEFAULT_SHARD_SIZE
+from clipadapt.constants import DEFAULT_BATCH_SIZE, DEFAULT_SHARD_SIZE
 
 COMMAND = "extract"
 HELP = "encode a dataset with an open_clip model into the feature cache (raw image + class text embeddings)"
@@ -29,7 +29,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-dir", type=Path, default=None, help="cache root (default: $CLIPADAPT_CACHE or ~/.cache/clipadapt)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="auto: AMP on cuda, fp32 on cpu")
-    parser.add_argument("--batch-size", type=COUNT, default=64)
+    parser.add_argument("--batch-size", type=COUNT, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--num-workers", type=NON_NEGATIVE_INT, default=0, help="DataLoader worker processes for image decoding")
     parser.add_argument("--on-error", choices=["fail", "skip"], default="fail", help="unreadable images: fail, or skip and record them")
     parser.add_argument("--adapter", type=Path, default=None, help="IMO adapter checkpoint to attach to the image tower")
@@ -43,21 +43,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from clipadapt.features.distributed import detect_env, extract_distributed
 
+    options = extract_options(args, views=args.views, seed=args.seed)
     if detect_env().is_distributed:  # under torchrun: docs/scaling.md
-        return extract_distributed(args, finish=lambda encoder: _extract(args, encoder))
-    return _extract(args)
+        return extract_distributed(args.model, args.dataset, args.split or ["test"], options,
+                                   finish=lambda encoder: _extract(args, options, encoder), cache_dir=args.cache_dir,
+                                   device=args.device, adapter=args.adapter)
+    return _extract(args, options)
 
 
-def _extract(args: argparse.Namespace, encoder=None) -> int:
+def _extract(args: argparse.Namespace, options, encoder=None) -> int:
     from clipadapt.features.pipeline import get_feature_set, get_sharded_feature_set  # heavy imports only when encoding
 
     get = get_sharded_feature_set if args.sharded else get_feature_set
-    fs = get(
-        args.model, args.dataset, args.split or ["test"], views=args.views, seed=args.seed, cache_dir=args.cache_dir,
-        device=args.device, batch_size=args.batch_size, adapter=args.adapter, on_error=args.on_error,
-        precision=args.precision, num_workers=args.num_workers, shard_size=args.shard_size, encoder=encoder,
-        file_check=args.file_check,
-    )
+    fs = get(args.model, args.dataset, args.split or ["test"], options, cache_dir=args.cache_dir, device=args.device,
+             adapter=args.adapter, encoder=encoder)
     print(f"model {fs.meta['model']}  dataset {fs.meta['dataset']}  classes {len(fs.classnames)}  text {tuple(fs.text.shape)}")
     for name, split in fs.splits.items():
         skipped = fs.meta["skipped"].get(name, 0)

@@ -9,7 +9,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clipadapt.argtypes import COUNT, COUNTS, SEEDS
-from clipadapt.cli._common import FEATURE_DIR_UNUSED, add_feature_source_arguments, comma_strings, refuse_unused
+from clipadapt.cli._common import (
+    FEATURE_DIR_UNUSED,
+    add_feature_source_arguments,
+    comma_strings,
+    extract_options,
+    refuse_unused,
+)
 from clipadapt.cli._conventions import add_out_argument, dataset_provenance, path_provenance, vs_baseline
 from clipadapt.constants import GRID_PRESETS, TIE_BREAKS
 from clipadapt.errors import ConfigError
@@ -95,9 +101,8 @@ def build_source(args: argparse.Namespace):
         if use_val:  # fail before encoding anything when 'val' shares images with 'test'
             check_disjoint(build_dataset(args.dataset, "val"), build_dataset(args.dataset, "test"), selection_name="val",
                            dataset=args.dataset, purpose="the hyper-parameter search", fix=VAL_FIX)
-        fetch = functools.partial(get_feature_set, args.model, args.dataset, cache_dir=args.cache_dir,
-                                  device=args.device, batch_size=args.batch_size, file_check=args.file_check,
-                                  on_error=args.on_error, num_workers=args.num_workers)
+        fetch = functools.partial(get_feature_set, args.model, args.dataset, options=extract_options(args),
+                                  cache_dir=args.cache_dir, device=args.device)
         return PipelineSource(fetch, views=args.views, adapter=args.adapter,
                               train_dataset=build_dataset(args.dataset, "train"), use_val=use_val)
     raise ConfigError("give --features DIR, or both --model and --dataset")

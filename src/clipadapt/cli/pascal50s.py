@@ -8,7 +8,7 @@ from pathlib import Path
 from clipadapt.argtypes import COUNT, LAMBDA, SEED
 from clipadapt.cli._conventions import add_out_argument, out_dir, results_path, run_provenance, write_results
 from clipadapt.cli._outputs import FILE, output_option
-from clipadapt.constants import DEFAULT_LAMBDA
+from clipadapt.constants import DEFAULT_BATCH_SIZE, DEFAULT_LAMBDA
 
 COMMAND = "pascal50s"
 HELP = "Pascal-50S pairwise accuracy (HC/HI/HM/MM) of caption scores with and without DN, from the original .mat files"
@@ -28,7 +28,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dn-lambda", type=LAMBDA, default=DEFAULT_LAMBDA)
     parser.add_argument("--dn-seed", type=SEED, default=0, help="seed of the DN sample draw and of the reference sample")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--batch-size", type=COUNT, default=64)
+    parser.add_argument("--batch-size", type=COUNT, default=DEFAULT_BATCH_SIZE)
     add_out_argument(parser, writes="accuracy.md")
     output_option(parser.add_argument("--table", type=Path, help="accuracy table (.md or .csv)"), FILE)
 

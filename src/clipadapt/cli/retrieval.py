@@ -20,6 +20,7 @@ from clipadapt.cli._conventions import (
     write_results,
 )
 from clipadapt.cli._outputs import DIR, FILE, output_option
+from clipadapt.constants import DEFAULT_BATCH_SIZE
 from clipadapt.errors import ConfigError
 from clipadapt.eval.runners.dn import add_dn_arguments, dn_source_info, shared_images
 
@@ -50,7 +51,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                           "DN's means (default: restval)")
     src.add_argument("--model", help="model id ARCH@TAG for the encoder path")
     src.add_argument("--device", default=None)
-    src.add_argument("--batch-size", type=COUNT, default=64)
+    src.add_argument("--batch-size", type=COUNT, default=DEFAULT_BATCH_SIZE)
     src.add_argument("--num-workers", type=NON_NEGATIVE_INT, default=0, help="DataLoader workers when encoding images")
     src.add_argument("--on-error", choices=["fail", "skip"], default="fail",
                      help="unreadable images: fail, or skip them with their captions (listed in the results' meta.skipped)")

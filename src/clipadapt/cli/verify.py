@@ -18,7 +18,8 @@ clipadapt verify runs/pool-sharded/ feats/    # several directories (a sharded -
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directories", nargs="+", type=Path, metavar="DIR",
-                        help="directories written by clipadapt (import-features, extract --out, retrieval --save-embeddings)")
+                        help="directories written by clipadapt (import-features, extract --out, "
+                             "retrieval --save-embeddings)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
+from clipadapt.constants import DEFAULT_BATCH_SIZE
 from clipadapt.data import path_under
 from clipadapt.data.dataset import open_rgb
 from clipadapt.errors import DatasetError
@@ -81,7 +82,7 @@ class EncodedImages:
     skipped: list[dict[str, Any]] = field(default_factory=list)  # {row, path, error}
 
 
-def encode_image_files(encoder, paths: Sequence[str | Path], batch_size: int = 64, *, on_error: str = "fail",
+def encode_image_files(encoder, paths: Sequence[str | Path], batch_size: int = DEFAULT_BATCH_SIZE, *, on_error: str = "fail",
                        num_workers: int = 0, progress: bool = True) -> EncodedImages:
     """Raw image embeddings of image files through `extract_split` (shards in a temporary directory).
 
@@ -91,7 +92,7 @@ def encode_image_files(encoder, paths: Sequence[str | Path], batch_size: int = 6
                                  progress=progress)
 
 
-def encode_dataset_images(encoder, dataset, batch_size: int = 64, *, on_error: str = "fail", num_workers: int = 0,
+def encode_dataset_images(encoder, dataset, batch_size: int = DEFAULT_BATCH_SIZE, *, on_error: str = "fail", num_workers: int = 0,
                           progress: bool = True) -> EncodedImages:
     """`encode_image_files` for any dataset whose rows are `(image, label or None)` (e.g. a `CaptionedImages`
     from a wds:/hf: spec): `extract_split` into a temporary directory."""
@@ -116,7 +117,8 @@ def encode_captions(encoder, texts: Sequence[str], batch_size: int = 256) -> Ten
     return torch.cat(chunks)
 
 
-def retrieval_set_from_entries(encoder, entries: Sequence[dict], image_root: str | Path, batch_size: int = 64, *,
+def retrieval_set_from_entries(encoder, entries: Sequence[dict], image_root: str | Path,
+                               batch_size: int = DEFAULT_BATCH_SIZE, *,
                                on_error: str = "fail", num_workers: int = 0) -> RetrievalSet:
     """Encode the images and every caption of `entries` (from read_karpathy_json).
 
@@ -128,7 +130,7 @@ def retrieval_set_from_entries(encoder, entries: Sequence[dict], image_root: str
     return _retrieval_set(encoder, encoded, [e["captions"] for e in entries], batch_size)
 
 
-def retrieval_set_from_dataset(encoder, dataset, batch_size: int = 64, *, on_error: str = "fail",
+def retrieval_set_from_dataset(encoder, dataset, batch_size: int = DEFAULT_BATCH_SIZE, *, on_error: str = "fail",
                                num_workers: int = 0) -> RetrievalSet:
     """Encode the images and captions of a `CaptionedImages` (`clipadapt.data.build_caption_dataset`: wds:/hf:
     specs); unreadable images are dropped with their captions under on_error='skip', as above."""

@@ -10,11 +10,11 @@ How it works (docs/scaling.md):
   shard atomically (`shards.write_shard`: temp file + rename): a rank that dies leaves at most a temp file,
   which the next run deletes, never a half-written shard.
 - Resume: a shard whose file is already there with the right rows is skipped (`shards.missing_shards`).
-- After a barrier, rank 0 runs the normal single-process path, which finds every shard done and assembles
-  the cache entry (and --out) — or, with `--sharded`, publishes the shards' index instead of assembling.
+- After a barrier, rank 0 runs the normal single-process path, which finds every shard done and publishes
+  the cache entry's shard index and manifest (and --out; `--sharded` keeps the split out of memory there too).
 - Rank 0 computes each entry's key (with the image files' stats, `cache.dataset_fingerprint`) and sends it to
-  every rank, so all ranks write into the one entry rank 0 assembles.
-- Rank 0 holds each entry's inter-process lock (`FeatureCache.lock`) from its check to the assembly, so an
+  every rank, so all ranks write into the one entry rank 0 publishes.
+- Rank 0 holds each entry's inter-process lock (`FeatureCache.lock`) from its check to the publishing, so an
   unrelated process asking for the same features waits for the job instead of encoding them too.
 """
 
@@ -22,15 +22,18 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 
 from clipadapt.errors import ConfigError
-from clipadapt.features.shards import check_shard_key, missing_shards, plan_shards, remove_stale_temp_files
+from clipadapt.features.cache import FeatureCache, cache_writes, dataset_fingerprint, image_key
+from clipadapt.features.extract import ExtractOptions
+from clipadapt.features.shards import missing_shards, plan_shards
 
 log = logging.getLogger(__name__)
 
@@ -134,37 +137,31 @@ def _broadcast(env: DistEnv, value):
     return box[0]
 
 
-def _is_cached(cache, entry, split: str, num_classes: int, *, sharded: bool) -> bool:
-    """Whether rank 0 finds the split's entry complete and valid (an invalid one is logged and invalidated).
-    Sharded: opened memory-mapped, never loaded."""
-    if sharded:
-        return cache.open_sharded(entry, split) is not None
-    return cache.load_split(entry, split, num_classes) is not None
-
-
-def extract_distributed(args, finish: Callable[[object], int], env: DistEnv | None = None) -> int:
+def extract_distributed(model: str, dataset: str, splits: Sequence[str], options: ExtractOptions, *,
+                        finish: Callable[[object], int], cache_dir: str | Path | None = None,
+                        device: str | None = None, adapter: str | Path | None = None,
+                        env: DistEnv | None = None) -> int:
     """`clipadapt extract` under torchrun: every rank encodes its block of the cache entry's shards, then rank 0
-    runs the normal single-process path `finish(encoder)`, which finds every shard done and assembles the
+    runs the normal single-process path `finish(encoder)`, which finds every shard done and publishes the
     entry (and --out). Uses the extraction pipeline's shard plan, shard writer and resume check."""
     from clipadapt.data import build_dataset
     from clipadapt.encoders import load_encoder
-    from clipadapt.features.cache import FeatureCache, dataset_fingerprint, image_key
     from clipadapt.features.extract import encode_shards
 
     env = env or detect_env()
-    device = init_distributed(env, args.device)
-    held = ExitStack()  # rank 0: the entries' locks, until finish() has assembled them
+    device = init_distributed(env, device)
+    held = ExitStack()  # rank 0: the entries' locks, until finish() has published them
     try:
-        encoder = load_encoder(args.model, device=device, precision=args.precision, adapter=args.adapter)
-        cache = FeatureCache(args.cache_dir)
-        splits = list(dict.fromkeys(args.split or ["test"]))
-        datasets = {split: build_dataset(args.dataset, split) for split in splits}
+        encoder = load_encoder(model, device=device, precision=options.precision, adapter=adapter)
+        cache = FeatureCache(cache_dir)
+        splits = list(dict.fromkeys(splits))
+        datasets = {split: build_dataset(dataset, split) for split in splits}
         keys = None
         if env.is_main:  # rank 0's keys on every rank: the files' stats (or hashes) are taken once, and a node
-            # whose copy of the images has other mtimes still writes into the entries rank 0 assembles
-            files = getattr(args, "file_check", None) or "stat"
-            keys = {split: image_key(encoder.fingerprint(), dataset_fingerprint(ds, file_check=files),
-                                     views=args.views, seed=args.seed) for split, ds in datasets.items()}
+            # whose copy of the images has other mtimes still writes into the entries rank 0 publishes
+            keys = {split: image_key(encoder.fingerprint(), dataset_fingerprint(ds, file_check=options.file_check),
+                                     views=options.for_split(split).views, seed=options.seed)
+                    for split, ds in datasets.items()}
         keys = _broadcast(env, keys)
         entries = {split: cache.image_entry(keys[split]) for split in splits}
         if env.is_main:  # every lock up front, in one global order: two jobs over the same splits cannot deadlock
@@ -172,24 +169,22 @@ def extract_distributed(args, finish: Callable[[object], int], env: DistEnv | No
             for path in sorted(unique):
                 held.enter_context(cache.lock(unique[path]))
         for split in splits:
-            dataset, key, entry = datasets[split], keys[split], entries[split]
+            ds, entry, opts = datasets[split], entries[split], options.for_split(split)
             todo = None
-            if env.is_main:
-                if not _is_cached(cache, entry, split, len(dataset.classnames), sharded=getattr(args, "sharded", False)):
-                    entry.begin()
-                    check_shard_key(entry.shard_dir, key)
-                    remove_stale_temp_files(entry.shard_dir)
-                    remove_stale_temp_files(entry.path)
-                    todo = True
+            if env.is_main:  # a valid entry (or one migrated from an older cache version) is not encoded again
+                with cache_writes(entry.path):
+                    cached = cache.open_split(entry, split) or cache.migrate(entry, split, ds.paths, opts.shard_size)
+                    if not cached:
+                        entry.begin()
+                        todo = True
             if not _broadcast(env, todo):
                 continue  # cached already: rank 0's finish() reads it
-            mine = assign_shards(plan_shards(len(dataset), args.shard_size), env.rank, env.world_size)
+            mine = assign_shards(plan_shards(len(ds), opts.shard_size), env.rank, env.world_size)
             pending = missing_shards(entry.shard_dir, mine)
             log.info("rank %d/%d, split %s: %d of its %d shards to encode", env.rank, env.world_size, split,
                      len(pending), len(mine))
-            encode_shards(encoder, dataset, pending, entry.shard_dir, views=args.views, seed=args.seed,
-                          batch_size=args.batch_size, num_workers=args.num_workers, on_error=args.on_error,
-                          progress=env.local_rank == 0)
+            with cache_writes(entry.path):
+                encode_shards(encoder, ds, pending, entry.shard_dir, opts, progress=env.local_rank == 0)
         barrier(env)  # every rank's shards are written
         code = finish(encoder) if env.is_main else 0
         held.close()

@@ -3,19 +3,22 @@
 Shards cover fixed row ranges `[start, end)` of the dataset and are written with the project's one shard
 writer, `features.shards.write_shard` (atomic; `<shard_dir>/rows-<start>-<end>.safetensors`, tensors `image`,
 `row` and, for labelled data, `label`; the rows skipped for unreadable images are listed in the file's
-metadata). A run finds the shards already written (`shards.missing_shards`), encodes only the missing ones
-(`encode_split_shards`, which stops there for sharded storage), then `assemble_shards` copies them in row order
-into one tensor (`extract_split`); `shards.ShardedSplit.from_dir(shard_dir)` reads the same
-files memory-mapped instead. Because every shard is independent (and the random views of row i depend only on
-(seed, i)), N processes can each encode a disjoint block of `plan_shards(...)` (`features.distributed` under
-torchrun) and one process assembles.
+metadata). A run finds the shards already written (`shards.missing_shards`) and encodes only the missing ones
+(`encode_split_shards`); the shards are the split — `shards.ShardedSplit` reads them memory-mapped, and its
+`load()` (the one assembler) copies them in row order into one tensor (`extract_split`). Because every shard is
+independent (and the random views of row i depend only on (seed, i)), N processes can each encode a disjoint
+block of `plan_shards(...)` (`features.distributed` under torchrun) and one process publishes them.
+
+`ExtractOptions` carries how images are encoded (batch size, workers, on_error, shard size, precision, file
+check, progress, views, seed), built once by the CLI and passed down unchanged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,16 +29,16 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from clipadapt.constants import DEFAULT_BATCH_SIZE
 from clipadapt.encoders.augment import normalize_uint8, pil_to_uint8, row_generator, split_eval_transform
-from clipadapt.errors import CacheError, ConfigError, DatasetError, FeatureDirError
+from clipadapt.errors import CacheError, ConfigError, DatasetError
 from clipadapt.features.featureset import FeatureSplit
 from clipadapt.features.shards import (
     DEFAULT_SHARD_SIZE,
+    ShardedSplit,
     check_shard_key,
     missing_shards,
     plan_shards,
-    read_shard,
-    shard_header,
     shard_path,
     shard_skipped,
     write_shard,
@@ -60,54 +63,38 @@ class DatasetLike(Protocol):
     def __getitem__(self, i: int) -> tuple[Any, int]: ...
 
 
-# ----------------------------------------------------------------------------------------- assembly
-def assemble_shards(
-    shard_dir: Path, shards: Sequence[tuple[int, int]], paths: Sequence[Any] | None = None
-) -> tuple[FeatureSplit, list[dict[str, Any]]]:
-    """Finished shards in row order -> (FeatureSplit, skipped records). Paths follow the rows.
+# ----------------------------------------------------------------------------------------- options
+@dataclass(frozen=True)
+class ExtractOptions:
+    """How images are encoded: built once (the CLI: `cli._common.extract_options`) and passed down unchanged
+    through `get_feature_set`, `extract_distributed`, `encode_split_shards` and `encode_shards`.
 
-    The shards' headers give the split's size first; rows are then copied shard by shard into one preallocated
-    tensor, so the peak memory is the split plus one shard, not twice the split as concatenating would need.
-    """
-    files = [shard_path(shard_dir, start, end) for start, end in shards]
-    shapes = [_shard_image_shape(f) for f in files]
-    embedded = [shape for shape in shapes if shape[0]]  # a shard whose rows were all skipped has no embeddings
-    n = sum(shape[0] for shape in embedded)
-    image = torch.empty((n, *embedded[0][1:]), dtype=torch.float32) if embedded else None
-    label = torch.empty(n, dtype=torch.long)
-    row = torch.empty(n, dtype=torch.long)
-    skipped: list[dict[str, Any]] = []
-    unlabeled, at = False, 0
-    for path in files:
-        tensors, records = read_shard(path)
-        skipped.extend(records)
-        rows = tensors["image"].shape[0]
-        if not rows:
-            continue
-        if tuple(tensors["image"].shape[1:]) != tuple(image.shape[1:]):
-            raise CacheError(f"{path}: embeddings of shape {tuple(tensors['image'].shape)}, other shards have "
-                             f"(rows, {', '.join(map(str, image.shape[1:]))})")
-        image[at:at + rows] = tensors["image"]
-        row[at:at + rows] = tensors["row"]
-        if "label" in tensors:
-            label[at:at + rows] = tensors["label"]
-        else:
-            unlabeled = True
-        at += rows
-    if image is None:
-        raise DatasetError(f"no image could be read ({len(skipped)} rows skipped); first: "
-                           f"{skipped[0]['error'] if skipped else 'empty dataset'}")
-    split_paths = [str(paths[r]) for r in row.tolist()] if paths is not None else None
-    has_labels = not unlabeled and bool((label >= 0).all())  # unlabeled rows have no 'label' (older shards: -1)
-    return FeatureSplit(image=image, label=label if has_labels else None, paths=split_paths), skipped
+    `views`: V seeded augmented views per image (V > 1), an int for every split or {split: V}; `seed` counts only
+    with V > 1. `on_error`: 'fail' or 'skip' unreadable images. `shard_size`: rows per resumable shard.
+    `precision`: the encoder's ('auto': AMP on cuda, fp32 on cpu). `file_check`: how the cache key notices image
+    files edited in place ('stat', 'sha256', 'none')."""
 
+    batch_size: int = DEFAULT_BATCH_SIZE
+    num_workers: int = 0
+    on_error: str = "fail"
+    shard_size: int = DEFAULT_SHARD_SIZE
+    precision: str = "auto"
+    file_check: str = "stat"
+    progress: bool = True
+    views: int | Mapping[str, int] = 1
+    seed: int = 0
 
-def _shard_image_shape(path: Path) -> tuple[int, ...]:
-    """Shape of a shard's 'image' tensor from its header (no data read); CacheError when unreadable."""
-    try:
-        return shard_header(path)["image"]
-    except (FeatureDirError, KeyError) as e:
-        raise CacheError(f"{path}: unreadable shard ({e})") from e
+    @classmethod
+    def of(cls, options: ExtractOptions | None = None, **values: Any) -> ExtractOptions:
+        """`options` (default: the defaults) with the fields named in `values` replaced (TypeError for others)."""
+        return dataclasses.replace(options or cls(), **values)
+
+    def for_split(self, split: str) -> ExtractOptions:
+        """These options with `split`'s view count as an int (a ConfigError when it is below 1)."""
+        v = self.views.get(split, 1) if isinstance(self.views, Mapping) else self.views
+        if int(v) < 1:
+            raise ConfigError(f"views for split '{split}' must be >= 1, got {v}")
+        return dataclasses.replace(self, views=int(v))
 
 
 # ----------------------------------------------------------------------------------------- loading rows
@@ -221,22 +208,14 @@ def _load_batches(rows_ds: _RowDataset, batches: list[list[int]], num_workers: i
 
 
 # ----------------------------------------------------------------------------------------- encoding
-def encode_shards(
-    enc,
-    dataset: DatasetLike,
-    shards: Sequence[tuple[int, int]],
-    shard_dir: Path,
-    *,
-    views: int = 1,
-    seed: int = 0,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    on_error: str = "fail",
-    progress: bool = True,
-) -> None:
-    """Encode the given shards and write each one atomically as soon as its last batch is encoded."""
+def encode_shards(enc, dataset: DatasetLike, shards: Sequence[tuple[int, int]], shard_dir: Path,
+                  options: ExtractOptions | None = None, **values: Any) -> None:
+    """Encode the given shards and write each one atomically as soon as its last batch is encoded. `options`
+    (or its fields given as `values`): views, seed, batch_size, num_workers, on_error, progress."""
     if not shards:
         return
+    opts = ExtractOptions.of(options, **values)
+    views, seed, on_error = int(opts.views), opts.seed, opts.on_error
     augment = enc.train_transform() if views > 1 else None
     rows_ds = _RowDataset(dataset, enc.preprocess, augment, views, seed)
     if views > 1:
@@ -244,12 +223,12 @@ def encode_shards(
     else:
         split = split_eval_transform(enc.preprocess)
         mean, std = (split[1], split[2]) if split else (None, None)
-    loader = _load_batches(rows_ds, _batches(shards, batch_size), num_workers, pin=enc.device.type == "cuda")
+    loader = _load_batches(rows_ds, _batches(shards, opts.batch_size), opts.num_workers, pin=enc.device.type == "cuda")
     bounds = {start: end for start, end in shards}
     total = sum(e - s for s, e in shards)
     desc = f"encode {getattr(dataset, 'name', 'dataset')}/{getattr(dataset, 'split', '?')}"
     current: dict[str, Any] | None = None
-    with tqdm(total=total, desc=desc, unit="img", disable=not progress, dynamic_ncols=True) as bar:
+    with tqdm(total=total, desc=desc, unit="img", disable=not opts.progress, dynamic_ncols=True) as bar:
         for batch in loader:
             first = min(batch.rows + [it.row for it in batch.errors])
             if current is None:
@@ -289,48 +268,34 @@ def _write_shard(shard_dir: Path, shard: dict[str, Any], views: int) -> None:
                 stop=shard["end"], rows=torch.tensor(shard["row"], dtype=torch.long), skipped=shard["skipped"])
 
 
-def encode_split_shards(
-    enc,
-    dataset: DatasetLike,
-    *,
-    views: int = 1,
-    seed: int = 0,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    on_error: str = "fail",
-    shard_dir: Path,
-    shard_size: int = DEFAULT_SHARD_SIZE,
-    key: dict[str, Any] | None = None,
-    progress: bool = True,
-) -> list[tuple[int, int]]:
+def encode_split_shards(enc, dataset: DatasetLike, options: ExtractOptions | None = None, *, shard_dir: Path,
+                        key: dict[str, Any] | None = None, **values: Any) -> list[tuple[int, int]]:
     """Encode every shard of `dataset` not yet finished in `shard_dir`; returns the shard plan (row ranges).
 
-    Nothing is assembled: the split stays as shard files (`ShardedSplit.from_dir(shard_dir)` reads them), and
-    `shard_dir/skipped.json` lists the rows dropped as unreadable. Resumable: finished shards are reused (pass
-    `key` to have shards of a different computation discarded). Shards left by an earlier on_error='skip' run
-    are refused under 'fail'.
+    The split stays as shard files (`ShardedSplit` reads them), and `shard_dir/skipped.json` lists the rows
+    dropped as unreadable. Resumable: finished shards are reused (pass `key` to have shards of a different
+    computation discarded). Shards left by an earlier on_error='skip' run are refused under 'fail'. `options`
+    or its fields given as `values` (`ExtractOptions`).
     """
-    if on_error not in ON_ERROR:
-        raise ConfigError(f"on_error must be one of {ON_ERROR}, got '{on_error}'")
-    if views < 1:
-        raise ConfigError(f"views must be >= 1, got {views}")
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+    opts = ExtractOptions.of(options, **values)
+    if opts.on_error not in ON_ERROR:
+        raise ConfigError(f"on_error must be one of {ON_ERROR}, got '{opts.on_error}'")
+    if int(opts.views) < 1:
+        raise ConfigError(f"views must be >= 1, got {opts.views}")
+    if opts.batch_size < 1:
+        raise ConfigError(f"batch_size must be >= 1, got {opts.batch_size}")
     n = len(dataset)
     if n == 0:
         raise DatasetError(f"dataset {getattr(dataset, 'name', '?')} split '{getattr(dataset, 'split', '?')}' is empty")
     shard_dir = Path(shard_dir)
     check_shard_key(shard_dir, key)
-    shards = plan_shards(n, shard_size)
+    shards = plan_shards(n, opts.shard_size)
     todo = missing_shards(shard_dir, shards)
     if len(todo) < len(shards):
         log.info("resuming: %d of %d shards already encoded in %s", len(shards) - len(todo), len(shards), shard_dir)
-    encode_shards(
-        enc, dataset, todo, shard_dir, views=views, seed=seed, batch_size=batch_size,
-        num_workers=num_workers, on_error=on_error, progress=progress,
-    )
+    encode_shards(enc, dataset, todo, shard_dir, opts)
     skipped = [record for start, end in shards for record in shard_skipped(shard_path(shard_dir, start, end))]
-    if skipped and on_error == "fail":  # shards from an earlier 'skip' run
+    if skipped and opts.on_error == "fail":  # shards from an earlier 'skip' run
         raise DatasetError(f"{len(skipped)} unreadable images, first: {skipped[0]['error']} (use on_error='skip')")
     if len(skipped) == n:
         raise DatasetError(f"no image could be read ({n} rows skipped); first: {skipped[0]['error']}")
@@ -338,30 +303,19 @@ def encode_split_shards(
     return shards
 
 
-def extract_split(
-    enc,
-    dataset: DatasetLike,
-    *,
-    views: int = 1,
-    seed: int = 0,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    on_error: str = "fail",
-    shard_dir: Path,
-    shard_size: int = DEFAULT_SHARD_SIZE,
-    key: dict[str, Any] | None = None,
-    progress: bool = True,
-) -> FeatureSplit:
+def extract_split(enc, dataset: DatasetLike, options: ExtractOptions | None = None, *, shard_dir: Path,
+                  key: dict[str, Any] | None = None, **values: Any) -> FeatureSplit:
     """Raw image embeddings of `dataset` in memory: (N, D), or (N, V, D) for V seeded augmented views.
 
     `encode_split_shards` (resumable; on_error='skip' drops unreadable images and lists them in
-    `shard_dir/skipped.json`, 'fail' raises DatasetError naming the path), then `assemble_shards`.
+    `shard_dir/skipped.json`, 'fail' raises DatasetError naming the path), then the shards loaded in row order
+    (`ShardedSplit.load`: one preallocated tensor), each row's path taken from the shards' 'row' tensors.
     """
-    shards = encode_split_shards(
-        enc, dataset, views=views, seed=seed, batch_size=batch_size, num_workers=num_workers, on_error=on_error,
-        shard_dir=shard_dir, shard_size=shard_size, key=key, progress=progress,
-    )
-    split, _ = assemble_shards(Path(shard_dir), shards, getattr(dataset, "paths", None))
+    shards = encode_split_shards(enc, dataset, options, shard_dir=shard_dir, key=key, **values)
+    sharded = ShardedSplit([shard_path(shard_dir, start, stop) for start, stop in shards])
+    split = sharded.load()
+    paths = getattr(dataset, "paths", None)
+    split.paths = None if paths is None else [str(paths[r]) for r in sharded.rows()]
     return split
 
 

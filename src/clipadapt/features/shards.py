@@ -15,7 +15,9 @@ torchrun variant (`features.distributed`) and `save_sharded_split` all write sha
                                            "start": 0, "stop": 1024}, ...]}
 
 `iter_chunks(rows)` yields (image, label) chunks of exactly `rows` rows (the last may be shorter; chunks may
-cross shard boundaries) without loading the split; `load()` materialises a FeatureSplit.
+cross shard boundaries) without loading the split; `load()` materialises a FeatureSplit (the project's one
+assembler: the shards copied in row order into one preallocated tensor). Every cache entry stores its splits
+this way (features.cache).
 
 Streaming statistics consume such chunks in one pass (or, for pairs, chunk against chunk):
 `streaming_mean` (DN's means, docs/methods.md §2) and `streaming_pair_histograms` (the IMO same-/different-class
@@ -326,38 +328,52 @@ class ShardedSplit:
         return f"ShardedSplit({self.name!r}, n={self.n}, dim={self.dim}, views={self.views}, shards={len(self.shards)})"
 
     # ------------------------------------------------------------------ reading
-    def read_rows(self, start: int, stop: int) -> tuple[Tensor, Tensor | None]:
-        """Rows [start, stop) as (image, label|None), reading only those rows from the memory-mapped shards."""
+    def read_rows(self, start: int, stop: int, *, mapped: bool = False) -> tuple[Tensor, Tensor | None]:
+        """Rows [start, stop) as (image, label|None), reading only those rows from the memory-mapped shards, copied
+        shard by shard into one preallocated tensor. `mapped=True` (streaming chunks): rows within one shard come
+        back as a view of its memory-mapped file, not copied (valid while the file is not rewritten in place)."""
         if not 0 <= start <= stop <= self.n:
             raise ConfigError(f"rows [{start}, {stop}) outside split '{self.name}' of {self.n} rows")
-        images, labels = [], []
+        inside = [s for s in self.shards if s.start <= start and stop <= s.stop and start < stop] if mapped else []
+        if inside:
+            with safe_open(str(inside[0].path), framework="pt") as f:
+                rows = slice(start - inside[0].start, stop - inside[0].start)
+                label = f.get_slice("label")[rows].long() if self.has_labels else None
+                return f.get_slice("image")[rows].float(), label
+        image = torch.empty((stop - start, *self._image_shape), dtype=torch.float32)
+        label = torch.empty(stop - start, dtype=torch.long) if self.has_labels else None
         for shard in self.shards:
             lo, hi = max(start, shard.start), min(stop, shard.stop)
             if lo >= hi:
                 continue
             with safe_open(str(shard.path), framework="pt") as f:
-                images.append(f.get_slice("image")[lo - shard.start : hi - shard.start])
-                if self.has_labels:
-                    labels.append(f.get_slice("label")[lo - shard.start : hi - shard.start])
-        if not images:
-            return torch.empty((0, *self._image_shape)), (torch.empty(0, dtype=torch.long) if self.has_labels else None)
-        image = images[0] if len(images) == 1 else torch.cat(images)
-        label = (labels[0] if len(labels) == 1 else torch.cat(labels)).long() if self.has_labels else None
-        return image.float(), label
+                image[lo - start : hi - start] = f.get_slice("image")[lo - shard.start : hi - shard.start]
+                if label is not None:
+                    label[lo - start : hi - start] = f.get_slice("label")[lo - shard.start : hi - shard.start]
+        return image, label
+
+    def rows(self) -> list[int]:
+        """The dataset row of each split row, from the shards' 'row' tensors (skipped rows are absent)."""
+        rows: list[int] = []
+        for shard in self.shards:
+            with safe_open(str(shard.path), framework="pt") as f:
+                rows += f.get_tensor("row").tolist()
+        return rows
 
     def iter_chunks(self, chunk_rows: int, *, start: int = 0) -> Iterator[tuple[Tensor, Tensor | None]]:
         """(image, label|None) chunks of `chunk_rows` rows from row `start` on (the last chunk may be shorter)."""
         if chunk_rows < 1:
             raise ConfigError(f"chunk_rows must be >= 1, got {chunk_rows}")
         for lo in range(start, self.n, chunk_rows):
-            yield self.read_rows(lo, min(lo + chunk_rows, self.n))
+            yield self.read_rows(lo, min(lo + chunk_rows, self.n), mapped=True)
 
     def chunks(self, chunk_rows: int) -> Chunks:
         """A re-iterable view over `iter_chunks(chunk_rows)` (for functions that scan twice)."""
         return Chunks(self, chunk_rows)
 
     def load(self) -> FeatureSplit:
-        """The whole split in memory (for small data), with the source paths when `paths_file` is known."""
+        """The whole split in memory (for small data), with the source paths when `paths_file` is known: the shards
+        copied into one preallocated tensor (peak: the split plus one shard's slice)."""
         image, label = self.read_rows(0, self.n)
         paths = read_paths(self.paths_file) if self.paths_file is not None else None
         if paths is not None and len(paths) != self.n:
