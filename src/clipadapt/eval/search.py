@@ -31,9 +31,8 @@ outermost. `tie_break="centre"` instead keeps the centre of the largest connecte
 
 from __future__ import annotations
 
-import math
-
 import bisect
+import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -519,7 +518,7 @@ def _bounded_plane(z: Tensor, a: Tensor, k: Tensor | None, labels: Tensor, group
         rows = contested[start:end]
         rounding = u7 * (big_z[rows].view(-1, 1) + al64 * big_a[rows].view(-1, 1) * (1 + rel)
                          + ga_max * big_k[rows].view(-1, 1))  # (R, na)
-        wins, amb = _interval_wins(z, a, kk, labels, alive, rows, sizes[end - 1], alpha, gamma, rounding,
+        wins, amb = _interval_wins(z, a, k, labels, alive, rows, sizes[end - 1], alpha, gamma, rounding,
                                    rel, s_abs, group[rows], n_groups)
         undecided[rows] = amb
         counts += wins
@@ -533,17 +532,21 @@ def _settle_corners(z: Tensor, a: Tensor, k: Tensor | None, labels: Tensor, alph
     only, without the γ·k terms when k is None. `margin` (rows,) bounds how far the reference's logit difference
     can be from the real one computed here."""
     y = labels.view(-1, 1)
-    al = sorted({float(alpha.min()), float(alpha.max())})
-    ga = sorted({float(gamma.min()), float(gamma.max())}) if k is not None else [0.0]
-    dz, da = ((t.gather(1, y) - t).double() for t in (z, a))
-    dk = (k.gather(1, y) - k).double() if k is not None else None
-    low = high = None
-    for x in al:
-        base = dz + x * da
-        for g in ga:
-            corner = base if dk is None or g == 0.0 else base - g * dk
-            low = corner if low is None else torch.minimum(low, corner)
-            high = corner if high is None else torch.maximum(high, corner)
+    a0, a1 = float(alpha.min()), float(alpha.max())
+    dz, da = ((t.gather(1, y) - t) for t in (z.double(), a.double()))  # exact: differences taken in float64
+    # the corners are a product set: min/max over them of dz + α·da − γ·dk separate into α and γ parts
+    low, high = (da * a0, da * a1) if a0 != a1 else (da * a0, None)
+    if high is not None:
+        low, high = torch.minimum(low, high), torch.maximum(low, high)
+    else:
+        high = low
+    low, high = low + dz, high + dz
+    if k is not None:
+        g0, g1 = float(gamma.min()), float(gamma.max())
+        k64 = k.double()
+        dk = k64.gather(1, y) - k64
+        k0, k1 = dk * g0, dk * g1
+        low, high = low - torch.maximum(k0, k1), high - torch.minimum(k0, k1)
     m = margin.double().view(-1, 1)
     alive = ~(low > m)  # the label's own column has lead 0 and stays
     label_alive = ~(alive & (high < -m)).any(dim=1)
@@ -566,11 +569,20 @@ def _interval_wins(z, a, k, labels, alive, rows, width, alpha, gamma, rounding, 
     y = labels[rows].view(-1, 1)
     cand = torch.where(torch.arange(width, device=z.device) < keep.sum(1, keepdim=True), cand, y)
     valid = (cand != y).unsqueeze(1)  # (R, 1, W)
-    lead = [(t[rows].gather(1, y) - t[rows].gather(1, cand)).double().unsqueeze(1) for t in (z, a, k)]
+    lead = [(t.gather(1, y) - t.gather(1, cand)).unsqueeze(1)  # exact in float64
+            for t in (z[rows].double(), a[rows].double()) + ((k[rows].double(),) if k is not None else ())]
     pair = a[rows].gather(1, y).double() + a[rows].gather(1, cand).double() + 2 * s_abs  # (R, W): ã_y + ã_j
     alpha64 = alpha.double().view(1, -1, 1)
     m = rounding.unsqueeze(-1) + alpha64 * rel * pair.unsqueeze(1) + torch.finfo(torch.float64).tiny  # (R, na, W)
     c = lead[0] + alpha64 * lead[1]  # (R, na, W)
+    na = c.shape[1]
+    if k is None:  # Tip: no γ·k, each α is a sure win, a sure loss or undecided
+        win = ~(valid & (c <= m)).any(-1)  # (R, na)
+        undecided = (win != ~(valid & (c < -m)).any(-1)).any(dim=1)
+        weight = torch.zeros(n_groups, len(rows), dtype=torch.float64, device=z.device)
+        weight[group, torch.arange(len(rows), device=z.device)] = (~undecided).double()
+        counts = (weight @ win.double()).round().long()  # exact: integer sums far below 2^53
+        return counts.view(n_groups, na, 1).expand(n_groups, na, gamma.numel()).clone(), undecided
     d = lead[2].expand_as(c)
     pos, neg = valid & (d > 0), valid & (d < 0)
     flat = valid & (d == 0)
@@ -591,7 +603,7 @@ def _interval_wins(z, a, k, labels, alive, rows, width, alpha, gamma, rounding, 
     n_win = torch.where(no_win, 0, (w1 - w0).clamp(min=0))
     n_nl = torch.where(no_nl, 0, (n1 - n0).clamp(min=0))
     undecided = (n_win != n_nl).any(dim=1)  # (R,)
-    na, ng = c.shape[1], gs.numel()
+    ng = gs.numel()
     use = (n_win > 0) & ~undecided.view(-1, 1)
     base = (group.view(-1, 1) * na + torch.arange(na, device=z.device)) * (ng + 1)
     size = n_groups * na * (ng + 1)
