@@ -32,7 +32,7 @@ def _read_umask() -> int:
 NEW_FILE_MODE = 0o666 & ~_read_umask()  # what open() would give: mkstemp's 0600 would hide results from the group
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     """Make a rename in `directory` durable (POSIX); a no-op where directories cannot be opened (Windows)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -67,7 +67,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_directory(path.parent)
+    fsync_directory(path.parent)
 
 
 def with_path(error: OSError, path: str | Path) -> OSError:

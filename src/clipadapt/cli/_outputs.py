@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from clipadapt.errors import OutputError
+from clipadapt.fileio import fsync_directory
 
 DIR, FILE, RESUME = "dir", "file", "resume"
 STAGING_SUFFIX = ".clipadapt-tmp"
@@ -326,16 +327,7 @@ def _replace_dir(tmp: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, target)  # an absent or empty target
-    try:
-        fd = os.open(target.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_directory(target.parent)
 
 
 def _make_parents(folder: Path) -> list[Path]:
