@@ -6,6 +6,9 @@ so `clipadapt --help` and argument errors never import torch (docs/cli-startup.m
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 __version__ = "0.1.0"  # clipadapt.__version__; here so that any layer (results provenance, --version) reads it
 DEFAULT_LAMBDA = 0.25  # DN's λ, "DN*": the authors' code and tables (docs/methods.md §2)
 THEORY_LAMBDA = 0.5  # DN's λ, "DN": the first-order approximation of InfoNCE
@@ -20,3 +23,13 @@ GRID_PRESETS = ("tip-adapter", "sus-x", "imo")  # `fewshot --grid-preset`: a pap
 TIE_BREAKS = ("grid-order", "centre")  # `fewshot --tie-break`: which of equally good validation grid points is kept
 HEAD_METHODS = ("zeroshot", "dn", "tip", "tip-f", "tipx", "tip++", "tipx++")  # `clipadapt fit --method`
 HEAD_EXPORT_FORMATS = ("onnx", "torch-export")  # `clipadapt export --format`
+
+
+CACHE_ENV = "CLIPADAPT_CACHE"  # the feature cache root when no --cache-dir is given
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """The feature cache root: the argument, else $CLIPADAPT_CACHE, else ~/.cache/clipadapt (torch-free, so the
+    CLI's output checks can name it before anything is imported; re-exported by features.cache)."""
+    root = cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "clipadapt"
+    return Path(root).expanduser()

@@ -29,7 +29,8 @@ def _read_umask() -> int:
     return mask
 
 
-NEW_FILE_MODE = 0o666 & ~_read_umask()  # what open() would give: mkstemp's 0600 would hide results from the group
+UMASK = _read_umask()
+NEW_FILE_MODE = 0o666 & ~UMASK  # what open() would give: mkstemp's 0600 would hide results from the group
 
 
 def fsync_directory(directory: Path) -> None:

@@ -37,8 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clipadapt.constants import cache_root
 from clipadapt.errors import OutputError
-from clipadapt.fileio import fsync_directory
+from clipadapt.fileio import UMASK, fsync_directory
 
 DIR, FILE, RESUME = "dir", "file", "resume"
 STAGING_SUFFIX = ".clipadapt-tmp"
@@ -154,11 +155,11 @@ def _inputs(args: argparse.Namespace, actions: list[argparse.Action], output_des
 
 
 def default_cache_root() -> Path | None:
-    """features.cache.cache_root() without --cache-dir (that module imports torch; the parser must not)."""
-    if os.environ.get("CLIPADAPT_CACHE"):
-        return Path(os.environ["CLIPADAPT_CACHE"]).expanduser()
-    home = _home()
-    return None if home is None else home / ".cache" / "clipadapt"
+    """The feature cache root without --cache-dir (constants.cache_root); None when there is no home directory."""
+    try:
+        return cache_root()
+    except (RuntimeError, KeyError):  # no $CLIPADAPT_CACHE, no $HOME and no passwd entry
+        return None
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -343,14 +344,8 @@ def _make_parents(folder: Path) -> list[Path]:
 def _stage(out: _Output) -> tuple[Path, list[Path]]:
     created = _make_parents(out.target.parent)
     tmp = Path(tempfile.mkdtemp(dir=out.target.parent, prefix=f".{out.target.name}.", suffix=STAGING_SUFFIX))
-    os.chmod(tmp, 0o777 & ~_umask())
+    os.chmod(tmp, 0o777 & ~UMASK)
     return tmp, created
-
-
-def _umask() -> int:
-    from clipadapt.fileio import NEW_FILE_MODE
-
-    return 0o666 & ~NEW_FILE_MODE
 
 
 def prepare_outputs(args: argparse.Namespace, *, stage: bool = True) -> Outputs:

@@ -48,6 +48,7 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from clipadapt.constants import CACHE_ENV, cache_root  # noqa: F401 - re-exported: features.cache.cache_root
 from clipadapt.errors import CacheError, ConfigError, FeatureDirError
 from clipadapt.features.featureset import FeatureSplit
 from clipadapt.features.io import META_FILE, TEXT_FILE, atomic_save_tensors, load_split, load_tensors
@@ -66,7 +67,6 @@ from clipadapt.fileio import atomic_open, atomic_write_json, file_sha256, link_o
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 2  # 2: every image entry is shards + index (1: an assembled <split>.safetensors, or shards)
-CACHE_ENV = "CLIPADAPT_CACHE"
 MANIFEST_FILE = "manifest.json"
 SHARDS_DIR = "shards"
 LOCKS_DIR = "locks"
@@ -77,12 +77,6 @@ T = TypeVar("T")
 
 
 # ----------------------------------------------------------------------------------------- keys
-def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """The cache root: the argument, else $CLIPADAPT_CACHE, else ~/.cache/clipadapt."""
-    root = cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "clipadapt"
-    return Path(root).expanduser()
-
-
 def canonical_json(obj: Any) -> str:
     """Sorted keys, no whitespace: equal content gives equal text."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
