@@ -9,15 +9,17 @@ and labels — nothing else; it has no access path to a test split. The grid is 
 and the count of rows whose first maximum is the label. The count grid returned is that one, cell for cell.
 
 Matmul-free path (L one-hot, finite data, α, β, γ ≥ 0, no TF32/bf16 products): no (N × NK)·(NK × C) product.
-Each class's cache term ã_c is the sum of its own K exp terms (the reference's exp input, op for op; summed by
-halving), several β and rows at a time. ã differs from the reference's a by at most `rel`·ã (any summation
-order of K non-negative terms, two exp evaluations: `_relative_slack`), and the reference's logits differ from
-the real z + α·a − γ·k by their rounding (≤ 3u·bound). So a decision that holds with that margin holds for the
-reference: classes the label beats at all corners of the (α, γ) box are dropped, rows settle as always or never
-correct, and for the contested rows the label's lead over each survivor, linear in (α, γ), gives per α an
-interval of γ that surely wins and one that is not surely lost (`_interval_wins`). A (row, β) with any grid point
-in between — near-ties, exact ties — is *undecided* and scored with the reference's own product for its chunk
-(the same call on the same shapes as the full search), so ties and rounding come out exactly as there.
+Each class's cache term ã_c is the sum of its own K exp terms: on a uniform β grid stepped from β to β with one
+multiplication per term (`_SteppedTerms`, the reference's own exp every 16th β), else the reference's exp input
+op for op, summed by halving. ã differs from the reference's a by at most `rel`·ã (`_stepped_slack`,
+`_relative_slack`), and the reference's logits differ from the real z + α·a − γ·k by their rounding (≤ 3u·bound).
+So a decision that holds with that margin holds for the reference: classes the label beats at all corners of the
+(α, γ) box are dropped, rows settle as always or never correct, and for the contested rows the label's lead over
+each survivor, linear in (α, γ), gives intervals of sure wins and of not-sure-losses (`_interval_wins`). Pairs
+(row, β) left open get the exact exp terms (stepped ã only), then bounds on the reference's cache term pushed
+through its own monotone logit arithmetic (`_logit_bounds_look`). A (row, β) still undecided — near-ties within
+ulps, exact ties — is scored with the reference's own product for its chunk (the same call on the same shapes as
+the full search), so ties and rounding come out exactly as there.
 tests/test_search_pruned.py pins the grid against the reference and a literal argmax, and the decisions against
 perturbed cache terms. Other inputs take the product path: per β the product, then the (α, γ) plane on each
 row's candidate classes (`_plane_correct`: classes dominated in z, a and −k, or beaten at the corners, dropped).
