@@ -515,11 +515,13 @@ def _bounded_plane(z: Tensor, a: Tensor, k: Tensor | None, labels: Tensor, group
     contested = contested[torch.argsort(n_alive[contested], stable=True)]
     sizes = n_alive[contested].tolist()
     base, slope = u7 * (big_z + ga_max * big_k), u7 * big_a * (1 + rel)  # rounding margin: base + α·slope
+    per_column = na if k is not None else 1  # Tip's α intervals cost one column per row, Tip-X's one per α
     start = 0
     while start < len(sizes):
-        width = 1 << (sizes[start] - 1).bit_length()  # groups of widths up to a power of two (few calls)
+        # Tip-X: groups of widths up to a power of two (few calls, little padding); Tip: every width at once
+        width = 1 << (sizes[start] - 1).bit_length() if k is not None else sizes[-1]
         end = bisect.bisect_right(sizes, width, lo=start)
-        end = start + max(1, min(end - start, budget // (na * sizes[end - 1])))
+        end = start + max(1, min(end - start, budget // (per_column * sizes[end - 1])))
         rows = contested[start:end]
         wins, amb = _interval_wins(z, a, k, labels, alive, rows, sizes[end - 1], alpha, gamma, base, slope, rel,
                                    s_abs, group[rows], n_groups)
@@ -535,26 +537,28 @@ def _settle_corners(z: Tensor, a: Tensor, k: Tensor | None, labels: Tensor, alph
     only, without the γ·k terms when k is None. `margin` (rows,) bounds how far the reference's logit difference
     can be from the real one with ã.
 
-    Leads are computed in the data's precision: a corner's logit z + α·ã − γ·k takes at most 4 roundings of
-    size ≤ u·bound (`bound` (rows,): the row's largest |z| + α·ã + γ|k|), the lead of the label one more, so the
-    margin grows by 12u·bound (float64, rounded up into the data's precision).
+    Class j stays alive when at some corner ℓ_j ≥ ℓ_y − margin; the label is lost when one class has
+    ℓ_j > ℓ_y + margin at every corner. The corner logits z + α·ã − γ·k are computed in the data's precision (at
+    most 4 roundings of size ≤ u·bound each, `bound` (rows,): the row's largest |z| + α·ã + γ|k|), so the margin
+    grows by 12u·bound, and each row's threshold is rounded outward into that precision.
     """
     y = labels.view(-1, 1)
     u = max(torch.finfo(z.dtype).eps, torch.finfo(a.dtype).eps) / 2
+    m = ((margin.double() + 12 * u * bound.double()) * (1 + 4 * u)).view(-1, 1)
     gammas = sorted({float(gamma.min()), float(gamma.max())}) if k is not None else [0.0]
-    low = high = None
+    alive = lost = None
     for al in sorted({float(alpha.min()), float(alpha.max())}):
         for ga in gammas:
             logit = torch.add(z, a, alpha=al)
             if ga != 0.0:
                 logit.sub_(k, alpha=ga)
-            lead = logit.gather(1, y) - logit  # the label's own column: exactly 0
-            low, high = (lead, lead) if low is None else (torch.minimum(low, lead), torch.maximum(high, lead))
-    m = (margin.double() + 12 * u * bound.double()) * (1 + 4 * u)
-    m = m.to(low.dtype).view(-1, 1)
-    alive = ~(low > m)  # the label's own column stays
-    label_alive = ~(alive & (high < -m)).any(dim=1)
-    return alive, label_alive
+            at_label = logit.gather(1, y).double()
+            reach = logit >= _float_below(at_label - m, logit.dtype)  # may tie or beat the label here
+            beats = logit > _float_above(at_label + m, logit.dtype)  # surely beats it here
+            alive = reach if alive is None else alive.logical_or_(reach)
+            lost = beats if lost is None else lost.logical_and_(beats)
+    alive.scatter_(1, y, True)  # the label's own column stays
+    return alive, ~lost.any(dim=1)
 
 
 def _interval_wins(z, a, k, labels, alive, rows, width, alpha, gamma, base, slope, rel, s_abs, group, n_groups):
