@@ -320,103 +320,25 @@ def _all_classes(z, a, k, labels, alpha, gamma) -> Tensor:
     return (_logits(z, a, k, alpha, gamma).argmax(dim=-1) == labels).sum(dim=-1)
 
 
-def _margin(z: Tensor, a: Tensor, k: Tensor, alpha: Tensor, gamma: Tensor) -> Tensor:
-    """(rows,) a bound, 4× over, on how far rounding can move the difference of two computed logits of a row.
-
-    Each of fl(z + fl(α·a)) and fl(that − fl(γ·k)) is off by at most eps/2 of a magnitude ≤ |z| + α|a| + γ|k|.
-    """
-    bound = z.abs().amax(1) + alpha.max() * a.abs().amax(1) + gamma.max() * k.abs().amax(1)
-    return 8 * torch.finfo(z.dtype).eps * bound + torch.finfo(z.dtype).tiny
-
-
-def _survivors(z: Tensor, a: Tensor, k: Tensor, alpha: Tensor, gamma: Tensor, margin: Tensor) -> Tensor:
-    """(rows, C) mask of the classes that can be a row's first maximum at some grid point (a superset of them).
-
-    Dominating classes tried: the argmaxes at the grid's corners. c removes d when
-    z_c ≥ z_d, a_c ≥ a_d, k_c ≤ k_d and (c < d, or z_c − z_d exceeds the rounding `margin`).
-    """
-    pick_a = _spread(alpha.flatten())
-    pick_g = _spread(gamma.flatten())
-    pivots = _logits(z, a, k, alpha.flatten()[pick_a].view(-1, 1, 1, 1), gamma.flatten()[pick_g].view(1, -1, 1, 1))
-    piv = pivots.argmax(dim=-1).reshape(-1, z.shape[0]).T  # (rows, P)
-    zp, ap, kp = z.gather(1, piv).T.unsqueeze(-1), a.gather(1, piv).T.unsqueeze(-1), k.gather(1, piv).T.unsqueeze(-1)
-    classes = torch.arange(z.shape[1], device=z.device)
-    earlier = piv.T.unsqueeze(-1) < classes
-    dominated = (zp >= z) & (ap >= a) & (kp <= k) & (earlier | (zp - z > margin.view(1, -1, 1)))
-    return ~dominated.any(dim=0)
-
-
-def _settle(z: Tensor, a: Tensor, k: Tensor, labels: Tensor, alive: Tensor, alpha: Tensor, gamma: Tensor,
-            margin: Tensor) -> tuple[Tensor, Tensor]:
-    """Use that logit_label − logit_c is linear in (α, γ): its extremes over the grid's box are at the corners.
-
-    A class the label leads by more than `margin` at all four corners never blocks it: dropped from `alive`.
-    A row whose label trails some surviving class by more than `margin` at all four corners never wins.
-    Returns (alive, label_alive). Corners are evaluated in float64 (exact to far below the margin).
-    """
-    y = labels.view(-1, 1)
-    dz, da, dk = ((t.gather(1, y) - t).double() for t in (z, a, k))  # float32 differences are exact in float64
-    corners = [dz + al * da - ga * dk for al in (alpha.min().double(), alpha.max().double())
-               for ga in (gamma.min().double(), gamma.max().double())]
-    low, high = torch.stack(corners).aminmax(dim=0)
-    m = margin.double().view(-1, 1)
-    alive = alive & ~(low > m)  # the label's own column has d = 0 and stays
-    label_alive = alive.gather(1, y).squeeze(1) & ~(alive & (high < -m)).any(dim=1)
-    return alive, label_alive
-
-
-def _spread(values: Tensor) -> Tensor:
-    """Indices of the smallest and the largest value (the grid's corners)."""
-    order = torch.argsort(values)
-    return torch.unique(order[torch.tensor([0, len(order) - 1], device=values.device)])
-
-
 def _plane_correct(z: Tensor, a: Tensor, k: Tensor | None, labels: Tensor, alpha: Tensor, gamma: Tensor,
                    budget: int = DEFAULT_BUDGET) -> Tensor:
     """(na, ng) counts of rows whose first-maximum class is the label, at every (α, γ); alpha (na,1,1,1),
-    gamma (1,ng,1,1). Equal to `_all_classes` cell for cell (module docstring)."""
+    gamma (1,ng,1,1). Equal to `_all_classes` cell for cell: `a` is the reference's own cache term here, so
+    `_bounded_plane` decides with rounding margins alone (rel = 0), and the rows it leaves open are scored on
+    every class. Small planes, negative or non-finite inputs: every class at once."""
     na, ng = alpha.shape[0], gamma.shape[1]
     if na * ng < PRUNE_MIN_POINTS:
         return _all_classes(z, a, k, labels, alpha, gamma)
-    finite = all(bool(torch.isfinite(t).all()) for t in (z, a, alpha, gamma) + ((k,) if k is not None else ()))
-    if not finite or bool((alpha < 0).any()) or bool((gamma < 0).any()):
+    inputs = (z, a, alpha, gamma) + ((k,) if k is not None else ())
+    if not all(bool(torch.isfinite(t).all()) for t in inputs) or any(bool((t < 0).any()) for t in (a, alpha, gamma)):
         return _all_classes(z, a, k, labels, alpha, gamma)
-    kk = k if k is not None else torch.zeros_like(z)
-    margin = _margin(z, a, kk, alpha, gamma)
-    alive = _survivors(z, a, kk, alpha, gamma, margin)
-    alive, label_alive = _settle(z, a, kk, labels, alive, alpha, gamma, margin)
-    n_alive = alive.sum(dim=1)
-    correct = torch.zeros(na, ng, dtype=torch.long, device=z.device)
-    correct += int((label_alive & (n_alive == 1)).sum())
-    contested = (label_alive & (n_alive > 1)).nonzero().squeeze(1)
-    if contested.numel() == 0:
-        return correct
-    contested = contested[torch.argsort(n_alive[contested], stable=True)]
-    sizes = n_alive[contested].tolist()  # ascending; a group is padded to its widest row, so group by width
-    start, per_class = 0, na * ng
-    while start < len(sizes):
-        width = sizes[start] if sizes[start] < 8 else 2 * sizes[start]  # narrow rows: one exact width per group
-        end = bisect.bisect_right(sizes, width, lo=start)
-        end = start + max(1, min(end - start, budget // (per_class * sizes[end - 1])))
-        correct += _label_wins(z, a, k, labels, alive, contested[start:end], sizes[end - 1], alpha, gamma)
-        start = end
-    return correct
-
-
-def _label_wins(z, a, k, labels, alive, rows, width, alpha, gamma) -> Tensor:
-    """(na, ng) counts of `rows` whose label is the first maximum among their surviving classes.
-
-    The survivors are laid out in ascending class order (padded with copies of the label after them), so
-    argmax over them — the first maximum — is the label's column exactly when the full argmax is the label.
-    """
-    keep = alive[rows]
-    cand = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :width]  # survivors, ascending class
-    y = labels[rows].view(-1, 1)
-    cand = torch.where(torch.arange(width, device=z.device) < keep.sum(1, keepdim=True), cand, y)
-    label_column = (cand < y).sum(dim=1)  # survivors before the label
-    kr = k[rows].gather(1, cand) if k is not None else None
-    t = _logits(z[rows].gather(1, cand), a[rows].gather(1, cand), kr, alpha, gamma)  # (na, ng, rows, width)
-    return (t.argmax(dim=-1) == label_column).sum(dim=-1)
+    group = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)
+    counts, undecided = _bounded_plane(z, a, k, labels, group, 1, alpha, gamma, 0.0, min(budget, SCORE_BUDGET))
+    open_rows = undecided.nonzero().squeeze(1)
+    for part in _chunks(open_rows.numel(), max(1, budget // (na * ng * z.shape[1]))):
+        rows = open_rows[part]
+        counts[0] += _all_classes(z[rows], a[rows], None if k is None else k[rows], labels[rows], alpha, gamma)
+    return counts[0]
 
 
 def _space(order: Sequence[str] | None, params: tuple[str, ...]) -> tuple[str, ...]:
