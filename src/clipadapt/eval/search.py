@@ -21,8 +21,8 @@ through its own monotone logit arithmetic (`_logit_bounds_look`). A (row, β) st
 ulps, exact ties — is scored with the reference's own product for its chunk (the same call on the same shapes as
 the full search), so ties and rounding come out exactly as there.
 tests/test_search_pruned.py pins the grid against the reference and a literal argmax, and the decisions against
-perturbed cache terms. Other inputs take the product path: per β the product, then the (α, γ) plane on each
-row's candidate classes (`_plane_correct`: classes dominated in z, a and −k, or beaten at the corners, dropped).
+perturbed cache terms. Other inputs take the product path: per β the product, then the same bounded plane with
+rounding margins alone (`_plane_correct`; rows left open scored on every class).
 
 Tie-breaking (deterministic): the correct-count grid is indexed (alpha, beta[, gamma]); among points with the
 most correct predictions the first in the search's loop `order` wins (default: alpha outermost, then beta,
