@@ -34,13 +34,22 @@ def add_feature_source_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--dataset", help="dataset spec, e.g. coop:oxford_pets:/data/pets, imagefolder:/data/x")
     src.add_argument("--cache-dir", type=Path, default=None,
                      help="feature cache root (default: $CLIPADAPT_CACHE or ~/.cache/clipadapt)")
-    src.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    src.add_argument("--batch-size", type=COUNT, default=DEFAULT_BATCH_SIZE)
-    src.add_argument("--num-workers", type=NON_NEGATIVE_INT, default=0, help="DataLoader workers when encoding images")
-    src.add_argument("--on-error", choices=["fail", "skip"], default="fail",
-                     help="unreadable images when encoding: fail, or skip and record")
+    add_encoding_arguments(src, on_error="unreadable images when encoding: fail, or skip and record")
     add_file_check_argument(src)
     add_verify_argument(src)
+
+
+DEVICE_HELP = "torch device (default: cuda if available, else cpu)"
+
+
+def add_encoding_arguments(parser, *, on_error: str, device: str | None = DEVICE_HELP) -> None:
+    """--device, --batch-size, --num-workers and --on-error of a command that encodes images; `on_error` and
+    `device` are the help texts of --on-error (what the command does with an unreadable image) and --device."""
+    parser.add_argument("--device", default=None, help=device)
+    parser.add_argument("--batch-size", type=COUNT, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--num-workers", type=NON_NEGATIVE_INT, default=0,
+                        help="DataLoader workers when encoding images")
+    parser.add_argument("--on-error", choices=["fail", "skip"], default="fail", help=on_error)
 
 
 def add_verify_argument(parser) -> None:

@@ -7,8 +7,7 @@ import csv
 import io
 from pathlib import Path
 
-from clipadapt.argtypes import COUNT, NON_NEGATIVE_INT
-from clipadapt.cli._common import refuse_unused
+from clipadapt.cli._common import add_encoding_arguments, refuse_unused
 from clipadapt.cli._conventions import (
     add_out_argument,
     draws_identical,
@@ -20,7 +19,6 @@ from clipadapt.cli._conventions import (
     write_results,
 )
 from clipadapt.cli._outputs import FILE, output_option
-from clipadapt.constants import DEFAULT_BATCH_SIZE
 from clipadapt.errors import ConfigError, DatasetError
 from clipadapt.eval.runners.dn import add_dn_arguments
 
@@ -45,13 +43,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model id ARCH@TAG: without --embeddings, the encoder of the images and "
                                         "captions; "
                                         "with --embeddings, recorded in the results as the model that computed them")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--batch-size", type=COUNT, default=DEFAULT_BATCH_SIZE)
-    parser.add_argument("--num-workers", type=NON_NEGATIVE_INT, default=0,
-                        help="DataLoader workers when encoding images")
-    parser.add_argument("--on-error", choices=["fail", "skip"], default="fail",
-                        help="unreadable images: fail, or skip them and drop their judgments (listed in the "
-                             "results JSON)")
+    add_encoding_arguments(parser, device=None, on_error="unreadable images: fail, or skip them and drop their "
+                                                         "judgments (listed in the results JSON)")
     parser.add_argument("--dn-pool", type=Path,
                         help="with --dn-source unlabeled: safetensors with 'image' and 'text' raw embeddings for "
                              "the means")

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from clipadapt.argtypes import COUNT, NON_NEGATIVE_INT
-from clipadapt.cli._common import add_file_check_argument
+from clipadapt.argtypes import COUNT
+from clipadapt.cli._common import add_encoding_arguments, add_file_check_argument
 from clipadapt.cli._outputs import FILE, output_option
 from clipadapt.errors import ConfigError
 
@@ -43,11 +43,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     enc = parser.add_argument_group("encoding images")
     enc.add_argument("--cache-dir", type=Path, default=None,
                      help="feature cache root (default: $CLIPADAPT_CACHE or ~/.cache/clipadapt)")
-    enc.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    enc.add_argument("--batch-size", type=COUNT, default=64)
-    enc.add_argument("--num-workers", type=NON_NEGATIVE_INT, default=0, help="DataLoader workers when encoding images")
-    enc.add_argument("--on-error", choices=["fail", "skip"], default="fail",
-                     help="unreadable images: fail, or skip them (listed in the output with their error)")
+    add_encoding_arguments(enc, on_error="unreadable images: fail, or skip them (listed in the output with their "
+                                         "error)")
     enc.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_file_check_argument(enc)
 
