@@ -44,11 +44,9 @@ def run(args: argparse.Namespace) -> int:
     h, w = encoder.preprocess_cfg["size"]
     example = torch.zeros(args.static_batch or 2, 3, h, w, device=encoder.device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    export = export_onnx if args.format == "onnx" else export_program
     with atomic_path(args.out) as tmp:
-        if args.format == "onnx":
-            export_onnx(module, example, str(tmp), dynamic_batch=args.static_batch is None)
-        else:
-            export_program(module, example, str(tmp), dynamic_batch=args.static_batch is None)
+        export(module, example, str(tmp), dynamic_batch=args.static_batch is None)
     mean, std = encoder.preprocess_cfg["mean"], encoder.preprocess_cfg["std"]
     print(f"{head.method} head on {head.model_id}: input 'pixels' (B, 3, {h}, {w}) preprocessed as the model's eval "
           f"transform (resize {encoder.preprocess_cfg['resize_mode']}, {encoder.preprocess_cfg['interpolation']}, "

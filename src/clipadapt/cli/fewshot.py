@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from clipadapt.argtypes import COUNT, COUNTS, SEEDS
 from clipadapt.cli._common import (
@@ -153,14 +154,18 @@ def _provenance(args: argparse.Namespace, source) -> dict:
                               splits=["train", "test"] + (["val"] if args.val_from_train is None else []))
 
 
-def config_from_args(args: argparse.Namespace) -> FewShotConfig:
-    """The FewShotConfig of these arguments (also used by `suite` cells, so a cell runs what `fewshot` runs)."""
+def fewshot_config(args: argparse.Namespace, **values: Any) -> FewShotConfig:
+    """The FewShotConfig of a command's arguments (fewshot, fit, robustness): each field from the option of the
+    same name where the command has it, `grids` from --grid; `values` set fields directly."""
     from clipadapt.eval.fewshot import FewShotConfig
 
-    config = FewShotConfig(shots=args.shots, seeds=args.seeds, methods=args.methods, allow_fewer=args.allow_fewer,
-                           grids=parse_grid_overrides(args.grid), tipf_epochs=args.tipf_epochs,
-                           chunk_size=args.chunk_size,
-                           val_from_train=args.val_from_train, grid_preset=args.grid_preset, tie_break=args.tie_break)
+    given = {f.name: getattr(args, f.name) for f in fields(FewShotConfig) if hasattr(args, f.name)}
+    return FewShotConfig(**{**given, "grids": parse_grid_overrides(args.grid), **values})
+
+
+def config_from_args(args: argparse.Namespace) -> FewShotConfig:
+    """The FewShotConfig of these arguments (also used by `suite` cells, so a cell runs what `fewshot` runs)."""
+    config = fewshot_config(args)
     if config.needs_adapted and not (args.adapter or args.adapted_features):
         raise ConfigError("tip++/tipx++ need --adapted-features DIR (with --features) or --adapter CKPT")
     return config

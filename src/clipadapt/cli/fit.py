@@ -7,7 +7,7 @@ import functools
 from pathlib import Path
 
 from clipadapt.argtypes import COUNT, SEED
-from clipadapt.cli._common import add_feature_source_arguments
+from clipadapt.cli._common import add_feature_source_arguments, extract_options
 from clipadapt.cli._conventions import run_provenance
 from clipadapt.cli._outputs import FILE, output_option
 from clipadapt.constants import GRID_PRESETS, HEAD_METHODS, TIE_BREAKS
@@ -59,24 +59,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                   FILE)
 
 
-def _fewshot_config(args: argparse.Namespace):
-    from clipadapt.cli.fewshot import parse_grid_overrides
-    from clipadapt.eval.fewshot import FewShotConfig
-
-    if args.shots is not None and args.shots < 1:
-        raise ConfigError(f"--shots must be >= 1 images per class, got {args.shots}")
-    return FewShotConfig(shots=[args.shots or 1], seeds=[args.seed], methods=[args.method],
-                         allow_fewer=args.allow_fewer, grids=parse_grid_overrides(args.grid),
-                         tipf_epochs=args.tipf_epochs, chunk_size=args.chunk_size, val_from_train=args.val_from_train,
-                         grid_preset=args.grid_preset, tie_break=args.tie_break)
-
-
 def _fetch(args: argparse.Namespace):
     from clipadapt.features.pipeline import get_feature_set
 
-    return functools.partial(get_feature_set, args.model, args.dataset, cache_dir=args.cache_dir, device=args.device,
-                             batch_size=args.batch_size, file_check=args.file_check, on_error=args.on_error,
-                             num_workers=args.num_workers)
+    return functools.partial(get_feature_set, args.model, args.dataset, options=extract_options(args),
+                             cache_dir=args.cache_dir, device=args.device)
 
 
 def _split_or_none(args: argparse.Namespace, fetch, features, name: str):
@@ -122,12 +109,15 @@ def _fit_simple(args: argparse.Namespace):
 
 def _fit_cache(args: argparse.Namespace):
     """Cache methods through the few-shot protocol: (FitResult, base feature set, encoder used)."""
+    from clipadapt.cli.fewshot import fewshot_config
     from clipadapt.data import build_dataset
     from clipadapt.eval.fewshot import DirectorySource, PipelineSource, sample_shots, validation_indices
     from clipadapt.features.io import load_feature_dir
     from clipadapt.heads.fit import fit_fewshot
 
-    config = _fewshot_config(args)
+    if args.shots is not None and args.shots < 1:
+        raise ConfigError(f"--shots must be >= 1 images per class, got {args.shots}")
+    config = fewshot_config(args, shots=[args.shots or 1], seeds=[args.seed], methods=[args.method])
     if config.needs_adapted and not (args.adapter or args.adapted_features):
         raise ConfigError(f"{args.method} needs --adapter CKPT (with --model/--dataset) or --adapted-features DIR")
     if args.features:

@@ -10,6 +10,7 @@ from typing import Any
 from clipadapt.argtypes import COUNT
 from clipadapt.cli._common import add_encoding_arguments, add_file_check_argument
 from clipadapt.cli._outputs import FILE, output_option
+from clipadapt.constants import cache_root
 from clipadapt.errors import ConfigError
 
 COMMAND = "predict"
@@ -136,19 +137,13 @@ def _from_images(args: argparse.Namespace, head, paths: list[str]):
         if head.adapter is None:
             head.encoder(adapted=True)  # raises: the head stores no adapter (fitted from adapted features)
         # written back byte for byte (same sha256): the cache reuses adapted features encoded earlier
-        adapter = head.adapter_checkpoint(Path(args.cache_dir or _default_cache()) / "head-adapters"
+        adapter = head.adapter_checkpoint(Path(args.cache_dir or cache_root()) / "head-adapters"
                                           / head.meta["adapter"]["sha256"][:16])
         a_fs = get_feature_set(head.model_id, {"predict": ds}, ["predict"], adapter=adapter, **common)
         adapted = a_fs.split("predict").image
     kept = rows.paths if rows.paths is not None else paths
     skipped = {p: "unreadable image (skipped, --on-error skip)" for p in paths if p not in set(kept)}
     return rows.image, adapted, list(kept), skipped
-
-
-def _default_cache() -> Path:
-    from clipadapt.features.cache import FeatureCache
-
-    return Path(FeatureCache(None).root)
 
 
 def _check_encoder_meta(head, meta: dict) -> None:

@@ -58,17 +58,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from clipadapt.cli._conventions import path_provenance, write_results
-    from clipadapt.cli.fewshot import parse_grid_overrides
-    from clipadapt.eval.fewshot import DirectorySource, FewShotConfig
+    from clipadapt.cli.fewshot import fewshot_config
+    from clipadapt.eval.fewshot import DirectorySource
     from clipadapt.eval.robustness import Variant, run_robustness, variant_class_indices
     from clipadapt.features.io import load_feature_dir
     from clipadapt.report.tables import markdown_table, write_table
 
     if not args.variant:
         raise ConfigError("give at least one --variant NAME=DIR")
-    config = FewShotConfig(shots=args.shots, seeds=args.seeds, methods=args.methods, allow_fewer=args.allow_fewer,
-                           grids=parse_grid_overrides(args.grid), tipf_epochs=args.tipf_epochs,
-                           val_from_train=args.val_from_train, grid_preset=args.grid_preset, tie_break=args.tie_break)
+    config = fewshot_config(args)
     adapted = load_feature_dir(args.adapted_features) if args.adapted_features else None
     source = DirectorySource(load_feature_dir(args.features), adapted)
     adapted_variants = dict(args.adapted_variant)
