@@ -35,9 +35,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--mode", choices=["supervised", "selfsup"], default="supervised")
     out = train.add_argument("--out", type=Path, required=True,
                              help="checkpoint directory (adapter.safetensors, adapter.json, train_state.pt for "
-                                  "resuming, "
-                                  "train_log.json); an existing one is resumed, so a non-empty directory must hold "
-                                  "train_state.pt")
+                                  "resuming, train_log.json); an existing one is resumed, so a non-empty directory "
+                                  "must hold train_state.pt")
     output_option(out, RESUME, marker=STATE_FILE)
     g = train.add_argument_group("hyper-parameters (defaults: docs/methods.md §5)")
     g.add_argument("--width", type=COUNT, default=64, help="bottleneck width (default: 64)")

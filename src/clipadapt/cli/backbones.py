@@ -54,16 +54,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     ev.add_argument("--heldout-split", default="val", help="labelled split the combiners are fitted on (default: val)")
     ev.add_argument("--shots", "--val-from-train", dest="shots", type=COUNT, default=None, metavar="K",
                     help="few-shot mode: held-out = K images per class from --train-split (seeded by --seed) "
-                         "instead of "
-                         "--heldout-split; use it when the held-out split is the test set (CoOp's ImageNet val)")
+                         "instead of --heldout-split; use it when the held-out split is the test set (CoOp's "
+                         "ImageNet val)")
     ev.add_argument("--train-split", default="train", help="training split (few-shot pool, linear probe)")
     ev.add_argument("--seed", type=SEED, default=1, help="seed of the few-shot draw and the controller")
     ev.add_argument("--thresholds", type=PROBABILITIES, default=[0.5, 0.7, 0.8, 0.9, 0.95, 0.99],
                     help="cascade confidence thresholds")
     ev.add_argument("--cost", choices=["gflops", "ms", "params", "none"], default="gflops",
                     help="cost axis from each backbone's architecture: gflops (default) and params are counted, ms "
-                         "is timed "
-                         "on --device; none = every backbone costs 1")
+                         "is timed on --device; none = every backbone costs 1")
     ev.add_argument("--costs", type=NON_NEGATIVES, help="explicit per-backbone costs")
     ev.add_argument("--no-normalisation-study", action="store_true", help="skip the normalisation study")
     ev.add_argument("--probe-max-iter", type=COUNT, default=100, help="L-BFGS iterations of each linear probe")

@@ -41,8 +41,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-root", type=Path,
                         help="without --embeddings: folder the CSV's image paths are relative to")
     parser.add_argument("--model", help="model id ARCH@TAG: without --embeddings, the encoder of the images and "
-                                        "captions; "
-                                        "with --embeddings, recorded in the results as the model that computed them")
+                                        "captions; with --embeddings, recorded in the results as the model that "
+                                        "computed them")
     add_encoding_arguments(parser, device=None, on_error="unreadable images: fail, or skip them and drop their "
                                                          "judgments (listed in the results JSON)")
     parser.add_argument("--dn-pool", type=Path,

@@ -8,7 +8,6 @@ from pathlib import Path
 from clipadapt.argtypes import COUNT
 from clipadapt.cli._outputs import FILE, output_option
 from clipadapt.constants import HEAD_EXPORT_FORMATS
-from clipadapt.errors import ConfigError
 
 COMMAND = "export"
 HELP = "export a head with its image encoder (preprocessed images -> logits) as ONNX or a torch.export program"
@@ -37,8 +36,6 @@ def run(args: argparse.Namespace) -> int:
     from clipadapt.heads.module import export_onnx, export_program
 
     head = load_head(args.head)
-    if args.static_batch is not None and args.static_batch < 1:
-        raise ConfigError(f"--static-batch must be >= 1, got {args.static_batch}")
     encoder = head.encoder(device=args.device, precision="fp32")
     module = head.as_module(encoder)
     h, w = encoder.preprocess_cfg["size"]

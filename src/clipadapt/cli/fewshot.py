@@ -52,9 +52,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                               "--features)")
     parser.add_argument("--val-from-train", type=COUNT, default=None, metavar="N",
                         help="validate on N train images per class (per seed, disjoint from that seed's shots; "
-                             "listed in "
-                             "indices/val_seed<S>.json) instead of the 'val' split — needed when val is the test set "
-                             "(CoOp's ImageNet) or absent")
+                             "listed in indices/val_seed<S>.json) instead of the 'val' split — needed when val is the "
+                             "test set (CoOp's ImageNet) or absent")
     parser.add_argument("--allow-fewer", action="store_true",
                         help="classes with fewer training images than --shots use all they have")
     parser.add_argument("--grid", action="append", default=[], metavar="FAMILY.PARAM=SPEC",
@@ -63,9 +62,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "repeatable")
     parser.add_argument("--grid-preset", choices=GRID_PRESETS, default=None,
                         help="a paper's search grids and tie order: tip-adapter (β loop outermost: ties keep the "
-                             "smallest "
-                             "β), sus-x, imo (linspace grids with 0, α outermost); --grid then overrides single axes. "
-                             "Default: clipadapt's grids, α outermost")
+                             "smallest β), sus-x, imo (linspace grids with 0, α outermost); --grid then overrides "
+                             "single axes. Default: clipadapt's grids, α outermost")
     parser.add_argument("--tie-break", choices=TIE_BREAKS, default="grid-order",
                         help="which of equally good validation grid points is kept: grid-order (first in loop order, "
                              "the papers' rule; default) or centre (centre of the largest tied region)")

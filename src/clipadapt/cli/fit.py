@@ -115,8 +115,6 @@ def _fit_cache(args: argparse.Namespace):
     from clipadapt.features.io import load_feature_dir
     from clipadapt.heads.fit import fit_fewshot
 
-    if args.shots is not None and args.shots < 1:
-        raise ConfigError(f"--shots must be >= 1 images per class, got {args.shots}")
     config = fewshot_config(args, shots=[args.shots or 1], seeds=[args.seed], methods=[args.method])
     if config.needs_adapted and not (args.adapter or args.adapted_features):
         raise ConfigError(f"{args.method} needs --adapter CKPT (with --model/--dataset) or --adapted-features DIR")

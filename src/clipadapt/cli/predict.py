@@ -191,8 +191,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out.suffix.lower() not in FORMATS:
         raise ConfigError(f"--out {args.out}: use a .csv or .jsonl file")
-    if args.topk < 1:
-        raise ConfigError(f"--topk must be >= 1, got {args.topk}")
     head = load_head(args.head)
     paths = _image_paths(args)
     if args.features and paths:

@@ -151,8 +151,6 @@ def _pool(args: argparse.Namespace, test: RetrievalSet, pool: RetrievalSet | Non
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.dn_repeats < 1:
-        raise ConfigError(f"--dn-repeats must be >= 1, got {args.dn_repeats}")
     from clipadapt.eval.retrieval import retrieval_with_dn
     from clipadapt.report.tables import markdown_table, write_table
 
