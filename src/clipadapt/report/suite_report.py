@@ -254,7 +254,3 @@ def _synergy_bars(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
-
-
-def read_summary(root: str | Path) -> dict[str, Any]:
-    return json.loads((Path(root) / "summary.json").read_text(encoding="utf-8"))
