@@ -118,14 +118,27 @@ def build_source(args: argparse.Namespace):
     raise ConfigError("give --features DIR, or both --model and --dataset")
 
 
-def write_outputs(out: Path, results: dict, config: FewShotConfig, source_info: dict, provenance: dict) -> None:
-    """results.json, runs.csv, summary.csv, summary.md and accuracy_vs_shots.png under `out`."""
+def run_protocol(args: argparse.Namespace, *, progress: bool = True) -> tuple[dict, dict]:
+    """Run the protocol and write results.json under --out: (results, the features' description). Also what a
+    `suite` cell runs (without the tables and the plot), so a cell computes what `fewshot` computes."""
+    from clipadapt.eval.fewshot import run_fewshot
+    from clipadapt.report.tables import write_json
+
+    config = config_from_args(args)
+    source = build_source(args)
+    results = run_fewshot(source, config, index_dir=args.out / "indices", device=args.device, progress=progress)
+    source_info = source.describe()
+    write_json(args.out / "results.json", {"config": vars(config), "features": source_info, **results,
+                                           "provenance": _provenance(args, source)})
+    return results, source_info
+
+
+def write_tables(out: Path, results: dict, source_info: dict) -> None:
+    """runs.csv, summary.csv, summary.md and accuracy_vs_shots.png under `out`."""
     from clipadapt.eval.fewshot import summary_pivot
     from clipadapt.report.plots import line_plot
-    from clipadapt.report.tables import write_json, write_table
+    from clipadapt.report.tables import write_table
 
-    write_json(out / "results.json", {"config": vars(config), "features": source_info, **results,
-                                      "provenance": provenance})
     write_table(out / "runs.csv", [{**r, "hyperparameters": json.dumps(r["hyperparameters"])} for r in results["runs"]])
     write_table(out / "summary.csv", results["summary"])
     write_table(out / "summary.md", summary_pivot(results["summary"]))
@@ -162,7 +175,7 @@ def fewshot_config(args: argparse.Namespace, **values: Any) -> FewShotConfig:
 
 
 def config_from_args(args: argparse.Namespace) -> FewShotConfig:
-    """The FewShotConfig of these arguments (also used by `suite` cells, so a cell runs what `fewshot` runs)."""
+    """The FewShotConfig of `fewshot`'s arguments; tip++/tipx++ need adapted features."""
     config = fewshot_config(args)
     if config.needs_adapted and not (args.adapter or args.adapted_features):
         raise ConfigError("tip++/tipx++ need --adapted-features DIR (with --features) or --adapter CKPT")
@@ -170,13 +183,11 @@ def config_from_args(args: argparse.Namespace) -> FewShotConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from clipadapt.eval.fewshot import run_fewshot, summary_pivot
+    from clipadapt.eval.fewshot import summary_pivot
     from clipadapt.report.tables import markdown_table
 
-    config = config_from_args(args)
-    source = build_source(args)
-    results = run_fewshot(source, config, index_dir=args.out / "indices", device=args.device)
-    write_outputs(args.out, results, config, source.describe(), _provenance(args, source))
+    results, source_info = run_protocol(args)
+    write_tables(args.out, results, source_info)
     print(markdown_table(summary_pivot(results["summary"])), end="")
     for line in baseline_lines(results["summary"]):
         print(line)
