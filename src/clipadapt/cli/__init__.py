@@ -40,12 +40,8 @@ clipadapt eval --features feats/ --method dn --out runs/dn
 
 
 def _command_modules() -> list[ModuleType]:
-    package = importlib.import_module(__name__)
-    modules = [
-        importlib.import_module(f"{__name__}.{m.name}")
-        for m in pkgutil.iter_modules(package.__path__)
-        if not m.name.startswith("_")
-    ]
+    modules = [importlib.import_module(f"{__name__}.{m.name}") for m in pkgutil.iter_modules(__path__)
+               if not m.name.startswith("_")]
     return sorted(modules, key=lambda m: m.COMMAND)
 
 

@@ -83,7 +83,10 @@ def options_given(args: argparse.Namespace, options: Sequence[str]) -> list[str]
     return [opt for opt in options if any(t == opt or t.startswith(opt + "=") for t in argv)]
 
 
-FEATURE_DIR_UNUSED = ("--model", "--dataset", "--cache-dir")  # extraction-only inputs, meaningless with --features
+def refuse_extraction_inputs(args: argparse.Namespace) -> None:
+    """`refuse_unused` for --model/--dataset/--cache-dir: extraction-only inputs, meaningless with --features."""
+    refuse_unused(args, "--features", ("--model", "--dataset", "--cache-dir"),
+                  instead="--model/--dataset (extract through the cache)")
 
 
 def load_features_from_args(args: argparse.Namespace, splits: Iterable[str] | None = None) -> FeatureSet:
@@ -91,7 +94,7 @@ def load_features_from_args(args: argparse.Namespace, splits: Iterable[str] | No
     if getattr(args, "features", None):
         from clipadapt.features.io import load_feature_dir
 
-        refuse_unused(args, "--features", FEATURE_DIR_UNUSED, instead="--model/--dataset (extract through the cache)")
+        refuse_extraction_inputs(args)
         return load_feature_dir(args.features, splits=splits)
     if getattr(args, "model", None) and getattr(args, "dataset", None):
         return feature_set_from_args(args, splits=splits)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from clipadapt.argtypes import range_text
-from clipadapt.cli._outputs import DIR, FILE, output_option
+from clipadapt.cli._outputs import DIR, FILE, nested_parsers, output_option
 
 RESULTS_FILE = "results.json"
 
@@ -51,11 +51,8 @@ def _with_range(action: argparse.Action, text: str) -> str:
 def show_defaults_without_help(parser: argparse.ArgumentParser) -> None:
     """argparse prints nothing for an option without help text, so give those a help that is just their default
     (nested subcommands included)."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for child in action.choices.values():
-                show_defaults_without_help(child)
-        elif action.help is None and action.option_strings and _has_default(action.default):
+    for action in (a for p in nested_parsers(parser) for a in p._actions):
+        if action.help is None and action.option_strings and _has_default(action.default):
             action.help = f"default: {_show(action.default)}"
         elif action.help is None and action.option_strings and range_text(action.type) is not None:
             action.help = f"[range: {range_text(action.type)}]"

@@ -10,13 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clipadapt.argtypes import COUNT, COUNTS, SEEDS
-from clipadapt.cli._common import (
-    FEATURE_DIR_UNUSED,
-    add_feature_source_arguments,
-    comma_strings,
-    extract_options,
-    refuse_unused,
-)
+from clipadapt.cli._common import add_feature_source_arguments, comma_strings, extract_options, refuse_extraction_inputs
 from clipadapt.cli._conventions import add_out_argument, dataset_provenance, path_provenance, vs_baseline
 from clipadapt.constants import GRID_PRESETS, TIE_BREAKS
 from clipadapt.errors import ConfigError
@@ -97,7 +91,7 @@ def build_source(args: argparse.Namespace):
     if args.features:
         if args.adapter:
             raise ConfigError("--adapter needs --model/--dataset; with --features give --adapted-features DIR")
-        refuse_unused(args, "--features", FEATURE_DIR_UNUSED, instead="--model/--dataset (extract through the cache)")
+        refuse_extraction_inputs(args)
         adapted = load_feature_dir(args.adapted_features) if args.adapted_features else None
         return DirectorySource(load_feature_dir(args.features), adapted)
     if args.model and args.dataset:

@@ -159,10 +159,9 @@ def write_predictions(path: Path, records: list[dict[str, Any]], topk: int) -> P
     """`.csv`: path, label, probability, label_2, probability_2, ..., error; `.jsonl`: one object per row."""
     from clipadapt.fileio import atomic_write_bytes
 
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
+    if path.suffix.lower() == ".jsonl":
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    elif suffix == ".csv":
+    else:  # .csv (`run` refuses other suffixes before anything is computed)
         import csv
         import io
 
@@ -180,8 +179,6 @@ def write_predictions(path: Path, records: list[dict[str, Any]], topk: int) -> P
                 cells += [top["label"], f"{top['probability']:.6f}"] if top else ["", ""]
             writer.writerow(cells + [r.get("error") or ""])
         text = buffer.getvalue()
-    else:
-        raise ConfigError(f"--out {path}: use a .csv or .jsonl file")
     atomic_write_bytes(path, text.encode("utf-8"))
     return path
 
