@@ -5,16 +5,20 @@ from __future__ import annotations
 import argparse
 import io
 from collections.abc import Iterable, Sequence
+from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from clipadapt.argtypes import COUNT, NON_NEGATIVE_INT
 from clipadapt.constants import DEFAULT_BATCH_SIZE
 from clipadapt.errors import ConfigError
 
 if TYPE_CHECKING:  # torch-backed: imported where used, so building the parser stays torch-free
+    from clipadapt.eval.fewshot import FewShotConfig
     from clipadapt.features.extract import ExtractOptions
     from clipadapt.features.featureset import FeatureSet
+
+T = TypeVar("T")
 
 
 def comma_strings(text: str) -> list[str]:
@@ -101,17 +105,42 @@ def load_features_from_args(args: argparse.Namespace, splits: Iterable[str] | No
     raise ConfigError("give --features DIR, or both --model and --dataset")
 
 
+def from_args(cls: type[T], args: argparse.Namespace, *, skip: Sequence[str] = (), **values: Any) -> T:
+    """The dataclass `cls` with each field taken from the command's argument of the same name where it has one
+    (the field's default otherwise), except the fields in `skip`; `values` set fields directly."""
+    taken = {f.name: getattr(args, f.name) for f in fields(cls)
+             if f.name not in skip and f.name not in values and hasattr(args, f.name)}
+    return cls(**taken, **values)
+
+
 def extract_options(args: argparse.Namespace, **values: Any) -> ExtractOptions:
     """The one `ExtractOptions` of a command's arguments: --batch-size, --num-workers, --on-error, --shard-size,
     --precision, --file-check where the command has them (the defaults otherwise); `values` sets other fields
-    (views, seed, progress)."""
-    from dataclasses import fields
-
+    (views, seed, progress: a command's --views or --seed may mean something else)."""
     from clipadapt.features.extract import ExtractOptions
 
-    names = {f.name for f in fields(ExtractOptions)} - {"views", "seed", "progress"}
-    given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
-    return ExtractOptions(**given, **values)
+    return from_args(ExtractOptions, args, skip=("views", "seed", "progress"), **values)
+
+
+def parse_grid_overrides(specs: list[str]) -> dict[str, dict[str, list[float]]]:
+    """['tip.beta=0.1:7:50', ...] -> {'tip': {'beta': [...]}}."""
+    from clipadapt.eval.search import parse_grid
+
+    grids: dict[str, dict[str, list[float]]] = {}
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        family, dot, param = key.partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"--grid '{spec}': expected FAMILY.PARAM=SPEC, e.g. tip.beta=0.1:7:50")
+        grids.setdefault(family.strip(), {})[param.strip()] = parse_grid(values)
+    return grids
+
+
+def fewshot_config(args: argparse.Namespace, **values: Any) -> FewShotConfig:
+    """The FewShotConfig of a command's arguments (fewshot, fit, robustness; `from_args`), `grids` from --grid."""
+    from clipadapt.eval.fewshot import FewShotConfig
+
+    return from_args(FewShotConfig, args, **{"grids": parse_grid_overrides(args.grid), **values})
 
 
 def feature_set_from_args(args: argparse.Namespace, splits: Iterable[str] | None = None) -> FeatureSet:

@@ -10,6 +10,7 @@ from pathlib import Path
 from clipadapt.cli._common import (
     add_feature_source_arguments,
     feature_set_from_args,
+    from_args,
     load_features_from_args,
     options_given,
     save_logits,
@@ -44,10 +45,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def method_options(method: EvalMethod, args: argparse.Namespace) -> EvalOptions:
     """The runner's options dataclass, each field taken from the argument of the same name; `fetch` encodes
     splits through the cache when the features come from --model/--dataset rather than --features."""
-    names = [f.name for f in fields(method.options) if f.name != "fetch" and hasattr(args, f.name)]
-    values = {name: getattr(args, name) for name in names}
     encodable = getattr(args, "model", None) and getattr(args, "dataset", None) and not getattr(args, "features", None)
-    return method.options(**values, fetch=functools.partial(feature_set_from_args, args) if encodable else None)
+    return from_args(method.options, args, fetch=functools.partial(feature_set_from_args, args) if encodable else None)
 
 
 def summary_line(name: str, results: dict) -> str:

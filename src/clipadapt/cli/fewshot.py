@@ -5,12 +5,17 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from clipadapt.argtypes import COUNT, COUNTS, SEEDS
-from clipadapt.cli._common import add_feature_source_arguments, comma_strings, extract_options, refuse_extraction_inputs
+from clipadapt.cli._common import (
+    add_feature_source_arguments,
+    comma_strings,
+    extract_options,
+    fewshot_config,
+    refuse_extraction_inputs,
+)
 from clipadapt.cli._conventions import add_out_argument, dataset_provenance, path_provenance, vs_baseline
 from clipadapt.constants import GRID_PRESETS, TIE_BREAKS
 from clipadapt.errors import ConfigError
@@ -66,20 +71,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="validation rows per search chunk (default: fit ~128 MiB)")
     add_out_argument(parser, required=True,
                      writes="runs.csv, summary.csv, summary.md, accuracy_vs_shots.png, indices/")
-
-
-def parse_grid_overrides(specs: list[str]) -> dict[str, dict[str, list[float]]]:
-    """['tip.beta=0.1:7:50', ...] -> {'tip': {'beta': [...]}}."""
-    from clipadapt.eval.search import parse_grid
-
-    grids: dict[str, dict[str, list[float]]] = {}
-    for spec in specs:
-        key, sep, values = spec.partition("=")
-        family, dot, param = key.partition(".")
-        if not sep or not dot:
-            raise ConfigError(f"--grid '{spec}': expected FAMILY.PARAM=SPEC, e.g. tip.beta=0.1:7:50")
-        grids.setdefault(family.strip(), {})[param.strip()] = parse_grid(values)
-    return grids
 
 
 def build_source(args: argparse.Namespace):
@@ -157,15 +148,6 @@ def _provenance(args: argparse.Namespace, source) -> dict:
                                model=source.meta.get("model"))
     return dataset_provenance(args, model=args.model, spec=args.dataset,
                               splits=["train", "test"] + (["val"] if args.val_from_train is None else []))
-
-
-def fewshot_config(args: argparse.Namespace, **values: Any) -> FewShotConfig:
-    """The FewShotConfig of a command's arguments (fewshot, fit, robustness): each field from the option of the
-    same name where the command has it, `grids` from --grid; `values` set fields directly."""
-    from clipadapt.eval.fewshot import FewShotConfig
-
-    given = {f.name: getattr(args, f.name) for f in fields(FewShotConfig) if hasattr(args, f.name)}
-    return FewShotConfig(**{**given, "grids": parse_grid_overrides(args.grid), **values})
 
 
 def config_from_args(args: argparse.Namespace) -> FewShotConfig:

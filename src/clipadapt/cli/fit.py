@@ -7,7 +7,7 @@ import functools
 from pathlib import Path
 
 from clipadapt.argtypes import COUNT, SEED
-from clipadapt.cli._common import add_feature_source_arguments, extract_options
+from clipadapt.cli._common import add_feature_source_arguments, extract_options, fewshot_config
 from clipadapt.cli._conventions import run_provenance
 from clipadapt.cli._outputs import FILE, output_option
 from clipadapt.constants import GRID_PRESETS, HEAD_METHODS, TIE_BREAKS
@@ -109,7 +109,6 @@ def _fit_simple(args: argparse.Namespace):
 
 def _fit_cache(args: argparse.Namespace):
     """Cache methods through the few-shot protocol: (FitResult, base feature set, encoder used)."""
-    from clipadapt.cli.fewshot import fewshot_config
     from clipadapt.data import build_dataset
     from clipadapt.eval.fewshot import DirectorySource, PipelineSource, sample_shots, validation_indices
     from clipadapt.features.io import load_feature_dir

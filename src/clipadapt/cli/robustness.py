@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from clipadapt.argtypes import COUNT, COUNTS, SEEDS
-from clipadapt.cli._common import add_verify_argument, comma_strings
+from clipadapt.cli._common import add_verify_argument, comma_strings, fewshot_config
 from clipadapt.constants import GRID_PRESETS, TIE_BREAKS
 from clipadapt.errors import ConfigError
 
@@ -58,7 +58,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from clipadapt.cli._conventions import path_provenance, write_results
-    from clipadapt.cli.fewshot import fewshot_config
     from clipadapt.eval.fewshot import DirectorySource
     from clipadapt.eval.robustness import Variant, run_robustness, variant_class_indices
     from clipadapt.features.io import load_feature_dir
