@@ -195,7 +195,6 @@ def _write(out: Path, report: SynergyReport, results: dict, provenance: dict) ->
     from clipadapt.report.synergy_plots import accuracy_vs_cost, heatmap  # matplotlib: only when plotting
     from clipadapt.report.tables import markdown_table, write_table
 
-    out.mkdir(parents=True, exist_ok=True)
     write_results(out / RESULTS_FILE, results, provenance)
     sections = [f"## accuracy\n\n{markdown_table(_summary_rows(results))}"]
     for name, rows in report.tables.items():

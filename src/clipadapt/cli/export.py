@@ -40,7 +40,6 @@ def run(args: argparse.Namespace) -> int:
     module = head.as_module(encoder)
     h, w = encoder.preprocess_cfg["size"]
     example = torch.zeros(args.static_batch or 2, 3, h, w, device=encoder.device)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     export = export_onnx if args.format == "onnx" else export_program
     with atomic_path(args.out) as tmp:
         export(module, example, str(tmp), dynamic_batch=args.static_batch is None)

@@ -91,7 +91,6 @@ def run(args: argparse.Namespace) -> int:
         rows.append({"features": name, "overlap": r.overlap, "same_mean": r.same_mean, "diff_mean": r.diff_mean,
                      "n_same": r.n_same, "n_diff": r.n_diff, "sampled": r.sampled,
                      "variance": variance[name]["normalised"]["mean"]})
-    args.out.mkdir(parents=True, exist_ok=True)
     report = {
         "split": args.split,
         "bins": args.bins,
