@@ -88,12 +88,8 @@ def _fit_simple(args: argparse.Namespace):
     if args.method == "dn":
         if args.dn_repeats != 1:
             raise ConfigError("--dn-repeats: a head stores one DN fit; give --dn-seed to choose the draw")
-        if features is not None:
-            pool = features.split(args.dn_source)
-            base = features
-        else:
-            base = fetch([args.dn_source])
-            pool = base.split(args.dn_source)
+        base = features if features is not None else fetch([args.dn_source])
+        pool = base.split(args.dn_source)
         val = _split_or_none(args, fetch, features, args.val) if args.dn_source != args.val else None
         result = fit_dn(base.text, pool, pool_name=args.dn_source, val=val, lam=args.dn_lambda,
                         n_samples=args.dn_samples, seed=args.dn_seed, text_mean=args.dn_text_mean,
@@ -155,10 +151,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give --features DIR, or both --model and --dataset")
     if args.features and args.model:
         raise ConfigError("give --features DIR or --model/--dataset, not both")
-    if args.method in ("zeroshot", "dn"):
-        result, base, loaded = _fit_simple(args)
-    else:
-        result, base, loaded = _fit_cache(args)
+    result, base, loaded = (_fit_simple if args.method in ("zeroshot", "dn") else _fit_cache)(args)
     adapter, adapter_tensors = None, None
     if args.adapter and args.method.endswith("++"):
         adapter, adapter_tensors = adapter_block(args.adapter)

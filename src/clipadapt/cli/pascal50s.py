@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
                              [p["category"] for p in pairs], lam=args.dn_lambda, seed=args.dn_seed)
     res.update(model=args.model, n_pairs=len(pairs), references_per_pair=args.references,
                vote_positive=args.vote_positive, pairs_file=str(args.pairs), consensus_file=str(args.consensus))
-    table = [{"metric": m, **{k: v for k, v in acc.items()}} for m, acc in res["accuracy"].items()]
+    table = [{"metric": m, **acc} for m, acc in res["accuracy"].items()]
     print(markdown_table(table), end="")
     from clipadapt.report.provenance import path_fingerprint
 
