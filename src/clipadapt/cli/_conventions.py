@@ -8,6 +8,7 @@ Torch-free at import (the parser is built from it); feature-set helpers import n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import textwrap
@@ -235,9 +236,6 @@ def identical_draws_note(repeats: int) -> str:
 def exit_on_closed_pipe() -> int:
     """After a BrokenPipeError on stdout (`clipadapt models | head`): point stdout at /dev/null so the interpreter's
     final flush cannot fail again, and return the exit code of a process ended by SIGPIPE (141), quietly."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):
-        pass
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 141

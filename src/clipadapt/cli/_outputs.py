@@ -26,6 +26,7 @@ Torch-free (imported when the parser is built).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import re
@@ -296,10 +297,8 @@ class Outputs:
             shutil.rmtree(tmp, ignore_errors=True)
             setattr(self.args, out.dest, out.given)
         for folder in reversed(self.created):  # parents made for the staging directory, deepest first
-            try:
+            with contextlib.suppress(OSError):  # not empty: something else wrote there
                 folder.rmdir()
-            except OSError:
-                pass
 
 
 class _ShownStream:
