@@ -30,7 +30,7 @@ from clipadapt.cli._conventions import (
     exit_on_closed_pipe,
     show_defaults_without_help,
 )
-from clipadapt.cli._outputs import Outputs, add_overwrite_options, prepare_outputs
+from clipadapt.cli._outputs import add_overwrite_options, prepare_outputs
 from clipadapt.errors import ClipadaptError
 
 EXAMPLES = """
@@ -113,7 +113,6 @@ def main(argv: list[str] | None = None) -> int:
 def _run_command(args: argparse.Namespace) -> int:
     """The command, its outputs checked before it computes (cli/_outputs.py), and the one place where every
     exception becomes an exit code and a message (module docstring)."""
-    outputs: Outputs | None = None
     shown = str
     name = f"clipadapt {args.command}"
     try:

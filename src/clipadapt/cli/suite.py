@@ -34,8 +34,7 @@ clipadapt suite report runs/imo
 clipadapt suite list
 """
 
-# task -> (the subcommand's argv prefix, its seed option); every command writes `--out DIR`/results.json
-# (docs/results.md)
+# task -> (the subcommand's argv prefix, its seed option); each writes `--out DIR`/results.json (docs/results.md)
 _TASK_COMMANDS = {"fewshot": (["fewshot"], "--seeds"), "dn": (["eval", "--method", "dn"], "--dn-seed"),
                   "retrieval": (["retrieval"], "--dn-seed"), "captions": (["captions"], "--dn-seed"),
                   "backbones": (["backbones"], "--seed"), "imo": (["imo"], "--seed")}
