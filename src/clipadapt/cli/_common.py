@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from clipadapt.argtypes import COUNT, NON_NEGATIVE_INT
 from clipadapt.constants import DEFAULT_BATCH_SIZE
 from clipadapt.errors import ConfigError
+from clipadapt.fileio import atomic_write_bytes
 
 if TYPE_CHECKING:  # torch-backed: imported where used, so building the parser stays torch-free
     from clipadapt.eval.fewshot import FewShotConfig
@@ -169,8 +170,6 @@ def feature_set_from_args(args: argparse.Namespace, splits: Iterable[str] | None
 def save_logits(path: Path, logits: Any) -> Path:
     """(N, C) float32 logits as .npy, written atomically like every other output."""
     import numpy as np
-
-    from clipadapt.fileio import atomic_write_bytes
 
     path = Path(path)
     buffer = io.BytesIO()

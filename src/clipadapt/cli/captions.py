@@ -7,6 +7,7 @@ import csv
 import io
 from pathlib import Path
 
+from clipadapt.builtin import caption_tensors, is_builtin
 from clipadapt.cli._common import add_encoding_arguments, refuse_unused
 from clipadapt.cli._conventions import (
     add_out_argument,
@@ -21,6 +22,7 @@ from clipadapt.cli._conventions import (
 from clipadapt.cli._outputs import FILE, output_option
 from clipadapt.errors import ConfigError, DatasetError
 from clipadapt.eval.runners.dn import add_dn_arguments
+from clipadapt.fileio import read_text
 
 COMMAND = "captions"
 HELP = "caption scoring: CLIPScore/RefCLIPScore with and without DN, Kendall tau to human judgments"
@@ -58,8 +60,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def read_judgments(path: Path) -> list[dict[str, str]]:
     """Rows of the judgments CSV; 'image', 'caption' and 'human' are required columns."""
-    from clipadapt.fileio import read_text
-
     try:
         rows = list(csv.DictReader(io.StringIO(read_text(path, what="judgments CSV", error=DatasetError), newline="")))
     except OSError as e:
@@ -85,7 +85,6 @@ def _int(value: str, path: Path, line: int, column: str, n: int) -> int:
 
 def _from_embeddings(args: argparse.Namespace, rows: list[dict]) -> tuple:
     """(image, caption, references, DN pool, rows, skipped images) from the row indices into --embeddings."""
-    from clipadapt.builtin import caption_tensors, is_builtin
     from clipadapt.features.io import _require, load_tensors
 
     tensors = caption_tensors(args.embeddings) if is_builtin(args.embeddings) else load_tensors(args.embeddings)

@@ -11,7 +11,7 @@ from clipadapt.cli._common import add_feature_source_arguments, extract_options,
 from clipadapt.cli._conventions import run_provenance
 from clipadapt.cli._outputs import FILE, output_option
 from clipadapt.constants import GRID_PRESETS, HEAD_METHODS, TIE_BREAKS
-from clipadapt.errors import ConfigError
+from clipadapt.errors import ConfigError, DatasetError
 
 COMMAND = "fit"
 HELP = "fit a classifier (zeroshot, dn, tip, tip-f, tipx, tip++, tipx++) once and save it as one head file"
@@ -68,8 +68,6 @@ def _fetch(args: argparse.Namespace):
 
 def _split_or_none(args: argparse.Namespace, fetch, features, name: str):
     """A split of --features, or fetched for --model/--dataset; None when the dataset has no such split."""
-    from clipadapt.errors import DatasetError
-
     if features is not None:
         return features.split(name) if features.has_split(name) else None
     try:

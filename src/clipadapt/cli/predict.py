@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from clipadapt.argtypes import COUNT
-from clipadapt.cli._common import add_encoding_arguments, add_file_check_argument
+from clipadapt.builtin import is_builtin
+from clipadapt.cli._common import add_encoding_arguments, add_file_check_argument, save_logits
 from clipadapt.cli._outputs import FILE, output_option
 from clipadapt.constants import cache_root
-from clipadapt.errors import ConfigError
+from clipadapt.errors import ConfigError, HeadMismatchError
+from clipadapt.fileio import atomic_write_bytes, read_text
 
 COMMAND = "predict"
 HELP = "label images (files, a folder, a CSV) or precomputed features with a head file from `clipadapt fit`"
@@ -52,8 +54,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def parse_split_spec(spec: str, default: str = "test") -> tuple[str, str]:
     """'DIR:SPLIT' -> (DIR, SPLIT); 'DIR' and 'builtin:NAME' -> (DIR, default)."""
-    from clipadapt.builtin import is_builtin
-
     head, sep, tail = str(spec).rpartition(":")
     if not sep or not head or "/" in tail or "\\" in tail or not tail or (is_builtin(spec) and spec.count(":") == 1):
         return str(spec), default
@@ -63,7 +63,6 @@ def parse_split_spec(spec: str, default: str = "test") -> tuple[str, str]:
 def _image_paths(args: argparse.Namespace) -> list[str]:
     """Absolute paths of the images to label, in the order given (a folder: sorted)."""
     from clipadapt.data._files import scan_images
-    from clipadapt.fileio import read_text
 
     paths = [str(p.expanduser().resolve()) for p in args.images]
     if args.image_dir is not None:
@@ -83,9 +82,8 @@ def _image_paths(args: argparse.Namespace) -> list[str]:
             raise ConfigError(f"--csv {args.csv}: needs a 'path' column; found {reader.fieldnames}")
         for row in reader:
             value = {(k or "").strip(): (v or "").strip() for k, v in row.items()}["path"]
-            if value:
-                p = Path(value).expanduser()
-                paths.append(str((p if p.is_absolute() else args.csv.parent / p).resolve()))
+            if value:  # relative to the CSV's folder (an absolute path replaces it)
+                paths.append(str((args.csv.parent / Path(value).expanduser()).resolve()))
     return paths
 
 
@@ -120,8 +118,6 @@ def _from_images(args: argparse.Namespace, head, paths: list[str]):
     from clipadapt.features.pipeline import DEFAULT_TEMPLATES, get_feature_set
 
     if head.model_id is None:
-        from clipadapt.errors import HeadMismatchError
-
         raise HeadMismatchError(head.features_only_message())
     ds = ImageDataset(kind="files", name="predict", split="predict", classnames=head.classnames,
                       templates=head.meta.get("templates") or list(DEFAULT_TEMPLATES), paths=paths,
@@ -147,8 +143,6 @@ def _from_images(args: argparse.Namespace, head, paths: list[str]):
 
 
 def _check_encoder_meta(head, meta: dict) -> None:
-    from clipadapt.errors import HeadMismatchError
-
     fp, model = meta.get("encoder") or {}, head.meta.get("model") or {}
     for field in ("weights", "preprocessing"):
         if model.get(field) is not None and fp.get(field) is not None and fp[field] != model[field]:
@@ -157,8 +151,6 @@ def _check_encoder_meta(head, meta: dict) -> None:
 
 def write_predictions(path: Path, records: list[dict[str, Any]], topk: int) -> Path:
     """`.csv`: path, label, probability, label_2, probability_2, ..., error; `.jsonl`: one object per row."""
-    from clipadapt.fileio import atomic_write_bytes
-
     if path.suffix.lower() == ".jsonl":
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     else:  # .csv (`run` refuses other suffixes before anything is computed)
@@ -208,8 +200,6 @@ def run(args: argparse.Namespace) -> int:
     records += [{"path": p, "label": None, "probability": None, "topk": [], "error": e} for p, e in skipped.items()]
     write_predictions(args.out, records, min(args.topk, head.num_classes))
     if args.save_logits:
-        from clipadapt.cli._common import save_logits
-
         save_logits(args.save_logits, logits)
     for note in notes:
         print(f"note: {note}")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from clipadapt.argtypes import COUNT, COUNTS, SEEDS
 from clipadapt.cli._common import add_verify_argument, comma_strings, fewshot_config
+from clipadapt.cli._conventions import add_out_argument, path_provenance, write_results
 from clipadapt.constants import GRID_PRESETS, TIE_BREAKS
 from clipadapt.errors import ConfigError
 
@@ -50,14 +51,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tie-break", choices=TIE_BREAKS, default="grid-order", help="as in `fewshot`")
     parser.add_argument("--tipf-epochs", type=COUNT, default=20)
     parser.add_argument("--allow-fewer", action="store_true")
-    from clipadapt.cli._conventions import add_out_argument
-
     add_verify_argument(parser)
     add_out_argument(parser, writes="runs.csv, summary.csv, summary.md", required=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    from clipadapt.cli._conventions import path_provenance, write_results
     from clipadapt.eval.fewshot import DirectorySource
     from clipadapt.eval.robustness import Variant, run_robustness, variant_class_indices
     from clipadapt.features.io import load_feature_dir

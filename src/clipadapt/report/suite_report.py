@@ -16,6 +16,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from clipadapt.errors import ConfigError
+from clipadapt.fileio import atomic_write_bytes
+
 MEAN = "mean"
 SUMMARY_SCHEMA = "clipadapt.suite.summary/1"
 _GROUP = ("task", "backbone", "method", "shots", "metric")
@@ -140,8 +143,6 @@ def compare_expected(rows: list[dict[str, Any]], expected: list[dict[str, Any]])
 # ------------------------------------------------------------------------------------------------ writing
 def load_records(root: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
     """(suite.json, records of every finished cell, cell states) of a run directory (eval/suite.py's layout)."""
-    from clipadapt.errors import ConfigError
-
     root = Path(root)
     if not (root / "suite.json").is_file():
         raise ConfigError(f"{root}: no suite.json — not a suite run directory (clipadapt suite run CONFIG --out DIR)")
@@ -181,7 +182,8 @@ def pivot(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def write_suite_report(root: str | Path, *, plots: bool = True, argv: list[str] | None = None) -> list[Path]:
     """summary.json / summary.csv / summary.md (+ expected.* and plots) in the run directory; returns the paths."""
-    from clipadapt.fileio import atomic_write_bytes
+    from clipadapt.report.imo_analysis import write_imo_correlation
+    from clipadapt.report.provenance import path_fingerprint, provenance
     from clipadapt.report.tables import markdown_table, write_json, write_table
 
     root = Path(root)
@@ -191,8 +193,6 @@ def write_suite_report(root: str | Path, *, plots: bool = True, argv: list[str] 
     expected = compare_expected(rows, suite["config"].get("expected", []))
     counts = {s: sum(x["state"] == s for x in states) for s in ("done", "pending", "failed")}
     name = suite["config"].get("name", root.name)
-    from clipadapt.report.provenance import path_fingerprint, provenance
-
     run_prov = suite.get("provenance") or {}
     summary = {"schema": SUMMARY_SCHEMA, "name": name, "config_file": suite.get("config_file"),
                "suite_provenance": run_prov, "cells": counts, "rows": rows, "expected": expected, "records": records,
@@ -210,8 +210,6 @@ def write_suite_report(root: str | Path, *, plots: bool = True, argv: list[str] 
         sections.append("## Published numbers side by side (Δ = ours − published)\n\n" + markdown_table(expected))
     atomic_write_bytes(root / "summary.md", "\n".join(sections).encode())
     written.insert(2, root / "summary.md")
-    from clipadapt.report.imo_analysis import write_imo_correlation
-
     written += write_imo_correlation(root, rows, plots=plots)
     return written + (_plots(root, rows) if plots else [])
 
