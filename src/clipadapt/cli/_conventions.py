@@ -18,6 +18,9 @@ from typing import Any
 
 from clipadapt.argtypes import range_text
 from clipadapt.cli._outputs import DIR, FILE, nested_parsers, output_option
+from clipadapt.errors import ClipadaptError
+from clipadapt.report.provenance import path_fingerprint, paths_fingerprint, provenance
+from clipadapt.report.tables import write_json
 
 RESULTS_FILE = "results.json"
 
@@ -147,16 +150,12 @@ def out_dir(out: Path | None) -> Path | None:
 def run_provenance(args: argparse.Namespace, *, model: Any = None, data: Any = None,
                    fingerprint: Any = None) -> dict[str, Any]:
     """`report.provenance.provenance` for this invocation (the argv that `main` recorded on args)."""
-    from clipadapt.report.provenance import provenance
-
     return provenance(getattr(args, "_argv", None), model=model, data=data, data_fingerprint=fingerprint)
 
 
 def featureset_inputs(fs: Any) -> tuple[Any, Any, Any]:
     """(model, data, fingerprint) of a FeatureSet: its directory when it was read from one, else the cache
     entries it was assembled from (extracted through the cache for --model/--dataset)."""
-    from clipadapt.report.provenance import path_fingerprint, paths_fingerprint
-
     model = fs.meta.get("model")
     if fs.source is not None and Path(fs.source).is_dir():
         return model, str(fs.source), path_fingerprint(fs.source)
@@ -177,8 +176,6 @@ def path_provenance(args: argparse.Namespace, paths: dict[str, Path | None], mod
                     unhashed: Sequence[str] = ()) -> dict[str, Any]:
     """Provenance of a run that read the given files/directories (None entries are left out). Keys in `unhashed`
     (image folders: every byte of a dataset) are recorded without a fingerprint."""
-    from clipadapt.report.provenance import path_fingerprint
-
     given = {k: p for k, p in paths.items() if p is not None}
     if len(given) == 1 and not unhashed:
         (path,) = given.values()
@@ -191,7 +188,6 @@ def dataset_provenance(args: argparse.Namespace, *, model: Any, spec: str, split
     """Provenance of a run on a dataset spec encoded through the cache: each split's item-list fingerprint
     (`ImageDataset.fingerprint`: paths, labels, class names), keyed by split."""
     from clipadapt.data import build_dataset
-    from clipadapt.errors import ClipadaptError
 
     prints = {}
     for split in splits:
@@ -207,8 +203,6 @@ def write_results(path: Path | None, results: dict[str, Any], provenance: dict[s
     """results.json with its provenance block (numbers rounded by report.tables.write_json); prints the path."""
     if path is None:
         return None
-    from clipadapt.report.tables import write_json
-
     write_json(path, {**results, "provenance": provenance})
     print(f"wrote {path}")
     return path
