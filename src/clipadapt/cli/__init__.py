@@ -31,6 +31,7 @@ from clipadapt.cli._conventions import (
     show_defaults_without_help,
 )
 from clipadapt.cli._outputs import add_overwrite_options, prepare_outputs
+from clipadapt.constants import __version__
 from clipadapt.errors import ClipadaptError
 
 EXAMPLES = """
@@ -46,8 +47,6 @@ def _command_modules() -> list[ModuleType]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from clipadapt.constants import __version__
-
     parser = argparse.ArgumentParser(
         prog="clipadapt", description="Test-time improvements for CLIP-style vision-language models.",
         epilog=epilog(EXAMPLES + "clipadapt COMMAND --help    # each command's options, defaults and examples\n"),

@@ -17,6 +17,8 @@ from clipadapt.cli._conventions import (
 )
 from clipadapt.constants import DEFAULT_BATCH_SIZE
 from clipadapt.errors import ConfigError
+from clipadapt.fileio import atomic_write_bytes
+from clipadapt.report.tables import markdown_table, write_table
 
 if TYPE_CHECKING:  # torch-backed: imported where used, so building the parser stays torch-free
     from clipadapt.eval.synergy import SynergyReport
@@ -191,9 +193,7 @@ def _feature_models(dirs: list[Path]) -> list[str | None]:
 
 
 def _write(out: Path, report: SynergyReport, results: dict, provenance: dict) -> None:
-    from clipadapt.fileio import atomic_write_bytes
     from clipadapt.report.synergy_plots import accuracy_vs_cost, heatmap  # matplotlib: only when plotting
-    from clipadapt.report.tables import markdown_table, write_table
 
     write_results(out / RESULTS_FILE, results, provenance)
     sections = [f"## accuracy\n\n{markdown_table(_summary_rows(results))}"]
@@ -224,8 +224,6 @@ def _summary_rows(results: dict) -> list[dict[str, Any]]:
 
 
 def _print_summary(report: SynergyReport, results: dict) -> None:
-    from clipadapt.report.tables import markdown_table
-
     print(markdown_table(_summary_rows(results)), end="")
     if 5 not in results["topk"]:
         print(f"top-5 not reported: {results['num_classes']} classes (< 5)")

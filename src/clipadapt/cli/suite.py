@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 from clipadapt.cli._conventions import RESULTS_FILE, add_parser
 from clipadapt.cli._outputs import RESUME, output_option, prepare_outputs
 from clipadapt.errors import ConfigError
+from clipadapt.report.provenance import path_fingerprint, provenance
+from clipadapt.report.tables import markdown_table
 
 if TYPE_CHECKING:  # imported where used, so building the parser stays cheap
     from clipadapt.eval.suite import Cell
@@ -167,8 +169,6 @@ def _run_command(args: argparse.Namespace, cell: Cell) -> None:
 # ------------------------------------------------------------------------------------------------ actions
 def _provenance(args: argparse.Namespace, config_path: Path, cells: list) -> dict[str, Any]:
     """This suite invocation's provenance (docs/results.md): the config file is its data, the backbones its models."""
-    from clipadapt.report.provenance import path_fingerprint, provenance
-
     models = sorted({b for c in cells if c.backbone for b in c.backbone.split(",")}) or None
     return {"provenance": provenance(getattr(args, "_argv", None), model=models, data=str(config_path),
                                      data_fingerprint=path_fingerprint(config_path)),
@@ -198,7 +198,6 @@ def _run(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from clipadapt.eval.suite import SuiteStore
-    from clipadapt.report.tables import markdown_table
 
     rows = SuiteStore(args.out).status()
     print(markdown_table([{k: v for k, v in r.items() if k != "error"} for r in rows]), end="")

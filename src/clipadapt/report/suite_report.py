@@ -18,6 +18,10 @@ from typing import Any
 
 from clipadapt.errors import ConfigError
 from clipadapt.fileio import atomic_write_bytes
+from clipadapt.report.imo_analysis import write_imo_correlation
+from clipadapt.report.plots import line_plot, pyplot, save_figure
+from clipadapt.report.provenance import path_fingerprint, provenance
+from clipadapt.report.tables import markdown_table, write_json, write_table
 
 MEAN = "mean"
 SUMMARY_SCHEMA = "clipadapt.suite.summary/1"
@@ -182,10 +186,6 @@ def pivot(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def write_suite_report(root: str | Path, *, plots: bool = True, argv: list[str] | None = None) -> list[Path]:
     """summary.json / summary.csv / summary.md (+ expected.* and plots) in the run directory; returns the paths."""
-    from clipadapt.report.imo_analysis import write_imo_correlation
-    from clipadapt.report.provenance import path_fingerprint, provenance
-    from clipadapt.report.tables import markdown_table, write_json, write_table
-
     root = Path(root)
     suite, records, states = load_records(root)
     datasets = list(dict.fromkeys(c["dataset"] for c in suite["cells"]))
@@ -216,8 +216,6 @@ def write_suite_report(root: str | Path, *, plots: bool = True, argv: list[str] 
 
 def _plots(root: Path, rows: list[dict[str, Any]]) -> list[Path]:
     """accuracy vs shots per (task, backbone, dataset) incl. the mean; oracle/NLC bars per backbones task."""
-    from clipadapt.report.plots import line_plot
-
     written = []
     shot_rows = [r for r in rows if r["shots"] is not None and r["metric"] == "top1"]
     for key in dict.fromkeys((r["task"], r["backbone"], r["dataset"]) for r in shot_rows):
@@ -233,8 +231,6 @@ def _plots(root: Path, rows: list[dict[str, Any]]) -> list[Path]:
 
 
 def _synergy_bars(path: Path, rows: list[dict[str, Any]]) -> Path:
-    from clipadapt.report.plots import pyplot, save_figure
-
     methods = [m for m in ("best single", "oracle", "nlc") if any(r["method"] == m for r in rows)]
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     plt = pyplot()
