@@ -178,11 +178,3 @@ def load_head(path: str | Path) -> Head:
     head.source = path
     return head
 
-
-def is_head_file(path: str | Path) -> bool:
-    """True when `path` reads as a head (no exception)."""
-    try:
-        load_head(path)
-    except HeadFileError:
-        return False
-    return True
