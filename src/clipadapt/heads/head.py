@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from clipadapt.errors import ConfigError, HeadFileError, HeadMismatchError
 from clipadapt.eval.fewshot import METHOD_TABLE
@@ -262,12 +263,7 @@ class Head:
         if self.needs_adapted:
             encoders.append(self.encoder(device=device, adapted=True))
         outs: list[list[Tensor]] = [[] for _ in encoders]
-        starts = range(0, len(items), batch_size)
-        if progress:
-            from tqdm import tqdm
-
-            starts = tqdm(starts, desc="encoding images", unit="batch")
-        for start in starts:
+        for start in tqdm(range(0, len(items), batch_size), desc="encoding images", unit="batch", disable=not progress):
             pil = [x if not isinstance(x, (str, Path)) else open_rgb(x) for x in items[start:start + batch_size]]
             for enc, out in zip(encoders, outs):
                 batch = torch.stack([enc.preprocess(im.convert("RGB")) for im in pil])
