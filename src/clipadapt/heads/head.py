@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from clipadapt.errors import ConfigError, HeadFileError, HeadMismatchError
 from clipadapt.eval.fewshot import METHOD_TABLE
+from clipadapt.fileio import atomic_path
 from clipadapt.methods.dn import DistributionNormalizer
 
 # method -> (estimator class, fitted on adapted (IMO) features)
@@ -243,9 +244,6 @@ class Head:
             directory = Path(tempfile.mkdtemp(prefix="clipadapt-head-adapter-"))
         path = Path(directory) / "adapter.safetensors"
         if not path.is_file():
-            from clipadapt.fileio import atomic_path
-
-            path.parent.mkdir(parents=True, exist_ok=True)
             tensors = {k: v.contiguous() for k, v in self.adapter.items()}
             with atomic_path(path) as tmp:
                 save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(info["structure"], sort_keys=True)})
