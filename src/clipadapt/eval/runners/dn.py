@@ -175,8 +175,7 @@ def run_dn(features: FeatureSet, options: DNOptions) -> MethodResult:
     if draws and options.dn_repeats > 1:
         summary = {}
         for key in ("top1", "top5"):
-            mean, std = mean_std(d[key] for d in draws)
-            summary[f"{key}_mean"], summary[f"{key}_std"] = mean, std
+            summary[f"{key}_mean"], summary[f"{key}_std"] = mean_std(d[key] for d in draws)
         identical = model.n_image_samples_ >= pool.shape[0]  # every pool image in every draw: one draw repeated
         extra["dn_repeats"] = {"repeats": options.dn_repeats, **summary, "draws": draws, "draws_identical": identical,
                                "note": "top1/top5 at the top level are those of the first draw (seed --dn-seed)"}
