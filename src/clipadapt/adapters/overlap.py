@@ -48,21 +48,9 @@ class IMOResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary including the histograms as lists."""
-        return {
-            "overlap": self.overlap,
-            "n_same": self.n_same,
-            "n_diff": self.n_diff,
-            "sampled": self.sampled,
-            "sample": self.sample,
-            "total_pairs": self.total_pairs,
-            "seed": self.seed,
-            "same_mean": self.same_mean,
-            "diff_mean": self.diff_mean,
-            "bins": int(self.bin_edges.numel() - 1),
-            "bin_edges": self.bin_edges.tolist(),
-            "same_hist": self.same_hist.tolist(),
-            "diff_hist": self.diff_hist.tolist(),
-        }
+        scalars = ("overlap", "n_same", "n_diff", "sampled", "sample", "total_pairs", "seed", "same_mean", "diff_mean")
+        return {**{name: getattr(self, name) for name in scalars}, "bins": int(self.bin_edges.numel() - 1),
+                **{name: getattr(self, name).tolist() for name in ("bin_edges", "same_hist", "diff_hist")}}
 
 
 def imo_bin_edges(bins: int = DEFAULT_BINS) -> Tensor:

@@ -14,6 +14,7 @@ This module is torch-free: it expands, hashes, stores and loops; executing a cel
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 import sys
@@ -169,23 +170,14 @@ def expand_cells(config: dict[str, Any]) -> list[Cell]:
         backbones = list(task.get("backbones") or [None])
         seeds = list(task.get("seeds") or [None])
         options = dict(task.get("options", {}))
+        if kind == "backbones":  # one cell runs every backbone
+            backbones = [",".join(b for b in backbones if b)]
+        methods = task["methods"] if kind == "fewshot" else [None if kind == "backbones" else task.get("method")]
+        shots = [int(k) for k in task["shots"]] if kind == "fewshot" else None
         for entry in task["datasets"]:
             name, source = dataset_entry(entry)
-            if kind == "backbones":
-                for seed in seeds:
-                    cells.append(Cell(kind, label, name, source, ",".join(b for b in backbones if b), None, seed,
-                                      options=options))
-                continue
-            for backbone in backbones:
-                if kind == "fewshot":
-                    for method in task["methods"]:
-                        for seed in seeds:
-                            cells.append(Cell(kind, label, name, source, backbone, method, seed,
-                                              shots=[int(k) for k in task["shots"]], options=options))
-                else:
-                    for seed in seeds:
-                        cells.append(Cell(kind, label, name, source, backbone, task.get("method"), seed,
-                                          options=options))
+            for backbone, method, seed in itertools.product(backbones, methods, seeds):
+                cells.append(Cell(kind, label, name, source, backbone, method, seed, shots=shots, options=options))
     keys = [c.key for c in cells]
     if len(set(keys)) != len(keys):
         dup = next(c for c in cells if keys.count(c.key) > 1)
