@@ -158,9 +158,8 @@ def feature_set_from_args(args: argparse.Namespace, splits: Iterable[str] | None
             splits += list(get_eval_method(args.method).splits)
     splits = list(dict.fromkeys(splits))
     views: int | dict[str, int] = getattr(args, "views", None) or 1
-    train_views = getattr(args, "train_views", None)
-    if train_views:
-        views = {s: (train_views if s == "train" else (views if isinstance(views, int) else 1)) for s in splits}
+    if getattr(args, "train_views", None):
+        views = {s: args.train_views if s == "train" else views for s in splits}
     options = extract_options(args, views=views, seed=getattr(args, "seed", None) or 0)
     return get_feature_set(args.model, args.dataset, splits, options, indices=getattr(args, "indices", None),
                            cache_dir=getattr(args, "cache_dir", None), device=getattr(args, "device", None),
