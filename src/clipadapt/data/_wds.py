@@ -305,17 +305,12 @@ def _index(spec: Spec, split: str, roles: dict[str, str]) -> tuple[list[Path], W
     if not image_keys or not all(wanted.values()):
         raise DatasetError(f"dataset spec {spec.text!r}: ?image= and ?{'= ?'.join(roles)}= must name tar member "
                            "extensions")
-    shard_of, offsets, sizes, names, texts = [], [], [], [], []
-    for s, shard in enumerate(shards):
-        for key, ext, offset, size, text in _scan_shard(shard, image_keys, wanted, wds):
-            shard_of.append(s)
-            offsets.append(offset)
-            sizes.append(size)
-            names.append(f"{key}.{ext}")
-            texts.append(text)
-    if not names:
+    samples = [(s, offset, size, f"{key}.{ext}", text) for s, shard in enumerate(shards)
+               for key, ext, offset, size, text in _scan_shard(shard, image_keys, wanted, wds)]
+    if not samples:
         raise DatasetError(f"dataset spec {spec.text!r}: the {len(shards)} shard(s) of split {split!r} hold no "
                            f"samples (first shard: {shards[0]})")
+    shard_of, offsets, sizes, names, texts = (list(column) for column in zip(*samples))
     paths = [f"{shards[s]}#{n}" for s, n in zip(shard_of, names)]
     return shards, WdsLoader([str(s) for s in shards], shard_of, offsets, sizes, names), paths, texts
 

@@ -38,6 +38,11 @@ def weights_dir() -> str | None:
     return os.environ.get("CLIPADAPT_WEIGHTS_DIR") or None
 
 
+def hf_cache_home() -> str:
+    """The Hugging Face cache as error messages name it: $HF_HUB_CACHE, else $HF_HOME, else its default."""
+    return os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+
+
 def downloads_allowed() -> tuple[bool, str]:
     """(allowed, reason when not) from the environment."""
     for var in ("CLIPADAPT_OFFLINE", "HF_HUB_OFFLINE"):
@@ -165,9 +170,7 @@ def _describe(sources: list[tuple[str, str, str]]) -> str:
     parts = []
     for kind, where, filename in sources:
         if kind == "hf":
-            parts.append("HF hub cache "
-                         f"({os.environ.get('HF_HUB_CACHE') or os.environ.get('HF_HOME') or '~/.cache/huggingface'}) "
-                         f"for {where}/{filename}")
+            parts.append(f"HF hub cache ({hf_cache_home()}) for {where}/{filename}")
         elif kind == "url":
             parts.append(f"{weights_dir() or '~/.cache/clip'}/{filename}")
         else:
@@ -185,18 +188,26 @@ def _unavailable(model_id: ModelId, looked: str, reason: str) -> WeightsUnavaila
     )
 
 
-def _download_check(model_id: ModelId, sources: list[tuple[str, str, str]]) -> None:
-    """Raise WeightsUnavailableError fast unless a download can be attempted."""
+def download_blocked(hosts: set[tuple[str, int]]) -> str | None:
+    """Why a download cannot be attempted — the environment forbids it (`downloads_allowed`) or none of `hosts`
+    answers the quick probe — else None (also when CLIPADAPT_ALLOW_DOWNLOAD=1 insists: no probe then)."""
     allowed, reason = downloads_allowed()
     if not allowed:
-        raise _unavailable(model_id, _describe(sources), reason)
+        return reason
     if os.environ.get("CLIPADAPT_ALLOW_DOWNLOAD", "").strip().lower() in _TRUE:
-        return  # the user insists: skip the probe
+        return None
+    if any(host_reachable(h, p) for h, p in hosts if h):
+        return None
+    return f"{', '.join(sorted(h for h, _ in hosts if h)) or 'the download host'} cannot be reached (no network?)"
+
+
+def _download_check(model_id: ModelId, sources: list[tuple[str, str, str]]) -> None:
+    """Raise WeightsUnavailableError fast unless a download can be attempted."""
     hosts = {HF_HOST if kind == "hf" else (urlparse(where).hostname or "", 443) for kind, where, _ in sources
              if kind != "file"}
-    if not any(host_reachable(h, p) for h, p in hosts if h):
-        names = ", ".join(sorted(h for h, _ in hosts if h)) or "the download host"
-        raise _unavailable(model_id, _describe(sources), f"{names} cannot be reached (no network?)")
+    reason = download_blocked(hosts)
+    if reason is not None:
+        raise _unavailable(model_id, _describe(sources), reason)
 
 
 def resolve_weights(model_id: ModelId) -> dict[str, Any]:

@@ -231,9 +231,8 @@ def save_feature_dir(features: FeatureSet, directory: str | Path, *, checksums: 
     atomic_save_tensors(directory / TEXT_FILE, {"text": features.text.float()})
     for name, split in features.splits.items():
         save_split(directory, name, split)
-    meta = dict(features.meta)
-    meta["classnames"] = list(features.classnames)
-    atomic_write_json(directory / META_FILE, meta)  # its presence marks a complete directory
+    # its presence marks a complete directory
+    atomic_write_json(directory / META_FILE, {**features.meta, "classnames": list(features.classnames)})
     if checksums:
         write_checksums(directory)
     return directory

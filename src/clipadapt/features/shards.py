@@ -400,13 +400,13 @@ class Chunks:
 
 
 def iter_split_chunks(
-    source: ShardedSplit | FeatureSplit | Tensor, chunk_rows: int, *, start: int = 0
+    source: ShardedSplit | FeatureSplit, chunk_rows: int, *, start: int = 0
 ) -> Iterator[tuple[Tensor, Tensor | None]]:
-    """(image, label|None) chunks of a sharded split, an in-memory FeatureSplit or an image tensor alike."""
+    """(image, label|None) chunks of a sharded split or an in-memory FeatureSplit alike."""
     if isinstance(source, ShardedSplit):
         yield from source.iter_chunks(chunk_rows, start=start)
         return
-    image, label = (source, None) if isinstance(source, Tensor) else (source.image, source.label)
+    image, label = source.image, source.label
     for lo in range(start, image.shape[0], chunk_rows):
         yield image[lo : lo + chunk_rows], (label[lo : lo + chunk_rows] if label is not None else None)
 
@@ -446,13 +446,10 @@ def write_shard_index(directory: str | Path, split: str, shard_paths: Sequence[s
 def save_sharded_split(directory: str | Path, split: str, features: FeatureSplit, *,
                        shard_size: int = DEFAULT_SHARD_SIZE) -> ShardedSplit:
     """Write an in-memory split as row-range shards under DIR/<split>.shards/ plus its index; returns it opened."""
-    if shard_size < 1:
-        raise ConfigError(f"shard_size must be >= 1, got {shard_size}")
     shard_dir = Path(directory) / f"{split}.shards"
     paths = [
-        write_shard(shard_dir, lo, features.image[lo : lo + shard_size],
-                    features.label[lo : lo + shard_size] if features.label is not None else None)
-        for lo in range(0, features.n, shard_size)
+        write_shard(shard_dir, lo, features.image[lo:hi], features.label[lo:hi] if features.label is not None else None)
+        for lo, hi in plan_shards(features.n, shard_size)  # a ConfigError for shard_size < 1
     ]
     return ShardedSplit.open(write_shard_index(directory, split, paths))
 

@@ -63,7 +63,6 @@ def save_head(head: Head, path: str | Path) -> Path:
                         for k, v in sorted(tensors.items())},
             "tensors_sha256": tensors_sha256(tensors)}
     head.meta = meta
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta, sort_keys=True, allow_nan=False)})
     return path
@@ -178,11 +177,3 @@ def load_head(path: str | Path) -> Head:
     head.source = path
     return head
 
-
-def is_head_file(path: str | Path) -> bool:
-    """True when `path` reads as a head (no exception)."""
-    try:
-        load_head(path)
-    except HeadFileError:
-        return False
-    return True
