@@ -27,29 +27,21 @@ RESULTS_FILE = "results.json"
 
 # ----------------------------------------------------------------------------------------- help
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Shows each option's default (unless the help already says it, or there is none: None, False, SUPPRESS),
-    and keeps the epilog's examples as written."""
+    """Shows each option's default (unless the help already says it, or there is none: None, False, SUPPRESS)
+    and a checked numeric option's allowed range (clipadapt.argtypes, e.g. '[range: >= 1]'), and keeps the
+    epilog's examples as written."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        return _with_range(action, self._help_with_default(action))
-
-    def _help_with_default(self, action: argparse.Action) -> str:
         text = action.help or ""
-        default = action.default
-        if (not _has_default(default) or "default" in text.lower()
-                or not action.option_strings and action.nargs not in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)
-                or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
-            return text
-        return f"{text} (default: {_show(default)})" if text else f"default: {_show(default)}"
-
-
-def _with_range(action: argparse.Action, text: str) -> str:
-    """A checked numeric option's help ends with its allowed range (clipadapt.argtypes), e.g. '[range: >= 1]'."""
-    allowed = range_text(action.type)
-    if allowed is None or "range:" in text:
+        if (_has_default(action.default) and "default" not in text.lower()
+                and (action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE))
+                and not isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
+            text = f"{text} (default: {_show(action.default)})" if text else f"default: {_show(action.default)}"
+        allowed = range_text(action.type)
+        if allowed is not None and "range:" not in text:
+            shown = f"[range: {allowed}]".replace("%", "%%")
+            text = f"{text} {shown}" if text else shown
         return text
-    shown = f"[range: {allowed}]".replace("%", "%%")
-    return f"{text} {shown}" if text else shown
 
 
 def show_defaults_without_help(parser: argparse.ArgumentParser) -> None:

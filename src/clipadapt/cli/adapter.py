@@ -109,7 +109,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"already complete: {result.step} steps in {args.out}")
     elif result.start_step:
         print(f"resumed at step {result.start_step}")
-    tail = result.losses[-min(20, len(result.losses)):] if result.losses else []
+    tail = result.losses[-20:]
     if tail:
         print(f"step {result.step}/{result.total_steps}: mean loss of the last {len(tail)} steps "
               f"{sum(tail) / len(tail):.4f}")

@@ -120,8 +120,7 @@ def run(args: argparse.Namespace) -> int:
     from clipadapt.eval.synergy import evaluate_synergy
     from clipadapt.eval.synergy_norm import normalisation_study
 
-    modes = [bool(args.features), bool(args.models), bool(args.logits)]
-    if sum(modes) != 1:
+    if sum(map(bool, (args.features, args.models, args.logits))) != 1:
         raise ConfigError("give exactly one of --features DIR..., --models LIST --dataset SPEC, --logits FILES "
                           "--labels FILE")
     logit_inputs = ("--labels", "--heldout-logits", "--heldout-labels", "--embeddings",
@@ -172,24 +171,18 @@ def run(args: argparse.Namespace) -> int:
     results = {**report.results, "heldout": heldout.description, "unavailable_backbones": unavailable,
                "usable_backbones": names, "heldout_indices": heldout.indices,
                "normalisation_study": norm_rows, "cost_measurements": cost_rows, **extra}
-    _write(args.out, report, results, _provenance(args, names))
-    _print_summary(report, results)
+    _write(args.out, report, results, _provenance(args, names, model_ids))
+    _print_summary(results)
     return 0
 
 
-def _provenance(args: argparse.Namespace, names: list[str]) -> dict:
+def _provenance(args: argparse.Namespace, names: list[str], model_ids: list[str | None]) -> dict:
     if args.models:
         return dataset_provenance(args, model=names, spec=args.dataset, splits=[args.split])
     files = args.features or [*args.logits, args.labels, *(args.embeddings or []), *(args.heldout_logits or []),
                               *([args.heldout_labels] if args.heldout_labels else []), *(args.heldout_embeddings or [])]
     return path_provenance(args, {str(Path(f)): Path(f) for f in files},
-                           model=names if args.logits else _feature_models(args.features))
-
-
-def _feature_models(dirs: list[Path]) -> list[str | None]:
-    from clipadapt.features.io import read_meta
-
-    return [read_meta(Path(d)).get("model") for d in dirs]
+                           model=names if args.logits else model_ids)
 
 
 def _write(out: Path, report: SynergyReport, results: dict, provenance: dict) -> None:
@@ -223,7 +216,7 @@ def _summary_rows(results: dict) -> list[dict[str, Any]]:
     return rows
 
 
-def _print_summary(report: SynergyReport, results: dict) -> None:
+def _print_summary(results: dict) -> None:
     print(markdown_table(_summary_rows(results)), end="")
     if 5 not in results["topk"]:
         print(f"top-5 not reported: {results['num_classes']} classes (< 5)")

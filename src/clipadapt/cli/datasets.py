@@ -59,6 +59,5 @@ def run(args: argparse.Namespace) -> int:
         print(markdown_table(builtins, ["spec", "model", "splits", "what"]), end="")
     rows = rows or builtins
     if args.out:
-        write_table(args.out, rows)
-        print(f"wrote {args.out}")
+        print(f"wrote {write_table(args.out, rows)}")
     return 0

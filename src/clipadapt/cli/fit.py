@@ -66,7 +66,7 @@ def _fetch(args: argparse.Namespace):
                              cache_dir=args.cache_dir, device=args.device)
 
 
-def _split_or_none(args: argparse.Namespace, fetch, features, name: str):
+def _split_or_none(fetch, features, name: str):
     """A split of --features, or fetched for --model/--dataset; None when the dataset has no such split."""
     if features is not None:
         return features.split(name) if features.has_split(name) else None
@@ -88,12 +88,12 @@ def _fit_simple(args: argparse.Namespace):
             raise ConfigError("--dn-repeats: a head stores one DN fit; give --dn-seed to choose the draw")
         base = features if features is not None else fetch([args.dn_source])
         pool = base.split(args.dn_source)
-        val = _split_or_none(args, fetch, features, args.val) if args.dn_source != args.val else None
+        val = _split_or_none(fetch, features, args.val) if args.dn_source != args.val else None
         result = fit_dn(base.text, pool, pool_name=args.dn_source, val=val, lam=args.dn_lambda,
                         n_samples=args.dn_samples, seed=args.dn_seed, text_mean=args.dn_text_mean,
                         logit=base.logit_params(), val_split=args.val)
     else:
-        val = _split_or_none(args, fetch, features, args.val)
+        val = _split_or_none(fetch, features, args.val)
         base = features if features is not None else (fetch([args.val]) if val is not None else None)
         if base is None:  # no val split: the class text (and meta) come with one train row; test is never encoded
             base = fetch(["train"], indices={"train": [0]})

@@ -108,14 +108,12 @@ def aggregate(records: list[dict[str, Any]], datasets: list[str] | None = None) 
     by_dataset: dict[tuple, dict[Any, float]] = {}
     for r in records:  # one value per seed; a repeated (dataset, seed) keeps the last
         by_dataset.setdefault(_key(r, _GROUP) + (r["dataset"],), {})[r["seed"]] = r["value"]
-    rows = []
+    rows, groups = [], {}
     for key, per_seed in by_dataset.items():
         mean, std = _mean_std(list(per_seed.values()))
         rows.append({**dict(zip(_GROUP, key[:-1])), "dataset": key[-1], "mean": mean, "std": std,
                      "seeds": len(per_seed)})
-    groups: dict[tuple, dict[str, dict[Any, float]]] = {}
-    for key, per_seed in by_dataset.items():
-        groups.setdefault(key[:-1], {})[key[-1]] = per_seed
+        groups.setdefault(key[:-1], {})[key[-1]] = per_seed  # (task, ..., metric) -> {dataset: {seed: value}}
     for key, per_dataset in groups.items():
         seeds = sorted({s for v in per_dataset.values() for s in v}, key=str)
         seed_means = []
