@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
                                 variant_class_indices(name), a))
     results = run_robustness(source, config, variants)
     inputs = {"features": args.features, "adapted_features": args.adapted_features,
-              **{n: p for n, p in args.variant}, **{f"{n} (adapted)": p for n, p in args.adapted_variant}}
+              **dict(args.variant), **{f"{n} (adapted)": p for n, p in args.adapted_variant}}
     write_results(args.out / "results.json", {"config": vars(config), "features": source.describe(),
                                               "variants": {n: str(p) for n, p in args.variant}, **results},
                   path_provenance(args, inputs, model=source.meta.get("model")))

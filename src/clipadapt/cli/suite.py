@@ -227,11 +227,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.suite_command == "run":
-        return _run(args)
-    if args.suite_command == "status":
-        return _status(args)
     if args.suite_command == "report":
         _report(args.out, plots=not args.no_plots, argv=getattr(args, "_argv", None))
         return 0
-    return _list(args)
+    return {"run": _run, "status": _status, "list": _list}[args.suite_command](args)
