@@ -9,7 +9,7 @@ from typing import Any
 
 from clipadapt.argtypes import COUNT
 from clipadapt.builtin import is_builtin
-from clipadapt.cli._common import add_encoding_arguments, add_file_check_argument, save_logits
+from clipadapt.cli._common import add_encoding_arguments, add_file_check_argument, extract_options, save_logits
 from clipadapt.cli._outputs import FILE, output_option
 from clipadapt.constants import cache_root
 from clipadapt.errors import ConfigError, HeadMismatchError
@@ -101,8 +101,7 @@ def _from_features(args: argparse.Namespace, head) -> tuple[Any, Any, list[str],
             raise ConfigError(f"a {head.method} head needs --adapted-features DIR:SPLIT with --features (the same rows "
                               "through its IMO adapter)")
         a_dir, a_split = parse_split_spec(args.adapted_features)
-        a_fs = load_feature_dir(a_dir, splits=[a_split])
-        adapted = a_fs.split(a_split).image
+        adapted = load_feature_dir(a_dir, splits=[a_split]).split(a_split).image
         if adapted.shape[0] != rows.n:
             raise ConfigError(f"--adapted-features {args.adapted_features}: {adapted.shape[0]} rows for {rows.n} "
                               f"rows of --features {args.features}")
@@ -122,9 +121,8 @@ def _from_images(args: argparse.Namespace, head, paths: list[str]):
     ds = ImageDataset(kind="files", name="predict", split="predict", classnames=head.classnames,
                       templates=head.meta.get("templates") or list(DEFAULT_TEMPLATES), paths=paths,
                       labels=[0] * len(paths))
-    common = dict(cache_dir=args.cache_dir, device=args.device, batch_size=args.batch_size,
-                  on_error=args.on_error, num_workers=args.num_workers, file_check=args.file_check,
-                  progress=not args.no_progress)
+    common = dict(options=extract_options(args, progress=not args.no_progress), cache_dir=args.cache_dir,
+                  device=args.device)
     fs = get_feature_set(head.model_id, {"predict": ds}, ["predict"], **common)
     _check_encoder_meta(head, fs.meta)
     rows = fs.split("predict")
@@ -135,8 +133,8 @@ def _from_images(args: argparse.Namespace, head, paths: list[str]):
         # written back byte for byte (same sha256): the cache reuses adapted features encoded earlier
         adapter = head.adapter_checkpoint(Path(args.cache_dir or cache_root()) / "head-adapters"
                                           / head.meta["adapter"]["sha256"][:16])
-        a_fs = get_feature_set(head.model_id, {"predict": ds}, ["predict"], adapter=adapter, **common)
-        adapted = a_fs.split("predict").image
+        adapted = get_feature_set(head.model_id, {"predict": ds}, ["predict"], adapter=adapter,
+                                  **common).split("predict").image
     kept = rows.paths if rows.paths is not None else paths
     skipped = {p: "unreadable image (skipped, --on-error skip)" for p in paths if p not in set(kept)}
     return rows.image, adapted, list(kept), skipped
