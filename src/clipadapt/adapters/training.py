@@ -471,7 +471,8 @@ def train_adapters(
         weights = _run_steps(run, batches, autocast_dtype, progress) or weights
     finally:
         _set_train_modes(model, adapters, False)
-    _write_log(run.out_dir, run.losses, c, run.total)
+    atomic_write_json(run.out_dir / LOG_FILE, {"mode": c.mode, "total_steps": run.total, "steps": len(run.losses),
+                                               "loss": run.losses})
     return TrainResult(weights, run.step, run.total, start, run.losses)
 
 
@@ -598,7 +599,3 @@ def _probe_dim(model: nn.Module, dataset: Dataset, preprocess: Callable | None) 
 
 def _teacher_source(params: dict[str, nn.Parameter], head: nn.Module) -> dict[str, Tensor]:
     return {**{f"visual.{k}": v for k, v in params.items()}, **{f"head.{k}": v for k, v in head.named_parameters()}}
-
-
-def _write_log(out_dir: Path, losses: list[float], c: AdapterTrainConfig, total: int) -> None:
-    atomic_write_json(out_dir / LOG_FILE, {"mode": c.mode, "total_steps": total, "steps": len(losses), "loss": losses})
