@@ -120,7 +120,7 @@ def _topk_torch(
     return torch.cat(best_s), torch.cat(best_i)
 
 
-def _import_faiss():
+def _topk_faiss(queries: Tensor, chunks: Iterable[Tensor], k: int, index_factory: str) -> tuple[Tensor, Tensor]:
     try:
         import faiss  # noqa: PLC0415 - optional extra, imported only when asked for
     except ImportError as e:
@@ -128,11 +128,6 @@ def _import_faiss():
             "backend 'faiss' needs the faiss package: pip install 'clipadapt[faiss]' (or pip install faiss-cpu; "
             "faiss-gpu from conda for GPUs), or use backend 'torch'"
         ) from e
-    return faiss
-
-
-def _topk_faiss(queries: Tensor, chunks: Iterable[Tensor], k: int, index_factory: str) -> tuple[Tensor, Tensor]:
-    faiss = _import_faiss()
     dim = queries.shape[1]
     index = faiss.index_factory(dim, index_factory, faiss.METRIC_INNER_PRODUCT)
     total = 0
