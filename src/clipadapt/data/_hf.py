@@ -23,7 +23,7 @@ from typing import Any
 from PIL import Image
 
 from clipadapt.data._extras import require
-from clipadapt.data._folder import _sidecar_classnames, read_classnames_file
+from clipadapt.data._folder import spec_classnames
 from clipadapt.data._spec import Spec
 from clipadapt.data.catalog import get_templates
 from clipadapt.data.dataset import CaptionedImages, ImageDataset, decode_rgb, open_rgb
@@ -146,15 +146,8 @@ def _classnames(spec: Spec, root: str, feature: Any, values: list[Any], where: s
                 datasets) -> tuple[list[int], list[str]]:
     """(labels, class names): ?classnames=FILE or classnames.txt/.json in the folder, else the ClassLabel names,
     else (string labels) their sorted set."""
-    if "classnames" in spec.options:
-        path = Path(spec.options["classnames"]).expanduser()
-        if not path.is_absolute() and Path(root).is_dir():
-            path = Path(root) / path
-        if not path.is_file():
-            raise DatasetError(f"dataset spec {spec.text!r}: class-name file {path} not found")
-        found = (path, read_classnames_file(path))
-    else:
-        found = _sidecar_classnames(Path(root)) if Path(root).is_dir() else None
+    folder = Path(root) if Path(root).is_dir() else None
+    found = spec_classnames(spec, folder, [folder] if folder is not None else [])
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         if found is not None:
             return values, [str(c) for c in found[1]]
