@@ -495,10 +495,9 @@ def save_sharded_feature_dir(features: ShardedFeatureSet, directory: str | Path,
 def _link_sharded_split(directory: Path, name: str, split: ShardedSplit) -> None:
     """Link one split's shard files into DIR/<name>.shards/, write its index, drop what an earlier write left."""
     shard_dir = directory / f"{name}.shards"
-    linked = []
-    for source in split.files():
-        link_or_copy(source, shard_dir / source.name)
-        linked.append(shard_dir / source.name)
+    linked = [shard_dir / source.name for source in split.files()]
+    for source, target in zip(split.files(), linked):
+        link_or_copy(source, target)
     paths_file = directory / f"{name}.paths.json"
     if split.paths_file is not None:
         link_or_copy(split.paths_file, paths_file)
