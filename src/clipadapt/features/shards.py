@@ -50,7 +50,7 @@ from clipadapt.constants import DEFAULT_SHARD_SIZE  # re-exported; defined there
 from clipadapt.errors import CacheError, ConfigError, FeatureDirError
 from clipadapt.features.checksums import check_checksums, write_checksums
 from clipadapt.features.featureset import FeatureSplit
-from clipadapt.features.io import META_FILE, SHARD_INDEX_SUFFIX, TEXT_FILE, atomic_save_tensors, read_paths
+from clipadapt.features.io import META_FILE, TEXT_FILE, atomic_save_tensors, index_path, read_paths
 from clipadapt.fileio import atomic_write_json, link_or_copy, read_json
 from clipadapt.ops import l2_normalize, pool_views
 
@@ -59,11 +59,6 @@ log = logging.getLogger(__name__)
 INDEX_FORMAT = "clipadapt-shards-v1"
 SHARD_NAME = re.compile(r"(\d+)-(\d+)\.safetensors$")  # also matches older 'START-STOP.safetensors' names
 SHARD_KEY_FILE = "key.json"
-
-
-def index_path(directory: str | Path, split: str) -> Path:
-    """Where the shard index of `split` lives in a feature directory."""
-    return Path(directory) / f"{split}{SHARD_INDEX_SUFFIX}"
 
 
 # ----------------------------------------------------------------------------------------- plan + naming
