@@ -60,18 +60,12 @@ def _snapshot_commit(directory: Path) -> str | None:
 
 def _cached_snapshot(repo: str, revision: str | None) -> Path | None:
     """The hub cache snapshot holding config.json, preprocessor_config.json and weights of `repo`, or None."""
-    from huggingface_hub import try_to_load_from_cache
+    from clipadapt.encoders.weights import hf_cached
 
-    from clipadapt.encoders.weights import weights_dir
-
-    def cached(name: str) -> Path | None:
-        found = try_to_load_from_cache(repo, name, revision=revision, cache_dir=weights_dir())
-        return Path(found) if isinstance(found, str) and Path(found).is_file() else None
-
-    config = cached(CONFIG_NAME)
-    if config is None or cached(PREPROCESSOR_NAME) is None:
+    config = hf_cached(repo, CONFIG_NAME, revision)
+    if config is None or hf_cached(repo, PREPROCESSOR_NAME, revision) is None:
         return None
-    return config.parent if any(cached(name) is not None for name in WEIGHT_NAMES) else None
+    return config.parent if any(hf_cached(repo, name, revision) is not None for name in WEIGHT_NAMES) else None
 
 
 def _unavailable(model_id: ModelId, reason: str) -> WeightsUnavailableError:
