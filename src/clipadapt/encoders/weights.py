@@ -26,6 +26,7 @@ from clipadapt.errors import WeightsUnavailableError
 from clipadapt.fileio import file_sha256 as sha256_of_file
 
 HF_HOST = ("huggingface.co", 443)
+RANDOM_INIT_SEED = 0  # the torch seed `clipadapt-test-*` models are initialised with (part of their identity)
 PROBE_TIMEOUT_S = 3.0
 HF_CONFIG_NAME = "open_clip_config.json"
 _TRUE = {"1", "true", "yes", "on"}
@@ -296,7 +297,5 @@ def weights_fingerprint(model_id: ModelId) -> dict[str, Any]:
     if model_id.kind == "tag":
         return {"kind": "tag", "tag": model_id.tag}
     import torch
-
-    from clipadapt.encoders.encoder import RANDOM_INIT_SEED
 
     return {"kind": "random-init", "seed": RANDOM_INIT_SEED, "torch": torch.__version__.split("+")[0]}
