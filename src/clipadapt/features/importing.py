@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.numpy import load_file
 
 from clipadapt.errors import FeatureDirError
 from clipadapt.features.featureset import SPLIT_NAMES, FeatureSet, FeatureSplit
@@ -115,8 +116,6 @@ def _read_keyed(path: str, key: str | None, spec: str) -> np.ndarray:
                 chosen = names[0] if key is None and len(names) == 1 else key
                 array = archive[chosen] if chosen in names else None
         else:
-            from safetensors.numpy import load_file
-
             arrays = load_file(path)
             names, what = sorted(arrays), "tensor"
             chosen = names[0] if key is None and len(names) == 1 else key
