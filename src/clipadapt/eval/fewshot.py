@@ -280,15 +280,6 @@ def sample_shots(labels: Tensor, shots: int, seed: int, *, classnames: list[str]
 
 # ------------------------------------------------------------------------------------------------ methods
 @dataclass
-class Prediction:
-    """A method's test logits and how they were chosen (validation only)."""
-
-    test_logits: Tensor
-    hyperparameters: dict[str, Any]
-    val_top1: float | None
-
-
-@dataclass
 class FittedMethod:
     """A method fitted on the cache rows with its validation-chosen hyper-parameters (`model` is the estimator,
     ready for `predict_logits`); what `clipadapt fit` stores in a head file."""
@@ -296,6 +287,13 @@ class FittedMethod:
     model: Any
     hyperparameters: dict[str, Any]
     val_top1: float | None
+
+
+@dataclass
+class Prediction(FittedMethod):
+    """A fitted method and its test logits (how they were chosen: validation only)."""
+
+    test_logits: Tensor
 
 
 def fit_method(
@@ -365,7 +363,7 @@ def fit_and_predict(
         logits = fitted.model.predict_logits(test_features)
     else:
         logits = fitted.model.predict_logits(test_features, adapted[2] if adapted is not None else None)
-    return Prediction(logits, fitted.hyperparameters, fitted.val_top1)
+    return Prediction(fitted.model, fitted.hyperparameters, fitted.val_top1, logits)
 
 
 # ------------------------------------------------------------------------------------------------ protocol

@@ -258,14 +258,9 @@ def run_cells(cells: list[Cell], store: SuiteStore, execute: Execute, *, provena
     """
     from tqdm import tqdm
 
-    todo = []
-    counts = {"done": 0, "skipped": 0, "failed": 0}
-    for cell in cells:
-        state = store.state(cell.key)
-        if state == "done" or (state == "failed" and not retry_failed):
-            counts["skipped"] += 1
-        else:
-            todo.append(cell)
+    finished = ("done",) if retry_failed else ("done", "failed")
+    todo = [cell for cell in cells if store.state(cell.key) not in finished]
+    counts = {"done": 0, "skipped": len(cells) - len(todo), "failed": 0}
     bar = tqdm(todo, desc="suite cells", unit="cell", disable=not progress)
     for cell in bar:
         bar.set_postfix_str(cell.describe()[:60])
