@@ -75,7 +75,7 @@ class HfLoader:
 
 
 # ------------------------------------------------------------------------------------------------- loading
-def _load(spec: Spec, target: str, datasets) -> tuple[Any, str]:
+def _load(target: str, datasets) -> tuple[Any, str]:
     """(Dataset or DatasetDict, identity root): a local folder (save_to_disk output, or data files), else a
     dataset name resolved by `datasets.load_dataset` (from its cache when offline)."""
     path = Path(target).expanduser()
@@ -172,7 +172,7 @@ def _open(spec: Spec, split: str) -> tuple[Any, Any, str, str, str, dict]:
     target, pinned = split_target(spec.root.strip())
     if not target:
         raise DatasetError(f"dataset spec {spec.text!r}: expected hf:NAME_OR_PATH[:SPLIT]")
-    obj, root = _load(spec, target, datasets)
+    obj, root = _load(target, datasets)
     hfds, hf_split = _pick_split(obj, spec, root, pinned or split, datasets)
     return datasets, hfds, root, hf_split, f"hf:{root}/{hf_split}", dict(hfds.features)
 

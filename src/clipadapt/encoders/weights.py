@@ -148,8 +148,7 @@ def _tag_sources(arch: str, tag: str) -> tuple[dict[str, Any], list[tuple[str, s
     sources = []
     if cfg.get("hf_hub"):
         repo, filename = os.path.split(cfg["hf_hub"])  # 'org/repo/' or 'org/repo/file.bin', as open_clip splits it
-        for name in _hf_weight_candidates(filename or None):
-            sources.append(("hf", repo, name))
+        sources.extend(("hf", repo, name) for name in _hf_weight_candidates(filename or None))
     if cfg.get("url"):
         sources.append(("url", cfg["url"], os.path.basename(urlparse(cfg["url"]).path)))
     if cfg.get("file"):
