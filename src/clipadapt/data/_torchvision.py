@@ -10,7 +10,7 @@ from typing import Any
 from PIL import Image
 
 from clipadapt.data._spec import Spec
-from clipadapt.data.catalog import DEFAULT_TEMPLATES, DatasetInfo, coop_registry, get_templates
+from clipadapt.data.catalog import DEFAULT_TEMPLATES, DatasetInfo, coop_registry, flowers102_classnames, get_templates
 from clipadapt.data.dataset import ImageDataset, to_rgb
 from clipadapt.errors import DatasetError
 
@@ -221,8 +221,6 @@ def _classnames(entry: TorchvisionEntry, dataset: Any) -> list[str]:
     if entry.name == "eurosat":
         return [EUROSAT_CLASSNAMES.get(c, c) for c in dataset.classes]
     if entry.name == "flowers102":
-        from clipadapt.data.catalog import flowers102_classnames
-
         return flowers102_classnames()
     classes = getattr(dataset, "classes", None)
     if not classes:

@@ -29,7 +29,7 @@ from pathlib import Path
 from PIL import Image
 
 from clipadapt.data._extras import require
-from clipadapt.data._folder import _sidecar_classnames, read_classnames_file
+from clipadapt.data._folder import spec_classnames
 from clipadapt.data._spec import Spec
 from clipadapt.data.catalog import get_templates
 from clipadapt.data.dataset import CaptionedImages, ImageDataset, decode_rgb
@@ -237,17 +237,7 @@ def _scan_shard(path: Path, image_keys: list[str], wanted: dict[str, str],
 def _classnames_file(spec: Spec, first_shard: Path) -> tuple[Path, list[str]] | None:
     """`?classnames=FILE` (relative: to the first shard's folder), else classnames.txt/.json beside the shards
     or one folder up (CLIP_benchmark's `wds_<name>/{train,test}/*.tar` + `wds_<name>/classnames.txt`)."""
-    if "classnames" in spec.options:
-        path = Path(spec.options["classnames"]).expanduser()
-        path = path if path.is_absolute() else first_shard.parent / path
-        if not path.is_file():
-            raise DatasetError(f"dataset spec {spec.text!r}: class-name file {path} not found")
-        return path, read_classnames_file(path)
-    for folder in (first_shard.parent, first_shard.parent.parent):
-        found = _sidecar_classnames(folder)
-        if found is not None:
-            return found
-    return None
+    return spec_classnames(spec, first_shard.parent, (first_shard.parent, first_shard.parent.parent))
 
 
 def _labels(spec: Spec, shards: list[Path], raw: list[str], where: list[str]) -> tuple[list[int], list[str]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 
 from clipadapt.data._spec import parse_spec
+from clipadapt.data._torchvision import torchvision_registry
 from clipadapt.data.catalog import DatasetInfo, coop_registry, shipped_classnames
 from clipadapt.data.dataset import CaptionedImages, ImageDataset
 from clipadapt.errors import DatasetError
@@ -56,8 +57,6 @@ def build_caption_dataset(spec: str, split: str) -> CaptionedImages:
 
 def list_datasets(kind: str | None = None) -> list[DatasetInfo]:
     """Registry rows (CoOp datasets, ImageNet variants, torchvision datasets), optionally of one spec kind."""
-    from clipadapt.data._torchvision import torchvision_registry
-
     rows = list(coop_registry().values()) + [e.info() for e in torchvision_registry().values()]
     if kind is not None:
         rows = [r for r in rows if r.kind == kind]

@@ -21,6 +21,7 @@ from clipadapt.encoders.augment import ViewAugment
 from clipadapt.encoders.configs import register_model_configs
 from clipadapt.encoders.ids import ModelId, parse_model_id
 from clipadapt.encoders.weights import (
+    RANDOM_INIT_SEED,
     canonical_preprocess,
     hf_cache_home,
     hub_offline,
@@ -35,7 +36,6 @@ from clipadapt.ops import CLIP_LOGIT_SCALE
 
 log = logging.getLogger(__name__)
 
-RANDOM_INIT_SEED = 0
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 TEXT_BATCH = 256

@@ -29,6 +29,15 @@ import torch
 from torch import Tensor, nn
 
 from clipadapt.encoders.ids import ModelId
+from clipadapt.encoders.weights import (
+    HF_HOST,
+    download_blocked,
+    file_sha256,
+    hf_cache_home,
+    hf_cached,
+    hub_offline,
+    weights_dir,
+)
 from clipadapt.errors import ConfigError, MissingDependencyError, WeightsUnavailableError
 
 CONFIG_NAME = "config.json"
@@ -60,23 +69,13 @@ def _snapshot_commit(directory: Path) -> str | None:
 
 def _cached_snapshot(repo: str, revision: str | None) -> Path | None:
     """The hub cache snapshot holding config.json, preprocessor_config.json and weights of `repo`, or None."""
-    from huggingface_hub import try_to_load_from_cache
-
-    from clipadapt.encoders.weights import weights_dir
-
-    def cached(name: str) -> Path | None:
-        found = try_to_load_from_cache(repo, name, revision=revision, cache_dir=weights_dir())
-        return Path(found) if isinstance(found, str) and Path(found).is_file() else None
-
-    config = cached(CONFIG_NAME)
-    if config is None or cached(PREPROCESSOR_NAME) is None:
+    config = hf_cached(repo, CONFIG_NAME, revision)
+    if config is None or hf_cached(repo, PREPROCESSOR_NAME, revision) is None:
         return None
-    return config.parent if any(cached(name) is not None for name in WEIGHT_NAMES) else None
+    return config.parent if any(hf_cached(repo, name, revision) is not None for name in WEIGHT_NAMES) else None
 
 
 def _unavailable(model_id: ModelId, reason: str) -> WeightsUnavailableError:
-    from clipadapt.encoders.weights import hf_cache_home, weights_dir
-
     repo, cache = model_id.transformers, weights_dir() or hf_cache_home()
     return WeightsUnavailableError(
         f"no weights for model '{model_id}' on this machine (looked in the HF hub cache, HF_HOME: {cache}, "
@@ -90,8 +89,6 @@ def _unavailable(model_id: ModelId, reason: str) -> WeightsUnavailableError:
 def _download(model_id: ModelId) -> Path:
     """Fail fast unless a download can be attempted (weights.download_blocked: policy + probe), then fetch the
     snapshot."""
-    from clipadapt.encoders.weights import HF_HOST, download_blocked, weights_dir
-
     reason = download_blocked({HF_HOST})
     if reason is not None:
         raise _unavailable(model_id, reason)
@@ -123,8 +120,6 @@ def model_dir(model_id: ModelId) -> Path:
 
 # ----------------------------------------------------------------------------------------- identity
 def _dir_digest(directory: Path) -> dict[str, str]:
-    from clipadapt.encoders.weights import file_sha256
-
     files = sorted(p for p in directory.rglob("*") if p.is_file() and not any(s.startswith(".") for s in
                                                                                  p.relative_to(directory).parts))
     return {str(p.relative_to(directory)): file_sha256(p) for p in files}
@@ -340,8 +335,6 @@ def build_random(model_id: ModelId, device: str | torch.device = "cpu") -> HFDua
     """The model's architecture (config.json only, no weights read) with random weights, created on `device`
     ('meta' for FLOP counting) — for cost estimates."""
     transformers = require_transformers()
-    from clipadapt.encoders.weights import hub_offline
-
     cfg = static_preprocess(model_id)
     with hub_offline(), _quiet_transformers(transformers):
         config = transformers.AutoConfig.from_pretrained(str(model_dir(model_id)), local_files_only=True)
@@ -354,8 +347,6 @@ def build_random(model_id: ModelId, device: str | torch.device = "cpu") -> HFDua
 def load(model_id: ModelId, preprocess_cfg: dict[str, Any]) -> tuple[HFDualEncoder, HFTokenizer]:
     """The wrapped model (float32, eval mode, on the CPU) and its tokenizer, from local files only."""
     transformers = require_transformers()
-    from clipadapt.encoders.weights import hub_offline
-
     directory = model_dir(model_id)
     with hub_offline(), _quiet_transformers(transformers):
         try:

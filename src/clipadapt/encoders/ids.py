@@ -18,6 +18,7 @@ import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
+from clipadapt.encoders.configs import register_model_configs
 from clipadapt.errors import ConfigError
 
 HF_HUB_PREFIX = "hf-hub:"
@@ -82,8 +83,6 @@ def _clean_tag(tag: str) -> str:
 
 def _check_arch(arch: str, model_id: str) -> None:
     import open_clip
-
-    from clipadapt.encoders.configs import register_model_configs
 
     register_model_configs()
     models = open_clip.list_models()

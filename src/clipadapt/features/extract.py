@@ -257,10 +257,7 @@ def encode_shards(enc, dataset: DatasetLike, shards: Sequence[tuple[int, int]], 
 
 def _write_shard(shard_dir: Path, shard: dict[str, Any], views: int) -> None:
     """Write one encoded shard; 'label' only when every encoded row has one (unlabeled datasets give -1)."""
-    if shard["image"]:
-        image = torch.cat(shard["image"])
-    else:
-        image = torch.zeros((0, views, 0) if views > 1 else (0, 0))
+    image = torch.cat(shard["image"]) if shard["image"] else torch.zeros((0, views, 0) if views > 1 else (0, 0))
     label = torch.tensor(shard["label"], dtype=torch.long)
     write_shard(shard_dir, shard["start"], image, label if bool((label >= 0).all()) else None,
                 stop=shard["end"], rows=torch.tensor(shard["row"], dtype=torch.long), skipped=shard["skipped"])

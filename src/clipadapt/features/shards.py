@@ -50,7 +50,7 @@ from clipadapt.constants import DEFAULT_SHARD_SIZE  # re-exported; defined there
 from clipadapt.errors import CacheError, ConfigError, FeatureDirError
 from clipadapt.features.checksums import check_checksums, write_checksums
 from clipadapt.features.featureset import FeatureSplit
-from clipadapt.features.io import META_FILE, SHARD_INDEX_SUFFIX, TEXT_FILE, atomic_save_tensors, read_paths
+from clipadapt.features.io import META_FILE, TEXT_FILE, atomic_save_tensors, index_path, read_paths
 from clipadapt.fileio import atomic_write_json, link_or_copy, read_json
 from clipadapt.ops import l2_normalize, pool_views
 
@@ -59,11 +59,6 @@ log = logging.getLogger(__name__)
 INDEX_FORMAT = "clipadapt-shards-v1"
 SHARD_NAME = re.compile(r"(\d+)-(\d+)\.safetensors$")  # also matches older 'START-STOP.safetensors' names
 SHARD_KEY_FILE = "key.json"
-
-
-def index_path(directory: str | Path, split: str) -> Path:
-    """Where the shard index of `split` lives in a feature directory."""
-    return Path(directory) / f"{split}{SHARD_INDEX_SUFFIX}"
 
 
 # ----------------------------------------------------------------------------------------- plan + naming
@@ -495,10 +490,9 @@ def save_sharded_feature_dir(features: ShardedFeatureSet, directory: str | Path,
 def _link_sharded_split(directory: Path, name: str, split: ShardedSplit) -> None:
     """Link one split's shard files into DIR/<name>.shards/, write its index, drop what an earlier write left."""
     shard_dir = directory / f"{name}.shards"
-    linked = []
-    for source in split.files():
-        link_or_copy(source, shard_dir / source.name)
-        linked.append(shard_dir / source.name)
+    linked = [shard_dir / source.name for source in split.files()]
+    for source, target in zip(split.files(), linked):
+        link_or_copy(source, target)
     paths_file = directory / f"{name}.paths.json"
     if split.paths_file is not None:
         link_or_copy(split.paths_file, paths_file)

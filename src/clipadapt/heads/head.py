@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch import Tensor
 from tqdm import tqdm
 
@@ -233,8 +234,6 @@ class Head:
     def adapter_checkpoint(self, directory: str | Path | None = None) -> Path:
         """The stored IMO adapter written back as a checkpoint file (identical bytes: same sha256, so the
         feature cache reuses the adapted features encoded at fit time). In a temporary directory by default."""
-        from safetensors.torch import save_file
-
         from clipadapt.adapters.imo_adapter import METADATA_KEY
 
         if self.adapter is None:

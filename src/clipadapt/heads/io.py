@@ -19,6 +19,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 from clipadapt.errors import HeadFileError
@@ -52,8 +54,6 @@ def head_tensors(head: Head) -> dict[str, Tensor]:
 
 def save_head(head: Head, path: str | Path) -> Path:
     """Write `head` as one safetensors file (atomically); returns the path."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     tensors = head_tensors(head)
     _, fitted = estimator_state(head.estimator)
@@ -81,8 +81,6 @@ def _refuse_non_safetensors(path: Path) -> None:
 
 
 def _read(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    from safetensors import safe_open
-
     if not path.is_file():
         raise HeadFileError(f"head file {path} not found")
     _refuse_non_safetensors(path)
