@@ -203,14 +203,10 @@ def _pair_counts(
         return pair_histograms(x, labels, edges, chunk_size=chunk_size)
     if sample == "pairs":
         return sampled_pair_histograms(x, labels, edges, max_pairs, seed=seed)
-    keep = _sampled_items(x.shape[0], max_pairs, seed).to(x.device)
+    # item sampling: the `items_for_pairs(max_pairs)` items of a seeded permutation, in their original order
+    keep = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[: items_for_pairs(max_pairs)]
+    keep = keep.sort().values.to(x.device)
     return pair_histograms(x[keep], labels[keep], edges, chunk_size=chunk_size)
-
-
-def _sampled_items(n: int, max_pairs: int, seed: int) -> Tensor:
-    """Sorted indices of the `items_for_pairs(max_pairs)` items drawn (seeded permutation) for item sampling."""
-    keep = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: items_for_pairs(max_pairs)]
-    return keep.sort().values
 
 
 def _check_both_pair_kinds(n_same: int, n_diff: int, labels: Tensor) -> None:

@@ -277,10 +277,6 @@ def _check_resumable(saved: dict[str, Any], now: dict[str, Any], state_path: Pat
 
 
 # ----------------------------------------------------------------------------------------- model parts
-def _adapter_params(model: nn.Module) -> dict[str, nn.Parameter]:
-    return {n: p for n, p in _visual(model).named_parameters() if ".imo_adapter." in f".{n}"}
-
-
 def _set_train_modes(model: nn.Module, adapters: list[BottleneckAdapter], training: bool) -> None:
     model.eval()  # the frozen backbone always runs in eval mode
     for a in adapters:
@@ -471,7 +467,8 @@ def train_adapters(
         weights = _run_steps(run, batches, autocast_dtype, progress) or weights
     finally:
         _set_train_modes(model, adapters, False)
-    _write_log(run.out_dir, run.losses, c, run.total)
+    atomic_write_json(run.out_dir / LOG_FILE, {"mode": c.mode, "total_steps": run.total, "steps": len(run.losses),
+                                               "loss": run.losses})
     return TrainResult(weights, run.step, run.total, start, run.losses)
 
 
@@ -486,7 +483,7 @@ def _start_run(model: nn.Module, dataset: Dataset, out_dir: Path, c: AdapterTrai
     adapters = _ensure_adapters(model, c, model_name)
     embed_dim = int(getattr(_visual(model), "output_dim", 0)) or _probe_dim(model, dataset, preprocess)
     head = objective.head(embed_dim).to(device)
-    params = _adapter_params(model)
+    params = {n: p for n, p in _visual(model).named_parameters() if ".imo_adapter." in f".{n}"}
     optimizer = torch.optim.AdamW([*params.values(), *head.parameters()], lr=c.lr, weight_decay=c.weight_decay)
     meta = {**(extra_config or {}), "mode": c.mode, "training": _config_dict(c), "total_steps": total,
             "num_classes": objective.num_classes, "num_train_images": len(dataset)}
@@ -598,7 +595,3 @@ def _probe_dim(model: nn.Module, dataset: Dataset, preprocess: Callable | None) 
 
 def _teacher_source(params: dict[str, nn.Parameter], head: nn.Module) -> dict[str, Tensor]:
     return {**{f"visual.{k}": v for k, v in params.items()}, **{f"head.{k}": v for k, v in head.named_parameters()}}
-
-
-def _write_log(out_dir: Path, losses: list[float], c: AdapterTrainConfig, total: int) -> None:
-    atomic_write_json(out_dir / LOG_FILE, {"mode": c.mode, "total_steps": total, "steps": len(losses), "loss": losses})

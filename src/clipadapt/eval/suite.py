@@ -21,7 +21,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -126,10 +126,8 @@ class Cell:
     options: dict[str, Any] = field(default_factory=dict)
 
     def resolved(self) -> dict[str, Any]:
-        """Everything that decides the cell's numbers (hashed into its key)."""
-        return {"task": self.task, "label": self.label, "dataset": self.dataset, "source": self.source,
-                "backbone": self.backbone, "method": self.method, "seed": self.seed, "shots": self.shots,
-                "options": self.options}
+        """Everything that decides the cell's numbers (hashed into its key): every field, in field order."""
+        return asdict(self)
 
     @property
     def key(self) -> str:
