@@ -168,10 +168,6 @@ def from_torchvision(
 
 
 # ------------------------------------------------------------------------------------------------- spec builder
-def _truthy(value: str) -> bool:
-    return value.strip().lower() in ("1", "true", "yes")
-
-
 def build_torchvision(spec: Spec, split: str, download: bool) -> ImageDataset:
     entry = torchvision_registry().get(spec.name)
     if entry is None:
@@ -180,7 +176,7 @@ def build_torchvision(spec: Spec, split: str, download: bool) -> ImageDataset:
             f"expected one of {', '.join(sorted(torchvision_registry()))}"
         )
     spec.check_options(OPTIONS if entry.name == "fakedata" else ("templates", "download"))
-    download = download or _truthy(spec.options.get("download", ""))
+    download = download or spec.options.get("download", "").strip().lower() in ("1", "true", "yes")
     if split not in entry.splits:
         raise DatasetError(f"torchvision:{entry.name}: no split {split!r}; it has {list(entry.splits)} "
                            "(docs/datasets.md)")

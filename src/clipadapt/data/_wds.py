@@ -234,16 +234,13 @@ def _scan_shard(path: Path, image_keys: list[str], wanted: dict[str, str],
     return samples
 
 
-def _classnames_file(spec: Spec, first_shard: Path) -> tuple[Path, list[str]] | None:
-    """`?classnames=FILE` (relative: to the first shard's folder), else classnames.txt/.json beside the shards
-    or one folder up (CLIP_benchmark's `wds_<name>/{train,test}/*.tar` + `wds_<name>/classnames.txt`)."""
-    return spec_classnames(spec, first_shard.parent, (first_shard.parent, first_shard.parent.parent))
-
-
 def _labels(spec: Spec, shards: list[Path], raw: list[str], where: list[str]) -> tuple[list[int], list[str]]:
     """Integer labels and class names: integer label members index the class-name file; name members are mapped
-    through it, or (no file, no `{split}` in the pattern) through their sorted set."""
-    sidecar = _classnames_file(spec, shards[0])
+    through it, or (no file, no `{split}` in the pattern) through their sorted set. The class-name file is
+    `?classnames=FILE` (relative: to the first shard's folder), else classnames.txt/.json beside the shards or one
+    folder up (CLIP_benchmark's `wds_<name>/{train,test}/*.tar` + `wds_<name>/classnames.txt`)."""
+    folder = shards[0].parent
+    sidecar = spec_classnames(spec, folder, (folder, folder.parent))
     numeric = [bool(_INT.match(v)) for v in raw]
     if all(numeric):
         labels = [int(v) for v in raw]

@@ -77,10 +77,6 @@ def _looks_like_path(text: str) -> bool:
     return "/" in text or "\\" in text or text.startswith(("~", ".")) or text.lower().endswith(CHECKPOINT_SUFFIXES)
 
 
-def _clean_tag(tag: str) -> str:
-    return tag.lower().replace("-", "_")  # open_clip's own tag normalisation
-
-
 def _check_arch(arch: str, model_id: str) -> None:
     import open_clip
 
@@ -154,6 +150,6 @@ def parse_model_id(model_id: str) -> ModelId:
         if not path.is_file():
             raise ConfigError(f"model id '{text}': checkpoint file {path} not found")
         return ModelId(arch=arch, checkpoint=path)
-    tag = _clean_tag(source)
+    tag = source.lower().replace("-", "_")  # open_clip's own tag normalisation
     _check_tag(arch, tag, text)
     return ModelId(arch=arch, tag=tag)

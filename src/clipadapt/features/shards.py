@@ -507,11 +507,6 @@ def _link_sharded_split(directory: Path, name: str, split: ShardedSplit) -> None
 
 
 # ----------------------------------------------------------------------------------------- streaming statistics
-def _images(chunks: Iterable[Tensor | tuple]) -> Iterator[Tensor]:
-    for item in chunks:
-        yield item[0] if isinstance(item, (tuple, list)) else item
-
-
 def streaming_mean(chunks: Iterable[Tensor | tuple[Tensor, Tensor | None]], *, normalize: bool = False) -> Tensor:
     """(D,) mean over all rows of the chunks, accumulated in float64 in one pass (DN's μ, docs/methods.md §2).
 
@@ -519,8 +514,8 @@ def streaming_mean(chunks: Iterable[Tensor | tuple[Tensor, Tensor | None]], *, n
     `FeatureSplit.pooled`). `normalize=True` L2-normalises each row before averaging.
     """
     total, count = None, 0
-    for image in _images(chunks):
-        x = pool_views(image)
+    for chunk in chunks:
+        x = pool_views(chunk[0] if isinstance(chunk, (tuple, list)) else chunk)
         if normalize:
             x = l2_normalize(x)
         s = x.double().sum(0)
