@@ -71,8 +71,7 @@ class _Number:
             raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
         return value
 
-    def __call__(self, text: str) -> int | float:
-        return self.convert(text)
+    __call__ = convert
 
     def __repr__(self) -> str:
         return f"number({self.kind.__name__}, {self.range.text})"
@@ -124,7 +123,6 @@ LAMBDA = number(float, low=0.0, high=1.0)  # DN's λ (docs/dn.md: 0 = plain CLIP
 LAMBDAS = numbers(float, low=0.0, high=1.0)
 POSITIVE = number(float, low=0.0, low_open=True)  # learning rates
 NON_NEGATIVE = number(float, low=0.0)  # weight decay, residual scale, costs
-PROBABILITY = number(float, low=0.0, high=1.0)
 PROBABILITIES = numbers(float, low=0.0, high=1.0)  # confidence thresholds
 NON_NEGATIVES = numbers(float, low=0.0)
 DROPOUT = number(float, low=0.0, high=1.0, high_open=True)

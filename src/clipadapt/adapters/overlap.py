@@ -48,21 +48,9 @@ class IMOResult:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly summary including the histograms as lists."""
-        return {
-            "overlap": self.overlap,
-            "n_same": self.n_same,
-            "n_diff": self.n_diff,
-            "sampled": self.sampled,
-            "sample": self.sample,
-            "total_pairs": self.total_pairs,
-            "seed": self.seed,
-            "same_mean": self.same_mean,
-            "diff_mean": self.diff_mean,
-            "bins": int(self.bin_edges.numel() - 1),
-            "bin_edges": self.bin_edges.tolist(),
-            "same_hist": self.same_hist.tolist(),
-            "diff_hist": self.diff_hist.tolist(),
-        }
+        scalars = ("overlap", "n_same", "n_diff", "sampled", "sample", "total_pairs", "seed", "same_mean", "diff_mean")
+        return {**{name: getattr(self, name) for name in scalars}, "bins": int(self.bin_edges.numel() - 1),
+                **{name: getattr(self, name).tolist() for name in ("bin_edges", "same_hist", "diff_hist")}}
 
 
 def imo_bin_edges(bins: int = DEFAULT_BINS) -> Tensor:
@@ -215,14 +203,10 @@ def _pair_counts(
         return pair_histograms(x, labels, edges, chunk_size=chunk_size)
     if sample == "pairs":
         return sampled_pair_histograms(x, labels, edges, max_pairs, seed=seed)
-    keep = _sampled_items(x.shape[0], max_pairs, seed).to(x.device)
+    # item sampling: the `items_for_pairs(max_pairs)` items of a seeded permutation, in their original order
+    keep = torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[: items_for_pairs(max_pairs)]
+    keep = keep.sort().values.to(x.device)
     return pair_histograms(x[keep], labels[keep], edges, chunk_size=chunk_size)
-
-
-def _sampled_items(n: int, max_pairs: int, seed: int) -> Tensor:
-    """Sorted indices of the `items_for_pairs(max_pairs)` items drawn (seeded permutation) for item sampling."""
-    keep = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: items_for_pairs(max_pairs)]
-    return keep.sort().values
 
 
 def _check_both_pair_kinds(n_same: int, n_diff: int, labels: Tensor) -> None:

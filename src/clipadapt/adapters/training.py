@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from clipadapt.adapters.imo_adapter import (
     BottleneckAdapter,
+    _visual,
     find_adapters,
     insert_adapters,
     save_adapter_checkpoint,
@@ -145,7 +146,7 @@ class _ResumableBatches(torch.utils.data.Sampler):
 
 
 def _preprocess_cfg(model: nn.Module) -> dict[str, Any]:
-    cfg = getattr(getattr(model, "visual", model), "preprocess_cfg", None)
+    cfg = getattr(_visual(model), "preprocess_cfg", None)
     if not cfg:
         raise ConfigError("the model's visual tower has no open_clip preprocess_cfg; pass `preprocess=` explicitly")
     return dict(cfg)
@@ -276,11 +277,6 @@ def _check_resumable(saved: dict[str, Any], now: dict[str, Any], state_path: Pat
 
 
 # ----------------------------------------------------------------------------------------- model parts
-def _adapter_params(model: nn.Module) -> dict[str, nn.Parameter]:
-    visual = getattr(model, "visual", model)
-    return {n: p for n, p in visual.named_parameters() if ".imo_adapter." in f".{n}"}
-
-
 def _set_train_modes(model: nn.Module, adapters: list[BottleneckAdapter], training: bool) -> None:
     model.eval()  # the frozen backbone always runs in eval mode
     for a in adapters:
@@ -301,15 +297,13 @@ class Supervised:
     def transform(self, model: nn.Module, preprocess: Callable | None) -> Callable:
         return preprocess or eval_transform(model)
 
-    def start(self, state: _Run, adapters: list[BottleneckAdapter], device: torch.device,
-              saved: dict[str, Any] | None) -> None:
+    def start(self, state: _Run, adapters: list[BottleneckAdapter], saved: dict[str, Any] | None) -> None:
         """Set up (or restore from `saved`) what the objective keeps between steps: nothing here."""
 
-    def loss(self, model: nn.Module, state: _Run, images: Tensor, labels: Tensor,
-             device: torch.device) -> tuple[Tensor, Any]:
-        feats = _embed(model, images.to(device)).float()
+    def loss(self, state: _Run, images: Tensor, labels: Tensor) -> tuple[Tensor, Any]:
+        feats = _visual(state.model)(images.to(state.device)).float()
         logits = state.head(l2_normalize(feats) if self.c.normalize_features else feats)
-        return F.cross_entropy(logits, labels.to(device)), None
+        return F.cross_entropy(logits, labels.to(state.device)), None
 
     def after_step(self, state: _Run, aux: Any) -> None:
         """Nothing moves after the optimiser step."""
@@ -332,31 +326,30 @@ class Dino:
     def transform(self, model: nn.Module, preprocess: Callable | None) -> Callable:
         return multicrop_transform(model, self.c)
 
-    def start(self, state: _Run, adapters: list[BottleneckAdapter], device: torch.device,
-              saved: dict[str, Any] | None) -> None:
+    def start(self, state: _Run, adapters: list[BottleneckAdapter], saved: dict[str, Any] | None) -> None:
         """The teacher starts as a copy of the student, the centre at zero (or both as saved)."""
         self.adapters = adapters  # switched to eval mode while the teacher runs
         if saved is not None:
-            self.teacher = {k: v.to(device) for k, v in saved.get("teacher", {}).items()}
-            self.center = saved["center"].to(device) if "center" in saved else None
+            self.teacher = {k: v.to(state.device) for k, v in saved.get("teacher", {}).items()}
+            self.center = saved["center"].to(state.device) if "center" in saved else None
         else:
             self.teacher = {k: v.detach().clone() for k, v in _teacher_source(state.params, state.head).items()}
-            self.center = torch.zeros(self.c.dino_out_dim, device=device)
+            self.center = torch.zeros(self.c.dino_out_dim, device=state.device)
 
-    def loss(self, model: nn.Module, state: _Run, images: list[Tensor], labels: Tensor,
-             device: torch.device) -> tuple[Tensor, Any]:
+    def loss(self, state: _Run, images: list[Tensor], labels: Tensor) -> tuple[Tensor, Any]:
         """DINO loss of the student's views against the teacher's outputs on the 2 global views (returned too)."""
         from torch.func import functional_call
 
-        views = [v.to(device) for v in images]
+        visual = _visual(state.model)
+        views = [v.to(state.device) for v in images]
         b = views[0].shape[0]
-        student = state.head(_embed(model, torch.cat(views)).float()).view(len(views), b, -1)
+        student = state.head(visual(torch.cat(views)).float()).view(len(views), b, -1)
         with torch.no_grad():
             for a in self.adapters:
                 a.eval()  # the teacher runs without dropout
             t_visual = {k[len("visual."):]: v for k, v in self.teacher.items() if k.startswith("visual.")}
             t_head = {k[len("head."):]: v for k, v in self.teacher.items() if k.startswith("head.")}
-            feats = functional_call(getattr(model, "visual", model), t_visual, (torch.cat(views[:2]),)).float()
+            feats = functional_call(visual, t_visual, (torch.cat(views[:2]),)).float()
             teacher_out = functional_call(state.head, t_head, (feats,)).view(2, b, -1)
             for a in self.adapters:
                 a.train()
@@ -424,7 +417,7 @@ class _Run:
     def train_step(self, images: Tensor | list[Tensor], labels: Tensor, amp: Callable) -> None:
         """One optimiser step on one batch, then the objective's after-step update (DINO: teacher, centre)."""
         with amp():
-            loss, aux = self.objective.loss(self.model, self, images, labels, self.device)
+            loss, aux = self.objective.loss(self, images, labels)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
@@ -474,7 +467,8 @@ def train_adapters(
         weights = _run_steps(run, batches, autocast_dtype, progress) or weights
     finally:
         _set_train_modes(model, adapters, False)
-    _write_log(run.out_dir, run.losses, c, run.total)
+    atomic_write_json(run.out_dir / LOG_FILE, {"mode": c.mode, "total_steps": run.total, "steps": len(run.losses),
+                                               "loss": run.losses})
     return TrainResult(weights, run.step, run.total, start, run.losses)
 
 
@@ -487,9 +481,9 @@ def _start_run(model: nn.Module, dataset: Dataset, out_dir: Path, c: AdapterTrai
     planned, total = _schedule(len(dataset), c)
     saved = _saved_state_or_seed(out_dir / STATE_FILE, c)
     adapters = _ensure_adapters(model, c, model_name)
-    embed_dim = int(getattr(getattr(model, "visual", model), "output_dim", 0)) or _probe_dim(model, dataset, preprocess)
+    embed_dim = int(getattr(_visual(model), "output_dim", 0)) or _probe_dim(model, dataset, preprocess)
     head = objective.head(embed_dim).to(device)
-    params = _adapter_params(model)
+    params = {n: p for n, p in _visual(model).named_parameters() if ".imo_adapter." in f".{n}"}
     optimizer = torch.optim.AdamW([*params.values(), *head.parameters()], lr=c.lr, weight_decay=c.weight_decay)
     meta = {**(extra_config or {}), "mode": c.mode, "training": _config_dict(c), "total_steps": total,
             "num_classes": objective.num_classes, "num_train_images": len(dataset)}
@@ -497,7 +491,7 @@ def _start_run(model: nn.Module, dataset: Dataset, out_dir: Path, c: AdapterTrai
     if saved is not None:
         run.restore(saved)
         log.info("resuming adapter training from step %d of %d (%s)", run.step, total, out_dir / STATE_FILE)
-    objective.start(run, adapters, device, saved)
+    objective.start(run, adapters, saved)
     return run, adapters, saved
 
 
@@ -596,16 +590,8 @@ def _probe_dim(model: nn.Module, dataset: Dataset, preprocess: Callable | None) 
     image, _ = dataset[0]
     x = (preprocess or eval_transform(model))(image).unsqueeze(0).to(next(model.parameters()).device)
     with torch.no_grad():
-        return int(getattr(model, "visual", model)(x).shape[-1])
-
-
-def _embed(model: nn.Module, images: Tensor) -> Tensor:
-    return getattr(model, "visual", model)(images)
+        return int(_visual(model)(x).shape[-1])
 
 
 def _teacher_source(params: dict[str, nn.Parameter], head: nn.Module) -> dict[str, Tensor]:
     return {**{f"visual.{k}": v for k, v in params.items()}, **{f"head.{k}": v for k, v in head.named_parameters()}}
-
-
-def _write_log(out_dir: Path, losses: list[float], c: AdapterTrainConfig, total: int) -> None:
-    atomic_write_json(out_dir / LOG_FILE, {"mode": c.mode, "total_steps": total, "steps": len(losses), "loss": losses})

@@ -30,7 +30,8 @@ from clipadapt.cli._conventions import (
     exit_on_closed_pipe,
     show_defaults_without_help,
 )
-from clipadapt.cli._outputs import Outputs, add_overwrite_options, prepare_outputs
+from clipadapt.cli._outputs import add_overwrite_options, prepare_outputs
+from clipadapt.constants import __version__
 from clipadapt.errors import ClipadaptError
 
 EXAMPLES = """
@@ -40,18 +41,12 @@ clipadapt eval --features feats/ --method dn --out runs/dn
 
 
 def _command_modules() -> list[ModuleType]:
-    package = importlib.import_module(__name__)
-    modules = [
-        importlib.import_module(f"{__name__}.{m.name}")
-        for m in pkgutil.iter_modules(package.__path__)
-        if not m.name.startswith("_")
-    ]
+    modules = [importlib.import_module(f"{__name__}.{m.name}") for m in pkgutil.iter_modules(__path__)
+               if not m.name.startswith("_")]
     return sorted(modules, key=lambda m: m.COMMAND)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from clipadapt.constants import __version__
-
     parser = argparse.ArgumentParser(
         prog="clipadapt", description="Test-time improvements for CLIP-style vision-language models.",
         epilog=epilog(EXAMPLES + "clipadapt COMMAND --help    # each command's options, defaults and examples\n"),
@@ -117,7 +112,6 @@ def main(argv: list[str] | None = None) -> int:
 def _run_command(args: argparse.Namespace) -> int:
     """The command, its outputs checked before it computes (cli/_outputs.py), and the one place where every
     exception becomes an exit code and a message (module docstring)."""
-    outputs: Outputs | None = None
     shown = str
     name = f"clipadapt {args.command}"
     try:

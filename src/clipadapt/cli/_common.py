@@ -5,16 +5,21 @@ from __future__ import annotations
 import argparse
 import io
 from collections.abc import Iterable, Sequence
+from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from clipadapt.argtypes import COUNT, NON_NEGATIVE_INT
 from clipadapt.constants import DEFAULT_BATCH_SIZE
 from clipadapt.errors import ConfigError
+from clipadapt.fileio import atomic_write_bytes
 
 if TYPE_CHECKING:  # torch-backed: imported where used, so building the parser stays torch-free
+    from clipadapt.eval.fewshot import FewShotConfig
     from clipadapt.features.extract import ExtractOptions
     from clipadapt.features.featureset import FeatureSet
+
+T = TypeVar("T")
 
 
 def comma_strings(text: str) -> list[str]:
@@ -34,13 +39,22 @@ def add_feature_source_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--dataset", help="dataset spec, e.g. coop:oxford_pets:/data/pets, imagefolder:/data/x")
     src.add_argument("--cache-dir", type=Path, default=None,
                      help="feature cache root (default: $CLIPADAPT_CACHE or ~/.cache/clipadapt)")
-    src.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    src.add_argument("--batch-size", type=COUNT, default=DEFAULT_BATCH_SIZE)
-    src.add_argument("--num-workers", type=NON_NEGATIVE_INT, default=0, help="DataLoader workers when encoding images")
-    src.add_argument("--on-error", choices=["fail", "skip"], default="fail",
-                     help="unreadable images when encoding: fail, or skip and record")
+    add_encoding_arguments(src, on_error="unreadable images when encoding: fail, or skip and record")
     add_file_check_argument(src)
     add_verify_argument(src)
+
+
+DEVICE_HELP = "torch device (default: cuda if available, else cpu)"
+
+
+def add_encoding_arguments(parser, *, on_error: str, device: str | None = DEVICE_HELP) -> None:
+    """--device, --batch-size, --num-workers and --on-error of a command that encodes images; `on_error` and
+    `device` are the help texts of --on-error (what the command does with an unreadable image) and --device."""
+    parser.add_argument("--device", default=None, help=device)
+    parser.add_argument("--batch-size", type=COUNT, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument("--num-workers", type=NON_NEGATIVE_INT, default=0,
+                        help="DataLoader workers when encoding images")
+    parser.add_argument("--on-error", choices=["fail", "skip"], default="fail", help=on_error)
 
 
 def add_verify_argument(parser) -> None:
@@ -74,7 +88,10 @@ def options_given(args: argparse.Namespace, options: Sequence[str]) -> list[str]
     return [opt for opt in options if any(t == opt or t.startswith(opt + "=") for t in argv)]
 
 
-FEATURE_DIR_UNUSED = ("--model", "--dataset", "--cache-dir")  # extraction-only inputs, meaningless with --features
+def refuse_extraction_inputs(args: argparse.Namespace) -> None:
+    """`refuse_unused` for --model/--dataset/--cache-dir: extraction-only inputs, meaningless with --features."""
+    refuse_unused(args, "--features", ("--model", "--dataset", "--cache-dir"),
+                  instead="--model/--dataset (extract through the cache)")
 
 
 def load_features_from_args(args: argparse.Namespace, splits: Iterable[str] | None = None) -> FeatureSet:
@@ -82,24 +99,49 @@ def load_features_from_args(args: argparse.Namespace, splits: Iterable[str] | No
     if getattr(args, "features", None):
         from clipadapt.features.io import load_feature_dir
 
-        refuse_unused(args, "--features", FEATURE_DIR_UNUSED, instead="--model/--dataset (extract through the cache)")
+        refuse_extraction_inputs(args)
         return load_feature_dir(args.features, splits=splits)
     if getattr(args, "model", None) and getattr(args, "dataset", None):
         return feature_set_from_args(args, splits=splits)
     raise ConfigError("give --features DIR, or both --model and --dataset")
 
 
+def from_args(cls: type[T], args: argparse.Namespace, *, skip: Sequence[str] = (), **values: Any) -> T:
+    """The dataclass `cls` with each field taken from the command's argument of the same name where it has one
+    (the field's default otherwise), except the fields in `skip`; `values` set fields directly."""
+    taken = {f.name: getattr(args, f.name) for f in fields(cls)
+             if f.name not in skip and f.name not in values and hasattr(args, f.name)}
+    return cls(**taken, **values)
+
+
 def extract_options(args: argparse.Namespace, **values: Any) -> ExtractOptions:
     """The one `ExtractOptions` of a command's arguments: --batch-size, --num-workers, --on-error, --shard-size,
     --precision, --file-check where the command has them (the defaults otherwise); `values` sets other fields
-    (views, seed, progress)."""
-    from dataclasses import fields
-
+    (views, seed, progress: a command's --views or --seed may mean something else)."""
     from clipadapt.features.extract import ExtractOptions
 
-    names = {f.name for f in fields(ExtractOptions)} - {"views", "seed", "progress"}
-    given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
-    return ExtractOptions(**given, **values)
+    return from_args(ExtractOptions, args, skip=("views", "seed", "progress"), **values)
+
+
+def parse_grid_overrides(specs: list[str]) -> dict[str, dict[str, list[float]]]:
+    """['tip.beta=0.1:7:50', ...] -> {'tip': {'beta': [...]}}."""
+    from clipadapt.eval.search import parse_grid
+
+    grids: dict[str, dict[str, list[float]]] = {}
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        family, dot, param = key.partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"--grid '{spec}': expected FAMILY.PARAM=SPEC, e.g. tip.beta=0.1:7:50")
+        grids.setdefault(family.strip(), {})[param.strip()] = parse_grid(values)
+    return grids
+
+
+def fewshot_config(args: argparse.Namespace, **values: Any) -> FewShotConfig:
+    """The FewShotConfig of a command's arguments (fewshot, fit, robustness; `from_args`), `grids` from --grid."""
+    from clipadapt.eval.fewshot import FewShotConfig
+
+    return from_args(FewShotConfig, args, **{"grids": parse_grid_overrides(args.grid), **values})
 
 
 def feature_set_from_args(args: argparse.Namespace, splits: Iterable[str] | None = None) -> FeatureSet:
@@ -116,9 +158,8 @@ def feature_set_from_args(args: argparse.Namespace, splits: Iterable[str] | None
             splits += list(get_eval_method(args.method).splits)
     splits = list(dict.fromkeys(splits))
     views: int | dict[str, int] = getattr(args, "views", None) or 1
-    train_views = getattr(args, "train_views", None)
-    if train_views:
-        views = {s: (train_views if s == "train" else (views if isinstance(views, int) else 1)) for s in splits}
+    if getattr(args, "train_views", None):
+        views = {s: args.train_views if s == "train" else views for s in splits}
     options = extract_options(args, views=views, seed=getattr(args, "seed", None) or 0)
     return get_feature_set(args.model, args.dataset, splits, options, indices=getattr(args, "indices", None),
                            cache_dir=getattr(args, "cache_dir", None), device=getattr(args, "device", None),
@@ -128,8 +169,6 @@ def feature_set_from_args(args: argparse.Namespace, splits: Iterable[str] | None
 def save_logits(path: Path, logits: Any) -> Path:
     """(N, C) float32 logits as .npy, written atomically like every other output."""
     import numpy as np
-
-    from clipadapt.fileio import atomic_write_bytes
 
     path = Path(path)
     buffer = io.BytesIO()

@@ -8,6 +8,7 @@ Torch-free at import (the parser is built from it); feature-set helpers import n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import textwrap
@@ -16,46 +17,38 @@ from pathlib import Path
 from typing import Any
 
 from clipadapt.argtypes import range_text
-from clipadapt.cli._outputs import DIR, FILE, output_option
+from clipadapt.cli._outputs import DIR, FILE, nested_parsers, output_option
+from clipadapt.errors import ClipadaptError
+from clipadapt.report.provenance import path_fingerprint, paths_fingerprint, provenance
+from clipadapt.report.tables import write_json
 
 RESULTS_FILE = "results.json"
 
 
 # ----------------------------------------------------------------------------------------- help
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Shows each option's default (unless the help already says it, or there is none: None, False, SUPPRESS),
-    and keeps the epilog's examples as written."""
+    """Shows each option's default (unless the help already says it, or there is none: None, False, SUPPRESS)
+    and a checked numeric option's allowed range (clipadapt.argtypes, e.g. '[range: >= 1]'), and keeps the
+    epilog's examples as written."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
-        return _with_range(action, self._help_with_default(action))
-
-    def _help_with_default(self, action: argparse.Action) -> str:
         text = action.help or ""
-        default = action.default
-        if (not _has_default(default) or "default" in text.lower()
-                or not action.option_strings and action.nargs not in (argparse.OPTIONAL, argparse.ZERO_OR_MORE)
-                or isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
-            return text
-        return f"{text} (default: {_show(default)})" if text else f"default: {_show(default)}"
-
-
-def _with_range(action: argparse.Action, text: str) -> str:
-    """A checked numeric option's help ends with its allowed range (clipadapt.argtypes), e.g. '[range: >= 1]'."""
-    allowed = range_text(action.type)
-    if allowed is None or "range:" in text:
+        if (_has_default(action.default) and "default" not in text.lower()
+                and (action.option_strings or action.nargs in (argparse.OPTIONAL, argparse.ZERO_OR_MORE))
+                and not isinstance(action, (argparse._HelpAction, argparse._VersionAction))):
+            text = f"{text} (default: {_show(action.default)})" if text else f"default: {_show(action.default)}"
+        allowed = range_text(action.type)
+        if allowed is not None and "range:" not in text:
+            shown = f"[range: {allowed}]".replace("%", "%%")
+            text = f"{text} {shown}" if text else shown
         return text
-    shown = f"[range: {allowed}]".replace("%", "%%")
-    return f"{text} {shown}" if text else shown
 
 
 def show_defaults_without_help(parser: argparse.ArgumentParser) -> None:
     """argparse prints nothing for an option without help text, so give those a help that is just their default
     (nested subcommands included)."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for child in action.choices.values():
-                show_defaults_without_help(child)
-        elif action.help is None and action.option_strings and _has_default(action.default):
+    for action in (a for p in nested_parsers(parser) for a in p._actions):
+        if action.help is None and action.option_strings and _has_default(action.default):
             action.help = f"default: {_show(action.default)}"
         elif action.help is None and action.option_strings and range_text(action.type) is not None:
             action.help = f"[range: {range_text(action.type)}]"
@@ -149,16 +142,12 @@ def out_dir(out: Path | None) -> Path | None:
 def run_provenance(args: argparse.Namespace, *, model: Any = None, data: Any = None,
                    fingerprint: Any = None) -> dict[str, Any]:
     """`report.provenance.provenance` for this invocation (the argv that `main` recorded on args)."""
-    from clipadapt.report.provenance import provenance
-
     return provenance(getattr(args, "_argv", None), model=model, data=data, data_fingerprint=fingerprint)
 
 
 def featureset_inputs(fs: Any) -> tuple[Any, Any, Any]:
     """(model, data, fingerprint) of a FeatureSet: its directory when it was read from one, else the cache
     entries it was assembled from (extracted through the cache for --model/--dataset)."""
-    from clipadapt.report.provenance import path_fingerprint, paths_fingerprint
-
     model = fs.meta.get("model")
     if fs.source is not None and Path(fs.source).is_dir():
         return model, str(fs.source), path_fingerprint(fs.source)
@@ -179,8 +168,6 @@ def path_provenance(args: argparse.Namespace, paths: dict[str, Path | None], mod
                     unhashed: Sequence[str] = ()) -> dict[str, Any]:
     """Provenance of a run that read the given files/directories (None entries are left out). Keys in `unhashed`
     (image folders: every byte of a dataset) are recorded without a fingerprint."""
-    from clipadapt.report.provenance import path_fingerprint
-
     given = {k: p for k, p in paths.items() if p is not None}
     if len(given) == 1 and not unhashed:
         (path,) = given.values()
@@ -193,7 +180,6 @@ def dataset_provenance(args: argparse.Namespace, *, model: Any, spec: str, split
     """Provenance of a run on a dataset spec encoded through the cache: each split's item-list fingerprint
     (`ImageDataset.fingerprint`: paths, labels, class names), keyed by split."""
     from clipadapt.data import build_dataset
-    from clipadapt.errors import ClipadaptError
 
     prints = {}
     for split in splits:
@@ -209,8 +195,6 @@ def write_results(path: Path | None, results: dict[str, Any], provenance: dict[s
     """results.json with its provenance block (numbers rounded by report.tables.write_json); prints the path."""
     if path is None:
         return None
-    from clipadapt.report.tables import write_json
-
     write_json(path, {**results, "provenance": provenance})
     print(f"wrote {path}")
     return path
@@ -238,9 +222,6 @@ def identical_draws_note(repeats: int) -> str:
 def exit_on_closed_pipe() -> int:
     """After a BrokenPipeError on stdout (`clipadapt models | head`): point stdout at /dev/null so the interpreter's
     final flush cannot fail again, and return the exit code of a process ended by SIGPIPE (141), quietly."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError, AttributeError):
-        pass
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 141

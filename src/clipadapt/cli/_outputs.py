@@ -26,6 +26,7 @@ Torch-free (imported when the parser is built).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import os
 import re
@@ -64,18 +65,18 @@ def is_output(action: argparse.Action) -> bool:
     return hasattr(action, _MARK)
 
 
-def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+def nested_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
     """`parser` and its nested subcommand parsers (adapter train, suite run, ...)."""
     yield parser
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for child in action.choices.values():
-                yield from _parsers(child)
+                yield from nested_parsers(child)
 
 
 def add_overwrite_options(parser: argparse.ArgumentParser) -> None:
     """--overwrite on every (nested) parser that has an output which may be a DIR."""
-    for p in _parsers(parser):
+    for p in nested_parsers(parser):
         marks = [getattr(a, _MARK) for a in p._actions if is_output(a)]
         if any(kind not in (FILE, RESUME) for kind, _ in marks) and "--overwrite" not in p._option_string_actions:
             p.add_argument("--overwrite", action="store_true",
@@ -296,10 +297,8 @@ class Outputs:
             shutil.rmtree(tmp, ignore_errors=True)
             setattr(self.args, out.dest, out.given)
         for folder in reversed(self.created):  # parents made for the staging directory, deepest first
-            try:
+            with contextlib.suppress(OSError):  # not empty: something else wrote there
                 folder.rmdir()
-            except OSError:
-                pass
 
 
 class _ShownStream:

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from clipadapt.argtypes import COUNT, DROPOUT, NON_NEGATIVE, NON_NEGATIVE_INT, POSITIVE, SEED
+from clipadapt.cli._common import from_args
 from clipadapt.cli._conventions import add_parser, run_provenance
 from clipadapt.cli._outputs import RESUME, output_option
 
@@ -35,9 +36,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--mode", choices=["supervised", "selfsup"], default="supervised")
     out = train.add_argument("--out", type=Path, required=True,
                              help="checkpoint directory (adapter.safetensors, adapter.json, train_state.pt for "
-                                  "resuming, "
-                                  "train_log.json); an existing one is resumed, so a non-empty directory must hold "
-                                  "train_state.pt")
+                                  "resuming, train_log.json); an existing one is resumed, so a non-empty directory "
+                                  "must hold train_state.pt")
     output_option(out, RESUME, marker=STATE_FILE)
     g = train.add_argument_group("hyper-parameters (defaults: docs/methods.md §5)")
     g.add_argument("--width", type=COUNT, default=64, help="bottleneck width (default: 64)")
@@ -89,12 +89,7 @@ def _train(args: argparse.Namespace) -> int:
     from clipadapt.data import build_dataset
     from clipadapt.encoders import load_encoder
 
-    config = AdapterTrainConfig(
-        mode=args.mode, width=args.width, scale=args.scale, dropout=args.dropout, lr=args.lr,
-        weight_decay=args.weight_decay, batch_size=args.batch_size, epochs=args.epochs, max_steps=args.max_steps,
-        seed=args.seed, save_every=args.save_every, num_workers=args.num_workers, local_crops=args.local_crops,
-        dino_out_dim=args.dino_out_dim,
-    ).resolved()
+    config = from_args(AdapterTrainConfig, args).resolved()  # the hyper-parameter group, --seed, --save-every, ...
     dataset = build_dataset(args.data, args.split)
     encoder = load_encoder(args.model, device=args.device, precision="fp32")  # weights stay fp32; autocast below
     use_bf16 = args.precision == "bf16" or (args.precision == "auto" and encoder.device.type == "cuda")
@@ -114,7 +109,7 @@ def _train(args: argparse.Namespace) -> int:
         print(f"already complete: {result.step} steps in {args.out}")
     elif result.start_step:
         print(f"resumed at step {result.start_step}")
-    tail = result.losses[-min(20, len(result.losses)):] if result.losses else []
+    tail = result.losses[-20:]
     if tail:
         print(f"step {result.step}/{result.total_steps}: mean loss of the last {len(tail)} steps "
               f"{sum(tail) / len(tail):.4f}")

@@ -17,6 +17,8 @@ from clipadapt.cli._conventions import (
 )
 from clipadapt.constants import DEFAULT_BATCH_SIZE
 from clipadapt.errors import ConfigError
+from clipadapt.fileio import atomic_write_bytes
+from clipadapt.report.tables import markdown_table, write_table
 
 if TYPE_CHECKING:  # torch-backed: imported where used, so building the parser stays torch-free
     from clipadapt.eval.synergy import SynergyReport
@@ -54,16 +56,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     ev.add_argument("--heldout-split", default="val", help="labelled split the combiners are fitted on (default: val)")
     ev.add_argument("--shots", "--val-from-train", dest="shots", type=COUNT, default=None, metavar="K",
                     help="few-shot mode: held-out = K images per class from --train-split (seeded by --seed) "
-                         "instead of "
-                         "--heldout-split; use it when the held-out split is the test set (CoOp's ImageNet val)")
+                         "instead of --heldout-split; use it when the held-out split is the test set (CoOp's "
+                         "ImageNet val)")
     ev.add_argument("--train-split", default="train", help="training split (few-shot pool, linear probe)")
     ev.add_argument("--seed", type=SEED, default=1, help="seed of the few-shot draw and the controller")
     ev.add_argument("--thresholds", type=PROBABILITIES, default=[0.5, 0.7, 0.8, 0.9, 0.95, 0.99],
                     help="cascade confidence thresholds")
     ev.add_argument("--cost", choices=["gflops", "ms", "params", "none"], default="gflops",
                     help="cost axis from each backbone's architecture: gflops (default) and params are counted, ms "
-                         "is timed "
-                         "on --device; none = every backbone costs 1")
+                         "is timed on --device; none = every backbone costs 1")
     ev.add_argument("--costs", type=NON_NEGATIVES, help="explicit per-backbone costs")
     ev.add_argument("--no-normalisation-study", action="store_true", help="skip the normalisation study")
     ev.add_argument("--probe-max-iter", type=COUNT, default=100, help="L-BFGS iterations of each linear probe")
@@ -119,8 +120,7 @@ def run(args: argparse.Namespace) -> int:
     from clipadapt.eval.synergy import evaluate_synergy
     from clipadapt.eval.synergy_norm import normalisation_study
 
-    modes = [bool(args.features), bool(args.models), bool(args.logits)]
-    if sum(modes) != 1:
+    if sum(map(bool, (args.features, args.models, args.logits))) != 1:
         raise ConfigError("give exactly one of --features DIR..., --models LIST --dataset SPEC, --logits FILES "
                           "--labels FILE")
     logit_inputs = ("--labels", "--heldout-logits", "--heldout-labels", "--embeddings",
@@ -171,32 +171,23 @@ def run(args: argparse.Namespace) -> int:
     results = {**report.results, "heldout": heldout.description, "unavailable_backbones": unavailable,
                "usable_backbones": names, "heldout_indices": heldout.indices,
                "normalisation_study": norm_rows, "cost_measurements": cost_rows, **extra}
-    _write(args.out, report, results, _provenance(args, names))
-    _print_summary(report, results)
+    _write(args.out, report, results, _provenance(args, names, model_ids))
+    _print_summary(results)
     return 0
 
 
-def _provenance(args: argparse.Namespace, names: list[str]) -> dict:
+def _provenance(args: argparse.Namespace, names: list[str], model_ids: list[str | None]) -> dict:
     if args.models:
         return dataset_provenance(args, model=names, spec=args.dataset, splits=[args.split])
     files = args.features or [*args.logits, args.labels, *(args.embeddings or []), *(args.heldout_logits or []),
                               *([args.heldout_labels] if args.heldout_labels else []), *(args.heldout_embeddings or [])]
     return path_provenance(args, {str(Path(f)): Path(f) for f in files},
-                           model=names if args.logits else _feature_models(args.features))
-
-
-def _feature_models(dirs: list[Path]) -> list[str | None]:
-    from clipadapt.features.io import read_meta
-
-    return [read_meta(Path(d)).get("model") for d in dirs]
+                           model=names if args.logits else model_ids)
 
 
 def _write(out: Path, report: SynergyReport, results: dict, provenance: dict) -> None:
-    from clipadapt.fileio import atomic_write_bytes
     from clipadapt.report.synergy_plots import accuracy_vs_cost, heatmap  # matplotlib: only when plotting
-    from clipadapt.report.tables import markdown_table, write_table
 
-    out.mkdir(parents=True, exist_ok=True)
     write_results(out / RESULTS_FILE, results, provenance)
     sections = [f"## accuracy\n\n{markdown_table(_summary_rows(results))}"]
     for name, rows in report.tables.items():
@@ -225,9 +216,7 @@ def _summary_rows(results: dict) -> list[dict[str, Any]]:
     return rows
 
 
-def _print_summary(report: SynergyReport, results: dict) -> None:
-    from clipadapt.report.tables import markdown_table
-
+def _print_summary(results: dict) -> None:
     print(markdown_table(_summary_rows(results)), end="")
     if 5 not in results["topk"]:
         print(f"top-5 not reported: {results['num_classes']} classes (< 5)")

@@ -7,8 +7,8 @@ import csv
 import io
 from pathlib import Path
 
-from clipadapt.argtypes import COUNT, NON_NEGATIVE_INT
-from clipadapt.cli._common import refuse_unused
+from clipadapt.builtin import caption_tensors, is_builtin
+from clipadapt.cli._common import add_encoding_arguments, refuse_unused
 from clipadapt.cli._conventions import (
     add_out_argument,
     draws_identical,
@@ -20,9 +20,9 @@ from clipadapt.cli._conventions import (
     write_results,
 )
 from clipadapt.cli._outputs import FILE, output_option
-from clipadapt.constants import DEFAULT_BATCH_SIZE
 from clipadapt.errors import ConfigError, DatasetError
 from clipadapt.eval.runners.dn import add_dn_arguments
+from clipadapt.fileio import read_text
 
 COMMAND = "captions"
 HELP = "caption scoring: CLIPScore/RefCLIPScore with and without DN, Kendall tau to human judgments"
@@ -43,15 +43,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-root", type=Path,
                         help="without --embeddings: folder the CSV's image paths are relative to")
     parser.add_argument("--model", help="model id ARCH@TAG: without --embeddings, the encoder of the images and "
-                                        "captions; "
-                                        "with --embeddings, recorded in the results as the model that computed them")
-    parser.add_argument("--device", default=None)
-    parser.add_argument("--batch-size", type=COUNT, default=DEFAULT_BATCH_SIZE)
-    parser.add_argument("--num-workers", type=NON_NEGATIVE_INT, default=0,
-                        help="DataLoader workers when encoding images")
-    parser.add_argument("--on-error", choices=["fail", "skip"], default="fail",
-                        help="unreadable images: fail, or skip them and drop their judgments (listed in the "
-                             "results JSON)")
+                                        "captions; with --embeddings, recorded in the results as the model that "
+                                        "computed them")
+    add_encoding_arguments(parser, device=None, on_error="unreadable images: fail, or skip them and drop their "
+                                                         "judgments (listed in the results JSON)")
     parser.add_argument("--dn-pool", type=Path,
                         help="with --dn-source unlabeled: safetensors with 'image' and 'text' raw embeddings for "
                              "the means")
@@ -65,8 +60,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def read_judgments(path: Path) -> list[dict[str, str]]:
     """Rows of the judgments CSV; 'image', 'caption' and 'human' are required columns."""
-    from clipadapt.fileio import read_text
-
     try:
         rows = list(csv.DictReader(io.StringIO(read_text(path, what="judgments CSV", error=DatasetError), newline="")))
     except OSError as e:
@@ -92,7 +85,6 @@ def _int(value: str, path: Path, line: int, column: str, n: int) -> int:
 
 def _from_embeddings(args: argparse.Namespace, rows: list[dict]) -> tuple:
     """(image, caption, references, DN pool, rows, skipped images) from the row indices into --embeddings."""
-    from clipadapt.builtin import caption_tensors, is_builtin
     from clipadapt.features.io import _require, load_tensors
 
     tensors = caption_tensors(args.embeddings) if is_builtin(args.embeddings) else load_tensors(args.embeddings)

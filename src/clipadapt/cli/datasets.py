@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from clipadapt.builtin import list_builtins
 from clipadapt.cli._outputs import FILE, output_option
 
 COMMAND = "datasets"
@@ -46,8 +47,6 @@ def run(args: argparse.Namespace) -> int:
         for template in get_templates(args.templates):
             print(template)
         return 0
-    from clipadapt.builtin import list_builtins
-
     builtins = list_builtins() if args.kind in (None, "builtin") else []
     rows = [] if args.kind == "builtin" else [info.summary() for info in list_datasets(args.kind)]
     if rows:
@@ -60,6 +59,5 @@ def run(args: argparse.Namespace) -> int:
         print(markdown_table(builtins, ["spec", "model", "splits", "what"]), end="")
     rows = rows or builtins
     if args.out:
-        write_table(args.out, rows)
-        print(f"wrote {args.out}")
+        print(f"wrote {write_table(args.out, rows)}")
     return 0

@@ -78,8 +78,6 @@ def _retrieval(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.seeds < 1:
-        raise ConfigError(f"--seeds must be >= 1, got {args.seeds}")
     from clipadapt.eval.dn_sweep import sweep_dn
     from clipadapt.report.dn_plots import plot_dn_sweep
     from clipadapt.report.tables import markdown_table, write_table

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import functools
 from dataclasses import fields
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from clipadapt.cli._common import (
     add_feature_source_arguments,
     feature_set_from_args,
+    from_args,
     load_features_from_args,
     options_given,
     save_logits,
@@ -19,9 +19,6 @@ from clipadapt.cli._conventions import add_out_argument, featureset_provenance, 
 from clipadapt.cli._outputs import FILE, output_option
 from clipadapt.errors import ConfigError
 from clipadapt.eval.registry import EvalMethod, EvalOptions, get_eval_method, list_eval_methods
-
-if TYPE_CHECKING:
-    from clipadapt.features.featureset import FeatureSet
 
 COMMAND = "eval"
 HELP = "evaluate a method (zero-shot, DN, ...) on cached or given features; writes results.json"
@@ -48,19 +45,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def method_options(method: EvalMethod, args: argparse.Namespace) -> EvalOptions:
     """The runner's options dataclass, each field taken from the argument of the same name; `fetch` encodes
     splits through the cache when the features come from --model/--dataset rather than --features."""
-    names = [f.name for f in fields(method.options) if f.name != "fetch" and hasattr(args, f.name)]
-    values = {name: getattr(args, name) for name in names}
     encodable = getattr(args, "model", None) and getattr(args, "dataset", None) and not getattr(args, "features", None)
-    return method.options(**values, fetch=_fetcher(args) if encodable else None)
-
-
-def _fetcher(args: argparse.Namespace) -> Callable[[list[str]], FeatureSet]:
-    """`EvalOptions.fetch`: encode splits through the cache with this command's --model/--dataset options."""
-
-    def fetch(splits: list[str]) -> FeatureSet:
-        return feature_set_from_args(args, splits=splits)  # heavy imports only when encoding
-
-    return fetch
+    return from_args(method.options, args, fetch=functools.partial(feature_set_from_args, args) if encodable else None)
 
 
 def summary_line(name: str, results: dict) -> str:

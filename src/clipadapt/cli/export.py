@@ -8,7 +8,6 @@ from pathlib import Path
 from clipadapt.argtypes import COUNT
 from clipadapt.cli._outputs import FILE, output_option
 from clipadapt.constants import HEAD_EXPORT_FORMATS
-from clipadapt.errors import ConfigError
 
 COMMAND = "export"
 HELP = "export a head with its image encoder (preprocessed images -> logits) as ONNX or a torch.export program"
@@ -37,18 +36,13 @@ def run(args: argparse.Namespace) -> int:
     from clipadapt.heads.module import export_onnx, export_program
 
     head = load_head(args.head)
-    if args.static_batch is not None and args.static_batch < 1:
-        raise ConfigError(f"--static-batch must be >= 1, got {args.static_batch}")
     encoder = head.encoder(device=args.device, precision="fp32")
     module = head.as_module(encoder)
     h, w = encoder.preprocess_cfg["size"]
     example = torch.zeros(args.static_batch or 2, 3, h, w, device=encoder.device)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    export = export_onnx if args.format == "onnx" else export_program
     with atomic_path(args.out) as tmp:
-        if args.format == "onnx":
-            export_onnx(module, example, str(tmp), dynamic_batch=args.static_batch is None)
-        else:
-            export_program(module, example, str(tmp), dynamic_batch=args.static_batch is None)
+        export(module, example, str(tmp), dynamic_batch=args.static_batch is None)
     mean, std = encoder.preprocess_cfg["mean"], encoder.preprocess_cfg["std"]
     print(f"{head.method} head on {head.model_id}: input 'pixels' (B, 3, {h}, {w}) preprocessed as the model's eval "
           f"transform (resize {encoder.preprocess_cfg['resize_mode']}, {encoder.preprocess_cfg['interpolation']}, "

@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 
 from clipadapt.argtypes import COUNT, COUNTS, SEEDS
 from clipadapt.cli._common import (
-    FEATURE_DIR_UNUSED,
     add_feature_source_arguments,
     comma_strings,
     extract_options,
-    refuse_unused,
+    fewshot_config,
+    refuse_extraction_inputs,
 )
 from clipadapt.cli._conventions import add_out_argument, dataset_provenance, path_provenance, vs_baseline
 from clipadapt.constants import GRID_PRESETS, TIE_BREAKS
@@ -51,9 +51,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                               "--features)")
     parser.add_argument("--val-from-train", type=COUNT, default=None, metavar="N",
                         help="validate on N train images per class (per seed, disjoint from that seed's shots; "
-                             "listed in "
-                             "indices/val_seed<S>.json) instead of the 'val' split — needed when val is the test set "
-                             "(CoOp's ImageNet) or absent")
+                             "listed in indices/val_seed<S>.json) instead of the 'val' split — needed when val is the "
+                             "test set (CoOp's ImageNet) or absent")
     parser.add_argument("--allow-fewer", action="store_true",
                         help="classes with fewer training images than --shots use all they have")
     parser.add_argument("--grid", action="append", default=[], metavar="FAMILY.PARAM=SPEC",
@@ -62,9 +61,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                              "repeatable")
     parser.add_argument("--grid-preset", choices=GRID_PRESETS, default=None,
                         help="a paper's search grids and tie order: tip-adapter (β loop outermost: ties keep the "
-                             "smallest "
-                             "β), sus-x, imo (linspace grids with 0, α outermost); --grid then overrides single axes. "
-                             "Default: clipadapt's grids, α outermost")
+                             "smallest β), sus-x, imo (linspace grids with 0, α outermost); --grid then overrides "
+                             "single axes. Default: clipadapt's grids, α outermost")
     parser.add_argument("--tie-break", choices=TIE_BREAKS, default="grid-order",
                         help="which of equally good validation grid points is kept: grid-order (first in loop order, "
                              "the papers' rule; default) or centre (centre of the largest tied region)")
@@ -73,20 +71,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="validation rows per search chunk (default: fit ~128 MiB)")
     add_out_argument(parser, required=True,
                      writes="runs.csv, summary.csv, summary.md, accuracy_vs_shots.png, indices/")
-
-
-def parse_grid_overrides(specs: list[str]) -> dict[str, dict[str, list[float]]]:
-    """['tip.beta=0.1:7:50', ...] -> {'tip': {'beta': [...]}}."""
-    from clipadapt.eval.search import parse_grid
-
-    grids: dict[str, dict[str, list[float]]] = {}
-    for spec in specs:
-        key, sep, values = spec.partition("=")
-        family, dot, param = key.partition(".")
-        if not sep or not dot:
-            raise ConfigError(f"--grid '{spec}': expected FAMILY.PARAM=SPEC, e.g. tip.beta=0.1:7:50")
-        grids.setdefault(family.strip(), {})[param.strip()] = parse_grid(values)
-    return grids
 
 
 def build_source(args: argparse.Namespace):
@@ -98,7 +82,7 @@ def build_source(args: argparse.Namespace):
     if args.features:
         if args.adapter:
             raise ConfigError("--adapter needs --model/--dataset; with --features give --adapted-features DIR")
-        refuse_unused(args, "--features", FEATURE_DIR_UNUSED, instead="--model/--dataset (extract through the cache)")
+        refuse_extraction_inputs(args)
         adapted = load_feature_dir(args.adapted_features) if args.adapted_features else None
         return DirectorySource(load_feature_dir(args.features), adapted)
     if args.model and args.dataset:
@@ -119,14 +103,27 @@ def build_source(args: argparse.Namespace):
     raise ConfigError("give --features DIR, or both --model and --dataset")
 
 
-def write_outputs(out: Path, results: dict, config: FewShotConfig, source_info: dict, provenance: dict) -> None:
-    """results.json, runs.csv, summary.csv, summary.md and accuracy_vs_shots.png under `out`."""
+def run_protocol(args: argparse.Namespace, *, progress: bool = True) -> tuple[dict, dict]:
+    """Run the protocol and write results.json under --out: (results, the features' description). Also what a
+    `suite` cell runs (without the tables and the plot), so a cell computes what `fewshot` computes."""
+    from clipadapt.eval.fewshot import run_fewshot
+    from clipadapt.report.tables import write_json
+
+    config = config_from_args(args)
+    source = build_source(args)
+    results = run_fewshot(source, config, index_dir=args.out / "indices", device=args.device, progress=progress)
+    source_info = source.describe()
+    write_json(args.out / "results.json", {"config": vars(config), "features": source_info, **results,
+                                           "provenance": _provenance(args, source)})
+    return results, source_info
+
+
+def write_tables(out: Path, results: dict, source_info: dict) -> None:
+    """runs.csv, summary.csv, summary.md and accuracy_vs_shots.png under `out`."""
     from clipadapt.eval.fewshot import summary_pivot
     from clipadapt.report.plots import line_plot
-    from clipadapt.report.tables import write_json, write_table
+    from clipadapt.report.tables import write_table
 
-    write_json(out / "results.json", {"config": vars(config), "features": source_info, **results,
-                                      "provenance": provenance})
     write_table(out / "runs.csv", [{**r, "hyperparameters": json.dumps(r["hyperparameters"])} for r in results["runs"]])
     write_table(out / "summary.csv", results["summary"])
     write_table(out / "summary.md", summary_pivot(results["summary"]))
@@ -154,26 +151,19 @@ def _provenance(args: argparse.Namespace, source) -> dict:
 
 
 def config_from_args(args: argparse.Namespace) -> FewShotConfig:
-    """The FewShotConfig of these arguments (also used by `suite` cells, so a cell runs what `fewshot` runs)."""
-    from clipadapt.eval.fewshot import FewShotConfig
-
-    config = FewShotConfig(shots=args.shots, seeds=args.seeds, methods=args.methods, allow_fewer=args.allow_fewer,
-                           grids=parse_grid_overrides(args.grid), tipf_epochs=args.tipf_epochs,
-                           chunk_size=args.chunk_size,
-                           val_from_train=args.val_from_train, grid_preset=args.grid_preset, tie_break=args.tie_break)
+    """The FewShotConfig of `fewshot`'s arguments; tip++/tipx++ need adapted features."""
+    config = fewshot_config(args)
     if config.needs_adapted and not (args.adapter or args.adapted_features):
         raise ConfigError("tip++/tipx++ need --adapted-features DIR (with --features) or --adapter CKPT")
     return config
 
 
 def run(args: argparse.Namespace) -> int:
-    from clipadapt.eval.fewshot import run_fewshot, summary_pivot
+    from clipadapt.eval.fewshot import summary_pivot
     from clipadapt.report.tables import markdown_table
 
-    config = config_from_args(args)
-    source = build_source(args)
-    results = run_fewshot(source, config, index_dir=args.out / "indices", device=args.device)
-    write_outputs(args.out, results, config, source.describe(), _provenance(args, source))
+    results, source_info = run_protocol(args)
+    write_tables(args.out, results, source_info)
     print(markdown_table(summary_pivot(results["summary"])), end="")
     for line in baseline_lines(results["summary"]):
         print(line)

@@ -7,11 +7,11 @@ import functools
 from pathlib import Path
 
 from clipadapt.argtypes import COUNT, SEED
-from clipadapt.cli._common import add_feature_source_arguments
+from clipadapt.cli._common import add_feature_source_arguments, extract_options, fewshot_config
 from clipadapt.cli._conventions import run_provenance
 from clipadapt.cli._outputs import FILE, output_option
 from clipadapt.constants import GRID_PRESETS, HEAD_METHODS, TIE_BREAKS
-from clipadapt.errors import ConfigError
+from clipadapt.errors import ConfigError, DatasetError
 
 COMMAND = "fit"
 HELP = "fit a classifier (zeroshot, dn, tip, tip-f, tipx, tip++, tipx++) once and save it as one head file"
@@ -59,30 +59,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
                   FILE)
 
 
-def _fewshot_config(args: argparse.Namespace):
-    from clipadapt.cli.fewshot import parse_grid_overrides
-    from clipadapt.eval.fewshot import FewShotConfig
-
-    if args.shots is not None and args.shots < 1:
-        raise ConfigError(f"--shots must be >= 1 images per class, got {args.shots}")
-    return FewShotConfig(shots=[args.shots or 1], seeds=[args.seed], methods=[args.method],
-                         allow_fewer=args.allow_fewer, grids=parse_grid_overrides(args.grid),
-                         tipf_epochs=args.tipf_epochs, chunk_size=args.chunk_size, val_from_train=args.val_from_train,
-                         grid_preset=args.grid_preset, tie_break=args.tie_break)
-
-
 def _fetch(args: argparse.Namespace):
     from clipadapt.features.pipeline import get_feature_set
 
-    return functools.partial(get_feature_set, args.model, args.dataset, cache_dir=args.cache_dir, device=args.device,
-                             batch_size=args.batch_size, file_check=args.file_check, on_error=args.on_error,
-                             num_workers=args.num_workers)
+    return functools.partial(get_feature_set, args.model, args.dataset, options=extract_options(args),
+                             cache_dir=args.cache_dir, device=args.device)
 
 
-def _split_or_none(args: argparse.Namespace, fetch, features, name: str):
+def _split_or_none(fetch, features, name: str):
     """A split of --features, or fetched for --model/--dataset; None when the dataset has no such split."""
-    from clipadapt.errors import DatasetError
-
     if features is not None:
         return features.split(name) if features.has_split(name) else None
     try:
@@ -101,18 +86,14 @@ def _fit_simple(args: argparse.Namespace):
     if args.method == "dn":
         if args.dn_repeats != 1:
             raise ConfigError("--dn-repeats: a head stores one DN fit; give --dn-seed to choose the draw")
-        if features is not None:
-            pool = features.split(args.dn_source)
-            base = features
-        else:
-            base = fetch([args.dn_source])
-            pool = base.split(args.dn_source)
-        val = _split_or_none(args, fetch, features, args.val) if args.dn_source != args.val else None
+        base = features if features is not None else fetch([args.dn_source])
+        pool = base.split(args.dn_source)
+        val = _split_or_none(fetch, features, args.val) if args.dn_source != args.val else None
         result = fit_dn(base.text, pool, pool_name=args.dn_source, val=val, lam=args.dn_lambda,
                         n_samples=args.dn_samples, seed=args.dn_seed, text_mean=args.dn_text_mean,
                         logit=base.logit_params(), val_split=args.val)
     else:
-        val = _split_or_none(args, fetch, features, args.val)
+        val = _split_or_none(fetch, features, args.val)
         base = features if features is not None else (fetch([args.val]) if val is not None else None)
         if base is None:  # no val split: the class text (and meta) come with one train row; test is never encoded
             base = fetch(["train"], indices={"train": [0]})
@@ -127,7 +108,7 @@ def _fit_cache(args: argparse.Namespace):
     from clipadapt.features.io import load_feature_dir
     from clipadapt.heads.fit import fit_fewshot
 
-    config = _fewshot_config(args)
+    config = fewshot_config(args, shots=[args.shots or 1], seeds=[args.seed], methods=[args.method])
     if config.needs_adapted and not (args.adapter or args.adapted_features):
         raise ConfigError(f"{args.method} needs --adapter CKPT (with --model/--dataset) or --adapted-features DIR")
     if args.features:
@@ -168,10 +149,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give --features DIR, or both --model and --dataset")
     if args.features and args.model:
         raise ConfigError("give --features DIR or --model/--dataset, not both")
-    if args.method in ("zeroshot", "dn"):
-        result, base, loaded = _fit_simple(args)
-    else:
-        result, base, loaded = _fit_cache(args)
+    result, base, loaded = (_fit_simple if args.method in ("zeroshot", "dn") else _fit_cache)(args)
     adapter, adapter_tensors = None, None
     if args.adapter and args.method.endswith("++"):
         adapter, adapter_tensors = adapter_block(args.adapter)

@@ -7,12 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clipadapt.argtypes import COUNT, SEED
-from clipadapt.cli._common import (
-    FEATURE_DIR_UNUSED,
-    add_feature_source_arguments,
-    load_features_from_args,
-    refuse_unused,
-)
+from clipadapt.cli._common import add_feature_source_arguments, load_features_from_args, refuse_extraction_inputs
 from clipadapt.cli._conventions import RESULTS_FILE, add_out_argument, featureset_inputs, run_provenance, write_results
 from clipadapt.errors import ConfigError
 
@@ -53,7 +48,7 @@ def _feature_sets(args: argparse.Namespace) -> dict[str, FeatureSet]:
         if args.adapter:
             raise ConfigError("--adapter needs --model/--dataset (features are extracted with it); "
                               "with --features give --adapted-features DIR")
-        refuse_unused(args, "--features", FEATURE_DIR_UNUSED, instead="--model/--dataset (extract through the cache)")
+        refuse_extraction_inputs(args)
         sets = {"original": load_feature_dir(args.features, splits=[args.split])}
         if args.adapted_features:
             sets["adapted"] = load_feature_dir(args.adapted_features, splits=[args.split])
@@ -96,7 +91,6 @@ def run(args: argparse.Namespace) -> int:
         rows.append({"features": name, "overlap": r.overlap, "same_mean": r.same_mean, "diff_mean": r.diff_mean,
                      "n_same": r.n_same, "n_diff": r.n_diff, "sampled": r.sampled,
                      "variance": variance[name]["normalised"]["mean"]})
-    args.out.mkdir(parents=True, exist_ok=True)
     report = {
         "split": args.split,
         "bins": args.bins,

@@ -39,6 +39,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"\n{len(rows)} architectures; model ids: ARCH@TAG, ARCH@/path/to/checkpoint.pt, hf-hub:ORG/REPO (open_clip "
           "format); transformers models: hf:ORG/REPO[@REVISION] or hf:/path/to/dir (pip install 'clipadapt[hf]')")
     if args.out:
-        write_table(args.out, rows)
-        print(f"wrote {args.out}")
+        print(f"wrote {write_table(args.out, rows)}")
     return 0

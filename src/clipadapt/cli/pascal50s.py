@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from clipadapt.encoders import load_encoder
     from clipadapt.eval.pascal50s import pascal50s_accuracy
     from clipadapt.features.caption_data import encode_captions, encode_image_files
+    from clipadapt.report.provenance import path_fingerprint
     from clipadapt.report.tables import markdown_table, write_table
 
     pairs = read_pascal50s(args.pairs, args.consensus, n_references=args.references, seed=args.dn_seed,
@@ -61,10 +62,8 @@ def run(args: argparse.Namespace) -> int:
                              [p["category"] for p in pairs], lam=args.dn_lambda, seed=args.dn_seed)
     res.update(model=args.model, n_pairs=len(pairs), references_per_pair=args.references,
                vote_positive=args.vote_positive, pairs_file=str(args.pairs), consensus_file=str(args.consensus))
-    table = [{"metric": m, **{k: v for k, v in acc.items()}} for m, acc in res["accuracy"].items()]
+    table = [{"metric": m, **acc} for m, acc in res["accuracy"].items()]
     print(markdown_table(table), end="")
-    from clipadapt.report.provenance import path_fingerprint
-
     data = {"pairs": str(args.pairs), "consensus": str(args.consensus), "image_root": str(args.image_root)}
     # images: not hashed
     prints = {"pairs": path_fingerprint(args.pairs), "consensus": path_fingerprint(args.consensus)}

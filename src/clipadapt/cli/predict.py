@@ -7,10 +7,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from clipadapt.argtypes import COUNT, NON_NEGATIVE_INT
-from clipadapt.cli._common import add_file_check_argument
+from clipadapt.argtypes import COUNT
+from clipadapt.builtin import is_builtin
+from clipadapt.cli._common import add_encoding_arguments, add_file_check_argument, extract_options, save_logits
 from clipadapt.cli._outputs import FILE, output_option
-from clipadapt.errors import ConfigError
+from clipadapt.constants import cache_root
+from clipadapt.errors import ConfigError, HeadMismatchError
+from clipadapt.fileio import atomic_write_bytes, read_text
 
 COMMAND = "predict"
 HELP = "label images (files, a folder, a CSV) or precomputed features with a head file from `clipadapt fit`"
@@ -43,19 +46,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     enc = parser.add_argument_group("encoding images")
     enc.add_argument("--cache-dir", type=Path, default=None,
                      help="feature cache root (default: $CLIPADAPT_CACHE or ~/.cache/clipadapt)")
-    enc.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    enc.add_argument("--batch-size", type=COUNT, default=64)
-    enc.add_argument("--num-workers", type=NON_NEGATIVE_INT, default=0, help="DataLoader workers when encoding images")
-    enc.add_argument("--on-error", choices=["fail", "skip"], default="fail",
-                     help="unreadable images: fail, or skip them (listed in the output with their error)")
+    add_encoding_arguments(enc, on_error="unreadable images: fail, or skip them (listed in the output with their "
+                                         "error)")
     enc.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_file_check_argument(enc)
 
 
 def parse_split_spec(spec: str, default: str = "test") -> tuple[str, str]:
     """'DIR:SPLIT' -> (DIR, SPLIT); 'DIR' and 'builtin:NAME' -> (DIR, default)."""
-    from clipadapt.builtin import is_builtin
-
     head, sep, tail = str(spec).rpartition(":")
     if not sep or not head or "/" in tail or "\\" in tail or not tail or (is_builtin(spec) and spec.count(":") == 1):
         return str(spec), default
@@ -65,7 +63,6 @@ def parse_split_spec(spec: str, default: str = "test") -> tuple[str, str]:
 def _image_paths(args: argparse.Namespace) -> list[str]:
     """Absolute paths of the images to label, in the order given (a folder: sorted)."""
     from clipadapt.data._files import scan_images
-    from clipadapt.fileio import read_text
 
     paths = [str(p.expanduser().resolve()) for p in args.images]
     if args.image_dir is not None:
@@ -85,9 +82,8 @@ def _image_paths(args: argparse.Namespace) -> list[str]:
             raise ConfigError(f"--csv {args.csv}: needs a 'path' column; found {reader.fieldnames}")
         for row in reader:
             value = {(k or "").strip(): (v or "").strip() for k, v in row.items()}["path"]
-            if value:
-                p = Path(value).expanduser()
-                paths.append(str((p if p.is_absolute() else args.csv.parent / p).resolve()))
+            if value:  # relative to the CSV's folder (an absolute path replaces it)
+                paths.append(str((args.csv.parent / Path(value).expanduser()).resolve()))
     return paths
 
 
@@ -105,8 +101,7 @@ def _from_features(args: argparse.Namespace, head) -> tuple[Any, Any, list[str],
             raise ConfigError(f"a {head.method} head needs --adapted-features DIR:SPLIT with --features (the same rows "
                               "through its IMO adapter)")
         a_dir, a_split = parse_split_spec(args.adapted_features)
-        a_fs = load_feature_dir(a_dir, splits=[a_split])
-        adapted = a_fs.split(a_split).image
+        adapted = load_feature_dir(a_dir, splits=[a_split]).split(a_split).image
         if adapted.shape[0] != rows.n:
             raise ConfigError(f"--adapted-features {args.adapted_features}: {adapted.shape[0]} rows for {rows.n} "
                               f"rows of --features {args.features}")
@@ -122,15 +117,12 @@ def _from_images(args: argparse.Namespace, head, paths: list[str]):
     from clipadapt.features.pipeline import DEFAULT_TEMPLATES, get_feature_set
 
     if head.model_id is None:
-        from clipadapt.errors import HeadMismatchError
-
         raise HeadMismatchError(head.features_only_message())
     ds = ImageDataset(kind="files", name="predict", split="predict", classnames=head.classnames,
                       templates=head.meta.get("templates") or list(DEFAULT_TEMPLATES), paths=paths,
                       labels=[0] * len(paths))
-    common = dict(cache_dir=args.cache_dir, device=args.device, batch_size=args.batch_size,
-                  on_error=args.on_error, num_workers=args.num_workers, file_check=args.file_check,
-                  progress=not args.no_progress)
+    common = dict(options=extract_options(args, progress=not args.no_progress), cache_dir=args.cache_dir,
+                  device=args.device)
     fs = get_feature_set(head.model_id, {"predict": ds}, ["predict"], **common)
     _check_encoder_meta(head, fs.meta)
     rows = fs.split("predict")
@@ -139,24 +131,16 @@ def _from_images(args: argparse.Namespace, head, paths: list[str]):
         if head.adapter is None:
             head.encoder(adapted=True)  # raises: the head stores no adapter (fitted from adapted features)
         # written back byte for byte (same sha256): the cache reuses adapted features encoded earlier
-        adapter = head.adapter_checkpoint(Path(args.cache_dir or _default_cache()) / "head-adapters"
+        adapter = head.adapter_checkpoint(Path(args.cache_dir or cache_root()) / "head-adapters"
                                           / head.meta["adapter"]["sha256"][:16])
-        a_fs = get_feature_set(head.model_id, {"predict": ds}, ["predict"], adapter=adapter, **common)
-        adapted = a_fs.split("predict").image
+        adapted = get_feature_set(head.model_id, {"predict": ds}, ["predict"], adapter=adapter,
+                                  **common).split("predict").image
     kept = rows.paths if rows.paths is not None else paths
     skipped = {p: "unreadable image (skipped, --on-error skip)" for p in paths if p not in set(kept)}
     return rows.image, adapted, list(kept), skipped
 
 
-def _default_cache() -> Path:
-    from clipadapt.features.cache import FeatureCache
-
-    return Path(FeatureCache(None).root)
-
-
 def _check_encoder_meta(head, meta: dict) -> None:
-    from clipadapt.errors import HeadMismatchError
-
     fp, model = meta.get("encoder") or {}, head.meta.get("model") or {}
     for field in ("weights", "preprocessing"):
         if model.get(field) is not None and fp.get(field) is not None and fp[field] != model[field]:
@@ -165,12 +149,9 @@ def _check_encoder_meta(head, meta: dict) -> None:
 
 def write_predictions(path: Path, records: list[dict[str, Any]], topk: int) -> Path:
     """`.csv`: path, label, probability, label_2, probability_2, ..., error; `.jsonl`: one object per row."""
-    from clipadapt.fileio import atomic_write_bytes
-
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
+    if path.suffix.lower() == ".jsonl":
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    elif suffix == ".csv":
+    else:  # .csv (`run` refuses other suffixes before anything is computed)
         import csv
         import io
 
@@ -188,8 +169,6 @@ def write_predictions(path: Path, records: list[dict[str, Any]], topk: int) -> P
                 cells += [top["label"], f"{top['probability']:.6f}"] if top else ["", ""]
             writer.writerow(cells + [r.get("error") or ""])
         text = buffer.getvalue()
-    else:
-        raise ConfigError(f"--out {path}: use a .csv or .jsonl file")
     atomic_write_bytes(path, text.encode("utf-8"))
     return path
 
@@ -199,8 +178,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.out.suffix.lower() not in FORMATS:
         raise ConfigError(f"--out {args.out}: use a .csv or .jsonl file")
-    if args.topk < 1:
-        raise ConfigError(f"--topk must be >= 1, got {args.topk}")
     head = load_head(args.head)
     paths = _image_paths(args)
     if args.features and paths:
@@ -221,8 +198,6 @@ def run(args: argparse.Namespace) -> int:
     records += [{"path": p, "label": None, "probability": None, "topk": [], "error": e} for p, e in skipped.items()]
     write_predictions(args.out, records, min(args.topk, head.num_classes))
     if args.save_logits:
-        from clipadapt.cli._common import save_logits
-
         save_logits(args.save_logits, logits)
     for note in notes:
         print(f"note: {note}")

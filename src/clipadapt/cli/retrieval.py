@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clipadapt.argtypes import COUNT, NON_NEGATIVE_INT, SEED
-from clipadapt.cli._common import add_verify_argument, refuse_unused
+from clipadapt.argtypes import COUNT, SEED
+from clipadapt.cli._common import add_encoding_arguments, add_verify_argument, refuse_unused
 from clipadapt.cli._conventions import (
     add_out_argument,
     draws_identical,
@@ -20,7 +20,6 @@ from clipadapt.cli._conventions import (
     write_results,
 )
 from clipadapt.cli._outputs import DIR, FILE, output_option
-from clipadapt.constants import DEFAULT_BATCH_SIZE
 from clipadapt.errors import ConfigError
 from clipadapt.eval.runners.dn import add_dn_arguments, dn_source_info, shared_images
 
@@ -51,12 +50,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                      help="JSON split(s) (comma-separated), or one --dataset split, used as the unlabeled pool for "
                           "DN's means (default: restval)")
     src.add_argument("--model", help="model id ARCH@TAG for the encoder path")
-    src.add_argument("--device", default=None)
-    src.add_argument("--batch-size", type=COUNT, default=DEFAULT_BATCH_SIZE)
-    src.add_argument("--num-workers", type=NON_NEGATIVE_INT, default=0, help="DataLoader workers when encoding images")
-    src.add_argument("--on-error", choices=["fail", "skip"], default="fail",
-                     help="unreadable images: fail, or skip them with their captions (listed in the results' "
-                          "meta.skipped)")
+    add_encoding_arguments(src, device=None, on_error="unreadable images: fail, or skip them with their captions "
+                                                     "(listed in the results' meta.skipped)")
     src.add_argument("--max-pool", type=COUNT, default=1000, help="encode at most this many pool images (default 1000)")
     output_option(src.add_argument("--save-embeddings", type=Path,
                                    help="write the encoded embeddings as a retrieval directory"), DIR)
@@ -75,7 +70,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def _load_from_json(args: argparse.Namespace) -> tuple[RetrievalSet, RetrievalSet | None]:
     from clipadapt.encoders import load_encoder
     from clipadapt.features.caption_data import read_karpathy_json, retrieval_set_from_entries
-    from clipadapt.features.retrieval_dir import save_retrieval_split
 
     if not (args.image_root and args.model):
         raise ConfigError("--captions-json needs --image-root and --model")
@@ -89,15 +83,11 @@ def _load_from_json(args: argparse.Namespace) -> tuple[RetrievalSet, RetrievalSe
         pool = retrieval_set_from_entries(encoder, entries, args.image_root, args.batch_size, **opts)
     if args.save_embeddings:
         test.meta["dataset"] = str(args.captions_json)
-        save_retrieval_split(args.save_embeddings, args.split, test)
-        if pool is not None:
-            save_retrieval_split(args.save_embeddings, "unlabeled", pool)
-        print(f"wrote {args.save_embeddings}")
     return test, pool
 
 
 def _load(args: argparse.Namespace) -> tuple[RetrievalSet, RetrievalSet | None]:
-    from clipadapt.features.retrieval_dir import has_retrieval_split, load_retrieval_split
+    from clipadapt.features.retrieval_dir import has_retrieval_split, load_retrieval_split, save_retrieval_split
 
     if args.embeddings:
         refuse_unused(args, "--embeddings", ("--captions-json", "--image-root", "--save-embeddings"),
@@ -112,12 +102,16 @@ def _load(args: argparse.Namespace) -> tuple[RetrievalSet, RetrievalSet | None]:
                 )
             pool = load_retrieval_split(args.embeddings, "unlabeled")
         return test, pool
-    if args.captions_json:
-        return _load_from_json(args)
-    if args.dataset:
-        return _load_from_dataset(args)
-    raise ConfigError("give --embeddings DIR (or builtin:coco500), --captions-json FILE with --image-root and --model, "
-                      "or --dataset wds:/hf: SPEC with --model")
+    if not (args.captions_json or args.dataset):
+        raise ConfigError("give --embeddings DIR (or builtin:coco500), --captions-json FILE with --image-root and "
+                          "--model, or --dataset wds:/hf: SPEC with --model")
+    test, pool = (_load_from_json if args.captions_json else _load_from_dataset)(args)
+    if args.save_embeddings:  # the encoded split (and DN's unlabeled pool) as a retrieval directory
+        save_retrieval_split(args.save_embeddings, args.split, test)
+        if pool is not None:
+            save_retrieval_split(args.save_embeddings, "unlabeled", pool)
+        print(f"wrote {args.save_embeddings}")
+    return test, pool
 
 
 def _load_from_dataset(args: argparse.Namespace) -> tuple[RetrievalSet, RetrievalSet | None]:
@@ -125,7 +119,6 @@ def _load_from_dataset(args: argparse.Namespace) -> tuple[RetrievalSet, Retrieva
     from clipadapt.data import build_caption_dataset
     from clipadapt.encoders import load_encoder
     from clipadapt.features.caption_data import retrieval_set_from_dataset
-    from clipadapt.features.retrieval_dir import save_retrieval_split
 
     if not args.model:
         raise ConfigError("--dataset needs --model")
@@ -141,11 +134,6 @@ def _load_from_dataset(args: argparse.Namespace) -> tuple[RetrievalSet, Retrieva
     test = retrieval_set_from_dataset(encoder, data, args.batch_size, **opts)
     test.meta.update(dataset=args.dataset, dataset_fingerprint=f"dataset-sha256:{data.fingerprint()}")
     pool = None if pool_data is None else retrieval_set_from_dataset(encoder, pool_data, args.batch_size, **opts)
-    if args.save_embeddings:
-        save_retrieval_split(args.save_embeddings, args.split, test)
-        if pool is not None:
-            save_retrieval_split(args.save_embeddings, "unlabeled", pool)
-        print(f"wrote {args.save_embeddings}")
     return test, pool
 
 
@@ -163,8 +151,6 @@ def _pool(args: argparse.Namespace, test: RetrievalSet, pool: RetrievalSet | Non
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.dn_repeats < 1:
-        raise ConfigError(f"--dn-repeats must be >= 1, got {args.dn_repeats}")
     from clipadapt.eval.retrieval import retrieval_with_dn
     from clipadapt.report.tables import markdown_table, write_table
 

@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 
 from clipadapt.argtypes import COUNT, COUNTS, SEEDS
-from clipadapt.cli._common import add_verify_argument, comma_strings
+from clipadapt.cli._common import add_verify_argument, comma_strings, fewshot_config
+from clipadapt.cli._conventions import add_out_argument, path_provenance, write_results
 from clipadapt.constants import GRID_PRESETS, TIE_BREAKS
 from clipadapt.errors import ConfigError
 
@@ -50,25 +51,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tie-break", choices=TIE_BREAKS, default="grid-order", help="as in `fewshot`")
     parser.add_argument("--tipf-epochs", type=COUNT, default=20)
     parser.add_argument("--allow-fewer", action="store_true")
-    from clipadapt.cli._conventions import add_out_argument
-
     add_verify_argument(parser)
     add_out_argument(parser, writes="runs.csv, summary.csv, summary.md", required=True)
 
 
 def run(args: argparse.Namespace) -> int:
-    from clipadapt.cli._conventions import path_provenance, write_results
-    from clipadapt.cli.fewshot import parse_grid_overrides
-    from clipadapt.eval.fewshot import DirectorySource, FewShotConfig
+    from clipadapt.eval.fewshot import DirectorySource
     from clipadapt.eval.robustness import Variant, run_robustness, variant_class_indices
     from clipadapt.features.io import load_feature_dir
     from clipadapt.report.tables import markdown_table, write_table
 
     if not args.variant:
         raise ConfigError("give at least one --variant NAME=DIR")
-    config = FewShotConfig(shots=args.shots, seeds=args.seeds, methods=args.methods, allow_fewer=args.allow_fewer,
-                           grids=parse_grid_overrides(args.grid), tipf_epochs=args.tipf_epochs,
-                           val_from_train=args.val_from_train, grid_preset=args.grid_preset, tie_break=args.tie_break)
+    config = fewshot_config(args)
     adapted = load_feature_dir(args.adapted_features) if args.adapted_features else None
     source = DirectorySource(load_feature_dir(args.features), adapted)
     adapted_variants = dict(args.adapted_variant)
@@ -80,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
                                 variant_class_indices(name), a))
     results = run_robustness(source, config, variants)
     inputs = {"features": args.features, "adapted_features": args.adapted_features,
-              **{n: p for n, p in args.variant}, **{f"{n} (adapted)": p for n, p in args.adapted_variant}}
+              **dict(args.variant), **{f"{n} (adapted)": p for n, p in args.adapted_variant}}
     write_results(args.out / "results.json", {"config": vars(config), "features": source.describe(),
                                               "variants": {n: str(p) for n, p in args.variant}, **results},
                   path_provenance(args, inputs, model=source.meta.get("model")))

@@ -8,7 +8,6 @@ from pathlib import Path
 from clipadapt.argtypes import COUNTS, SEEDS
 from clipadapt.cli._conventions import run_provenance
 from clipadapt.cli._outputs import DIR, output_option
-from clipadapt.errors import ConfigError
 
 COMMAND = "sample-shots"
 HELP = "write reproducible few-shot index lists (DIR/shots{K}_seed{S}.json) for a dataset split"
@@ -33,8 +32,6 @@ def run(args: argparse.Namespace) -> int:
     from clipadapt.data import build_dataset, sample_few_shot, save_indices
     from clipadapt.data.fewshot import SAMPLER
 
-    if min(args.shots) < 1:
-        raise ConfigError(f"--shots must be positive, got {args.shots}")
     ds = build_dataset(args.dataset, args.split, download=args.download)
     fingerprint = ds.fingerprint()
     provenance = run_provenance(args, data=f"{args.dataset} ({args.split})",

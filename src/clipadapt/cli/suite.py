@@ -17,8 +17,11 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from clipadapt.cli._conventions import RESULTS_FILE, add_parser
 from clipadapt.cli._outputs import RESUME, output_option, prepare_outputs
 from clipadapt.errors import ConfigError
+from clipadapt.report.provenance import path_fingerprint, provenance
+from clipadapt.report.tables import markdown_table
 
 if TYPE_CHECKING:  # imported where used, so building the parser stays cheap
     from clipadapt.eval.suite import Cell
@@ -33,25 +36,15 @@ clipadapt suite report runs/imo
 clipadapt suite list
 """
 
-# task -> the subcommand's argv prefix; every command writes `--out DIR`/results.json (docs/results.md)
-_TASK_COMMANDS = {
-    "fewshot": ["fewshot"],
-    "dn": ["eval", "--method", "dn"],
-    "retrieval": ["retrieval"],
-    "captions": ["captions"],
-    "backbones": ["backbones"],
-    "imo": ["imo"],
-}
-_SEED_FLAG = {"fewshot": "--seeds", "dn": "--dn-seed", "retrieval": "--dn-seed", "captions": "--dn-seed",
-              "backbones": "--seed", "imo": "--seed"}
-RESULTS_FILE = "results.json"
+# task -> (the subcommand's argv prefix, its seed option); each writes `--out DIR`/results.json (docs/results.md)
+_TASK_COMMANDS = {"fewshot": (["fewshot"], "--seeds"), "dn": (["eval", "--method", "dn"], "--dn-seed"),
+                  "retrieval": (["retrieval"], "--dn-seed"), "captions": (["captions"], "--dn-seed"),
+                  "backbones": (["backbones"], "--seed"), "imo": (["imo"], "--seed")}
 # dataset-table keys that hold images or embeddings rather than a --model-free input
 _NEEDS_MODEL = {"spec", "captions_json", "image_root"}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from clipadapt.cli._conventions import add_parser
-
     sub = parser.add_subparsers(dest="suite_command", metavar="ACTION", required=True)
     run = add_parser(sub, "run", help="run (or resume) every unfinished cell of CONFIG, then write the summary",
                      examples="clipadapt suite run dn-vitb32 --out runs/dn --set DATA=/data\n"
@@ -108,7 +101,8 @@ def _backbone_path(value: str, backbone: str | None) -> str:
 
 def cell_argv(cell: Cell, out: Path) -> list[str]:
     """The `clipadapt` command line (without the program name) that computes `cell` into `out`."""
-    argv = list(_TASK_COMMANDS[cell.task])
+    prefix, seed_option = _TASK_COMMANDS[cell.task]
+    argv = list(prefix)
     source = dict(cell.source)
     backbones = (cell.backbone or "").split(",") if cell.task == "backbones" else [cell.backbone]
     if cell.task == "backbones" and "features" in source:
@@ -122,7 +116,7 @@ def cell_argv(cell: Cell, out: Path) -> list[str]:
     if cell.task == "fewshot":
         argv += ["--shots", ",".join(str(k) for k in cell.shots or []), "--methods", cell.method or ""]
     if cell.seed is not None:
-        argv += [_SEED_FLAG[cell.task], str(cell.seed)]
+        argv += [seed_option, str(cell.seed)]
     argv += _option_args(cell.options)
     argv += ["--out", str(out)]
     return argv
@@ -148,7 +142,8 @@ def execute_cell(cell: Cell, out: Path) -> dict[str, Any]:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "log.txt", "w", encoding="utf-8") as log, contextlib.redirect_stdout(log):
-        output = _run_fewshot(args) if cell.task == "fewshot" else _run_command(args, cell, out)
+        _run_command(args, cell)
+    output = json.loads((out / RESULTS_FILE).read_text(encoding="utf-8"))
     return {"command": "clipadapt " + shlex.join(argv), **_data_provenance(cell, output), "output": output}
 
 
@@ -159,32 +154,21 @@ def _data_provenance(cell: Cell, output: dict[str, Any]) -> dict[str, Any]:
             "data_fingerprint": prov.get("data_fingerprint")}
 
 
-def _run_fewshot(args: argparse.Namespace) -> dict[str, Any]:
-    """What `clipadapt fewshot` computes and writes to results.json (its own functions), without its tables and plot."""
-    from clipadapt.cli.fewshot import _provenance, build_source, config_from_args
-    from clipadapt.eval.fewshot import run_fewshot
-    from clipadapt.report.tables import write_json
+def _run_command(args: argparse.Namespace, cell: Cell) -> None:
+    """The cell's command; for fewshot what it computes and writes to results.json, without its tables and plot."""
+    if cell.task == "fewshot":
+        from clipadapt.cli.fewshot import run_protocol
 
-    config = config_from_args(args)
-    source = build_source(args)
-    results = run_fewshot(source, config, index_dir=args.out / "indices", device=args.device, progress=False)
-    path = write_json(args.out / RESULTS_FILE, {"config": vars(config), "features": source.describe(), **results,
-                                                "provenance": _provenance(args, source)})
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _run_command(args: argparse.Namespace, cell: Cell, out: Path) -> dict[str, Any]:
+        run_protocol(args, progress=False)
+        return
     code = args._run(args)
     if code:
         raise ConfigError(f"clipadapt {cell.task} exited with {code}")
-    return json.loads((out / RESULTS_FILE).read_text(encoding="utf-8"))
 
 
 # ------------------------------------------------------------------------------------------------ actions
 def _provenance(args: argparse.Namespace, config_path: Path, cells: list) -> dict[str, Any]:
     """This suite invocation's provenance (docs/results.md): the config file is its data, the backbones its models."""
-    from clipadapt.report.provenance import path_fingerprint, provenance
-
     models = sorted({b for c in cells if c.backbone for b in c.backbone.split(",")}) or None
     return {"provenance": provenance(getattr(args, "_argv", None), model=models, data=str(config_path),
                                      data_fingerprint=path_fingerprint(config_path)),
@@ -214,7 +198,6 @@ def _run(args: argparse.Namespace) -> int:
 
 def _status(args: argparse.Namespace) -> int:
     from clipadapt.eval.suite import SuiteStore
-    from clipadapt.report.tables import markdown_table
 
     rows = SuiteStore(args.out).status()
     print(markdown_table([{k: v for k, v in r.items() if k != "error"} for r in rows]), end="")
@@ -244,11 +227,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.suite_command == "run":
-        return _run(args)
-    if args.suite_command == "status":
-        return _status(args)
     if args.suite_command == "report":
         _report(args.out, plots=not args.no_plots, argv=getattr(args, "_argv", None))
         return 0
-    return _list(args)
+    return {"run": _run, "status": _status, "list": _list}[args.suite_command](args)

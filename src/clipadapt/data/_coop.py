@@ -40,15 +40,9 @@ def build_coop(spec: Spec, split: str) -> ImageDataset:
     if split not in info.splits:
         raise DatasetError(f"coop:{info.name}: no split {split!r}; this dataset has {list(info.splits)}")
     root = _dataset_root(spec, info)
-    if info.layout == SPLIT_JSON:
-        paths, labels, classnames = _read_split_json(spec, info, root, split)
-    elif info.layout == FGVC_VARIANTS:
-        paths, labels, classnames = _read_fgvc(spec, info, root, split)
-    elif info.layout == IMAGENET_FOLDERS:
-        paths, labels, classnames = _read_imagenet(spec, info, root, split)
-    else:
-        assert info.layout == IMAGENET_VARIANT, info.layout
-        paths, labels, classnames = _read_imagenet_variant(spec, info, root)
+    read = {SPLIT_JSON: _read_split_json, FGVC_VARIANTS: _read_fgvc, IMAGENET_FOLDERS: _read_imagenet,
+            IMAGENET_VARIANT: _read_imagenet_variant}[info.layout]
+    paths, labels, classnames = read(spec, info, root, split)
     if not paths:
         raise DatasetError(f"coop:{info.name} split {split!r} under {root}: no images")
     templates = get_templates(spec.options["templates"]) if "templates" in spec.options else list(info.templates)
@@ -203,7 +197,9 @@ def _read_imagenet(spec: Spec, info: DatasetInfo, root: Path, split: str) -> tup
     return _wnid_folders(info, folder, label_of=_wnid_labels(info))
 
 
-def _read_imagenet_variant(spec: Spec, info: DatasetInfo, root: Path) -> tuple[list[str], list[int], list[str]]:
+def _read_imagenet_variant(spec: Spec, info: DatasetInfo, root: Path,
+                           split: str) -> tuple[list[str], list[int], list[str]]:
+    """A test-only variant: its one folder (`split` is always 'test', `info.splits`)."""
     folder = _image_dir(spec, info, root)
     if info.label_space == "index":
         def label_of(name: str) -> int | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from clipadapt.data._files import scan_images, subdirectories
@@ -151,6 +152,19 @@ def _sidecar_classnames(folder: Path) -> tuple[Path, list[str]] | None:
         if path.is_file():
             return path, read_classnames_file(path)
     return None
+
+
+def spec_classnames(spec: Spec, base: Path | None, folders: Sequence[Path]) -> tuple[Path, list[str]] | None:
+    """(file, class names) of the spec's `?classnames=FILE` (a relative FILE is taken under `base`), else of the
+    classnames.txt/.json in the first of `folders` holding one, else None."""
+    if "classnames" in spec.options:
+        path = Path(spec.options["classnames"]).expanduser()
+        if not path.is_absolute() and base is not None:
+            path = base / path
+        if not path.is_file():
+            raise DatasetError(f"dataset spec {spec.text!r}: class-name file {path} not found")
+        return path, read_classnames_file(path)
+    return next((found for folder in folders if (found := _sidecar_classnames(folder)) is not None), None)
 
 
 def _csv_classnames(path: Path, rows: list[tuple[str, int, str | None]], siblings: list[Path]) -> list[str]:

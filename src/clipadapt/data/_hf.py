@@ -23,7 +23,7 @@ from typing import Any
 from PIL import Image
 
 from clipadapt.data._extras import require
-from clipadapt.data._folder import _sidecar_classnames, read_classnames_file
+from clipadapt.data._folder import spec_classnames
 from clipadapt.data._spec import Spec
 from clipadapt.data.catalog import get_templates
 from clipadapt.data.dataset import CaptionedImages, ImageDataset, decode_rgb, open_rgb
@@ -75,7 +75,7 @@ class HfLoader:
 
 
 # ------------------------------------------------------------------------------------------------- loading
-def _load(spec: Spec, target: str, datasets) -> tuple[Any, str]:
+def _load(target: str, datasets) -> tuple[Any, str]:
     """(Dataset or DatasetDict, identity root): a local folder (save_to_disk output, or data files), else a
     dataset name resolved by `datasets.load_dataset` (from its cache when offline)."""
     path = Path(target).expanduser()
@@ -146,15 +146,8 @@ def _classnames(spec: Spec, root: str, feature: Any, values: list[Any], where: s
                 datasets) -> tuple[list[int], list[str]]:
     """(labels, class names): ?classnames=FILE or classnames.txt/.json in the folder, else the ClassLabel names,
     else (string labels) their sorted set."""
-    if "classnames" in spec.options:
-        path = Path(spec.options["classnames"]).expanduser()
-        if not path.is_absolute() and Path(root).is_dir():
-            path = Path(root) / path
-        if not path.is_file():
-            raise DatasetError(f"dataset spec {spec.text!r}: class-name file {path} not found")
-        found = (path, read_classnames_file(path))
-    else:
-        found = _sidecar_classnames(Path(root)) if Path(root).is_dir() else None
+    folder = Path(root) if Path(root).is_dir() else None
+    found = spec_classnames(spec, folder, [folder] if folder is not None else [])
     if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
         if found is not None:
             return values, [str(c) for c in found[1]]
@@ -179,7 +172,7 @@ def _open(spec: Spec, split: str) -> tuple[Any, Any, str, str, str, dict]:
     target, pinned = split_target(spec.root.strip())
     if not target:
         raise DatasetError(f"dataset spec {spec.text!r}: expected hf:NAME_OR_PATH[:SPLIT]")
-    obj, root = _load(spec, target, datasets)
+    obj, root = _load(target, datasets)
     hfds, hf_split = _pick_split(obj, spec, root, pinned or split, datasets)
     return datasets, hfds, root, hf_split, f"hf:{root}/{hf_split}", dict(hfds.features)
 

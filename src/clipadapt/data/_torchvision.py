@@ -10,7 +10,7 @@ from typing import Any
 from PIL import Image
 
 from clipadapt.data._spec import Spec
-from clipadapt.data.catalog import DEFAULT_TEMPLATES, DatasetInfo, coop_registry, get_templates
+from clipadapt.data.catalog import DEFAULT_TEMPLATES, DatasetInfo, coop_registry, flowers102_classnames, get_templates
 from clipadapt.data.dataset import ImageDataset, to_rgb
 from clipadapt.errors import DatasetError
 
@@ -42,6 +42,11 @@ def _coop_template(name: str) -> tuple[str, ...]:
     return coop_registry()[name].templates
 
 
+def _split_kwarg(*splits: str) -> dict[str, dict[str, Any]]:
+    """Our split -> the dataset's `split=` argument of the same name."""
+    return {s: {"split": s} for s in splits}
+
+
 @cache
 def torchvision_registry() -> dict[str, TorchvisionEntry]:
     train_test = {"train": {"train": True}, "test": {"train": False}}
@@ -49,38 +54,25 @@ def torchvision_registry() -> dict[str, TorchvisionEntry]:
         TorchvisionEntry("cifar10", "CIFAR10", train_test, num_classes=10, description="CIFAR-10"),
         TorchvisionEntry("cifar100", "CIFAR100", train_test, num_classes=100, description="CIFAR-100"),
         TorchvisionEntry("mnist", "MNIST", train_test, num_classes=10, description="MNIST digits (grey, as RGB)"),
-        TorchvisionEntry(
-            "stl10", "STL10", {"train": {"split": "train"}, "test": {"split": "test"}}, num_classes=10,
-            description="STL-10 labelled splits",
-        ),
-        TorchvisionEntry(
-            "svhn", "SVHN", {"train": {"split": "train"}, "test": {"split": "test"}}, num_classes=10,
-            description="SVHN cropped digits",
-        ),
-        TorchvisionEntry(
-            "dtd", "DTD", {s: {"split": s} for s in ("train", "val", "test")}, _coop_template("dtd"), 47,
-            {"partition": 1}, "DTD partition 1",
-        ),
-        TorchvisionEntry(
-            "flowers102", "Flowers102", {s: {"split": s} for s in ("train", "val", "test")},
-            _coop_template("oxford_flowers"), 102, description="Oxford Flowers-102 (official splits)",
-        ),
-        TorchvisionEntry(
-            "food101", "Food101", {"train": {"split": "train"}, "test": {"split": "test"}},
-            _coop_template("food101"), 101, description="Food-101",
-        ),
+        TorchvisionEntry("stl10", "STL10", _split_kwarg("train", "test"), num_classes=10,
+                         description="STL-10 labelled splits"),
+        TorchvisionEntry("svhn", "SVHN", _split_kwarg("train", "test"), num_classes=10,
+                         description="SVHN cropped digits"),
+        TorchvisionEntry("dtd", "DTD", _split_kwarg("train", "val", "test"), _coop_template("dtd"), 47,
+                         {"partition": 1}, "DTD partition 1"),
+        TorchvisionEntry("flowers102", "Flowers102", _split_kwarg("train", "val", "test"),
+                         _coop_template("oxford_flowers"), 102, description="Oxford Flowers-102 (official splits)"),
+        TorchvisionEntry("food101", "Food101", _split_kwarg("train", "test"), _coop_template("food101"), 101,
+                         description="Food-101"),
         TorchvisionEntry(
             "oxford_pets", "OxfordIIITPet", {"train": {"split": "trainval"}, "test": {"split": "test"}},
             _coop_template("oxford_pets"), 37, description="Oxford-IIIT Pets; train = official trainval",
         ),
-        TorchvisionEntry(
-            "fgvc_aircraft", "FGVCAircraft", {s: {"split": s} for s in ("train", "val", "test")},
-            _coop_template("fgvc_aircraft"), 100, {"annotation_level": "variant"}, "FGVC-Aircraft variants",
-        ),
-        TorchvisionEntry(
-            "stanford_cars", "StanfordCars", {"train": {"split": "train"}, "test": {"split": "test"}},
-            _coop_template("stanford_cars"), 196, description="Stanford Cars (needs scipy)",
-        ),
+        TorchvisionEntry("fgvc_aircraft", "FGVCAircraft", _split_kwarg("train", "val", "test"),
+                         _coop_template("fgvc_aircraft"), 100, {"annotation_level": "variant"},
+                         "FGVC-Aircraft variants"),
+        TorchvisionEntry("stanford_cars", "StanfordCars", _split_kwarg("train", "test"),
+                         _coop_template("stanford_cars"), 196, description="Stanford Cars (needs scipy)"),
         TorchvisionEntry(
             "eurosat", "EuroSAT", {"all": {}}, _coop_template("eurosat"), 10,
             description="EuroSAT RGB; no splits in torchvision (split 'all'; coop:eurosat has CoOp's); CoOp's "
@@ -126,27 +118,23 @@ class _Ident:
         return f"{self.prefix}/{j} ({self.files[j]})" if self.files is not None else f"{self.prefix}/{j}"
 
 
-def dataset_labels(dataset: Any) -> list[int]:
-    """Integer labels without decoding images where the dataset exposes them, else by iterating it."""
-    for attr in ("targets", "labels", "_labels"):
-        value = getattr(dataset, attr, None)
-        if value is not None and len(value) == len(dataset):
-            return [int(v) for v in value]
-    samples = getattr(dataset, "_samples", None) or getattr(dataset, "samples", None)
-    if samples is not None and len(samples) == len(dataset):
-        return [int(s[1]) for s in samples]
-    return [int(dataset[i][1]) for i in range(len(dataset))]
-
-
-def _image_files(dataset: Any) -> list[Any] | None:
-    for attr in ("_image_files", "_images"):
+def _per_item(dataset: Any, attrs: tuple[str, ...], column: int) -> list[Any] | None:
+    """The first of the dataset's `attrs` holding one value per item, else `column` of its (file, label) samples,
+    else None: read without decoding any image."""
+    for attr in attrs:
         value = getattr(dataset, attr, None)
         if value is not None and len(value) == len(dataset):
             return list(value)
     samples = getattr(dataset, "_samples", None) or getattr(dataset, "samples", None)
     if samples is not None and len(samples) == len(dataset):
-        return [s[0] for s in samples]
+        return [s[column] for s in samples]
     return None
+
+
+def dataset_labels(dataset: Any) -> list[int]:
+    """Integer labels without decoding images where the dataset exposes them, else by iterating it."""
+    labels = _per_item(dataset, ("targets", "labels", "_labels"), 1)
+    return [int(v) for v in labels] if labels is not None else [int(dataset[i][1]) for i in range(len(dataset))]
 
 
 def from_torchvision(
@@ -175,15 +163,11 @@ def from_torchvision(
         templates=list(templates) if templates is not None else list(DEFAULT_TEMPLATES),
         paths=[f"{prefix}/{i}" for i in range(len(dataset))],
         labels=dataset_labels(dataset),
-        loader=TorchvisionLoader(dataset, _Ident(prefix, _image_files(dataset))),
+        loader=TorchvisionLoader(dataset, _Ident(prefix, _per_item(dataset, ("_image_files", "_images"), 0))),
     )
 
 
 # ------------------------------------------------------------------------------------------------- spec builder
-def _truthy(value: str) -> bool:
-    return value.strip().lower() in ("1", "true", "yes")
-
-
 def build_torchvision(spec: Spec, split: str, download: bool) -> ImageDataset:
     entry = torchvision_registry().get(spec.name)
     if entry is None:
@@ -192,7 +176,7 @@ def build_torchvision(spec: Spec, split: str, download: bool) -> ImageDataset:
             f"expected one of {', '.join(sorted(torchvision_registry()))}"
         )
     spec.check_options(OPTIONS if entry.name == "fakedata" else ("templates", "download"))
-    download = download or _truthy(spec.options.get("download", ""))
+    download = download or spec.options.get("download", "").strip().lower() in ("1", "true", "yes")
     if split not in entry.splits:
         raise DatasetError(f"torchvision:{entry.name}: no split {split!r}; it has {list(entry.splits)} "
                            "(docs/datasets.md)")
@@ -233,8 +217,6 @@ def _classnames(entry: TorchvisionEntry, dataset: Any) -> list[str]:
     if entry.name == "eurosat":
         return [EUROSAT_CLASSNAMES.get(c, c) for c in dataset.classes]
     if entry.name == "flowers102":
-        from clipadapt.data.catalog import flowers102_classnames
-
         return flowers102_classnames()
     classes = getattr(dataset, "classes", None)
     if not classes:

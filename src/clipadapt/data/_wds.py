@@ -29,7 +29,7 @@ from pathlib import Path
 from PIL import Image
 
 from clipadapt.data._extras import require
-from clipadapt.data._folder import _sidecar_classnames, read_classnames_file
+from clipadapt.data._folder import spec_classnames
 from clipadapt.data._spec import Spec
 from clipadapt.data.catalog import get_templates
 from clipadapt.data.dataset import CaptionedImages, ImageDataset, decode_rgb
@@ -234,26 +234,13 @@ def _scan_shard(path: Path, image_keys: list[str], wanted: dict[str, str],
     return samples
 
 
-def _classnames_file(spec: Spec, first_shard: Path) -> tuple[Path, list[str]] | None:
-    """`?classnames=FILE` (relative: to the first shard's folder), else classnames.txt/.json beside the shards
-    or one folder up (CLIP_benchmark's `wds_<name>/{train,test}/*.tar` + `wds_<name>/classnames.txt`)."""
-    if "classnames" in spec.options:
-        path = Path(spec.options["classnames"]).expanduser()
-        path = path if path.is_absolute() else first_shard.parent / path
-        if not path.is_file():
-            raise DatasetError(f"dataset spec {spec.text!r}: class-name file {path} not found")
-        return path, read_classnames_file(path)
-    for folder in (first_shard.parent, first_shard.parent.parent):
-        found = _sidecar_classnames(folder)
-        if found is not None:
-            return found
-    return None
-
-
 def _labels(spec: Spec, shards: list[Path], raw: list[str], where: list[str]) -> tuple[list[int], list[str]]:
     """Integer labels and class names: integer label members index the class-name file; name members are mapped
-    through it, or (no file, no `{split}` in the pattern) through their sorted set."""
-    sidecar = _classnames_file(spec, shards[0])
+    through it, or (no file, no `{split}` in the pattern) through their sorted set. The class-name file is
+    `?classnames=FILE` (relative: to the first shard's folder), else classnames.txt/.json beside the shards or one
+    folder up (CLIP_benchmark's `wds_<name>/{train,test}/*.tar` + `wds_<name>/classnames.txt`)."""
+    folder = shards[0].parent
+    sidecar = spec_classnames(spec, folder, (folder, folder.parent))
     numeric = [bool(_INT.match(v)) for v in raw]
     if all(numeric):
         labels = [int(v) for v in raw]
@@ -305,17 +292,12 @@ def _index(spec: Spec, split: str, roles: dict[str, str]) -> tuple[list[Path], W
     if not image_keys or not all(wanted.values()):
         raise DatasetError(f"dataset spec {spec.text!r}: ?image= and ?{'= ?'.join(roles)}= must name tar member "
                            "extensions")
-    shard_of, offsets, sizes, names, texts = [], [], [], [], []
-    for s, shard in enumerate(shards):
-        for key, ext, offset, size, text in _scan_shard(shard, image_keys, wanted, wds):
-            shard_of.append(s)
-            offsets.append(offset)
-            sizes.append(size)
-            names.append(f"{key}.{ext}")
-            texts.append(text)
-    if not names:
+    samples = [(s, offset, size, f"{key}.{ext}", text) for s, shard in enumerate(shards)
+               for key, ext, offset, size, text in _scan_shard(shard, image_keys, wanted, wds)]
+    if not samples:
         raise DatasetError(f"dataset spec {spec.text!r}: the {len(shards)} shard(s) of split {split!r} hold no "
                            f"samples (first shard: {shards[0]})")
+    shard_of, offsets, sizes, names, texts = (list(column) for column in zip(*samples))
     paths = [f"{shards[s]}#{n}" for s, n in zip(shard_of, names)]
     return shards, WdsLoader([str(s) for s in shards], shard_of, offsets, sizes, names), paths, texts
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from clipadapt.errors import DatasetError
+from clipadapt.fileio import atomic_write_bytes
 
 REF_SEP = "||"
 PASCAL_CATEGORIES = {1: "HC", 2: "HI", 3: "HM", 4: "MM"}
@@ -96,8 +97,6 @@ def _float(value: str, path: str | Path, line: int) -> float:
 
 def write_judgments_csv(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """The `clipadapt captions --judgments` CSV (image, caption, human, references), written atomically."""
-    from clipadapt.fileio import atomic_write_bytes
-
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=["image", "caption", "human", "references"], lineterminator="\n")
     writer.writeheader()

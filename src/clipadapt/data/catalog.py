@@ -92,34 +92,25 @@ def imagenet_meta() -> dict[str, Any]:
 
 def _imagenet_rows() -> list[DatasetInfo]:
     seven = template_sets()["imagenet7"]
-    common = dict(kind="coop", templates=seven)
+    variants = [  # test-only ImageFolders: name, CoOp folder, image folder, label space, classes, description
+        ("imagenet_v2", "imagenetv2", "imagenetv2-matched-frequency-format-val", "index", 1000,
+         "ImageNet-V2 matched-frequency; folders 0..999 are class indices"),
+        ("imagenet_sketch", "imagenet-sketch", "images", "wnid", 1000, "ImageNet-Sketch; wnid folders"),
+        ("imagenet_a", "imagenet-adversarial", "imagenet-a", "imagenet_a_wnids", 200,
+         "ImageNet-A; 200-class subset, wnid folders"),
+        ("imagenet_r", "imagenet-rendition", "imagenet-r", "imagenet_r_wnids", 200,
+         "ImageNet-R; 200-class subset, wnid folders"),
+    ]
     return [
         DatasetInfo(
-            name="imagenet", num_classes=1000, layout=IMAGENET_FOLDERS, dataset_dir="imagenet", image_dir="images",
-            label_space="wnid",
+            name="imagenet", kind="coop", num_classes=1000, templates=seven, layout=IMAGENET_FOLDERS,
+            dataset_dir="imagenet", image_dir="images", label_space="wnid",
             description="ImageNet-1k; <image_dir>/train and <image_dir>/val (val is the test split)",
-            **common,
         ),
-        DatasetInfo(
-            name="imagenet_v2", num_classes=1000, layout=IMAGENET_VARIANT, dataset_dir="imagenetv2",
-            image_dir="imagenetv2-matched-frequency-format-val", splits=("test",), label_space="index",
-            description="ImageNet-V2 matched-frequency; folders 0..999 are class indices", **common,
-        ),
-        DatasetInfo(
-            name="imagenet_sketch", num_classes=1000, layout=IMAGENET_VARIANT, dataset_dir="imagenet-sketch",
-            image_dir="images", splits=("test",), label_space="wnid", description="ImageNet-Sketch; wnid folders",
-            **common,
-        ),
-        DatasetInfo(
-            name="imagenet_a", num_classes=200, layout=IMAGENET_VARIANT, dataset_dir="imagenet-adversarial",
-            image_dir="imagenet-a", splits=("test",), label_space="imagenet_a_wnids",
-            description="ImageNet-A; 200-class subset, wnid folders", **common,
-        ),
-        DatasetInfo(
-            name="imagenet_r", num_classes=200, layout=IMAGENET_VARIANT, dataset_dir="imagenet-rendition",
-            image_dir="imagenet-r", splits=("test",), label_space="imagenet_r_wnids",
-            description="ImageNet-R; 200-class subset, wnid folders", **common,
-        ),
+        *(DatasetInfo(name=name, kind="coop", num_classes=classes, templates=seven, layout=IMAGENET_VARIANT,
+                      dataset_dir=folder, image_dir=images, splits=("test",), label_space=labels,
+                      description=description)
+          for name, folder, images, labels, classes, description in variants),
     ]
 
 

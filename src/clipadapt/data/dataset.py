@@ -68,21 +68,60 @@ def decode_rgb(data: bytes, where: str) -> Image.Image:
 
 
 class FileLoader:
-    """Item j is the image file `paths[j]` (a class, not a lambda, so datasets pickle for DataLoader workers)."""
+    """Item j is the image file `files[j]` (a class, not a lambda, so datasets pickle for DataLoader workers);
+    the feature cache stats `files` to notice in-place edits."""
 
     def __init__(self, paths: Sequence[str]):
-        self.paths = list(paths)
-
-    @property
-    def files(self) -> list[str]:
-        """The file behind each source index (the feature cache stats them to notice in-place edits)."""
-        return self.paths
+        self.files = list(paths)
 
     def __call__(self, j: int) -> Image.Image:
-        return open_rgb(self.paths[j])
+        return open_rgb(self.files[j])
 
 
-class ImageDataset:
+class _Rows:
+    """What `ImageDataset` and `CaptionedImages` share: row i is item `_source_indices[i]` of `_loader`, so a
+    subset keeps the loader and remaps the indices (a subset of a subset still reads the right items)."""
+
+    kind: str
+    name: str
+    split: str
+    spec: str | None
+    paths: list[str]
+
+    def _set_source(self, loader: Loader, source_indices: Sequence[int] | None) -> None:
+        self._loader = loader
+        self._source_indices = list(range(len(self.paths))) if source_indices is None else list(source_indices)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _digest(self, *fields: Sequence) -> str:
+        """sha256 hex over (kind, name, split, paths, *fields)."""
+        payload = json.dumps([self.kind, self.name, self.split, self.paths, *fields], ensure_ascii=False,
+                             separators=(",", ":"))
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+    def source_files(self) -> list[str] | None:
+        """The file each item is decoded from, or None when items are not files (in-memory datasets).
+
+        Not part of `fingerprint()` (which stays portable across machines): the feature cache adds the files'
+        size + mtime to its own key (`features.cache.dataset_fingerprint`) so an image rewritten in place is
+        re-encoded."""
+        files = getattr(self._loader, "files", None)
+        return None if files is None else [str(files[j]) for j in self._source_indices]
+
+    def _subset(self, indices: Sequence[int]) -> tuple[list[int], dict]:
+        """(the checked indices, the constructor arguments every subset shares: identity, paths, loader)."""
+        idx = [int(i) for i in indices]
+        for i in idx:
+            if not 0 <= i < len(self):
+                raise DatasetError(f"{self.name}/{self.split}: subset index {i} out of range 0..{len(self) - 1}")
+        return idx, {"kind": self.kind, "name": self.name, "split": self.split, "spec": self.spec,
+                     "paths": [self.paths[i] for i in idx], "loader": self._loader,
+                     "source_indices": [self._source_indices[i] for i in idx]}
+
+
+class ImageDataset(_Rows):
     """A labelled image split: `ds[i] -> (PIL RGB image, label)`, plus class names, templates and a fingerprint.
 
     `paths[i]` identifies item i (a file path, or `name/split/index` for in-memory datasets). `kind` is the spec
@@ -125,15 +164,10 @@ class ImageDataset:
                     f"{kind}:{name} split '{split}': item {self.paths[i]} has label {v}, expected 0..{num - 1} "
                     f"({num} class names)"
                 )
-        if loader is None:  # file-backed: item j of the source is the file paths[j]
-            loader = FileLoader(self.paths)
-        self._loader = loader
-        self._source_indices = list(range(len(self.paths))) if source_indices is None else list(source_indices)
+        # file-backed when no loader is given: item j of the source is the file paths[j]
+        self._set_source(loader if loader is not None else FileLoader(self.paths), source_indices)
 
     # ------------------------------------------------------------------------------------------------ access
-    def __len__(self) -> int:
-        return len(self.labels)
-
     def __getitem__(self, i: int) -> tuple[Image.Image, int]:
         if not -len(self) <= i < len(self):
             raise IndexError(f"{self.name}/{self.split}: index {i} out of range for {len(self)} items")
@@ -156,45 +190,16 @@ class ImageDataset:
     # ------------------------------------------------------------------------------------------------ identity
     def fingerprint(self) -> str:
         """sha256 hex over (kind, name, split, paths, labels, classnames): the same items give the same key."""
-        payload = json.dumps(
-            [self.kind, self.name, self.split, self.paths, self.labels, self.classnames],
-            ensure_ascii=False,
-            separators=(",", ":"),
-        )
-        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
-
-    def source_files(self) -> list[str] | None:
-        """The file each item is decoded from, or None when items are not files (in-memory datasets).
-
-        Not part of `fingerprint()` (which stays portable across machines): the feature cache adds the files'
-        size + mtime to its own key (`features.cache.dataset_fingerprint`) so an image rewritten in place is
-        re-encoded."""
-        files = getattr(self._loader, "files", None)
-        if files is None:
-            return None
-        return [str(files[j]) for j in self._source_indices]
+        return self._digest(self.labels, self.classnames)
 
     def subset(self, indices: Sequence[int]) -> ImageDataset:
         """The items at `indices` (in that order), same classes/templates/loader; its fingerprint differs."""
-        idx = [int(i) for i in indices]
-        for i in idx:
-            if not 0 <= i < len(self):
-                raise DatasetError(f"{self.name}/{self.split}: subset index {i} out of range 0..{len(self) - 1}")
-        return ImageDataset(
-            kind=self.kind,
-            name=self.name,
-            split=self.split,
-            classnames=self.classnames,
-            templates=self.templates,
-            paths=[self.paths[i] for i in idx],
-            labels=[self.labels[i] for i in idx],
-            loader=self._loader,
-            source_indices=[self._source_indices[i] for i in idx],
-            spec=self.spec,
-        )
+        idx, shared = self._subset(indices)
+        return ImageDataset(**shared, classnames=self.classnames, templates=self.templates,
+                            labels=[self.labels[i] for i in idx])
 
 
-class CaptionedImages:
+class CaptionedImages(_Rows):
     """Images with their captions and no class labels (`wds:`/`hf:` specs with `?caption=`), for retrieval:
     `ds[i] -> (PIL RGB image, None)`, `ds.captions[i]` the list of image i's captions. Same identity surface as
     `ImageDataset` (paths, fingerprint, source_files, subset), so extraction and the cache treat it alike."""
@@ -210,11 +215,7 @@ class CaptionedImages:
         self.paths = [str(p) for p in paths]
         self.captions = [[str(c) for c in caps] for caps in captions]
         self.classnames: list[str] = []
-        self._loader = loader
-        self._source_indices = list(range(len(self.paths))) if source_indices is None else list(source_indices)
-
-    def __len__(self) -> int:
-        return len(self.paths)
+        self._set_source(loader, source_indices)
 
     def __getitem__(self, i: int) -> tuple[Image.Image, None]:
         if not 0 <= i < len(self):
@@ -227,19 +228,8 @@ class CaptionedImages:
 
     def fingerprint(self) -> str:
         """sha256 hex over (kind, name, split, paths, captions)."""
-        payload = json.dumps([self.kind, self.name, self.split, self.paths, self.captions], ensure_ascii=False,
-                             separators=(",", ":"))
-        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
-
-    def source_files(self) -> list[str] | None:
-        files = getattr(self._loader, "files", None)
-        return None if files is None else [str(files[j]) for j in self._source_indices]
+        return self._digest(self.captions)
 
     def subset(self, indices: Sequence[int]) -> CaptionedImages:
-        idx = [int(i) for i in indices]
-        for i in idx:
-            if not 0 <= i < len(self):
-                raise DatasetError(f"{self.name}/{self.split}: subset index {i} out of range 0..{len(self) - 1}")
-        return CaptionedImages(kind=self.kind, name=self.name, split=self.split, paths=[self.paths[i] for i in idx],
-                               captions=[self.captions[i] for i in idx], loader=self._loader,
-                               source_indices=[self._source_indices[i] for i in idx], spec=self.spec)
+        idx, shared = self._subset(indices)
+        return CaptionedImages(**shared, captions=[self.captions[i] for i in idx])

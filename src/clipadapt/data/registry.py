@@ -2,10 +2,29 @@
 
 from __future__ import annotations
 
+import importlib
+
 from clipadapt.data._spec import parse_spec
+from clipadapt.data._torchvision import torchvision_registry
 from clipadapt.data.catalog import DatasetInfo, coop_registry, shipped_classnames
 from clipadapt.data.dataset import CaptionedImages, ImageDataset
 from clipadapt.errors import DatasetError
+
+# spec kind -> (module of this package, builder): imported on use (the torch-free CLI parser imports this package)
+_BUILDERS = {
+    "coop": ("_coop", "build_coop"),
+    "imagefolder": ("_folder", "build_imagefolder"),
+    "csv": ("_folder", "build_csv"),
+    "torchvision": ("_torchvision", "build_torchvision"),
+    "wds": ("_wds", "build_wds"),
+    "hf": ("_hf", "build_hf"),
+}
+_CAPTION_BUILDERS = {"wds": ("_wds", "build_wds_captions"), "hf": ("_hf", "build_hf_captions")}
+
+
+def _builder(table: dict[str, tuple[str, str]], kind: str):
+    module, name = table[kind]
+    return getattr(importlib.import_module(f"clipadapt.data.{module}"), name)
 
 
 def build_dataset(spec: str, split: str, *, download: bool = False) -> ImageDataset:
@@ -18,30 +37,8 @@ def build_dataset(spec: str, split: str, *, download: bool = False) -> ImageData
     if not isinstance(split, str) or not split:
         raise DatasetError(f"dataset spec {spec!r}: split must be a non-empty string such as 'train' or 'test'")
     parsed = parse_spec(spec)
-    if parsed.kind == "coop":
-        from clipadapt.data._coop import build_coop
-
-        ds = build_coop(parsed, split)
-    elif parsed.kind == "imagefolder":
-        from clipadapt.data._folder import build_imagefolder
-
-        ds = build_imagefolder(parsed, split)
-    elif parsed.kind == "csv":
-        from clipadapt.data._folder import build_csv
-
-        ds = build_csv(parsed, split)
-    elif parsed.kind == "wds":
-        from clipadapt.data._wds import build_wds
-
-        ds = build_wds(parsed, split)
-    elif parsed.kind == "hf":
-        from clipadapt.data._hf import build_hf
-
-        ds = build_hf(parsed, split)
-    else:
-        from clipadapt.data._torchvision import build_torchvision
-
-        ds = build_torchvision(parsed, split, download)
+    build = _builder(_BUILDERS, parsed.kind)
+    ds = build(parsed, split, download) if parsed.kind == "torchvision" else build(parsed, split)
     ds.spec = spec
     return ds
 
@@ -50,25 +47,16 @@ def build_caption_dataset(spec: str, split: str) -> CaptionedImages:
     """The `split` of an image–caption set for retrieval: `wds:PATTERN[?caption=txt]` (each caption member's lines
     are its image's captions) or `hf:NAME_OR_PATH[:SPLIT][?caption=COLUMN]` (a string or list-of-strings column)."""
     parsed = parse_spec(spec)
-    if parsed.kind == "wds":
-        from clipadapt.data._wds import build_wds_captions
-
-        ds = build_wds_captions(parsed, split)
-    elif parsed.kind == "hf":
-        from clipadapt.data._hf import build_hf_captions
-
-        ds = build_hf_captions(parsed, split)
-    else:
+    if parsed.kind not in _CAPTION_BUILDERS:
         raise DatasetError(f"dataset spec {spec!r}: captions come from wds: or hf: specs; for image files use a "
                            "Karpathy-style caption JSON (--captions-json with --image-root)")
+    ds = _builder(_CAPTION_BUILDERS, parsed.kind)(parsed, split)
     ds.spec = spec
     return ds
 
 
 def list_datasets(kind: str | None = None) -> list[DatasetInfo]:
     """Registry rows (CoOp datasets, ImageNet variants, torchvision datasets), optionally of one spec kind."""
-    from clipadapt.data._torchvision import torchvision_registry
-
     rows = list(coop_registry().values()) + [e.info() for e in torchvision_registry().values()]
     if kind is not None:
         rows = [r for r in rows if r.kind == kind]

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from torchvision.transforms import InterpolationMode
+from torchvision.transforms import CenterCrop, Compose, InterpolationMode, Normalize, Resize, ToTensor
 from torchvision.transforms import functional as TF
+from torchvision.transforms.functional import pil_modes_mapping
 
 
 def _uniform(low: float, high: float, generator: torch.Generator | None) -> float:
@@ -117,8 +118,6 @@ def split_eval_transform(preprocess) -> tuple[Any, list[float], list[float]] | N
     Lets extraction run the PIL resize/crop per image and the tensor conversion + normalisation per batch.
     The PIL stage is a `PilEvalStage`: the same steps, bit for bit, with less per-image overhead.
     """
-    from torchvision.transforms import Compose, Normalize, ToTensor
-
     steps = getattr(preprocess, "transforms", None)
     if not isinstance(preprocess, Compose) or not steps or len(steps) < 2:
         return None
@@ -144,8 +143,6 @@ class PilEvalStage:
     def _compile(step: Any):
         """The direct PIL call of one step: a partial of a module function, so the stage pickles (DataLoader workers
         started by spawn / forkserver — macOS, Windows, Python >= 3.14 — receive it pickled)."""
-        from torchvision.transforms import CenterCrop, Resize
-
         if isinstance(step, Resize):
             return functools.partial(_pil_resize, step=step)
         if isinstance(step, CenterCrop):
@@ -177,8 +174,6 @@ def resized_size(width: int, height: int, size: int | Sequence[int], max_size: i
 
 
 def _pil_resize(image: Image.Image, step: Any) -> Image.Image:
-    from torchvision.transforms.functional import pil_modes_mapping
-
     size = resized_size(image.width, image.height, step.size, step.max_size)
     if size == image.size:  # torchvision returns the image untouched then
         return image

@@ -6,7 +6,6 @@ import contextlib
 import copy
 import logging
 import math
-import os
 import pickle
 import warnings
 from collections.abc import Callable, Iterator
@@ -22,7 +21,9 @@ from clipadapt.encoders.augment import ViewAugment
 from clipadapt.encoders.configs import register_model_configs
 from clipadapt.encoders.ids import ModelId, parse_model_id
 from clipadapt.encoders.weights import (
+    RANDOM_INIT_SEED,
     canonical_preprocess,
+    hf_cache_home,
     hub_offline,
     needs_quick_gelu,
     resolve_weights,
@@ -35,7 +36,6 @@ from clipadapt.ops import CLIP_LOGIT_SCALE
 
 log = logging.getLogger(__name__)
 
-RANDOM_INIT_SEED = 0
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 TEXT_BATCH = 256
@@ -83,27 +83,14 @@ def encoder_fingerprint(
     if mid.is_transformers:  # hf:: repo + commit (or a local directory's file hashes), the processor's preprocessing
         from clipadapt.encoders import hf
 
-        version = hf.require_transformers().__version__
-        return {
-            "model_id": str(mid),
-            "arch": hf.architecture(mid),
-            "weights": hf.weights_fingerprint(mid),
-            "preprocessing": hf.static_preprocess(mid),
-            "quick_gelu_forced": False,
-            "precision": prec,
-            "adapter": adapter_hash,
-            "transformers": version,
-        }
-    return {
-        "model_id": str(mid),
-        "arch": mid.arch or mid.open_clip_name,
-        "weights": weights_fingerprint(mid),
-        "preprocessing": static_preprocess(mid),
-        "quick_gelu_forced": needs_quick_gelu(mid),
-        "precision": prec,
-        "adapter": adapter_hash,
-        "open_clip": open_clip.__version__,
-    }
+        library = {"transformers": hf.require_transformers().__version__}  # first: the named install hint
+        model = {"arch": hf.architecture(mid), "weights": hf.weights_fingerprint(mid),
+                 "preprocessing": hf.static_preprocess(mid), "quick_gelu_forced": False}
+    else:
+        library = {"open_clip": open_clip.__version__}
+        model = {"arch": mid.arch or mid.open_clip_name, "weights": weights_fingerprint(mid),
+                 "preprocessing": static_preprocess(mid), "quick_gelu_forced": needs_quick_gelu(mid)}
+    return {"model_id": str(mid), **model, "precision": prec, "adapter": adapter_hash, **library}
 
 
 def _create_model(mid: ModelId, device: torch.device, where: dict[str, Any]) -> torch.nn.Module:
@@ -318,11 +305,10 @@ def _tokenizer(mid: ModelId, where: dict[str, Any]) -> Callable:
     except OSError as e:
         name = (open_clip.get_model_config(mid.arch) or {}).get("text_cfg", {}).get("hf_tokenizer_name", "?") \
             if mid.arch else mid.open_clip_name
-        home = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
         raise WeightsUnavailableError(
-            f"model '{mid}': its Hugging Face tokenizer '{name}' is not in the HF hub cache (HF_HOME: {home}) and "
-            f"cannot be downloaded here ({e}); download it once with network (`hf download {name}`) and copy the "
-            "cache here or point HF_HOME at it"
+            f"model '{mid}': its Hugging Face tokenizer '{name}' is not in the HF hub cache (HF_HOME: "
+            f"{hf_cache_home()}) and cannot be downloaded here ({e}); download it once with network "
+            f"(`hf download {name}`) and copy the cache here or point HF_HOME at it"
         ) from e
 
 

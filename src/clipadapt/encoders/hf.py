@@ -8,7 +8,7 @@ raw (unnormalised) features. Weights and their identity (docs/encoders-and-cache
 
 - a hub repo is loaded from its snapshot in the HF hub cache (`HF_HOME`, `CLIPADAPT_WEIGHTS_DIR`) with
   `local_files_only=True` (no request at all); only when it is not there is it downloaded, after the same fast
-  offline check as open_clip weights (`weights.downloads_allowed`, a 3 s probe); the cache key holds the repo and
+  offline check as open_clip weights (`weights.download_blocked`, a 3 s probe); the cache key holds the repo and
   the snapshot's **commit hash**;
 - a local directory (as written by `save_pretrained`) is loaded from there; the key holds the sha256 of every file.
 
@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -30,6 +29,15 @@ import torch
 from torch import Tensor, nn
 
 from clipadapt.encoders.ids import ModelId
+from clipadapt.encoders.weights import (
+    HF_HOST,
+    download_blocked,
+    file_sha256,
+    hf_cache_home,
+    hf_cached,
+    hub_offline,
+    weights_dir,
+)
 from clipadapt.errors import ConfigError, MissingDependencyError, WeightsUnavailableError
 
 CONFIG_NAME = "config.json"
@@ -61,30 +69,16 @@ def _snapshot_commit(directory: Path) -> str | None:
 
 def _cached_snapshot(repo: str, revision: str | None) -> Path | None:
     """The hub cache snapshot holding config.json, preprocessor_config.json and weights of `repo`, or None."""
-    from huggingface_hub import try_to_load_from_cache
-
-    from clipadapt.encoders.weights import weights_dir
-
-    def cached(name: str) -> Path | None:
-        found = try_to_load_from_cache(repo, name, revision=revision, cache_dir=weights_dir())
-        return Path(found) if isinstance(found, str) and Path(found).is_file() else None
-
-    config = cached(CONFIG_NAME)
-    if config is None or cached(PREPROCESSOR_NAME) is None:
+    config = hf_cached(repo, CONFIG_NAME, revision)
+    if config is None or hf_cached(repo, PREPROCESSOR_NAME, revision) is None:
         return None
-    return config.parent if any(cached(name) is not None for name in WEIGHT_NAMES) else None
-
-
-def _hub_cache_dir() -> str:
-    from clipadapt.encoders.weights import weights_dir
-
-    return weights_dir() or os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+    return config.parent if any(hf_cached(repo, name, revision) is not None for name in WEIGHT_NAMES) else None
 
 
 def _unavailable(model_id: ModelId, reason: str) -> WeightsUnavailableError:
-    repo = model_id.transformers
+    repo, cache = model_id.transformers, weights_dir() or hf_cache_home()
     return WeightsUnavailableError(
-        f"no weights for model '{model_id}' on this machine (looked in the HF hub cache, HF_HOME: {_hub_cache_dir()}, "
+        f"no weights for model '{model_id}' on this machine (looked in the HF hub cache, HF_HOME: {cache}, "
         f"for {repo}) and {reason}. To provide them: download once on a machine with network "
         f"(`hf download {repo}`; they land in $HF_HOME/hub) and copy that cache here or point HF_HOME "
         f"(or CLIPADAPT_WEIGHTS_DIR) at it; or save the model and its processor with save_pretrained into a "
@@ -93,15 +87,11 @@ def _unavailable(model_id: ModelId, reason: str) -> WeightsUnavailableError:
 
 
 def _download(model_id: ModelId) -> Path:
-    """Fail fast unless a download can be attempted (weights.downloads_allowed + probe), then fetch the snapshot."""
-    from clipadapt.encoders.weights import HF_HOST, downloads_allowed, host_reachable, weights_dir
-
-    allowed, reason = downloads_allowed()
-    if not allowed:
+    """Fail fast unless a download can be attempted (weights.download_blocked: policy + probe), then fetch the
+    snapshot."""
+    reason = download_blocked({HF_HOST})
+    if reason is not None:
         raise _unavailable(model_id, reason)
-    if os.environ.get("CLIPADAPT_ALLOW_DOWNLOAD", "").strip().lower() not in {"1", "true", "yes", "on"}:
-        if not host_reachable(*HF_HOST):
-            raise _unavailable(model_id, f"{HF_HOST[0]} cannot be reached (no network?)")
     from huggingface_hub import snapshot_download
 
     try:
@@ -119,23 +109,17 @@ def _download(model_id: ModelId) -> Path:
 
 
 @lru_cache(maxsize=32)
-def _locate(model_id: ModelId) -> Path:
+def model_dir(model_id: ModelId) -> Path:
+    """The directory holding the model's files: the local directory, the cached hub snapshot, or a fresh download
+    (WeightsUnavailableError within seconds when offline with nothing cached)."""
     if model_id.hf_dir is not None:
         return model_id.hf_dir
     found = _cached_snapshot(model_id.transformers, model_id.revision)
     return found if found is not None else _download(model_id)
 
 
-def model_dir(model_id: ModelId) -> Path:
-    """The directory holding the model's files: the local directory, the cached hub snapshot, or a fresh download
-    (WeightsUnavailableError within seconds when offline with nothing cached)."""
-    return _locate(model_id)
-
-
 # ----------------------------------------------------------------------------------------- identity
 def _dir_digest(directory: Path) -> dict[str, str]:
-    from clipadapt.encoders.weights import file_sha256
-
     files = sorted(p for p in directory.rglob("*") if p.is_file() and not any(s.startswith(".") for s in
                                                                                  p.relative_to(directory).parts))
     return {str(p.relative_to(directory)): file_sha256(p) for p in files}
@@ -351,8 +335,6 @@ def build_random(model_id: ModelId, device: str | torch.device = "cpu") -> HFDua
     """The model's architecture (config.json only, no weights read) with random weights, created on `device`
     ('meta' for FLOP counting) — for cost estimates."""
     transformers = require_transformers()
-    from clipadapt.encoders.weights import hub_offline
-
     cfg = static_preprocess(model_id)
     with hub_offline(), _quiet_transformers(transformers):
         config = transformers.AutoConfig.from_pretrained(str(model_dir(model_id)), local_files_only=True)
@@ -365,8 +347,6 @@ def build_random(model_id: ModelId, device: str | torch.device = "cpu") -> HFDua
 def load(model_id: ModelId, preprocess_cfg: dict[str, Any]) -> tuple[HFDualEncoder, HFTokenizer]:
     """The wrapped model (float32, eval mode, on the CPU) and its tokenizer, from local files only."""
     transformers = require_transformers()
-    from clipadapt.encoders.weights import hub_offline
-
     directory = model_dir(model_id)
     with hub_offline(), _quiet_transformers(transformers):
         try:

@@ -18,6 +18,7 @@ import difflib
 from dataclasses import dataclass
 from pathlib import Path
 
+from clipadapt.encoders.configs import register_model_configs
 from clipadapt.errors import ConfigError
 
 HF_HUB_PREFIX = "hf-hub:"
@@ -76,14 +77,8 @@ def _looks_like_path(text: str) -> bool:
     return "/" in text or "\\" in text or text.startswith(("~", ".")) or text.lower().endswith(CHECKPOINT_SUFFIXES)
 
 
-def _clean_tag(tag: str) -> str:
-    return tag.lower().replace("-", "_")  # open_clip's own tag normalisation
-
-
 def _check_arch(arch: str, model_id: str) -> None:
     import open_clip
-
-    from clipadapt.encoders.configs import register_model_configs
 
     register_model_configs()
     models = open_clip.list_models()
@@ -155,6 +150,6 @@ def parse_model_id(model_id: str) -> ModelId:
         if not path.is_file():
             raise ConfigError(f"model id '{text}': checkpoint file {path} not found")
         return ModelId(arch=arch, checkpoint=path)
-    tag = _clean_tag(source)
+    tag = source.lower().replace("-", "_")  # open_clip's own tag normalisation
     _check_tag(arch, tag, text)
     return ModelId(arch=arch, tag=tag)

@@ -26,6 +26,7 @@ from clipadapt.errors import WeightsUnavailableError
 from clipadapt.fileio import file_sha256 as sha256_of_file
 
 HF_HOST = ("huggingface.co", 443)
+RANDOM_INIT_SEED = 0  # the torch seed `clipadapt-test-*` models are initialised with (part of their identity)
 PROBE_TIMEOUT_S = 3.0
 HF_CONFIG_NAME = "open_clip_config.json"
 _TRUE = {"1", "true", "yes", "on"}
@@ -36,6 +37,11 @@ _hash_memo: dict[tuple[str, int, int], str] = {}
 def weights_dir() -> str | None:
     """Download/cache directory for weights (None = open_clip and hub defaults)."""
     return os.environ.get("CLIPADAPT_WEIGHTS_DIR") or None
+
+
+def hf_cache_home() -> str:
+    """The Hugging Face cache as error messages name it: $HF_HUB_CACHE, else $HF_HOME, else its default."""
+    return os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
 
 
 def downloads_allowed() -> tuple[bool, str]:
@@ -113,12 +119,13 @@ def file_sha256(path: Path) -> str:
 
 
 # ----------------------------------------------------------------------------------------- locating weights
-def _hf_cached(repo: str, filename: str) -> Path | None:
+def hf_cached(repo: str, filename: str, revision: str | None = None) -> Path | None:
+    """`filename` of hub repo `repo` (at `revision`, default its main branch) in the HF hub cache, else None."""
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return None
-    found = try_to_load_from_cache(repo, filename, cache_dir=weights_dir())
+    found = try_to_load_from_cache(repo, filename, revision=revision, cache_dir=weights_dir())
     return Path(found) if isinstance(found, str) and Path(found).is_file() else None
 
 
@@ -141,8 +148,7 @@ def _tag_sources(arch: str, tag: str) -> tuple[dict[str, Any], list[tuple[str, s
     sources = []
     if cfg.get("hf_hub"):
         repo, filename = os.path.split(cfg["hf_hub"])  # 'org/repo/' or 'org/repo/file.bin', as open_clip splits it
-        for name in _hf_weight_candidates(filename or None):
-            sources.append(("hf", repo, name))
+        sources.extend(("hf", repo, name) for name in _hf_weight_candidates(filename or None))
     if cfg.get("url"):
         sources.append(("url", cfg["url"], os.path.basename(urlparse(cfg["url"]).path)))
     if cfg.get("file"):
@@ -153,7 +159,7 @@ def _tag_sources(arch: str, tag: str) -> tuple[dict[str, Any], list[tuple[str, s
 def _locate(source: tuple[str, str, str]) -> Path | None:
     kind, where, filename = source
     if kind == "hf":
-        return _hf_cached(where, filename)
+        return hf_cached(where, filename)
     if kind == "url":
         path = Path(weights_dir() or Path.home() / ".cache" / "clip") / filename
         return path if path.is_file() else None
@@ -165,9 +171,7 @@ def _describe(sources: list[tuple[str, str, str]]) -> str:
     parts = []
     for kind, where, filename in sources:
         if kind == "hf":
-            parts.append("HF hub cache "
-                         f"({os.environ.get('HF_HUB_CACHE') or os.environ.get('HF_HOME') or '~/.cache/huggingface'}) "
-                         f"for {where}/{filename}")
+            parts.append(f"HF hub cache ({hf_cache_home()}) for {where}/{filename}")
         elif kind == "url":
             parts.append(f"{weights_dir() or '~/.cache/clip'}/{filename}")
         else:
@@ -185,18 +189,26 @@ def _unavailable(model_id: ModelId, looked: str, reason: str) -> WeightsUnavaila
     )
 
 
-def _download_check(model_id: ModelId, sources: list[tuple[str, str, str]]) -> None:
-    """Raise WeightsUnavailableError fast unless a download can be attempted."""
+def download_blocked(hosts: set[tuple[str, int]]) -> str | None:
+    """Why a download cannot be attempted — the environment forbids it (`downloads_allowed`) or none of `hosts`
+    answers the quick probe — else None (also when CLIPADAPT_ALLOW_DOWNLOAD=1 insists: no probe then)."""
     allowed, reason = downloads_allowed()
     if not allowed:
-        raise _unavailable(model_id, _describe(sources), reason)
+        return reason
     if os.environ.get("CLIPADAPT_ALLOW_DOWNLOAD", "").strip().lower() in _TRUE:
-        return  # the user insists: skip the probe
+        return None
+    if any(host_reachable(h, p) for h, p in hosts if h):
+        return None
+    return f"{', '.join(sorted(h for h, _ in hosts if h)) or 'the download host'} cannot be reached (no network?)"
+
+
+def _download_check(model_id: ModelId, sources: list[tuple[str, str, str]]) -> None:
+    """Raise WeightsUnavailableError fast unless a download can be attempted."""
     hosts = {HF_HOST if kind == "hf" else (urlparse(where).hostname or "", 443) for kind, where, _ in sources
              if kind != "file"}
-    if not any(host_reachable(h, p) for h, p in hosts if h):
-        names = ", ".join(sorted(h for h, _ in hosts if h)) or "the download host"
-        raise _unavailable(model_id, _describe(sources), f"{names} cannot be reached (no network?)")
+    reason = download_blocked(hosts)
+    if reason is not None:
+        raise _unavailable(model_id, _describe(sources), reason)
 
 
 def resolve_weights(model_id: ModelId) -> dict[str, Any]:
@@ -209,8 +221,8 @@ def resolve_weights(model_id: ModelId) -> dict[str, Any]:
     if model_id.kind == "checkpoint":
         return {"local": model_id.checkpoint, "tag_cfg": {}, "download": False}
     if model_id.kind == "hf-hub":
-        config = _hf_cached(model_id.hf_hub, HF_CONFIG_NAME)
-        weights = next((p for n in _hf_weight_candidates(None) if (p := _hf_cached(model_id.hf_hub, n))), None)
+        config = hf_cached(model_id.hf_hub, HF_CONFIG_NAME)
+        weights = next((p for n in _hf_weight_candidates(None) if (p := hf_cached(model_id.hf_hub, n))), None)
         if config is not None and weights is not None:
             return {"local": weights.parent, "tag_cfg": {}, "download": False}
         sources = [("hf", model_id.hf_hub, HF_CONFIG_NAME)] + [
@@ -228,7 +240,7 @@ def resolve_weights(model_id: ModelId) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------------------- static fingerprint
 def _hf_hub_config(model_id: ModelId) -> dict[str, Any]:
-    path = _hf_cached(model_id.hf_hub, HF_CONFIG_NAME)
+    path = hf_cached(model_id.hf_hub, HF_CONFIG_NAME)
     if path is None:
         resolve_weights(model_id)  # raises fast when offline
         from huggingface_hub import hf_hub_download
@@ -284,7 +296,5 @@ def weights_fingerprint(model_id: ModelId) -> dict[str, Any]:
     if model_id.kind == "tag":
         return {"kind": "tag", "tag": model_id.tag}
     import torch
-
-    from clipadapt.encoders.encoder import RANDOM_INIT_SEED
 
     return {"kind": "random-init", "seed": RANDOM_INIT_SEED, "torch": torch.__version__.split("+")[0]}

@@ -143,8 +143,7 @@ def evaluate_caption_scores(
     for m in correlations:
         if m.startswith("DN") and len(draws) > 1:
             for v in ("b", "c"):
-                mean, std = mean_std(d[m][v] for d in draws)
-                correlations[m][f"tau_{v}_mean"], correlations[m][f"tau_{v}_std"] = mean, std
+                correlations[m][f"tau_{v}_mean"], correlations[m][f"tau_{v}_std"] = mean_std(d[m][v] for d in draws)
     dn_info = {"lambda": lam, "n_samples_requested": "all" if n_samples is None else n_samples, **used,
                "seeds": list(seeds), "draws": draws}
     return {"scores": scores, "correlations": correlations, "dn": dn_info, "n": int(human.shape[0])}

@@ -280,15 +280,6 @@ def sample_shots(labels: Tensor, shots: int, seed: int, *, classnames: list[str]
 
 # ------------------------------------------------------------------------------------------------ methods
 @dataclass
-class Prediction:
-    """A method's test logits and how they were chosen (validation only)."""
-
-    test_logits: Tensor
-    hyperparameters: dict[str, Any]
-    val_top1: float | None
-
-
-@dataclass
 class FittedMethod:
     """A method fitted on the cache rows with its validation-chosen hyper-parameters (`model` is the estimator,
     ready for `predict_logits`); what `clipadapt fit` stores in a head file."""
@@ -296,6 +287,13 @@ class FittedMethod:
     model: Any
     hyperparameters: dict[str, Any]
     val_top1: float | None
+
+
+@dataclass
+class Prediction(FittedMethod):
+    """A fitted method and its test logits (how they were chosen: validation only)."""
+
+    test_logits: Tensor
 
 
 def fit_method(
@@ -365,7 +363,7 @@ def fit_and_predict(
         logits = fitted.model.predict_logits(test_features)
     else:
         logits = fitted.model.predict_logits(test_features, adapted[2] if adapted is not None else None)
-    return Prediction(logits, fitted.hyperparameters, fitted.val_top1)
+    return Prediction(fitted.model, fitted.hyperparameters, fitted.val_top1, logits)
 
 
 # ------------------------------------------------------------------------------------------------ protocol
@@ -395,41 +393,6 @@ def validation_indices(train_labels: Tensor, shot_lists: dict[int, list[int]], p
                            allow_fewer=allow_fewer, what=f"--val-from-train {per_class} (seed {seed})")
 
 
-class _Validation:
-    """The validation split of each seed: the source's 'val' split (checked against test once), or train rows."""
-
-    def __init__(self, source: FewShotSource, config: FewShotConfig, test: FeatureSplit, device):
-        self.source, self.config, self.test, self.device = source, config, test, device
-        self.dataset = source.meta.get("dataset")
-        self._by_seed: dict[int | None, tuple[FeatureSplit, FeatureSplit | None]] = {}
-
-    def indices_needed(self) -> bool:
-        return self.config.val_from_train is not None
-
-    def get(self, seed: int, indices: list[int] | None) -> tuple[FeatureSplit, FeatureSplit | None]:
-        """(val, adapted val or None) for `seed`; `indices` are its train rows when validating on train."""
-        key = seed if indices is not None else None
-        if key not in self._by_seed:
-            adapted = self.config.needs_adapted
-            if indices is None:
-                try:
-                    val = self.source.eval_split("val")
-                except FeatureDirError as e:
-                    raise FeatureDirError(f"{e}; or validate on train rows: --val-from-train N") from e
-                val.require_rows("val", "the hyper-parameter search (or validate on train rows: --val-from-train N)")
-                check_disjoint(val, self.test, selection_name="val", dataset=self.dataset,
-                               purpose="the hyper-parameter search", fix=VAL_FIX)
-                a_val = self.source.eval_split("val", adapted=True) if adapted else None
-            else:
-                val = self.source.train_eval_rows(indices)
-                name = f"val (--val-from-train {self.config.val_from_train}, from train)"
-                check_disjoint(val, self.test, selection_name=name, dataset=self.dataset,
-                               purpose="the hyper-parameter search", fix=CACHE_FIX)
-                a_val = self.source.train_eval_rows(indices, adapted=True) if adapted else None
-            self._by_seed[key] = (_to(val, self.device), _to(a_val, self.device) if a_val is not None else None)
-        return self._by_seed[key]
-
-
 def _index_meta(source: FewShotSource, **extra: Any) -> dict[str, Any]:
     return {**source.index_meta(), "split": "train", **extra}
 
@@ -453,7 +416,7 @@ def run_fewshot(
     if train_labels.numel() == 0:
         raise FeatureDirError("split 'train' has 0 rows, but few-shot sampling needs training images")
     shot_lists = _sample_shot_lists(source, config, train_labels, index_dir)
-    if jobs.validation.indices_needed():
+    if config.val_from_train is not None:
         jobs.val_lists = _sample_val_lists(source, config, train_labels, shot_lists, index_dir)
     runs: list[dict[str, Any]] = []
     pairs = [(k, s) for k in config.shots for s in config.seeds]
@@ -514,11 +477,11 @@ class _Jobs:
     text: Tensor
     test: FeatureSplit
     test_labels: Tensor
-    validation: _Validation
-    adapted_test: FeatureSplit | None
+    logit: LogitParams
+    adapted_test: FeatureSplit | None = None
     val_lists: dict[int, list[int]] = field(default_factory=dict)
+    validations: dict[int | None, tuple[FeatureSplit, FeatureSplit | None]] = field(default_factory=dict)
     zero_shot: dict[int | None, Prediction] = field(default_factory=dict)
-    logit: LogitParams = field(default_factory=LogitParams)
 
     @classmethod
     def prepare(cls, source: FewShotSource, config: FewShotConfig, device: torch.device | str | None) -> _Jobs:
@@ -526,17 +489,42 @@ class _Jobs:
         encoding anything."""
         text = source.text.to(device) if device is not None else source.text
         test = _to(source.eval_split("test").require_rows("test", "the few-shot test score"), device)
-        test_labels = test.labels("test")
-        validation = _Validation(source, config, test, device)
-        if not validation.indices_needed():
-            validation.get(config.seeds[0], None)  # guard before sampling or encoding anything
-        adapted_test = _to(source.eval_split("test", adapted=True), device) if config.needs_adapted else None
-        return cls(source, config, device, text, test, test_labels, validation, adapted_test,
-                   logit=logit_params(source.meta))
+        jobs = cls(source, config, device, text, test, test.labels("test"), logit_params(source.meta))
+        if config.val_from_train is None:
+            jobs.validation(config.seeds[0])  # guard before sampling or encoding anything
+        if config.needs_adapted:
+            jobs.adapted_test = _to(source.eval_split("test", adapted=True), device)
+        return jobs
+
+    def validation(self, seed: int) -> tuple[FeatureSplit, FeatureSplit | None]:
+        """(val, adapted val or None) of `seed`: the source's 'val' split (checked against test once), or with
+        --val-from-train the seed's train rows `val_lists[seed]`."""
+        indices = self.val_lists.get(seed)
+        key = seed if indices is not None else None
+        if key not in self.validations:
+            dataset = self.source.meta.get("dataset")
+            if indices is None:
+                try:
+                    val = self.source.eval_split("val")
+                except FeatureDirError as e:
+                    raise FeatureDirError(f"{e}; or validate on train rows: --val-from-train N") from e
+                val.require_rows("val", "the hyper-parameter search (or validate on train rows: --val-from-train N)")
+                name, fix = "val", VAL_FIX
+            else:
+                val = self.source.train_eval_rows(indices)
+                name, fix = f"val (--val-from-train {self.config.val_from_train}, from train)", CACHE_FIX
+            check_disjoint(val, self.test, selection_name=name, dataset=dataset,
+                           purpose="the hyper-parameter search", fix=fix)
+            a_val = None
+            if self.config.needs_adapted:
+                a_val = _to(self.source.eval_split("val", adapted=True) if indices is None
+                            else self.source.train_eval_rows(indices, adapted=True), self.device)
+            self.validations[key] = (_to(val, self.device), a_val)
+        return self.validations[key]
 
     def run(self, shots: int, seed: int, idx: list[int]) -> list[dict[str, Any]]:
         """One run record per method on the cache rows `idx` of (shots, seed)."""
-        val, adapted_val = self.validation.get(seed, self.val_lists.get(seed))
+        val, adapted_val = self.validation(seed)
         train, adapted_train = self._cache_rows(idx, seed)
         runs = []
         for method in self.config.methods:
@@ -550,7 +538,7 @@ class _Jobs:
     def _cache_rows(self, idx: list[int], seed: int) -> tuple[FeatureSplit, FeatureSplit | None]:
         """The cache's train rows (checked against test) and, for TA++/TX++, their adapted twins."""
         train = _to(self.source.train_rows(idx, seed), self.device)
-        check_disjoint(train, self.test, selection_name="train", dataset=self.validation.dataset,
+        check_disjoint(train, self.test, selection_name="train", dataset=self.source.meta.get("dataset"),
                        purpose="the Tip-Adapter cache", fix=CACHE_FIX)
         adapted = _to(self.source.train_rows(idx, seed, adapted=True),
                       self.device) if self.config.needs_adapted else None
@@ -562,9 +550,8 @@ class _Jobs:
         if method == "zeroshot":
             key = seed if self.val_lists else None
             if key not in self.zero_shot:
-                self.zero_shot[key] = fit_and_predict(method, self.config, self.text, None, val,
-                                                      self.test.image, seed=seed,
-                                                      logit=self.logit)
+                self.zero_shot[key] = fit_and_predict(method, self.config, self.text, None, val, self.test.image,
+                                                      seed=seed, logit=self.logit)
             return self.zero_shot[key]
         adapted = None
         if METHOD_TABLE[method][2]:

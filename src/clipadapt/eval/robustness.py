@@ -65,7 +65,7 @@ def run_robustness(source: Any, config: Any, variants: list[Variant], *, progres
     """{'runs': one row per (method, shots, seed, variant) incl. 'imagenet' itself, 'summary'} for a FewShotSource."""
     from tqdm import tqdm
 
-    from clipadapt.eval.fewshot import METHOD_TABLE, fit_and_predict, sample_shots, summarize, validation_indices
+    from clipadapt.eval.fewshot import METHOD_TABLE, _sample_shot_lists, _sample_val_lists, fit_and_predict, summarize
     from clipadapt.features.featureset import logit_params
 
     if config.val_from_train is None:
@@ -79,17 +79,14 @@ def run_robustness(source: Any, config: Any, variants: list[Variant], *, progres
                        source.eval_split("test", adapted=True) if config.needs_adapted else None)
     labels = source.train_labels()
     logit = logit_params(source.meta)
+    shot_lists = _sample_shot_lists(source, config, labels, None)  # the same draws as `fewshot`, before encoding
+    val_lists = _sample_val_lists(source, config, labels, shot_lists, None)
     runs = []
-    pairs = [(k, s) for k in config.shots for s in config.seeds]
-    for shots, seed in tqdm(pairs, desc="robustness (shots, seed)", disable=not progress):
-        shot_lists = {k: sample_shots(labels, k, seed, classnames=source.classnames, allow_fewer=config.allow_fewer)
-                      for k in config.shots}
-        val_idx = validation_indices(labels, shot_lists, config.val_from_train, seed, classnames=source.classnames,
-                                     allow_fewer=config.allow_fewer)
-        val = source.train_eval_rows(val_idx)
-        train = source.train_rows(shot_lists[shots], seed)
-        a_val = source.train_eval_rows(val_idx, adapted=True) if config.needs_adapted else None
-        a_train = source.train_rows(shot_lists[shots], seed, adapted=True) if config.needs_adapted else None
+    for (shots, seed), idx in tqdm(shot_lists.items(), desc="robustness (shots, seed)", disable=not progress):
+        val = source.train_eval_rows(val_lists[seed])
+        train = source.train_rows(idx, seed)
+        a_val = source.train_eval_rows(val_lists[seed], adapted=True) if config.needs_adapted else None
+        a_train = source.train_rows(idx, seed, adapted=True) if config.needs_adapted else None
         for method in config.methods:
             for v in [imagenet, *variants]:
                 adapted = (a_train, a_val, v.adapted_test.image) if METHOD_TABLE[method][2] else None

@@ -14,13 +14,14 @@ This module is torch-free: it expands, hashes, stores and loops; executing a cel
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import re
 import sys
 import time
 import traceback
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -125,10 +126,8 @@ class Cell:
     options: dict[str, Any] = field(default_factory=dict)
 
     def resolved(self) -> dict[str, Any]:
-        """Everything that decides the cell's numbers (hashed into its key)."""
-        return {"task": self.task, "label": self.label, "dataset": self.dataset, "source": self.source,
-                "backbone": self.backbone, "method": self.method, "seed": self.seed, "shots": self.shots,
-                "options": self.options}
+        """Everything that decides the cell's numbers (hashed into its key): every field, in field order."""
+        return asdict(self)
 
     @property
     def key(self) -> str:
@@ -169,23 +168,14 @@ def expand_cells(config: dict[str, Any]) -> list[Cell]:
         backbones = list(task.get("backbones") or [None])
         seeds = list(task.get("seeds") or [None])
         options = dict(task.get("options", {}))
+        if kind == "backbones":  # one cell runs every backbone
+            backbones = [",".join(b for b in backbones if b)]
+        methods = task["methods"] if kind == "fewshot" else [None if kind == "backbones" else task.get("method")]
+        shots = [int(k) for k in task["shots"]] if kind == "fewshot" else None
         for entry in task["datasets"]:
             name, source = dataset_entry(entry)
-            if kind == "backbones":
-                for seed in seeds:
-                    cells.append(Cell(kind, label, name, source, ",".join(b for b in backbones if b), None, seed,
-                                      options=options))
-                continue
-            for backbone in backbones:
-                if kind == "fewshot":
-                    for method in task["methods"]:
-                        for seed in seeds:
-                            cells.append(Cell(kind, label, name, source, backbone, method, seed,
-                                              shots=[int(k) for k in task["shots"]], options=options))
-                else:
-                    for seed in seeds:
-                        cells.append(Cell(kind, label, name, source, backbone, task.get("method"), seed,
-                                          options=options))
+            for backbone, method, seed in itertools.product(backbones, methods, seeds):
+                cells.append(Cell(kind, label, name, source, backbone, method, seed, shots=shots, options=options))
     keys = [c.key for c in cells]
     if len(set(keys)) != len(keys):
         dup = next(c for c in cells if keys.count(c.key) > 1)
@@ -266,14 +256,9 @@ def run_cells(cells: list[Cell], store: SuiteStore, execute: Execute, *, provena
     """
     from tqdm import tqdm
 
-    todo = []
-    counts = {"done": 0, "skipped": 0, "failed": 0}
-    for cell in cells:
-        state = store.state(cell.key)
-        if state == "done" or (state == "failed" and not retry_failed):
-            counts["skipped"] += 1
-        else:
-            todo.append(cell)
+    finished = ("done",) if retry_failed else ("done", "failed")
+    todo = [cell for cell in cells if store.state(cell.key) not in finished]
+    counts = {"done": 0, "skipped": len(cells) - len(todo), "failed": 0}
     bar = tqdm(todo, desc="suite cells", unit="cell", disable=not progress)
     for cell in bar:
         bar.set_postfix_str(cell.describe()[:60])

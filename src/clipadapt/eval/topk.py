@@ -33,15 +33,6 @@ Gallery = Tensor | Iterable[Tensor] | Iterable[tuple[Tensor, Tensor | None]]
 
 
 # ----------------------------------------------------------------------------------------- gallery chunks
-def _as_chunk(item: Tensor | tuple) -> Tensor:
-    """A gallery chunk: a (c, D) tensor, or the first element of an (image, label) pair."""
-    chunk = item[0] if isinstance(item, (tuple, list)) else item
-    if not isinstance(chunk, Tensor) or chunk.ndim != 2:
-        shape = tuple(chunk.shape) if isinstance(chunk, Tensor) else type(chunk).__name__
-        raise ConfigError(f"gallery chunks must be (rows, D) tensors (pool views first), got {shape}")
-    return chunk
-
-
 def iter_gallery_chunks(gallery: Gallery, chunk_size: int) -> Iterator[Tensor]:
     """Yield (c, D) chunks of a tensor gallery (views of it, no copy) or pass an iterator's chunks through."""
     if isinstance(gallery, Tensor):
@@ -50,8 +41,12 @@ def iter_gallery_chunks(gallery: Gallery, chunk_size: int) -> Iterator[Tensor]:
         for start in range(0, gallery.shape[0], chunk_size):
             yield gallery[start : start + chunk_size]
     else:
-        for item in gallery:
-            yield _as_chunk(item)
+        for item in gallery:  # a (c, D) tensor, or an (image, label) pair
+            chunk = item[0] if isinstance(item, (tuple, list)) else item
+            if not isinstance(chunk, Tensor) or chunk.ndim != 2:
+                shape = tuple(chunk.shape) if isinstance(chunk, Tensor) else type(chunk).__name__
+                raise ConfigError(f"gallery chunks must be (rows, D) tensors (pool views first), got {shape}")
+            yield chunk
 
 
 def _check_args(queries: Tensor, k: int, chunk_size: int, query_chunk_size: int | None) -> None:
@@ -125,7 +120,7 @@ def _topk_torch(
     return torch.cat(best_s), torch.cat(best_i)
 
 
-def _import_faiss():
+def _topk_faiss(queries: Tensor, chunks: Iterable[Tensor], k: int, index_factory: str) -> tuple[Tensor, Tensor]:
     try:
         import faiss  # noqa: PLC0415 - optional extra, imported only when asked for
     except ImportError as e:
@@ -133,11 +128,6 @@ def _import_faiss():
             "backend 'faiss' needs the faiss package: pip install 'clipadapt[faiss]' (or pip install faiss-cpu; "
             "faiss-gpu from conda for GPUs), or use backend 'torch'"
         ) from e
-    return faiss
-
-
-def _topk_faiss(queries: Tensor, chunks: Iterable[Tensor], k: int, index_factory: str) -> tuple[Tensor, Tensor]:
-    faiss = _import_faiss()
     dim = queries.shape[1]
     index = faiss.index_factory(dim, index_factory, faiss.METRIC_INNER_PRODUCT)
     total = 0

@@ -113,11 +113,9 @@ def encode_dataset_images(encoder, dataset, batch_size: int = DEFAULT_BATCH_SIZE
 
 def encode_captions(encoder, texts: Sequence[str], batch_size: int = 256) -> Tensor:
     """(M, D) raw text embeddings, batched, with a progress bar."""
-    chunks = []
-    for start in tqdm(range(0, len(texts), batch_size), desc="captions", leave=False):
-        with torch.no_grad():
-            chunks.append(encoder.encode_texts(list(texts[start : start + batch_size])).float().cpu())
-    return torch.cat(chunks)
+    starts = tqdm(range(0, len(texts), batch_size), desc="captions", leave=False)
+    with torch.no_grad():
+        return torch.cat([encoder.encode_texts(list(texts[s : s + batch_size])).float().cpu() for s in starts])
 
 
 def retrieval_set_from_entries(encoder, entries: Sequence[dict], image_root: str | Path,

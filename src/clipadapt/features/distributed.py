@@ -29,6 +29,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from clipadapt.errors import ConfigError
 from clipadapt.features.cache import FeatureCache, cache_writes, dataset_fingerprint, image_key
@@ -85,8 +86,6 @@ def init_distributed(env: DistEnv, device: str | None = None, *, timeout_min: fl
         device = f"cuda:{env.local_rank}"
     if not env.is_distributed:
         return device
-    import torch.distributed as dist
-
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
     if not dist.is_initialized():
@@ -103,18 +102,13 @@ def init_distributed(env: DistEnv, device: str | None = None, *, timeout_min: fl
 def barrier(env: DistEnv) -> None:
     """Wait for every rank (no-op for a single process)."""
     if env.is_distributed:
-        import torch.distributed as dist
-
         dist.barrier()
 
 
 def shutdown(env: DistEnv) -> None:
     """Tear the process group down (no-op for a single process)."""
-    if env.is_distributed:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    if env.is_distributed and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 # ----------------------------------------------------------------------------------------- shard plan
@@ -131,8 +125,6 @@ def _broadcast(env: DistEnv, value):
     """Rank 0's `value` on every rank."""
     if not env.is_distributed:
         return value
-    import torch.distributed as dist
-
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]

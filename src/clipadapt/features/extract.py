@@ -121,6 +121,8 @@ class _RowDataset(torch.utils.data.Dataset):
         split = split_eval_transform(preprocess) if views == 1 else None
         self.pil_stage = split[0] if split else None
         self.uint8 = views > 1 or split is not None  # the augmentation always has a uint8 path
+        # what `normalize_uint8` applies per batch to uint8 rows
+        self.mean, self.std = (augment.mean, augment.std) if views > 1 else (split[1:] if split else (None, None))
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -218,11 +220,6 @@ def encode_shards(enc, dataset: DatasetLike, shards: Sequence[tuple[int, int]], 
     views, seed, on_error = int(opts.views), opts.seed, opts.on_error
     augment = enc.train_transform() if views > 1 else None
     rows_ds = _RowDataset(dataset, enc.preprocess, augment, views, seed)
-    if views > 1:
-        mean, std = augment.mean, augment.std
-    else:
-        split = split_eval_transform(enc.preprocess)
-        mean, std = (split[1], split[2]) if split else (None, None)
     loader = _load_batches(rows_ds, _batches(shards, opts.batch_size), opts.num_workers, pin=enc.device.type == "cuda")
     bounds = {start: end for start, end in shards}
     total = sum(e - s for s, e in shards)
@@ -243,7 +240,7 @@ def encode_shards(enc, dataset: DatasetLike, shards: Sequence[tuple[int, int]], 
             if batch.pixels is not None:
                 pixels = batch.pixels
                 if rows_ds.uint8:  # normalise the whole batch at once, on the encoder's device
-                    pixels = normalize_uint8(pixels.to(enc.device, non_blocking=True), mean, std)
+                    pixels = normalize_uint8(pixels.to(enc.device, non_blocking=True), rows_ds.mean, rows_ds.std)
                 if views > 1:  # (B, V, 3, H, W) -> encode B*V, back to (B, V, D)
                     flat = enc.encode_images(pixels.flatten(0, 1))
                     current["image"].append(flat.view(pixels.shape[0], views, -1))
@@ -260,10 +257,7 @@ def encode_shards(enc, dataset: DatasetLike, shards: Sequence[tuple[int, int]], 
 
 def _write_shard(shard_dir: Path, shard: dict[str, Any], views: int) -> None:
     """Write one encoded shard; 'label' only when every encoded row has one (unlabeled datasets give -1)."""
-    if shard["image"]:
-        image = torch.cat(shard["image"])
-    else:
-        image = torch.zeros((0, views, 0) if views > 1 else (0, 0))
+    image = torch.cat(shard["image"]) if shard["image"] else torch.zeros((0, views, 0) if views > 1 else (0, 0))
     label = torch.tensor(shard["label"], dtype=torch.long)
     write_shard(shard_dir, shard["start"], image, label if bool((label >= 0).all()) else None,
                 stop=shard["end"], rows=torch.tensor(shard["row"], dtype=torch.long), skipped=shard["skipped"])
@@ -339,9 +333,7 @@ def prompts(classnames: Sequence[str], templates: Sequence[str]) -> list[str]:
 
 def extract_text(enc, classnames: Sequence[str], templates: Sequence[str], *, progress: bool = False) -> Tensor:
     """Raw class-prompt embeddings (C, T, D), one per class × template."""
-    texts = prompts(classnames, templates)
-    chunks = []
-    step = 1024
-    for start in tqdm(range(0, len(texts), step), desc="encode prompts", disable=not progress or len(texts) <= step):
-        chunks.append(enc.encode_texts(texts[start:start + step]))
-    return torch.cat(chunks).view(len(classnames), len(templates), -1)
+    texts, step = prompts(classnames, templates), 1024
+    starts = tqdm(range(0, len(texts), step), desc="encode prompts", disable=not progress or len(texts) <= step)
+    text = torch.cat([enc.encode_texts(texts[start:start + step]) for start in starts])
+    return text.view(len(classnames), len(templates), -1)

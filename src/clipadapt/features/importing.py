@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.numpy import load_file
 
 from clipadapt.errors import FeatureDirError
 from clipadapt.features.featureset import SPLIT_NAMES, FeatureSet, FeatureSplit
@@ -108,32 +109,25 @@ def _read_keyed(path: str, key: str | None, spec: str) -> np.ndarray:
     """One array of a .npz or .safetensors file; the key may be omitted when the file holds exactly one."""
     if not Path(path).is_file():
         raise FeatureDirError(f"{path}: array file not found")
-    try:
+    try:  # `chosen`: the key, or the file's only array
         if path.lower().endswith(".npz"):
             with np.load(path, allow_pickle=False) as archive:
-                arrays = {k: archive[k] for k in archive.files} if key is None else None
-                if key is not None:
-                    if key not in archive.files:
-                        raise FeatureDirError(f"'{spec}': {path} has no array '{key}' (it has: "
-                                              f"{', '.join(archive.files)})")
-                    return archive[key]
+                names, what = list(archive.files), "array"
+                chosen = names[0] if key is None and len(names) == 1 else key
+                array = archive[chosen] if chosen in names else None
         else:
-            from safetensors.numpy import load_file
-
             arrays = load_file(path)
-            if key is not None:
-                if key not in arrays:
-                    raise FeatureDirError(f"'{spec}': {path} has no tensor '{key}' (it has: "
-                                          f"{', '.join(sorted(arrays))})")
-                return arrays[key]
-    except FeatureDirError:
-        raise
+            names, what = sorted(arrays), "tensor"
+            chosen = names[0] if key is None and len(names) == 1 else key
+            array = arrays.get(chosen)
     except Exception as e:  # zip/safetensors parse errors
         raise FeatureDirError(f"{path}: not a readable {Path(path).suffix} file ({e})") from e
-    if len(arrays) != 1:
-        raise FeatureDirError(f"'{spec}': {path} holds {len(arrays)} arrays ({', '.join(sorted(arrays))}); "
+    if array is None and key is not None:
+        raise FeatureDirError(f"'{spec}': {path} has no {what} '{key}' (it has: {', '.join(names)})")
+    if array is None:
+        raise FeatureDirError(f"'{spec}': {path} holds {len(names)} arrays ({', '.join(sorted(names))}); "
                               f"name one as {path}:KEY")
-    return next(iter(arrays.values()))
+    return array
 
 
 def _select(array: np.ndarray, selection: str, spec: str) -> np.ndarray:

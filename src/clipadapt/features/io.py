@@ -32,7 +32,11 @@ from clipadapt.fileio import atomic_path, atomic_write_json, read_json
 
 META_FILE = "meta.json"
 TEXT_FILE = "text.safetensors"
-SHARD_INDEX_SUFFIX = ".shards.json"  # DIR/<split>.shards.json: a sharded split (features.shards)
+
+
+def index_path(directory: str | Path, split: str) -> Path:
+    """Where the shard index of `split` lives in a feature directory: DIR/<split>.shards.json (features.shards)."""
+    return Path(directory) / f"{split}.shards.json"
 
 
 # ----------------------------------------------------------------------------------------- tensors
@@ -122,7 +126,7 @@ def load_split(directory: Path, name: str, *, num_classes: int, dim: int, meta: 
     `<name>.shards.json` when there is one (a sharded split, loaded into memory), else `<name>.safetensors`."""
     directory = Path(directory)
     path = directory / f"{name}.safetensors"
-    index = directory / f"{name}{SHARD_INDEX_SUFFIX}"
+    index = index_path(directory, name)
     if index.is_file():
         from clipadapt.features.shards import ShardedSplit  # shards imports this module
 
@@ -184,7 +188,7 @@ def available_splits(directory: Path) -> list[str]:
     """The splits present in a feature directory, as one file or as a shard index."""
     directory = Path(directory)
     return [s for s in SPLIT_NAMES
-            if (directory / f"{s}.safetensors").is_file() or (directory / f"{s}{SHARD_INDEX_SUFFIX}").is_file()]
+            if (directory / f"{s}.safetensors").is_file() or index_path(directory, s).is_file()]
 
 
 def load_feature_dir(directory: str | Path, splits: Iterable[str] | None = None) -> FeatureSet:
@@ -219,7 +223,7 @@ def save_split(directory: Path, name: str, split: FeatureSplit) -> None:
     else:
         paths_file.unlink(missing_ok=True)
     atomic_save_tensors(directory / f"{name}.safetensors", tensors)
-    (directory / f"{name}{SHARD_INDEX_SUFFIX}").unlink(missing_ok=True)
+    index_path(directory, name).unlink(missing_ok=True)
     shutil.rmtree(directory / f"{name}.shards", ignore_errors=True)
 
 
@@ -231,9 +235,8 @@ def save_feature_dir(features: FeatureSet, directory: str | Path, *, checksums: 
     atomic_save_tensors(directory / TEXT_FILE, {"text": features.text.float()})
     for name, split in features.splits.items():
         save_split(directory, name, split)
-    meta = dict(features.meta)
-    meta["classnames"] = list(features.classnames)
-    atomic_write_json(directory / META_FILE, meta)  # its presence marks a complete directory
+    # its presence marks a complete directory
+    atomic_write_json(directory / META_FILE, {**features.meta, "classnames": list(features.classnames)})
     if checksums:
         write_checksums(directory)
     return directory

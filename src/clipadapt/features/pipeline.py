@@ -86,12 +86,6 @@ def _build_datasets(dataset: Any, splits: Iterable[str], indices: Mapping[str, l
     return built
 
 
-def _dataset_label(dataset: Any, datasets: dict[str, Any]) -> str:
-    if isinstance(dataset, str):
-        return dataset
-    return str(getattr(next(iter(datasets.values())), "name", "dataset"))
-
-
 def get_feature_set(model: str | None, dataset: str | Mapping[str, Any], splits: Iterable[str] = DEFAULT_SPLITS,
                     options: ExtractOptions | None = None, *, indices: Mapping[str, list[int]] | None = None,
                     cache_dir: str | Path | None = None, device: str | None = None, adapter: str | Path | None = None,
@@ -174,8 +168,8 @@ def _prepare(model, dataset, splits, options: ExtractOptions, *, indices, cache_
     lazy = _LazyEncoder(model, device=device, precision=precision, adapter=adapter, fingerprint=fingerprint,
                         encoder=encoder)
     datasets = _build_datasets(dataset, splits, indices)
-    label = _dataset_label(dataset, datasets)
     first = datasets[splits[0]]
+    label = dataset if isinstance(dataset, str) else str(getattr(first, "name", "dataset"))
     classnames = list(first.classnames)
     for split, ds in datasets.items():
         if list(ds.classnames) != classnames:

@@ -50,7 +50,7 @@ from clipadapt.constants import DEFAULT_SHARD_SIZE  # re-exported; defined there
 from clipadapt.errors import CacheError, ConfigError, FeatureDirError
 from clipadapt.features.checksums import check_checksums, write_checksums
 from clipadapt.features.featureset import FeatureSplit
-from clipadapt.features.io import META_FILE, SHARD_INDEX_SUFFIX, TEXT_FILE, atomic_save_tensors, read_paths
+from clipadapt.features.io import META_FILE, TEXT_FILE, atomic_save_tensors, index_path, read_paths
 from clipadapt.fileio import atomic_write_json, link_or_copy, read_json
 from clipadapt.ops import l2_normalize, pool_views
 
@@ -59,11 +59,6 @@ log = logging.getLogger(__name__)
 INDEX_FORMAT = "clipadapt-shards-v1"
 SHARD_NAME = re.compile(r"(\d+)-(\d+)\.safetensors$")  # also matches older 'START-STOP.safetensors' names
 SHARD_KEY_FILE = "key.json"
-
-
-def index_path(directory: str | Path, split: str) -> Path:
-    """Where the shard index of `split` lives in a feature directory."""
-    return Path(directory) / f"{split}{SHARD_INDEX_SUFFIX}"
 
 
 # ----------------------------------------------------------------------------------------- plan + naming
@@ -400,13 +395,13 @@ class Chunks:
 
 
 def iter_split_chunks(
-    source: ShardedSplit | FeatureSplit | Tensor, chunk_rows: int, *, start: int = 0
+    source: ShardedSplit | FeatureSplit, chunk_rows: int, *, start: int = 0
 ) -> Iterator[tuple[Tensor, Tensor | None]]:
-    """(image, label|None) chunks of a sharded split, an in-memory FeatureSplit or an image tensor alike."""
+    """(image, label|None) chunks of a sharded split or an in-memory FeatureSplit alike."""
     if isinstance(source, ShardedSplit):
         yield from source.iter_chunks(chunk_rows, start=start)
         return
-    image, label = (source, None) if isinstance(source, Tensor) else (source.image, source.label)
+    image, label = source.image, source.label
     for lo in range(start, image.shape[0], chunk_rows):
         yield image[lo : lo + chunk_rows], (label[lo : lo + chunk_rows] if label is not None else None)
 
@@ -446,13 +441,10 @@ def write_shard_index(directory: str | Path, split: str, shard_paths: Sequence[s
 def save_sharded_split(directory: str | Path, split: str, features: FeatureSplit, *,
                        shard_size: int = DEFAULT_SHARD_SIZE) -> ShardedSplit:
     """Write an in-memory split as row-range shards under DIR/<split>.shards/ plus its index; returns it opened."""
-    if shard_size < 1:
-        raise ConfigError(f"shard_size must be >= 1, got {shard_size}")
     shard_dir = Path(directory) / f"{split}.shards"
     paths = [
-        write_shard(shard_dir, lo, features.image[lo : lo + shard_size],
-                    features.label[lo : lo + shard_size] if features.label is not None else None)
-        for lo in range(0, features.n, shard_size)
+        write_shard(shard_dir, lo, features.image[lo:hi], features.label[lo:hi] if features.label is not None else None)
+        for lo, hi in plan_shards(features.n, shard_size)  # a ConfigError for shard_size < 1
     ]
     return ShardedSplit.open(write_shard_index(directory, split, paths))
 
@@ -498,10 +490,9 @@ def save_sharded_feature_dir(features: ShardedFeatureSet, directory: str | Path,
 def _link_sharded_split(directory: Path, name: str, split: ShardedSplit) -> None:
     """Link one split's shard files into DIR/<name>.shards/, write its index, drop what an earlier write left."""
     shard_dir = directory / f"{name}.shards"
-    linked = []
-    for source in split.files():
-        link_or_copy(source, shard_dir / source.name)
-        linked.append(shard_dir / source.name)
+    linked = [shard_dir / source.name for source in split.files()]
+    for source, target in zip(split.files(), linked):
+        link_or_copy(source, target)
     paths_file = directory / f"{name}.paths.json"
     if split.paths_file is not None:
         link_or_copy(split.paths_file, paths_file)
@@ -516,11 +507,6 @@ def _link_sharded_split(directory: Path, name: str, split: ShardedSplit) -> None
 
 
 # ----------------------------------------------------------------------------------------- streaming statistics
-def _images(chunks: Iterable[Tensor | tuple]) -> Iterator[Tensor]:
-    for item in chunks:
-        yield item[0] if isinstance(item, (tuple, list)) else item
-
-
 def streaming_mean(chunks: Iterable[Tensor | tuple[Tensor, Tensor | None]], *, normalize: bool = False) -> Tensor:
     """(D,) mean over all rows of the chunks, accumulated in float64 in one pass (DN's μ, docs/methods.md §2).
 
@@ -528,8 +514,8 @@ def streaming_mean(chunks: Iterable[Tensor | tuple[Tensor, Tensor | None]], *, n
     `FeatureSplit.pooled`). `normalize=True` L2-normalises each row before averaging.
     """
     total, count = None, 0
-    for image in _images(chunks):
-        x = pool_views(image)
+    for chunk in chunks:
+        x = pool_views(chunk[0] if isinstance(chunk, (tuple, list)) else chunk)
         if normalize:
             x = l2_normalize(x)
         s = x.double().sum(0)

@@ -25,10 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch import Tensor
+from tqdm import tqdm
 
 from clipadapt.errors import ConfigError, HeadFileError, HeadMismatchError
 from clipadapt.eval.fewshot import METHOD_TABLE
+from clipadapt.fileio import atomic_path
 from clipadapt.methods.dn import DistributionNormalizer
 
 # method -> (estimator class, fitted on adapted (IMO) features)
@@ -231,8 +234,6 @@ class Head:
     def adapter_checkpoint(self, directory: str | Path | None = None) -> Path:
         """The stored IMO adapter written back as a checkpoint file (identical bytes: same sha256, so the
         feature cache reuses the adapted features encoded at fit time). In a temporary directory by default."""
-        from safetensors.torch import save_file
-
         from clipadapt.adapters.imo_adapter import METADATA_KEY
 
         if self.adapter is None:
@@ -242,9 +243,6 @@ class Head:
             directory = Path(tempfile.mkdtemp(prefix="clipadapt-head-adapter-"))
         path = Path(directory) / "adapter.safetensors"
         if not path.is_file():
-            from clipadapt.fileio import atomic_path
-
-            path.parent.mkdir(parents=True, exist_ok=True)
             tensors = {k: v.contiguous() for k, v in self.adapter.items()}
             with atomic_path(path) as tmp:
                 save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(info["structure"], sort_keys=True)})
@@ -262,12 +260,7 @@ class Head:
         if self.needs_adapted:
             encoders.append(self.encoder(device=device, adapted=True))
         outs: list[list[Tensor]] = [[] for _ in encoders]
-        starts = range(0, len(items), batch_size)
-        if progress:
-            from tqdm import tqdm
-
-            starts = tqdm(starts, desc="encoding images", unit="batch")
-        for start in starts:
+        for start in tqdm(range(0, len(items), batch_size), desc="encoding images", unit="batch", disable=not progress):
             pil = [x if not isinstance(x, (str, Path)) else open_rgb(x) for x in items[start:start + batch_size]]
             for enc, out in zip(encoders, outs):
                 batch = torch.stack([enc.preprocess(im.convert("RGB")) for im in pil])

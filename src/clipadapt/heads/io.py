@@ -19,6 +19,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch import Tensor
 
 from clipadapt.errors import HeadFileError
@@ -52,8 +54,6 @@ def head_tensors(head: Head) -> dict[str, Tensor]:
 
 def save_head(head: Head, path: str | Path) -> Path:
     """Write `head` as one safetensors file (atomically); returns the path."""
-    from safetensors.torch import save_file
-
     path = Path(path)
     tensors = head_tensors(head)
     _, fitted = estimator_state(head.estimator)
@@ -63,7 +63,6 @@ def save_head(head: Head, path: str | Path) -> Path:
                         for k, v in sorted(tensors.items())},
             "tensors_sha256": tensors_sha256(tensors)}
     head.meta = meta
-    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={METADATA_KEY: json.dumps(meta, sort_keys=True, allow_nan=False)})
     return path
@@ -82,8 +81,6 @@ def _refuse_non_safetensors(path: Path) -> None:
 
 
 def _read(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    from safetensors import safe_open
-
     if not path.is_file():
         raise HeadFileError(f"head file {path} not found")
     _refuse_non_safetensors(path)
@@ -178,11 +175,3 @@ def load_head(path: str | Path) -> Head:
     head.source = path
     return head
 
-
-def is_head_file(path: str | Path) -> bool:
-    """True when `path` reads as a head (no exception)."""
-    try:
-        load_head(path)
-    except HeadFileError:
-        return False
-    return True

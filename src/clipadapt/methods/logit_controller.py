@@ -53,12 +53,10 @@ class NeuralLogitController(Params):
         min_temperature: float = 1e-2,
         seed: int = 0,
     ):
-        self.hidden, self.lr, self.weight_decay = hidden, lr, weight_decay
-        self.max_epochs, self.batch_size, self.val_fraction, self.patience = (max_epochs, batch_size, val_fraction,
-                                                                              patience)
-        self.normalize, self.init_temperature, self.min_temperature, self.seed = (
-            normalize, init_temperature, min_temperature, seed
-        )
+        self.hidden, self.lr, self.weight_decay, self.seed = hidden, lr, weight_decay, seed
+        self.max_epochs, self.batch_size, self.patience = max_epochs, batch_size, patience
+        self.val_fraction, self.normalize = val_fraction, normalize
+        self.init_temperature, self.min_temperature = init_temperature, min_temperature
 
     # ------------------------------------------------------------------------------------- inputs
     def _inputs(self, embeddings: Sequence[Tensor], logits: Sequence[Tensor], what: str,

@@ -189,19 +189,15 @@ class TipAdapterF(TipAdapter):
         zs = add_bias(self.logit_scale * feats @ self.classifier_.T, self.logit_bias)
         order = torch.randperm(n, generator=generator).to(views.device)
         with torch.enable_grad():
-            self._train_steps(weight, feats, zs, labels, order, optimizer, schedule)
-
-    def _train_steps(self, weight, feats, zs, labels, order, optimizer, schedule) -> None:
-        n = feats.shape[0]
-        for start in range(0, n, self.batch_size):
-            batch = order[start : start + self.batch_size]
-            affinity = cache_affinity(feats[batch] @ weight.T, self.beta)
-            logits = zs[batch] + self.alpha * (affinity @ self.values_)
-            loss = torch.nn.functional.cross_entropy(logits, labels[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
+            for start in range(0, n, self.batch_size):
+                batch = order[start : start + self.batch_size]
+                affinity = cache_affinity(feats[batch] @ weight.T, self.beta)
+                logits = zs[batch] + self.alpha * (affinity @ self.values_)
+                loss = torch.nn.functional.cross_entropy(logits, labels[batch])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                schedule.step()
 
     @torch.no_grad()
     def _val_accuracy(self, features: Tensor, labels: Tensor) -> float:

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from clipadapt.report.plots import pyplot, save_figure
+
 
 def plot_dn_sweep(rows: Sequence[dict], metrics: Sequence[str], path: str | Path, *, baseline: dict | None = None,
                   title: str = "Distribution Normalization") -> Path:
     """Two panels (λ sweep, sample sweep) from `sweep_dn` rows; `baseline` {metric: value} drawn dashed."""
-    from clipadapt.report.plots import pyplot, save_figure
-
     fig, axes = pyplot().subplots(1, 2, figsize=(10, 4))
     for ax, sweep, xkey, xlabel in ((axes[0], "lambda", "lambda", "λ"),
                                     (axes[1], "samples", "n_used", "unlabeled samples")):

@@ -13,6 +13,10 @@ import math
 from pathlib import Path
 from typing import Any
 
+from clipadapt.fileio import atomic_write_bytes
+from clipadapt.report.plots import pyplot, save_figure
+from clipadapt.report.tables import markdown_table, write_json
+
 MIN_POINTS = 3  # fewer datasets give no meaningful correlation (scipy returns |r| = 1, p = 1 for two)
 
 
@@ -59,9 +63,6 @@ def correlation(x: list[float], y: list[float]) -> dict[str, Any]:
 
 def write_imo_correlation(root: Path, rows: list[dict[str, Any]], *, plots: bool = True) -> list[Path]:
     """imo_correlation.json/.md and imo_correlation_<pair>.png when the summary has overlaps and paired methods."""
-    from clipadapt.fileio import atomic_write_bytes
-    from clipadapt.report.tables import markdown_table, write_json
-
     written: list[Path] = []
     report: dict[str, Any] = {}
     sections = []
@@ -90,8 +91,6 @@ def write_imo_correlation(root: Path, rows: list[dict[str, Any]], *, plots: bool
 
 
 def _scatter(path: Path, table: list[dict[str, Any]], corr: dict[str, Any], name: str) -> Path:
-    from clipadapt.report.plots import pyplot, save_figure
-
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     x, y = [r["overlap_reduction"] for r in table], [r["gain_mean"] for r in table]

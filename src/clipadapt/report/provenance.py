@@ -26,6 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from clipadapt.constants import __version__
+
 SCHEMA = "clipadapt-results/1"
 FINGERPRINT_SCHEME = "files-sha256-v1"
 FULL_HASH_BYTES = 16 * 2**20
@@ -41,8 +43,6 @@ def provenance(argv: Sequence[str] | None, *, model: Any = None, data: Any = Non
     data: what was read (a path, a dataset spec, or a dict of them); data_fingerprint: `path_fingerprint` of it
     (or a dict of them, same keys), or another fingerprint whose prefix says how it was made
     (`dataset-sha256:` for a dataset's item list)."""
-    from clipadapt.constants import __version__
-
     argv = list(sys.argv[1:] if argv is None else argv)
     return {
         "schema": SCHEMA,

@@ -16,6 +16,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from clipadapt.errors import ConfigError
+from clipadapt.fileio import atomic_write_bytes
+from clipadapt.report.imo_analysis import write_imo_correlation
+from clipadapt.report.plots import line_plot, pyplot, save_figure
+from clipadapt.report.provenance import path_fingerprint, provenance
+from clipadapt.report.tables import markdown_table, write_json, write_table
+
 MEAN = "mean"
 SUMMARY_SCHEMA = "clipadapt.suite.summary/1"
 _GROUP = ("task", "backbone", "method", "shots", "metric")
@@ -101,14 +108,12 @@ def aggregate(records: list[dict[str, Any]], datasets: list[str] | None = None) 
     by_dataset: dict[tuple, dict[Any, float]] = {}
     for r in records:  # one value per seed; a repeated (dataset, seed) keeps the last
         by_dataset.setdefault(_key(r, _GROUP) + (r["dataset"],), {})[r["seed"]] = r["value"]
-    rows = []
+    rows, groups = [], {}
     for key, per_seed in by_dataset.items():
         mean, std = _mean_std(list(per_seed.values()))
         rows.append({**dict(zip(_GROUP, key[:-1])), "dataset": key[-1], "mean": mean, "std": std,
                      "seeds": len(per_seed)})
-    groups: dict[tuple, dict[str, dict[Any, float]]] = {}
-    for key, per_seed in by_dataset.items():
-        groups.setdefault(key[:-1], {})[key[-1]] = per_seed
+        groups.setdefault(key[:-1], {})[key[-1]] = per_seed  # (task, ..., metric) -> {dataset: {seed: value}}
     for key, per_dataset in groups.items():
         seeds = sorted({s for v in per_dataset.values() for s in v}, key=str)
         seed_means = []
@@ -140,8 +145,6 @@ def compare_expected(rows: list[dict[str, Any]], expected: list[dict[str, Any]])
 # ------------------------------------------------------------------------------------------------ writing
 def load_records(root: Path) -> tuple[dict[str, Any], list[dict[str, Any]], list[dict[str, Any]]]:
     """(suite.json, records of every finished cell, cell states) of a run directory (eval/suite.py's layout)."""
-    from clipadapt.errors import ConfigError
-
     root = Path(root)
     if not (root / "suite.json").is_file():
         raise ConfigError(f"{root}: no suite.json — not a suite run directory (clipadapt suite run CONFIG --out DIR)")
@@ -181,9 +184,6 @@ def pivot(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def write_suite_report(root: str | Path, *, plots: bool = True, argv: list[str] | None = None) -> list[Path]:
     """summary.json / summary.csv / summary.md (+ expected.* and plots) in the run directory; returns the paths."""
-    from clipadapt.fileio import atomic_write_bytes
-    from clipadapt.report.tables import markdown_table, write_json, write_table
-
     root = Path(root)
     suite, records, states = load_records(root)
     datasets = list(dict.fromkeys(c["dataset"] for c in suite["cells"]))
@@ -191,8 +191,6 @@ def write_suite_report(root: str | Path, *, plots: bool = True, argv: list[str] 
     expected = compare_expected(rows, suite["config"].get("expected", []))
     counts = {s: sum(x["state"] == s for x in states) for s in ("done", "pending", "failed")}
     name = suite["config"].get("name", root.name)
-    from clipadapt.report.provenance import path_fingerprint, provenance
-
     run_prov = suite.get("provenance") or {}
     summary = {"schema": SUMMARY_SCHEMA, "name": name, "config_file": suite.get("config_file"),
                "suite_provenance": run_prov, "cells": counts, "rows": rows, "expected": expected, "records": records,
@@ -210,16 +208,12 @@ def write_suite_report(root: str | Path, *, plots: bool = True, argv: list[str] 
         sections.append("## Published numbers side by side (Δ = ours − published)\n\n" + markdown_table(expected))
     atomic_write_bytes(root / "summary.md", "\n".join(sections).encode())
     written.insert(2, root / "summary.md")
-    from clipadapt.report.imo_analysis import write_imo_correlation
-
     written += write_imo_correlation(root, rows, plots=plots)
     return written + (_plots(root, rows) if plots else [])
 
 
 def _plots(root: Path, rows: list[dict[str, Any]]) -> list[Path]:
     """accuracy vs shots per (task, backbone, dataset) incl. the mean; oracle/NLC bars per backbones task."""
-    from clipadapt.report.plots import line_plot
-
     written = []
     shot_rows = [r for r in rows if r["shots"] is not None and r["metric"] == "top1"]
     for key in dict.fromkeys((r["task"], r["backbone"], r["dataset"]) for r in shot_rows):
@@ -235,8 +229,6 @@ def _plots(root: Path, rows: list[dict[str, Any]]) -> list[Path]:
 
 
 def _synergy_bars(path: Path, rows: list[dict[str, Any]]) -> Path:
-    from clipadapt.report.plots import pyplot, save_figure
-
     methods = [m for m in ("best single", "oracle", "nlc") if any(r["method"] == m for r in rows)]
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     plt = pyplot()
@@ -254,7 +246,3 @@ def _synergy_bars(path: Path, rows: list[dict[str, Any]]) -> Path:
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
-
-
-def read_summary(root: str | Path) -> dict[str, Any]:
-    return json.loads((Path(root) / "summary.json").read_text(encoding="utf-8"))

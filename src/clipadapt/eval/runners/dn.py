@@ -148,10 +148,11 @@ def run_dn(features: FeatureSet, options: DNOptions) -> MethodResult:
     labels = test.label
     draws, first_logits = [], None
     logit = features.logit_params()
+    dn_kwargs = {"lam": options.dn_lambda, "n_samples": options.dn_samples, "text_mean": options.dn_text_mean,
+                 **logit.kwargs()}
     for r in range(options.dn_repeats):
         seed = options.dn_seed + r
-        model = DistributionNormalizer(lam=options.dn_lambda, n_samples=options.dn_samples, seed=seed,
-                                       text_mean=options.dn_text_mean, **logit.kwargs()).fit(pool, features.text)
+        model = DistributionNormalizer(seed=seed, **dn_kwargs).fit(pool, features.text)
         logits = model.predict_logits(test.image)
         if first_logits is None:
             first_logits = logits
@@ -168,15 +169,13 @@ def run_dn(features: FeatureSet, options: DNOptions) -> MethodResult:
         extra["without_dn"] = classification_report(
             ZeroShotClassifier(**logit.kwargs()).fit(features.text).predict_logits(test.image), labels)
     if labels is not None and test.views > 1:  # TTA and no-TTA from one extraction
-        kwargs = {"lam": options.dn_lambda, "n_samples": options.dn_samples, "seed": options.dn_seed,
-                  "text_mean": options.dn_text_mean, **logit.kwargs()}
-        extra["tta"] = {"first view": first_view_results(kwargs, pool, features.text, test.image, labels)}
+        extra["tta"] = {"first view": first_view_results({**dn_kwargs, "seed": options.dn_seed}, pool, features.text,
+                                                         test.image, labels)}
     samples = "all" if options.dn_samples is None else options.dn_samples
     if draws and options.dn_repeats > 1:
         summary = {}
         for key in ("top1", "top5"):
-            mean, std = mean_std(d[key] for d in draws)
-            summary[f"{key}_mean"], summary[f"{key}_std"] = mean, std
+            summary[f"{key}_mean"], summary[f"{key}_std"] = mean_std(d[key] for d in draws)
         identical = model.n_image_samples_ >= pool.shape[0]  # every pool image in every draw: one draw repeated
         extra["dn_repeats"] = {"repeats": options.dn_repeats, **summary, "draws": draws, "draws_identical": identical,
                                "note": "top1/top5 at the top level are those of the first draw (seed --dn-seed)"}
