@@ -57,6 +57,7 @@ PRUNE_MIN_POINTS = 100  # smaller (α, γ) planes (Tip's 20 α) are cheaper to s
 BLOCK_ELEMENTS = 2**23  # exp terms per step of the matmul-free path (β batch × rows × NK): 32 MiB in float32
 SCORE_BUDGET = 2**21  # (α, γ, rows) elements per scoring step of the matmul-free path
 STEP_ELEMENTS = 2**17  # exp terms per sub-block of the stepped path: its terms and ratios stay in a 1 MiB L2 cache
+STEP_BATCH = 2**21  # cache terms (β × rows × C) per batch of the stepped path, settled together (`_settle_batch`)
 ANCHOR_EVERY = 16  # stepped path: the full search's own exp every 16th β, multiplications by the ratio between
 
 
@@ -416,16 +417,9 @@ def _bounded_plane(z: Tensor, a: Tensor, k: Tensor | None, labels: Tensor, group
     α·rel·(ã_y + ã_j) (or 2·α·rel·max ã), evaluated in float64.
     """
     na, ng = alpha.shape[0], gamma.shape[1]
-    u7 = 3.5 * torch.finfo(z.dtype).eps
-    s_abs = 8 * torch.finfo(z.dtype).tiny * a.shape[1]  # subnormal exp terms: an absolute slack, far above need
-    al_max, ga_max = float(alpha.max()), float(gamma.max())
     big_a = a.amax(dim=1).double()
-    big_z = z.abs().amax(dim=1).double()
-    big_k = torch.zeros_like(big_z) if k is None else k.abs().amax(dim=1).double()
-    margin = (u7 * (big_z + al_max * big_a * (1 + rel) + ga_max * big_k) + 2 * al_max * (rel * big_a + s_abs)
-              + torch.finfo(torch.float64).tiny)
-    alive, label_alive = _settle_corners(z, a, k, labels, alpha, gamma, margin,
-                                         big_z + al_max * big_a + ga_max * big_k)
+    margin, bound, base, slope, s_abs = _row_margins(z, big_a, k, alpha, gamma, rel)
+    alive, label_alive = _settle_corners(z, a, a, k, labels, alpha, gamma, margin, bound)
     n_alive = alive.sum(dim=1)
     counts = torch.zeros(n_groups, na, ng, dtype=torch.long, device=z.device)
     settled = label_alive & (n_alive == 1)
@@ -436,7 +430,6 @@ def _bounded_plane(z: Tensor, a: Tensor, k: Tensor | None, labels: Tensor, group
         return counts, undecided
     contested = contested[torch.argsort(n_alive[contested], stable=True)]
     sizes = n_alive[contested].tolist()
-    base, slope = u7 * (big_z + ga_max * big_k), u7 * big_a * (1 + rel)  # rounding margin: base + α·slope
     per_column = na if k is not None else 1  # Tip's α intervals cost one column per row, Tip-X's one per α
     start = 0
     while start < len(sizes):
@@ -453,34 +446,65 @@ def _bounded_plane(z: Tensor, a: Tensor, k: Tensor | None, labels: Tensor, group
     return counts, undecided
 
 
-def _settle_corners(z: Tensor, a: Tensor, k: Tensor | None, labels: Tensor, alpha: Tensor, gamma: Tensor,
-                    margin: Tensor, bound: Tensor) -> tuple[Tensor, Tensor]:
-    """(alive, label_alive) as `_settle` (every class alive before), on the distinct corners of the (α, γ) box
-    only, without the γ·k terms when k is None. `margin` (rows,) bounds how far the reference's logit difference
-    can be from the real one with ã.
+def _row_margins(z: Tensor, big_a: Tensor, k: Tensor | None, alpha: Tensor, gamma: Tensor, rel: float):
+    """Per row (float64): the margin 7u·bound + 2·α_max·(rel·max ã + s_abs), the bound max|z| + α_max·max ã +
+    γ_max·max|k|, the rounding margin's parts base + α·slope for `_interval_wins`, and s_abs (`_bounded_plane`)."""
+    u7 = 3.5 * torch.finfo(z.dtype).eps
+    s_abs = 8 * torch.finfo(z.dtype).tiny * z.shape[1]  # subnormal exp terms: an absolute slack, far above need
+    al_max, ga_max = float(alpha.max()), float(gamma.max())
+    big_z = z.abs().amax(dim=1).double()
+    big_k = torch.zeros_like(big_z) if k is None else k.abs().amax(dim=1).double()
+    margin = (u7 * (big_z + al_max * big_a * (1 + rel) + ga_max * big_k) + 2 * al_max * (rel * big_a + s_abs)
+              + torch.finfo(torch.float64).tiny)
+    base, slope = u7 * (big_z + ga_max * big_k), u7 * big_a * (1 + rel)
+    return margin, big_z + al_max * big_a + ga_max * big_k, base, slope, s_abs
 
-    Class j stays alive when at some corner ℓ_j ≥ ℓ_y − margin; the label is lost when one class has
-    ℓ_j > ℓ_y + margin at every corner. The corner logits z + α·ã − γ·k are computed in the data's precision (at
-    most 4 roundings of size ≤ u·bound each, `bound` (rows,): the row's largest |z| + α·ã + γ|k|), so the margin
-    grows by 12u·bound, and each row's threshold is rounded outward into that precision.
+
+def _settle_corners(z: Tensor, a_low: Tensor, a_high: Tensor, k: Tensor | None, labels: Tensor, alpha: Tensor,
+                    gamma: Tensor, margin: Tensor, bound: Tensor) -> tuple[Tensor, Tensor]:
+    """(alive, label_alive) as `_settle` (every class alive before), on the distinct corners of the (α, γ) box
+    only, without the γ·k terms when k is None; every cache term lies in [a_low, a_high] (the same tensor for one
+    β, the range over a batch of β). `margin` (rows,) bounds how far the reference's logit difference can be from
+    the real one.
+
+    Class j stays alive when at some corner its highest logit ≥ the label's lowest − margin; the label is lost
+    when one class's lowest logit > the label's highest + margin at every corner. Corner logits z + α·a − γ·k are
+    computed in the data's precision (at most 4 roundings of size ≤ u·bound each, `bound` (rows,): the row's
+    largest |z| + α·a + γ|k|), so the margin grows by 12u·bound, and each row's threshold is rounded outward.
     """
     y = labels.view(-1, 1)
-    u = max(torch.finfo(z.dtype).eps, torch.finfo(a.dtype).eps) / 2
+    u = max(torch.finfo(z.dtype).eps, torch.finfo(a_high.dtype).eps) / 2
     m = ((margin.double() + 12 * u * bound.double()) * (1 + 4 * u)).view(-1, 1)
     gammas = sorted({float(gamma.min()), float(gamma.max())}) if k is not None else [0.0]
     alive = lost = None
     for al in sorted({float(alpha.min()), float(alpha.max())}):
         for ga in gammas:
-            logit = torch.add(z, a, alpha=al)
-            if ga != 0.0:
-                logit.sub_(k, alpha=ga)
-            at_label = logit.gather(1, y).double()
-            reach = logit >= _float_below(at_label - m, logit.dtype)  # may tie or beat the label here
-            beats = logit > _float_above(at_label + m, logit.dtype)  # surely beats it here
+            high = _corner_logits(z, a_high, k, al, ga)
+            low = high if a_low is a_high else _corner_logits(z, a_low, k, al, ga)
+            reach = high >= _float_below(low.gather(1, y).double() - m, high.dtype)  # may tie or beat the label
+            beats = low > _float_above(high.gather(1, y).double() + m, high.dtype)  # surely beats it
             alive = reach if alive is None else alive.logical_or_(reach)
             lost = beats if lost is None else lost.logical_and_(beats)
     alive.scatter_(1, y, True)  # the label's own column stays
     return alive, ~lost.any(dim=1)
+
+
+def _corner_logits(z: Tensor, a: Tensor, k: Tensor | None, al: float, ga: float) -> Tensor:
+    logit = torch.add(z, a, alpha=al)
+    return logit.sub_(k, alpha=ga) if ga != 0.0 else logit
+
+
+def _settle_batch(z: Tensor, a: Tensor, k: Tensor | None, labels: Tensor, alpha: Tensor, gamma: Tensor, rel: float,
+                  correct: Tensor) -> Tensor:
+    """Settle rows for a whole batch of β at once, on the range of each class's cache term over the batch
+    (a: (nb, rows, C)): rows whose label surely wins everywhere are counted into correct (na, nb, ng) at every
+    point, rows that surely lose everywhere are dropped. Returns the indices of the rows left open."""
+    a_low, a_high = torch.aminmax(a, dim=0)
+    margin, bound, *_ = _row_margins(z, a_high.amax(dim=1).double(), k, alpha, gamma, rel)
+    alive, label_alive = _settle_corners(z, a_low, a_high, k, labels, alpha, gamma, margin, bound)
+    wins = label_alive & (alive.sum(dim=1) == 1)
+    correct += int(wins.sum())
+    return (label_alive & ~wins).nonzero().squeeze(1)
 
 
 def _interval_wins(z, a, k, labels, alive, rows, width, alpha, gamma, base, slope, rel, s_abs, group, n_groups):
@@ -703,9 +727,9 @@ def _bounded_block(model, block, labels, betas, alpha, gamma, correct, layout) -
     dmax = max(-d_low, d_high)
     # every exp term ≤ e^{β·max(−d, 0)}: far from overflow, ã is finite without looking (else checked per batch)
     bounded = max(abs(b) for b in betas) * max(-d_low, 0.0) <= 80.0 and kmax < 1000
-    step = max(1, BLOCK_ELEMENTS // d3.numel())
+    # β per batch: the exp terms of the batch (direct), or only its cache terms (stepped: the terms live in place)
+    step = max(1, BLOCK_ELEMENTS // d3.numel()) if stepped is None else max(1, STEP_BATCH // (n_rows * c))
     offsets = [p[0].start - first.start for p in block] + [n_rows]
-    stacked = None
     for j0 in range(0, len(betas), step):
         bs = betas[j0:j0 + step]
         nb = len(bs)
@@ -717,18 +741,21 @@ def _bounded_block(model, block, labels, betas, alpha, gamma, correct, layout) -
         else:
             a = _batch_terms(d3, bs, pad).reshape(-1, c)
             rel_batch = rel
-        if stacked is None or stacked[0] != nb:  # the batch's rows: every row of the block once per β
-            group = torch.arange(nb, device=z.device).repeat_interleave(n_rows)
-            stacked = (nb, group, z.repeat(nb, 1), None if k is None else k.repeat(nb, 1), y.repeat(nb))
-        _, group, zf, kf, yf = stacked
         if not bounded and not bool(torch.isfinite(a).all()):  # exp overflow: the reference's products
             for i, beta in enumerate(bs):
                 for rows, zp, kp, distance in block:
                     correct[:, j0 + i, :] += _score_exact(model, zp, kp, labels[rows], distance, beta, alpha, gamma,
                                                           buffer)
             continue
-        counts, undecided = _bounded_plane(zf, a, kf, yf, group, nb, alpha, gamma, rel_batch, SCORE_BUDGET)
+        open_rows = _settle_batch(z, a.view(nb, n_rows, c), k, y, alpha, gamma, rel_batch, correct[:, j0:j0 + nb])
+        pairs = (torch.arange(nb, device=z.device).view(-1, 1) * n_rows + open_rows).flatten()  # (β, row), β-major
+        group = torch.arange(nb, device=z.device).repeat_interleave(open_rows.numel())
+        zf, kf = z[open_rows].repeat(nb, 1), None if k is None else k[open_rows].repeat(nb, 1)
+        counts, open_pairs = _bounded_plane(zf, a[pairs], kf, y[open_rows].repeat(nb), group, nb, alpha, gamma,
+                                            rel_batch, SCORE_BUDGET)
         correct[:, j0:j0 + nb, :] += counts.permute(1, 0, 2)
+        undecided = torch.zeros(nb * n_rows, dtype=torch.bool, device=z.device)
+        undecided[pairs[open_pairs]] = True
         if stepped is not None and bool(undecided.any()):
             undecided = _second_look(d3, pad, z, k, y, bs, undecided, n_rows, alpha, gamma, rel, correct[:, j0:j0 + nb])
         if bool(undecided.any()):
