@@ -404,3 +404,29 @@ def test_logit_bounds_look_decides_most_of_what_the_margins_leave(monkeypatch, e
     model = TipX().fit(keys, yk, protos)
     assert torch.equal(search_tip_x(model, val, yv, **grid).correct, reference_tip_x(model, val, yv, **grid))
     assert exact_calls["rows"] < len(yv) * len(grid["betas"]) / 10
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_settle_batch_counts_only_rows_that_win_at_every_beta(seed):
+    """Rows settled for a whole batch of β: those counted win at every (α, β, γ) of the batch, those dropped win
+    nowhere (literal argmax with each β's own cache term)."""
+    g = torch.Generator().manual_seed(seed)
+    nb, rows, c = 4, 200, 6
+    z = torch.randn(rows, c, generator=g)
+    a = torch.rand(nb, rows, c, generator=g) * 3
+    k = torch.randn(rows, c, generator=g)
+    labels = torch.randint(c, (rows,), generator=g)
+    alphas, gammas = [0.0, 0.5, 2.0], [0.0, 0.3, 1.0]
+    al, ga = torch.tensor(alphas).view(-1, 1, 1, 1), torch.tensor(gammas).view(1, -1, 1, 1)
+    correct = torch.zeros(len(alphas), nb, len(gammas), dtype=torch.long)
+    open_rows = search._settle_batch(z, a, k, labels, al, ga, 1e-6, correct)
+    closed = torch.ones(rows, dtype=torch.bool)
+    closed[open_rows] = False
+    assert 0 < int(closed.sum()) < rows
+    for j in range(nb):
+        literal = torch.stack([torch.stack([(z + al_ * a[j] - ga_ * k).argmax(1) == labels for ga_ in gammas])
+                               for al_ in alphas])  # (na, ng, rows)
+        always = literal.all(dim=(0, 1)) & closed
+        never = (~literal).all(dim=(0, 1)) & closed
+        assert bool((always | never)[closed].all())  # every settled row is one or the other
+        assert bool((correct[:, j, :] == int(always.sum())).all())
