@@ -151,8 +151,7 @@ def _inputs(args: argparse.Namespace, actions: list[argparse.Action], output_des
         value = getattr(args, action.dest, None)
         if action.dest == "cache_dir" and value is None:
             value = default_cache_root()
-        for path in _paths_in(value, action.dest in SPEC_OPTIONS):
-            inputs.append((_option_name(action), path.resolve()))
+        inputs += [(_option_name(action), path.resolve()) for path in _paths_in(value, action.dest in SPEC_OPTIONS)]
     return inputs
 
 
