@@ -15,8 +15,9 @@ Three implementations on the same synthetic data, shaped like CoOp datasets (16 
 
 The original loop and the full search are timed on a subset of the grid (`*_points_timed`) and their time per point
 (per β for the full search) is extrapolated to the whole grid (`*_seconds_full_grid` says "extrapolated"). The
-pruned search runs the whole grid except on imagenet (β subset, extrapolated per β). Row counts scale every
-implementation linearly: imagenet's figures are measured on --imagenet-rows rows and scaled to N_val = 50,000.
+pruned search runs the whole grid except on imagenet (a uniform β sub-grid: every 40th, then every 8th β;
+extrapolated per β). Row counts scale every implementation linearly: imagenet's figures are measured on
+--imagenet-rows rows and scaled to N_val = 50,000.
 The full and pruned grids must agree cell for cell on every β both computed (`identical_cells`).
 
 Ties (pets, caltech101): the number of grid points sharing the best validation count, and the test top-1 over
@@ -102,15 +103,16 @@ def timed(fn):
     return out, time.process_time() - start
 
 
-def fitted(fn, grid_betas: list, counts: tuple[int, int], total: int):
-    """Time fn on `counts` β values (spread over grid_betas); (last result, its betas, seconds for `total` β
-    extrapolated as fixed + per-β·total, the fit {fixed, per_beta}). One count ≥ total: measured, not fitted."""
+def fitted(fn, grid_betas: list, counts: tuple[int, int], total: int, pick=None):
+    """Time fn on `counts` β values (picked from grid_betas by `pick`, default `spread`); (last result, its betas,
+    seconds for `total` β extrapolated as fixed + per-β·total, the fit {fixed, per_beta}). One count ≥ total:
+    measured, not fitted."""
     if counts[-1] >= len(grid_betas):
         out, seconds = timed(lambda: fn(list(grid_betas)))
         return out, list(grid_betas), seconds, {"fixed": None, "per_beta": seconds / len(grid_betas)}
     times = []
     for count in counts:
-        betas = spread(grid_betas, count)
+        betas = (pick or spread)(grid_betas, count)
         out, seconds = timed(lambda b=betas: fn(b))
         times.append(seconds)
     per_beta = (times[1] - times[0]) / (counts[1] - counts[0])
@@ -157,6 +159,12 @@ def original_tipx_loop(model: TipX, val: torch.Tensor, labels: torch.Tensor, pai
     return best, cells
 
 
+def strided(values: list, count: int) -> list:
+    """Every len/count-th value from the first: a uniform sub-grid of a uniform grid (the pruned search steps
+    through uniform β grids with one multiplication per exp term, as it does on the whole grid)."""
+    return list(values[:: max(1, len(values) // count)])[:count]
+
+
 def spread(values: list, count: int) -> list:
     """`count` values spread evenly over `values` (first and last included)."""
     if count >= len(values):
@@ -173,7 +181,8 @@ def bench_tip(name: str, data, scale: float, quick: bool) -> dict:
     points = len(grid["alpha"]) * nb
     plan = TIMED[name]
     pruned, pruned_betas, pruned_full_s, pruned_fit = fitted(
-        lambda b: search_tip_adapter(model, val, yv, betas=b), grid["beta"], plan.get("pruned_betas", (nb,)), nb)
+        lambda b: search_tip_adapter(model, val, yv, betas=b), grid["beta"], plan.get("pruned_betas", (nb,)), nb,
+        strided)
     full, full_betas, full_s, full_fit = fitted(
         lambda b: reference_tip_adapter(model, val, yv, betas=b), pruned_betas, plan["full_betas"], nb)
     cols = [pruned_betas.index(b) for b in full_betas]
@@ -205,7 +214,8 @@ def bench_tipx(name: str, data, scale: float, quick: bool) -> dict:
     pairs_total = len(grid["alpha"]) * nb
     plan = TIMED[name]
     pruned, pruned_betas, pruned_full_s, pruned_fit = fitted(
-        lambda b: search_tip_x(model, val, yv, betas=b), grid["beta"], plan.get("pruned_betas", (nb,)), nb)
+        lambda b: search_tip_x(model, val, yv, betas=b), grid["beta"], plan.get("pruned_betas", (nb,)), nb,
+        strided)
     full, full_betas, full_s, full_fit = fitted(
         lambda b: reference_tip_x(model, val, yv, betas=b), pruned_betas, plan["full_betas"], nb)
     cols = [pruned_betas.index(b) for b in full_betas]

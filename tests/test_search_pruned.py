@@ -204,8 +204,11 @@ def test_exact_ties_are_left_to_the_reference_product(exact_calls):
 
 
 def test_everything_undecided_still_equals_the_full_search(monkeypatch, exact_calls):
-    """A huge error bound leaves every contested row to the fallback: the fallback alone is exact."""
+    """A huge error bound (and no logit-bounds look) leaves every contested row to the fallback: the fallback alone
+    is exact."""
     monkeypatch.setattr(search, "_relative_slack", lambda kmax, dtype: 1e3)
+    monkeypatch.setattr(search, "_stepped_slack", lambda *args: 1e3)
+    monkeypatch.setattr(search, "_logit_bounds_look", lambda *args: args[7])
     protos, keys, yk, val, yv = _uneven(3)
     grid = dict(alphas=[0.0, 0.5, 9.0], betas=[0.5, 6.0], gammas=[0.0, 1.0, 20.0])
     model = TipX().fit(keys, yk, protos)
@@ -280,3 +283,124 @@ def test_bounded_plane_decisions_hold_for_any_cache_term_within_the_bound(seed):
         a_ref = (a.double() * (1 + delta.double())).float()
         want = _literal(z[decided], a_ref[decided], k[decided], labels[decided], alphas, gammas)
         assert torch.equal(counts[0], want)
+
+
+# ------------------------------------------------------------------------------------------------ uniform β grids
+UNIFORM_BETAS = [search.linear_grid(0.1, 7.0, 40), search.linspace_grid(0.0, 20.0, 20),
+                 search.linear_grid(1.0, 50.0, 37)]
+
+
+@pytest.mark.parametrize("betas", UNIFORM_BETAS, ids=["tip-like", "imo-with-zero", "sus-x-like"])
+@pytest.mark.parametrize("seed,dup", [(0, False), (2, True)])
+def test_stepped_path_on_uniform_grids_equals_the_full_search(betas, seed, dup):
+    """Uniform β grids take the stepped path (one multiplication per exp term and β, anchors every 16th β)."""
+    assert search._uniform_step(betas) is not None
+    protos, keys, yk, val, yv = _data(seed, dup=dup)
+    tx, ta = TipX().fit(keys, yk, protos), TipAdapter().fit(keys, yk, protos)
+    tip = dict(alphas=[0.0, 0.4, 1.5, 3.0, 9.0], betas=betas)
+    assert torch.equal(search_tip_adapter(ta, val, yv, **tip).correct, reference_tip_adapter(ta, val, yv, **tip))
+    tipx = dict(tip, gammas=[0.0, 0.5, 4.0, 30.0])
+    assert torch.equal(search_tip_x(tx, val, yv, **tipx).correct, reference_tip_x(tx, val, yv, **tipx))
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_stepped_path_with_uneven_shots_equals_the_full_search(seed):
+    protos, keys, yk, val, yv = _uneven(seed)
+    ta = TipAdapter().fit(keys, yk, protos)
+    grid = dict(alphas=search.linear_grid(0.1, 3.0, 20), betas=search.linear_grid(0.1, 7.0, 50))
+    assert torch.equal(search_tip_adapter(ta, val, yv, **grid).correct, reference_tip_adapter(ta, val, yv, **grid))
+
+
+def test_uniform_step_literally():
+    assert search._uniform_step([0.0, 0.5, 1.0, 1.5]) == 0.5
+    assert search._uniform_step([3.0, 2.0, 1.0]) == -1.0  # descending grids step too
+    assert search._uniform_step([0.0, 0.5, 1.5]) is None
+    assert search._uniform_step([0.0, 1.0]) is None  # two values: nothing to step over
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_stepped_slack_covers_the_reference_product(seed):
+    """ã from the stepped terms stays within `_stepped_slack` of the reference's exp(mul) @ L at every β (anchors
+    and up to 15 steps after each), for exp inputs spread like 1 − cosine and β up to 50."""
+    g = torch.Generator().manual_seed(seed)
+    c, shots, rows = 7, 5, 60
+    values = torch.zeros(c * shots, c)
+    values[torch.arange(c * shots), torch.arange(c).repeat_interleave(shots)] = 1.0
+    index, pad, kmax = search._class_layout(values)
+    distance = 2.0 * torch.rand(rows, c * shots, generator=g) ** 2
+    d3 = distance[:, index].permute(2, 0, 1).contiguous()
+    pad = None if pad is None else pad.T.unsqueeze(1)
+    betas = search.linear_grid(1.0, 50.0, 48)
+    delta = search._uniform_step(betas)
+    stepped = search._SteppedTerms(d3, pad, betas, delta)
+    ours = torch.empty(len(betas), rows, c)
+    stepped.fill(0, ours[:20])
+    stepped.fill(20, ours[20:])
+    dmax = float(d3.abs().max())
+    for j, beta in enumerate(betas):
+        reference = torch.mul(distance, -beta).exp_() @ values
+        rel = search._stepped_slack(kmax, torch.float32, betas, delta, dmax, j)
+        assert bool(((reference.double() - ours[j].double()).abs() <= rel * ours[j].double()).all()), j
+
+
+def test_ulp_and_outward_rounding_literally():
+    one = torch.tensor([1.0, 0.75, 2.0**-130, 0.0], dtype=torch.float64)
+    ulp = search._ulp(one, torch.float32)
+    assert ulp.tolist() == [2.0**-23, 2.0**-24, 2.0**-126, 2.0**-126]  # at 1, in [0.5, 1), floored at tiny
+    assert float(search._ulp(torch.tensor([1.0 - 2.0**-30], dtype=torch.float64), torch.float32)) == 2.0**-23
+    v = torch.tensor([1.0 + 2.0**-30, 1.0, -3.0 - 2.0**-40], dtype=torch.float64)
+    assert search._float_below(v, torch.float32).tolist() == [1.0, 1.0, -3.0 - 2.0**-22]
+    assert search._float_above(v, torch.float32).tolist() == [1.0 + 2.0**-23, 1.0, -3.0]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_logit_bounds_look_decisions_hold_for_every_reference_rounding(seed):
+    """Pairs the logit-bounds look decides are counted exactly as a literal argmax over cache terms made as the
+    reference may make them: each float32 exp term off by up to 2 ulp, the K terms summed in a random order."""
+    g = torch.Generator().manual_seed(seed)
+    c, shots, rows = 5, 4, 80
+    values = torch.zeros(c * shots, c)
+    values[torch.arange(c * shots), torch.arange(c).repeat_interleave(shots)] = 1.0
+    index, pad, kmax = search._class_layout(values)
+    distance = 0.6 * torch.rand(rows, c * shots, generator=g)
+    distance[:, shots:2 * shots] = distance[:, :shots]  # class 1 ties class 0 exactly
+    d3 = distance[:, index].permute(2, 0, 1).contiguous()
+    z = torch.randn(rows, c, generator=g) * 0.05
+    k = torch.randn(rows, c, generator=g)
+    z[:, 1], k[:, 1] = z[:, 0], k[:, 0]
+    labels = torch.randint(c, (rows,), generator=g)
+    betas, alphas, gammas = [2.0, 6.0], [0.0, 0.3, 1.0, 2.0], [0.0, 0.01, 0.1]
+    al = torch.tensor(alphas).view(-1, 1, 1, 1)
+    ga = torch.tensor(gammas).view(1, -1, 1, 1)
+    undecided = torch.ones(len(betas) * rows, dtype=torch.bool)
+    counts = torch.zeros(len(alphas), len(betas), len(gammas), dtype=torch.long)
+    still = search._logit_bounds_look(d3, None, kmax, z, k, labels, betas, undecided, rows, al, ga, counts)
+    assert 0 < int(still.sum()) < len(still)  # the exact ties stay open, most pairs are decided
+    for _ in range(4):
+        for j, beta in enumerate(betas):
+            exact = torch.mul(distance, -beta).exp_()
+            ulps = torch.randint(-2, 3, exact.shape, generator=g)
+            terms = exact
+            for _ in range(2):  # move each term by up to 2 float32 steps
+                step = torch.where(ulps > 0, torch.nextafter(terms, torch.full_like(terms, 9.0)),
+                                   torch.nextafter(terms, torch.zeros_like(terms)))
+                terms = torch.where(ulps != 0, step, terms)
+                ulps = ulps - ulps.sign()
+            a_ref = torch.zeros(rows, c)
+            for cls in range(c):
+                for col in (cls * shots + torch.randperm(shots, generator=g)).tolist():
+                    a_ref[:, cls] = a_ref[:, cls] + terms[:, col]
+            decided = ~still[j * rows:(j + 1) * rows]
+            want = _literal(z[decided], a_ref[decided], k[decided], labels[decided], alphas, gammas)
+            assert torch.equal(counts[:, j, :], want)
+
+
+def test_logit_bounds_look_decides_most_of_what_the_margins_leave(monkeypatch, exact_calls):
+    """Huge margins in the first two looks: the logit-bounds look alone decides most pairs, exactly."""
+    monkeypatch.setattr(search, "_relative_slack", lambda kmax, dtype: 1e3)
+    monkeypatch.setattr(search, "_stepped_slack", lambda *args: 1e3)
+    protos, keys, yk, val, yv = _uneven(3)
+    grid = dict(alphas=[0.0, 0.5, 9.0], betas=search.linear_grid(0.5, 6.0, 8), gammas=[0.0, 1.0, 20.0])
+    model = TipX().fit(keys, yk, protos)
+    assert torch.equal(search_tip_x(model, val, yv, **grid).correct, reference_tip_x(model, val, yv, **grid))
+    assert exact_calls["rows"] < len(yv) * len(grid["betas"]) / 10

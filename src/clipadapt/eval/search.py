@@ -9,18 +9,20 @@ and labels — nothing else; it has no access path to a test split. The grid is 
 and the count of rows whose first maximum is the label. The count grid returned is that one, cell for cell.
 
 Matmul-free path (L one-hot, finite data, α, β, γ ≥ 0, no TF32/bf16 products): no (N × NK)·(NK × C) product.
-Each class's cache term ã_c is the sum of its own K exp terms (the reference's exp input, op for op; summed by
-halving), several β and rows at a time. ã differs from the reference's a by at most `rel`·ã (any summation
-order of K non-negative terms, two exp evaluations: `_relative_slack`), and the reference's logits differ from
-the real z + α·a − γ·k by their rounding (≤ 3u·bound). So a decision that holds with that margin holds for the
-reference: classes the label beats at all corners of the (α, γ) box are dropped, rows settle as always or never
-correct, and for the contested rows the label's lead over each survivor, linear in (α, γ), gives per α an
-interval of γ that surely wins and one that is not surely lost (`_interval_wins`). A (row, β) with any grid point
-in between — near-ties, exact ties — is *undecided* and scored with the reference's own product for its chunk
-(the same call on the same shapes as the full search), so ties and rounding come out exactly as there.
+Each class's cache term ã_c is the sum of its own K exp terms: on a uniform β grid stepped from β to β with one
+multiplication per term (`_SteppedTerms`, the reference's own exp every 16th β), else the reference's exp input
+op for op, summed by halving. ã differs from the reference's a by at most `rel`·ã (`_stepped_slack`,
+`_relative_slack`), and the reference's logits differ from the real z + α·a − γ·k by their rounding (≤ 3u·bound).
+So a decision that holds with that margin holds for the reference: classes the label beats at all corners of the
+(α, γ) box are dropped, rows settle as always or never correct, and for the contested rows the label's lead over
+each survivor, linear in (α, γ), gives intervals of sure wins and of not-sure-losses (`_interval_wins`). Pairs
+(row, β) left open get the exact exp terms (stepped ã only), then bounds on the reference's cache term pushed
+through its own monotone logit arithmetic (`_logit_bounds_look`). A (row, β) still undecided — near-ties within
+ulps, exact ties — is scored with the reference's own product for its chunk (the same call on the same shapes as
+the full search), so ties and rounding come out exactly as there.
 tests/test_search_pruned.py pins the grid against the reference and a literal argmax, and the decisions against
-perturbed cache terms. Other inputs take the product path: per β the product, then the (α, γ) plane on each
-row's candidate classes (`_plane_correct`: classes dominated in z, a and −k, or beaten at the corners, dropped).
+perturbed cache terms. Other inputs take the product path: per β the product, then the same bounded plane with
+rounding margins alone (`_plane_correct`; rows left open scored on every class).
 
 Tie-breaking (deterministic): the correct-count grid is indexed (alpha, beta[, gamma]); among points with the
 most correct predictions the first in the search's loop `order` wins (default: alpha outermost, then beta,
@@ -54,6 +56,8 @@ DEFAULT_BUDGET = 2**25  # elements per chunk: the (α, γ, rows, C) logits block
 PRUNE_MIN_POINTS = 100  # smaller (α, γ) planes (Tip's 20 α) are cheaper to score on every class than to prune
 BLOCK_ELEMENTS = 2**23  # exp terms per step of the matmul-free path (β batch × rows × NK): 32 MiB in float32
 SCORE_BUDGET = 2**21  # (α, γ, rows) elements per scoring step of the matmul-free path
+STEP_ELEMENTS = 2**17  # exp terms per sub-block of the stepped path: its terms and ratios stay in a 1 MiB L2 cache
+ANCHOR_EVERY = 16  # stepped path: the full search's own exp every 16th β, multiplications by the ratio between
 
 
 @dataclass
@@ -316,103 +320,25 @@ def _all_classes(z, a, k, labels, alpha, gamma) -> Tensor:
     return (_logits(z, a, k, alpha, gamma).argmax(dim=-1) == labels).sum(dim=-1)
 
 
-def _margin(z: Tensor, a: Tensor, k: Tensor, alpha: Tensor, gamma: Tensor) -> Tensor:
-    """(rows,) a bound, 4× over, on how far rounding can move the difference of two computed logits of a row.
-
-    Each of fl(z + fl(α·a)) and fl(that − fl(γ·k)) is off by at most eps/2 of a magnitude ≤ |z| + α|a| + γ|k|.
-    """
-    bound = z.abs().amax(1) + alpha.max() * a.abs().amax(1) + gamma.max() * k.abs().amax(1)
-    return 8 * torch.finfo(z.dtype).eps * bound + torch.finfo(z.dtype).tiny
-
-
-def _survivors(z: Tensor, a: Tensor, k: Tensor, alpha: Tensor, gamma: Tensor, margin: Tensor) -> Tensor:
-    """(rows, C) mask of the classes that can be a row's first maximum at some grid point (a superset of them).
-
-    Dominating classes tried: the argmaxes at the grid's corners. c removes d when
-    z_c ≥ z_d, a_c ≥ a_d, k_c ≤ k_d and (c < d, or z_c − z_d exceeds the rounding `margin`).
-    """
-    pick_a = _spread(alpha.flatten())
-    pick_g = _spread(gamma.flatten())
-    pivots = _logits(z, a, k, alpha.flatten()[pick_a].view(-1, 1, 1, 1), gamma.flatten()[pick_g].view(1, -1, 1, 1))
-    piv = pivots.argmax(dim=-1).reshape(-1, z.shape[0]).T  # (rows, P)
-    zp, ap, kp = z.gather(1, piv).T.unsqueeze(-1), a.gather(1, piv).T.unsqueeze(-1), k.gather(1, piv).T.unsqueeze(-1)
-    classes = torch.arange(z.shape[1], device=z.device)
-    earlier = piv.T.unsqueeze(-1) < classes
-    dominated = (zp >= z) & (ap >= a) & (kp <= k) & (earlier | (zp - z > margin.view(1, -1, 1)))
-    return ~dominated.any(dim=0)
-
-
-def _settle(z: Tensor, a: Tensor, k: Tensor, labels: Tensor, alive: Tensor, alpha: Tensor, gamma: Tensor,
-            margin: Tensor) -> tuple[Tensor, Tensor]:
-    """Use that logit_label − logit_c is linear in (α, γ): its extremes over the grid's box are at the corners.
-
-    A class the label leads by more than `margin` at all four corners never blocks it: dropped from `alive`.
-    A row whose label trails some surviving class by more than `margin` at all four corners never wins.
-    Returns (alive, label_alive). Corners are evaluated in float64 (exact to far below the margin).
-    """
-    y = labels.view(-1, 1)
-    dz, da, dk = ((t.gather(1, y) - t).double() for t in (z, a, k))  # float32 differences are exact in float64
-    corners = [dz + al * da - ga * dk for al in (alpha.min().double(), alpha.max().double())
-               for ga in (gamma.min().double(), gamma.max().double())]
-    low, high = torch.stack(corners).aminmax(dim=0)
-    m = margin.double().view(-1, 1)
-    alive = alive & ~(low > m)  # the label's own column has d = 0 and stays
-    label_alive = alive.gather(1, y).squeeze(1) & ~(alive & (high < -m)).any(dim=1)
-    return alive, label_alive
-
-
-def _spread(values: Tensor) -> Tensor:
-    """Indices of the smallest and the largest value (the grid's corners)."""
-    order = torch.argsort(values)
-    return torch.unique(order[torch.tensor([0, len(order) - 1], device=values.device)])
-
-
 def _plane_correct(z: Tensor, a: Tensor, k: Tensor | None, labels: Tensor, alpha: Tensor, gamma: Tensor,
                    budget: int = DEFAULT_BUDGET) -> Tensor:
     """(na, ng) counts of rows whose first-maximum class is the label, at every (α, γ); alpha (na,1,1,1),
-    gamma (1,ng,1,1). Equal to `_all_classes` cell for cell (module docstring)."""
+    gamma (1,ng,1,1). Equal to `_all_classes` cell for cell: `a` is the reference's own cache term here, so
+    `_bounded_plane` decides with rounding margins alone (rel = 0), and the rows it leaves open are scored on
+    every class. Small planes, negative or non-finite inputs: every class at once."""
     na, ng = alpha.shape[0], gamma.shape[1]
     if na * ng < PRUNE_MIN_POINTS:
         return _all_classes(z, a, k, labels, alpha, gamma)
-    finite = all(bool(torch.isfinite(t).all()) for t in (z, a, alpha, gamma) + ((k,) if k is not None else ()))
-    if not finite or bool((alpha < 0).any()) or bool((gamma < 0).any()):
+    inputs = (z, a, alpha, gamma) + ((k,) if k is not None else ())
+    if not all(bool(torch.isfinite(t).all()) for t in inputs) or any(bool((t < 0).any()) for t in (a, alpha, gamma)):
         return _all_classes(z, a, k, labels, alpha, gamma)
-    kk = k if k is not None else torch.zeros_like(z)
-    margin = _margin(z, a, kk, alpha, gamma)
-    alive = _survivors(z, a, kk, alpha, gamma, margin)
-    alive, label_alive = _settle(z, a, kk, labels, alive, alpha, gamma, margin)
-    n_alive = alive.sum(dim=1)
-    correct = torch.zeros(na, ng, dtype=torch.long, device=z.device)
-    correct += int((label_alive & (n_alive == 1)).sum())
-    contested = (label_alive & (n_alive > 1)).nonzero().squeeze(1)
-    if contested.numel() == 0:
-        return correct
-    contested = contested[torch.argsort(n_alive[contested], stable=True)]
-    sizes = n_alive[contested].tolist()  # ascending; a group is padded to its widest row, so group by width
-    start, per_class = 0, na * ng
-    while start < len(sizes):
-        width = sizes[start] if sizes[start] < 8 else 2 * sizes[start]  # narrow rows: one exact width per group
-        end = bisect.bisect_right(sizes, width, lo=start)
-        end = start + max(1, min(end - start, budget // (per_class * sizes[end - 1])))
-        correct += _label_wins(z, a, k, labels, alive, contested[start:end], sizes[end - 1], alpha, gamma)
-        start = end
-    return correct
-
-
-def _label_wins(z, a, k, labels, alive, rows, width, alpha, gamma) -> Tensor:
-    """(na, ng) counts of `rows` whose label is the first maximum among their surviving classes.
-
-    The survivors are laid out in ascending class order (padded with copies of the label after them), so
-    argmax over them — the first maximum — is the label's column exactly when the full argmax is the label.
-    """
-    keep = alive[rows]
-    cand = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :width]  # survivors, ascending class
-    y = labels[rows].view(-1, 1)
-    cand = torch.where(torch.arange(width, device=z.device) < keep.sum(1, keepdim=True), cand, y)
-    label_column = (cand < y).sum(dim=1)  # survivors before the label
-    kr = k[rows].gather(1, cand) if k is not None else None
-    t = _logits(z[rows].gather(1, cand), a[rows].gather(1, cand), kr, alpha, gamma)  # (na, ng, rows, width)
-    return (t.argmax(dim=-1) == label_column).sum(dim=-1)
+    group = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)
+    counts, undecided = _bounded_plane(z, a, k, labels, group, 1, alpha, gamma, 0.0, min(budget, SCORE_BUDGET))
+    open_rows = undecided.nonzero().squeeze(1)
+    for part in _chunks(open_rows.numel(), max(1, budget // (na * ng * z.shape[1]))):
+        rows = open_rows[part]
+        counts[0] += _all_classes(z[rows], a[rows], None if k is None else k[rows], labels[rows], alpha, gamma)
+    return counts[0]
 
 
 def _space(order: Sequence[str] | None, params: tuple[str, ...]) -> tuple[str, ...]:
@@ -492,13 +418,14 @@ def _bounded_plane(z: Tensor, a: Tensor, k: Tensor | None, labels: Tensor, group
     na, ng = alpha.shape[0], gamma.shape[1]
     u7 = 3.5 * torch.finfo(z.dtype).eps
     s_abs = 8 * torch.finfo(z.dtype).tiny * a.shape[1]  # subnormal exp terms: an absolute slack, far above need
-    kk = k if k is not None else torch.zeros_like(z)
     al_max, ga_max = float(alpha.max()), float(gamma.max())
     big_a = a.amax(dim=1).double()
-    big_z, big_k = z.abs().amax(dim=1).double(), kk.abs().amax(dim=1).double()
+    big_z = z.abs().amax(dim=1).double()
+    big_k = torch.zeros_like(big_z) if k is None else k.abs().amax(dim=1).double()
     margin = (u7 * (big_z + al_max * big_a * (1 + rel) + ga_max * big_k) + 2 * al_max * (rel * big_a + s_abs)
               + torch.finfo(torch.float64).tiny)
-    alive, label_alive = _settle_corners(z, a, k, labels, alpha, gamma, margin)
+    alive, label_alive = _settle_corners(z, a, k, labels, alpha, gamma, margin,
+                                         big_z + al_max * big_a + ga_max * big_k)
     n_alive = alive.sum(dim=1)
     counts = torch.zeros(n_groups, na, ng, dtype=torch.long, device=z.device)
     settled = label_alive & (n_alive == 1)
@@ -509,17 +436,17 @@ def _bounded_plane(z: Tensor, a: Tensor, k: Tensor | None, labels: Tensor, group
         return counts, undecided
     contested = contested[torch.argsort(n_alive[contested], stable=True)]
     sizes = n_alive[contested].tolist()
-    al64 = alpha.double().view(1, -1)
+    base, slope = u7 * (big_z + ga_max * big_k), u7 * big_a * (1 + rel)  # rounding margin: base + α·slope
+    per_column = na if k is not None else 1  # Tip's α intervals cost one column per row, Tip-X's one per α
     start = 0
     while start < len(sizes):
-        width = 1 << (sizes[start] - 1).bit_length()  # groups of widths up to a power of two (few calls)
+        # Tip-X: groups of widths up to a power of two (few calls, little padding); Tip: every width at once
+        width = 1 << (sizes[start] - 1).bit_length() if k is not None else sizes[-1]
         end = bisect.bisect_right(sizes, width, lo=start)
-        end = start + max(1, min(end - start, budget // (na * sizes[end - 1])))
+        end = start + max(1, min(end - start, budget // (per_column * sizes[end - 1])))
         rows = contested[start:end]
-        rounding = u7 * (big_z[rows].view(-1, 1) + al64 * big_a[rows].view(-1, 1) * (1 + rel)
-                         + ga_max * big_k[rows].view(-1, 1))  # (R, na)
-        wins, amb = _interval_wins(z, a, k, labels, alive, rows, sizes[end - 1], alpha, gamma, rounding,
-                                   rel, s_abs, group[rows], n_groups)
+        wins, amb = _interval_wins(z, a, k, labels, alive, rows, sizes[end - 1], alpha, gamma, base, slope, rel,
+                                   s_abs, group[rows], n_groups)
         undecided[rows] = amb
         counts += wins
         start = end
@@ -527,91 +454,111 @@ def _bounded_plane(z: Tensor, a: Tensor, k: Tensor | None, labels: Tensor, group
 
 
 def _settle_corners(z: Tensor, a: Tensor, k: Tensor | None, labels: Tensor, alpha: Tensor, gamma: Tensor,
-                    margin: Tensor) -> tuple[Tensor, Tensor]:
+                    margin: Tensor, bound: Tensor) -> tuple[Tensor, Tensor]:
     """(alive, label_alive) as `_settle` (every class alive before), on the distinct corners of the (α, γ) box
     only, without the γ·k terms when k is None. `margin` (rows,) bounds how far the reference's logit difference
-    can be from the real one computed here."""
+    can be from the real one with ã.
+
+    Class j stays alive when at some corner ℓ_j ≥ ℓ_y − margin; the label is lost when one class has
+    ℓ_j > ℓ_y + margin at every corner. The corner logits z + α·ã − γ·k are computed in the data's precision (at
+    most 4 roundings of size ≤ u·bound each, `bound` (rows,): the row's largest |z| + α·ã + γ|k|), so the margin
+    grows by 12u·bound, and each row's threshold is rounded outward into that precision.
+    """
     y = labels.view(-1, 1)
-    a0, a1 = float(alpha.min()), float(alpha.max())
-    dz, da = ((t.gather(1, y) - t) for t in (z.double(), a.double()))  # exact: differences taken in float64
-    # the corners are a product set: min/max over them of dz + α·da − γ·dk separate into α and γ parts
-    low, high = (da * a0, da * a1) if a0 != a1 else (da * a0, None)
-    if high is not None:
-        low, high = torch.minimum(low, high), torch.maximum(low, high)
-    else:
-        high = low
-    low, high = low + dz, high + dz
-    if k is not None:
-        g0, g1 = float(gamma.min()), float(gamma.max())
-        k64 = k.double()
-        dk = k64.gather(1, y) - k64
-        k0, k1 = dk * g0, dk * g1
-        low, high = low - torch.maximum(k0, k1), high - torch.minimum(k0, k1)
-    m = margin.double().view(-1, 1)
-    alive = ~(low > m)  # the label's own column has lead 0 and stays
-    label_alive = ~(alive & (high < -m)).any(dim=1)
-    return alive, label_alive
+    u = max(torch.finfo(z.dtype).eps, torch.finfo(a.dtype).eps) / 2
+    m = ((margin.double() + 12 * u * bound.double()) * (1 + 4 * u)).view(-1, 1)
+    gammas = sorted({float(gamma.min()), float(gamma.max())}) if k is not None else [0.0]
+    alive = lost = None
+    for al in sorted({float(alpha.min()), float(alpha.max())}):
+        for ga in gammas:
+            logit = torch.add(z, a, alpha=al)
+            if ga != 0.0:
+                logit.sub_(k, alpha=ga)
+            at_label = logit.gather(1, y).double()
+            reach = logit >= _float_below(at_label - m, logit.dtype)  # may tie or beat the label here
+            beats = logit > _float_above(at_label + m, logit.dtype)  # surely beats it here
+            alive = reach if alive is None else alive.logical_or_(reach)
+            lost = beats if lost is None else lost.logical_and_(beats)
+    alive.scatter_(1, y, True)  # the label's own column stays
+    return alive, ~lost.any(dim=1)
 
 
-def _interval_wins(z, a, k, labels, alive, rows, width, alpha, gamma, rounding, rel, s_abs, group, n_groups):
+def _interval_wins(z, a, k, labels, alive, rows, width, alpha, gamma, base, slope, rel, s_abs, group, n_groups):
     """((n_groups, na, ng) counts of `rows` whose label is surely the reference's first maximum, (rows,) rows with
     some undecided point).
 
     In real arithmetic, with ã, the label's lead over survivor j at (α, γ) is c_j(α) − γ·d_j with
     c_j = (z_y − z_j) + α·(ã_y − ã_j), d_j = k_y − k_j. The reference's lead differs from it by at most
-    m = `rounding` + α·rel·(ã_y + ã_j) (`_bounded_plane`), so a lead > m over every survivor is a sure win, a lead
-    < −m over one a sure loss, anything else (ties included) undecided. For each α the sure wins are an interval
-    of γ and the not-sure-losses another, found with one division per survivor and counted on the sorted γ grid.
+    m = base + α·slope + α·rel·(ã_y + ã_j) (`_bounded_plane`'s rounding, (rows,) base and slope), so a lead > m over
+    every survivor is a sure win, a lead < −m over one a sure loss, anything else (ties included) undecided.
+    Lead minus or plus margin is linear in γ for each α (Tip-X) and linear in α (Tip, no γ): the sure wins and the
+    not-sure-losses are intervals, found with one division per survivor and counted on the sorted grid.
     Computed in float64, whose rounding is orders of magnitude below the margins' slack.
     """
     keep = alive[rows]
     cand = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :width]
     y = labels[rows].view(-1, 1)
     cand = torch.where(torch.arange(width, device=z.device) < keep.sum(1, keepdim=True), cand, y)
-    valid = (cand != y).unsqueeze(1)  # (R, 1, W)
-    lead = [(t.gather(1, y) - t.gather(1, cand)).unsqueeze(1)  # exact in float64
-            for t in (z[rows].double(), a[rows].double()) + ((k[rows].double(),) if k is not None else ())]
+    valid = cand != y  # (R, W)
+    dz, da = ((t.gather(1, y) - t.gather(1, cand)) for t in (z[rows].double(), a[rows].double()))  # exact in f64
     pair = a[rows].gather(1, y).double() + a[rows].gather(1, cand).double() + 2 * s_abs  # (R, W): ã_y + ã_j
-    alpha64 = alpha.double().view(1, -1, 1)
-    m = rounding.unsqueeze(-1) + alpha64 * rel * pair.unsqueeze(1) + torch.finfo(torch.float64).tiny  # (R, na, W)
-    c = lead[0] + alpha64 * lead[1]  # (R, na, W)
-    na = c.shape[1]
-    if k is None:  # Tip: no γ·k, each α is a sure win, a sure loss or undecided
-        win = ~(valid & (c <= m)).any(-1)  # (R, na)
-        undecided = (win != ~(valid & (c < -m)).any(-1)).any(dim=1)
-        weight = torch.zeros(n_groups, len(rows), dtype=torch.float64, device=z.device)
-        weight[group, torch.arange(len(rows), device=z.device)] = (~undecided).double()
-        counts = (weight @ win.double()).round().long()  # exact: integer sums far below 2^53
+    tiny = torch.finfo(torch.float64).tiny
+    base, slope = base[rows].view(-1, 1) + tiny, slope[rows].view(-1, 1) + rel * pair
+    na = alpha.numel()
+    if k is None:  # Tip: win needs dz − base + α·(da − slope) > 0 for every survivor, not lost ≥ −(…)
+        win = _half_lines(dz - base, da - slope, valid, strict=True)
+        not_lost = _half_lines(dz + base, da + slope, valid, strict=False)
+        start, stop, n_win = _on_grid(alpha.flatten(), *win, strict=True)
+        n_nl = _on_grid(alpha.flatten(), *not_lost, strict=False)[2]
+        undecided = n_win != n_nl
+        counts = _interval_counts(start, stop, (n_win > 0) & ~undecided, group, n_groups, alpha.flatten())
         return counts.view(n_groups, na, 1).expand(n_groups, na, gamma.numel()).clone(), undecided
-    d = lead[2].expand_as(c)
-    pos, neg = valid & (d > 0), valid & (d < 0)
-    flat = valid & (d == 0)
-    inf = torch.tensor(float("inf"), dtype=torch.float64, device=z.device)
-    up_win, low_win = (c - m) / d, (c + m) / d  # thresholds: sure win below/above, not a sure loss up to/from
-    win_hi = torch.where(pos, up_win, inf).amin(-1)  # win needs γ < win_hi
-    win_lo = torch.where(neg, up_win, -inf).amax(-1)  # and γ > win_lo
-    nl_hi = torch.where(pos, low_win, inf).amin(-1)  # not lost needs γ ≤ nl_hi
-    nl_lo = torch.where(neg, low_win, -inf).amax(-1)  # and γ ≥ nl_lo
-    no_win = (flat & (c <= m)).any(-1)
-    no_nl = (flat & (c < -m)).any(-1)
-    order = torch.argsort(gamma.flatten())
-    gs = gamma.flatten()[order].double().contiguous()
-    w0 = torch.searchsorted(gs, win_lo.contiguous(), right=True)
-    w1 = torch.searchsorted(gs, win_hi.contiguous(), right=False)
-    n0 = torch.searchsorted(gs, nl_lo.contiguous(), right=False)
-    n1 = torch.searchsorted(gs, nl_hi.contiguous(), right=True)
-    n_win = torch.where(no_win, 0, (w1 - w0).clamp(min=0))
-    n_nl = torch.where(no_nl, 0, (n1 - n0).clamp(min=0))
+    alpha64 = alpha.double().view(1, -1, 1)
+    c = dz.unsqueeze(1) + alpha64 * da.unsqueeze(1)  # (R, na, W)
+    m = base.unsqueeze(1) + alpha64 * slope.unsqueeze(1)
+    d = (k[rows].double().gather(1, y) - k[rows].double().gather(1, cand)).unsqueeze(1).expand_as(c)
+    valid = valid.unsqueeze(1).expand_as(c)
+    start, stop, n_win = _on_grid(gamma.flatten(), *_half_lines(c - m, -d, valid, strict=True), strict=True)
+    n_nl = _on_grid(gamma.flatten(), *_half_lines(c + m, -d, valid, strict=False), strict=False)[2]
     undecided = (n_win != n_nl).any(dim=1)  # (R,)
-    ng = gs.numel()
-    use = (n_win > 0) & ~undecided.view(-1, 1)
-    base = (group.view(-1, 1) * na + torch.arange(na, device=z.device)) * (ng + 1)
-    size = n_groups * na * (ng + 1)
-    diff = torch.bincount((base + w0)[use], minlength=size) - torch.bincount((base + w1)[use], minlength=size)
-    counts_sorted = diff.view(n_groups, na, ng + 1)[:, :, :ng].cumsum(dim=-1)
+    cells = group.view(-1, 1) * na + torch.arange(na, device=z.device)
+    counts = _interval_counts(start, stop, (n_win > 0) & ~undecided.view(-1, 1), cells, n_groups * na,
+                              gamma.flatten())
+    return counts.view(n_groups, na, -1), undecided
+
+
+def _half_lines(p: Tensor, q: Tensor, valid: Tensor, *, strict: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Where p_j + x·q_j > 0 (strict; else ≥ 0) for every valid j along the last axis: x above `low`, below `high`
+    (bounds included when not strict), and nowhere where `never` (a q_j = 0 whose p_j fails)."""
+    inf = torch.tensor(float("inf"), dtype=p.dtype, device=p.device)
+    root = -p / q  # q = 0 gives inf or nan, never selected below
+    low = torch.where(valid & (q > 0), root, -inf).amax(-1)
+    high = torch.where(valid & (q < 0), root, inf).amin(-1)
+    fails = p <= 0 if strict else p < 0
+    never = (valid & (q == 0) & fails).any(-1)
+    return low, high, never
+
+
+def _on_grid(grid: Tensor, low: Tensor, high: Tensor, never: Tensor, *, strict: bool):
+    """(start, stop, count): the sorted grid's indices start ≤ i < stop of the values inside (low, high) (strict)
+    or [low, high]."""
+    values = torch.sort(grid.double()).values.contiguous()
+    start = torch.searchsorted(values, low.contiguous(), right=strict)
+    stop = torch.searchsorted(values, high.contiguous(), right=not strict)
+    return start, stop, torch.where(never, 0, (stop - start).clamp(min=0))
+
+
+def _interval_counts(start: Tensor, stop: Tensor, use: Tensor, cell: Tensor, n_cells: int, grid: Tensor) -> Tensor:
+    """(n_cells, len(grid)) counts, in grid order: +1 at the sorted grid indices start ≤ i < stop of each used
+    interval, in its cell (a difference array: two bincounts and a cumulative sum)."""
+    n = grid.numel()
+    offset = cell.expand_as(start) * (n + 1)
+    size = n_cells * (n + 1)
+    diff = torch.bincount((offset + start)[use], minlength=size) - torch.bincount((offset + stop)[use], minlength=size)
+    counts_sorted = diff.view(n_cells, n + 1)[:, :n].cumsum(dim=-1)
     counts = torch.empty_like(counts_sorted)
-    counts[:, :, order] = counts_sorted
-    return counts, undecided
+    counts[:, torch.argsort(grid)] = counts_sorted
+    return counts
 
 
 def _score_exact(model: TipAdapter, z: Tensor, k: Tensor | None, labels: Tensor, distance: Tensor, beta: float,
@@ -655,7 +602,85 @@ def _search_betas(model: TipAdapter, parts, labels: Tensor, betas: Sequence[floa
         _bounded_block(model, block, labels, betas, alpha, gamma, correct, layout)
 
 
+def _uniform_step(betas: Sequence[float]) -> float | None:
+    """Δ when the β grid is β_0 + j·Δ up to rounding (the linear and linspace grids; ≥ 3 values), else None."""
+    if len(betas) < 3:
+        return None
+    delta = (betas[-1] - betas[0]) / (len(betas) - 1)
+    scale = max(abs(b) for b in betas) + abs(delta)
+    if all(abs(b - (betas[0] + j * delta)) <= 1e-9 * scale for j, b in enumerate(betas)):
+        return delta
+    return None
+
+
+def _stepped_slack(kmax: int, dtype: torch.dtype, betas: Sequence[float], delta: float, dmax: float, j: int) -> float:
+    """A bound, 5 % over, on |a_ref − ã| / ã for β_j when ã comes from `_SteppedTerms` (terms |d| ≤ dmax).
+
+    Both sides are compared with the real sum A of e^{−β_j d} over the class's K terms:
+    - the full search: exp of its float input fl(fl(−β)·d), which is within 2u·β·|d| of −β·d (a factor
+      e^{2u·β·dmax}), 2 ulp (4u) for the exp, γ_{K−1} for its sum in any order;
+    - the stepped terms: the anchor β_a (the same mul and exp: as above), then s = j − a multiplications by the
+      ratio rounded once (each (1 + u)²), which stand for e^{−(β_a + sΔ) d}: the grid's own β_j differs by
+      |β_j − β_a − sΔ| (a factor e^{that·dmax}); torch.sum over K: γ_{K−1}.
+    With e_r, e_o those relative errors, |a_ref − ã| ≤ (e_r + e_o)·A ≤ (e_r + e_o)/(1 − e_o)·ã. Subnormal terms
+    (β·d > 87 in float32) are covered by the absolute slack of `_bounded_plane`.
+    """
+    u = torch.finfo(dtype).eps / 2
+    g = (kmax - 1) * u / (1 - (kmax - 1) * u)
+
+    def one_exp(beta: float) -> float:
+        return (1 + 4 * u) * math.exp(2.0000001 * abs(beta) * dmax * u)
+
+    a = j - j % ANCHOR_EVERY
+    s = j - a
+    e_ref = (1 + g) * one_exp(betas[j]) - 1
+    drift = abs(betas[j] - (betas[a] + s * delta)) * dmax
+    e_ours = (1 + g) * one_exp(betas[a]) * (1 + u) ** (2 * s) * math.exp(drift) - 1
+    return 1.05 * (e_ref + e_ours) / (1 - e_ours) + 1e-12
+
+
+class _SteppedTerms:
+    """Each class's cache term on a uniform β grid with one multiplication per exp term and β:
+    e^{−β_{j+1} d} = e^{−β_j d}·e^{−Δ d}.
+
+    The (K, R, C) exp inputs are cut into sub-blocks of rows whose terms E and ratios e^{−Δ d} (float64, rounded
+    once) fit a core's cache; every ANCHOR_EVERY-th β starts again from the full search's own mul and exp, which
+    bounds what the steps accumulate (`_stepped_slack`). `fill` must be called for consecutive β batches.
+    """
+
+    def __init__(self, d3: Tensor, pad: Tensor | None, betas: Sequence[float], delta: float):
+        k, rows, c = d3.shape
+        self.betas, self.pad = betas, pad
+        self.rows = _chunks(rows, max(1, STEP_ELEMENTS // (k * c)))
+        self.d = [d3[:, r].contiguous() for r in self.rows]
+        self.ratio = [torch.exp(d.double() * -delta).to(d.dtype) for d in self.d]
+        self.terms: list[Tensor | None] = [None] * len(self.d)
+
+    def fill(self, j0: int, out: Tensor) -> None:
+        """out[i] (R, C) = ã at β_{j0+i}, for i < out.shape[0]."""
+        for i in range(out.shape[0]):
+            j = j0 + i
+            for s, rows in enumerate(self.rows):
+                if j % ANCHOR_EVERY == 0 or self.terms[s] is None:
+                    self.terms[s] = _exp_terms(self.d[s], self.betas[j], self.pad)
+                else:
+                    self.terms[s].mul_(self.ratio[s])
+                torch.sum(self.terms[s], 0, out=out[i, rows])
+
+
+def _exp_terms(d: Tensor, beta: float, pad: Tensor | None) -> Tensor:
+    """The full search's exp terms exp(−β·d) of (…, K, rows, C) inputs (its `mul` and `exp`), padding zeroed."""
+    terms = torch.mul(d, -beta).exp_()  # the reference's exp input, element for element
+    return terms if pad is None else terms.masked_fill_(~pad, 0.0)
+
+
 def _bounded_block(model, block, labels, betas, alpha, gamma, correct, layout) -> None:
+    """Add the counts of a block of reference chunks at every β into `correct` (see `_search_betas`).
+
+    ã per β batch: on a uniform β grid stepped (`_SteppedTerms`, a wider slack), else the full search's exp terms
+    summed by halving. Rows the stepped ã leaves undecided get a second look with the exp terms themselves
+    (`_relative_slack`); rows still undecided are scored with the reference's product of their chunk.
+    """
     index, pad, kmax = layout
     first, last = block[0][0], block[-1][0]
     y = labels[first.start:last.stop]
@@ -672,29 +697,43 @@ def _bounded_block(model, block, labels, betas, alpha, gamma, correct, layout) -
     n_rows, c = z.shape
     pad = None if pad is None else pad.T.unsqueeze(1)  # (K, 1, C)
     rel = _relative_slack(kmax, z.dtype)
+    delta = _uniform_step(betas)
+    stepped = None if delta is None else _SteppedTerms(d3, pad, betas, delta)
+    d_low, d_high = (float(v) for v in torch.aminmax(d3))
+    dmax = max(-d_low, d_high)
+    # every exp term ≤ e^{β·max(−d, 0)}: far from overflow, ã is finite without looking (else checked per batch)
+    bounded = max(abs(b) for b in betas) * max(-d_low, 0.0) <= 80.0 and kmax < 1000
     step = max(1, BLOCK_ELEMENTS // d3.numel())
     offsets = [p[0].start - first.start for p in block] + [n_rows]
+    stacked = None
     for j0 in range(0, len(betas), step):
         bs = betas[j0:j0 + step]
-        terms = torch.empty((len(bs),) + tuple(d3.shape), dtype=d3.dtype, device=d3.device)
-        for i, beta in enumerate(bs):
-            torch.mul(d3, -beta, out=terms[i])  # the reference's exp input, element for element
-        terms.exp_()
-        if pad is not None:
-            terms.masked_fill_(~pad, 0.0)
-        a = _halving_sum(terms).reshape(-1, c)
         nb = len(bs)
-        group = torch.arange(nb, device=z.device).repeat_interleave(n_rows)
-        if not bool(torch.isfinite(a).all()):  # exp overflow: the reference's products for this batch
+        if stepped is not None:
+            a = torch.empty(nb, n_rows, c, dtype=d3.dtype, device=d3.device)
+            stepped.fill(j0, a)
+            a = a.reshape(-1, c)
+            rel_batch = max(_stepped_slack(kmax, z.dtype, betas, delta, dmax, j) for j in range(j0, j0 + nb))
+        else:
+            a = _batch_terms(d3, bs, pad).reshape(-1, c)
+            rel_batch = rel
+        if stacked is None or stacked[0] != nb:  # the batch's rows: every row of the block once per β
+            group = torch.arange(nb, device=z.device).repeat_interleave(n_rows)
+            stacked = (nb, group, z.repeat(nb, 1), None if k is None else k.repeat(nb, 1), y.repeat(nb))
+        _, group, zf, kf, yf = stacked
+        if not bounded and not bool(torch.isfinite(a).all()):  # exp overflow: the reference's products
             for i, beta in enumerate(bs):
                 for rows, zp, kp, distance in block:
                     correct[:, j0 + i, :] += _score_exact(model, zp, kp, labels[rows], distance, beta, alpha, gamma,
                                                           buffer)
             continue
-        zf = z.repeat(nb, 1)
-        kf = None if k is None else k.repeat(nb, 1)
-        counts, undecided = _bounded_plane(zf, a, kf, y.repeat(nb), group, nb, alpha, gamma, rel, SCORE_BUDGET)
+        counts, undecided = _bounded_plane(zf, a, kf, yf, group, nb, alpha, gamma, rel_batch, SCORE_BUDGET)
         correct[:, j0:j0 + nb, :] += counts.permute(1, 0, 2)
+        if stepped is not None and bool(undecided.any()):
+            undecided = _second_look(d3, pad, z, k, y, bs, undecided, n_rows, alpha, gamma, rel, correct[:, j0:j0 + nb])
+        if bool(undecided.any()):
+            undecided = _logit_bounds_look(d3, pad, kmax, z, k, y, bs, undecided, n_rows, alpha, gamma,
+                                           correct[:, j0:j0 + nb])
         flat = undecided.nonzero().squeeze(1).tolist()
         for i in sorted({f // n_rows for f in flat}):
             todo = torch.tensor([f % n_rows for f in flat if f // n_rows == i], device=z.device)
@@ -703,6 +742,140 @@ def _bounded_block(model, block, labels, betas, alpha, gamma, correct, layout) -
                 if sel.numel():
                     correct[:, j0 + i, :] += _score_exact(model, zp, kp, labels[rows], distance, bs[i], alpha,
                                                           gamma, buffer, rows=sel)
+
+
+def _batch_terms(d3: Tensor, betas: Sequence[float], pad: Tensor | None) -> Tensor:
+    """(nb, R, C) ã: the full search's exp terms of each β (its mul, then exp), summed by halving over K."""
+    terms = torch.empty((len(betas),) + tuple(d3.shape), dtype=d3.dtype, device=d3.device)
+    for i, beta in enumerate(betas):
+        torch.mul(d3, -beta, out=terms[i])  # the reference's exp input, element for element
+    terms.exp_()
+    if pad is not None:
+        terms.masked_fill_(~pad, 0.0)
+    return _halving_sum(terms)
+
+
+def _second_look(d3, pad, z, k, y, betas, undecided, n_rows, alpha, gamma, rel, correct) -> Tensor:
+    """Score the (β, row) pairs the stepped ã left undecided with the full search's exp terms (`_batch_terms`'
+    arithmetic, slack `rel`); add their sure counts into correct (na, nb, ng). Returns the pairs still undecided."""
+    flat = undecided.nonzero().squeeze(1)
+    which, rows = flat // n_rows, flat % n_rows
+    a = torch.empty(len(flat), z.shape[1], dtype=d3.dtype, device=d3.device)
+    for i in which.unique().tolist():
+        sel = (which == i).nonzero().squeeze(1)
+        a[sel] = _batch_terms(d3[:, rows[sel]], [betas[i]], pad)[0]
+    counts, still = _bounded_plane(z[rows], a, None if k is None else k[rows], y[rows], which, len(betas), alpha,
+                                   gamma, rel, SCORE_BUDGET)
+    correct += counts.permute(1, 0, 2)
+    out = torch.zeros_like(undecided)
+    out[flat[still]] = True
+    return out
+
+
+def _logit_bounds_look(d3, pad, kmax, z, k, y, betas, undecided, n_rows, alpha, gamma, correct) -> Tensor:
+    """A last look at the (β, row) pairs still undecided, before the reference's product: bound the reference's
+    cache term a_ref of each class by two float values and push both through the reference's own logit arithmetic,
+    monotone in a (α, γ ≥ 0): ℓ(a_lo) ≤ ℓ_ref ≤ ℓ(a_hi) exactly, without a rounding margin. Adds the sure counts
+    into correct (na, nb, ng); returns the pairs still undecided.
+
+    a_ref is the BLAS's sum, in an order of its own, of exp terms of the full search's inputs x = fl(−β·d), each
+    within 2 ulp of e^x. With T_lo, T_hi the sums of the terms' lowest and highest values, any order of K
+    non-negative float additions is within (K − 1)·½ulp(T_hi) of the exact sum of its terms (every partial sum is at
+    most the total; plus (K − 1)·tiny where subnormals flush), so a_ref ∈ [T_lo − that, T_hi + that], widened
+    outward to float values. The label is surely the
+    first maximum at a point when its lowest logit beats every other class's highest (ties allowed with classes
+    after it), surely not when some class's lowest beats its highest; anything else stays undecided.
+    """
+    flat = undecided.nonzero().squeeze(1)
+    which, rows = flat // n_rows, flat % n_rows
+    dtype = d3.dtype
+    u = torch.finfo(dtype).eps / 2
+    low = torch.empty(len(flat), z.shape[1], dtype=torch.float64, device=z.device)
+    high = torch.empty_like(low)
+    for i in which.unique().tolist():
+        sel = (which == i).nonzero().squeeze(1)
+        exact = torch.mul(d3[:, rows[sel]], -betas[i]).double().exp()  # e^x of the reference's own inputs
+        ulp = _ulp(exact, dtype)
+        t_low, t_high = (exact - 2 * ulp).clamp(min=0.0), exact + 2 * ulp
+        if pad is not None:
+            t_low, t_high = t_low.masked_fill(~pad, 0.0), t_high.masked_fill(~pad, 0.0)
+        s_low, s_high = t_low.sum(0), t_high.sum(0)
+        order = (kmax - 1) * (_ulp(s_high * (1 + 2 * kmax * u), dtype) / 2 + torch.finfo(dtype).tiny)
+        low[sel] = s_low * (1 - 1e-12) - order
+        high[sel] = s_high * (1 + 1e-12) + order
+    a_low, a_high = _float_below(low.clamp(min=0.0), dtype), _float_above(high, dtype)
+    zr, kr, yr = z[rows], None if k is None else k[rows], y[rows]
+    cand, width = _bounds_candidates(zr, a_low, a_high, kr, yr, alpha, gamma)
+    na, ng = alpha.shape[0], gamma.shape[1]
+    still = torch.zeros(len(flat), dtype=torch.bool, device=z.device)
+    for part in _chunks(len(flat), max(1, SCORE_BUDGET // (na * ng * width))):
+        cols = cand[part]
+        y_col = (cols == yr[part].view(-1, 1)).to(torch.int8).argmax(dim=1, keepdim=True)  # the label's column
+        before, after = cols < yr[part].view(-1, 1), cols > yr[part].view(-1, 1)  # the first maximum wins ties
+        k_cols = None if kr is None else kr[part].gather(1, cols)
+        lo = _logits(zr[part].gather(1, cols), a_low[part].gather(1, cols), k_cols, alpha, gamma)  # (na, ng, P, W)
+        hi = _logits(zr[part].gather(1, cols), a_high[part].gather(1, cols), k_cols, alpha, gamma)
+        at_y = y_col.expand(na, ng, -1, 1)
+        lo_y, hi_y = lo.gather(-1, at_y), hi.gather(-1, at_y)
+        win = ((lo_y > hi) | (after & (lo_y >= hi)) | ~(before | after)).all(-1)
+        lost = ((before & (lo >= hi_y)) | (after & (lo > hi_y))).any(-1)
+        open_ = ~(win | lost).flatten(0, 1).all(0)  # pairs not decided at every point
+        still[part] = open_
+        sure = win & ~open_
+        for i in which[part].unique().tolist():
+            correct[:, i, :] += sure[:, :, which[part] == i].sum(-1)
+    out = torch.zeros_like(undecided)
+    out[flat[still]] = True
+    return out
+
+
+def _bounds_candidates(z, a_low, a_high, k, labels, alpha, gamma) -> tuple[Tensor, int]:
+    """((P, W) class columns, W): per row its label and every class whose highest logit may reach the label's lowest
+    somewhere on the (α, γ) box, in ascending class order (padded with the label). The others are surely beaten:
+    z_c − z_y + α·(a_hi,c − a_lo,y) − γ·(k_c − k_y), linear in (α, γ), stays below −8u·bound at the box's corners
+    (float64), more than the rounding of the two logits."""
+    y = labels.view(-1, 1)
+    u = torch.finfo(z.dtype).eps / 2
+    z64, lo64, hi64 = z.double(), a_low.double(), a_high.double()
+    dz, da = z64 - z64.gather(1, y), hi64 - lo64.gather(1, y)
+    dk = None if k is None else k.double() - k.double().gather(1, y)
+    a0, a1 = float(alpha.min()), float(alpha.max())
+    reach = torch.maximum(dz + a0 * da, dz + a1 * da)
+    bound = z64.abs().amax(1) + a1 * hi64.amax(1)
+    if dk is not None:
+        g0, g1 = float(gamma.min()), float(gamma.max())
+        reach = reach - torch.minimum(g0 * dk, g1 * dk)
+        bound = bound + g1 * k.double().abs().amax(1)
+    keep = (reach + 8 * u * bound.view(-1, 1) >= 0) | (torch.arange(z.shape[1], device=z.device) == y)
+    width = int(keep.sum(1).max())
+    cols = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :width]
+    cols = torch.where(torch.arange(width, device=z.device) < keep.sum(1, keepdim=True), cols, y)
+    return cols, width
+
+
+def _ulp(values: Tensor, dtype: torch.dtype) -> Tensor:
+    """A bound on the spacing of `dtype` floats near non-negative float64 `values`: the spacing one binade up
+    where a value is within 2^-20 of the next power of two, and never below the smallest normal (so that a
+    flush of subnormals to zero stays within it)."""
+    info = torch.finfo(dtype)
+    _, exponent = torch.frexp(values * (1 + 2.0**-20))
+    spacing = torch.ldexp(torch.ones_like(values), exponent - _DIGITS[dtype])
+    return torch.where(values > 0, spacing, 0.0).clamp(min=info.tiny)
+
+
+_DIGITS = {torch.float32: 24, torch.float64: 53, torch.float16: 11, torch.bfloat16: 8}  # significand bits
+
+
+def _float_below(values: Tensor, dtype: torch.dtype) -> Tensor:
+    """The largest `dtype` value ≤ each float64 value."""
+    out = values.to(dtype)
+    return torch.where(out.double() > values, torch.nextafter(out, torch.full_like(out, -math.inf)), out)
+
+
+def _float_above(values: Tensor, dtype: torch.dtype) -> Tensor:
+    """The smallest `dtype` value ≥ each float64 value."""
+    out = values.to(dtype)
+    return torch.where(out.double() < values, torch.nextafter(out, torch.full_like(out, math.inf)), out)
 
 
 def search_tip_adapter(
