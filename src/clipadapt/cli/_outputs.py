@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import itertools
 import os
 import re
 import shutil
@@ -150,8 +151,7 @@ def _inputs(args: argparse.Namespace, actions: list[argparse.Action], output_des
         value = getattr(args, action.dest, None)
         if action.dest == "cache_dir" and value is None:
             value = default_cache_root()
-        for path in _paths_in(value, action.dest in SPEC_OPTIONS):
-            inputs.append((_option_name(action), path.resolve()))
+        inputs += [(_option_name(action), path.resolve()) for path in _paths_in(value, action.dest in SPEC_OPTIONS)]
     return inputs
 
 
@@ -179,10 +179,9 @@ def _check_not_inputs(outputs: list[_Output], inputs: list[tuple[str, Path]]) ->
             if out.kind == DIR and _inside(path, out.target):
                 raise OutputError(f"{out.option} {out.given}: contains the input {path} ({option}); the output "
                                   "directory is replaced whole — choose an output path outside its inputs")
-    for i, a in enumerate(outputs):
-        for b in outputs[i + 1:]:
-            if a.target == b.target:
-                raise OutputError(f"{a.option} and {b.option} name the same path {a.given}; give each its own")
+    for a, b in itertools.combinations(outputs, 2):
+        if a.target == b.target:
+            raise OutputError(f"{a.option} and {b.option} name the same path {a.given}; give each its own")
 
 
 def _nearest_existing(path: Path) -> Path:

@@ -34,11 +34,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--data", required=True, help="generic labelled image set spec, e.g. imagefolder:/data/oi")
     train.add_argument("--split", default="train", help="split of --data to train on (default: train)")
     train.add_argument("--mode", choices=["supervised", "selfsup"], default="supervised")
-    out = train.add_argument("--out", type=Path, required=True,
-                             help="checkpoint directory (adapter.safetensors, adapter.json, train_state.pt for "
-                                  "resuming, train_log.json); an existing one is resumed, so a non-empty directory "
-                                  "must hold train_state.pt")
-    output_option(out, RESUME, marker=STATE_FILE)
+    output_option(train.add_argument("--out", type=Path, required=True,
+                                     help="checkpoint directory (adapter.safetensors, adapter.json, train_state.pt "
+                                          "for resuming, train_log.json); an existing one is resumed, so a non-empty "
+                                          "directory must hold train_state.pt"), RESUME, marker=STATE_FILE)
     g = train.add_argument_group("hyper-parameters (defaults: docs/methods.md §5)")
     g.add_argument("--width", type=COUNT, default=64, help="bottleneck width (default: 64)")
     g.add_argument("--scale", type=NON_NEGATIVE, default=None,

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -73,9 +75,6 @@ def _image_paths(args: argparse.Namespace) -> list[str]:
             raise ConfigError(f"--images {args.image_dir}: no image files found")
         paths += found
     if args.csv is not None:
-        import csv
-        import io
-
         text = read_text(args.csv, what="--csv file", error=ConfigError)
         reader = csv.DictReader(io.StringIO(text, newline=""))
         if "path" not in [c.strip() for c in reader.fieldnames or []]:
@@ -152,9 +151,6 @@ def write_predictions(path: Path, records: list[dict[str, Any]], topk: int) -> P
     if path.suffix.lower() == ".jsonl":
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     else:  # .csv (`run` refuses other suffixes before anything is computed)
-        import csv
-        import io
-
         columns = ["path", "label", "probability"]
         for i in range(2, topk + 1):
             columns += [f"label_{i}", f"probability_{i}"]

@@ -198,8 +198,7 @@ def write_suite_report(root: str | Path, *, plots: bool = True, argv: list[str] 
                                         data_fingerprint=path_fingerprint(root / "cells"))}
     written = [write_json(root / "summary.json", summary), write_table(root / "summary.csv", rows)]
     sections = [f"# Suite {name}\n\ncells: {counts['done']} done, {counts['pending']} pending, "
-                f"{counts['failed']} failed "
-                f"(`clipadapt suite status {root}`)\n"]
+                f"{counts['failed']} failed (`clipadapt suite status {root}`)\n"]
     if rows:
         sections.append("## Results (mean ± std over seeds; 'mean' = mean over datasets)\n\n"
                         + markdown_table(pivot(rows)))

@@ -60,8 +60,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None
     """A GitHub-markdown table of `rows` (dicts), columns in first-seen order unless given."""
     columns = list(columns) if columns else _columns(rows)
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    for row in rows:
-        lines.append("| " + " | ".join(_format_cell(row.get(c), digits) for c in columns) + " |")
+    lines += ["| " + " | ".join(_format_cell(row.get(c), digits) for c in columns) + " |" for row in rows]
     return "\n".join(lines) + "\n"
 
 
