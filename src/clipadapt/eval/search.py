@@ -419,17 +419,18 @@ def _bounded_plane(z: Tensor, a: Tensor, k: Tensor | None, labels: Tensor, group
     na, ng = alpha.shape[0], gamma.shape[1]
     big_a = a.amax(dim=1).double()
     margin, bound, base, slope, s_abs = _row_margins(z, big_a, k, alpha, gamma, rel)
-    alive, label_alive = _settle_corners(z, a, a, k, labels, alpha, gamma, margin, bound)
-    n_alive = alive.sum(dim=1)
+    reach, label_alive = _settle_corners(z, a, a, k, labels, alpha, gamma, margin, bound)
+    others = reach.amax(dim=1) >= 0  # some other class alive
     counts = torch.zeros(n_groups, na, ng, dtype=torch.long, device=z.device)
-    settled = label_alive & (n_alive == 1)
-    counts += torch.bincount(group[settled], minlength=n_groups).view(-1, 1, 1)
+    counts += torch.bincount(group[label_alive & ~others], minlength=n_groups).view(-1, 1, 1)
     undecided = torch.zeros(z.shape[0], dtype=torch.bool, device=z.device)
-    contested = (label_alive & (n_alive > 1)).nonzero().squeeze(1)
+    contested = (label_alive & others).nonzero().squeeze(1)
     if contested.numel() == 0:
         return counts, undecided
-    contested = contested[torch.argsort(n_alive[contested], stable=True)]
-    sizes = n_alive[contested].tolist()
+    keep = reach[contested] >= 0
+    n_alive = keep.sum(dim=1)
+    order = torch.argsort(n_alive, stable=True)
+    contested, keep, sizes = contested[order], keep[order], n_alive[order].tolist()
     per_column = na if k is not None else 1  # Tip's α intervals cost one column per row, Tip-X's one per α
     start = 0
     while start < len(sizes):
@@ -438,8 +439,8 @@ def _bounded_plane(z: Tensor, a: Tensor, k: Tensor | None, labels: Tensor, group
         end = bisect.bisect_right(sizes, width, lo=start)
         end = start + max(1, min(end - start, budget // (per_column * sizes[end - 1])))
         rows = contested[start:end]
-        wins, amb = _interval_wins(z, a, k, labels, alive, rows, sizes[end - 1], alpha, gamma, base, slope, rel,
-                                   s_abs, group[rows], n_groups)
+        wins, amb = _interval_wins(z, a, k, labels, keep[start:end], rows, sizes[end - 1], alpha, gamma, base,
+                                   slope, rel, s_abs, group[rows], n_groups)
         undecided[rows] = amb
         counts += wins
         start = end
@@ -462,31 +463,34 @@ def _row_margins(z: Tensor, big_a: Tensor, k: Tensor | None, alpha: Tensor, gamm
 
 def _settle_corners(z: Tensor, a_low: Tensor, a_high: Tensor, k: Tensor | None, labels: Tensor, alpha: Tensor,
                     gamma: Tensor, margin: Tensor, bound: Tensor) -> tuple[Tensor, Tensor]:
-    """(alive, label_alive) as `_settle` (every class alive before), on the distinct corners of the (α, γ) box
-    only, without the γ·k terms when k is None; every cache term lies in [a_low, a_high] (the same tensor for one
-    β, the range over a batch of β). `margin` (rows,) bounds how far the reference's logit difference can be from
-    the real one.
+    """(reach, label_alive) on the distinct corners of the (α, γ) box only, without the γ·k terms when k is None;
+    every cache term lies in [a_low, a_high] (the same tensor for one β, the range over a batch of β). `margin`
+    (rows,) bounds how far the reference's logit difference can be from the real one.
 
-    Class j stays alive when at some corner its highest logit ≥ the label's lowest − margin; the label is lost
-    when one class's lowest logit > the label's highest + margin at every corner. Corner logits z + α·a − γ·k are
-    computed in the data's precision (at most 4 roundings of size ≤ u·bound each, `bound` (rows,): the row's
-    largest |z| + α·a + γ|k|), so the margin grows by 12u·bound, and each row's threshold is rounded outward.
+    Another class j is alive (reach ≥ 0, (rows, C) floats; the label's own column −inf) when at some corner its
+    highest logit ≥ the label's lowest − margin; the label is lost when one class's lowest logit > the label's
+    highest + margin at every corner. Corner logits z + α·a − γ·k are computed in the data's precision (at most 4
+    roundings of size ≤ u·bound each, `bound` (rows,): the row's largest |z| + α·a + γ|k|), so the margin grows by
+    12u·bound; each row's threshold t is rounded outward, and
+    fl(ℓ − t) has the sign of ℓ − t, so comparisons are float differences (faster than boolean ones in torch).
     """
     y = labels.view(-1, 1)
     u = max(torch.finfo(z.dtype).eps, torch.finfo(a_high.dtype).eps) / 2
     m = ((margin.double() + 12 * u * bound.double()) * (1 + 4 * u)).view(-1, 1)
     gammas = sorted({float(gamma.min()), float(gamma.max())}) if k is not None else [0.0]
-    alive = lost = None
+    reach = beats = None
     for al in sorted({float(alpha.min()), float(alpha.max())}):
         for ga in gammas:
             high = _corner_logits(z, a_high, k, al, ga)
-            low = high if a_low is a_high else _corner_logits(z, a_low, k, al, ga)
-            reach = high >= _float_below(low.gather(1, y).double() - m, high.dtype)  # may tie or beat the label
-            beats = low > _float_above(high.gather(1, y).double() + m, high.dtype)  # surely beats it
-            alive = reach if alive is None else alive.logical_or_(reach)
-            lost = beats if lost is None else lost.logical_and_(beats)
-    alive.scatter_(1, y, True)  # the label's own column stays
-    return alive, ~lost.any(dim=1)
+            low = high.clone() if a_low is a_high else _corner_logits(z, a_low, k, al, ga)
+            reach_at = _float_below(low.gather(1, y).double() - m, high.dtype)  # may tie or beat the label
+            beat_at = _float_above(high.gather(1, y).double() + m, high.dtype)  # surely beats it
+            high.sub_(reach_at)
+            low.sub_(beat_at)
+            reach = high if reach is None else torch.maximum(reach, high, out=reach)
+            beats = low if beats is None else torch.minimum(beats, low, out=beats)
+    reach.scatter_(1, y, -math.inf)  # the label's own column: not one of the others
+    return reach, ~(beats.amax(dim=1) > 0)
 
 
 def _corner_logits(z: Tensor, a: Tensor, k: Tensor | None, al: float, ga: float) -> Tensor:
@@ -501,13 +505,13 @@ def _settle_batch(z: Tensor, a: Tensor, k: Tensor | None, labels: Tensor, alpha:
     point, rows that surely lose everywhere are dropped. Returns the indices of the rows left open."""
     a_low, a_high = torch.aminmax(a, dim=0)
     margin, bound, *_ = _row_margins(z, a_high.amax(dim=1).double(), k, alpha, gamma, rel)
-    alive, label_alive = _settle_corners(z, a_low, a_high, k, labels, alpha, gamma, margin, bound)
-    wins = label_alive & (alive.sum(dim=1) == 1)
+    reach, label_alive = _settle_corners(z, a_low, a_high, k, labels, alpha, gamma, margin, bound)
+    wins = label_alive & (reach.amax(dim=1) < 0)
     correct += int(wins.sum())
     return (label_alive & ~wins).nonzero().squeeze(1)
 
 
-def _interval_wins(z, a, k, labels, alive, rows, width, alpha, gamma, base, slope, rel, s_abs, group, n_groups):
+def _interval_wins(z, a, k, labels, keep, rows, width, alpha, gamma, base, slope, rel, s_abs, group, n_groups):
     """((n_groups, na, ng) counts of `rows` whose label is surely the reference's first maximum, (rows,) rows with
     some undecided point).
 
@@ -519,7 +523,6 @@ def _interval_wins(z, a, k, labels, alive, rows, width, alpha, gamma, base, slop
     not-sure-losses are intervals, found with one division per survivor and counted on the sorted grid.
     Computed in float64, whose rounding is orders of magnitude below the margins' slack.
     """
-    keep = alive[rows]
     cand = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :width]
     y = labels[rows].view(-1, 1)
     cand = torch.where(torch.arange(width, device=z.device) < keep.sum(1, keepdim=True), cand, y)
