@@ -705,8 +705,9 @@ def _bounded_block(model, block, labels, betas, alpha, gamma, correct, layout) -
     """Add the counts of a block of reference chunks at every β into `correct` (see `_search_betas`).
 
     ã per β batch: on a uniform β grid stepped (`_SteppedTerms`, a wider slack), else the full search's exp terms
-    summed by halving. Rows the stepped ã leaves undecided get a second look with the exp terms themselves
-    (`_relative_slack`); rows still undecided are scored with the reference's product of their chunk.
+    summed by halving. Rows are settled for the whole batch, then per β (`_open_plane`); pairs the stepped ã
+    leaves undecided get a second look with the exp terms themselves (`_relative_slack`), then the logit bounds;
+    pairs still undecided are scored with the reference's product of their chunk (`_score_with_products`).
     """
     index, pad, kmax = layout
     first, last = block[0][0], block[-1][0]
@@ -732,7 +733,6 @@ def _bounded_block(model, block, labels, betas, alpha, gamma, correct, layout) -
     bounded = max(abs(b) for b in betas) * max(-d_low, 0.0) <= 80.0 and kmax < 1000
     # β per batch: the exp terms of the batch (direct), or only its cache terms (stepped: the terms live in place)
     step = max(1, BLOCK_ELEMENTS // d3.numel()) if stepped is None else max(1, STEP_BATCH // (n_rows * c))
-    offsets = [p[0].start - first.start for p in block] + [n_rows]
     for j0 in range(0, len(betas), step):
         bs = betas[j0:j0 + step]
         nb = len(bs)
@@ -750,28 +750,46 @@ def _bounded_block(model, block, labels, betas, alpha, gamma, correct, layout) -
                     correct[:, j0 + i, :] += _score_exact(model, zp, kp, labels[rows], distance, beta, alpha, gamma,
                                                           buffer)
             continue
-        open_rows = _settle_batch(z, a.view(nb, n_rows, c), k, y, alpha, gamma, rel_batch, correct[:, j0:j0 + nb])
-        pairs = (torch.arange(nb, device=z.device).view(-1, 1) * n_rows + open_rows).flatten()  # (β, row), β-major
-        group = torch.arange(nb, device=z.device).repeat_interleave(open_rows.numel())
-        zf, kf = z[open_rows].repeat(nb, 1), None if k is None else k[open_rows].repeat(nb, 1)
-        counts, open_pairs = _bounded_plane(zf, a[pairs], kf, y[open_rows].repeat(nb), group, nb, alpha, gamma,
-                                            rel_batch, SCORE_BUDGET)
-        correct[:, j0:j0 + nb, :] += counts.permute(1, 0, 2)
-        undecided = torch.zeros(nb * n_rows, dtype=torch.bool, device=z.device)
-        undecided[pairs[open_pairs]] = True
+        batch = correct[:, j0:j0 + nb]
+        undecided = _open_plane(z, k, y, a.view(nb, n_rows, c), alpha, gamma, rel_batch, batch)
         if stepped is not None and bool(undecided.any()):
-            undecided = _second_look(d3, pad, z, k, y, bs, undecided, n_rows, alpha, gamma, rel, correct[:, j0:j0 + nb])
+            undecided = _second_look(d3, pad, z, k, y, bs, undecided, n_rows, alpha, gamma, rel, batch)
         if bool(undecided.any()):
-            undecided = _logit_bounds_look(d3, pad, kmax, z, k, y, bs, undecided, n_rows, alpha, gamma,
-                                           correct[:, j0:j0 + nb])
-        flat = undecided.nonzero().squeeze(1).tolist()
-        for i in sorted({f // n_rows for f in flat}):
-            todo = torch.tensor([f % n_rows for f in flat if f // n_rows == i], device=z.device)
-            for p, (rows, zp, kp, distance) in enumerate(block):
-                sel = todo[(todo >= offsets[p]) & (todo < offsets[p + 1])] - offsets[p]
-                if sel.numel():
-                    correct[:, j0 + i, :] += _score_exact(model, zp, kp, labels[rows], distance, bs[i], alpha,
-                                                          gamma, buffer, rows=sel)
+            undecided = _logit_bounds_look(d3, pad, kmax, z, k, y, bs, undecided, n_rows, alpha, gamma, batch)
+        _score_with_products(model, block, labels, bs, undecided, alpha, gamma, buffer, batch)
+
+
+def _open_plane(z: Tensor, k: Tensor | None, y: Tensor, a: Tensor, alpha: Tensor, gamma: Tensor, rel: float,
+                correct: Tensor) -> Tensor:
+    """Count a batch of β (a: (nb, rows, C)) into correct (na, nb, ng): rows settled for the whole batch
+    (`_settle_batch`), then each β's plane on the rows left open. Returns the (nb·rows,) β-major mask of the
+    (β, row) pairs left undecided."""
+    nb, n_rows, _ = a.shape
+    open_rows = _settle_batch(z, a, k, y, alpha, gamma, rel, correct)
+    pairs = (torch.arange(nb, device=z.device).view(-1, 1) * n_rows + open_rows).flatten()  # (β, row), β-major
+    group = torch.arange(nb, device=z.device).repeat_interleave(open_rows.numel())
+    zf, kf = z[open_rows].repeat(nb, 1), None if k is None else k[open_rows].repeat(nb, 1)
+    counts, open_pairs = _bounded_plane(zf, a.flatten(0, 1)[pairs], kf, y[open_rows].repeat(nb), group, nb, alpha,
+                                        gamma, rel, SCORE_BUDGET)
+    correct += counts.permute(1, 0, 2)
+    undecided = torch.zeros(nb * n_rows, dtype=torch.bool, device=z.device)
+    undecided[pairs[open_pairs]] = True
+    return undecided
+
+
+def _score_with_products(model, block, labels, betas, undecided, alpha, gamma, buffer, correct) -> None:
+    """Score the undecided (β, row) pairs of a batch (β-major mask over the block's rows) with the reference's
+    own product of each row's chunk at that β, into correct (na, nb, ng)."""
+    n_rows = block[-1][0].stop - block[0][0].start
+    offsets = [p[0].start - block[0][0].start for p in block] + [n_rows]
+    flat = undecided.nonzero().squeeze(1).tolist()
+    for i in sorted({f // n_rows for f in flat}):
+        todo = torch.tensor([f % n_rows for f in flat if f // n_rows == i], device=undecided.device)
+        for p, (rows, z, k, distance) in enumerate(block):
+            sel = todo[(todo >= offsets[p]) & (todo < offsets[p + 1])] - offsets[p]
+            if sel.numel():
+                correct[:, i, :] += _score_exact(model, z, k, labels[rows], distance, betas[i], alpha, gamma, buffer,
+                                                 rows=sel)
 
 
 def _batch_terms(d3: Tensor, betas: Sequence[float], pad: Tensor | None) -> Tensor:
