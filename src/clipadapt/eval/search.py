@@ -58,6 +58,7 @@ BLOCK_ELEMENTS = 2**23  # exp terms per step of the matmul-free path (β batch �
 SCORE_BUDGET = 2**21  # (α, γ, rows) elements per scoring step of the matmul-free path
 STEP_ELEMENTS = 2**17  # exp terms per sub-block of the stepped path: its terms and ratios stay in a 1 MiB L2 cache
 STEP_BATCH = 2**21  # cache terms (β × rows × C) per batch of the stepped path, settled together (`_settle_batch`)
+SETTLE_GROUP = 8  # β settled together on the range of their cache terms (`_open_plane`)
 ANCHOR_EVERY = 16  # stepped path: the full search's own exp every 16th β, multiplications by the ratio between
 
 
@@ -761,16 +762,20 @@ def _bounded_block(model, block, labels, betas, alpha, gamma, correct, layout) -
 
 def _open_plane(z: Tensor, k: Tensor | None, y: Tensor, a: Tensor, alpha: Tensor, gamma: Tensor, rel: float,
                 correct: Tensor) -> Tensor:
-    """Count a batch of β (a: (nb, rows, C)) into correct (na, nb, ng): rows settled for the whole batch
-    (`_settle_batch`), then each β's plane on the rows left open. Returns the (nb·rows,) β-major mask of the
-    (β, row) pairs left undecided."""
+    """Count a batch of β (a: (nb, rows, C)) into correct (na, nb, ng): rows settled for SETTLE_GROUP β at a time
+    (`_settle_batch`; a few β keep each cache term's range narrow), then each β's plane on the rows left open.
+    Returns the (nb·rows,) β-major mask of the (β, row) pairs left undecided."""
     nb, n_rows, _ = a.shape
-    open_rows = _settle_batch(z, a, k, y, alpha, gamma, rel, correct)
-    pairs = (torch.arange(nb, device=z.device).view(-1, 1) * n_rows + open_rows).flatten()  # (β, row), β-major
-    group = torch.arange(nb, device=z.device).repeat_interleave(open_rows.numel())
-    zf, kf = z[open_rows].repeat(nb, 1), None if k is None else k[open_rows].repeat(nb, 1)
-    counts, open_pairs = _bounded_plane(zf, a.flatten(0, 1)[pairs], kf, y[open_rows].repeat(nb), group, nb, alpha,
-                                        gamma, rel, SCORE_BUDGET)
+    pairs = []
+    for start in range(0, nb, SETTLE_GROUP):
+        part = slice(start, min(start + SETTLE_GROUP, nb))
+        open_rows = _settle_batch(z, a[part], k, y, alpha, gamma, rel, correct[:, part])
+        betas = torch.arange(part.start, part.stop, device=z.device).view(-1, 1)
+        pairs.append((betas * n_rows + open_rows).flatten())  # (β, row), β-major
+    pairs = torch.cat(pairs)
+    rows = pairs % n_rows
+    counts, open_pairs = _bounded_plane(z[rows], a.flatten(0, 1)[pairs], None if k is None else k[rows], y[rows],
+                                        pairs // n_rows, nb, alpha, gamma, rel, SCORE_BUDGET)
     correct += counts.permute(1, 0, 2)
     undecided = torch.zeros(nb * n_rows, dtype=torch.bool, device=z.device)
     undecided[pairs[open_pairs]] = True
