@@ -293,7 +293,7 @@ UNIFORM_BETAS = [search.linear_grid(0.1, 7.0, 40), search.linspace_grid(0.0, 20.
 @pytest.mark.parametrize("betas", UNIFORM_BETAS, ids=["tip-like", "imo-with-zero", "sus-x-like"])
 @pytest.mark.parametrize("seed,dup", [(0, False), (2, True)])
 def test_stepped_path_on_uniform_grids_equals_the_full_search(betas, seed, dup):
-    """Uniform β grids take the stepped path (one multiplication per exp term and β, anchors every 16th β)."""
+    """Uniform β grids take the stepped path (one multiplication per exp term and β, anchors every 32nd β)."""
     assert search._uniform_step(betas) is not None
     protos, keys, yk, val, yv = _data(seed, dup=dup)
     tx, ta = TipX().fit(keys, yk, protos), TipAdapter().fit(keys, yk, protos)
@@ -321,7 +321,7 @@ def test_uniform_step_literally():
 @pytest.mark.parametrize("seed", range(3))
 def test_stepped_slack_covers_the_reference_product(seed):
     """ã from the stepped terms stays within `_stepped_slack` of the reference's exp(mul) @ L at every β (anchors
-    and up to 15 steps after each), for exp inputs spread like 1 − cosine and β up to 50."""
+    and up to 31 steps after each), for exp inputs spread like 1 − cosine and β up to 50."""
     g = torch.Generator().manual_seed(seed)
     c, shots, rows = 7, 5, 60
     values = torch.zeros(c * shots, c)

@@ -10,7 +10,7 @@ and the count of rows whose first maximum is the label. The count grid returned 
 
 Matmul-free path (L one-hot, finite data, α, β, γ ≥ 0, no TF32/bf16 products): no (N × NK)·(NK × C) product.
 Each class's cache term ã_c is the sum of its own K exp terms: on a uniform β grid stepped from β to β with one
-multiplication per term (`_SteppedTerms`, the reference's own exp every 16th β), else the reference's exp input
+multiplication per term (`_SteppedTerms`, the reference's own exp every 32nd β), else the reference's exp input
 op for op, summed by halving. ã differs from the reference's a by at most `rel`·ã (`_stepped_slack`,
 `_relative_slack`), and the reference's logits differ from the real z + α·a − γ·k by their rounding (≤ 3u·bound).
 So a decision that holds with that margin holds for the reference: classes the label beats at all corners of the
@@ -59,7 +59,7 @@ SCORE_BUDGET = 2**21  # (α, γ, rows) elements per scoring step of the matmul-f
 STEP_ELEMENTS = 2**18  # exp terms per sub-block of the stepped path (its terms and ratios: 2 MiB, near the caches)
 STEP_BATCH = 2**21  # cache terms (β × rows × C) per batch of the stepped path, settled together (`_settle_batch`)
 SETTLE_GROUP = 8  # β settled together on the range of their cache terms (`_open_plane`)
-ANCHOR_EVERY = 16  # stepped path: the full search's own exp every 16th β, multiplications by the ratio between
+ANCHOR_EVERY = 32  # stepped path: the full search's own exp every 32nd β, multiplications by the ratio between
 
 
 @dataclass
