@@ -191,3 +191,18 @@ def test_rewriting_a_split_leaves_nothing_of_the_earlier_write(tmp_path):
     save_feature_dir(FeatureSet(classes, text, {"val": new}), tmp_path)
     assert not (tmp_path / "val.shards").exists() and not (tmp_path / "val.shards.json").exists()
     assert torch.equal(load_feature_dir(tmp_path).split("val").image, new.image)
+
+
+def test_check_finite_catches_what_a_finite_sum_would_hide_and_ignores_sum_overflow(tmp_path, monkeypatch):
+    """The fast path trusts a chunk whose sum is finite: NaN, +Inf, −Inf and +Inf with −Inf (a NaN sum) are still
+    found in every chunk, and finite values whose sum overflows float32 raise nothing."""
+    import clipadapt.features.io as io
+
+    monkeypatch.setattr(io, "FINITE_CHECK_CHUNK", 8)
+    path = tmp_path / "x.safetensors"
+    for bad_values in ([float("nan")], [float("inf")], [-float("inf")], [float("inf"), -float("inf")]):
+        t = torch.ones(5, 8)
+        t.view(-1)[11:11 + len(bad_values)] = torch.tensor(bad_values)
+        with pytest.raises(FeatureDirError, match=f"{len(bad_values)} NaN/Inf"):
+            io.check_finite(t, "image", path)
+    io.check_finite(torch.full((4, 8), 3e38), "image", path)  # sums overflow to inf, every value finite

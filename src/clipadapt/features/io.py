@@ -11,6 +11,7 @@ Every write is atomic and durable (`clipadapt.fileio.atomic_path`): a reader nev
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -101,9 +102,12 @@ def check_finite(t: Tensor, name: str, path: Path) -> None:
     """FeatureDirError naming the file and tensor when `t` holds NaN/Inf (embeddings must be finite).
 
     Checked in chunks of FINITE_CHECK_CHUNK values, so a loaded split costs ~16 MB of temporaries here, not
-    1.75x its own size."""
+    1.75x its own size. A chunk whose sum is finite holds no NaN/Inf (either would make the sum NaN or ±Inf): one
+    float pass, ~30× faster here than `isfinite` and a boolean count, which run only on a chunk whose sum is not
+    finite (a NaN/Inf, or finite values whose sum overflows: then the count is 0)."""
     flat = t.reshape(-1)
-    bad = sum(int((~torch.isfinite(chunk)).sum()) for chunk in flat.split(FINITE_CHECK_CHUNK))
+    bad = sum(int((~torch.isfinite(chunk)).sum()) for chunk in flat.split(FINITE_CHECK_CHUNK)
+              if not math.isfinite(float(chunk.sum())))
     if bad:
         raise FeatureDirError(f"{path.name}: tensor '{name}' contains {bad} NaN/Inf values")
 
