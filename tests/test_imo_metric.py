@@ -158,6 +158,20 @@ def test_cli_imo_reports_sampling(tmp_path, capsys):
     assert math.isfinite(json.loads((tmp_path / "o" / "results.json").read_text())["results"]["original"]["overlap"])
 
 
+def test_cli_imo_max_pairs_zero_is_always_exact(tmp_path):
+    """--max-pairs 0 means what its help says: every pair, never sampled (the option used to refuse 0)."""
+    from clipadapt.cli import main
+    from clipadapt.features import FeatureSet, FeatureSplit, save_feature_dir
+
+    x, y = torch.randn(40, 4), torch.arange(2).repeat(20)
+    save_feature_dir(FeatureSet(classnames=["a", "b"], text=torch.randn(2, 4), splits={"test": FeatureSplit(x, y)}),
+                     tmp_path / "f")
+    assert main(["imo", "--features", str(tmp_path / "f"), "--out", str(tmp_path / "o"), "--max-pairs", "0"]) == 0
+    report = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert report["results"]["original"]["sampled"] is False
+    assert report["results"]["original"]["overlap"] == pytest.approx(imo_overlap(x, y, bins=100).overlap, abs=1e-5)
+
+
 def test_accumulator_fed_in_any_chunks_gives_imo_overlap_histograms():
     from clipadapt.adapters import PairHistogramAccumulator, imo_bin_edges, overlap_from_counts
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from clipadapt.argtypes import COUNT, SEED
+from clipadapt.argtypes import COUNT, NON_NEGATIVE_INT, SEED
 from clipadapt.cli._common import add_feature_source_arguments, load_features_from_args, refuse_extraction_inputs
 from clipadapt.cli._conventions import RESULTS_FILE, add_out_argument, featureset_inputs, run_provenance, write_results
 from clipadapt.errors import ConfigError
@@ -30,7 +30,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         "(e.g. extracted with an adapter) to compare against")
     parser.add_argument("--split", default="test", help="split to measure (default: test)")
     parser.add_argument("--bins", type=COUNT, default=100, help="histogram bins over [-1, 1] (default: 100)")
-    parser.add_argument("--max-pairs", type=COUNT, default=20_000_000,
+    parser.add_argument("--max-pairs", type=NON_NEGATIVE_INT, default=20_000_000,
                         help="sample this many pairs (seeded) when the split has more; 0 = always exact "
                         "(default: 20,000,000)")
     parser.add_argument("--sample", choices=["items", "pairs"], default="items",
