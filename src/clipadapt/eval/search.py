@@ -472,8 +472,8 @@ def _settle_corners(z: Tensor, a_low: Tensor, a_high: Tensor, k: Tensor | None, 
     highest logit ≥ the label's lowest − margin; the label is lost when one class's lowest logit > the label's
     highest + margin at every corner. Corner logits z + α·a − γ·k are computed in the data's precision (at most 4
     roundings of size ≤ u·bound each, `bound` (rows,): the row's largest |z| + α·a + γ|k|), so the margin grows by
-    12u·bound; each row's threshold t is rounded outward, and
-    fl(ℓ − t) has the sign of ℓ − t, so comparisons are float differences (faster than boolean ones in torch).
+    12u·bound; each row's threshold t is rounded outward, and fl(ℓ − t) has the sign of ℓ − t, so comparisons are
+    float differences (faster than boolean ones in torch).
     """
     y = labels.view(-1, 1)
     u = max(torch.finfo(z.dtype).eps, torch.finfo(a_high.dtype).eps) / 2
@@ -524,9 +524,8 @@ def _interval_wins(z, a, k, labels, keep, rows, width, alpha, gamma, base, slope
     not-sure-losses are intervals, found with one division per survivor and counted on the sorted grid.
     Computed in float64, whose rounding is orders of magnitude below the margins' slack.
     """
-    cand = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :width]
     y = labels[rows].view(-1, 1)
-    cand = torch.where(torch.arange(width, device=z.device) < keep.sum(1, keepdim=True), cand, y)
+    cand = _candidate_columns(keep, y, width)
     valid = cand != y  # (R, W)
     dz, da = ((t.gather(1, y) - t.gather(1, cand)) for t in (z[rows].double(), a[rows].double()))  # exact in f64
     pair = a[rows].gather(1, y).double() + a[rows].gather(1, cand).double() + 2 * s_abs  # (R, W): ã_y + ã_j
@@ -835,9 +834,9 @@ def _logit_bounds_look(d3, pad, kmax, z, k, y, betas, undecided, n_rows, alpha, 
     within 2 ulp of e^x. With T_lo, T_hi the sums of the terms' lowest and highest values, any order of K
     non-negative float additions is within (K − 1)·½ulp(T_hi) of the exact sum of its terms (every partial sum is at
     most the total; plus (K − 1)·tiny where subnormals flush), so a_ref ∈ [T_lo − that, T_hi + that], widened
-    outward to float values. The label is surely the
-    first maximum at a point when its lowest logit beats every other class's highest (ties allowed with classes
-    after it), surely not when some class's lowest beats its highest; anything else stays undecided.
+    outward to float values. The label is surely the first maximum at a point when its lowest logit beats every
+    other class's highest (ties allowed with classes after it), surely not when some class's lowest beats its
+    highest; anything else stays undecided.
     """
     flat = undecided.nonzero().squeeze(1)
     which, rows = flat // n_rows, flat % n_rows
@@ -901,9 +900,14 @@ def _bounds_candidates(z, a_low, a_high, k, labels, alpha, gamma) -> tuple[Tenso
         bound = bound + g1 * k.double().abs().amax(1)
     keep = (reach + 8 * u * bound.view(-1, 1) >= 0) | (torch.arange(z.shape[1], device=z.device) == y)
     width = int(keep.sum(1).max())
+    return _candidate_columns(keep, y, width), width
+
+
+def _candidate_columns(keep: Tensor, y: Tensor, width: int) -> Tensor:
+    """(rows, width) the class indices where `keep` (rows, C) is True, in ascending order, padded with the row's
+    label y (rows, 1) after them (`width` ≥ every row's count)."""
     cols = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :width]
-    cols = torch.where(torch.arange(width, device=z.device) < keep.sum(1, keepdim=True), cols, y)
-    return cols, width
+    return torch.where(torch.arange(width, device=keep.device) < keep.sum(1, keepdim=True), cols, y)
 
 
 def _ulp(values: Tensor, dtype: torch.dtype) -> Tensor:
