@@ -207,7 +207,7 @@ def test_everything_undecided_still_equals_the_full_search(monkeypatch, exact_ca
     """A huge error bound (and no logit-bounds look) leaves every contested row to the fallback: the fallback alone
     is exact."""
     monkeypatch.setattr(search, "_relative_slack", lambda kmax, dtype: 1e3)
-    monkeypatch.setattr(search, "_stepped_slack", lambda *args: 1e3)
+    monkeypatch.setattr(search, "_stepped_slack", lambda *args, **kwargs: 1e3)
     monkeypatch.setattr(search, "_logit_bounds_look", lambda *args: args[7])
     protos, keys, yk, val, yv = _uneven(3)
     grid = dict(alphas=[0.0, 0.5, 9.0], betas=[0.5, 6.0], gammas=[0.0, 1.0, 20.0])
@@ -303,6 +303,31 @@ def test_stepped_path_on_uniform_grids_equals_the_full_search(betas, seed, dup):
     assert torch.equal(search_tip_x(tx, val, yv, **tipx).correct, reference_tip_x(tx, val, yv, **tipx))
 
 
+@pytest.mark.parametrize("leaps", [True, False])
+@pytest.mark.parametrize("descending", [False, True])
+def test_stepped_groups_leap_or_step_and_equal_the_full_search(monkeypatch, leaps, descending):
+    """Every 1 − cosine ≥ 0: the terms leap a group of β at a time and only the rows its range leaves open are
+    stepped β by β; with the leaps turned off every row is stepped at every β (as where some cosine exceeds 1).
+    Both equal the full search, on ascending and descending grids."""
+    made = []
+    original = search._SteppedTerms
+
+    def recording(*args, monotone):
+        made.append(original(*args, monotone=monotone and leaps))
+        return made[-1]
+
+    monkeypatch.setattr(search, "_SteppedTerms", recording)
+    protos, keys, yk, val, yv = _data(5, n_val=200)
+    betas = search.linear_grid(0.1, 7.0, 70)
+    betas = betas[::-1] if descending else betas
+    ta, tx = TipAdapter().fit(keys, yk, protos), TipX().fit(keys, yk, protos)
+    tip = dict(alphas=search.linear_grid(0.1, 3.0, 20), betas=betas)
+    assert torch.equal(search_tip_adapter(ta, val, yv, **tip).correct, reference_tip_adapter(ta, val, yv, **tip))
+    tipx = dict(tip, gammas=[0.0, 0.5, 4.0, 30.0])
+    assert torch.equal(search_tip_x(tx, val, yv, **tipx).correct, reference_tip_x(tx, val, yv, **tipx))
+    assert len(made) == 2 and all((m.leap is not None) == leaps for m in made)
+
+
 @pytest.mark.parametrize("seed", range(2))
 def test_stepped_path_with_uneven_shots_equals_the_full_search(seed):
     protos, keys, yk, val, yv = _uneven(seed)
@@ -318,29 +343,40 @@ def test_uniform_step_literally():
     assert search._uniform_step([0.0, 1.0]) is None  # two values: nothing to step over
 
 
+@pytest.mark.parametrize("monotone", [True, False])
 @pytest.mark.parametrize("seed", range(3))
-def test_stepped_slack_covers_the_reference_product(seed):
+def test_stepped_terms_cover_the_reference_product(seed, monotone):
     """ã from the stepped terms stays within `_stepped_slack` of the reference's exp(mul) @ L at every β (anchors
-    and up to 31 steps after each), for exp inputs spread like 1 − cosine and β up to 50."""
+    and up to 31 steps after each), for exp inputs spread like 1 − cosine and β up to 50; each group's range holds
+    the reference at every β of the group within `_group_slack` (leaps where every d ≥ 0, steps where some d < 0)."""
     g = torch.Generator().manual_seed(seed)
     c, shots, rows = 7, 5, 60
     values = torch.zeros(c * shots, c)
     values[torch.arange(c * shots), torch.arange(c).repeat_interleave(shots)] = 1.0
     index, pad, kmax = search._class_layout(values)
     distance = 2.0 * torch.rand(rows, c * shots, generator=g) ** 2
+    if not monotone:
+        distance[::7, ::3] = -1e-3 * torch.rand(distance[::7, ::3].shape, generator=g)  # cosines just over 1
     d3 = distance[:, index].permute(2, 0, 1).contiguous()
     pad = None if pad is None else pad.T.unsqueeze(1)
-    betas = search.linear_grid(1.0, 50.0, 48)
+    betas = search.linear_grid(1.0, 50.0, 45)  # 5 full groups and a last one of 5
     delta = search._uniform_step(betas)
-    stepped = search._SteppedTerms(d3, pad, betas, delta)
-    ours = torch.empty(len(betas), rows, c)
-    stepped.fill(0, ours[:20])
-    stepped.fill(20, ours[20:])
+    stepped = search._SteppedTerms(d3, pad, betas, delta, monotone=monotone)
+    assert (stepped.leap is not None) == monotone
     dmax = float(d3.abs().max())
-    for j, beta in enumerate(betas):
-        reference = torch.mul(distance, -beta).exp_() @ values
-        rel = search._stepped_slack(kmax, torch.float32, betas, delta, dmax, j)
-        assert bool(((reference.double() - ours[j].double()).abs() <= rel * ours[j].double()).all()), j
+    every_row = torch.arange(rows)
+    for j0 in range(0, len(betas), search.SETTLE_GROUP):
+        n = min(search.SETTLE_GROUP, len(betas) - j0)
+        low, high = stepped.group(j0, n)
+        ours = stepped.values(n, every_row)
+        group_rel = search._group_slack(kmax, torch.float32, betas, delta, dmax, j0, j0 + search.SETTLE_GROUP)
+        for i in range(n):
+            j = j0 + i
+            reference = (torch.mul(distance, -betas[j]).exp_() @ values).double()
+            rel = search._stepped_slack(kmax, torch.float32, betas, delta, dmax, j)
+            assert bool(((reference - ours[i].double()).abs() <= rel * ours[i].double()).all()), j
+            slack = group_rel * high.double()
+            assert bool((reference >= low.double() - slack).all()) and bool((reference <= high.double() + slack).all())
 
 
 def test_ulp_and_outward_rounding_literally():
@@ -398,7 +434,7 @@ def test_logit_bounds_look_decisions_hold_for_every_reference_rounding(seed):
 def test_logit_bounds_look_decides_most_of_what_the_margins_leave(monkeypatch, exact_calls):
     """Huge margins in the first two looks: the logit-bounds look alone decides most pairs, exactly."""
     monkeypatch.setattr(search, "_relative_slack", lambda kmax, dtype: 1e3)
-    monkeypatch.setattr(search, "_stepped_slack", lambda *args: 1e3)
+    monkeypatch.setattr(search, "_stepped_slack", lambda *args, **kwargs: 1e3)
     protos, keys, yk, val, yv = _uneven(3)
     grid = dict(alphas=[0.0, 0.5, 9.0], betas=search.linear_grid(0.5, 6.0, 8), gammas=[0.0, 1.0, 20.0])
     model = TipX().fit(keys, yk, protos)
@@ -419,7 +455,7 @@ def test_settle_batch_counts_only_rows_that_win_at_every_beta(seed):
     alphas, gammas = [0.0, 0.5, 2.0], [0.0, 0.3, 1.0]
     al, ga = torch.tensor(alphas).view(-1, 1, 1, 1), torch.tensor(gammas).view(1, -1, 1, 1)
     correct = torch.zeros(len(alphas), nb, len(gammas), dtype=torch.long)
-    open_rows = search._settle_batch(z, a, k, labels, al, ga, 1e-6, correct)
+    open_rows = search._settle_batch(z, *torch.aminmax(a, dim=0), k, labels, al, ga, 1e-6, correct)
     closed = torch.ones(rows, dtype=torch.bool)
     closed[open_rows] = False
     assert 0 < int(closed.sum()) < rows

@@ -499,12 +499,11 @@ def _corner_logits(z: Tensor, a: Tensor, k: Tensor | None, al: float, ga: float)
     return logit.sub_(k, alpha=ga) if ga != 0.0 else logit
 
 
-def _settle_batch(z: Tensor, a: Tensor, k: Tensor | None, labels: Tensor, alpha: Tensor, gamma: Tensor, rel: float,
-                  correct: Tensor) -> Tensor:
-    """Settle rows for a whole batch of β at once, on the range of each class's cache term over the batch
-    (a: (nb, rows, C)): rows whose label surely wins everywhere are counted into correct (na, nb, ng) at every
+def _settle_batch(z: Tensor, a_low: Tensor, a_high: Tensor, k: Tensor | None, labels: Tensor, alpha: Tensor,
+                  gamma: Tensor, rel: float, correct: Tensor) -> Tensor:
+    """Settle rows for a whole group of β at once, on the range [a_low, a_high] (rows, C) of each class's cache
+    term over the group: rows whose label surely wins everywhere are counted into correct (na, nb, ng) at every
     point, rows that surely lose everywhere are dropped. Returns the indices of the rows left open."""
-    a_low, a_high = torch.aminmax(a, dim=0)
     margin, bound, *_ = _row_margins(z, a_high.amax(dim=1).double(), k, alpha, gamma, rel)
     reach, label_alive = _settle_corners(z, a_low, a_high, k, labels, alpha, gamma, margin, bound)
     wins = label_alive & (reach.amax(dim=1) < 0)
@@ -640,7 +639,8 @@ def _uniform_step(betas: Sequence[float]) -> float | None:
     return None
 
 
-def _stepped_slack(kmax: int, dtype: torch.dtype, betas: Sequence[float], delta: float, dmax: float, j: int) -> float:
+def _stepped_slack(kmax: int, dtype: torch.dtype, betas: Sequence[float], delta: float, dmax: float, j: int,
+                   anchor: int | None = None) -> float:
     """A bound, 5 % over, on |a_ref − ã| / ã for β_j when ã comes from `_SteppedTerms` (terms |d| ≤ dmax).
 
     Both sides are compared with the real sum A of e^{−β_j d} over the class's K terms:
@@ -658,7 +658,7 @@ def _stepped_slack(kmax: int, dtype: torch.dtype, betas: Sequence[float], delta:
     def one_exp(beta: float) -> float:
         return (1 + 4 * u) * math.exp(2.0000001 * abs(beta) * dmax * u)
 
-    a = j - j % ANCHOR_EVERY
+    a = j - j % ANCHOR_EVERY if anchor is None else anchor
     s = j - a
     e_ref = (1 + g) * one_exp(betas[j]) - 1
     drift = abs(betas[j] - (betas[a] + s * delta)) * dmax
@@ -666,33 +666,117 @@ def _stepped_slack(kmax: int, dtype: torch.dtype, betas: Sequence[float], delta:
     return 1.05 * (e_ref + e_ours) / (1 - e_ours) + 1e-12
 
 
+def _group_slack(kmax: int, dtype: torch.dtype, betas: Sequence[float], delta: float, dmax: float, j0: int,
+                 j1: int) -> float:
+    """`_stepped_slack` over β_{j0} … β_{j1} (the last grid β at most), both for each β's own chain and for the
+    chain of the first one's anchor: a group's range comes from the sums at its first β and at the next group's
+    (an anchor, or the same chain one leap on), and holds the real cache term at every β between them (monotone)."""
+    start = j0 - j0 % ANCHOR_EVERY
+    return max(max(_stepped_slack(kmax, dtype, betas, delta, dmax, j),
+                   _stepped_slack(kmax, dtype, betas, delta, dmax, j, anchor=start))
+               for j in range(j0, min(j1, len(betas) - 1) + 1))
+
+
 class _SteppedTerms:
     """Each class's cache term on a uniform β grid with one multiplication per exp term and β:
-    e^{−β_{j+1} d} = e^{−β_j d}·e^{−Δ d}.
+    e^{−β_{j+1} d} = e^{−β_j d}·e^{−Δ d}, served a group of SETTLE_GROUP β at a time (`group`, then `values`).
 
-    The (K, R, C) exp inputs are cut into sub-blocks of rows whose terms E and ratios e^{−Δ d} (float64, rounded
-    once) fit a core's cache; every ANCHOR_EVERY-th β starts again from the full search's own mul and exp, which
-    bounds what the steps accumulate (`_stepped_slack`). `fill` must be called for consecutive β batches.
+    Where every d ≥ 0 (`monotone`) each class's real cache term Σ_k e^{−β d_k} is non-increasing in β, so over a
+    group it lies between its values at the group's first β and at the next group's: the terms leap a whole
+    group at a time (ratio e^{−GΔd}), the group's range comes from two sums, and only the rows that range leaves
+    open are stepped β by β. Otherwise, and for the last group, every row is stepped at every β.
+    Every ANCHOR_EVERY-th β starts again from the full search's own mul and exp, which bounds what the steps
+    accumulate (`_stepped_slack`). Ratios are computed in float64 and rounded once. Groups must come in order.
     """
 
-    def __init__(self, d3: Tensor, pad: Tensor | None, betas: Sequence[float], delta: float):
+    def __init__(self, d3: Tensor, pad: Tensor | None, betas: Sequence[float], delta: float, *, monotone: bool):
         k, rows, c = d3.shape
-        self.betas, self.pad = betas, pad
-        self.rows = _chunks(rows, max(1, STEP_ELEMENTS // (k * c)))
-        self.d = [d3[:, r].contiguous() for r in self.rows]
-        self.ratio = [torch.exp(d.double() * -delta).to(d.dtype) for d in self.d]
-        self.terms: list[Tensor | None] = [None] * len(self.d)
+        self.d, self.pad, self.betas = d3, pad, betas
+        ratio = torch.exp(d3.double() * -delta)
+        self.ratio = ratio.to(d3.dtype)
+        self.leap = None
+        if monotone:  # e^{−GΔd} by squaring in float64 (G a power of two), rounded once
+            leap = ratio
+            for _ in range(SETTLE_GROUP.bit_length() - 1):
+                leap = leap * leap
+            self.leap = leap.to(d3.dtype)
+        self.blocks = _chunks(rows, max(1, STEP_ELEMENTS // (k * c)))  # row sub-blocks near a core's cache
+        self.terms = _exp_terms(d3, betas[0], pad)  # at β_{self.at}
+        self.sums = self.terms.sum(0)
+        self.at = 0
+        self.spare: Tensor | None = None
+        self.ahead: tuple[Tensor, Tensor] | None = None  # terms and sums at the next group's first β
+        self.dense: Tensor | None = None  # the group's ã for every row, where it was stepped β by β
 
-    def fill(self, j0: int, out: Tensor) -> None:
-        """out[i] (R, C) = ã at β_{j0+i}, for i < out.shape[0]."""
-        for i in range(out.shape[0]):
-            j = j0 + i
-            for s, rows in enumerate(self.rows):
-                if j % ANCHOR_EVERY == 0 or self.terms[s] is None:
-                    self.terms[s] = _exp_terms(self.d[s], self.betas[j], self.pad)
-                else:
-                    self.terms[s].mul_(self.ratio[s])
-                torch.sum(self.terms[s], 0, out=out[i, rows])
+    def group(self, j: int, n: int) -> tuple[Tensor, Tensor]:
+        """(a_low, a_high) (rows, C): a range holding ã at β_j … β_{j+n−1}."""
+        assert j == self.at and n <= SETTLE_GROUP
+        nxt = j + SETTLE_GROUP
+        if self.leap is not None and nxt < len(self.betas):
+            terms, sums = self._advance(nxt, self.leap)
+            self.ahead, self.dense = (terms, sums), None
+            return torch.minimum(self.sums, sums), torch.maximum(self.sums, sums)
+        self.dense = self._steps(self.terms.clone(), self.sums, n)
+        self.ahead = self._advance(nxt, self.ratio, self.dense_terms) if nxt < len(self.betas) else None
+        low, high = self.dense[0].clone(), self.dense[0].clone()
+        for i in range(1, n):
+            torch.minimum(low, self.dense[i], out=low)
+            torch.maximum(high, self.dense[i], out=high)
+        return low, high
+
+    def values(self, n: int, rows: Tensor) -> Tensor:
+        """(n, len(rows), C) ã of `rows` at the β of the current group; moves on to the next group."""
+        if self.dense is not None:
+            out = self.dense.index_select(1, rows)
+        else:
+            out = self._steps(self.terms.index_select(1, rows), self.sums.index_select(0, rows), n,
+                              self.ratio.index_select(1, rows))
+        self.spare = self.terms
+        if self.ahead is not None:
+            (self.terms, self.sums), self.ahead = self.ahead, None
+        self.at += SETTLE_GROUP
+        return out
+
+    def _steps(self, terms: Tensor, first: Tensor, n: int, ratio: Tensor | None = None) -> Tensor:
+        """(n, R, C): `first` (the sums of `terms`), then the sums after each of n − 1 steps (terms in place;
+        self.dense_terms: the terms one step past the last β, where that β is not the grid's last)."""
+        ratio = self.ratio if ratio is None else ratio
+        out = torch.empty((n,) + tuple(first.shape), dtype=first.dtype, device=first.device)
+        out[0] = first
+        blocks = _chunks(terms.shape[1], max(1, STEP_ELEMENTS // (terms.shape[0] * terms.shape[2])))
+        for rows in blocks:
+            for i in range(1, n):
+                torch.sum(terms[:, rows].mul_(ratio[:, rows]), 0, out=out[i, rows])
+        self.dense_terms = terms
+        return out
+
+    def _advance(self, j: int, ratio: Tensor, terms: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Terms and sums at β_j: the full search's own exp at an anchor, else `terms` (default: the current
+        group's first) times `ratio` (a leap, or one more step after a group stepped β by β)."""
+        if j % ANCHOR_EVERY == 0:
+            out = _exp_terms(self.d, self.betas[j], self.pad)
+            return out, out.sum(0)
+        base = self.terms if terms is None else terms
+        out = base if terms is not None else (self.spare if self.spare is not None else torch.empty_like(base))
+        sums = torch.empty_like(self.sums)
+        for rows in self.blocks:
+            torch.sum(torch.mul(base[:, rows], ratio[:, rows], out=out[:, rows]), 0, out=sums[rows])
+        self.spare = None
+        return out, sums
+
+
+class _DirectTerms:
+    """A batch's ã for every row and β (nb, R, C), served as `_SteppedTerms` serves its groups."""
+
+    def __init__(self, a: Tensor, j0: int):
+        self.a, self.j0, self.part = a, j0, slice(0, 0)
+
+    def group(self, j: int, n: int) -> tuple[Tensor, Tensor]:
+        self.part = slice(j - self.j0, j - self.j0 + n)
+        return torch.aminmax(self.a[self.part], dim=0)
+
+    def values(self, n: int, rows: Tensor) -> Tensor:
+        return self.a[self.part].index_select(1, rows)
 
 
 def _exp_terms(d: Tensor, beta: float, pad: Tensor | None) -> Tensor:
@@ -725,33 +809,31 @@ def _bounded_block(model, block, labels, betas, alpha, gamma, correct, layout) -
     n_rows, c = z.shape
     pad = None if pad is None else pad.T.unsqueeze(1)  # (K, 1, C)
     rel = _relative_slack(kmax, z.dtype)
-    delta = _uniform_step(betas)
-    stepped = None if delta is None else _SteppedTerms(d3, pad, betas, delta)
     d_low, d_high = (float(v) for v in torch.aminmax(d3))
     dmax = max(-d_low, d_high)
     # every exp term ≤ e^{β·max(−d, 0)}: far from overflow, ã is finite without looking (else checked per batch)
     bounded = max(abs(b) for b in betas) * max(-d_low, 0.0) <= 80.0 and kmax < 1000
-    # β per batch: the exp terms of the batch (direct), or only its cache terms (stepped: the terms live in place)
+    delta = _uniform_step(betas) if bounded else None
+    stepped = None if delta is None else _SteppedTerms(d3, pad, betas, delta, monotone=d_low >= 0.0)
+    # β per batch: the exp terms of the batch (direct), or only its cache terms (stepped), whole groups
     step = max(1, BLOCK_ELEMENTS // d3.numel()) if stepped is None else max(1, STEP_BATCH // (n_rows * c))
+    step = step if stepped is None else max(SETTLE_GROUP, step - step % SETTLE_GROUP)
     for j0 in range(0, len(betas), step):
         bs = betas[j0:j0 + step]
         nb = len(bs)
         if stepped is not None:
-            a = torch.empty(nb, n_rows, c, dtype=d3.dtype, device=d3.device)
-            stepped.fill(j0, a)
-            a = a.reshape(-1, c)
-            rel_batch = max(_stepped_slack(kmax, z.dtype, betas, delta, dmax, j) for j in range(j0, j0 + nb))
+            source, rel_batch = stepped, _group_slack(kmax, z.dtype, betas, delta, dmax, j0, j0 + nb)
         else:
-            a = _batch_terms(d3, bs, pad).reshape(-1, c)
-            rel_batch = rel
-        if not bounded and not bool(torch.isfinite(a).all()):  # exp overflow: the reference's products
-            for i, beta in enumerate(bs):
-                for rows, zp, kp, distance in block:
-                    correct[:, j0 + i, :] += _score_exact(model, zp, kp, labels[rows], distance, beta, alpha, gamma,
-                                                          buffer)
-            continue
+            a = _batch_terms(d3, bs, pad)
+            if not bounded and not bool(torch.isfinite(a).all()):  # exp overflow: the reference's products
+                for i, beta in enumerate(bs):
+                    for rows, zp, kp, distance in block:
+                        correct[:, j0 + i, :] += _score_exact(model, zp, kp, labels[rows], distance, beta, alpha,
+                                                              gamma, buffer)
+                continue
+            source, rel_batch = _DirectTerms(a, j0), rel
         batch = correct[:, j0:j0 + nb]
-        undecided = _open_plane(z, k, y, a.view(nb, n_rows, c), alpha, gamma, rel_batch, batch)
+        undecided = _open_plane(z, k, y, source, j0, nb, alpha, gamma, rel_batch, batch)
         if stepped is not None and bool(undecided.any()):
             undecided = _second_look(d3, pad, z, k, y, bs, undecided, n_rows, alpha, gamma, rel, batch)
         if bool(undecided.any()):
@@ -759,21 +841,25 @@ def _bounded_block(model, block, labels, betas, alpha, gamma, correct, layout) -
         _score_with_products(model, block, labels, bs, undecided, alpha, gamma, buffer, batch)
 
 
-def _open_plane(z: Tensor, k: Tensor | None, y: Tensor, a: Tensor, alpha: Tensor, gamma: Tensor, rel: float,
-                correct: Tensor) -> Tensor:
-    """Count a batch of β (a: (nb, rows, C)) into correct (na, nb, ng): rows settled for SETTLE_GROUP β at a time
-    (`_settle_batch`; a few β keep each cache term's range narrow), then each β's plane on the rows left open.
-    Returns the (nb·rows,) β-major mask of the (β, row) pairs left undecided."""
-    nb, n_rows, _ = a.shape
-    pairs = []
+def _open_plane(z: Tensor, k: Tensor | None, y: Tensor, source, j0: int, nb: int, alpha: Tensor, gamma: Tensor,
+                rel: float, correct: Tensor) -> Tensor:
+    """Count a batch of β (β_{j0} … β_{j0+nb−1}) into correct (na, nb, ng): rows settled SETTLE_GROUP β at a time on
+    the range of their cache terms (`_settle_batch`; a few β keep each range narrow), then each β's plane on the
+    rows left open, with their ã from `source` (`_SteppedTerms` or `_DirectTerms`). Returns the (nb·rows,)
+    β-major mask of the (β, row) pairs left undecided."""
+    n_rows = z.shape[0]
+    pairs, values = [], []
     for start in range(0, nb, SETTLE_GROUP):
-        part = slice(start, min(start + SETTLE_GROUP, nb))
-        open_rows = _settle_batch(z, a[part], k, y, alpha, gamma, rel, correct[:, part])
-        betas = torch.arange(part.start, part.stop, device=z.device).view(-1, 1)
+        n = min(SETTLE_GROUP, nb - start)
+        a_low, a_high = source.group(j0 + start, n)
+        open_rows = _settle_batch(z, a_low, a_high, k, y, alpha, gamma, rel, correct[:, start:start + n])
+        values.append(source.values(n, open_rows).flatten(0, 1))
+        betas = torch.arange(start, start + n, device=z.device).view(-1, 1)
         pairs.append((betas * n_rows + open_rows).flatten())  # (β, row), β-major
     pairs = torch.cat(pairs)
     rows = pairs % n_rows
-    counts, open_pairs = _bounded_plane(z[rows], a.flatten(0, 1)[pairs], None if k is None else k[rows], y[rows],
+    counts, open_pairs = _bounded_plane(z.index_select(0, rows), torch.cat(values),
+                                        None if k is None else k.index_select(0, rows), y.index_select(0, rows),
                                         pairs // n_rows, nb, alpha, gamma, rel, SCORE_BUDGET)
     correct += counts.permute(1, 0, 2)
     undecided = torch.zeros(nb * n_rows, dtype=torch.bool, device=z.device)
@@ -807,15 +893,29 @@ def _batch_terms(d3: Tensor, betas: Sequence[float], pad: Tensor | None) -> Tens
     return _halving_sum(terms)
 
 
+def _pair_inputs(d3: Tensor, betas: Sequence[float], which: Tensor, rows: Tensor) -> Tensor:
+    """(K, P, C) the full search's exp inputs fl(−β·d) of P (β, row) pairs (β_which, row): the same float32
+    product as its `mul` by the scalar −β (tests/test_search_pruned.py checks it bit for bit)."""
+    minus_beta = torch.tensor([-b for b in betas], dtype=d3.dtype, device=d3.device)[which]
+    return d3.index_select(1, rows).mul_(minus_beta.view(1, -1, 1))
+
+
+def _pair_parts(d3: Tensor, n_pairs: int) -> list[slice]:
+    """Pairs per step of the looks below: their (K, P, C) exp terms within BLOCK_ELEMENTS."""
+    return _chunks(n_pairs, max(1, BLOCK_ELEMENTS // (d3.shape[0] * d3.shape[2])))
+
+
 def _second_look(d3, pad, z, k, y, betas, undecided, n_rows, alpha, gamma, rel, correct) -> Tensor:
     """Score the (β, row) pairs the stepped ã left undecided with the full search's exp terms (`_batch_terms`'
     arithmetic, slack `rel`); add their sure counts into correct (na, nb, ng). Returns the pairs still undecided."""
     flat = undecided.nonzero().squeeze(1)
     which, rows = flat // n_rows, flat % n_rows
     a = torch.empty(len(flat), z.shape[1], dtype=d3.dtype, device=d3.device)
-    for i in which.unique().tolist():
-        sel = (which == i).nonzero().squeeze(1)
-        a[sel] = _batch_terms(d3[:, rows[sel]], [betas[i]], pad)[0]
+    for part in _pair_parts(d3, len(flat)):
+        terms = _pair_inputs(d3, betas, which[part], rows[part]).exp_()
+        if pad is not None:
+            terms.masked_fill_(~pad, 0.0)
+        a[part] = _halving_sum(terms.unsqueeze(0))[0]
     counts, still = _bounded_plane(z[rows], a, None if k is None else k[rows], y[rows], which, len(betas), alpha,
                                    gamma, rel, SCORE_BUDGET)
     correct += counts.permute(1, 0, 2)
@@ -844,17 +944,16 @@ def _logit_bounds_look(d3, pad, kmax, z, k, y, betas, undecided, n_rows, alpha, 
     u = torch.finfo(dtype).eps / 2
     low = torch.empty(len(flat), z.shape[1], dtype=torch.float64, device=z.device)
     high = torch.empty_like(low)
-    for i in which.unique().tolist():
-        sel = (which == i).nonzero().squeeze(1)
-        exact = torch.mul(d3[:, rows[sel]], -betas[i]).double().exp()  # e^x of the reference's own inputs
+    for part in _pair_parts(d3, len(flat)):
+        exact = _pair_inputs(d3, betas, which[part], rows[part]).double().exp_()  # e^x of the reference's inputs
         ulp = _ulp(exact, dtype)
         t_low, t_high = (exact - 2 * ulp).clamp(min=0.0), exact + 2 * ulp
         if pad is not None:
             t_low, t_high = t_low.masked_fill(~pad, 0.0), t_high.masked_fill(~pad, 0.0)
         s_low, s_high = t_low.sum(0), t_high.sum(0)
         order = (kmax - 1) * (_ulp(s_high * (1 + 2 * kmax * u), dtype) / 2 + torch.finfo(dtype).tiny)
-        low[sel] = s_low * (1 - 1e-12) - order
-        high[sel] = s_high * (1 + 1e-12) + order
+        low[part] = s_low * (1 - 1e-12) - order
+        high[part] = s_high * (1 + 1e-12) + order
     a_low, a_high = _float_below(low.clamp(min=0.0), dtype), _float_above(high, dtype)
     zr, kr, yr = z[rows], None if k is None else k[rows], y[rows]
     cand, width = _bounds_candidates(zr, a_low, a_high, kr, yr, alpha, gamma)
@@ -874,8 +973,8 @@ def _logit_bounds_look(d3, pad, kmax, z, k, y, betas, undecided, n_rows, alpha, 
         open_ = ~(win | lost).flatten(0, 1).all(0)  # pairs not decided at every point
         still[part] = open_
         sure = win & ~open_
-        for i in which[part].unique().tolist():
-            correct[:, i, :] += sure[:, :, which[part] == i].sum(-1)
+        per_beta = torch.zeros(na, ng, len(betas), dtype=correct.dtype, device=correct.device)
+        correct += per_beta.index_add_(2, which[part], sure.to(correct.dtype)).permute(0, 2, 1)
     out = torch.zeros_like(undecided)
     out[flat[still]] = True
     return out
