@@ -379,6 +379,18 @@ def test_stepped_terms_cover_the_reference_product(seed, monotone):
             assert bool((reference >= low.double() - slack).all()) and bool((reference <= high.double() + slack).all())
 
 
+def test_pair_inputs_are_the_reference_exp_inputs_bit_for_bit():
+    """One float32 −β per (β, row) pair multiplies as the reference's `mul` by the scalar −β does."""
+    g = torch.Generator().manual_seed(0)
+    d3 = 2.0 * torch.rand(8, 300, 11, generator=g) - 0.01
+    betas = search.linear_grid(0.1, 7.0, 200) + [1 / 3, 50 / 3, 7.123456789]
+    which = torch.randint(len(betas), (500,), generator=g)
+    rows = torch.randint(300, (500,), generator=g)
+    ours = search._pair_inputs(d3, betas, which, rows)
+    for p, (i, r) in enumerate(zip(which.tolist(), rows.tolist())):
+        assert torch.equal(ours[:, p], torch.mul(d3[:, r], -betas[i]))
+
+
 def test_ulp_and_outward_rounding_literally():
     one = torch.tensor([1.0, 0.75, 2.0**-130, 0.0], dtype=torch.float64)
     ulp = search._ulp(one, torch.float32)
