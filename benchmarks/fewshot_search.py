@@ -18,7 +18,8 @@ The original loop and the full search are timed on a subset of the grid (`*_poin
 pruned search runs the whole grid except on imagenet (a uniform β sub-grid: every 40th, then every 8th β;
 extrapolated per β). Row counts scale every implementation linearly: imagenet's figures are measured on
 --imagenet-rows rows and scaled to N_val = 50,000.
-The full and pruned grids must agree cell for cell on every β both computed (`identical_cells`).
+Every timing is the median of --repeats runs (3). The full and pruned grids must agree cell for cell on every β
+both computed (`identical_cells`).
 
 Ties (pets, caltech101): the number of grid points sharing the best validation count, and the test top-1 over
 all of them (min / max / mean / std), with the point kept by grid order and by tie_break="centre".
@@ -62,6 +63,7 @@ TIMED = {"pets": {"full_betas": (5, 10), "tip_points": 100, "tipx_pairs": 20},
          "caltech101": {"full_betas": (2, 4), "tip_points": 40, "tipx_pairs": 8},
          "imagenet": {"full_betas": (1, 2), "tip_points": 2, "tipx_pairs": 1, "pruned_betas": (5, 25)}}
 DEVICE = torch.device("cpu")
+REPEATS = 3  # runs per timing, the median kept (--repeats)
 
 
 def synthetic(classes: int, n_val: int, n_test: int, shots: int = 16, dim: int = 512, seed: int = 0):
@@ -89,18 +91,23 @@ def synthetic(classes: int, n_val: int, n_test: int, shots: int = 16, dim: int =
 
 
 def timed(fn):
-    """(result, seconds). CPU: CPU seconds of this process (one torch thread: on an idle machine CPU time = wall
-    time, and on a shared box CPU time is far less disturbed by the other processes than wall time is). CUDA:
-    wall seconds between two synchronisations."""
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize(DEVICE)
-        start = time.perf_counter()
-        out = fn()
-        torch.cuda.synchronize(DEVICE)
-        return out, time.perf_counter() - start
-    start = time.process_time()
-    out = fn()
-    return out, time.process_time() - start
+    """(result, seconds): the median of REPEATS runs (the first run of a process pays one-time costs, and a
+    shared box moves single runs by ±25 %). CPU: CPU seconds of this process (one torch thread: on an idle machine
+    CPU time = wall time, and on a shared box CPU time is far less disturbed by the other processes than wall time
+    is). CUDA: wall seconds between two synchronisations."""
+    seconds = []
+    for _ in range(REPEATS):
+        if DEVICE.type == "cuda":
+            torch.cuda.synchronize(DEVICE)
+            start = time.perf_counter()
+            out = fn()
+            torch.cuda.synchronize(DEVICE)
+            seconds.append(time.perf_counter() - start)
+        else:
+            start = time.process_time()
+            out = fn()
+            seconds.append(time.process_time() - start)
+    return out, statistics.median(seconds)
 
 
 def fitted(fn, grid_betas: list, counts: tuple[int, int], total: int, pick=None):
@@ -283,10 +290,12 @@ def main() -> None:
                         help="validation rows timed for imagenet (scaled to 50,000)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (data, model and searches on it)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per timing (the median is kept)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fewshot_search.json")
     args = parser.parse_args()
-    global DEVICE
+    global DEVICE, REPEATS
     DEVICE = torch.device(args.device)
+    REPEATS = args.repeats
     torch.set_num_threads(1)
     cuda = DEVICE.type == "cuda"
     record: dict = {"command": "python benchmarks/fewshot_search.py " + " ".join(sys.argv[1:]),
@@ -296,6 +305,7 @@ def main() -> None:
                     "cpu_cores": os.cpu_count(), "torch": torch.__version__, "threads": 1,
                     "clock": ("wall time between CUDA synchronisations" if cuda
                               else "process CPU time (time.process_time)"),
+                    "repeats": REPEATS, "timing": f"median of {REPEATS} runs of each timed call",
                     "data": "synthetic CLIP-like features, 20 % val/test label noise, seed 0 (see synthetic())",
                     "datasets": {}}
     start = time.perf_counter()

@@ -368,7 +368,7 @@ def test_stepped_terms_cover_the_reference_product(seed, monotone):
     for j0 in range(0, len(betas), search.SETTLE_GROUP):
         n = min(search.SETTLE_GROUP, len(betas) - j0)
         low, high = stepped.group(j0, n)
-        ours = stepped.values(n, every_row)
+        ours = stepped.values(n, every_row, torch.empty(n, rows, c))
         group_rel = search._group_slack(kmax, torch.float32, betas, delta, dmax, j0, j0 + search.SETTLE_GROUP)
         for i in range(n):
             j = j0 + i
@@ -467,7 +467,8 @@ def test_settle_batch_counts_only_rows_that_win_at_every_beta(seed):
     alphas, gammas = [0.0, 0.5, 2.0], [0.0, 0.3, 1.0]
     al, ga = torch.tensor(alphas).view(-1, 1, 1, 1), torch.tensor(gammas).view(1, -1, 1, 1)
     correct = torch.zeros(len(alphas), nb, len(gammas), dtype=torch.long)
-    open_rows = search._settle_batch(z, *torch.aminmax(a, dim=0), k, labels, al, ga, 1e-6, correct)
+    open_rows = search._settle_batch(z, *torch.aminmax(a, dim=0), k, labels, search._Box.of(al, ga, True), 1e-6,
+                                     correct)
     closed = torch.ones(rows, dtype=torch.bool)
     closed[open_rows] = False
     assert 0 < int(closed.sum()) < rows

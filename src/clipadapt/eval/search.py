@@ -58,6 +58,7 @@ BLOCK_ELEMENTS = 2**23  # exp terms per step of the matmul-free path (β batch �
 SCORE_BUDGET = 2**21  # (α, γ, rows) elements per scoring step of the matmul-free path
 STEP_ELEMENTS = 2**18  # exp terms per sub-block of the stepped path (its terms and ratios: 2 MiB, near the caches)
 STEP_BATCH = 2**21  # cache terms (β × rows × C) per batch of the stepped path, settled together (`_settle_batch`)
+CORNER_ELEMENTS = 2**17  # corner logits per step of `_settle_corners` (its temporaries stay near the caches)
 SETTLE_GROUP = 8  # β settled together on the range of their cache terms (`_open_plane`)
 ANCHOR_EVERY = 32  # stepped path: the full search's own exp every 32nd β, multiplications by the ratio between
 
@@ -418,9 +419,9 @@ def _bounded_plane(z: Tensor, a: Tensor, k: Tensor | None, labels: Tensor, group
     α·rel·(ã_y + ã_j) (or 2·α·rel·max ã), evaluated in float64.
     """
     na, ng = alpha.shape[0], gamma.shape[1]
-    big_a = a.amax(dim=1).double()
-    margin, bound, base, slope, s_abs = _row_margins(z, big_a, k, alpha, gamma, rel)
-    reach, label_alive = _settle_corners(z, a, a, k, labels, alpha, gamma, margin, bound)
+    box = _Box.of(alpha, gamma, k is not None)
+    margin, bound, base, slope, s_abs = _row_margins(z, a.amax(dim=1).double(), k, box, rel)
+    reach, label_alive = _settle_corners(z, a, a, k, labels, box, margin, bound)
     others = reach.amax(dim=1) >= 0  # some other class alive
     counts = torch.zeros(n_groups, na, ng, dtype=torch.long, device=z.device)
     counts += torch.bincount(group[label_alive & ~others], minlength=n_groups).view(-1, 1, 1)
@@ -448,64 +449,99 @@ def _bounded_plane(z: Tensor, a: Tensor, k: Tensor | None, labels: Tensor, group
     return counts, undecided
 
 
-def _row_margins(z: Tensor, big_a: Tensor, k: Tensor | None, alpha: Tensor, gamma: Tensor, rel: float):
+@dataclass(frozen=True)
+class _Box:
+    """The (α, γ) grid's box: its largest α and γ, and α, γ at each distinct corner as (n, 1, 1) tensors (γ = 0
+    without k), made once per block of rows and passed down (`_settle_corners`, `_row_margins`)."""
+
+    al_max: float
+    ga_max: float
+    al: Tensor
+    ga: Tensor
+
+    @staticmethod
+    def of(alpha: Tensor, gamma: Tensor, with_k: bool) -> _Box:
+        alphas = sorted({float(alpha.min()), float(alpha.max())})
+        gammas = sorted({float(gamma.min()), float(gamma.max())}) if with_k else [0.0]
+        corners = [(al, ga) for al in alphas for ga in gammas]
+        al, ga = (torch.tensor(v, dtype=alpha.dtype, device=alpha.device).view(-1, 1, 1) for v in zip(*corners))
+        return _Box(alphas[-1], gammas[-1], al, ga)
+
+
+def _row_bounds(z: Tensor, k: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(max|z|, max|k|) per row in float64 (max|k| = 0 without k)."""
+    big_z = z.abs().amax(dim=1).double()
+    return big_z, (torch.zeros_like(big_z) if k is None else k.abs().amax(dim=1).double())
+
+
+def _row_margins(z: Tensor, big_a: Tensor, k: Tensor | None, box: _Box, rel: float,
+                 bounds: tuple[Tensor, Tensor] | None = None):
     """Per row (float64): the margin 7u·bound + 2·α_max·(rel·max ã + s_abs), the bound max|z| + α_max·max ã +
-    γ_max·max|k|, the rounding margin's parts base + α·slope for `_interval_wins`, and s_abs (`_bounded_plane`)."""
+    γ_max·max|k|, the rounding margin's parts base + α·slope for `_interval_wins`, and s_abs (`_bounded_plane`).
+    `bounds`: `_row_bounds(z, k)` where the caller has them."""
     u7 = 3.5 * torch.finfo(z.dtype).eps
     s_abs = 8 * torch.finfo(z.dtype).tiny * z.shape[1]  # subnormal exp terms: an absolute slack, far above need
-    al_max, ga_max = float(alpha.max()), float(gamma.max())
-    big_z = z.abs().amax(dim=1).double()
-    big_k = torch.zeros_like(big_z) if k is None else k.abs().amax(dim=1).double()
-    margin = (u7 * (big_z + al_max * big_a * (1 + rel) + ga_max * big_k) + 2 * al_max * (rel * big_a + s_abs)
+    big_z, big_k = _row_bounds(z, k) if bounds is None else bounds
+    fixed = big_z + box.ga_max * big_k
+    margin = (u7 * (fixed + box.al_max * big_a * (1 + rel)) + 2 * box.al_max * (rel * big_a + s_abs)
               + torch.finfo(torch.float64).tiny)
-    base, slope = u7 * (big_z + ga_max * big_k), u7 * big_a * (1 + rel)
-    return margin, big_z + al_max * big_a + ga_max * big_k, base, slope, s_abs
+    base, slope = u7 * fixed, u7 * big_a * (1 + rel)
+    return margin, fixed + box.al_max * big_a, base, slope, s_abs
 
 
-def _settle_corners(z: Tensor, a_low: Tensor, a_high: Tensor, k: Tensor | None, labels: Tensor, alpha: Tensor,
-                    gamma: Tensor, margin: Tensor, bound: Tensor) -> tuple[Tensor, Tensor]:
-    """(reach, label_alive) on the distinct corners of the (α, γ) box only, without the γ·k terms when k is None;
-    every cache term lies in [a_low, a_high] (the same tensor for one β, the range over a batch of β). `margin`
-    (rows,) bounds how far the reference's logit difference can be from the real one.
+def _settle_corners(z: Tensor, a_low: Tensor, a_high: Tensor, k: Tensor | None, labels: Tensor, box: _Box,
+                    margin: Tensor, bound: Tensor) -> tuple[Tensor, Tensor]:
+    """(reach, label_alive) on the distinct corners of the (α, γ) box only (all corners at once); every cache term
+    lies in [a_low, a_high] (the same tensor for one β, the range over a group of β). `margin` (rows,) bounds how
+    far the reference's logit difference can be from the real one.
 
     Another class j is alive (reach ≥ 0, (rows, C) floats; the label's own column −inf) when at some corner its
     highest logit ≥ the label's lowest − margin; the label is lost when one class's lowest logit > the label's
     highest + margin at every corner. Corner logits z + α·a − γ·k are computed in the data's precision (at most 4
     roundings of size ≤ u·bound each, `bound` (rows,): the row's largest |z| + α·a + γ|k|), so the margin grows by
-    12u·bound; each row's threshold t is rounded outward, and fl(ℓ − t) has the sign of ℓ − t, so comparisons are
-    float differences (faster than boolean ones in torch).
+    12u·bound; each row's threshold t is rounded outward (to a float one step past the nearest), and fl(ℓ − t) has
+    the sign of ℓ − t, so comparisons are float differences (faster than boolean ones in torch).
     """
-    y = labels.view(-1, 1)
     u = max(torch.finfo(z.dtype).eps, torch.finfo(a_high.dtype).eps) / 2
     m = ((margin.double() + 12 * u * bound.double()) * (1 + 4 * u)).view(-1, 1)
-    gammas = sorted({float(gamma.min()), float(gamma.max())}) if k is not None else [0.0]
-    reach = beats = None
-    for al in sorted({float(alpha.min()), float(alpha.max())}):
-        for ga in gammas:
-            high = _corner_logits(z, a_high, k, al, ga)
-            low = high.clone() if a_low is a_high else _corner_logits(z, a_low, k, al, ga)
-            reach_at = _float_below(low.gather(1, y).double() - m, high.dtype)  # may tie or beat the label
-            beat_at = _float_above(high.gather(1, y).double() + m, high.dtype)  # surely beats it
-            high.sub_(reach_at)
-            low.sub_(beat_at)
-            reach = high if reach is None else torch.maximum(reach, high, out=reach)
-            beats = low if beats is None else torch.minimum(beats, low, out=beats)
-    reach.scatter_(1, y, -math.inf)  # the label's own column: not one of the others
-    return reach, ~(beats.amax(dim=1) > 0)
+    n_rows, corners = z.shape[0], box.al.shape[0]
+    reach = torch.empty_like(a_high)
+    lead = torch.empty(n_rows, dtype=a_high.dtype, device=z.device)  # > 0: some class surely beats the label
+    for rows in _chunks(n_rows, max(1, CORNER_ELEMENTS // (corners * z.shape[1]))):  # temporaries near the caches
+        kr = None if k is None else k[rows]
+        y = labels[rows].view(1, -1, 1).expand(corners, -1, 1)
+        high = _corner_logits(z[rows], a_high[rows], kr, box)  # (corners, rows, C)
+        low = high if a_low is a_high else _corner_logits(z[rows], a_low[rows], kr, box)
+        reach_at = _step_down(low.gather(2, y).double() - m[rows], high.dtype)  # may tie or beat the label
+        beat_at = _step_up(high.gather(2, y).double() + m[rows], high.dtype)  # surely beats it
+        torch.amax((low - beat_at).amin(dim=0), dim=1, out=lead[rows])
+        torch.amax(high.sub_(reach_at), dim=0, out=reach[rows])
+    reach.scatter_(1, labels.view(-1, 1), -math.inf)  # the label's own column: not one of the others
+    return reach, ~(lead > 0)
 
 
-def _corner_logits(z: Tensor, a: Tensor, k: Tensor | None, al: float, ga: float) -> Tensor:
-    logit = torch.add(z, a, alpha=al)
-    return logit.sub_(k, alpha=ga) if ga != 0.0 else logit
+def _corner_logits(z: Tensor, a: Tensor, k: Tensor | None, box: _Box) -> Tensor:
+    logits = z + box.al * a
+    return logits if k is None else logits.sub_(box.ga * k)
 
 
-def _settle_batch(z: Tensor, a_low: Tensor, a_high: Tensor, k: Tensor | None, labels: Tensor, alpha: Tensor,
-                  gamma: Tensor, rel: float, correct: Tensor) -> Tensor:
+def _step_down(values: Tensor, dtype: torch.dtype) -> Tensor:
+    """A `dtype` value below each float64 value: the nearest one, one step down (at most 1.5 ulp below)."""
+    return torch.nextafter(values.to(dtype), torch.tensor(-math.inf, dtype=dtype, device=values.device))
+
+
+def _step_up(values: Tensor, dtype: torch.dtype) -> Tensor:
+    """A `dtype` value above each float64 value: the nearest one, one step up."""
+    return torch.nextafter(values.to(dtype), torch.tensor(math.inf, dtype=dtype, device=values.device))
+
+
+def _settle_batch(z: Tensor, a_low: Tensor, a_high: Tensor, k: Tensor | None, labels: Tensor, box: _Box, rel: float,
+                  correct: Tensor, bounds: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """Settle rows for a whole group of β at once, on the range [a_low, a_high] (rows, C) of each class's cache
     term over the group: rows whose label surely wins everywhere are counted into correct (na, nb, ng) at every
     point, rows that surely lose everywhere are dropped. Returns the indices of the rows left open."""
-    margin, bound, *_ = _row_margins(z, a_high.amax(dim=1).double(), k, alpha, gamma, rel)
-    reach, label_alive = _settle_corners(z, a_low, a_high, k, labels, alpha, gamma, margin, bound)
+    margin, bound, *_ = _row_margins(z, a_high.amax(dim=1).double(), k, box, rel, bounds)
+    reach, label_alive = _settle_corners(z, a_low, a_high, k, labels, box, margin, bound)
     wins = label_alive & (reach.amax(dim=1) < 0)
     correct += int(wins.sum())
     return (label_alive & ~wins).nonzero().squeeze(1)
@@ -677,6 +713,22 @@ def _group_slack(kmax: int, dtype: torch.dtype, betas: Sequence[float], delta: f
                for j in range(j0, min(j1, len(betas) - 1) + 1))
 
 
+class _Scratch:
+    """Named buffers reused from call to call, grown on demand: a fresh multi-MB tensor pays its page faults again
+    (the allocator hands large freed blocks back to the system), a reused one does not."""
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, Tensor] = {}
+
+    def take(self, name: str, shape: Sequence[int], like: Tensor) -> Tensor:
+        """An uninitialised contiguous (shape) tensor of like's dtype and device; valid until `name` is taken again."""
+        numel = math.prod(shape)
+        buffer = self.buffers.get(name)
+        if buffer is None or buffer.numel() < numel or buffer.dtype != like.dtype or buffer.device != like.device:
+            buffer = self.buffers[name] = torch.empty(max(numel, 1), dtype=like.dtype, device=like.device)
+        return buffer[:numel].view(tuple(shape))
+
+
 class _SteppedTerms:
     """Each class's cache term on a uniform β grid with one multiplication per exp term and β:
     e^{−β_{j+1} d} = e^{−β_j d}·e^{−Δ d}, served a group of SETTLE_GROUP β at a time (`group`, then `values`).
@@ -692,76 +744,83 @@ class _SteppedTerms:
     def __init__(self, d3: Tensor, pad: Tensor | None, betas: Sequence[float], delta: float, *, monotone: bool):
         k, rows, c = d3.shape
         self.d, self.pad, self.betas = d3, pad, betas
-        ratio = torch.exp(d3.double() * -delta)
-        self.ratio = ratio.to(d3.dtype)
-        self.leap = None
-        if monotone:  # e^{−GΔd} by squaring in float64 (G a power of two), rounded once
-            leap = ratio
-            for _ in range(SETTLE_GROUP.bit_length() - 1):
-                leap = leap * leap
-            self.leap = leap.to(d3.dtype)
         self.blocks = _chunks(rows, max(1, STEP_ELEMENTS // (k * c)))  # row sub-blocks near a core's cache
+        self.ratio = torch.empty_like(d3)
+        self.leap = torch.empty_like(d3) if monotone else None
+        for part in self.blocks:  # float64 temporaries one sub-block at a time
+            ratio = torch.exp(d3[:, part].double() * -delta)
+            self.ratio[:, part] = ratio
+            if self.leap is not None:  # e^{−GΔd} by squaring (G a power of two), rounded once
+                for _ in range(SETTLE_GROUP.bit_length() - 1):
+                    ratio = ratio.mul_(ratio)
+                self.leap[:, part] = ratio
         self.terms = _exp_terms(d3, betas[0], pad)  # at β_{self.at}
         self.sums = self.terms.sum(0)
         self.at = 0
-        self.spare: Tensor | None = None
+        self.free = torch.empty_like(self.terms)  # the other terms buffer: the next group's terms go there
         self.ahead: tuple[Tensor, Tensor] | None = None  # terms and sums at the next group's first β
         self.dense: Tensor | None = None  # the group's ã for every row, where it was stepped β by β
+        self.scratch = _Scratch()
 
     def group(self, j: int, n: int) -> tuple[Tensor, Tensor]:
         """(a_low, a_high) (rows, C): a range holding ã at β_j … β_{j+n−1}."""
         assert j == self.at and n <= SETTLE_GROUP
         nxt = j + SETTLE_GROUP
-        if self.leap is not None and nxt < len(self.betas):
-            terms, sums = self._advance(nxt, self.leap)
-            self.ahead, self.dense = (terms, sums), None
+        more = nxt < len(self.betas)
+        if self.leap is not None and more:
+            self.ahead, self.dense = self._move(nxt, self.terms, self.leap, self.free), None
+            sums = self.ahead[1]
             return torch.minimum(self.sums, sums), torch.maximum(self.sums, sums)
-        self.dense = self._steps(self.terms.clone(), self.sums, n)
-        self.ahead = self._advance(nxt, self.ratio, self.dense_terms) if nxt < len(self.betas) else None
+        work = self.free.copy_(self.terms)
+        self.dense = torch.empty((n,) + tuple(self.sums.shape), dtype=self.sums.dtype, device=self.sums.device)
+        self.dense[0] = self.sums
+        self._steps(work, self.dense, self.ratio)  # work: at β_{j+n−1}; one more step is β_nxt
+        anchor = nxt % ANCHOR_EVERY == 0
+        self.ahead = self._move(nxt, work, self.ratio, self.terms if anchor else work) if more else None
         low, high = self.dense[0].clone(), self.dense[0].clone()
         for i in range(1, n):
             torch.minimum(low, self.dense[i], out=low)
             torch.maximum(high, self.dense[i], out=high)
         return low, high
 
-    def values(self, n: int, rows: Tensor) -> Tensor:
-        """(n, len(rows), C) ã of `rows` at the β of the current group; moves on to the next group."""
+    def values(self, n: int, rows: Tensor, out: Tensor) -> Tensor:
+        """out (n, len(rows), C) = ã of `rows` at the β of the current group; moves on to the next group."""
         if self.dense is not None:
-            out = self.dense.index_select(1, rows)
-        else:
-            out = self._steps(self.terms.index_select(1, rows), self.sums.index_select(0, rows), n,
-                              self.ratio.index_select(1, rows))
-        self.spare = self.terms
+            torch.index_select(self.dense, 1, rows, out=out)
+        else:  # gathered and stepped a cache-sized sub-block of rows at a time
+            k, _, c = self.terms.shape
+            torch.index_select(self.sums, 0, rows, out=out[0])
+            for part in _chunks(rows.numel(), max(1, STEP_ELEMENTS // (k * c))):
+                shape = (k, part.stop - part.start, c)
+                terms = torch.index_select(self.terms, 1, rows[part], out=self.scratch.take("terms", shape, out))
+                ratio = torch.index_select(self.ratio, 1, rows[part], out=self.scratch.take("ratio", shape, out))
+                self._steps(terms, out[:, part], ratio)
         if self.ahead is not None:
+            buffers = (self.terms, self.free)
             (self.terms, self.sums), self.ahead = self.ahead, None
+            self.free = buffers[1] if self.terms is buffers[0] else buffers[0]
         self.at += SETTLE_GROUP
         return out
 
-    def _steps(self, terms: Tensor, first: Tensor, n: int, ratio: Tensor | None = None) -> Tensor:
-        """(n, R, C): `first` (the sums of `terms`), then the sums after each of n − 1 steps (terms in place;
-        self.dense_terms: the terms one step past the last β, where that β is not the grid's last)."""
-        ratio = self.ratio if ratio is None else ratio
-        out = torch.empty((n,) + tuple(first.shape), dtype=first.dtype, device=first.device)
-        out[0] = first
+    def _steps(self, terms: Tensor, out: Tensor, ratio: Tensor) -> None:
+        """out[1:] (n, R, C): the sums of `terms` after each of n − 1 steps, in place (out[0] holds their sums)."""
+        n = out.shape[0]
         blocks = _chunks(terms.shape[1], max(1, STEP_ELEMENTS // (terms.shape[0] * terms.shape[2])))
         for rows in blocks:
+            part, by = (terms, ratio) if len(blocks) == 1 else (terms[:, rows], ratio[:, rows])
+            sums = out if len(blocks) == 1 else out[:, rows]
             for i in range(1, n):
-                torch.sum(terms[:, rows].mul_(ratio[:, rows]), 0, out=out[i, rows])
-        self.dense_terms = terms
-        return out
+                torch.sum(part.mul_(by), 0, out=sums[i])
 
-    def _advance(self, j: int, ratio: Tensor, terms: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Terms and sums at β_j: the full search's own exp at an anchor, else `terms` (default: the current
-        group's first) times `ratio` (a leap, or one more step after a group stepped β by β)."""
+    def _move(self, j: int, base: Tensor, ratio: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
+        """(terms, sums) at β_j into `out`: the full search's own exp at an anchor, else `base` times `ratio` (a
+        leap, or one more step after a group stepped β by β; `out` may be `base`)."""
         if j % ANCHOR_EVERY == 0:
-            out = _exp_terms(self.d, self.betas[j], self.pad)
+            _exp_terms(self.d, self.betas[j], self.pad, out=out)
             return out, out.sum(0)
-        base = self.terms if terms is None else terms
-        out = base if terms is not None else (self.spare if self.spare is not None else torch.empty_like(base))
         sums = torch.empty_like(self.sums)
         for rows in self.blocks:
             torch.sum(torch.mul(base[:, rows], ratio[:, rows], out=out[:, rows]), 0, out=sums[rows])
-        self.spare = None
         return out, sums
 
 
@@ -770,18 +829,19 @@ class _DirectTerms:
 
     def __init__(self, a: Tensor, j0: int):
         self.a, self.j0, self.part = a, j0, slice(0, 0)
+        self.scratch = _Scratch()
 
     def group(self, j: int, n: int) -> tuple[Tensor, Tensor]:
         self.part = slice(j - self.j0, j - self.j0 + n)
         return torch.aminmax(self.a[self.part], dim=0)
 
-    def values(self, n: int, rows: Tensor) -> Tensor:
-        return self.a[self.part].index_select(1, rows)
+    def values(self, n: int, rows: Tensor, out: Tensor) -> Tensor:
+        return torch.index_select(self.a[self.part], 1, rows, out=out)
 
 
-def _exp_terms(d: Tensor, beta: float, pad: Tensor | None) -> Tensor:
+def _exp_terms(d: Tensor, beta: float, pad: Tensor | None, out: Tensor | None = None) -> Tensor:
     """The full search's exp terms exp(−β·d) of (…, K, rows, C) inputs (its `mul` and `exp`), padding zeroed."""
-    terms = torch.mul(d, -beta).exp_()  # the reference's exp input, element for element
+    terms = torch.mul(d, -beta, out=out).exp_()  # the reference's exp input, element for element
     return terms if pad is None else terms.masked_fill_(~pad, 0.0)
 
 
@@ -847,18 +907,21 @@ def _open_plane(z: Tensor, k: Tensor | None, y: Tensor, source, j0: int, nb: int
     the range of their cache terms (`_settle_batch`; a few β keep each range narrow), then each β's plane on the
     rows left open, with their ã from `source` (`_SteppedTerms` or `_DirectTerms`). Returns the (nb·rows,)
     β-major mask of the (β, row) pairs left undecided."""
-    n_rows = z.shape[0]
-    pairs, values = [], []
+    n_rows, c = z.shape
+    box, bounds = _Box.of(alpha, gamma, k is not None), _row_bounds(z, k)
+    values = source.scratch.take("values", (nb * n_rows, c), z)
+    pairs, filled = [], 0
     for start in range(0, nb, SETTLE_GROUP):
         n = min(SETTLE_GROUP, nb - start)
         a_low, a_high = source.group(j0 + start, n)
-        open_rows = _settle_batch(z, a_low, a_high, k, y, alpha, gamma, rel, correct[:, start:start + n])
-        values.append(source.values(n, open_rows).flatten(0, 1))
+        open_rows = _settle_batch(z, a_low, a_high, k, y, box, rel, correct[:, start:start + n], bounds)
+        source.values(n, open_rows, values[filled:filled + n * open_rows.numel()].view(n, -1, c))
+        filled += n * open_rows.numel()
         betas = torch.arange(start, start + n, device=z.device).view(-1, 1)
         pairs.append((betas * n_rows + open_rows).flatten())  # (β, row), β-major
     pairs = torch.cat(pairs)
     rows = pairs % n_rows
-    counts, open_pairs = _bounded_plane(z.index_select(0, rows), torch.cat(values),
+    counts, open_pairs = _bounded_plane(z.index_select(0, rows), values[:filled],
                                         None if k is None else k.index_select(0, rows), y.index_select(0, rows),
                                         pairs // n_rows, nb, alpha, gamma, rel, SCORE_BUDGET)
     correct += counts.permute(1, 0, 2)
