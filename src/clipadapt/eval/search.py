@@ -10,8 +10,9 @@ and the count of rows whose first maximum is the label. The count grid returned 
 
 Matmul-free path (L one-hot, finite data, α, β, γ ≥ 0, no TF32/bf16 products): no (N × NK)·(NK × C) product.
 Each class's cache term ã_c is the sum of its own K exp terms: on a uniform β grid stepped from β to β with one
-multiplication per term (`_SteppedTerms`, the reference's own exp every 32nd β), else the reference's exp input
-op for op, summed by halving. ã differs from the reference's a by at most `rel`·ã (`_stepped_slack`,
+multiplication per term (`_SteppedTerms`, the reference's own exp every 32nd β; where ã is monotone in β it leaps
+8 β at a time and only the rows a group's range leaves open are stepped), else the reference's exp input op for
+op, summed by halving. ã differs from the reference's a by at most `rel`·ã (`_stepped_slack`,
 `_relative_slack`), and the reference's logits differ from the real z + α·a − γ·k by their rounding (≤ 3u·bound).
 So a decision that holds with that margin holds for the reference: classes the label beats at all corners of the
 (α, γ) box are dropped, rows settle as always or never correct, and for the contested rows the label's lead over
@@ -59,8 +60,9 @@ SCORE_BUDGET = 2**21  # (α, γ, rows) elements per scoring step of the matmul-f
 STEP_ELEMENTS = 2**18  # exp terms per sub-block of the stepped path (its terms and ratios: 2 MiB, near the caches)
 STEP_BATCH = 2**21  # cache terms (β × rows × C) per batch of the stepped path, settled together (`_settle_batch`)
 CORNER_ELEMENTS = 2**17  # corner logits per step of `_settle_corners` (its temporaries stay near the caches)
-SETTLE_GROUP = 8  # β settled together on the range of their cache terms (`_open_plane`)
-ANCHOR_EVERY = 32  # stepped path: the full search's own exp every 32nd β, multiplications by the ratio between
+SETTLE_GROUP = 8  # β settled together on the range of their cache terms (`_open_plane`); a power of two
+ANCHOR_EVERY = 32  # stepped path: the full search's own exp every 32nd β, multiplications by the ratio in between
+assert ANCHOR_EVERY % SETTLE_GROUP == 0 and SETTLE_GROUP & (SETTLE_GROUP - 1) == 0  # leaps land on anchors
 
 
 @dataclass
@@ -849,7 +851,7 @@ def _bounded_block(model, block, labels, betas, alpha, gamma, correct, layout) -
     """Add the counts of a block of reference chunks at every β into `correct` (see `_search_betas`).
 
     ã per β batch: on a uniform β grid stepped (`_SteppedTerms`, a wider slack), else the full search's exp terms
-    summed by halving. Rows are settled for the whole batch, then per β (`_open_plane`); pairs the stepped ã
+    summed by halving. Rows are settled SETTLE_GROUP β at a time, then per β (`_open_plane`); pairs the stepped ã
     leaves undecided get a second look with the exp terms themselves (`_relative_slack`), then the logit bounds;
     pairs still undecided are scored with the reference's product of their chunk (`_score_with_products`).
     """
