@@ -24,14 +24,27 @@ def always_prune(monkeypatch):
 
 def _literal(z, a, k, labels, alphas, gammas):
     """Every (α, γ) point, every class: (z + α·a) − γ·k, first maximum, compared with the label."""
-    out = torch.zeros(len(alphas), len(gammas), dtype=torch.long)
+    return _literal_hits(z, a, k, labels, alphas, gammas).sum(-1)
+
+
+def _literal_hits(z, a, k, labels, alphas, gammas):
+    """(na, ng, rows) whether the label is the first maximum at each point, literally."""
+    out = torch.zeros(len(alphas), len(gammas), z.shape[0], dtype=torch.bool)
     for i, al in enumerate(alphas):
         for j, ga in enumerate(gammas):
             logits = z + torch.tensor(al, dtype=z.dtype) * a
             if k is not None:
                 logits = logits - torch.tensor(ga, dtype=z.dtype) * k
-            out[i, j] = int((logits.argmax(1) == labels).sum())
+            out[i, j] = logits.argmax(1) == labels
     return out
+
+
+def _decided(shape, points, rows_offset=0):
+    """(na, ng, rows) True except at the undecided points (row − rows_offset, α index, γ index)."""
+    mask = torch.ones(shape, dtype=torch.bool)
+    rows, ai, gi = points
+    mask[ai, gi, rows - rows_offset] = False
+    return mask
 
 
 def _plane(z, a, k, labels, alphas, gammas, budget=2**25):
@@ -156,7 +169,7 @@ def _uneven(seed, shots=(1, 5, 2, 7, 3, 5, 4), n_val=150, d=12, noise=1.0):
 
 @pytest.fixture
 def exact_calls(monkeypatch):
-    """Counts the reference-product fallbacks: (calls, rows) of `_score_exact`."""
+    """Counts the reference-product fallbacks: (calls, rows) of `_score_exact` (a row per grid point scored)."""
     seen = {"calls": 0, "rows": 0}
     original = search._score_exact
 
@@ -263,25 +276,32 @@ def test_relative_slack_covers_every_summation_order(seed):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_bounded_plane_decisions_hold_for_any_cache_term_within_the_bound(seed):
-    """Rows the bounded plane decides are counted exactly as the literal argmax with a perturbed cache term
-    a_ref = ã·(1 + δ), |δ| ≤ rel/1.05; undecided rows are counted nowhere."""
+    """Points the bounded plane decides are counted exactly as the literal argmax with a perturbed cache term
+    a_ref = ã·(1 + δ), |δ| ≤ rel/1.05; undecided points are counted nowhere."""
     g = torch.Generator().manual_seed(seed)
     rows, c = 300, 6
     z = torch.randn(rows, c, generator=g) * 3
     a = torch.rand(rows, c, generator=g) * 4
     k = torch.randn(rows, c, generator=g)
     labels = torch.randint(c, (rows,), generator=g)
+    twin = (labels[:20] + 1) % c  # 20 rows where another class ties the label exactly: open at every point
+    for t in (z, a, k):
+        t[torch.arange(20), twin] = t[torch.arange(20), labels[:20]]
     alphas, gammas = [0.0, 0.5, 1.0, 2.0, 4.0], [0.0, 0.5, 1.0, 3.0]
     rel = search._relative_slack(16, torch.float32)
     al = torch.tensor(alphas).view(-1, 1, 1, 1)
     ga = torch.tensor(gammas).view(1, -1, 1, 1)
-    counts, undecided = search._bounded_plane(z, a, k, labels, torch.zeros(rows, dtype=torch.long), 1, al, ga, rel,
-                                              2**20)
-    decided = ~undecided
+    counts, points = search._bounded_plane(z, a, k, labels, torch.zeros(rows, dtype=torch.long), 1, al, ga, rel,
+                                           2**20)
+    decided = _decided((len(alphas), len(gammas), rows), points)
+    hits = _literal_hits(z, a, k, labels, alphas, gammas)
+    assert bool((~decided[:, :, :20]).any())  # an exact tie is never a sure win: open, or lost to a third class
+    assert not bool((decided & hits)[:, :, :20].any())
+    assert int((~decided[:, :, 20:]).sum()) < decided[:, :, 20:].numel() // 100  # elsewhere, a few points at most
     for _ in range(5):
         delta = (torch.rand(rows, c, generator=g) * 2 - 1) * rel / 1.05
         a_ref = (a.double() * (1 + delta.double())).float()
-        want = _literal(z[decided], a_ref[decided], k[decided], labels[decided], alphas, gammas)
+        want = (_literal_hits(z, a_ref, k, labels, alphas, gammas) & decided).sum(-1)
         assert torch.equal(counts[0], want)
 
 
@@ -326,6 +346,18 @@ def test_stepped_groups_leap_or_step_and_equal_the_full_search(monkeypatch, leap
     tipx = dict(tip, gammas=[0.0, 0.5, 4.0, 30.0])
     assert torch.equal(search_tip_x(tx, val, yv, **tipx).correct, reference_tip_x(tx, val, yv, **tipx))
     assert len(made) == 2 and all((m.leap is not None) == leaps for m in made)
+
+
+def test_imo_grid_equals_the_full_search(exact_calls):
+    """The IMO preset's own grid (200 α from 0, 20 β from 0, 50 γ): every cell equals the full search, the exact
+    ties of duplicated classes left to the reference's products point by point."""
+    protos, keys, yk, val, yv = _data(6, dup=True, n_val=60)
+    space = search.grid_preset("imo")["tipx"]
+    grid = {f"{name}s": values for name, values in space.grid.items()}
+    model = TipX().fit(keys, yk, protos)
+    ours = search_tip_x(model, val, yv, order=space.order, **grid)
+    assert torch.equal(ours.correct, reference_tip_x(model, val, yv, **grid))
+    assert exact_calls["rows"] > 0
 
 
 @pytest.mark.parametrize("seed", range(2))
@@ -403,7 +435,7 @@ def test_ulp_and_outward_rounding_literally():
 
 @pytest.mark.parametrize("seed", range(3))
 def test_logit_bounds_look_decisions_hold_for_every_reference_rounding(seed):
-    """Pairs the logit-bounds look decides are counted exactly as a literal argmax over cache terms made as the
+    """Points the logit-bounds look decides are counted exactly as a literal argmax over cache terms made as the
     reference may make them: each float32 exp term off by up to 2 ulp, the K terms summed in a random order."""
     g = torch.Generator().manual_seed(seed)
     c, shots, rows = 5, 4, 80
@@ -420,10 +452,12 @@ def test_logit_bounds_look_decisions_hold_for_every_reference_rounding(seed):
     betas, alphas, gammas = [2.0, 6.0], [0.0, 0.3, 1.0, 2.0], [0.0, 0.01, 0.1]
     al = torch.tensor(alphas).view(-1, 1, 1, 1)
     ga = torch.tensor(gammas).view(1, -1, 1, 1)
-    undecided = torch.ones(len(betas) * rows, dtype=torch.bool)
+    pairs, ai, gi = torch.meshgrid(torch.arange(len(betas) * rows), torch.arange(len(alphas)),
+                                   torch.arange(len(gammas)), indexing="ij")  # every point of every (β, row)
     counts = torch.zeros(len(alphas), len(betas), len(gammas), dtype=torch.long)
-    still = search._logit_bounds_look(d3, None, kmax, z, k, labels, betas, undecided, rows, al, ga, counts)
-    assert 0 < int(still.sum()) < len(still)  # the exact ties stay open, most pairs are decided
+    still = search._logit_bounds_look(d3, None, kmax, z, k, labels, betas, (pairs.flatten(), ai.flatten(),
+                                      gi.flatten()), rows, al, ga, counts)
+    assert 0 < len(still[0]) < pairs.numel() // 4  # the exact ties stay open, most points are decided
     for _ in range(4):
         for j, beta in enumerate(betas):
             exact = torch.mul(distance, -beta).exp_()
@@ -438,8 +472,9 @@ def test_logit_bounds_look_decisions_hold_for_every_reference_rounding(seed):
             for cls in range(c):
                 for col in (cls * shots + torch.randperm(shots, generator=g)).tolist():
                     a_ref[:, cls] = a_ref[:, cls] + terms[:, col]
-            decided = ~still[j * rows:(j + 1) * rows]
-            want = _literal(z[decided], a_ref[decided], k[decided], labels[decided], alphas, gammas)
+            at_j = (still[0] >= j * rows) & (still[0] < (j + 1) * rows)
+            decided = _decided((len(alphas), len(gammas), rows), tuple(t[at_j] for t in still), j * rows)
+            want = (_literal_hits(z, a_ref, k, labels, alphas, gammas) & decided).sum(-1)
             assert torch.equal(counts[:, j, :], want)
 
 

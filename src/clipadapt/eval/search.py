@@ -16,14 +16,14 @@ op, summed by halving. ã differs from the reference's a by at most `rel`·ã (`
 `_relative_slack`), and the reference's logits differ from the real z + α·a − γ·k by their rounding (≤ 3u·bound).
 So a decision that holds with that margin holds for the reference: classes the label beats at all corners of the
 (α, γ) box are dropped, rows settle as always or never correct, and for the contested rows the label's lead over
-each survivor, linear in (α, γ), gives intervals of sure wins and of not-sure-losses (`_interval_wins`). Pairs
-(row, β) left open get the exact exp terms (stepped ã only), then bounds on the reference's cache term pushed
-through its own monotone logit arithmetic (`_logit_bounds_look`). A (row, β) still undecided — near-ties within
-ulps, exact ties — is scored with the reference's own product for its chunk (the same call on the same shapes as
-the full search), so ties and rounding come out exactly as there.
+each survivor, linear in (α, γ), gives intervals of sure wins and of not-sure-losses (`_interval_wins`); the grid
+points between the two are left open, one by one. Open points get bounds on the reference's cache term from the
+exact exp terms, pushed through its own monotone logit arithmetic (`_logit_bounds_look`). A point still undecided
+— near-ties within ulps, exact ties — is scored with the reference's own product for its chunk (the same call on
+the same shapes as the full search) and its own logit arithmetic, so ties and rounding come out exactly as there.
 tests/test_search_pruned.py pins the grid against the reference and a literal argmax, and the decisions against
 perturbed cache terms. Other inputs take the product path: per β the product, then the same bounded plane with
-rounding margins alone (`_plane_correct`; rows left open scored on every class).
+rounding margins alone (`_plane_correct`; points left open scored on every class).
 
 Tie-breaking (deterministic): the correct-count grid is indexed (alpha, beta[, gamma]); among points with the
 most correct predictions the first in the search's loop `order` wins (default: alpha outermost, then beta,
@@ -338,12 +338,20 @@ def _plane_correct(z: Tensor, a: Tensor, k: Tensor | None, labels: Tensor, alpha
     if not all(bool(torch.isfinite(t).all()) for t in inputs) or any(bool((t < 0).any()) for t in (a, alpha, gamma)):
         return _all_classes(z, a, k, labels, alpha, gamma)
     group = torch.zeros(z.shape[0], dtype=torch.long, device=z.device)
-    counts, undecided = _bounded_plane(z, a, k, labels, group, 1, alpha, gamma, 0.0, min(budget, SCORE_BUDGET))
-    open_rows = undecided.nonzero().squeeze(1)
-    for part in _chunks(open_rows.numel(), max(1, budget // (na * ng * z.shape[1]))):
-        rows = open_rows[part]
-        counts[0] += _all_classes(z[rows], a[rows], None if k is None else k[rows], labels[rows], alpha, gamma)
+    counts, (rows, ai, gi) = _bounded_plane(z, a, k, labels, group, 1, alpha, gamma, 0.0, min(budget, SCORE_BUDGET))
+    for part in _chunks(rows.numel(), max(1, budget // z.shape[1])):
+        hit = _points_correct(z, a, k, labels, alpha, gamma, rows[part], ai[part], gi[part])
+        counts[0].index_put_((ai[part], gi[part]), hit.long(), accumulate=True)
     return counts[0]
+
+
+def _points_correct(z: Tensor, a: Tensor, k: Tensor | None, labels: Tensor, alpha: Tensor, gamma: Tensor,
+                    rows: Tensor, ai: Tensor, gi: Tensor) -> Tensor:
+    """(P,) whether the label is the first maximum of (z + α·a) − γ·k at each point (row, α_ai, γ_gi), on every
+    class: `_logits`' arithmetic element for element."""
+    logits = _point_logits(z[rows], a[rows], None if k is None else k[rows], alpha.flatten()[ai].view(-1, 1),
+                           gamma.flatten()[gi].view(-1, 1))
+    return logits.argmax(dim=1) == labels[rows]
 
 
 def _space(order: Sequence[str] | None, params: tuple[str, ...]) -> tuple[str, ...]:
@@ -410,9 +418,9 @@ def _relative_slack(kmax: int, dtype: torch.dtype) -> float:
 
 
 def _bounded_plane(z: Tensor, a: Tensor, k: Tensor | None, labels: Tensor, group: Tensor, n_groups: int,
-                   alpha: Tensor, gamma: Tensor, rel: float, budget: int) -> tuple[Tensor, Tensor]:
-    """(n_groups, na, ng) counts of rows whose label is surely the reference's first maximum at each (α, γ), and
-    the (rows,) mask of rows left undecided somewhere (counted nowhere: the caller scores them exactly).
+                   alpha: Tensor, gamma: Tensor, rel: float, budget: int) -> tuple[Tensor, Points]:
+    """(n_groups, na, ng) counts of the (row, α, γ) points where the label is surely the reference's first maximum,
+    and the points left undecided (counted nowhere: the caller looks at them again or scores them exactly).
 
     `a` is ã, within `rel` (relative) of the reference's cache term a_ref. The reference computes
     ℓ = fl(fl(z + fl(α·a_ref)) − fl(γ·k)), within 3u·(|z| + α·a_ref + γ|k|) of the real z + α·a_ref − γ·k, so the
@@ -427,10 +435,10 @@ def _bounded_plane(z: Tensor, a: Tensor, k: Tensor | None, labels: Tensor, group
     others = reach.amax(dim=1) >= 0  # some other class alive
     counts = torch.zeros(n_groups, na, ng, dtype=torch.long, device=z.device)
     counts += torch.bincount(group[label_alive & ~others], minlength=n_groups).view(-1, 1, 1)
-    undecided = torch.zeros(z.shape[0], dtype=torch.bool, device=z.device)
     contested = (label_alive & others).nonzero().squeeze(1)
+    points: list[Points] = []
     if contested.numel() == 0:
-        return counts, undecided
+        return counts, _no_points(z.device)
     keep = reach[contested] >= 0
     n_alive = keep.sum(dim=1)
     order = torch.argsort(n_alive, stable=True)
@@ -443,12 +451,39 @@ def _bounded_plane(z: Tensor, a: Tensor, k: Tensor | None, labels: Tensor, group
         end = bisect.bisect_right(sizes, width, lo=start)
         end = start + max(1, min(end - start, budget // (per_column * sizes[end - 1])))
         rows = contested[start:end]
-        wins, amb = _interval_wins(z, a, k, labels, keep[start:end], rows, sizes[end - 1], alpha, gamma, base,
-                                   slope, rel, s_abs, group[rows], n_groups)
-        undecided[rows] = amb
+        wins, open_points = _interval_wins(z, a, k, labels, keep[start:end], rows, sizes[end - 1], alpha, gamma,
+                                           base, slope, rel, s_abs, group[rows], n_groups)
         counts += wins
+        points.append(open_points)
         start = end
-    return counts, undecided
+    return counts, _cat_points(points)
+
+
+Points = tuple[Tensor, Tensor, Tensor]  # (row or pair, α index, γ index) of each undecided grid point
+
+
+def _no_points(device: torch.device) -> Points:
+    empty = torch.zeros(0, dtype=torch.long, device=device)
+    return empty, empty, empty
+
+
+def _cat_points(parts: list[Points]) -> Points:
+    return tuple(torch.cat(column) for column in zip(*parts)) if parts else _no_points(torch.device("cpu"))
+
+
+def _gaps(nl: tuple[Tensor, Tensor, Tensor], win: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """(interval, sorted grid position) of every position inside the not-lost interval [start, stop) and outside
+    the win interval (each given as (start, stop, count) per interval, count 0: empty)."""
+    nl_start, nl_stop = nl[0], torch.where(nl[2] > 0, nl[1], nl[0])
+    has_win = win[2] > 0
+    left_stop = torch.where(has_win, torch.minimum(nl_stop, win[0]), nl_stop)
+    right_start = torch.where(has_win, torch.maximum(nl_start, win[1]), nl_stop)
+    starts = torch.stack([nl_start, right_start], dim=-1).flatten()
+    lengths = (torch.stack([left_stop, nl_stop], dim=-1).flatten() - starts).clamp(min=0)
+    owner = torch.arange(lengths.numel(), device=lengths.device).repeat_interleave(lengths) // 2
+    first = (torch.cumsum(lengths, 0) - lengths).repeat_interleave(lengths)
+    position = starts.repeat_interleave(lengths) + torch.arange(int(lengths.sum()), device=lengths.device) - first
+    return owner, position
 
 
 @dataclass(frozen=True)
@@ -550,16 +585,17 @@ def _settle_batch(z: Tensor, a_low: Tensor, a_high: Tensor, k: Tensor | None, la
 
 
 def _interval_wins(z, a, k, labels, keep, rows, width, alpha, gamma, base, slope, rel, s_abs, group, n_groups):
-    """((n_groups, na, ng) counts of `rows` whose label is surely the reference's first maximum, (rows,) rows with
-    some undecided point).
+    """((n_groups, na, ng) counts of the points of `rows` where the label is surely the reference's first maximum,
+    the points left undecided (row index into z, α index, γ index)).
 
     In real arithmetic, with ã, the label's lead over survivor j at (α, γ) is c_j(α) − γ·d_j with
     c_j = (z_y − z_j) + α·(ã_y − ã_j), d_j = k_y − k_j. The reference's lead differs from it by at most
     m = base + α·slope + α·rel·(ã_y + ã_j) (`_bounded_plane`'s rounding, (rows,) base and slope), so a lead > m over
     every survivor is a sure win, a lead < −m over one a sure loss, anything else (ties included) undecided.
     Lead minus or plus margin is linear in γ for each α (Tip-X) and linear in α (Tip, no γ): the sure wins and the
-    not-sure-losses are intervals, found with one division per survivor and counted on the sorted grid.
-    Computed in float64, whose rounding is orders of magnitude below the margins' slack.
+    not-sure-losses are intervals, found with one division per survivor and counted on the sorted grid; the
+    undecided points are the not-sure-losses outside the sure wins. Computed in float64, whose rounding is orders of
+    magnitude below the margins' slack.
     """
     y = labels[rows].view(-1, 1)
     cand = _candidate_columns(keep, y, width)
@@ -570,25 +606,24 @@ def _interval_wins(z, a, k, labels, keep, rows, width, alpha, gamma, base, slope
     base, slope = base[rows].view(-1, 1) + tiny, slope[rows].view(-1, 1) + rel * pair
     na = alpha.numel()
     if k is None:  # Tip: win needs dz − base + α·(da − slope) > 0 for every survivor, not lost ≥ −(…)
-        win = _half_lines(dz - base, da - slope, valid, strict=True)
-        not_lost = _half_lines(dz + base, da + slope, valid, strict=False)
-        start, stop, n_win = _on_grid(alpha.flatten(), *win, strict=True)
-        n_nl = _on_grid(alpha.flatten(), *not_lost, strict=False)[2]
-        undecided = n_win != n_nl
-        counts = _interval_counts(start, stop, (n_win > 0) & ~undecided, group, n_groups, alpha.flatten())
-        return counts.view(n_groups, na, 1).expand(n_groups, na, gamma.numel()).clone(), undecided
+        win = _on_grid(alpha.flatten(), *_half_lines(dz - base, da - slope, valid, strict=True), strict=True)
+        nl = _on_grid(alpha.flatten(), *_half_lines(dz + base, da + slope, valid, strict=False), strict=False)
+        counts = _interval_counts(win[0], win[1], win[2] > 0, group, n_groups, alpha.flatten())
+        owner, position = _gaps(nl, win)
+        open_points = rows[owner], torch.argsort(alpha.flatten())[position], torch.zeros_like(owner)
+        return counts.view(n_groups, na, 1).expand(n_groups, na, gamma.numel()).clone(), open_points
     alpha64 = alpha.double().view(1, -1, 1)
     c = dz.unsqueeze(1) + alpha64 * da.unsqueeze(1)  # (R, na, W)
     m = base.unsqueeze(1) + alpha64 * slope.unsqueeze(1)
     d = (k[rows].double().gather(1, y) - k[rows].double().gather(1, cand)).unsqueeze(1).expand_as(c)
     valid = valid.unsqueeze(1).expand_as(c)
-    start, stop, n_win = _on_grid(gamma.flatten(), *_half_lines(c - m, -d, valid, strict=True), strict=True)
-    n_nl = _on_grid(gamma.flatten(), *_half_lines(c + m, -d, valid, strict=False), strict=False)[2]
-    undecided = (n_win != n_nl).any(dim=1)  # (R,)
+    win = _on_grid(gamma.flatten(), *_half_lines(c - m, -d, valid, strict=True), strict=True)  # (R, na) each
+    nl = _on_grid(gamma.flatten(), *_half_lines(c + m, -d, valid, strict=False), strict=False)
     cells = group.view(-1, 1) * na + torch.arange(na, device=z.device)
-    counts = _interval_counts(start, stop, (n_win > 0) & ~undecided.view(-1, 1), cells, n_groups * na,
-                              gamma.flatten())
-    return counts.view(n_groups, na, -1), undecided
+    counts = _interval_counts(win[0], win[1], win[2] > 0, cells, n_groups * na, gamma.flatten())
+    owner, position = _gaps(tuple(t.flatten() for t in nl), tuple(t.flatten() for t in win))
+    open_points = rows[owner // na], owner % na, torch.argsort(gamma.flatten())[position]
+    return counts.view(n_groups, na, -1), open_points
 
 
 def _half_lines(p: Tensor, q: Tensor, valid: Tensor, *, strict: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -626,12 +661,14 @@ def _interval_counts(start: Tensor, stop: Tensor, use: Tensor, cell: Tensor, n_c
 
 
 def _score_exact(model: TipAdapter, z: Tensor, k: Tensor | None, labels: Tensor, distance: Tensor, beta: float,
-                 alpha: Tensor, gamma: Tensor, buffer: Tensor, rows: Tensor | None = None) -> Tensor:
-    """(na, ng) counts of a reference chunk (or of `rows` of it) at one β with the reference's own cache term."""
+                 alpha: Tensor, gamma: Tensor, buffer: Tensor, rows: Tensor | None = None,
+                 points: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    """(na, ng) counts of a reference chunk at one β with the reference's own cache term; with `rows` and
+    `points` (α, γ indices), the (P,) correctness of the points (row, α, γ) only."""
     cache = _affinity(distance, beta, buffer[: distance.shape[0]]) @ model.values_
     if rows is None:
         return _plane_correct(z, cache, k, labels, alpha, gamma)
-    return _all_classes(z[rows], cache[rows], None if k is None else k[rows], labels[rows], alpha, gamma)
+    return _points_correct(z, cache, k, labels, alpha, gamma, rows, *points)
 
 
 def _search_betas(model: TipAdapter, parts, labels: Tensor, betas: Sequence[float], alpha: Tensor, gamma: Tensor,
@@ -851,9 +888,9 @@ def _bounded_block(model, block, labels, betas, alpha, gamma, correct, layout) -
     """Add the counts of a block of reference chunks at every β into `correct` (see `_search_betas`).
 
     ã per β batch: on a uniform β grid stepped (`_SteppedTerms`, a wider slack), else the full search's exp terms
-    summed by halving. Rows are settled SETTLE_GROUP β at a time, then per β (`_open_plane`); pairs the stepped ã
-    leaves undecided get a second look with the exp terms themselves (`_relative_slack`), then the logit bounds;
-    pairs still undecided are scored with the reference's product of their chunk (`_score_with_products`).
+    summed by halving. Rows are settled SETTLE_GROUP β at a time, then per β (`_open_plane`); the grid points ã
+    leaves undecided get the logit bounds of the exact exp terms, and the points still undecided are scored with the
+    reference's product of their chunk (`_score_with_products`).
     """
     index, pad, kmax = layout
     first, last = block[0][0], block[-1][0]
@@ -895,20 +932,19 @@ def _bounded_block(model, block, labels, betas, alpha, gamma, correct, layout) -
                 continue
             source, rel_batch = _DirectTerms(a, j0), rel
         batch = correct[:, j0:j0 + nb]
-        undecided = _open_plane(z, k, y, source, j0, nb, alpha, gamma, rel_batch, batch)
-        if stepped is not None and bool(undecided.any()):
-            undecided = _second_look(d3, pad, z, k, y, bs, undecided, n_rows, alpha, gamma, rel, batch)
-        if bool(undecided.any()):
-            undecided = _logit_bounds_look(d3, pad, kmax, z, k, y, bs, undecided, n_rows, alpha, gamma, batch)
-        _score_with_products(model, block, labels, bs, undecided, alpha, gamma, buffer, batch)
+        points = _open_plane(z, k, y, source, j0, nb, alpha, gamma, rel_batch, batch)
+        if points[0].numel():
+            points = _logit_bounds_look(d3, pad, kmax, z, k, y, bs, points, n_rows, alpha, gamma, batch)
+        if points[0].numel():
+            _score_with_products(model, block, labels, bs, points, alpha, gamma, buffer, batch)
 
 
 def _open_plane(z: Tensor, k: Tensor | None, y: Tensor, source, j0: int, nb: int, alpha: Tensor, gamma: Tensor,
                 rel: float, correct: Tensor) -> Tensor:
     """Count a batch of β (β_{j0} … β_{j0+nb−1}) into correct (na, nb, ng): rows settled SETTLE_GROUP β at a time on
     the range of their cache terms (`_settle_batch`; a few β keep each range narrow), then each β's plane on the
-    rows left open, with their ã from `source` (`_SteppedTerms` or `_DirectTerms`). Returns the (nb·rows,)
-    β-major mask of the (β, row) pairs left undecided."""
+    rows left open, with their ã from `source` (`_SteppedTerms` or `_DirectTerms`). Returns the grid points left
+    undecided: (β-major pair β·rows + row, α index, γ index)."""
     n_rows, c = z.shape
     box, bounds = _Box.of(alpha, gamma, k is not None), _row_bounds(z, k)
     values = source.scratch.take("values", (nb * n_rows, c), z)
@@ -923,28 +959,28 @@ def _open_plane(z: Tensor, k: Tensor | None, y: Tensor, source, j0: int, nb: int
         pairs.append((betas * n_rows + open_rows).flatten())  # (β, row), β-major
     pairs = torch.cat(pairs)
     rows = pairs % n_rows
-    counts, open_pairs = _bounded_plane(z.index_select(0, rows), values[:filled],
+    counts, open_points = _bounded_plane(z.index_select(0, rows), values[:filled],
                                         None if k is None else k.index_select(0, rows), y.index_select(0, rows),
                                         pairs // n_rows, nb, alpha, gamma, rel, SCORE_BUDGET)
     correct += counts.permute(1, 0, 2)
-    undecided = torch.zeros(nb * n_rows, dtype=torch.bool, device=z.device)
-    undecided[pairs[open_pairs]] = True
-    return undecided
+    return pairs[open_points[0]], open_points[1], open_points[2]
 
 
-def _score_with_products(model, block, labels, betas, undecided, alpha, gamma, buffer, correct) -> None:
-    """Score the undecided (β, row) pairs of a batch (β-major mask over the block's rows) with the reference's
-    own product of each row's chunk at that β, into correct (na, nb, ng)."""
+def _score_with_products(model, block, labels, betas, points: Points, alpha, gamma, buffer, correct) -> None:
+    """Score the undecided grid points of a batch (β-major pairs over the block's rows, α, γ indices) with the
+    reference's own product of each row's chunk at that β, into correct (na, nb, ng)."""
+    pairs, ai, gi = points
     n_rows = block[-1][0].stop - block[0][0].start
     offsets = [p[0].start - block[0][0].start for p in block] + [n_rows]
-    flat = undecided.nonzero().squeeze(1).tolist()
-    for i in sorted({f // n_rows for f in flat}):
-        todo = torch.tensor([f % n_rows for f in flat if f // n_rows == i], device=undecided.device)
-        for p, (rows, z, k, distance) in enumerate(block):
-            sel = todo[(todo >= offsets[p]) & (todo < offsets[p + 1])] - offsets[p]
+    which, rows = pairs // n_rows, pairs % n_rows
+    for i in which.unique().tolist():
+        at = which == i
+        for p, (chunk, z, k, distance) in enumerate(block):
+            sel = (at & (rows >= offsets[p]) & (rows < offsets[p + 1])).nonzero().squeeze(1)
             if sel.numel():
-                correct[:, i, :] += _score_exact(model, z, k, labels[rows], distance, betas[i], alpha, gamma, buffer,
-                                                 rows=sel)
+                hit = _score_exact(model, z, k, labels[chunk], distance, betas[i], alpha, gamma, buffer,
+                                   rows=rows[sel] - offsets[p], points=(ai[sel], gi[sel]))
+                correct[:, i, :].index_put_((ai[sel], gi[sel]), hit.long(), accumulate=True)
 
 
 def _batch_terms(d3: Tensor, betas: Sequence[float], pad: Tensor | None) -> Tensor:
@@ -970,30 +1006,11 @@ def _pair_parts(d3: Tensor, n_pairs: int) -> list[slice]:
     return _chunks(n_pairs, max(1, BLOCK_ELEMENTS // (d3.shape[0] * d3.shape[2])))
 
 
-def _second_look(d3, pad, z, k, y, betas, undecided, n_rows, alpha, gamma, rel, correct) -> Tensor:
-    """Score the (β, row) pairs the stepped ã left undecided with the full search's exp terms (`_batch_terms`'
-    arithmetic, slack `rel`); add their sure counts into correct (na, nb, ng). Returns the pairs still undecided."""
-    flat = undecided.nonzero().squeeze(1)
-    which, rows = flat // n_rows, flat % n_rows
-    a = torch.empty(len(flat), z.shape[1], dtype=d3.dtype, device=d3.device)
-    for part in _pair_parts(d3, len(flat)):
-        terms = _pair_inputs(d3, betas, which[part], rows[part]).exp_()
-        if pad is not None:
-            terms.masked_fill_(~pad, 0.0)
-        a[part] = _halving_sum(terms.unsqueeze(0))[0]
-    counts, still = _bounded_plane(z[rows], a, None if k is None else k[rows], y[rows], which, len(betas), alpha,
-                                   gamma, rel, SCORE_BUDGET)
-    correct += counts.permute(1, 0, 2)
-    out = torch.zeros_like(undecided)
-    out[flat[still]] = True
-    return out
-
-
-def _logit_bounds_look(d3, pad, kmax, z, k, y, betas, undecided, n_rows, alpha, gamma, correct) -> Tensor:
-    """A last look at the (β, row) pairs still undecided, before the reference's product: bound the reference's
-    cache term a_ref of each class by two float values and push both through the reference's own logit arithmetic,
+def _logit_bounds_look(d3, pad, kmax, z, k, y, betas, points: Points, n_rows, alpha, gamma, correct) -> Points:
+    """A last look at the grid points still undecided, before the reference's product: bound the reference's cache
+    term a_ref of each class by two float values and push both through the reference's own logit arithmetic,
     monotone in a (α, γ ≥ 0): ℓ(a_lo) ≤ ℓ_ref ≤ ℓ(a_hi) exactly, without a rounding margin. Adds the sure counts
-    into correct (na, nb, ng); returns the pairs still undecided.
+    into correct (na, nb, ng); returns the points still undecided (β-major pair, α index, γ index).
 
     a_ref is the BLAS's sum, in an order of its own, of exp terms of the full search's inputs x = fl(−β·d), each
     within 2 ulp of e^x. With T_lo, T_hi the sums of the terms' lowest and highest values, any order of K
@@ -1003,13 +1020,14 @@ def _logit_bounds_look(d3, pad, kmax, z, k, y, betas, undecided, n_rows, alpha, 
     other class's highest (ties allowed with classes after it), surely not when some class's lowest beats its
     highest; anything else stays undecided.
     """
-    flat = undecided.nonzero().squeeze(1)
-    which, rows = flat // n_rows, flat % n_rows
+    pairs, ai, gi = points
+    unique, owner = torch.unique(pairs, return_inverse=True)  # the bounds once per (β, row) pair
+    which, rows = unique // n_rows, unique % n_rows
     dtype = d3.dtype
     u = torch.finfo(dtype).eps / 2
-    low = torch.empty(len(flat), z.shape[1], dtype=torch.float64, device=z.device)
+    low = torch.empty(len(unique), z.shape[1], dtype=torch.float64, device=z.device)
     high = torch.empty_like(low)
-    for part in _pair_parts(d3, len(flat)):
+    for part in _pair_parts(d3, len(unique)):
         exact = _pair_inputs(d3, betas, which[part], rows[part]).double().exp_()  # e^x of the reference's inputs
         ulp = _ulp(exact, dtype)
         t_low, t_high = (exact - 2 * ulp).clamp(min=0.0), exact + 2 * ulp
@@ -1022,27 +1040,27 @@ def _logit_bounds_look(d3, pad, kmax, z, k, y, betas, undecided, n_rows, alpha, 
     a_low, a_high = _float_below(low.clamp(min=0.0), dtype), _float_above(high, dtype)
     zr, kr, yr = z[rows], None if k is None else k[rows], y[rows]
     cand, width = _bounds_candidates(zr, a_low, a_high, kr, yr, alpha, gamma)
-    na, ng = alpha.shape[0], gamma.shape[1]
-    still = torch.zeros(len(flat), dtype=torch.bool, device=z.device)
-    for part in _chunks(len(flat), max(1, SCORE_BUDGET // (na * ng * width))):
-        cols = cand[part]
-        y_col = (cols == yr[part].view(-1, 1)).to(torch.int8).argmax(dim=1, keepdim=True)  # the label's column
-        before, after = cols < yr[part].view(-1, 1), cols > yr[part].view(-1, 1)  # the first maximum wins ties
-        k_cols = None if kr is None else kr[part].gather(1, cols)
-        lo = _logits(zr[part].gather(1, cols), a_low[part].gather(1, cols), k_cols, alpha, gamma)  # (na, ng, P, W)
-        hi = _logits(zr[part].gather(1, cols), a_high[part].gather(1, cols), k_cols, alpha, gamma)
-        at_y = y_col.expand(na, ng, -1, 1)
-        lo_y, hi_y = lo.gather(-1, at_y), hi.gather(-1, at_y)
-        win = ((lo_y > hi) | (after & (lo_y >= hi)) | ~(before | after)).all(-1)
-        lost = ((before & (lo >= hi_y)) | (after & (lo > hi_y))).any(-1)
-        open_ = ~(win | lost).flatten(0, 1).all(0)  # pairs not decided at every point
-        still[part] = open_
-        sure = win & ~open_
-        per_beta = torch.zeros(na, ng, len(betas), dtype=correct.dtype, device=correct.device)
-        correct += per_beta.index_add_(2, which[part], sure.to(correct.dtype)).permute(0, 2, 1)
-    out = torch.zeros_like(undecided)
-    out[flat[still]] = True
-    return out
+    still = torch.zeros(len(pairs), dtype=torch.bool, device=z.device)
+    for part in _chunks(len(pairs), max(1, SCORE_BUDGET // width)):
+        q = owner[part]
+        cols, label = cand[q], yr[q].view(-1, 1)
+        y_col = (cols == label).to(torch.int8).argmax(dim=1, keepdim=True)  # the label's column
+        before, after = cols < label, cols > label  # the first maximum wins ties
+        al, ga = alpha.flatten()[ai[part]].view(-1, 1), gamma.flatten()[gi[part]].view(-1, 1)
+        z_cols, k_cols = zr[q].gather(1, cols), None if kr is None else kr[q].gather(1, cols)
+        lo, hi = (_point_logits(z_cols, t[q].gather(1, cols), k_cols, al, ga) for t in (a_low, a_high))
+        lo_y, hi_y = lo.gather(1, y_col), hi.gather(1, y_col)
+        win = ((lo_y > hi) | (after & (lo_y >= hi)) | ~(before | after)).all(1)
+        lost = ((before & (lo >= hi_y)) | (after & (lo > hi_y))).any(1)
+        still[part] = ~(win | lost)
+        correct.index_put_((ai[part], which[q], gi[part]), win.long(), accumulate=True)
+    return pairs[still], ai[still], gi[still]
+
+
+def _point_logits(z: Tensor, a: Tensor, k: Tensor | None, al: Tensor, ga: Tensor) -> Tensor:
+    """(z + α·a) − γ·k with one (α, γ) per row: `_logits`' arithmetic element for element."""
+    logits = z + al * a
+    return logits if k is None else logits - ga * k
 
 
 def _bounds_candidates(z, a_low, a_high, k, labels, alpha, gamma) -> tuple[Tensor, int]:
