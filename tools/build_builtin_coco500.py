@@ -38,7 +38,8 @@ def build(source: Path, name: str) -> Path:
     test_text = caption[HOLDOUT:]
     atomic_save_tensors(out / "text.safetensors", {"text": test_text})
     atomic_save_tensors(out / "test.safetensors", {
-        "image": image[HOLDOUT:], "label": torch.arange(n_test), "text": test_text, "text_to_image": torch.arange(n_test)})
+        "image": image[HOLDOUT:], "label": torch.arange(n_test), "text": test_text,
+        "text_to_image": torch.arange(n_test)})
     atomic_save_tensors(out / "unlabeled.safetensors", {"image": image[:HOLDOUT], "text": caption[:HOLDOUT]})
     classnames = [f"coco val2017 caption {i}" for i in range(HOLDOUT, image.shape[0])]
     atomic_write_json(out / "meta.json", {**meta, "classnames": classnames, "source_file": file,

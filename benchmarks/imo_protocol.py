@@ -1,0 +1,147 @@
+"""The IMO paper's few-shot protocol for Tip-X, search by search: 11 CoOp datasets × shots 1/2/4/8/16 × seeds 1/2/3
+× (TX, TX++) = 330 searches on the IMO preset's grid (α linspace(0, 20, 200), β linspace(0, 20, 20),
+γ linspace(0, 30, 50): 200,000 points, α outermost), on synthetic CoOp-shaped features (D = 512, the CoOp splits'
+class counts and validation sizes). Issue 13's GPU target: the whole protocol for one backbone in under 5 minutes.
+
+    python benchmarks/imo_protocol.py --device cuda --rows 0 --seeds 1,2,3   # the target: every search, every row
+    python benchmarks/imo_protocol.py                                        # CPU: an estimate (below)
+
+Only the searches are timed (`search_tip_x` with the preset's grid and loop order; data made and the model fitted
+outside the clock). TX++ searches with adapted features: the same images moved by a fixed random perturbation
+(an adapter changes the affinities, not the shapes or the work). CPU: CPU seconds of one torch thread; CUDA: wall
+seconds between synchronisations. By default on CPU every dataset is timed on at most --rows validation rows and
+seed 1 only, and the protocol's time is projected: each search's time × N_val / rows (every part of the search is
+linear in the rows) × 3 seeds / seeds run. `projected` says which figures are measured and which are scaled.
+Results merge into benchmarks/results/imo_protocol.json under "cpu" or "cuda".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
+
+from fewshot_search import synthetic  # noqa: E402
+
+from clipadapt import __version__  # noqa: E402
+from clipadapt.eval.search import grid_preset, search_tip_x  # noqa: E402
+from clipadapt.methods.tip_x import TipX  # noqa: E402
+
+# CoOp's splits (Zhou et al.): classes and validation images (ImageNet validates on its test set)
+COOP_VAL = {"imagenet": (1000, 50000), "caltech101": (100, 1649), "oxford_pets": (37, 736),
+            "stanford_cars": (196, 1635), "oxford_flowers": (102, 1633), "food101": (101, 20200),
+            "fgvc_aircraft": (100, 3333), "sun397": (397, 3970), "dtd": (47, 1128), "eurosat": (10, 5400),
+            "ucf101": (101, 1898)}
+SHOTS = (1, 2, 4, 8, 16)
+SEEDS = (1, 2, 3)
+TARGET_SECONDS = 300.0
+
+
+def adapted(features: torch.Tensor, seed: int) -> torch.Tensor:
+    """Stand-in adapter output: the same features plus a fixed seeded perturbation."""
+    g = torch.Generator().manual_seed(10_000 + seed)
+    noise = torch.randn(features.shape, generator=g) / features.shape[1] ** 0.5
+    return features + 0.5 * features.norm(dim=1, keepdim=True) * noise.to(features.device)
+
+
+def timed(fn, device: torch.device) -> tuple[object, float]:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out, time.perf_counter() - start
+    start = time.process_time()
+    out = fn()
+    return out, time.process_time() - start
+
+
+def one_search(classes: int, rows: int, shots: int, seed: int, plus: bool, device: torch.device) -> dict:
+    """Time one TX (or TX++) search of the protocol on `rows` validation rows."""
+    text, keys, key_labels, val, val_labels = (t.to(device) for t in synthetic(classes, rows, 1, shots=shots,
+                                                                               seed=seed)[:5])
+    adapted_keys = adapted(keys, seed) if plus else None
+    adapted_val = adapted(val, seed + 1) if plus else None
+    model = TipX().fit(keys, key_labels, text, adapted_keys=adapted_keys)
+    space = grid_preset("imo")["tipx"]
+    result, seconds = timed(lambda: search_tip_x(model, val, val_labels, alphas=space.grid["alpha"],
+                                                 betas=space.grid["beta"], gammas=space.grid["gamma"],
+                                                 adapted_val_features=adapted_val, order=space.order), device)
+    return {"seconds": seconds, "val_top1": result.best_accuracy, "n_tied": result.n_tied}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--datasets", default=",".join(COOP_VAL), help="comma-separated CoOp dataset names")
+    parser.add_argument("--shots", default=",".join(map(str, SHOTS)))
+    parser.add_argument("--seeds", default=None, help="default: 1 on CPU, 1,2,3 on CUDA")
+    parser.add_argument("--rows", type=int, default=None,
+                        help="validation rows timed per dataset, 0 = all (default: 1000 on CPU, all on CUDA)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "imo_protocol.json")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    torch.set_num_threads(args.threads)
+    seeds = [int(s) for s in (args.seeds or ("1,2,3" if cuda else "1")).split(",")]
+    shots = [int(s) for s in args.shots.split(",")]
+    cap = args.rows if args.rows is not None else (0 if cuda else 1000)
+    names = args.datasets.split(",")
+    unknown = sorted(set(names) - set(COOP_VAL))
+    if unknown:
+        parser.error(f"--datasets: unknown {unknown}; expected some of {', '.join(COOP_VAL)}")
+    start = time.perf_counter()
+    record: dict = {"schema": "clipadapt.bench.imo_protocol/1", "clipadapt": __version__,
+                    "command": "python benchmarks/imo_protocol.py " + " ".join(sys.argv[1:]),
+                    "device": (torch.cuda.get_device_name(device) if cuda
+                               else platform.processor() or platform.machine()),
+                    "torch": torch.__version__, "threads": args.threads, "cpu_count": os.cpu_count(),
+                    "clock": "wall time between CUDA synchronisations" if cuda else "process CPU time",
+                    "grid": "imo preset: α linspace(0, 20, 200), β linspace(0, 20, 20), γ linspace(0, 30, 50)",
+                    "data": "synthetic CLIP-like features (benchmarks/fewshot_search.py synthetic()), D = 512",
+                    "rows_cap": cap, "seeds_run": seeds, "shots": shots, "target_seconds": TARGET_SECONDS,
+                    "datasets": {}}
+    total = 0.0
+    for name in names:
+        classes, n_val = COOP_VAL[name]
+        rows = n_val if cap == 0 else min(cap, n_val)
+        scale = n_val / rows * len(SEEDS) / len(seeds)
+        runs = {f"{variant} {k}-shot": [one_search(classes, rows, k, seed, variant == "TX++", device)
+                                        for seed in seeds]
+                for k in shots for variant in ("TX", "TX++")}
+        measured = sum(r["seconds"] for cell in runs.values() for r in cell)
+        entry = {"classes": classes, "n_val": n_val, "rows_timed": rows, "scale": scale,
+                 "seconds_measured": measured, "seconds_projected": measured * scale,
+                 "searches": {key: {"seconds_mean": statistics.fmean(r["seconds"] for r in cell),
+                                    "val_top1": [round(r["val_top1"], 2) for r in cell],
+                                    "n_tied": [r["n_tied"] for r in cell]} for key, cell in runs.items()}}
+        record["datasets"][name] = entry
+        total += entry["seconds_projected"]
+        print(f"{name:15s} C={classes:4d} N_val={n_val:6d} rows={rows:6d}  measured {measured:8.1f} s  "
+              f"projected {entry['seconds_projected']:8.1f} s", flush=True)
+    searches = len(names) * len(shots) * 2 * len(SEEDS)
+    record.update({"searches": searches, "protocol_seconds": total,
+                   "projected": any(e["scale"] != 1.0 for e in record["datasets"].values()),
+                   "meets_target": total < TARGET_SECONDS, "wall_seconds": time.perf_counter() - start})
+    print(f"{searches} searches: {total:.0f} s ({'projected' if record['projected'] else 'measured'}); "
+          f"target < {TARGET_SECONDS:.0f} s")
+    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
+    results["cuda" if cuda else "cpu"] = record
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
