@@ -456,7 +456,7 @@ def _bounded_plane(z: Tensor, a: Tensor, k: Tensor | None, labels: Tensor, group
         counts += wins
         points.append(open_points)
         start = end
-    return counts, _cat_points(points)
+    return counts, _cat_points(points, z.device)
 
 
 Points = tuple[Tensor, Tensor, Tensor]  # (row or pair, α index, γ index) of each undecided grid point
@@ -467,8 +467,8 @@ def _no_points(device: torch.device) -> Points:
     return empty, empty, empty
 
 
-def _cat_points(parts: list[Points]) -> Points:
-    return tuple(torch.cat(column) for column in zip(*parts)) if parts else _no_points(torch.device("cpu"))
+def _cat_points(parts: list[Points], device: torch.device) -> Points:
+    return tuple(torch.cat(column) for column in zip(*parts)) if parts else _no_points(device)
 
 
 def _gaps(nl: tuple[Tensor, Tensor, Tensor], win: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor]:
