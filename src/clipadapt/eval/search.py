@@ -680,6 +680,12 @@ def _search_betas(model: TipAdapter, parts, labels: Tensor, betas: Sequence[floa
     own K exp terms (no (N × NK)·(NK × C) product), several β at a time over blocks of chunks; rows it cannot
     decide at some point are scored with the reference's product of their chunk. Otherwise: the product per β.
     """
+    delta = _uniform_step(betas)
+    if delta is not None and delta < 0:  # a descending grid is searched ascending: stepped terms only ever shrink
+        ascending = torch.zeros_like(correct)  # (stepping up from a large β would grow exp terms from subnormals)
+        _search_betas(model, parts, labels, betas[::-1], alpha, gamma, ascending)
+        correct += ascending.flip(1)
+        return
     values = model.values_
     layout = _class_layout(values) if _matmul_is_plain(values.dtype, values.device) else None
     if layout is not None:
@@ -913,6 +919,7 @@ def _bounded_block(model, block, labels, betas, alpha, gamma, correct, layout) -
     # every exp term ≤ e^{β·max(−d, 0)}: far from overflow, ã is finite without looking (else checked per batch)
     bounded = max(abs(b) for b in betas) * max(-d_low, 0.0) <= 80.0 and kmax < 1000
     delta = _uniform_step(betas) if bounded else None
+    delta = None if delta is None or delta < 0 else delta  # descending grids come here reversed (`_search_betas`)
     stepped = None if delta is None else _SteppedTerms(d3, pad, betas, delta, monotone=d_low >= 0.0)
     # β per batch: the exp terms of the batch (direct), or only its cache terms (stepped), whole groups
     step = max(1, BLOCK_ELEMENTS // d3.numel()) if stepped is None else max(1, STEP_BATCH // (n_rows * c))
