@@ -17,7 +17,8 @@ elements: 3 rows on ImageNet with this grid), computed chunk by chunk bit for bi
 --chunk-size is faster (ImageNet-shaped 16-shot on 1,000 rows, CPU: 256 rows 19.5 s vs 35.5 s) and its grid equals
 the full search's at that chunk size, which is not the default's grid bit for bit (BLAS rounding of the chunked
 products moves near-tied cells: 25,277 of 200,000 cells by 1–4 of 1,000 rows there).
-Results merge into benchmarks/results/imo_protocol.json under "cpu" or "cuda" ("+chunkN" with --chunk-size).
+Results merge into benchmarks/results/imo_protocol.json under "cpu" or "cuda" ("+chunkN" with --chunk-size), written
+after every dataset ("complete": false until the last), so a run cut short keeps what it measured.
 """
 
 from __future__ import annotations
@@ -42,11 +43,11 @@ from clipadapt import __version__  # noqa: E402
 from clipadapt.eval.search import grid_preset, search_tip_x  # noqa: E402
 from clipadapt.methods.tip_x import TipX  # noqa: E402
 
-# CoOp's splits (Zhou et al.): classes and validation images (ImageNet validates on its test set)
-COOP_VAL = {"imagenet": (1000, 50000), "caltech101": (100, 1649), "oxford_pets": (37, 736),
-            "stanford_cars": (196, 1635), "oxford_flowers": (102, 1633), "food101": (101, 20200),
-            "fgvc_aircraft": (100, 3333), "sun397": (397, 3970), "dtd": (47, 1128), "eurosat": (10, 5400),
-            "ucf101": (101, 1898)}
+# CoOp's splits (Zhou et al.): classes and validation images (ImageNet validates on its test set); the two largest
+# last, so that a run cut short by a timeout has measured the others
+COOP_VAL = {"caltech101": (100, 1649), "oxford_pets": (37, 736), "stanford_cars": (196, 1635),
+            "oxford_flowers": (102, 1633), "fgvc_aircraft": (100, 3333), "sun397": (397, 3970), "dtd": (47, 1128),
+            "eurosat": (10, 5400), "ucf101": (101, 1898), "food101": (101, 20200), "imagenet": (1000, 50000)}
 SHOTS = (1, 2, 4, 8, 16)
 SEEDS = (1, 2, 3)
 TARGET_SECONDS = 300.0
@@ -111,6 +112,7 @@ def main() -> None:
     if unknown:
         parser.error(f"--datasets: unknown {unknown}; expected some of {', '.join(COOP_VAL)}")
     start = time.perf_counter()
+    key = ("cuda" if cuda else "cpu") + (f"+chunk{args.chunk_size}" if args.chunk_size else "")
     record: dict = {"schema": "clipadapt.bench.imo_protocol/1", "clipadapt": __version__,
                     "command": "python benchmarks/imo_protocol.py " + " ".join(sys.argv[1:]),
                     "device": (torch.cuda.get_device_name(device) if cuda
@@ -133,11 +135,12 @@ def main() -> None:
         measured = sum(r["seconds"] for cell in runs.values() for r in cell)
         entry = {"classes": classes, "n_val": n_val, "rows_timed": rows, "scale": scale,
                  "seconds_measured": measured, "seconds_projected": measured * scale,
-                 "searches": {key: {"seconds_mean": statistics.fmean(r["seconds"] for r in cell),
-                                    "val_top1": [round(r["val_top1"], 2) for r in cell],
-                                    "n_tied": [r["n_tied"] for r in cell]} for key, cell in runs.items()}}
+                 "searches": {label: {"seconds_mean": statistics.fmean(r["seconds"] for r in cell),
+                                      "val_top1": [round(r["val_top1"], 2) for r in cell],
+                                      "n_tied": [r["n_tied"] for r in cell]} for label, cell in runs.items()}}
         record["datasets"][name] = entry
         total += entry["seconds_projected"]
+        save(args.out, key, {**record, "complete": False, "protocol_seconds_so_far": total})  # a timeout keeps these
         print(f"{name:15s} C={classes:4d} N_val={n_val:6d} rows={rows:6d}  measured {measured:8.1f} s  "
               f"projected {entry['seconds_projected']:8.1f} s", flush=True)
     searches = len(names) * len(shots) * 2 * len(SEEDS)
@@ -146,11 +149,16 @@ def main() -> None:
                    "meets_target": total < TARGET_SECONDS, "wall_seconds": time.perf_counter() - start})
     print(f"{searches} searches: {total:.0f} s ({'projected' if record['projected'] else 'measured'}); "
           f"target < {TARGET_SECONDS:.0f} s")
-    results = json.loads(args.out.read_text()) if args.out.is_file() else {}
-    results[("cuda" if cuda else "cpu") + (f"+chunk{args.chunk_size}" if args.chunk_size else "")] = record
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    save(args.out, key, {**record, "complete": True})
     print(f"wrote {args.out}")
+
+
+def save(path: Path, key: str, record: dict) -> None:
+    """Merge `record` into the results file under `key` (written after every dataset)."""
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    results[key] = record
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":
