@@ -612,13 +612,13 @@ def _interval_wins(z, a, k, labels, keep, rows, width, alpha, gamma, base, slope
         owner, position = _gaps(nl, win)
         open_points = rows[owner], torch.argsort(alpha.flatten())[position], torch.zeros_like(owner)
         return counts.view(n_groups, na, 1).expand(n_groups, na, gamma.numel()).clone(), open_points
-    alpha64 = alpha.double().view(1, -1, 1)
-    c = dz.unsqueeze(1) + alpha64 * da.unsqueeze(1)  # (R, na, W)
-    m = base.unsqueeze(1) + alpha64 * slope.unsqueeze(1)
-    d = (k[rows].double().gather(1, y) - k[rows].double().gather(1, cand)).unsqueeze(1).expand_as(c)
-    valid = valid.unsqueeze(1).expand_as(c)
-    win = _on_grid(gamma.flatten(), *_half_lines(c - m, -d, valid, strict=True), strict=True)  # (R, na) each
-    nl = _on_grid(gamma.flatten(), *_half_lines(c + m, -d, valid, strict=False), strict=False)
+    alpha64 = alpha.double().flatten()
+    d = k[rows].double().gather(1, y) - k[rows].double().gather(1, cand)  # (R, W), exact in f64
+    # lead ∓ margin = (dz ∓ base) + α·(da ∓ slope) − γ·d: for each α, half-lines in γ (`_sweep_half_lines`)
+    win = _on_grid(gamma.flatten(), *_sweep_half_lines(dz - base, da - slope, -d, valid, alpha64, strict=True),
+                   strict=True)  # (R, na) each
+    nl = _on_grid(gamma.flatten(), *_sweep_half_lines(dz + base, da + slope, -d, valid, alpha64, strict=False),
+                  strict=False)
     cells = group.view(-1, 1) * na + torch.arange(na, device=z.device)
     counts = _interval_counts(win[0], win[1], win[2] > 0, cells, n_groups * na, gamma.flatten())
     owner, position = _gaps(tuple(t.flatten() for t in nl), tuple(t.flatten() for t in win))
@@ -636,6 +636,25 @@ def _half_lines(p: Tensor, q: Tensor, valid: Tensor, *, strict: bool) -> tuple[T
     fails = p <= 0 if strict else p < 0
     never = (valid & (q == 0) & fails).any(-1)
     return low, high, never
+
+
+def _sweep_half_lines(p0: Tensor, p1: Tensor, q: Tensor, valid: Tensor, alpha: Tensor, *,
+                      strict: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """`_half_lines` of p = p0 + α·p1 for every α at once ((R, W) inputs, (R, na) outputs): each survivor's root
+    −p/q = r0 + α·r1 is linear in α, so one division per survivor, not per (survivor, α); survivors of the wrong
+    sign are set to ∓inf before the sweep instead of masked in it."""
+    inf = torch.tensor(float("inf"), dtype=p0.dtype, device=p0.device)
+    r0, r1 = -p0 / q, -p1 / q  # q = 0: inf or nan, never selected below
+    low = _sweep(torch.where(valid & (q > 0), r0, -inf), torch.where(valid & (q > 0), r1, 0.0), alpha).amax(-1)
+    high = _sweep(torch.where(valid & (q < 0), r0, inf), torch.where(valid & (q < 0), r1, 0.0), alpha).amin(-1)
+    flat = valid & (q == 0)  # p must hold at every α on its own
+    p = _sweep(torch.where(flat, p0, inf), torch.where(flat, p1, 0.0), alpha).amin(-1)
+    return low, high, (p <= 0) if strict else (p < 0)
+
+
+def _sweep(v0: Tensor, v1: Tensor, alpha: Tensor) -> Tensor:
+    """(R, na, W) v0 + α·v1 for (R, W) inputs and (na,) α."""
+    return torch.addcmul(v0.unsqueeze(1), alpha.view(1, -1, 1), v1.unsqueeze(1))
 
 
 def _on_grid(grid: Tensor, low: Tensor, high: Tensor, never: Tensor, *, strict: bool):
