@@ -14,7 +14,7 @@ seed 1 only, and the protocol's time is projected: each search's time × N_val /
 linear in the rows) × 3 seeds / seeds run. `projected` says which figures are measured and which are scaled.
 Chunks: by default the search keeps the full search's chunk rule (its (α, γ, rows, C) logits block within 2^25
 elements: 3 rows on ImageNet with this grid), computed chunk by chunk bit for bit as the full search does; larger
---chunk-size is faster (ImageNet-shaped 16-shot on 1,000 rows, CPU: 256 rows 19.5 s vs 35.5 s) and its grid equals
+--chunk-size is faster (ImageNet-shaped 16-shot on 1,000 rows, CPU: 256 rows 9.6 s vs 19.5 s) and its grid equals
 the full search's at that chunk size, which is not the default's grid bit for bit (BLAS rounding of the chunked
 products moves near-tied cells: 25,277 of 200,000 cells by 1–4 of 1,000 rows there).
 Results merge into benchmarks/results/imo_protocol.json under "cpu" or "cuda" ("+chunkN" with --chunk-size), written
