@@ -315,7 +315,8 @@ def _affinity(distance: Tensor, beta: float, out: Tensor) -> Tensor:
 
 
 def _logits(z: Tensor, a: Tensor, k: Tensor | None, alpha: Tensor, gamma: Tensor) -> Tensor:
-    """(z + α·a) − γ·k, op for op the arithmetic of `predict_logits` and of the full search."""
+    """(z + α·a) − γ·k, op for op the arithmetic of `predict_logits` and of the full search; α, γ broadcast (a
+    grid's axes, a box's corners, or one (α, γ) per row)."""
     out = z + alpha * a
     return out if k is None else out - gamma * k
 
@@ -349,8 +350,8 @@ def _points_correct(z: Tensor, a: Tensor, k: Tensor | None, labels: Tensor, alph
                     rows: Tensor, ai: Tensor, gi: Tensor) -> Tensor:
     """(P,) whether the label is the first maximum of (z + α·a) − γ·k at each point (row, α_ai, γ_gi), on every
     class: `_logits`' arithmetic element for element."""
-    logits = _point_logits(z[rows], a[rows], None if k is None else k[rows], alpha.flatten()[ai].view(-1, 1),
-                           gamma.flatten()[gi].view(-1, 1))
+    logits = _logits(z[rows], a[rows], None if k is None else k[rows], alpha.flatten()[ai].view(-1, 1),
+                     gamma.flatten()[gi].view(-1, 1))
     return logits.argmax(dim=1) == labels[rows]
 
 
@@ -547,19 +548,14 @@ def _settle_corners(z: Tensor, a_low: Tensor, a_high: Tensor, k: Tensor | None, 
     for rows in _chunks(n_rows, max(1, CORNER_ELEMENTS // (corners * z.shape[1]))):  # temporaries near the caches
         kr = None if k is None else k[rows]
         y = labels[rows].view(1, -1, 1).expand(corners, -1, 1)
-        high = _corner_logits(z[rows], a_high[rows], kr, box)  # (corners, rows, C)
-        low = high if a_low is a_high else _corner_logits(z[rows], a_low[rows], kr, box)
+        high = _logits(z[rows], a_high[rows], kr, box.al, box.ga)  # (corners, rows, C)
+        low = high if a_low is a_high else _logits(z[rows], a_low[rows], kr, box.al, box.ga)
         reach_at = _step_down(low.gather(2, y).double() - m[rows], high.dtype)  # may tie or beat the label
         beat_at = _step_up(high.gather(2, y).double() + m[rows], high.dtype)  # surely beats it
         torch.amax((low - beat_at).amin(dim=0), dim=1, out=lead[rows])
         torch.amax(high.sub_(reach_at), dim=0, out=reach[rows])
     reach.scatter_(1, labels.view(-1, 1), -math.inf)  # the label's own column: not one of the others
     return reach, ~(lead > 0)
-
-
-def _corner_logits(z: Tensor, a: Tensor, k: Tensor | None, box: _Box) -> Tensor:
-    logits = z + box.al * a
-    return logits if k is None else logits.sub_(box.ga * k)
 
 
 def _step_down(values: Tensor, dtype: torch.dtype) -> Tensor:
@@ -628,14 +624,10 @@ def _interval_wins(z, a, k, labels, keep, rows, width, alpha, gamma, base, slope
 
 def _half_lines(p: Tensor, q: Tensor, valid: Tensor, *, strict: bool) -> tuple[Tensor, Tensor, Tensor]:
     """Where p_j + x·q_j > 0 (strict; else ≥ 0) for every valid j along the last axis: x above `low`, below `high`
-    (bounds included when not strict), and nowhere where `never` (a q_j = 0 whose p_j fails)."""
-    inf = torch.tensor(float("inf"), dtype=p.dtype, device=p.device)
-    root = -p / q  # q = 0 gives inf or nan, never selected below
-    low = torch.where(valid & (q > 0), root, -inf).amax(-1)
-    high = torch.where(valid & (q < 0), root, inf).amin(-1)
-    fails = p <= 0 if strict else p < 0
-    never = (valid & (q == 0) & fails).any(-1)
-    return low, high, never
+    (bounds included when not strict), and nowhere where `never` (a q_j = 0 whose p_j fails). (R, W) inputs,
+    (R,) outputs: `_sweep_half_lines` with one sweep value and p not depending on it."""
+    zero = torch.zeros(1, dtype=p.dtype, device=p.device)
+    return tuple(t.squeeze(1) for t in _sweep_half_lines(p, torch.zeros_like(p), q, valid, zero, strict=strict))
 
 
 def _sweep_half_lines(p0: Tensor, p1: Tensor, q: Tensor, valid: Tensor, alpha: Tensor, *,
@@ -1074,19 +1066,13 @@ def _logit_bounds_look(d3, pad, kmax, z, k, y, betas, points: Points, n_rows, al
         before, after = cols < label, cols > label  # the first maximum wins ties
         al, ga = alpha.flatten()[ai[part]].view(-1, 1), gamma.flatten()[gi[part]].view(-1, 1)
         z_cols, k_cols = zr[q].gather(1, cols), None if kr is None else kr[q].gather(1, cols)
-        lo, hi = (_point_logits(z_cols, t[q].gather(1, cols), k_cols, al, ga) for t in (a_low, a_high))
+        lo, hi = (_logits(z_cols, t[q].gather(1, cols), k_cols, al, ga) for t in (a_low, a_high))
         lo_y, hi_y = lo.gather(1, y_col), hi.gather(1, y_col)
         win = ((lo_y > hi) | (after & (lo_y >= hi)) | ~(before | after)).all(1)
         lost = ((before & (lo >= hi_y)) | (after & (lo > hi_y))).any(1)
         still[part] = ~(win | lost)
         correct.index_put_((ai[part], which[q], gi[part]), win.long(), accumulate=True)
     return pairs[still], ai[still], gi[still]
-
-
-def _point_logits(z: Tensor, a: Tensor, k: Tensor | None, al: Tensor, ga: Tensor) -> Tensor:
-    """(z + α·a) − γ·k with one (α, γ) per row: `_logits`' arithmetic element for element."""
-    logits = z + al * a
-    return logits if k is None else logits - ga * k
 
 
 def _bounds_candidates(z, a_low, a_high, k, labels, alpha, gamma) -> tuple[Tensor, int]:
