@@ -930,7 +930,6 @@ def _bounded_block(model, block, labels, betas, alpha, gamma, correct, layout) -
     # every exp term ≤ e^{β·max(−d, 0)}: far from overflow, ã is finite without looking (else checked per batch)
     bounded = max(abs(b) for b in betas) * max(-d_low, 0.0) <= 80.0 and kmax < 1000
     delta = _uniform_step(betas) if bounded else None
-    delta = None if delta is None or delta < 0 else delta  # descending grids come here reversed (`_search_betas`)
     stepped = None if delta is None else _SteppedTerms(d3, pad, betas, delta, monotone=d_low >= 0.0)
     # β per batch: the exp terms of the batch (direct), or only its cache terms (stepped), whole groups
     step = max(1, BLOCK_ELEMENTS // d3.numel()) if stepped is None else max(1, STEP_BATCH // (n_rows * c))
