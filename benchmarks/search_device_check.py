@@ -24,27 +24,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests"), str(ROOT / "benchmarks")]
 
-from _search_problems import random_problem  # noqa: E402
-from _search_reference import reference_tip_adapter, reference_tip_x  # noqa: E402
+from _search_problems import both_searches, random_problem  # noqa: E402
 from fewshot_search import synthetic  # noqa: E402
 
 from clipadapt import __version__  # noqa: E402
 from clipadapt.eval import search  # noqa: E402
-from clipadapt.methods.tip_adapter import TipAdapter  # noqa: E402
-from clipadapt.methods.tip_x import TipX  # noqa: E402
 
 
 def same_grid(tip: bool, data, grid: dict, chunk: int | None) -> tuple[bool, int]:
     """(every cell equal, cells differing) of the pruned and the full search on the same inputs."""
-    protos, keys, key_labels, val, val_labels = data
-    if tip:
-        model = TipAdapter().fit(keys, key_labels, protos)
-        ours = search.search_tip_adapter(model, val, val_labels, chunk_size=chunk, **grid).correct
-        reference = reference_tip_adapter(model, val, val_labels, chunk_size=chunk, **grid)
-    else:
-        model = TipX().fit(keys, key_labels, protos)
-        ours = search.search_tip_x(model, val, val_labels, chunk_size=chunk, **grid).correct
-        reference = reference_tip_x(model, val, val_labels, chunk_size=chunk, **grid)
+    ours, reference = both_searches(tip, data, grid, chunk)
     return bool(torch.equal(ours, reference)), int((ours != reference).sum())
 
 
@@ -60,8 +49,6 @@ def main() -> int:
     checks = []
     for seed in range(args.problems):
         protos, keys, key_labels, val, val_labels, grid, chunk, tip = random_problem(seed)
-        if not tip:
-            grid["gammas"] = [0.0, 1.0, 7.5, 30.0]
         data = tuple(t.to(device) for t in (protos, keys, key_labels, val, val_labels))
         ok, cells = same_grid(tip, data, grid, chunk)
         checks.append({"check": f"random problem {seed}", "method": "tip" if tip else "tipx", "equal": ok,

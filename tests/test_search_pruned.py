@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _search_problems import random_problem
+from _search_problems import both_searches, random_problem
 from _search_reference import reference_tip_adapter, reference_tip_x
 
 from clipadapt.eval import search
@@ -376,15 +376,8 @@ def test_descending_grid_up_to_large_beta_equals_the_full_search(seed):
 @pytest.mark.parametrize("seed", range(60))
 def test_random_problems_equal_the_full_search(seed):
     protos, keys, yk, val, yv, grid, chunk, tip = random_problem(seed)
-    if tip:
-        model = TipAdapter().fit(keys, yk, protos)
-        assert torch.equal(search_tip_adapter(model, val, yv, chunk_size=chunk, **grid).correct,
-                           reference_tip_adapter(model, val, yv, chunk_size=chunk, **grid))
-    else:
-        grid["gammas"] = [0.0, 1.0, 7.5, 30.0]
-        model = TipX().fit(keys, yk, protos)
-        assert torch.equal(search_tip_x(model, val, yv, chunk_size=chunk, **grid).correct,
-                           reference_tip_x(model, val, yv, chunk_size=chunk, **grid))
+    ours, reference = both_searches(tip, (protos, keys, yk, val, yv), grid, chunk)
+    assert torch.equal(ours, reference)
 
 
 @pytest.mark.parametrize("seed", range(2))
