@@ -90,18 +90,19 @@ def synthetic(classes: int, n_val: int, n_test: int, shots: int = 16, dim: int =
             noisy(test_labels))
 
 
-def timed(fn):
-    """(result, seconds): the median of REPEATS runs (the first run of a process pays one-time costs, and a
-    shared box moves single runs by ±25 %). CPU: CPU seconds of this process (one torch thread: on an idle machine
-    CPU time = wall time, and on a shared box CPU time is far less disturbed by the other processes than wall time
-    is). CUDA: wall seconds between two synchronisations."""
+def timed(fn, device: torch.device | None = None, repeats: int | None = None):
+    """(result, seconds): the median of `repeats` runs (default REPEATS: the first run of a process pays one-time
+    costs, and a shared box moves single runs by ±25 %). CPU: CPU seconds of this process (one torch thread: on an
+    idle machine CPU time = wall time, and on a shared box CPU time is far less disturbed by the other processes than
+    wall time is). CUDA: wall seconds between two synchronisations. `device`: default DEVICE."""
+    device = DEVICE if device is None else device
     seconds = []
-    for _ in range(REPEATS):
-        if DEVICE.type == "cuda":
-            torch.cuda.synchronize(DEVICE)
+    for _ in range(REPEATS if repeats is None else repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
             start = time.perf_counter()
             out = fn()
-            torch.cuda.synchronize(DEVICE)
+            torch.cuda.synchronize(device)
             seconds.append(time.perf_counter() - start)
         else:
             start = time.process_time()

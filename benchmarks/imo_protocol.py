@@ -37,7 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
 
-from fewshot_search import synthetic  # noqa: E402
+from fewshot_search import synthetic, timed  # noqa: E402
 
 from clipadapt import __version__  # noqa: E402
 from clipadapt.eval.search import grid_preset, search_tip_x  # noqa: E402
@@ -60,18 +60,6 @@ def adapted(features: torch.Tensor, seed: int) -> torch.Tensor:
     return features + 0.5 * features.norm(dim=1, keepdim=True) * noise.to(features.device)
 
 
-def timed(fn, device: torch.device) -> tuple[object, float]:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        out = fn()
-        torch.cuda.synchronize(device)
-        return out, time.perf_counter() - start
-    start = time.process_time()
-    out = fn()
-    return out, time.process_time() - start
-
-
 def one_search(classes: int, rows: int, shots: int, seed: int, plus: bool, device: torch.device,
                chunk_size: int | None) -> dict:
     """Time one TX (or TX++) search of the protocol on `rows` validation rows."""
@@ -84,7 +72,7 @@ def one_search(classes: int, rows: int, shots: int, seed: int, plus: bool, devic
     result, seconds = timed(lambda: search_tip_x(model, val, val_labels, alphas=space.grid["alpha"],
                                                  betas=space.grid["beta"], gammas=space.grid["gamma"],
                                                  adapted_val_features=adapted_val, order=space.order,
-                                                 chunk_size=chunk_size), device)
+                                                 chunk_size=chunk_size), device, repeats=1)
     return {"seconds": seconds, "val_top1": result.best_accuracy, "n_tied": result.n_tied}
 
 
