@@ -420,7 +420,7 @@ def test_stepped_terms_cover_the_reference_product(seed, monotone):
     for j0 in range(0, len(betas), search.SETTLE_GROUP):
         n = min(search.SETTLE_GROUP, len(betas) - j0)
         low, high = stepped.group(j0, n)
-        ours = stepped.values(n, every_row, torch.empty(n, rows, c))
+        ours = stepped.values(every_row, torch.empty(n, rows, c))
         group_rel = search._group_slack(kmax, torch.float32, betas, delta, dmax, j0, j0 + search.SETTLE_GROUP)
         for i in range(n):
             j = j0 + i

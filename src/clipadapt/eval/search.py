@@ -800,7 +800,8 @@ class _SteppedTerms:
     def __init__(self, d3: Tensor, pad: Tensor | None, betas: Sequence[float], delta: float, *, monotone: bool):
         k, rows, c = d3.shape
         self.d, self.pad, self.betas = d3, pad, betas
-        self.blocks = _chunks(rows, max(1, STEP_ELEMENTS // (k * c)))  # row sub-blocks near a core's cache
+        self.block_rows = max(1, STEP_ELEMENTS // (k * c))  # rows per sub-block near a core's cache
+        self.blocks = _chunks(rows, self.block_rows)
         self.ratio = torch.empty_like(d3)
         self.leap = torch.empty_like(d3) if monotone else None
         for part in self.blocks:  # float64 temporaries one sub-block at a time
@@ -830,7 +831,8 @@ class _SteppedTerms:
         work = self.free.copy_(self.terms)
         self.dense = torch.empty((n,) + tuple(self.sums.shape), dtype=self.sums.dtype, device=self.sums.device)
         self.dense[0] = self.sums
-        self._steps(work, self.dense, self.ratio)  # work: at β_{j+n−1}; one more step is β_nxt
+        for rows in self.blocks:  # work: at β_{j+n−1} after these; one more step is β_nxt
+            _steps(work[:, rows], self.dense[:, rows], self.ratio[:, rows])
         anchor = nxt % ANCHOR_EVERY == 0
         self.ahead = self._move(nxt, work, self.ratio, self.terms if anchor else work) if more else None
         low, high = self.dense[0].clone(), self.dense[0].clone()
@@ -839,34 +841,24 @@ class _SteppedTerms:
             torch.maximum(high, self.dense[i], out=high)
         return low, high
 
-    def values(self, n: int, rows: Tensor, out: Tensor) -> Tensor:
-        """out (n, len(rows), C) = ã of `rows` at the β of the current group; moves on to the next group."""
+    def values(self, rows: Tensor, out: Tensor) -> Tensor:
+        """out (n, len(rows), C) = ã of `rows` at the group's n β; moves on to the next group."""
         if self.dense is not None:
             torch.index_select(self.dense, 1, rows, out=out)
         else:  # gathered and stepped a cache-sized sub-block of rows at a time
             k, _, c = self.terms.shape
             torch.index_select(self.sums, 0, rows, out=out[0])
-            for part in _chunks(rows.numel(), max(1, STEP_ELEMENTS // (k * c))):
+            for part in _chunks(rows.numel(), self.block_rows):
                 shape = (k, part.stop - part.start, c)
                 terms = torch.index_select(self.terms, 1, rows[part], out=self.scratch.take("terms", shape, out))
                 ratio = torch.index_select(self.ratio, 1, rows[part], out=self.scratch.take("ratio", shape, out))
-                self._steps(terms, out[:, part], ratio)
+                _steps(terms, out[:, part], ratio)
         if self.ahead is not None:
             buffers = (self.terms, self.free)
             (self.terms, self.sums), self.ahead = self.ahead, None
             self.free = buffers[1] if self.terms is buffers[0] else buffers[0]
         self.at += SETTLE_GROUP
         return out
-
-    def _steps(self, terms: Tensor, out: Tensor, ratio: Tensor) -> None:
-        """out[1:] (n, R, C): the sums of `terms` after each of n − 1 steps, in place (out[0] holds their sums)."""
-        n = out.shape[0]
-        blocks = _chunks(terms.shape[1], max(1, STEP_ELEMENTS // (terms.shape[0] * terms.shape[2])))
-        for rows in blocks:
-            part, by = (terms, ratio) if len(blocks) == 1 else (terms[:, rows], ratio[:, rows])
-            sums = out if len(blocks) == 1 else out[:, rows]
-            for i in range(1, n):
-                torch.sum(part.mul_(by), 0, out=sums[i])
 
     def _move(self, j: int, base: Tensor, ratio: Tensor, out: Tensor) -> tuple[Tensor, Tensor]:
         """(terms, sums) at β_j into `out`: the full search's own exp at an anchor, else `base` times `ratio` (a
@@ -880,6 +872,13 @@ class _SteppedTerms:
         return out, sums
 
 
+def _steps(terms: Tensor, out: Tensor, ratio: Tensor) -> None:
+    """out[1:] (n, R, C): the sums over K of (K, R, C) `terms` after each of n − 1 steps by `ratio`, in place
+    (out[0] holds their sums); one cache-sized sub-block of rows."""
+    for i in range(1, out.shape[0]):
+        torch.sum(terms.mul_(ratio), 0, out=out[i])
+
+
 class _DirectTerms:
     """A batch's ã for every row and β (nb, R, C), served as `_SteppedTerms` serves its groups."""
 
@@ -891,7 +890,7 @@ class _DirectTerms:
         self.part = slice(j - self.j0, j - self.j0 + n)
         return torch.aminmax(self.a[self.part], dim=0)
 
-    def values(self, n: int, rows: Tensor, out: Tensor) -> Tensor:
+    def values(self, rows: Tensor, out: Tensor) -> Tensor:
         return torch.index_select(self.a[self.part], 1, rows, out=out)
 
 
@@ -970,7 +969,7 @@ def _open_plane(z: Tensor, k: Tensor | None, y: Tensor, source, j0: int, nb: int
         n = min(SETTLE_GROUP, nb - start)
         a_low, a_high = source.group(j0 + start, n)
         open_rows = _settle_batch(z, a_low, a_high, k, y, box, rel, correct[:, start:start + n], bounds)
-        source.values(n, open_rows, values[filled:filled + n * open_rows.numel()].view(n, -1, c))
+        source.values(open_rows, values[filled:filled + n * open_rows.numel()].view(n, -1, c))
         filled += n * open_rows.numel()
         betas = torch.arange(start, start + n, device=z.device).view(-1, 1)
         pairs.append((betas * n_rows + open_rows).flatten())  # (β, row), β-major
