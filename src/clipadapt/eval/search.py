@@ -682,6 +682,16 @@ def _score_exact(model: TipAdapter, z: Tensor, k: Tensor | None, labels: Tensor,
     return _points_correct(z, cache, k, labels, alpha, gamma, rows, *points)
 
 
+def _score_parts_exactly(model: TipAdapter, parts, labels: Tensor, betas: Sequence[float], alpha: Tensor,
+                         gamma: Tensor, correct: Tensor, buffer: Tensor | None = None) -> None:
+    """Add every β's (na, ng) counts of every reference chunk in `parts` into correct[:, j, :], each with the
+    reference's own product (`_score_exact`); `buffer`: for the exp terms (default: one per chunk)."""
+    for rows, z, k, distance in parts:
+        scratch = torch.empty_like(distance) if buffer is None else buffer
+        for j, beta in enumerate(betas):
+            correct[:, j, :] += _score_exact(model, z, k, labels[rows], distance, beta, alpha, gamma, scratch)
+
+
 def _search_betas(model: TipAdapter, parts, labels: Tensor, betas: Sequence[float], alpha: Tensor, gamma: Tensor,
                   correct: Tensor) -> None:
     """Add every β's (na, ng) counts into correct[:, j, :]. `parts` yields (rows, z, k | None, 1 − f Fᵀ) per
@@ -703,10 +713,7 @@ def _search_betas(model: TipAdapter, parts, labels: Tensor, betas: Sequence[floa
         grids_ok = all(bool(torch.isfinite(t).all()) and bool((t >= 0).all()) for t in (alpha, gamma))
         layout = layout if grids_ok and all(b >= 0 and b < float("inf") for b in betas) else None
     if layout is None:
-        for rows, z, k, distance in parts:
-            buffer = torch.empty_like(distance)
-            for j, beta in enumerate(betas):
-                correct[:, j, :] += _score_exact(model, z, k, labels[rows], distance, beta, alpha, gamma, buffer)
+        _score_parts_exactly(model, parts, labels, betas, alpha, gamma, correct)
         return
     block: list = []
     size = 0
@@ -916,9 +923,7 @@ def _bounded_block(model, block, labels, betas, alpha, gamma, correct, layout) -
     finite = all(bool(torch.isfinite(t).all()) for t in [z] + [p[3] for p in block] + ([k] if k is not None else []))
     buffer = torch.empty_like(max((p[3] for p in block), key=lambda d: d.shape[0]))
     if not finite:
-        for rows, zp, kp, distance in block:
-            for j, beta in enumerate(betas):
-                correct[:, j, :] += _score_exact(model, zp, kp, labels[rows], distance, beta, alpha, gamma, buffer)
+        _score_parts_exactly(model, block, labels, betas, alpha, gamma, correct, buffer)
         return
     d3 = torch.cat([p[3] for p in block])[:, index].permute(2, 0, 1).contiguous()  # (K, R, C): shot j of each class
     n_rows, c = z.shape
@@ -941,10 +946,7 @@ def _bounded_block(model, block, labels, betas, alpha, gamma, correct, layout) -
         else:
             a = _batch_terms(d3, bs, pad)
             if not bounded and not bool(torch.isfinite(a).all()):  # exp overflow: the reference's products
-                for i, beta in enumerate(bs):
-                    for rows, zp, kp, distance in block:
-                        correct[:, j0 + i, :] += _score_exact(model, zp, kp, labels[rows], distance, beta, alpha,
-                                                              gamma, buffer)
+                _score_parts_exactly(model, block, labels, bs, alpha, gamma, correct[:, j0:j0 + nb], buffer)
                 continue
             source, rel_batch = _DirectTerms(a, j0), rel
         batch = correct[:, j0:j0 + nb]
@@ -956,7 +958,7 @@ def _bounded_block(model, block, labels, betas, alpha, gamma, correct, layout) -
 
 
 def _open_plane(z: Tensor, k: Tensor | None, y: Tensor, source, j0: int, nb: int, alpha: Tensor, gamma: Tensor,
-                rel: float, correct: Tensor) -> Tensor:
+                rel: float, correct: Tensor) -> Points:
     """Count a batch of β (β_{j0} … β_{j0+nb−1}) into correct (na, nb, ng): rows settled SETTLE_GROUP β at a time on
     the range of their cache terms (`_settle_batch`; a few β keep each range narrow), then each β's plane on the
     rows left open, with their ã from `source` (`_SteppedTerms` or `_DirectTerms`). Returns the grid points left
