@@ -51,6 +51,7 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
 from _search_reference import reference_tip_adapter, reference_tip_x  # noqa: E402
 
+from clipadapt.argtypes import COUNT  # noqa: E402
 from clipadapt.eval.search import TIP_GRID, TIPX_GRID, SearchResult, resolve_grid, search_tip_adapter, search_tip_x  # noqa: E402
 from clipadapt.methods.tip_adapter import TipAdapter, cache_affinity, prepare_features  # noqa: E402
 from clipadapt.methods.tip_x import TipX, minmax_coefficients  # noqa: E402
@@ -291,7 +292,7 @@ def main() -> None:
                         help="validation rows timed for imagenet (scaled to 50,000)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (data, model and searches on it)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per timing (the median is kept)")
+    parser.add_argument("--repeats", type=COUNT, default=3, help="runs per timing (the median is kept)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "fewshot_search.json")
     args = parser.parse_args()
     global DEVICE, REPEATS

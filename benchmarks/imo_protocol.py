@@ -40,6 +40,8 @@ sys.path[:0] = [str(ROOT / "src"), str(ROOT / "benchmarks")]
 from fewshot_search import synthetic, timed  # noqa: E402
 
 from clipadapt import __version__  # noqa: E402
+from clipadapt.argtypes import COUNT, COUNTS, NON_NEGATIVE_INT  # noqa: E402
+from clipadapt.argtypes import SEEDS as SEED_LIST  # noqa: E402
 from clipadapt.eval.search import grid_preset, search_tip_x  # noqa: E402
 from clipadapt.methods.tip_x import TipX  # noqa: E402
 
@@ -80,20 +82,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--datasets", default=",".join(COOP_VAL), help="comma-separated CoOp dataset names")
-    parser.add_argument("--shots", default=",".join(map(str, SHOTS)))
-    parser.add_argument("--seeds", default=None, help="default: 1 on CPU, 1,2,3 on CUDA")
-    parser.add_argument("--rows", type=int, default=None,
+    parser.add_argument("--shots", type=COUNTS, default=list(SHOTS))
+    parser.add_argument("--seeds", type=SEED_LIST, default=None, help="default: 1 on CPU, 1,2,3 on CUDA")
+    parser.add_argument("--rows", type=NON_NEGATIVE_INT, default=None,
                         help="validation rows timed per dataset, 0 = all (default: 1000 on CPU, all on CUDA)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--chunk-size", type=int, default=None,
+    parser.add_argument("--threads", type=COUNT, default=1, help="torch CPU threads")
+    parser.add_argument("--chunk-size", type=COUNT, default=None,
                         help="validation rows per search chunk (default: the full search's rule; see the docstring)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "imo_protocol.json")
     args = parser.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
     torch.set_num_threads(args.threads)
-    seeds = [int(s) for s in (args.seeds or ("1,2,3" if cuda else "1")).split(",")]
-    shots = [int(s) for s in args.shots.split(",")]
+    seeds = args.seeds or ([1, 2, 3] if cuda else [1])
+    shots = args.shots
     cap = args.rows if args.rows is not None else (0 if cuda else 1000)
     names = args.datasets.split(",")
     unknown = sorted(set(names) - set(COOP_VAL))

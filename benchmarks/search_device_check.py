@@ -28,6 +28,7 @@ from _search_problems import both_searches, random_problem  # noqa: E402
 from fewshot_search import synthetic  # noqa: E402
 
 from clipadapt import __version__  # noqa: E402
+from clipadapt.argtypes import NON_NEGATIVE_INT  # noqa: E402
 from clipadapt.eval import search  # noqa: E402
 
 
@@ -40,7 +41,8 @@ def same_grid(tip: bool, data, grid: dict, chunk: int | None) -> tuple[bool, int
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
-    parser.add_argument("--problems", type=int, default=60, help="random small problems (the test suite's)")
+    parser.add_argument("--problems", type=NON_NEGATIVE_INT, default=60,
+                        help="random small problems (the test suite's)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "search_device_check.json")
     args = parser.parse_args()
     device = torch.device(args.device)
